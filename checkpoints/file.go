@@ -1,0 +1,158 @@
+package checkpoints
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Tensor is one tensor's raw little-endian bytes with its type and shape. A Tensor read from
+// a memory-mapped File aliases the mapping: it is valid until the File is closed and must not
+// be written to.
+type Tensor struct {
+	Name  string
+	DType DType
+	Shape []int64
+	Data  []byte
+}
+
+// NumElements is the product of the shape (1 for a scalar).
+func (t Tensor) NumElements() int64 { return TensorInfo{Shape: t.Shape}.NumElements() }
+
+// Float32 converts an F32, F16 or BF16 tensor to a new float32 slice.
+func (t Tensor) Float32() ([]float32, error) {
+	n := t.NumElements()
+	if int64(len(t.Data)) != n*int64(t.DType.Size()) {
+		return nil, fmt.Errorf("checkpoints: tensor %q: %d bytes for %s %s", t.Name, len(t.Data), t.DType, shapeString(t.Shape))
+	}
+	out := make([]float32, n)
+	if err := decodeFloat32(t.DType, t.Data, out); err != nil {
+		return nil, fmt.Errorf("checkpoints: tensor %q: %w", t.Name, err)
+	}
+	return out, nil
+}
+
+// Uint16 returns the raw 16-bit elements of an F16 or BF16 tensor (for weights kept in
+// half precision).
+func (t Tensor) Uint16() ([]uint16, error) {
+	if t.DType != BF16 && t.DType != F16 {
+		return nil, fmt.Errorf("checkpoints: tensor %q is %s, not BF16 or F16", t.Name, t.DType)
+	}
+	out := make([]uint16, len(t.Data)/2)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint16(t.Data[2*i:])
+	}
+	return out, nil
+}
+
+// Int32 returns the elements of an I32 tensor.
+func (t Tensor) Int32() ([]int32, error) {
+	if t.DType != I32 {
+		return nil, fmt.Errorf("checkpoints: tensor %q is %s, not I32", t.Name, t.DType)
+	}
+	out := make([]int32, len(t.Data)/4)
+	for i := range out {
+		out[i] = int32(binary.LittleEndian.Uint32(t.Data[4*i:]))
+	}
+	return out, nil
+}
+
+// Int64 returns the elements of an I64 or I32 tensor widened to int64.
+func (t Tensor) Int64() ([]int64, error) {
+	switch t.DType {
+	case I64:
+		out := make([]int64, len(t.Data)/8)
+		for i := range out {
+			out[i] = int64(binary.LittleEndian.Uint64(t.Data[8*i:]))
+		}
+		return out, nil
+	case I32:
+		v, err := t.Int32()
+		out := make([]int64, len(v))
+		for i, x := range v {
+			out[i] = int64(x)
+		}
+		return out, err
+	}
+	return nil, fmt.Errorf("checkpoints: tensor %q is %s, not an integer type", t.Name, t.DType)
+}
+
+// File is an open safetensors file. Its header is validated on Open; tensor data is read
+// lazily, through a read-only memory map where the platform has one.
+type File struct {
+	Path   string
+	Header *Header
+	Size   int64
+	f      *os.File
+	mapped []byte
+	unmap  func() error
+}
+
+// Open opens and validates one safetensors file.
+func Open(path string) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
+	h, err := ReadHeader(f, st.Size(), path)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	sf := &File{Path: path, Header: h, Size: st.Size(), f: f}
+	if m, unmap, err := mapFile(f, st.Size()); err == nil {
+		sf.mapped, sf.unmap = m, unmap
+	} else if !errors.Is(err, errors.ErrUnsupported) {
+		f.Close()
+		return nil, fmt.Errorf("checkpoints: %s: memory-mapping: %w", path, err)
+	}
+	return sf, nil
+}
+
+// Close releases the mapping and the file; tensors read from it become invalid.
+func (f *File) Close() error {
+	var err error
+	if f.unmap != nil {
+		err = f.unmap()
+		f.unmap, f.mapped = nil, nil
+	}
+	if f.f != nil {
+		if cerr := f.f.Close(); err == nil {
+			err = cerr
+		}
+		f.f = nil
+	}
+	return err
+}
+
+// Tensor returns the named tensor; with a memory map its Data aliases the file.
+func (f *File) Tensor(name string) (Tensor, error) {
+	info, ok := f.Header.Lookup(name)
+	if !ok {
+		return Tensor{}, fmt.Errorf("checkpoints: %s: no tensor %q", f.Path, name)
+	}
+	return f.read(info)
+}
+
+func (f *File) read(info TensorInfo) (Tensor, error) {
+	t := Tensor{Name: info.Name, DType: info.DType, Shape: info.Shape}
+	lo, hi := f.Header.DataStart+info.Begin, f.Header.DataStart+info.End
+	if f.mapped != nil {
+		t.Data = f.mapped[lo:hi:hi]
+		return t, nil
+	}
+	if f.f == nil {
+		return t, fmt.Errorf("checkpoints: %s is closed", f.Path)
+	}
+	t.Data = make([]byte, hi-lo)
+	if _, err := f.f.ReadAt(t.Data, lo); err != nil {
+		return t, fmt.Errorf("checkpoints: %s: tensor %q: %w", f.Path, info.Name, err)
+	}
+	return t, nil
+}

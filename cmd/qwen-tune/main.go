@@ -1,0 +1,37 @@
+// Command qwen-tune fine-tunes, quantizes and runs Qwen-7B (QWenLMHeadModel) checkpoints.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the exit status: 0 on success, 1 for an error
+// the user can act on, 2 for an internal error (a bug, reported without a stack trace unless
+// QWEN_TUNE_DEBUG is set).
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) {
+	defer func() {
+		if r := recover(); r != nil {
+			if os.Getenv("QWEN_TUNE_DEBUG") != "" {
+				panic(r)
+			}
+			fmt.Fprintf(stderr, "qwen-tune: internal error: %v\n(set QWEN_TUNE_DEBUG=1 for a stack trace, and please report it)\n", r)
+			status = 2
+		}
+	}()
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(stderr, "qwen-tune: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/golden"
+)
+
+// qt runs the command line in-process and returns stdout, stderr and the exit status.
+func qt(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	status := run(args, strings.NewReader(stdin), &out, &errb)
+	return out.String(), errb.String(), status
+}
+
+func tinyModel(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tiny")
+	if out, errs, st := qt(t, "", "init", "--tiny", "--out", dir, "--vocab-ranks", "4096"); st != 0 {
+		t.Fatalf("init: %s %s", out, errs)
+	}
+	return dir
+}
+
+func TestInitInspectTokenize(t *testing.T) {
+	dir := tinyModel(t)
+	out, errs, st := qt(t, "", "inspect", "--json", dir)
+	if st != 0 {
+		t.Fatalf("inspect: %s", errs)
+	}
+	var r checkpoints.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("inspect --json is not one JSON object: %v\n%s", err, out)
+	}
+	if r.Kind != "model" || r.Config.Vocab != 4352 || !r.Tokenizer || r.Parameters == 0 || r.DTypes["BF16"] != r.TotalBytes {
+		t.Fatalf("report %+v", r)
+	}
+	if out, _, st := qt(t, "", "inspect", dir); st != 0 || !strings.Contains(out, "QWenLMHeadModel") || !strings.Contains(out, "qwen.tiktoken present") {
+		t.Fatalf("inspect text:\n%s", out)
+	}
+
+	text := "Hello <|im_end|> 世界"
+	out, errs, st = qt(t, text, "tokenize", "--model", dir, "--json")
+	if st != 0 {
+		t.Fatalf("tokenize: %s", errs)
+	}
+	var ids []int
+	if err := json.Unmarshal([]byte(out), &ids); err != nil || strings.Count(out, "\n") != 1 {
+		t.Fatalf("--json output is not one JSON array: %q", out)
+	}
+	if !contains(ids, 4096+2) {
+		t.Errorf("<|im_end|> (id 4098) not parsed: %v", ids)
+	}
+	out, _, _ = qt(t, text, "tokenize", "--model", dir, "--json", "--special", "none")
+	var plain []int
+	json.Unmarshal([]byte(out), &plain)
+	if contains(plain, 4098) {
+		t.Errorf("--special none parsed <|im_end|>: %v", plain)
+	}
+	// Decoding gives the text back.
+	js, _ := json.Marshal(ids)
+	if out, errs, st := qt(t, string(js), "tokenize", "--model", dir, "--decode"); st != 0 || out != text {
+		t.Fatalf("decode: %q %s", out, errs)
+	}
+}
+
+func contains(ids []int, id int) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBadInputGivesClearErrors(t *testing.T) {
+	dir := tinyModel(t)
+	broken := t.TempDir()
+	os.WriteFile(filepath.Join(broken, "qwen.tiktoken"), []byte("IQ== 0\nnot-a-line\n"), 0o644)
+	cases := []struct {
+		name, stdin string
+		args        []string
+		want        string
+	}{
+		{"invalid utf-8", "ok \xff\xfe", []string{"tokenize", "--model", dir}, "not valid UTF-8 (first bad byte at offset 3)"},
+		{"bad vocabulary line", "x", []string{"tokenize", "--model", broken}, "qwen.tiktoken line 2"},
+		{"missing vocabulary", "x", []string{"tokenize", "--model", t.TempDir()}, "must hold qwen.tiktoken"},
+		{"unknown special", "x", []string{"tokenize", "--model", dir, "--special", "<|nope|>"}, "is not a special token"},
+		{"decode garbage", "[1, \"a\"]", []string{"tokenize", "--model", dir, "--decode"}, "JSON array of integers"},
+		{"decode out of range", "[999999]", []string{"tokenize", "--model", dir, "--decode"}, "outside the vocabulary"},
+		{"inspect nothing", "", []string{"inspect", t.TempDir()}, "config.json"},
+		{"init existing", "", []string{"init", "--tiny", "--out", dir}, "already holds"},
+		{"init without tiny", "", []string{"init", "--out", t.TempDir()}, "--tiny"},
+	}
+	for _, c := range cases {
+		_, errs, st := qt(t, c.stdin, c.args...)
+		if st != 1 || !strings.Contains(errs, c.want) || strings.Contains(errs, "goroutine") {
+			t.Errorf("%s: status %d, stderr %q; want status 1 and %q", c.name, st, errs, c.want)
+		}
+	}
+}
+
+func TestCorruptCheckpointIsNamed(t *testing.T) {
+	dir := tinyModel(t)
+	path := filepath.Join(dir, "model.safetensors")
+	b, _ := os.ReadFile(path)
+	os.WriteFile(path, b[:len(b)/2], 0o644)
+	_, errs, st := qt(t, "", "inspect", dir)
+	if st != 1 || !strings.Contains(errs, "model.safetensors") || !strings.Contains(errs, "truncated") {
+		t.Fatalf("truncated shard: status %d, %q", st, errs)
+	}
+}
+
+func TestInspectGoldenDirectories(t *testing.T) {
+	tiny := filepath.Dir(golden.Path(t, "tiny-qwen/config.json"))
+	out, errs, st := qt(t, "", "inspect", tiny)
+	if st != 0 || !strings.Contains(out, "19 in 2 file(s)") {
+		t.Fatalf("inspect tiny-qwen: %s %s", out, errs)
+	}
+	// The real Qwen-7B directory holds the index but not the 15 GB of shards.
+	_, errs, st = qt(t, "", "inspect", filepath.Dir(golden.Path(t, "qwen-7b/config.json")))
+	if st != 1 || !strings.Contains(errs, "model-00001-of-00008.safetensors, which is missing") {
+		t.Fatalf("inspect qwen-7b without shards: %d %q", st, errs)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"inspect", "--help"}, {"tokenize", "--help"}, {"init", "--help"}} {
+		out, _, st := qt(t, "", args...)
+		if st != 0 || !strings.Contains(out, "Usage:") {
+			t.Errorf("%v: status %d\n%s", args, st, out)
+		}
+	}
+	if out, _, st := qt(t, "", "--version"); st != 0 || !strings.Contains(out, "qwen-tune version") {
+		t.Errorf("--version: %q", out)
+	}
+}

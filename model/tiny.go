@@ -1,0 +1,112 @@
+package model
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+// TinyOptions shapes a tiny random Qwen model: the real architecture and file layout with
+// small sizes, so every command can run on any machine without the 15 GB checkpoint.
+type TinyOptions struct {
+	Seed uint64
+	// VocabRanks is how many cl100k_base ranks the demo vocabulary keeps (0 = all 100256).
+	VocabRanks int
+	Hidden     int
+	Layers     int
+	Heads      int
+	MLPWidth   int
+	SeqLength  int
+}
+
+// DefaultTiny is the embedded default model's shape.
+func DefaultTiny() TinyOptions {
+	return TinyOptions{Seed: 1, VocabRanks: 16384, Hidden: 64, Layers: 2, Heads: 4, MLPWidth: 176, SeqLength: 2048}
+}
+
+// TinyConfig is the config.json of a tiny model whose vocabulary has ordinary tokens.
+func TinyConfig(o TinyOptions, ordinary int) *checkpoints.Config {
+	used := ordinary + tokenizer.NumSpecial
+	return &checkpoints.Config{
+		Architectures: []string{checkpoints.Architecture}, ModelType: "qwen",
+		VocabSize:  (used + 127) / 128 * 128, // padded like Qwen-7B's 151936
+		HiddenSize: o.Hidden, NumHiddenLayers: o.Layers, NumAttentionHeads: o.Heads, KVChannels: o.Hidden / o.Heads,
+		IntermediateSize: 2 * o.MLPWidth, LayerNormEpsilon: 1e-6, RotaryEmbBase: 10000, RotaryPct: 1,
+		SeqLength: o.SeqLength, UseDynamicNTK: true, UseLogNAttn: true, NoBias: true,
+	}
+}
+
+// WriteTiny writes a tiny random model directory: config.json, generation_config.json,
+// model.safetensors (bf16, weights ~ N(0, 0.02), norms 1) and the demo vocabulary as
+// qwen.tiktoken. It refuses a directory that already holds a model.
+func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
+	if o.Hidden <= 0 || o.Heads <= 0 || o.Hidden%o.Heads != 0 || (o.Hidden/o.Heads)%2 != 0 || o.Layers <= 0 || o.MLPWidth <= 0 || o.SeqLength <= 0 {
+		return nil, fmt.Errorf("model: tiny shape %+v: hidden must split into an even head size, and every size be positive", o)
+	}
+	for _, f := range []string{"config.json", "model.safetensors", "model.safetensors.index.json", tokenizer.VocabFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return nil, fmt.Errorf("model: %s already holds %s: choose an empty or new --out directory (nothing was written)", dir, f)
+		}
+	}
+	vocab, err := tokenizer.DemoVocabulary(o.VocabRanks)
+	if err != nil {
+		return nil, err
+	}
+	ordinary := o.VocabRanks
+	if ordinary <= 0 || ordinary > tokenizer.DemoRanks {
+		ordinary = tokenizer.DemoRanks
+	}
+	cfg := TinyConfig(o, ordinary)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	r := rand.New(rand.NewPCG(o.Seed, 0x7177656e))
+	var tensors []checkpoints.Tensor
+	for _, s := range checkpoints.ModelTensors(cfg) {
+		n := s.NumElements()
+		data := make([]byte, 2*n)
+		for i := int64(0); i < n; i++ {
+			v := float32(0.02 * r.NormFloat64())
+			if len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") {
+				v = 1 // RMSNorm weights start at one
+			}
+			binary.LittleEndian.PutUint16(data[2*i:], checkpoints.F32ToBF16(v))
+		}
+		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Data: data})
+	}
+	meta := map[string]string{"qwen_tune.kind": "tiny-random", "qwen_tune.seed": strconv.FormatUint(o.Seed, 10)}
+	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
+		return nil, err
+	}
+	if err := writeBytes(filepath.Join(dir, tokenizer.VocabFile), vocab); err != nil {
+		return nil, err
+	}
+	gen := checkpoints.ChatGenerationConfig()
+	gen.EOSTokenID, gen.PadTokenID = ordinary, ordinary // <|endoftext|> follows the ordinary tokens
+	if err := checkpoints.WriteJSON(filepath.Join(dir, "generation_config.json"), gen); err != nil {
+		return nil, err
+	}
+	// config.json last: its presence marks a complete model directory.
+	if err := checkpoints.WriteJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func writeBytes(path string, b []byte) error {
+	return checkpoints.WriteAtomic(path, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
+}
