@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 )
 
@@ -223,7 +222,6 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		}
 	}
 	keys := sortedKeys(m)
-	sort.Strings(keys)
 	var buf bytes.Buffer
 	buf.WriteByte('{')
 	for i, k := range keys {

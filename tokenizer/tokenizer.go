@@ -250,16 +250,7 @@ func (t *Tokenizer) Decode(ids []int) (string, error) {
 	return DecodeUTF8(b), nil
 }
 
-// SpecialTokens lists the special tokens with their ids, in id order.
-func (t *Tokenizer) SpecialTokens() map[string]int {
-	m := make(map[string]int, len(t.specialIDs))
-	for k, v := range t.specialIDs {
-		m[k] = v
-	}
-	return m
-}
-
-// sortedSpecials is for messages.
+// String names the allowed set as ParseSpecials reads it.
 func (s Specials) String() string {
 	if s.all {
 		return "all"
