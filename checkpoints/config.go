@@ -96,11 +96,7 @@ func ParseConfig(b []byte, file string) (*Config, error) {
 	}
 	c := configDefaults()
 	if err := json.Unmarshal(b, &c); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return nil, &ConfigError{File: file, Key: te.Field, Msg: fmt.Sprintf("expected %s, got a JSON %s", jsonKind(te.Type.Kind().String()), te.Value)}
-		}
-		return nil, &ConfigError{File: file, Msg: err.Error()}
+		return nil, jsonError(file, err)
 	}
 	if _, ok := raw["kv_channels"]; !ok && c.NumAttentionHeads > 0 {
 		c.KVChannels = c.HiddenSize / c.NumAttentionHeads
@@ -282,19 +278,11 @@ func ChatGenerationConfig() GenerationConfig {
 // ReadGenerationConfig reads generation_config.json; a missing file gives the defaults.
 func ReadGenerationConfig(path string) (*GenerationConfig, error) {
 	g := DefaultGenerationConfig()
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return &g, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("checkpoints: %w", err)
-	}
-	if err := json.Unmarshal(b, &g); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return nil, &ConfigError{File: path, Key: te.Field, Msg: fmt.Sprintf("expected %s, got a JSON %s", jsonKind(te.Type.Kind().String()), te.Value)}
-		}
-		return nil, &ConfigError{File: path, Msg: "not valid JSON: " + err.Error()}
+	if err := readJSONFile(path, &g); err != nil {
+		return nil, err
 	}
 	if err := g.Validate(); err != nil {
 		var ce *ConfigError

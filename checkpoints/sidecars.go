@@ -76,13 +76,19 @@ func readJSONFile(path string, v any) error {
 		return fmt.Errorf("checkpoints: %w", err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return &ConfigError{File: path, Key: te.Field, Msg: fmt.Sprintf("expected %s, got a JSON %s", jsonKind(te.Type.Kind().String()), te.Value)}
-		}
-		return &ConfigError{File: path, Msg: "not valid JSON: " + err.Error()}
+		return jsonError(path, err)
 	}
 	return nil
+}
+
+// jsonError turns a decoding error into a ConfigError naming the file and, for a value of
+// the wrong type, the key.
+func jsonError(file string, err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return &ConfigError{File: file, Key: te.Field, Msg: fmt.Sprintf("expected %s, got a JSON %s", jsonKind(te.Type.Kind().String()), te.Value)}
+	}
+	return &ConfigError{File: file, Msg: "not valid JSON: " + err.Error()}
 }
 
 // ReadGPTQConfig reads quantize_config.json.
