@@ -38,8 +38,9 @@ func Path(t testing.TB, rel string) string {
 	if _, err := os.Stat(p); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("reference file %s is missing (%v): CI must run with ../shared/testdata beside the project", p, err)
+		} else {
+			t.Skipf("skipping: reference file %s is missing; put the shared test data at ../shared/testdata (or set QWEN_TUNE_TESTDATA) to run this test", p)
 		}
-		t.Skipf("skipping: reference file %s is missing; put the shared test data at ../shared/testdata (or set QWEN_TUNE_TESTDATA) to run this test", p)
 	}
 	return p
 }
