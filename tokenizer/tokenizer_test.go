@@ -52,12 +52,13 @@ func randomText(r *rand.Rand, n int) string {
 
 // regexPieces splits text with a backtracking regex engine (regexp2, which tiktoken-go uses),
 // returning byte offsets of piece ends.
+var patternRegex = regexp2.MustCompile(Pattern, regexp2.None)
+
 func regexPieces(t testing.TB, text string) []int {
-	re := regexp2.MustCompile(Pattern, regexp2.None)
 	runes := []rune(text)
 	var ends []int
-	m, err := re.FindStringMatch(text)
-	for ; m != nil && err == nil; m, err = re.FindNextMatch(m) {
+	m, err := patternRegex.FindStringMatch(text)
+	for ; m != nil && err == nil; m, err = patternRegex.FindNextMatch(m) {
 		ends = append(ends, len(string(runes[:m.Index+m.Length])))
 	}
 	if err != nil {
