@@ -1,0 +1,163 @@
+package autograd
+
+// Cross-entropy of next-token prediction, token-weighted mean over the labels that count:
+//
+//	logits [B*T, V], labels [B, T] from the Step -> loss (scalar)
+//	loss = (1/n) sum_{b, t < T-1, labels[b,t+1] != -100} -log softmax(logits[b,t])[labels[b,t+1]]
+//	dlogits[b,t] = dloss (softmax(logits[b,t]) - onehot(labels[b,t+1])) / n, zero elsewhere
+//
+// n = 0 (nothing to predict) gives loss 0 and zero gradients.
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+type crossEntropyOp struct {
+	base
+	step     *Step
+	backward bool // inputs logits, dloss -> dlogits
+}
+
+// CrossEntropy is the shifted next-token loss of logits [batch*seq, V] against step.Labels.
+func CrossEntropy(logits *G.Node, step *Step) (*G.Node, error) {
+	return G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropy"), step: step}, logits)
+}
+
+func (o *crossEntropyOp) Arity() int {
+	if o.backward {
+		return 2
+	}
+	return 1
+}
+func (o *crossEntropyOp) Type() hm.Type {
+	if o.backward {
+		return hm.NewFnType(tt(2, tvA), tvA, tt(2, tvA))
+	}
+	return hm.NewFnType(tt(2, tvA), tvA)
+}
+func (o *crossEntropyOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+	s, err := shapeOf(in[0])
+	if err != nil {
+		return nil, err
+	}
+	if err := wantDims("CrossEntropy", s, 2, "logits"); err != nil {
+		return nil, err
+	}
+	if o.backward {
+		return s.Clone(), nil
+	}
+	return tensor.ScalarShape(), nil
+}
+
+// Targets counts the labels that take part in the loss of a [batch, seq] label matrix.
+func Targets(labels []int32, batch, seq int) int {
+	n := 0
+	for b := 0; b < batch; b++ {
+		for t := 1; t < seq; t++ {
+			if labels[b*seq+t] != IgnoreIndex {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
+	x, err := dense(v[0], o.name)
+	if err != nil {
+		return nil, err
+	}
+	st := o.step
+	if st.Labels == nil {
+		return nil, fmt.Errorf("autograd: CrossEntropy: the step has no labels")
+	}
+	if x.Shape()[0] != st.Batch*st.Seq {
+		return nil, fmt.Errorf("autograd: CrossEntropy: %d logit rows for %d x %d labels", x.Shape()[0], st.Batch, st.Seq)
+	}
+	vocab := x.Shape()[1]
+	for i, l := range st.Labels {
+		if l != IgnoreIndex && (l < 0 || int(l) >= vocab) {
+			return nil, fmt.Errorf("autograd: CrossEntropy: label %d at position %d is outside [0, %d) and is not %d", l, i, vocab, IgnoreIndex)
+		}
+	}
+	dloss := 1.0
+	if o.backward {
+		if dloss, err = scalar(v[1]); err != nil {
+			return nil, err
+		}
+	}
+	switch x.Dtype() {
+	case tensor.Float32:
+		loss, grad := crossEntropy[float32](x, st, o.backward, dloss)
+		if o.backward {
+			return grad, nil
+		}
+		return G.NewF32(float32(loss)), nil
+	case tensor.Float64:
+		loss, grad := crossEntropy[float64](x, st, o.backward, dloss)
+		if o.backward {
+			return grad, nil
+		}
+		return G.NewF64(loss), nil
+	}
+	return nil, fmt.Errorf("autograd: CrossEntropy of type %v", x.Dtype())
+}
+
+func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float64) (float64, *tensor.Dense) {
+	vocab := x.Shape()[1]
+	xd := x.Data().([]T)
+	n := Targets(st.Labels, st.Batch, st.Seq)
+	var grad []T
+	var out *tensor.Dense
+	if backward {
+		out = newLike(x, x.Shape()...)
+		grad = out.Data().([]T)
+	}
+	if n == 0 {
+		return 0, out
+	}
+	losses := make([]float64, st.Batch*st.Seq)
+	parallel(st.Batch*st.Seq, func(i int) {
+		b, t := i/st.Seq, i%st.Seq
+		if t+1 >= st.Seq || st.Labels[b*st.Seq+t+1] == IgnoreIndex {
+			return
+		}
+		target := int(st.Labels[b*st.Seq+t+1])
+		row := xd[i*vocab : (i+1)*vocab]
+		m := math.Inf(-1)
+		for _, v := range row {
+			m = max(m, float64(v))
+		}
+		var sum float64
+		for _, v := range row {
+			sum += math.Exp(float64(v) - m)
+		}
+		lse := m + math.Log(sum)
+		losses[i] = lse - float64(row[target])
+		if backward {
+			g := grad[i*vocab : (i+1)*vocab]
+			scale := dloss / float64(n)
+			for j, v := range row {
+				g[j] = T(math.Exp(float64(v)-lse) * scale)
+			}
+			g[target] -= T(scale)
+		}
+	})
+	var total float64
+	for _, l := range losses {
+		total += l
+	}
+	return total / float64(n), out
+}
+
+func (o *crossEntropyOp) DiffWRT(int) []bool { return []bool{true} }
+
+func (o *crossEntropyOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	d, err := G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropyGrad"), step: o.step, backward: true}, in[0], grad)
+	return G.Nodes{d}, err
+}

@@ -1,0 +1,144 @@
+package autograd
+
+// Gather picks rows of a matrix by index: the embedding lookup (rows of wte by token id) and
+// the selection of the positions whose logits are wanted.
+//
+//	w [V, H] (bf16 as uint16, float32 or float64), idx [n] from the Step -> y [n, H] activations
+//	dw = zeros [V, H] with dw[idx[i]] += dy[i]   (only when w is trained)
+
+import (
+	"fmt"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+type gatherOp struct {
+	base
+	n      int
+	index  func() []int32
+	what   string
+	out    tensor.Dtype
+	trainW bool
+}
+
+// Embedding gathers the rows of w [V, H] for the step's token ids (batch*seq of them) into
+// activations of type act.
+func Embedding(w *G.Node, step *Step, batch, seq int, act tensor.Dtype, trainW bool) (*G.Node, error) {
+	if trainW && w.Dtype() == tensor.Uint16 {
+		return nil, fmt.Errorf("autograd: embedding %s: a bf16 weight cannot be trained", w.Name())
+	}
+	return G.ApplyOp(&gatherOp{base: newBase("Embedding"), n: batch * seq, index: func() []int32 { return step.IDs }, what: "token id", out: act, trainW: trainW}, w)
+}
+
+// SelectRows keeps one position per row of x [batch*seq, H]: row b's position step.Rows[b].
+func SelectRows(x *G.Node, step *Step, batch, seq int) (*G.Node, error) {
+	idx := make([]int32, batch)
+	index := func() []int32 {
+		for b, r := range step.Rows {
+			idx[b] = int32(b*seq) + r
+			if r < 0 || int(r) >= seq {
+				idx[b] = -1
+			}
+		}
+		return idx
+	}
+	return G.ApplyOp(&gatherOp{base: newBase("SelectRows"), n: batch, index: index, what: "selected position", out: x.Dtype(), trainW: true}, x)
+}
+
+func (o *gatherOp) Arity() int    { return 1 }
+func (o *gatherOp) Type() hm.Type { return hm.NewFnType(tt(2, tvW), tt(2, o.out)) }
+func (o *gatherOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+	w, err := shapeOf(in[0])
+	if err != nil {
+		return nil, err
+	}
+	if err := wantDims(o.name, w, 2, "the table"); err != nil {
+		return nil, err
+	}
+	return tensor.Shape{o.n, w[1]}, nil
+}
+
+func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
+	w, err := dense(v[0], o.name)
+	if err != nil {
+		return nil, err
+	}
+	idx := o.index()
+	if len(idx) != o.n {
+		return nil, fmt.Errorf("autograd: %s: %d indices for a graph built for %d", o.name, len(idx), o.n)
+	}
+	rows, h := w.Shape()[0], w.Shape()[1]
+	for i, id := range idx {
+		if id < 0 || int(id) >= rows {
+			return nil, fmt.Errorf("autograd: %s: %s %d at position %d is outside [0, %d)", o.name, o.what, id, i, rows)
+		}
+	}
+	out := tensor.New(tensor.Of(o.out), tensor.WithShape(o.n, h))
+	switch o.out {
+	case tensor.Float32:
+		err = gatherRows(w, idx, h, out.Data().([]float32))
+	case tensor.Float64:
+		err = gatherRows(w, idx, h, out.Data().([]float64))
+	default:
+		err = fmt.Errorf("autograd: %s into %v", o.name, o.out)
+	}
+	return out, err
+}
+
+func gatherRows[T Float](w *tensor.Dense, idx []int32, h int, out []T) error {
+	for i, id := range idx {
+		if err := weightRows(w, h, int(id), int(id)+1, out[i*h:(i+1)*h]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *gatherOp) DiffWRT(int) []bool { return []bool{o.trainW} }
+
+func (o *gatherOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dw, err := G.ApplyOp(&scatterOp{base: newBase(o.name + "Grad"), gather: o}, in[0], grad)
+	return G.Nodes{dw}, err
+}
+
+// scatterOp is Gather's backward: zeros shaped like w, dy rows added at the gathered indices.
+type scatterOp struct {
+	base
+	gather *gatherOp
+}
+
+func (o *scatterOp) Arity() int    { return 2 }
+func (o *scatterOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
+func (o *scatterOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+	w, err := shapeOf(in[0])
+	return w.Clone(), err
+}
+func (o *scatterOp) Do(v ...G.Value) (G.Value, error) {
+	w, g, err := twoDense(v, o.name)
+	if err != nil {
+		return nil, err
+	}
+	idx := o.gather.index()
+	out := newLike(g, w.Shape()...)
+	h := w.Shape()[1]
+	switch g.Dtype() {
+	case tensor.Float32:
+		scatterRows(g.Data().([]float32), idx, h, out.Data().([]float32))
+	case tensor.Float64:
+		scatterRows(g.Data().([]float64), idx, h, out.Data().([]float64))
+	default:
+		return nil, fmt.Errorf("autograd: %s of type %v", o.name, g.Dtype())
+	}
+	return out, nil
+}
+
+func scatterRows[T Float](g []T, idx []int32, h int, out []T) {
+	for i, id := range idx {
+		dst, src := out[int(id)*h:int(id+1)*h], g[i*h:(i+1)*h]
+		for j, x := range src {
+			dst[j] += x
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package autograd
+
+import (
+	"fmt"
+	"math"
+)
+
+// IgnoreIndex is the label that contributes no loss (PyTorch's default ignore_index).
+const IgnoreIndex = -100
+
+// Step is the data one execution of a graph reads besides its parameters: token ids, labels,
+// positions, the key mask and the KV cache. A graph is built once for a shape (Batch x Seq)
+// and its ops hold a pointer to one Step, so the same graph runs again for the next batch or
+// the next decoded token after the caller updates the Step.
+type Step struct {
+	Batch, Seq int     // rows, and new positions per row in this execution
+	IDs        []int32 // [Batch*Seq] input token ids
+	Labels     []int32 // [Batch*Seq] labels aligned with IDs (the loss shifts them); IgnoreIndex skips
+	Past       int     // positions of every row already in Cache (0 without a cache)
+	// KeyMask [Batch, Past+Seq] is true for real tokens; padded keys are never attended. nil
+	// means every key is real.
+	KeyMask []bool
+	// Base [Batch] is each row's rotary base (dynamic NTK raises it for long prompts); nil
+	// means RotaryBase for every row.
+	Base       []float64
+	RotaryBase float64
+	// LogNSeq > 0 turns on LogN query scaling for keys beyond it (Qwen's seq_length).
+	LogNSeq int
+	// Rows [Batch] selects one position per row for SelectRows (the last real token when only
+	// the next-token logits are wanted).
+	Rows  []int32
+	Cache *KVCache
+}
+
+// Keys is the number of key positions attended in this execution.
+func (s *Step) Keys() int { return s.Past + s.Seq }
+
+// base returns row b's rotary base.
+func (s *Step) base(b int) float64 {
+	if s.Base != nil {
+		return s.Base[b]
+	}
+	return s.RotaryBase
+}
+
+// keyOK reports whether row b's key at absolute position j is a real token.
+func (s *Step) keyOK(b, j int) bool {
+	return s.KeyMask == nil || s.KeyMask[b*s.Keys()+j]
+}
+
+// logn is the LogN factor for the query at absolute position p: max(1, ln(p+1)/ln(seq)) when
+// LogN is on and the key length exceeds seq, else 1.
+func (s *Step) logn(p int) float64 {
+	if s.LogNSeq <= 0 || s.Keys() <= s.LogNSeq || p+1 <= s.LogNSeq {
+		return 1
+	}
+	return math.Log(float64(p+1)) / math.Log(float64(s.LogNSeq))
+}
+
+// Check validates the Step against the graph shape it is about to feed.
+func (s *Step) Check() error {
+	n := s.Batch * s.Seq
+	switch {
+	case s.Batch <= 0 || s.Seq <= 0:
+		return fmt.Errorf("autograd: step of %d x %d positions", s.Batch, s.Seq)
+	case s.IDs != nil && len(s.IDs) != n:
+		return fmt.Errorf("autograd: step has %d ids for %d x %d positions", len(s.IDs), s.Batch, s.Seq)
+	case s.Labels != nil && len(s.Labels) != n:
+		return fmt.Errorf("autograd: step has %d labels for %d x %d positions", len(s.Labels), s.Batch, s.Seq)
+	case s.KeyMask != nil && len(s.KeyMask) != s.Batch*s.Keys():
+		return fmt.Errorf("autograd: key mask has %d entries for %d x %d keys", len(s.KeyMask), s.Batch, s.Keys())
+	case s.Base != nil && len(s.Base) != s.Batch:
+		return fmt.Errorf("autograd: %d rotary bases for %d rows", len(s.Base), s.Batch)
+	case s.Rows != nil && len(s.Rows) != s.Batch:
+		return fmt.Errorf("autograd: %d selected rows for %d rows", len(s.Rows), s.Batch)
+	case s.Cache != nil && (s.Cache.Batch != s.Batch || s.Keys() > s.Cache.Max):
+		return fmt.Errorf("autograd: KV cache holds %d x %d positions; step needs %d x %d", s.Cache.Batch, s.Cache.Max, s.Batch, s.Keys())
+	case s.Cache == nil && s.Past != 0:
+		return fmt.Errorf("autograd: step starts at position %d but has no KV cache", s.Past)
+	}
+	return nil
+}
+
+// KVCache holds, per layer, the keys (after rotary) and values of every position seen so far,
+// [Batch, Max, Heads, HeadDim] float32.
+type KVCache struct {
+	Batch, Max, Heads, HeadDim int
+	K, V                       [][]float32
+}
+
+// NewKVCache allocates a cache for layers x batch x max positions.
+func NewKVCache(layers, batch, max, heads, headDim int) *KVCache {
+	c := &KVCache{Batch: batch, Max: max, Heads: heads, HeadDim: headDim, K: make([][]float32, layers), V: make([][]float32, layers)}
+	for l := range c.K {
+		c.K[l] = make([]float32, batch*max*heads*headDim)
+		c.V[l] = make([]float32, batch*max*heads*headDim)
+	}
+	return c
+}
+
+// Bytes is the cache's size.
+func (c *KVCache) Bytes() int64 { return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * 4 }

@@ -1,0 +1,105 @@
+package autograd
+
+// SwiGLU, Qwen's MLP gate (SiLU on the w2 branch):
+//
+//	a = w1(x), g = w2(x), both [N, M] -> y [N, M]
+//	y = a * silu(g), silu(g) = g sigmoid(g)
+//	da = dy silu(g);  dg = dy a s (1 + g (1 - s)), s = sigmoid(g)
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+type swigluOp struct {
+	base
+	grad int // 0 forward; 1 da; 2 dg (inputs a, g, dy)
+}
+
+// SwiGLU is a * silu(g) for the up branch a = w1(x) and the gate branch g = w2(x).
+func SwiGLU(a, g *G.Node) (*G.Node, error) {
+	return G.ApplyOp(&swigluOp{base: newBase("SwiGLU")}, a, g)
+}
+
+func (o *swigluOp) Arity() int {
+	if o.grad == 0 {
+		return 2
+	}
+	return 3
+}
+func (o *swigluOp) Type() hm.Type {
+	if o.grad == 0 {
+		return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA))
+	}
+	return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA), tt(2, tvA))
+}
+func (o *swigluOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+	a, err := shapeOf(in[0])
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range in[1:] {
+		s, err := shapeOf(d)
+		if err != nil {
+			return nil, err
+		}
+		if !s.Eq(a) {
+			return nil, fmt.Errorf("autograd: SwiGLU: shapes %v and %v differ", a, s)
+		}
+	}
+	return a.Clone(), nil
+}
+
+func (o *swigluOp) Do(v ...G.Value) (G.Value, error) {
+	ins := make([]*tensor.Dense, len(v))
+	for i := range v {
+		var err error
+		if ins[i], err = dense(v[i], o.name); err != nil {
+			return nil, err
+		}
+	}
+	switch ins[0].Dtype() {
+	case tensor.Float32:
+		return swiglu[float32](ins, o.grad), nil
+	case tensor.Float64:
+		return swiglu[float64](ins, o.grad), nil
+	}
+	return nil, fmt.Errorf("autograd: SwiGLU of type %v", ins[0].Dtype())
+}
+
+func swiglu[T Float](ins []*tensor.Dense, grad int) *tensor.Dense {
+	out := newLike(ins[0], ins[0].Shape()...)
+	y, a, g := out.Data().([]T), ins[0].Data().([]T), ins[1].Data().([]T)
+	var dy []T
+	if grad != 0 {
+		dy = ins[2].Data().([]T)
+	}
+	for i := range y {
+		gv := float64(g[i])
+		s := 1 / (1 + math.Exp(-gv))
+		switch grad {
+		case 0:
+			y[i] = a[i] * T(gv*s)
+		case 1:
+			y[i] = dy[i] * T(gv*s)
+		case 2:
+			y[i] = dy[i] * a[i] * T(s*(1+gv*(1-s)))
+		}
+	}
+	return out
+}
+
+func (o *swigluOp) DiffWRT(int) []bool { return []bool{true, true} }
+
+func (o *swigluOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	da, err := G.ApplyOp(&swigluOp{base: newBase("SwiGLUGradUp"), grad: 1}, in[0], in[1], grad)
+	if err != nil {
+		return nil, err
+	}
+	dg, err := G.ApplyOp(&swigluOp{base: newBase("SwiGLUGradGate"), grad: 2}, in[0], in[1], grad)
+	return G.Nodes{da, dg}, err
+}
