@@ -109,17 +109,23 @@ func opCases() []opCase {
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return RMSNorm(in[0], in[1], 1e-6, true) },
 			ref:   refRMSNorm},
 		{name: "RMSNorm/bf16", shapes: [][]int{{3, 8}, {8}}, bf16: []bool{false, true}, wrt: []int{0},
-			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return RMSNorm(in[0], in[1], 1e-6, false) },
-			ref:   refRMSNorm},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
+				return RMSNorm(in[0], in[1], 1e-6, false)
+			},
+			ref: refRMSNorm},
 		{name: "Rotary/offset+NTK", shapes: [][]int{{2, 3, 2, 6}}, wrt: []int{0}, step: withPast(rows, 7),
 			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return Rotary(in[0], st) },
 			ref:   refRotary},
 		{name: "Attention/padded", shapes: [][]int{{2, 5, 2, 4}, {2, 5, 2, 4}, {2, 5, 2, 4}}, wrt: []int{0, 1, 2}, step: padded,
-			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return Attention(in[0], in[1], in[2], 0, st) },
-			ref:   refAttention},
+			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) {
+				return Attention(in[0], in[1], in[2], 0, st)
+			},
+			ref: refAttention},
 		{name: "Attention/LogN", shapes: [][]int{{1, 6, 3, 4}, {1, 6, 3, 4}, {1, 6, 3, 4}}, wrt: []int{0, 1, 2}, step: logn,
-			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return Attention(in[0], in[1], in[2], 0, st) },
-			ref:   refAttention},
+			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) {
+				return Attention(in[0], in[1], in[2], 0, st)
+			},
+			ref: refAttention},
 		{name: "SwiGLU", shapes: [][]int{{4, 5}, {4, 5}}, wrt: []int{0, 1},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return SwiGLU(in[0], in[1]) },
 			ref: func(in [][]float64, _ *Step) []float64 {
@@ -151,14 +157,20 @@ func opCases() []opCase {
 				return out
 			}},
 		{name: "Linear", shapes: [][]int{{3, 6}, {5, 6}}, wrt: []int{0, 1},
-			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return Linear(in[0], in[1], nil, true, false) },
-			ref:   refLinear},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
+				return Linear(in[0], in[1], nil, true, false)
+			},
+			ref: refLinear},
 		{name: "Linear/bias", shapes: [][]int{{3, 6}, {5, 6}, {5}}, wrt: []int{0, 1, 2},
-			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return Linear(in[0], in[1], in[2], true, true) },
-			ref:   refLinear},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
+				return Linear(in[0], in[1], in[2], true, true)
+			},
+			ref: refLinear},
 		{name: "Linear/bf16+bias", shapes: [][]int{{3, 6}, {5, 6}, {5}}, bf16: []bool{false, true, true}, wrt: []int{0},
-			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return Linear(in[0], in[1], in[2], false, false) },
-			ref:   refLinear},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
+				return Linear(in[0], in[1], in[2], false, false)
+			},
+			ref: refLinear},
 		{name: "CrossEntropy", shapes: [][]int{{8, 6}}, wrt: []int{0}, step: labels,
 			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return CrossEntropy(in[0], st) },
 			ref:   refCrossEntropy},

@@ -99,4 +99,6 @@ func NewKVCache(layers, batch, max, heads, headDim int) *KVCache {
 }
 
 // Bytes is the cache's size.
-func (c *KVCache) Bytes() int64 { return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * 4 }
+func (c *KVCache) Bytes() int64 {
+	return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * 4
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"unsafe"
 )
 
 // Tensor is one tensor's raw little-endian bytes with its type and shape. A Tensor read from
@@ -156,3 +157,26 @@ func (f *File) read(info TensorInfo) (Tensor, error) {
 	}
 	return t, nil
 }
+
+// Uint16View returns the 16-bit elements of an F16 or BF16 tensor without copying when the
+// data is 2-byte aligned (always, for a memory-mapped file written by this package or by
+// Hugging Face); the slice then aliases the file mapping and must not be written. Otherwise
+// it returns a copy.
+func (t Tensor) Uint16View() ([]uint16, error) {
+	if t.DType != BF16 && t.DType != F16 {
+		return nil, fmt.Errorf("checkpoints: tensor %q is %s, not BF16 or F16", t.Name, t.DType)
+	}
+	if len(t.Data) == 0 {
+		return []uint16{}, nil
+	}
+	if !littleEndian || uintptr(unsafe.Pointer(&t.Data[0]))%2 != 0 {
+		return t.Uint16()
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&t.Data[0])), len(t.Data)/2), nil
+}
+
+// littleEndian reports whether this machine stores integers as safetensors does.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()

@@ -1,0 +1,77 @@
+package model
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+)
+
+// Runner is the model's graph for one batch x seq shape, compiled once and executed for each
+// new Step (the next batch, the next decoded token).
+type Runner struct {
+	*Graph
+	logits, loss *G.Node
+	vm           G.VM
+	ran          bool
+}
+
+// NewRunner builds the forward graph; withLoss adds the cross-entropy against Step.Labels.
+func (m *Model) NewRunner(batch, seq int, mode Mode, last, withLoss bool) (*Runner, error) {
+	g := NewGraph(m, batch, seq, mode, last)
+	logits, err := m.Forward(g)
+	if err != nil {
+		return nil, err
+	}
+	r := &Runner{Graph: g, logits: logits}
+	if withLoss {
+		if r.loss, err = g.Loss(logits); err != nil {
+			return nil, err
+		}
+	}
+	r.vm = G.NewTapeMachine(g.ExprGraph)
+	return r, nil
+}
+
+// Run executes the graph on the current Step.
+func (r *Runner) Run() error {
+	if err := r.Step.Check(); err != nil {
+		return err
+	}
+	if r.ran {
+		r.vm.Reset()
+	}
+	r.ran = true
+	if err := r.vm.RunAll(); err != nil {
+		return fmt.Errorf("model: %w", err)
+	}
+	return nil
+}
+
+// Logits is the last run's logits, [rows, vocab] row-major (rows = batch*seq, or batch when
+// the runner keeps only the selected positions). The slice is the runner's: copy it to keep it.
+func (r *Runner) Logits() []float32 {
+	return r.logits.Value().Data().([]float32)
+}
+
+// Loss is the last run's mean cross-entropy.
+func (r *Runner) Loss() (float64, error) {
+	if r.loss == nil {
+		return 0, fmt.Errorf("model: the runner was built without a loss")
+	}
+	switch v := r.loss.Value().(type) {
+	case *G.F32:
+		return float64(*v), nil
+	case *G.F64:
+		return float64(*v), nil
+	}
+	return 0, fmt.Errorf("model: loss of type %T", r.loss.Value())
+}
+
+// Close releases the compiled graph.
+func (r *Runner) Close() error { return r.vm.Close() }
+
+// SetBatch fills the Step with ids, labels (nil for none) and a key mask (nil: all real).
+func (r *Runner) SetBatch(ids, labels []int32, mask []bool) {
+	st := r.Step
+	st.IDs, st.Labels, st.KeyMask = ids, labels, mask
+}
