@@ -102,3 +102,23 @@ func NewKVCache(layers, batch, max, heads, headDim int) *KVCache {
 func (c *KVCache) Bytes() int64 {
 	return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * 4
 }
+
+// Ensure grows the cache, keeping its contents, so it holds at least n positions per row.
+func (c *KVCache) Ensure(n int) {
+	if n <= c.Max {
+		return
+	}
+	grown := max(n, 2*c.Max)
+	hd := c.Heads * c.HeadDim
+	for l := range c.K {
+		for _, kv := range []*[]float32{&c.K[l], &c.V[l]} {
+			old := *kv
+			next := make([]float32, c.Batch*grown*hd)
+			for b := 0; b < c.Batch; b++ {
+				copy(next[b*grown*hd:], old[b*c.Max*hd:(b+1)*c.Max*hd])
+			}
+			*kv = next
+		}
+	}
+	c.Max = grown
+}

@@ -1,0 +1,333 @@
+package model
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"os"
+	"testing"
+
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/golden"
+)
+
+// TestGoldenGreedy decodes greedily with the KV cache and compares with transformers.
+func TestGoldenGreedy(t *testing.T) {
+	path := golden.Path(t, "tiny-qwen/golden_greedy.json")
+	var want struct {
+		Prompt       []int `json:"prompt"`
+		Continuation []int `json:"greedy_continuation"`
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &want); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := loadGolden(t)
+	s := m.NewSession(4)
+	defer s.Close()
+	sampler := &Sampler{Greedy: true, RepetitionPenalty: 1}
+	got, reason, err := s.Generate(context.Background(), want.Prompt, GenerateOptions{MaxNewTokens: len(want.Continuation), Sampler: sampler}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason != StopLength || !equalInts(got, want.Continuation) {
+		t.Fatalf("greedy continuation %v (%s), golden %v", got, reason, want.Continuation)
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestCachedDecodingMatchesFullForward: logits from prefill + one-token steps (and a
+// multi-token chunk after a cache) equal the rows of one forward over the whole sequence.
+func TestCachedDecodingMatchesFullForward(t *testing.T) {
+	m, gb := loadGolden(t)
+	seq := gb.ids[:19] // row 0, all real tokens
+	full, err := m.NewRunner(1, len(seq), Inference, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	full.SetBatch(seq, nil, nil)
+	if err := full.Run(); err != nil {
+		t.Fatal(err)
+	}
+	vocab := m.Config.VocabSize
+	want := append([]float32(nil), full.Logits()...)
+	s := m.NewSession(2) // grows as it goes
+	defer s.Close()
+	check := func(pos int, got []float32) {
+		t.Helper()
+		if e := relDiff(got, want[pos*vocab:(pos+1)*vocab]); e > 1e-5 {
+			t.Errorf("position %d: cached logits differ from the full forward by %.3g", pos, e)
+		}
+	}
+	ids := make([]int, len(seq))
+	for i, id := range seq {
+		ids[i] = int(id)
+	}
+	logits, err := s.Feed(ids[:6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(5, logits)
+	for p := 6; p < 12; p++ {
+		if logits, err = s.Feed(ids[p : p+1]); err != nil {
+			t.Fatal(err)
+		}
+		check(p, logits)
+	}
+	if logits, err = s.Feed(ids[12:]); err != nil { // a chunk after a cache: offset causal mask
+		t.Fatal(err)
+	}
+	check(len(ids)-1, logits)
+}
+
+// randomModel is an in-memory float32 model with weights large enough that attention is far
+// from uniform, so positional effects (rotary base, LogN) show in the logits.
+func randomModel(cfg *checkpoints.Config, seed uint64) *Model {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	param := func(s checkpoints.TensorSpec) *Param {
+		shape := make([]int, len(s.Shape))
+		n := 1
+		for i, d := range s.Shape {
+			shape[i] = int(d)
+			n *= int(d)
+		}
+		v := make([]float32, n)
+		for i := range v {
+			if len(shape) == 1 {
+				v[i] = float32(1 + 0.1*rng.NormFloat64())
+			} else {
+				v[i] = float32(rng.NormFloat64() / math.Sqrt(float64(shape[1])) * 1.5)
+			}
+		}
+		return &Param{Name: s.Name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))}
+	}
+	ps := map[string]*Param{}
+	for _, s := range checkpoints.ModelTensors(cfg) {
+		ps[s.Name] = param(s)
+	}
+	m := &Model{Config: cfg, Embed: ps[checkpoints.Embedding], Norm: ps[checkpoints.FinalNorm], Head: &Dense{Weight: ps[checkpoints.LMHead]}}
+	for l := 0; l < cfg.NumHiddenLayers; l++ {
+		n := func(s string) *Param { return ps[checkpoints.LayerName(l, s)] }
+		m.Blocks = append(m.Blocks, &Block{Layer: l, LN1: n(checkpoints.LN1), LN2: n(checkpoints.LN2),
+			QKV: &Dense{Weight: n(checkpoints.AttnQKV), Bias: n(checkpoints.AttnQKVBias)}, Out: &Dense{Weight: n(checkpoints.AttnOut)},
+			Up: &Dense{Weight: n(checkpoints.MLPUp)}, Gate: &Dense{Weight: n(checkpoints.MLPGate)}, Down: &Dense{Weight: n(checkpoints.MLPDown)}})
+	}
+	return m
+}
+
+func shortContextConfig() *checkpoints.Config {
+	return &checkpoints.Config{
+		Architectures: []string{checkpoints.Architecture}, VocabSize: 64, HiddenSize: 32, NumHiddenLayers: 2,
+		NumAttentionHeads: 2, KVChannels: 16, IntermediateSize: 96, LayerNormEpsilon: 1e-6, RotaryEmbBase: 10000,
+		RotaryPct: 1, SeqLength: 16, UseDynamicNTK: true, UseLogNAttn: true, NoBias: true,
+	}
+}
+
+// refForward evaluates QWEN.md's formulas directly in float64, one position at a time, and
+// returns the logits of every position. base is the rotary base; logn applies LogN scaling
+// for queries when the sequence is longer than seq_length.
+func refForward(m *Model, ids []int, base float64, logn bool) [][]float64 {
+	c := m.Config
+	h, nh, d := c.HiddenSize, c.NumAttentionHeads, c.KVChannels
+	w := func(p *Param) []float64 {
+		f := p.Value.Data().([]float32)
+		out := make([]float64, len(f))
+		for i, v := range f {
+			out[i] = float64(v)
+		}
+		return out
+	}
+	matvec := func(W []float64, x []float64, rows int) []float64 {
+		y := make([]float64, rows)
+		for r := range y {
+			for k, v := range x {
+				y[r] += W[r*len(x)+k] * v
+			}
+		}
+		return y
+	}
+	rms := func(x, g []float64) []float64 {
+		var ss float64
+		for _, v := range x {
+			ss += v * v
+		}
+		r := 1 / math.Sqrt(ss/float64(len(x))+c.LayerNormEpsilon)
+		y := make([]float64, len(x))
+		for i := range x {
+			y[i] = x[i] * r * g[i]
+		}
+		return y
+	}
+	rotate := func(x []float64, pos int) {
+		for hd := 0; hd < nh; hd++ {
+			v := x[hd*d : (hd+1)*d]
+			for i := 0; i < d/2; i++ {
+				a := float64(pos) * math.Pow(base, -2*float64(i)/float64(d))
+				x1, x2 := v[i], v[i+d/2]
+				v[i], v[i+d/2] = x1*math.Cos(a)-x2*math.Sin(a), x2*math.Cos(a)+x1*math.Sin(a)
+			}
+		}
+	}
+	n := len(ids)
+	xs := make([][]float64, n)
+	emb := w(m.Embed)
+	for t, id := range ids {
+		xs[t] = append([]float64(nil), emb[id*h:(id+1)*h]...)
+	}
+	for _, b := range m.Blocks {
+		qkvW, qkvB := w(b.QKV.(*Dense).Weight), w(b.QKV.(*Dense).Bias)
+		qs, ks, vs := make([][]float64, n), make([][]float64, n), make([][]float64, n)
+		for t := range xs {
+			y := matvec(qkvW, rms(xs[t], w(b.LN1)), 3*nh*d)
+			for i := range y {
+				y[i] += qkvB[i]
+			}
+			qs[t], ks[t], vs[t] = y[:nh*d], y[nh*d:2*nh*d], y[2*nh*d:]
+			rotate(qs[t], t)
+			rotate(ks[t], t)
+			if logn && n > c.SeqLength && t+1 > c.SeqLength {
+				f := math.Log(float64(t+1)) / math.Log(float64(c.SeqLength))
+				for i := range qs[t] {
+					qs[t][i] *= f
+				}
+			}
+		}
+		for t := range xs {
+			att := make([]float64, nh*d)
+			for hd := 0; hd < nh; hd++ {
+				s := make([]float64, t+1)
+				mx := math.Inf(-1)
+				for j := 0; j <= t; j++ {
+					for i := 0; i < d; i++ {
+						s[j] += qs[t][hd*d+i] * ks[j][hd*d+i]
+					}
+					s[j] /= math.Sqrt(float64(d))
+					mx = math.Max(mx, s[j])
+				}
+				var sum float64
+				for j := range s {
+					s[j] = math.Exp(s[j] - mx)
+					sum += s[j]
+				}
+				for j := range s {
+					for i := 0; i < d; i++ {
+						att[hd*d+i] += s[j] / sum * vs[j][hd*d+i]
+					}
+				}
+			}
+			proj := matvec(w(b.Out.(*Dense).Weight), att, h)
+			for i := range proj {
+				xs[t][i] += proj[i]
+			}
+			x2 := rms(xs[t], w(b.LN2))
+			mw := c.MLPWidth()
+			up, gate := matvec(w(b.Up.(*Dense).Weight), x2, mw), matvec(w(b.Gate.(*Dense).Weight), x2, mw)
+			for i := range up {
+				up[i] *= gate[i] / (1 + math.Exp(-gate[i]))
+			}
+			down := matvec(w(b.Down.(*Dense).Weight), up, h)
+			for i := range down {
+				xs[t][i] += down[i]
+			}
+		}
+	}
+	out := make([][]float64, n)
+	for t := range xs {
+		out[t] = matvec(w(m.Head.(*Dense).Weight), rms(xs[t], w(m.Norm)), c.VocabSize)
+	}
+	return out
+}
+
+func relDiff64(a []float32, b []float64) float64 {
+	var num, den float64
+	for i := range a {
+		num += (float64(a[i]) - b[i]) * (float64(a[i]) - b[i])
+		den += b[i] * b[i]
+	}
+	return math.Sqrt(num / den)
+}
+
+func TestNTKAlpha(t *testing.T) {
+	for _, c := range []struct {
+		n    int
+		want float64
+	}{{1, 1}, {4096, 1}, {8192, 1}, {8193, 3}, {16384, 3}, {16385, 7}, {32767, 7}} {
+		if got := NTKAlpha(c.n, 8192); got != c.want {
+			t.Errorf("NTKAlpha(%d, 8192) = %g, want %g", c.n, got, c.want)
+		}
+	}
+	if got, want := NTKBase(10000, 3, 128), 10000*math.Pow(3, 128.0/126); math.Abs(got-want) > 1e-9 {
+		t.Errorf("NTKBase = %g, want %g", got, want)
+	}
+}
+
+// TestLongContextScaling: a prompt beyond seq_length (40 tokens, seq_length 16) gets the
+// dynamic-NTK base at prefill (alpha 7) and LogN query scaling; decoding keeps that base.
+// Logits are compared with refForward evaluating QWEN.md's formulas directly.
+func TestLongContextScaling(t *testing.T) {
+	cfg := shortContextConfig()
+	m := randomModel(cfg, 3)
+	rng := rand.New(rand.NewPCG(5, 5))
+	ids := make([]int, 44)
+	for i := range ids {
+		ids[i] = rng.IntN(cfg.VocabSize)
+	}
+	const prompt = 40
+	alpha := NTKAlpha(prompt, cfg.SeqLength)
+	if alpha != 7 {
+		t.Fatalf("alpha for 40 tokens over 16 = %g, want 7", alpha)
+	}
+	base := NTKBase(cfg.RotaryEmbBase, alpha, cfg.KVChannels)
+	ref := refForward(m, ids, base, true)
+	plain := refForward(m, ids, cfg.RotaryEmbBase, false)
+
+	s := m.NewSession(8)
+	defer s.Close()
+	logits, err := s.Feed(ids[:prompt])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := prompt - 1; ; p++ {
+		if e := relDiff64(logits, ref[p]); e > 1e-5 {
+			t.Errorf("position %d: logits differ from the NTK+LogN reference by %.3g", p, e)
+		}
+		if e := relDiff64(logits, plain[p]); e < 1e-2 {
+			t.Errorf("position %d: NTK+LogN changes the logits by only %.3g: the test cannot tell them apart", p, e)
+		}
+		if p+1 == len(ids) {
+			break
+		}
+		if logits, err = s.Feed(ids[p+1 : p+2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Within seq_length nothing is scaled: the same model matches the plain reference.
+	s2 := m.NewSession(8)
+	defer s2.Close()
+	short, err := s2.Feed(ids[:12])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := relDiff64(short, refForward(m, ids[:12], cfg.RotaryEmbBase, false)[11]); e > 1e-5 {
+		t.Errorf("short prompt: logits differ from the plain reference by %.3g", e)
+	}
+}

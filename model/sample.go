@@ -1,0 +1,140 @@
+package model
+
+import (
+	"cmp"
+	"math"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+)
+
+// Sampler picks the next token as transformers' generate does with Qwen's settings:
+// repetition penalty over every id already in prompt and output (logit / p when positive,
+// logit * p when negative), then temperature, top-k (0 = off) and top-p, then a draw from the
+// softmax with a seeded generator. Greedy takes the arg-max after the penalty.
+type Sampler struct {
+	Greedy            bool
+	Temperature       float64
+	TopK              int
+	TopP              float64
+	RepetitionPenalty float64
+	rng               *rand.Rand
+	scores            []float64
+	order             []int
+}
+
+// NewSampler takes the settings of a generation_config.json; greedy also follows do_sample.
+func NewSampler(g checkpoints.GenerationConfig, seed uint64) *Sampler {
+	return &Sampler{
+		Greedy: !g.DoSample || g.Temperature == 0, Temperature: g.Temperature, TopK: g.TopK, TopP: g.TopP,
+		RepetitionPenalty: g.RepetitionPenalty, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+	}
+}
+
+// Penalize applies the repetition penalty to scores in place.
+func (s *Sampler) Penalize(scores []float64, seen []int) {
+	if s.RepetitionPenalty == 1 || s.RepetitionPenalty == 0 {
+		return
+	}
+	done := map[int]bool{}
+	for _, id := range seen {
+		if id < 0 || id >= len(scores) || done[id] {
+			continue
+		}
+		done[id] = true
+		if scores[id] < 0 {
+			scores[id] *= s.RepetitionPenalty
+		} else {
+			scores[id] /= s.RepetitionPenalty
+		}
+	}
+}
+
+// Filter applies temperature, top-k and top-p to scores in place (removed entries become -Inf).
+func (s *Sampler) Filter(scores []float64) {
+	if s.Temperature > 0 && s.Temperature != 1 {
+		for i := range scores {
+			scores[i] /= s.Temperature
+		}
+	}
+	if s.TopK > 0 && s.TopK < len(scores) {
+		top := slices.Clone(scores)
+		slices.SortFunc(top, func(a, b float64) int { return cmp.Compare(b, a) })
+		kth := top[s.TopK-1]
+		for i, v := range scores {
+			if v < kth {
+				scores[i] = math.Inf(-1)
+			}
+		}
+	}
+	if s.TopP > 0 && s.TopP < 1 {
+		// Ascending order; drop the low tail whose cumulative probability is <= 1 - top_p,
+		// always keeping the most likely token.
+		s.order = s.order[:0]
+		for i := range scores {
+			s.order = append(s.order, i)
+		}
+		slices.SortStableFunc(s.order, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
+		probs := softmax(scores)
+		var cum float64
+		for k, i := range s.order {
+			cum += probs[i]
+			if cum <= 1-s.TopP && k < len(s.order)-1 {
+				scores[i] = math.Inf(-1)
+			}
+		}
+	}
+}
+
+// Next chooses the token after logits, given every id already in the sequence.
+func (s *Sampler) Next(logits []float32, seen []int) int {
+	s.scores = s.scores[:0]
+	for _, v := range logits {
+		s.scores = append(s.scores, float64(v))
+	}
+	s.Penalize(s.scores, seen)
+	if s.Greedy {
+		best := 0
+		for i, v := range s.scores {
+			if v > s.scores[best] {
+				best = i
+			}
+		}
+		return best
+	}
+	s.Filter(s.scores)
+	probs := softmax(s.scores)
+	u := s.rng.Float64()
+	var cum float64
+	last := 0
+	for i, p := range probs {
+		if p == 0 {
+			continue
+		}
+		cum += p
+		last = i
+		if u < cum {
+			return i
+		}
+	}
+	return last
+}
+
+// softmax of scores in float64; -Inf entries get probability 0.
+func softmax(scores []float64) []float64 {
+	m := math.Inf(-1)
+	for _, v := range scores {
+		m = max(m, v)
+	}
+	out := make([]float64, len(scores))
+	var sum float64
+	for i, v := range scores {
+		out[i] = math.Exp(v - m)
+		sum += out[i]
+	}
+	for i := range out {
+		out[i] /= sum
+	}
+	return out
+}

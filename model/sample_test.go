@@ -1,0 +1,93 @@
+package model
+
+import (
+	"math"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+)
+
+func TestRepetitionPenalty(t *testing.T) {
+	s := &Sampler{RepetitionPenalty: 1.1}
+	scores := []float64{2, -2, 1, -1}
+	s.Penalize(scores, []int{0, 1, 1, 0})
+	want := []float64{2 / 1.1, -2 * 1.1, 1, -1}
+	for i := range want {
+		if math.Abs(scores[i]-want[i]) > 1e-12 {
+			t.Errorf("score %d = %g, want %g (each id penalised once)", i, scores[i], want[i])
+		}
+	}
+}
+
+func TestFilter(t *testing.T) {
+	probs := []float64{0.5, 0.3, 0.15, 0.05}
+	logits := func() []float64 {
+		out := make([]float64, len(probs))
+		for i, p := range probs {
+			out[i] = math.Log(p)
+		}
+		return out
+	}
+	cases := []struct {
+		name string
+		s    Sampler
+		keep []bool
+	}{
+		// ascending cumulative sums 0.05, 0.20, 0.50, 1.0; drop those <= 1 - top_p
+		{"top-p 0.75", Sampler{TopP: 0.75, Temperature: 1}, []bool{true, true, false, false}},
+		{"top-p 0.9", Sampler{TopP: 0.9, Temperature: 1}, []bool{true, true, true, false}},
+		{"top-p tiny keeps the best", Sampler{TopP: 1e-9, Temperature: 1}, []bool{true, false, false, false}},
+		{"top-k 2", Sampler{TopK: 2, TopP: 1, Temperature: 1}, []bool{true, true, false, false}},
+		{"top-k 0 is off", Sampler{TopK: 0, TopP: 1, Temperature: 1}, []bool{true, true, true, true}},
+	}
+	for _, c := range cases {
+		sc := logits()
+		c.s.Filter(sc)
+		for i, k := range c.keep {
+			if k == math.IsInf(sc[i], -1) {
+				t.Errorf("%s: token %d kept=%v, want %v", c.name, i, !math.IsInf(sc[i], -1), k)
+			}
+		}
+	}
+	// Temperature divides the logits before top-p: at T=2 the distribution flattens.
+	sc := logits()
+	(&Sampler{Temperature: 2, TopP: 1}).Filter(sc)
+	if math.Abs(sc[0]-math.Log(0.5)/2) > 1e-12 {
+		t.Errorf("temperature 2: logit %g, want %g", sc[0], math.Log(0.5)/2)
+	}
+}
+
+// TestSamplingDistribution draws many tokens with Qwen's chat settings and compares the
+// frequencies with the filtered softmax; the same seed gives the same draws.
+func TestSamplingDistribution(t *testing.T) {
+	logits := []float32{2, 1.5, 1, 0, -1, -3}
+	g := checkpoints.ChatGenerationConfig()
+	s := NewSampler(g, 42)
+	scores := make([]float64, len(logits))
+	for i, v := range logits {
+		scores[i] = float64(v)
+	}
+	s.Filter(scores)
+	want := softmax(scores)
+	const n = 200000
+	counts := make([]float64, len(logits))
+	for i := 0; i < n; i++ {
+		counts[s.Next(logits, nil)]++
+	}
+	for i := range counts {
+		got := counts[i] / n
+		if math.Abs(got-want[i]) > 4*math.Sqrt(want[i]*(1-want[i])/n)+1e-9 {
+			t.Errorf("token %d drawn %.4f of the time, expected %.4f", i, got, want[i])
+		}
+	}
+	a, b := NewSampler(g, 7), NewSampler(g, 7)
+	for i := 0; i < 100; i++ {
+		if x, y := a.Next(logits, nil), b.Next(logits, nil); x != y {
+			t.Fatalf("draw %d: %d vs %d with the same seed", i, x, y)
+		}
+	}
+	greedy := NewSampler(checkpoints.GenerationConfig{Temperature: 1, TopP: 1, RepetitionPenalty: 1.1}, 1)
+	if id := greedy.Next([]float32{1.05, 1.0}, []int{0}); id != 1 {
+		t.Errorf("greedy with repetition penalty chose %d, want 1 (1.05/1.1 < 1.0)", id)
+	}
+}
