@@ -331,3 +331,32 @@ func TestLongContextScaling(t *testing.T) {
 		t.Errorf("short prompt: logits differ from the plain reference by %.3g", e)
 	}
 }
+
+// TestEvaluatorMatchesGoldenLoss: scoring the golden rows one at a time and pooling the sums
+// gives the batch's token-weighted loss.
+func TestEvaluatorMatchesGoldenLoss(t *testing.T) {
+	m, gb := loadGolden(t)
+	e := m.NewEvaluator()
+	defer e.Close()
+	var sum float64
+	var n int
+	for b := 0; b < gb.batch; b++ {
+		var ids, labels []int
+		for i := 0; i < gb.seq; i++ {
+			if gb.mask[b*gb.seq+i] {
+				ids = append(ids, int(gb.ids[b*gb.seq+i]))
+				labels = append(labels, int(gb.labels[b*gb.seq+i]))
+			}
+		}
+		s, k, err := e.Score(ids, labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += s
+		n += k
+	}
+	want := float64(gb.floats(t, "loss")[0])
+	if d := math.Abs(sum/float64(n) - want); d > 1e-5 {
+		t.Errorf("pooled loss %.8f, golden %.8f", sum/float64(n), want)
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/internal/golden"
+)
+
+// TestGenerateGolden: the documented command prints the reference greedy continuation.
+func TestGenerateGolden(t *testing.T) {
+	dir := golden.Path(t, "tiny-qwen")
+	b, err := os.ReadFile(filepath.Join(dir, "golden_greedy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want struct {
+		Continuation []int `json:"greedy_continuation"`
+	}
+	if err := json.Unmarshal(b, &want); err != nil {
+		t.Fatal(err)
+	}
+	out, errs, st := qt(t, "", "generate", "--model", dir, "--prompt-ids", "434,166,165,146,177,337,439,407", "--max-new-tokens", "16", "--greedy", "--json")
+	if st != 0 {
+		t.Fatalf("generate: status %d: %s", st, errs)
+	}
+	var got struct {
+		IDs    []int   `json:"ids"`
+		Text   *string `json:"text"`
+		Finish string  `json:"finish_reason"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output is not JSON: %q", out)
+	}
+	if !equal(got.IDs, want.Continuation) || got.Text != nil || got.Finish != "length" {
+		t.Fatalf("got %+v, want ids %v without text", got, want.Continuation)
+	}
+}
+
+func equal(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestGenerateWithVocabulary(t *testing.T) {
+	dir := tinyModel(t)
+	args := []string{"generate", "--model", dir, "--prompt", "Once upon a time", "--max-new-tokens", "12", "--seed", "5"}
+	text, errs, st := qt(t, "", args...)
+	if st != 0 {
+		t.Fatalf("generate: %s", errs)
+	}
+	out, errs, st := qt(t, "", append(args, "--json")...)
+	if st != 0 {
+		t.Fatalf("generate --json: %s", errs)
+	}
+	var got struct {
+		IDs  []int  `json:"ids"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Text+"\n" != text || len(got.IDs) == 0 || len(got.IDs) > 12 {
+		t.Fatalf("streamed %q, JSON %+v: the same seed must give the same text", text, got)
+	}
+}
+
+func TestInferenceBadInput(t *testing.T) {
+	dir := tinyModel(t)
+	mismatched := filepath.Join(t.TempDir(), "mismatch")
+	if err := os.CopyFS(mismatched, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(filepath.Join(mismatched, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = []byte(strings.Replace(string(cfg), `"num_hidden_layers": 2`, `"num_hidden_layers": 3`, 1))
+	if err := os.WriteFile(filepath.Join(mismatched, "config.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	jsonl := filepath.Join(t.TempDir(), "d.jsonl")
+	cases := []struct {
+		name  string
+		stdin string
+		args  []string
+		want  string
+		setup func()
+	}{
+		{"ids out of range", "", []string{"generate", "--model", dir, "--prompt-ids", "1,999999"}, "outside the model's vocabulary", nil},
+		{"ids not numbers", "", []string{"generate", "--model", dir, "--prompt-ids", "1,two"}, "is not an integer", nil},
+		{"both prompts", "", []string{"generate", "--model", dir, "--prompt", "a", "--prompt-ids", "1"}, "exactly one of", nil},
+		{"too long", "", []string{"generate", "--model", dir, "--prompt-ids", "1,2,3", "--max-new-tokens", "32765"}, "supports at most 32767", nil},
+		{"no model", "", []string{"generate", "--prompt-ids", "1"}, "--model DIR is required", nil},
+		{"tensors do not match config", "", []string{"generate", "--model", mismatched, "--prompt-ids", "1"}, "transformer.h.2.ln_1.weight", nil},
+		{"bad sampling flag", "", []string{"generate", "--model", dir, "--prompt-ids", "1", "--top-p", "1.5"}, "top_p", nil},
+		{"chat needs a vocabulary", "", []string{"chat", "--model", golden.Path(t, "tiny-qwen"), "--prompt", "hi"}, "has no qwen.tiktoken", nil},
+		{"empty dataset line", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:2: empty line", func() {
+			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2]}\n\n"), 0o644)
+		}},
+		{"labels of the wrong length", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:1: labels has 1 entries but input_ids has 2", func() {
+			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [2]}\n"), 0o644)
+		}},
+		{"nothing scored", "", []string{"eval", "--model", dir, "--data", jsonl}, "no token was scored", func() {
+			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n"), 0o644)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.setup != nil {
+				c.setup()
+			}
+			_, errs, st := qt(t, c.stdin, c.args...)
+			if st != 1 || !strings.Contains(errs, c.want) || strings.Contains(errs, "goroutine") {
+				t.Fatalf("status %d, stderr %q; want status 1 and %q", st, errs, c.want)
+			}
+		})
+	}
+}
+
+func TestChatScript(t *testing.T) {
+	dir := tinyModel(t)
+	out, errs, st := qt(t, "hello\n:history\n:clear\n:history\nsay <|im_end|> please\n:exit\nnot read\n", "chat", "--model", dir, "--max-new-tokens", "6", "--seed", "2")
+	if st != 0 {
+		t.Fatalf("chat: status %d: %s", st, errs)
+	}
+	if !strings.Contains(out, "user: hello\nassistant: ") || !strings.Contains(out, "(no conversation yet)") || strings.Contains(out, "not read") {
+		t.Fatalf("chat transcript:\n%s\nstderr:\n%s", out, errs)
+	}
+	out, errs, st = qt(t, "", "chat", "--model", dir, "--prompt", "hi", "--max-new-tokens", "4", "--greedy")
+	if st != 0 || strings.Count(out, "\n") < 1 {
+		t.Fatalf("chat --prompt: status %d, out %q, err %q", st, out, errs)
+	}
+}
+
+func TestEvalJSON(t *testing.T) {
+	dir := golden.Path(t, "tiny-qwen")
+	jsonl := filepath.Join(t.TempDir(), "d.jsonl")
+	os.WriteFile(jsonl, []byte("{\"input_ids\": [434, 166, 165, 146]}\n{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, 3]}\n"), 0o644)
+	out, errs, st := qt(t, "", "eval", "--model", dir, "--data", jsonl, "--json")
+	if st != 0 {
+		t.Fatalf("eval: %s", errs)
+	}
+	var res struct {
+		Loss, PPL float64
+		Tokens    int
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Tokens != 4 || res.Loss <= 0 || res.PPL <= 1 {
+		t.Fatalf("eval result %+v, want 4 tokens and a positive loss", res)
+	}
+}
