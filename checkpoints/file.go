@@ -16,6 +16,18 @@ type Tensor struct {
 	DType DType
 	Shape []int64
 	Data  []byte
+	// Gen, when Data is nil, produces the bytes for writing in chunks: it fills dst with the
+	// tensor's bytes starting at byte offset off. It lets writers stream tensors larger than
+	// memory (random models of Qwen-7B's size).
+	Gen func(dst []byte, off int64)
+}
+
+// ByteSize is the size of the tensor's data: len(Data), or dtype x shape for a generated tensor.
+func (t Tensor) ByteSize() int64 {
+	if t.Data == nil && t.Gen != nil {
+		return t.NumElements() * int64(t.DType.Size())
+	}
+	return int64(len(t.Data))
 }
 
 // NumElements is the product of the shape (1 for a scalar).

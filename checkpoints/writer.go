@@ -93,8 +93,8 @@ func checkTensors(ts []Tensor) error {
 				return fmt.Errorf("checkpoints: tensor %q: negative dimension in %s", t.Name, shapeString(t.Shape))
 			}
 		}
-		if want := t.NumElements() * int64(t.DType.Size()); int64(len(t.Data)) != want {
-			return fmt.Errorf("checkpoints: tensor %q: %s %s needs %d bytes, got %d", t.Name, t.DType, shapeString(t.Shape), want, len(t.Data))
+		if want := t.NumElements() * int64(t.DType.Size()); t.ByteSize() != want {
+			return fmt.Errorf("checkpoints: tensor %q: %s %s needs %d bytes, got %d", t.Name, t.DType, shapeString(t.Shape), want, t.ByteSize())
 		}
 	}
 	return nil
@@ -128,7 +128,7 @@ func encodeHeader(ts []Tensor, metadata map[string]string) ([]byte, error) {
 			}
 			buf = strconv.AppendInt(buf, d, 10)
 		}
-		end := off + int64(len(t.Data))
+		end := off + t.ByteSize()
 		buf = append(buf, `],"data_offsets":[`...)
 		buf = strconv.AppendInt(buf, off, 10)
 		buf = append(buf, ',')
@@ -172,7 +172,21 @@ func WriteFile(path string, tensors []Tensor, metadata map[string]string) error 
 		if _, err := w.Write(hdr); err != nil {
 			return err
 		}
+		var buf []byte
 		for _, t := range ordered {
+			if t.Data == nil && t.Gen != nil {
+				if buf == nil {
+					buf = make([]byte, genChunk)
+				}
+				for off, n := int64(0), t.ByteSize(); off < n; off += genChunk {
+					chunk := buf[:min(genChunk, n-off)]
+					t.Gen(chunk, off)
+					if _, err := w.Write(chunk); err != nil {
+						return fmt.Errorf("checkpoints: writing %s: %w", path, err)
+					}
+				}
+				continue
+			}
 			if _, err := w.Write(t.Data); err != nil {
 				return fmt.Errorf("checkpoints: writing %s: %w", path, err)
 			}
@@ -180,6 +194,9 @@ func WriteFile(path string, tensors []Tensor, metadata map[string]string) error 
 		return nil
 	})
 }
+
+// genChunk is how much of a generated tensor is held in memory at once.
+const genChunk = 32 << 20
 
 // DefaultShardBytes is the shard size transformers uses by default (5 GB).
 const DefaultShardBytes = 5_000_000_000
@@ -200,7 +217,7 @@ func WriteSharded(dir, base string, tensors []Tensor, metadata map[string]string
 	var cur []Tensor
 	var curBytes, total int64
 	for _, t := range ordered {
-		n := int64(len(t.Data))
+		n := t.ByteSize()
 		total += n
 		if len(cur) > 0 && curBytes+n > maxBytes {
 			shards = append(shards, cur)

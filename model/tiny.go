@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
@@ -25,6 +26,9 @@ type TinyOptions struct {
 	Heads      int
 	MLPWidth   int
 	SeqLength  int
+	// VocabSize is the embedding's row count (config vocab_size); 0 pads the vocabulary's
+	// size to a multiple of 128.
+	VocabSize int
 }
 
 // DefaultTiny is the embedded default model's shape.
@@ -32,12 +36,18 @@ func DefaultTiny() TinyOptions {
 	return TinyOptions{Seed: 1, VocabRanks: 16384, Hidden: 64, Layers: 2, Heads: 4, MLPWidth: 176, SeqLength: 2048}
 }
 
+// Qwen7BShape is Qwen-7B's exact shape (random weights, the demo vocabulary in an embedding
+// of 151,936 rows): 7,721,324,544 parameters, 15.4 GB in bf16.
+func Qwen7BShape() TinyOptions {
+	return TinyOptions{Seed: 1, VocabRanks: 0, Hidden: 4096, Layers: 32, Heads: 32, MLPWidth: 11008, SeqLength: 8192, VocabSize: 151936}
+}
+
 // TinyConfig is the config.json of a tiny model whose vocabulary has ordinary tokens.
 func TinyConfig(o TinyOptions, ordinary int) *checkpoints.Config {
 	used := ordinary + tokenizer.NumSpecial
 	return &checkpoints.Config{
 		Architectures: []string{checkpoints.Architecture}, ModelType: "qwen",
-		VocabSize:  (used + 127) / 128 * 128, // padded like Qwen-7B's 151936
+		VocabSize:  max(o.VocabSize, (used+127)/128*128), // padded like Qwen-7B's 151936
 		HiddenSize: o.Hidden, NumHiddenLayers: o.Layers, NumAttentionHeads: o.Heads, KVChannels: o.Hidden / o.Heads,
 		IntermediateSize: 2 * o.MLPWidth, LayerNormEpsilon: 1e-6, RotaryEmbBase: 10000, RotaryPct: 1,
 		SeqLength: o.SeqLength, UseDynamicNTK: true, UseLogNAttn: true, NoBias: true,
@@ -71,19 +81,10 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
-	r := rand.New(rand.NewPCG(o.Seed, 0x7177656e))
 	var tensors []checkpoints.Tensor
-	for _, s := range checkpoints.ModelTensors(cfg) {
-		n := s.NumElements()
-		data := make([]byte, 2*n)
-		for i := int64(0); i < n; i++ {
-			v := float32(0.02 * r.NormFloat64())
-			if len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") {
-				v = 1 // RMSNorm weights start at one
-			}
-			binary.LittleEndian.PutUint16(data[2*i:], checkpoints.F32ToBF16(v))
-		}
-		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Data: data})
+	for i, s := range checkpoints.ModelTensors(cfg) {
+		norm := len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") // RMSNorm weights start at one
+		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Gen: randomBF16(o.Seed, uint64(i), norm)})
 	}
 	meta := map[string]string{"qwen_tune.kind": "tiny-random", "qwen_tune.seed": strconv.FormatUint(o.Seed, 10)}
 	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
@@ -102,6 +103,39 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// genBlock is how many elements share one random stream: blocks are generated in parallel
+// and the bytes depend only on the seed, the tensor and the position.
+const genBlock = 1 << 20
+
+// randomBF16 generates bf16 weights ~ N(0, 0.02) (or ones for a norm) for a streaming writer.
+func randomBF16(seed, tensor uint64, ones bool) func(dst []byte, off int64) {
+	return func(dst []byte, off int64) {
+		first := off / 2
+		n := int64(len(dst) / 2)
+		blocks := int((first+n+genBlock-1)/genBlock - first/genBlock)
+		var wg sync.WaitGroup
+		for b := 0; b < blocks; b++ {
+			wg.Add(1)
+			go func(block int64) {
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(seed, tensor<<40|uint64(block)))
+				start := block * genBlock
+				// Chunks start on block boundaries, so a block is only ever cut at its end.
+				for e := start; e < min(start+genBlock, first+n); e++ {
+					v := float32(1)
+					if !ones {
+						v = float32(0.02 * r.NormFloat64())
+					}
+					if e >= first {
+						binary.LittleEndian.PutUint16(dst[2*(e-first):], checkpoints.F32ToBF16(v))
+					}
+				}
+			}(first/genBlock + int64(b))
+		}
+		wg.Wait()
+	}
 }
 
 func writeBytes(path string, b []byte) error {

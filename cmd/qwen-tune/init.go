@@ -10,9 +10,10 @@ import (
 
 func newInitCmd() *cobra.Command {
 	var (
-		tiny bool
-		out  string
-		o    = model.DefaultTiny()
+		tiny  bool
+		shape string
+		out   string
+		o     = model.DefaultTiny()
 	)
 	cmd := &cobra.Command{
 		Use:   "init --tiny --out DIR",
@@ -24,11 +25,42 @@ model.safetensors with random weights, and a vocabulary that may be redistribute
 as qwen.tiktoken. Every command accepts it in place of the real model. The same seed gives
 the same files. An existing model in DIR is never overwritten.`,
 		Example: `  qwen-tune init --tiny --out tiny-qwen
-  qwen-tune init --tiny --out tiny-qwen-big --hidden 256 --layers 4 --heads 8 --vocab-ranks 0`,
+  qwen-tune init --tiny --out tiny-qwen-big --hidden 256 --layers 4 --heads 8 --vocab-ranks 0
+  qwen-tune init --tiny --shape qwen-7b --layers 2 --out qwen7b-2layers`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !tiny {
-				return errors.New("init only writes tiny random models for now: add --tiny")
+				return errors.New("init only writes random models for now: add --tiny")
+			}
+			switch shape {
+			case "":
+			case "qwen-7b":
+				preset := model.Qwen7BShape()
+				preset.Seed = o.Seed
+				for _, name := range []string{"vocab-ranks", "hidden", "layers", "heads", "mlp", "seq-length", "vocab-size"} {
+					if !cmd.Flags().Changed(name) {
+						continue
+					}
+					switch name { // explicit flags refine the preset (e.g. --layers 2)
+					case "vocab-ranks":
+						preset.VocabRanks = o.VocabRanks
+					case "hidden":
+						preset.Hidden = o.Hidden
+					case "layers":
+						preset.Layers = o.Layers
+					case "heads":
+						preset.Heads = o.Heads
+					case "mlp":
+						preset.MLPWidth = o.MLPWidth
+					case "seq-length":
+						preset.SeqLength = o.SeqLength
+					case "vocab-size":
+						preset.VocabSize = o.VocabSize
+					}
+				}
+				o = preset
+			default:
+				return fmt.Errorf("--shape %q: the only preset is qwen-7b", shape)
 			}
 			cfg, err := model.WriteTiny(out, o)
 			if err != nil {
@@ -49,6 +81,8 @@ the same files. An existing model in DIR is never overwritten.`,
 	f.IntVar(&o.Heads, "heads", o.Heads, "attention heads (hidden/heads must be even)")
 	f.IntVar(&o.MLPWidth, "mlp", o.MLPWidth, "width of each MLP branch (intermediate_size is twice this)")
 	f.IntVar(&o.SeqLength, "seq-length", o.SeqLength, "seq_length (the context beyond which NTK and LogN scaling start)")
+	f.IntVar(&o.VocabSize, "vocab-size", 0, "embedding rows (config vocab_size; default: the vocabulary padded to a multiple of 128)")
+	f.StringVar(&shape, "shape", "", "start from a preset shape: qwen-7b (15.4 GB of random bf16 weights, written in a streaming way)")
 	cmd.MarkFlagRequired("out")
 	return cmd
 }
