@@ -1,9 +1,23 @@
-// Package autograd holds the custom gorgonia operations of the Qwen-7B graph, their
-// gradients, and graph execution on the CPU and (with the cuda build tag) on NVIDIA GPUs.
+// Package autograd holds the custom gorgonia operations of the Qwen-7B graph and their
+// gradients.
 //
-// The model, LoRA and the loss are one gorgonia.ExprGraph; gradients come from gorgonia's
-// symbolic differentiation (Grad) executed by a TapeMachine. go.mod pins the versions this
-// needs: gorgonia.org/gorgonia v0.9.18 with go4.org/unsafe/assume-no-moving-gc (without
-// which gorgonia panics at start-up on current Go), and gorgonia.org/cu v0.9.6 for the CUDA
-// build.
+// In: gorgonia nodes (activations float32, or float64 in gradient checks; weights float32 or
+// bf16 kept as uint16) and a Step with the run-time data (token ids, labels, positions, key
+// mask, rotary bases, KV cache). Out: nodes whose gradients gorgonia's symbolic Grad can
+// take, executed by a TapeMachine.
+//
+// One file per op, math and shapes in its header comment, forward and backward side by side:
+// RMSNorm, Rotary, Attention, SwiGLU, Embedding and SelectRows (gather), Linear, CrossEntropy,
+// SplitHeads. A backward is itself made of ops of this package, added to the same graph by
+// SymDiff; an op that needs several gradients from one pass (attention) packs them and picks
+// them apart. Frozen weights (bf16 always) get no gradient node.
+//
+// Ops are plain parameter structs whose Do runs the pure-Go CPU code. A graph is built once
+// per shape and run again for every Step, which the ops read through a pointer. Another
+// executor (the CUDA one, under the cuda build tag) walks the same compiled graph and
+// dispatches each node by its op type to its own kernel, so model code never changes.
+//
+// go.mod pins what this needs: gorgonia.org/gorgonia v0.9.18 with
+// go4.org/unsafe/assume-no-moving-gc (without which gorgonia panics at start-up on current
+// Go), and gorgonia.org/cu v0.9.6 for the CUDA build.
 package autograd

@@ -19,6 +19,7 @@ type Throughput struct {
 	PeakRSSBytes  int64   `json:"peak_rss_bytes"`
 	WeightsBytes  int64   `json:"weights_bytes"`
 	LoadSec       float64 `json:"load_s,omitempty"`
+	LoadRSSBytes  int64   `json:"load_peak_rss_bytes,omitempty"`
 	PrefillRounds int     `json:"prefill_rounds"`
 }
 

@@ -360,3 +360,68 @@ func TestEvaluatorMatchesGoldenLoss(t *testing.T) {
 		t.Errorf("pooled loss %.8f, golden %.8f", sum/float64(n), want)
 	}
 }
+
+// TestSessionReusesPrefix: continuing a conversation computes only the new tokens, and the
+// logits equal those of a fresh session over the whole prompt.
+func TestSessionReusesPrefix(t *testing.T) {
+	m, gb := loadGolden(t)
+	ids := make([]int, 20)
+	for i := range ids {
+		ids[i] = int(gb.ids[i])
+	}
+	s := m.NewSession(4)
+	defer s.Close()
+	if _, err := s.Continue(ids[:9]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Continue(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := m.NewSession(4)
+	defer fresh.Close()
+	want, err := fresh.Continue(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := relDiff(got, want); e > 1e-5 {
+		t.Errorf("logits after reusing the prefix differ by %.3g", e)
+	}
+	// A prompt that diverges early recomputes from the divergence.
+	other := append(append([]int(nil), ids[:3]...), 7, 8, 9)
+	got, err = s.Continue(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh.Reset()
+	want, err = fresh.Continue(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := relDiff(got, want); e > 1e-5 || len(s.Tokens()) != len(other) {
+		t.Errorf("after a divergent prompt: difference %.3g, %d tokens cached", e, len(s.Tokens()))
+	}
+}
+
+func TestGenerateCancelled(t *testing.T) {
+	m, _ := loadGolden(t)
+	s := m.NewSession(4)
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	out, reason, err := s.Generate(ctx, []int{1, 2, 3}, GenerateOptions{MaxNewTokens: 100, Sampler: &Sampler{Greedy: true, RepetitionPenalty: 1}}, func(int) error {
+		if n++; n == 3 {
+			cancel()
+		}
+		return nil
+	})
+	if err != nil || reason != StopCancelled || len(out) != 3 {
+		t.Fatalf("got %d tokens, reason %q, error %v; want 3 tokens, cancelled", len(out), reason, err)
+	}
+	stop := []int{out[0]}
+	s.Reset()
+	out, reason, err = s.Generate(context.Background(), []int{1, 2, 3}, GenerateOptions{MaxNewTokens: 100, Stop: stop, Sampler: &Sampler{Greedy: true, RepetitionPenalty: 1}}, nil)
+	if err != nil || reason != StopToken || len(out) != 0 {
+		t.Fatalf("stop id as first token: %v %q %v", out, reason, err)
+	}
+}

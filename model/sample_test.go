@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
@@ -89,5 +90,18 @@ func TestSamplingDistribution(t *testing.T) {
 	greedy := NewSampler(checkpoints.GenerationConfig{Temperature: 1, TopP: 1, RepetitionPenalty: 1.1}, 1)
 	if id := greedy.Next([]float32{1.05, 1.0}, []int{0}); id != 1 {
 		t.Errorf("greedy with repetition penalty chose %d, want 1 (1.05/1.1 < 1.0)", id)
+	}
+}
+
+func TestCheckMemory(t *testing.T) {
+	if _, _, ok := memInfo(); !ok {
+		t.Skip("no /proc/meminfo on this system")
+	}
+	err := CheckMemory(1<<50, "a 1 PiB model")
+	if err == nil || !strings.Contains(err.Error(), "needs 1048576.0 GiB") || !strings.Contains(err.Error(), "quantized") {
+		t.Fatalf("error %v", err)
+	}
+	if err := CheckMemory(1<<20, "a small model"); err != nil {
+		t.Fatal(err)
 	}
 }

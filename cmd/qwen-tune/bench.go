@@ -35,12 +35,12 @@ weights stay bf16 in memory, read from the memory-mapped checkpoint.`,
 				return err
 			}
 			defer in.m.Close()
-			load := time.Since(start).Seconds()
+			load, loadRSS := time.Since(start).Seconds(), model.PeakRSS()
 			res, err := model.MeasureThroughput(in.m, promptLen, newTokens, rounds, 1)
 			if err != nil {
 				return err
 			}
-			res.LoadSec = load
+			res.LoadSec, res.LoadRSSBytes = load, loadRSS
 			out := cmd.OutOrStdout()
 			if asJSON {
 				b, err := json.Marshal(struct {
@@ -56,7 +56,7 @@ weights stay bf16 in memory, read from the memory-mapped checkpoint.`,
 			}
 			c := in.m.Config
 			fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d, %.2f GB of weights\n", modelDir, c.NumHiddenLayers, c.HiddenSize, c.VocabSize, float64(res.WeightsBytes)/1e9)
-			fmt.Fprintf(out, "load       %.2f s (memory-mapped)\n", res.LoadSec)
+			fmt.Fprintf(out, "load       %.2f s (memory-mapped), peak RSS after loading %.2f GiB\n", res.LoadSec, float64(res.LoadRSSBytes)/(1<<30))
 			fmt.Fprintf(out, "prefill    %d tokens in %.3f s: %.1f tokens/s\n", res.PromptTokens, res.PrefillSec, res.PrefillTokS)
 			fmt.Fprintf(out, "decode     %d tokens in %.3f s: %.2f tokens/s\n", res.NewTokens, res.DecodeSec, res.DecodeTokS)
 			fmt.Fprintf(out, "kv cache   %.1f MiB\n", float64(res.KVCacheBytes)/(1<<20))

@@ -162,3 +162,34 @@ func TestEvalJSON(t *testing.T) {
 		t.Fatalf("eval result %+v, want 4 tokens and a positive loss", res)
 	}
 }
+
+// TestEvalText scores a text file in sliding windows; with the stride equal to the window
+// minus one, every token after the first is scored once, so the count is the token count - 1.
+func TestEvalText(t *testing.T) {
+	dir := tinyModel(t)
+	text := filepath.Join(t.TempDir(), "t.txt")
+	if err := os.WriteFile(text, []byte(strings.Repeat("The quick brown fox jumps over the lazy dog. ", 20)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ids, errs, st := qt(t, strings.Repeat("The quick brown fox jumps over the lazy dog. ", 20), "tokenize", "--model", dir, "--json", "--special", "none")
+	if st != 0 {
+		t.Fatal(errs)
+	}
+	var toks []int
+	if err := json.Unmarshal([]byte(ids), &toks); err != nil {
+		t.Fatal(err)
+	}
+	for _, stride := range []string{"31", "16"} {
+		out, errs, st := qt(t, "", "eval", "--model", dir, "--text", text, "--seq-len", "32", "--stride", stride, "--json")
+		if st != 0 {
+			t.Fatalf("eval --text: %s", errs)
+		}
+		var res struct{ Tokens int }
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Tokens != len(toks)-1 {
+			t.Errorf("stride %s: %d tokens scored, want %d", stride, res.Tokens, len(toks)-1)
+		}
+	}
+}

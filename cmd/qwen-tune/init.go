@@ -66,7 +66,7 @@ the same files. An existing model in DIR is never overwritten.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote a tiny random Qwen model to %s: %d layers, hidden %d, %d heads, vocab %d, %d parameters (seed %d)\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote a random Qwen model to %s: %d layers, hidden %d, %d heads, vocab %d, %d parameters (seed %d)\n",
 				out, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.NumAttentionHeads, cfg.VocabSize, cfg.ParamCount(), o.Seed)
 			return nil
 		},
