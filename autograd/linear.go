@@ -1,13 +1,13 @@
 package autograd
 
-// Linear: y = x W^T + b, PyTorch's Linear layout.
+// Linear: y = s x W^T + b, PyTorch's Linear layout (s = 1 except for LoRA branches).
 //
 //	x [N, K] activations (float32; float64 in gradient checks)
 //	W [M, K] weight: bf16 (stored as uint16), float32 or float64
 //	b [M]    optional bias, same storage choices
 //	y [N, M]
 //
-// Backward: dx = dy W [N, K]; dW = dy^T x [M, K]; db = sum over N of dy. A frozen weight
+// Backward: dx = s dy W [N, K]; dW = s dy^T x [M, K]; db = sum over N of dy. A frozen weight
 // (bf16 always is) gets no gradient node, so backward costs one product, not two.
 
 import (
@@ -22,15 +22,21 @@ type linearOp struct {
 	base
 	bias           bool
 	trainW, trainB bool
+	scale          float64 // y = scale x W^T (+ b); 0 means 1
 }
 
 // Linear applies y = x W^T (+ b). trainW and trainB say whether W and b get gradients; a
 // bf16 weight cannot.
 func Linear(x, w, b *G.Node, trainW, trainB bool) (*G.Node, error) {
+	return ScaledLinear(x, w, b, 1, trainW, trainB)
+}
+
+// ScaledLinear applies y = scale x W^T (+ b): a LoRA branch with its alpha/r folded in.
+func ScaledLinear(x, w, b *G.Node, scale float64, trainW, trainB bool) (*G.Node, error) {
 	if trainW && w.Dtype() == tensor.Uint16 || trainB && b != nil && b.Dtype() == tensor.Uint16 {
 		return nil, fmt.Errorf("autograd: linear %s: a bf16 weight cannot be trained; load it as float32", w.Name())
 	}
-	op := &linearOp{base: newBase("Linear"), bias: b != nil, trainW: trainW, trainB: trainB && b != nil}
+	op := &linearOp{base: newBase("Linear"), bias: b != nil, trainW: trainW, trainB: trainB && b != nil, scale: scale}
 	if b == nil {
 		return G.ApplyOp(op, x, w)
 	}
@@ -98,19 +104,24 @@ func (o *linearOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		return linearForward[float32](x, w, b)
+		return linearForward[float32](x, w, b, o.scale)
 	case tensor.Float64:
-		return linearForward[float64](x, w, b)
+		return linearForward[float64](x, w, b, o.scale)
 	}
 	return nil, fmt.Errorf("autograd: Linear: activations of type %v", x.Dtype())
 }
 
-func linearForward[T Float](x, w, b *tensor.Dense) (*tensor.Dense, error) {
+func linearForward[T Float](x, w, b *tensor.Dense, scale float64) (*tensor.Dense, error) {
 	n, k, m := x.Shape()[0], x.Shape()[1], w.Shape()[0]
 	out := newLike(x, n, m)
 	y := out.Data().([]T)
 	if err := matmulNT(x.Data().([]T), n, k, w, m, y); err != nil {
 		return nil, err
+	}
+	if scale != 0 && scale != 1 {
+		for i := range y {
+			y[i] *= T(scale)
+		}
 	}
 	if b != nil {
 		bias, err := weightVector[T](b)
@@ -137,11 +148,11 @@ func (o *linearOp) DiffWRT(int) []bool {
 func (o *linearOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	out := make(G.Nodes, len(in))
 	var err error
-	if out[0], err = G.ApplyOp(&linearGradXOp{base: newBase("LinearGradX")}, grad, in[1]); err != nil {
+	if out[0], err = G.ApplyOp(&linearGradXOp{base: newBase("LinearGradX"), scale: o.scale}, grad, in[1]); err != nil {
 		return nil, err
 	}
 	if o.trainW {
-		if out[1], err = G.ApplyOp(&linearGradWOp{base: newBase("LinearGradW")}, grad, in[0]); err != nil {
+		if out[1], err = G.ApplyOp(&linearGradWOp{base: newBase("LinearGradW"), scale: o.scale}, grad, in[0]); err != nil {
 			return nil, err
 		}
 	}
@@ -153,8 +164,11 @@ func (o *linearOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	return out, nil
 }
 
-// linearGradXOp: dx [N, K] = dy [N, M] W [M, K].
-type linearGradXOp struct{ base }
+// linearGradXOp: dx [N, K] = scale dy [N, M] W [M, K].
+type linearGradXOp struct {
+	base
+	scale float64
+}
 
 func (o *linearGradXOp) Arity() int    { return 2 }
 func (o *linearGradXOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA)) }
@@ -188,11 +202,34 @@ func (o *linearGradXOp) Do(v ...G.Value) (G.Value, error) {
 	default:
 		err = fmt.Errorf("autograd: LinearGradX: gradient of type %v", g.Dtype())
 	}
+	if err == nil {
+		scaleInPlace(out, o.scale)
+	}
 	return out, err
 }
 
-// linearGradWOp: dW [M, K] = dy^T [M, N] x [N, K].
-type linearGradWOp struct{ base }
+// scaleInPlace multiplies a float tensor by s (0 and 1 leave it).
+func scaleInPlace(t *tensor.Dense, s float64) {
+	if s == 0 || s == 1 {
+		return
+	}
+	switch d := t.Data().(type) {
+	case []float32:
+		for i := range d {
+			d[i] *= float32(s)
+		}
+	case []float64:
+		for i := range d {
+			d[i] *= s
+		}
+	}
+}
+
+// linearGradWOp: dW [M, K] = scale dy^T [M, N] x [N, K].
+type linearGradWOp struct {
+	base
+	scale float64
+}
 
 func (o *linearGradWOp) Arity() int    { return 2 }
 func (o *linearGradWOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
@@ -226,6 +263,7 @@ func (o *linearGradWOp) Do(v ...G.Value) (G.Value, error) {
 	default:
 		return nil, fmt.Errorf("autograd: LinearGradW: gradient of type %v", g.Dtype())
 	}
+	scaleInPlace(out, o.scale)
 	return out, nil
 }
 

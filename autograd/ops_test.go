@@ -126,6 +126,13 @@ func opCases() []opCase {
 				return Attention(in[0], in[1], in[2], 0, st)
 			},
 			ref: refAttention},
+		{name: "Dropout", shapes: [][]int{{4, 6}}, wrt: []int{0}, step: &Step{Batch: 1, Seq: 1, Seed: 9},
+			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) { return Dropout(in[0], 0.25, 3, st) },
+			ref: func(in [][]float64, st *Step) []float64 {
+				out := make([]float64, len(in[0]))
+				dropout(in[0], out, 0.25, st.Seed, 3)
+				return out
+			}},
 		{name: "SwiGLU", shapes: [][]int{{4, 5}, {4, 5}}, wrt: []int{0, 1},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return SwiGLU(in[0], in[1]) },
 			ref: func(in [][]float64, _ *Step) []float64 {
@@ -166,6 +173,17 @@ func opCases() []opCase {
 				return Linear(in[0], in[1], in[2], true, true)
 			},
 			ref: refLinear},
+		{name: "Linear/scaled", shapes: [][]int{{3, 6}, {5, 6}}, wrt: []int{0, 1},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
+				return ScaledLinear(in[0], in[1], nil, 2.5, true, false)
+			},
+			ref: func(in [][]float64, st *Step) []float64 {
+				out := refLinear(in, st)
+				for i := range out {
+					out[i] *= 2.5
+				}
+				return out
+			}},
 		{name: "Linear/bf16+bias", shapes: [][]int{{3, 6}, {5, 6}, {5}}, bf16: []bool{false, true, true}, wrt: []int{0},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) {
 				return Linear(in[0], in[1], in[2], false, false)

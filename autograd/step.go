@@ -30,6 +30,8 @@ type Step struct {
 	// the next-token logits are wanted).
 	Rows  []int32
 	Cache *KVCache
+	// Seed draws the dropout masks of this execution (training).
+	Seed uint64
 }
 
 // Keys is the number of key positions attended in this execution.

@@ -32,6 +32,14 @@ func (m *Model) NewRunner(batch, seq int, mode Mode, last, withLoss bool) (*Runn
 	return r, nil
 }
 
+// NewRunnerFromGraph compiles a graph built elsewhere (a training graph with gradients).
+func NewRunnerFromGraph(g *Graph, logits, loss *G.Node) (*Runner, error) {
+	if g.Err() != nil {
+		return nil, g.Err()
+	}
+	return &Runner{Graph: g, logits: logits, loss: loss, vm: G.NewTapeMachine(g.ExprGraph)}, nil
+}
+
 // Run executes the graph on the current Step.
 func (r *Runner) Run() error {
 	if err := r.Step.Check(); err != nil {

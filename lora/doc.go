@@ -1,0 +1,6 @@
+// Package lora adds low-rank adapters to a model's projections and reads and writes them in
+// PEFT's format. In: a loaded model and a Config (rank, alpha, dropout, target modules) or an
+// adapter directory. Out: the same model whose targeted projections compute
+// y = W x + (alpha/r) B A dropout(x), with A and B float32 and trainable while every base
+// weight stays frozen, and adapter_config.json + adapter_model.safetensors on disk.
+package lora

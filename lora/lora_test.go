@@ -1,0 +1,209 @@
+package lora
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/optim"
+)
+
+type goldenData struct {
+	m     *model.Model
+	a     *Adapter
+	batch *Batch
+	ck    *checkpoints.Checkpoint
+}
+
+// loadGolden loads tiny-qwen with the golden adapter (r 4, alpha 8, no dropout) and batch.
+func loadGolden(t *testing.T) *goldenData {
+	t.Helper()
+	dir := golden.Path(t, "tiny-qwen")
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	ck, err := checkpoints.OpenFiles(dir, filepath.Join(dir, "golden.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ck.Close() })
+	pc, err := checkpoints.ReadAdapterConfig(filepath.Join(dir, "golden_lora_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Apply(m, Config{R: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout, Targets: pc.Targets()}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range a.Layers {
+		for key, p := range map[string]*model.Param{l.KeyA(): l.A, l.KeyB(): l.B} {
+			v, err := ck.Float32("lora.param."+key, int64(p.Value.Shape()[0]), int64(p.Value.Shape()[1]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(p.Value.Data().([]float32), v)
+		}
+	}
+	b := &Batch{}
+	ints := func(name string) []int32 {
+		tn, err := ck.Tensor(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Batch, b.Seq = int(tn.Shape[0]), int(tn.Shape[1])
+		v, err := tn.Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([]int32, len(v))
+		for i, x := range v {
+			out[i] = int32(x)
+		}
+		return out
+	}
+	b.IDs, b.Labels = ints("input_ids"), ints("labels")
+	for _, x := range ints("attention_mask") {
+		b.Mask = append(b.Mask, x != 0)
+	}
+	return &goldenData{m: m, a: a, batch: b, ck: ck}
+}
+
+func relDiff(a, b []float32) float64 {
+	var num, den float64
+	for i := range a {
+		d := float64(a[i]) - float64(b[i])
+		num += d * d
+		den += float64(b[i]) * float64(b[i])
+	}
+	return math.Sqrt(num / den)
+}
+
+// TestGoldenLoRAGradients: logits, loss and d loss / d every A and B match the reference.
+func TestGoldenLoRAGradients(t *testing.T) {
+	gd := loadGolden(t)
+	gg, err := NewGradGraph(gd.m, gd.a.Params(), gd.batch.Batch, gd.batch.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gg.Close()
+	loss, grads, err := gg.Run(gd.batch, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := gd.ck.Float32("lora.logits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := relDiff(gg.Logits(), want); e > 1e-4 {
+		t.Errorf("logits with the adapter differ by %.3g", e)
+	}
+	wl, _ := gd.ck.Float32("lora.loss")
+	if d := math.Abs(loss - float64(wl[0])); d > 1e-5 {
+		t.Errorf("loss %.8f, golden %.8f", loss, wl[0])
+	}
+	worst := 0.0
+	for i, l := range gd.a.Layers {
+		for j, key := range []string{l.KeyA(), l.KeyB()} {
+			w, err := gd.ck.Float32("lora.grad." + key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := relDiff(grads[2*i+j], w)
+			if e > 1e-4 || math.IsNaN(e) {
+				t.Errorf("d loss / d %s differs by %.3g relative", key, e)
+			}
+			worst = max(worst, e)
+		}
+	}
+	t.Logf("%d adapter gradients, worst relative difference %.3g", len(grads), worst)
+}
+
+// TestGoldenTrajectory: ten AdamW steps with clipping and the warmup-cosine schedule follow
+// torch's per-step lr, loss and grad norm, and end at its adapter.
+func TestGoldenTrajectory(t *testing.T) {
+	gd := loadGolden(t)
+	dir := golden.Path(t, "tiny-qwen")
+	b, err := os.ReadFile(filepath.Join(dir, "golden_train.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want struct {
+		Steps []struct {
+			Step     int     `json:"step"`
+			LR       float64 `json:"lr"`
+			Loss     float64 `json:"loss"`
+			GradNorm float64 `json:"grad_norm_before_clip"`
+		} `json:"steps"`
+		FinalLoss float64 `json:"final_loss"`
+	}
+	if err := json.Unmarshal(b, &want); err != nil {
+		t.Fatal(err)
+	}
+	params := gd.a.Params()
+	gg, err := NewGradGraph(gd.m, params, gd.batch.Batch, gd.batch.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gg.Close()
+	sizes := make([]int, len(params))
+	values := make([][]float32, len(params))
+	for i, p := range params {
+		sizes[i], values[i] = p.Value.Size(), p.Value.Data().([]float32)
+	}
+	opt := optim.NewAdamW(sizes, 0.9, 0.999, 1e-8, 0.1)
+	sched := optim.Schedule{Kind: "cosine", Peak: 1e-2, Warmup: 2, Total: 10}
+	for _, w := range want.Steps {
+		loss, grads, err := gg.Run(gd.batch, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		norm := optim.ClipGradNorm(grads, 1.0)
+		lr := sched.LR(w.Step)
+		if math.Abs(lr-w.LR) > 1e-12 {
+			t.Errorf("step %d: lr %g, golden %g", w.Step, lr, w.LR)
+		}
+		if math.Abs(loss-w.Loss) > 1e-4*w.Loss {
+			t.Errorf("step %d: loss %.7f, golden %.7f", w.Step, loss, w.Loss)
+		}
+		if math.Abs(norm-w.GradNorm) > 1e-4*w.GradNorm {
+			t.Errorf("step %d: grad norm %.7f, golden %.7f", w.Step, norm, w.GradNorm)
+		}
+		if err := opt.Update(values, grads, lr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	loss, _, err := gg.Run(gd.batch, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(loss-want.FinalLoss) > 1e-4*want.FinalLoss {
+		t.Errorf("final loss %.7f, golden %.7f", loss, want.FinalLoss)
+	}
+	ck, err := checkpoints.OpenFiles(dir, filepath.Join(dir, "golden_train.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	worst := 0.0
+	for i, l := range gd.a.Layers {
+		for j, key := range []string{l.KeyA(), l.KeyB()} {
+			w, err := ck.Float32("after10." + key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := relDiff(values[2*i+j], w)
+			if e > 1e-4 {
+				t.Errorf("%s after 10 steps differs by %.3g relative", key, e)
+			}
+			worst = max(worst, e)
+		}
+	}
+	t.Logf("adapter after 10 steps: worst relative difference %.3g", worst)
+}

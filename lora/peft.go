@@ -1,0 +1,181 @@
+package lora
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// File names of a PEFT adapter directory.
+const (
+	ConfigFile  = "adapter_config.json"
+	WeightsFile = "adapter_model.safetensors"
+)
+
+// PEFTConfig is the adapter_config.json this package writes.
+func (a *Adapter) PEFTConfig(baseModel string, modulesToSave []string) checkpoints.AdapterConfig {
+	targets, _ := json.Marshal(a.Config.Targets)
+	var base *string
+	if baseModel != "" {
+		base = &baseModel
+	}
+	return checkpoints.AdapterConfig{
+		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
+		TargetModules: targets, Bias: "none", BaseModelNameOrPath: base, ModulesToSave: modulesToSave, InferenceMode: true,
+	}
+}
+
+// Tensors is the adapter's content under PEFT's key names (float32), plus extra tensors
+// (modules_to_save weights, already named).
+func (a *Adapter) Tensors(extra ...checkpoints.Tensor) []checkpoints.Tensor {
+	var ts []checkpoints.Tensor
+	for _, l := range a.Layers {
+		ts = append(ts, f32Tensor(l.KeyA(), l.A), f32Tensor(l.KeyB(), l.B))
+	}
+	return append(ts, extra...)
+}
+
+func f32Tensor(name string, p *model.Param) checkpoints.Tensor {
+	v := p.Value.Data().([]float32)
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	shape := make([]int64, p.Value.Dims())
+	for i, d := range p.Value.Shape() {
+		shape[i] = int64(d)
+	}
+	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: shape, Data: b}
+}
+
+// Save writes adapter_config.json and adapter_model.safetensors into dir (created if needed),
+// each atomically. extra tensors are saved with the adapter (modules_to_save).
+func (a *Adapter) Save(dir, baseModel string, modulesToSave []string, extra ...checkpoints.Tensor) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("lora: %w", err)
+	}
+	meta := map[string]string{"qwen_tune.format": "peft-lora", "qwen_tune.format_version": "1"}
+	if err := checkpoints.WriteFile(filepath.Join(dir, WeightsFile), a.Tensors(extra...), meta); err != nil {
+		return err
+	}
+	return checkpoints.WriteJSON(filepath.Join(dir, ConfigFile), a.PEFTConfig(baseModel, modulesToSave))
+}
+
+// Load reads a PEFT LoRA adapter directory (written by this package or by PEFT) and attaches
+// it to m. Every tensor must belong to a targeted layer of m with matching shapes; the error
+// names the tensor and both shapes. Tensors of modules_to_save are returned by name for the
+// caller to install.
+func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, error) {
+	cfgPath := filepath.Join(dir, ConfigFile)
+	pc, err := checkpoints.ReadAdapterConfig(cfgPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := pc.Targets()
+	for _, t := range targets {
+		if !slices.Contains(Targets, t) {
+			return nil, nil, fmt.Errorf("lora: %s: target module %q matches no layer of a Qwen model (expected among %s)", cfgPath, t, strings.Join(Targets, ", "))
+		}
+	}
+	if pc.FanInFanOut {
+		return nil, nil, fmt.Errorf("lora: %s: fan_in_fan_out adapters are for Conv1D models, not Qwen's Linear layers", cfgPath)
+	}
+	if pc.Bias != "" && pc.Bias != "none" {
+		return nil, nil, fmt.Errorf("lora: %s: bias %q is not supported (only \"none\")", cfgPath, pc.Bias)
+	}
+	ck, err := checkpoints.OpenFiles(dir, filepath.Join(dir, WeightsFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ck.Close()
+	c := Config{R: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout, Targets: targets}
+	a := &Adapter{Config: c}
+	used := map[string]bool{}
+	for _, b := range m.Blocks {
+		for _, s := range blockSlots(b) {
+			if !slices.Contains(targets, s.target) {
+				continue
+			}
+			out, in, err := projShape(*s.p, s.module)
+			if err != nil {
+				return nil, nil, err
+			}
+			l := &Layer{Module: s.module, Base: *s.p, Scale: c.Scale(), Dropout: c.Dropout, key: uint64(len(a.Layers) + 1)}
+			if l.A, err = readParam(ck, l.KeyA(), c.R, in); err != nil {
+				return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
+			}
+			if l.B, err = readParam(ck, l.KeyB(), out, c.R); err != nil {
+				return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
+			}
+			used[l.KeyA()], used[l.KeyB()] = true, true
+			a.Layers = append(a.Layers, l)
+		}
+	}
+	extra := map[string]checkpoints.Tensor{}
+	for _, name := range ck.Names() {
+		if used[name] {
+			continue
+		}
+		t, err := ck.Tensor(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !isSavedModule(name, pc.ModulesToSave) {
+			return nil, nil, fmt.Errorf("lora: %s: tensor %q belongs to no targeted layer of this %d-layer model", dir, name, len(m.Blocks))
+		}
+		t.Data = slices.Clone(t.Data) // outlive the mapping
+		extra[name] = t
+	}
+	for _, l := range a.Layers {
+		*slotOf(m, l.Module) = l
+	}
+	return a, extra, nil
+}
+
+// isSavedModule reports whether an adapter tensor is a modules_to_save weight, which PEFT
+// stores as base_model.model.<module>.weight (older versions add .modules_to_save.default).
+func isSavedModule(name string, modules []string) bool {
+	for _, m := range modules {
+		if strings.Contains(name, "."+m+".") || strings.HasPrefix(name, keyPrefix+m+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func slotOf(m *model.Model, module string) *model.Projection {
+	for _, b := range m.Blocks {
+		for _, s := range blockSlots(b) {
+			if s.module == module {
+				return s.p
+			}
+		}
+	}
+	return nil
+}
+
+func readParam(ck *checkpoints.Checkpoint, name string, shape ...int) (*model.Param, error) {
+	info, _, ok := ck.Info(name)
+	if !ok {
+		return nil, fmt.Errorf("tensor %q is missing (the adapter's config targets this layer)", name)
+	}
+	want := []int64{int64(shape[0]), int64(shape[1])}
+	if !slices.Equal(info.Shape, want) {
+		return nil, fmt.Errorf("tensor %q has shape %v but this model needs %v: the adapter was trained for a model of another shape, or another r", name, info.Shape, want)
+	}
+	v, err := ck.Float32(name)
+	if err != nil {
+		return nil, err
+	}
+	return &model.Param{Name: strings.TrimPrefix(name, keyPrefix), Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v)), Train: true}, nil
+}

@@ -1,0 +1,98 @@
+package lora
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// Batch is a padded batch of token sequences: ids, labels (IgnoreIndex = -100 skips) and the
+// attention mask, each [Batch x Seq] row-major.
+type Batch struct {
+	Batch, Seq int
+	IDs        []int32
+	Labels     []int32
+	Mask       []bool
+}
+
+// Targets is how many labels take part in the shifted loss.
+func (b *Batch) Targets() int {
+	n := 0
+	for r := 0; r < b.Batch; r++ {
+		for t := 1; t < b.Seq; t++ {
+			if b.Labels[r*b.Seq+t] != -100 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// GradGraph is the training graph of one batch shape: forward, loss and gradients of the
+// trainable parameters, compiled once and run for every batch of that shape.
+type GradGraph struct {
+	runner *model.Runner
+	params []*model.Param
+	wrt    G.Nodes
+}
+
+// NewGradGraph builds the graph of m for batch x seq with gradients for params.
+func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradGraph, error) {
+	g := model.NewGraph(m, batch, seq, model.Training, false)
+	logits, err := m.Forward(g)
+	if err != nil {
+		return nil, err
+	}
+	loss, err := g.Loss(logits)
+	if err != nil {
+		return nil, err
+	}
+	wrt := make(G.Nodes, len(params))
+	for i, p := range params {
+		n, ok := g.Nodes()[p]
+		if !ok {
+			return nil, fmt.Errorf("lora: parameter %s is not used by the model", p.Name)
+		}
+		wrt[i] = n
+	}
+	if _, err := G.Grad(loss, wrt...); err != nil {
+		return nil, fmt.Errorf("lora: differentiating the loss: %w", err)
+	}
+	r, err := model.NewRunnerFromGraph(g, logits, loss)
+	if err != nil {
+		return nil, err
+	}
+	return &GradGraph{runner: r, params: params, wrt: wrt}, nil
+}
+
+// Run computes the mean loss of b and the gradients (one slice per parameter, owned by the
+// graph until the next Run). seed draws the dropout masks.
+func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
+	r := gg.runner
+	r.SetBatch(b.IDs, b.Labels, b.Mask)
+	r.Step.Seed = seed
+	if err := r.Run(); err != nil {
+		return 0, nil, err
+	}
+	loss, err := r.Loss()
+	if err != nil {
+		return 0, nil, err
+	}
+	grads := make([][]float32, len(gg.wrt))
+	for i, n := range gg.wrt {
+		v, err := n.Grad()
+		if err != nil {
+			return 0, nil, fmt.Errorf("lora: gradient of %s: %w", gg.params[i].Name, err)
+		}
+		grads[i] = v.Data().([]float32)
+	}
+	return loss, grads, nil
+}
+
+// Logits of the last Run.
+func (gg *GradGraph) Logits() []float32 { return gg.runner.Logits() }
+
+// Close releases the graph.
+func (gg *GradGraph) Close() error { return gg.runner.Close() }

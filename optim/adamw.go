@@ -1,0 +1,78 @@
+package optim
+
+import (
+	"fmt"
+	"math"
+)
+
+// AdamW is torch.optim.AdamW: decoupled weight decay, bias-corrected moments, eps added
+// after the square root. Moments are float32 like PyTorch's for float32 parameters; the
+// update is computed in float64.
+type AdamW struct {
+	Beta1, Beta2, Eps, WeightDecay float64
+	Step                           int         // updates done
+	M, V                           [][]float32 // first and second moments, one per parameter
+}
+
+// NewAdamW makes an optimizer for parameters of the given sizes.
+func NewAdamW(sizes []int, beta1, beta2, eps, weightDecay float64) *AdamW {
+	o := &AdamW{Beta1: beta1, Beta2: beta2, Eps: eps, WeightDecay: weightDecay}
+	for _, n := range sizes {
+		o.M = append(o.M, make([]float32, n))
+		o.V = append(o.V, make([]float32, n))
+	}
+	return o
+}
+
+// Update applies one step at learning rate lr to params with grads (same order and sizes as
+// at construction). A step at lr 0 still advances the moments and the step count, as in PyTorch.
+func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
+	if len(params) != len(o.M) || len(grads) != len(o.M) {
+		return fmt.Errorf("optim: %d parameters and %d gradients for an optimizer of %d", len(params), len(grads), len(o.M))
+	}
+	o.Step++
+	bc1 := 1 - math.Pow(o.Beta1, float64(o.Step))
+	bc2 := math.Sqrt(1 - math.Pow(o.Beta2, float64(o.Step)))
+	stepSize := lr / bc1
+	decay := 1 - lr*o.WeightDecay
+	for i, p := range params {
+		g, m, v := grads[i], o.M[i], o.V[i]
+		if len(p) != len(m) || len(g) != len(m) {
+			return fmt.Errorf("optim: parameter %d has %d elements and gradient %d; the optimizer has %d", i, len(p), len(g), len(m))
+		}
+		for j := range p {
+			gj := float64(g[j])
+			mj := float64(m[j]) + (1-o.Beta1)*(gj-float64(m[j])) // lerp, as torch
+			vj := o.Beta2*float64(v[j]) + (1-o.Beta2)*gj*gj
+			m[j], v[j] = float32(mj), float32(vj)
+			pj := float64(p[j]) * decay
+			p[j] = float32(pj - stepSize*float64(m[j])/(math.Sqrt(float64(v[j]))/bc2+o.Eps))
+		}
+	}
+	return nil
+}
+
+// ClipGradNorm scales grads so their global L2 norm is at most maxNorm, as
+// torch.nn.utils.clip_grad_norm_ (factor maxNorm / (norm + 1e-6), capped at 1). It returns the
+// norm before clipping. maxNorm <= 0 only measures.
+func ClipGradNorm(grads [][]float32, maxNorm float64) float64 {
+	var ss float64
+	for _, g := range grads {
+		for _, x := range g {
+			ss += float64(x) * float64(x)
+		}
+	}
+	norm := math.Sqrt(ss)
+	if maxNorm <= 0 {
+		return norm
+	}
+	coef := min(maxNorm/(norm+1e-6), 1)
+	if coef < 1 {
+		for _, g := range grads {
+			for j := range g {
+				g[j] = float32(float64(g[j]) * coef)
+			}
+		}
+	}
+	return norm
+}
