@@ -1,0 +1,75 @@
+package data
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+// Sequence is one training sequence: ids and aligned labels, at most MaxLen long.
+type Sequence struct {
+	IDs, Labels []int
+	Source      string
+	Truncated   bool // the example was longer than the maximum length
+	FullLen     int  // its length before truncation
+}
+
+// Stats describe a prepared dataset.
+type Stats struct {
+	Examples, Tokens, Trained, Truncated, Skipped int
+}
+
+// Prepare renders every example to a sequence of at most maxLen tokens (longer ones are cut
+// at the end, as Qwen's script does, and counted). Pre-tokenized records keep their labels.
+func Prepare(tok *tokenizer.Tokenizer, exs []Example, mask Mask, maxLen int) ([]Sequence, Stats, error) {
+	if maxLen < 2 {
+		return nil, Stats{}, fmt.Errorf("data: max length %d: need at least 2 tokens", maxLen)
+	}
+	var out []Sequence
+	var st Stats
+	for _, ex := range exs {
+		var s Sequence
+		s.Source = ex.Source
+		switch {
+		case ex.Conv != nil:
+			if tok == nil {
+				return nil, st, fmt.Errorf("data: %s: conversations need the model's vocabulary (qwen.tiktoken)", ex.Source)
+			}
+			s.IDs, s.Labels = Render(tok, ex.Conv, mask)
+		case ex.Tokens != nil:
+			s.IDs, s.Labels = ex.Tokens.InputIDs, ex.Tokens.Labels
+		}
+		s.FullLen = len(s.IDs)
+		if len(s.IDs) > maxLen {
+			s.IDs, s.Labels, s.Truncated = s.IDs[:maxLen], s.Labels[:maxLen], true
+			st.Truncated++
+		}
+		st.Examples++
+		st.Tokens += len(s.IDs)
+		st.Trained += Targets(s.Labels)
+		out = append(out, s)
+	}
+	return out, st, nil
+}
+
+// Split shuffles sequences deterministically by seed and keeps the last fraction valRatio
+// (at least one when valRatio > 0 and there are two or more) for validation.
+func Split(seqs []Sequence, valRatio float64, seed uint64) (train, val []Sequence) {
+	order := rand.New(rand.NewPCG(seed, 0x73706c6974)).Perm(len(seqs))
+	shuffled := make([]Sequence, len(seqs))
+	for i, j := range order {
+		shuffled[i] = seqs[j]
+	}
+	nVal := int(valRatio * float64(len(seqs)))
+	if valRatio > 0 && nVal == 0 && len(seqs) >= 2 {
+		nVal = 1
+	}
+	return shuffled[:len(seqs)-nVal], shuffled[len(seqs)-nVal:]
+}
+
+// Epoch is the order in which an epoch visits the training sequences: a permutation drawn
+// from (seed, epoch), so any step of any epoch can be found again when resuming.
+func Epoch(n int, seed uint64, epoch int) []int {
+	return rand.New(rand.NewPCG(seed, uint64(epoch)+1)).Perm(n)
+}
