@@ -6,11 +6,18 @@ import "fmt"
 // length and LogN, as Qwen evaluates long contexts), one sequence at a time.
 type Evaluator struct {
 	m       *Model
+	mode    Mode
 	runners map[int]*Runner
 }
 
-// NewEvaluator returns an evaluator of m.
-func (m *Model) NewEvaluator() *Evaluator { return &Evaluator{m: m, runners: map[int]*Runner{}} }
+// NewEvaluator returns an evaluator of m for inference (NTK and LogN beyond seq_length).
+func (m *Model) NewEvaluator() *Evaluator { return m.NewEvaluatorMode(Inference) }
+
+// NewEvaluatorMode returns an evaluator in the given mode: Training scores as the training
+// graph computes the loss (validation during fine-tuning), without NTK or LogN.
+func (m *Model) NewEvaluatorMode(mode Mode) *Evaluator {
+	return &Evaluator{m: m, mode: mode, runners: map[int]*Runner{}}
+}
 
 // Score returns the summed next-token cross-entropy of one sequence and how many labels
 // took part (labels align with ids; -100 is skipped; the loss shifts by one).
@@ -27,7 +34,7 @@ func (e *Evaluator) Score(ids, labels []int) (sum float64, n int, err error) {
 		if len(e.runners) >= 4 {
 			e.Close()
 		}
-		if r, err = e.m.NewRunner(1, len(ids), Inference, false, true); err != nil {
+		if r, err = e.m.NewRunner(1, len(ids), e.mode, false, true); err != nil {
 			return 0, 0, err
 		}
 		e.runners[len(ids)] = r
@@ -43,10 +50,10 @@ func (e *Evaluator) Score(ids, labels []int) (sum float64, n int, err error) {
 	}
 	st.Base = nil
 	st.RotaryBase = cfg.RotaryEmbBase
-	if cfg.UseDynamicNTK {
+	if cfg.UseDynamicNTK && e.mode == Inference {
 		st.RotaryBase = NTKBase(cfg.RotaryEmbBase, NTKAlpha(len(ids), cfg.SeqLength), cfg.KVChannels)
 	}
-	if cfg.UseLogNAttn {
+	if cfg.UseLogNAttn && e.mode == Inference {
 		st.LogNSeq = cfg.SeqLength
 	}
 	if err := r.Run(); err != nil {

@@ -1,0 +1,178 @@
+package lora
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+)
+
+// Files of a training checkpoint directory (besides the PEFT adapter files).
+const (
+	stateFile     = "trainer_state.json"
+	paramsFile    = "trainer_params.safetensors"
+	optimizerFile = "optimizer.safetensors"
+	// CheckpointPrefix names checkpoint directories inside the output: checkpoint-<step>.
+	CheckpointPrefix = "checkpoint-"
+)
+
+// TrainerState is trainer_state.json: where the run stands.
+type TrainerState struct {
+	Format     string      `json:"format"`
+	Version    int         `json:"version"`
+	Step       int         `json:"step"`
+	TotalSteps int         `json:"total_steps"`
+	AdamStep   int         `json:"adam_step"`
+	Config     TrainConfig `json:"config"`
+}
+
+func floatTensor(name string, v []float32, shape []int) checkpoints.Tensor {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	s := make([]int64, len(shape))
+	for i, d := range shape {
+		s[i] = int64(d)
+	}
+	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: s, Data: b}
+}
+
+// SaveCheckpoint writes a resumable checkpoint as out/checkpoint-<step>: the PEFT adapter,
+// every trained parameter and the optimizer moments bit for bit, and the state. It is built
+// in a temporary directory and renamed into place; older checkpoints are then removed.
+func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tensor) (string, error) {
+	final := filepath.Join(out, CheckpointPrefix+strconv.Itoa(t.Step))
+	tmp := final + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", err
+	}
+	if err := t.Adapter.Save(tmp, baseModel, nil, extra...); err != nil {
+		return "", err
+	}
+	var params, moments []checkpoints.Tensor
+	for i, p := range t.Params {
+		shape := p.Value.Shape()
+		params = append(params, floatTensor(p.Name, p.Value.Data().([]float32), shape))
+		moments = append(moments, floatTensor("m."+p.Name, t.Opt.M[i], shape), floatTensor("v."+p.Name, t.Opt.V[i], shape))
+	}
+	meta := map[string]string{"qwen_tune.format": "trainer-state", "qwen_tune.format_version": "1"}
+	if err := checkpoints.WriteFile(filepath.Join(tmp, paramsFile), params, meta); err != nil {
+		return "", err
+	}
+	if err := checkpoints.WriteFile(filepath.Join(tmp, optimizerFile), moments, meta); err != nil {
+		return "", err
+	}
+	st := TrainerState{Format: "qwen-tune-lora-trainer", Version: 1, Step: t.Step, TotalSteps: t.Sched.Total, AdamStep: t.Opt.Step, Config: t.Cfg}
+	if err := checkpoints.WriteJSON(filepath.Join(tmp, stateFile), st); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(final); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	old, _ := Checkpoints(out)
+	for _, o := range old {
+		if o != final {
+			os.RemoveAll(o)
+		}
+	}
+	return final, nil
+}
+
+// Checkpoints lists out's checkpoint directories, oldest first.
+func Checkpoints(out string) ([]string, error) {
+	entries, err := os.ReadDir(out)
+	if err != nil {
+		return nil, err
+	}
+	type ck struct {
+		step int
+		path string
+	}
+	var cks []ck
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || !strings.HasPrefix(name, CheckpointPrefix) {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(name, CheckpointPrefix))
+		if err != nil {
+			continue
+		}
+		cks = append(cks, ck{n, filepath.Join(out, name)})
+	}
+	sort.Slice(cks, func(i, j int) bool { return cks[i].step < cks[j].step })
+	paths := make([]string, len(cks))
+	for i, c := range cks {
+		paths[i] = c.path
+	}
+	return paths, nil
+}
+
+// ReadTrainerState reads a checkpoint's trainer_state.json.
+func ReadTrainerState(dir string) (*TrainerState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("lora: %w", err)
+	}
+	var st TrainerState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("lora: %s: %v", filepath.Join(dir, stateFile), err)
+	}
+	if st.Format != "qwen-tune-lora-trainer" || st.Version != 1 {
+		return nil, fmt.Errorf("lora: %s is not a qwen-tune training checkpoint (format %q version %d)", dir, st.Format, st.Version)
+	}
+	return &st, nil
+}
+
+// LoadCheckpoint restores the trained parameters, optimizer moments and step from dir.
+func (t *Trainer) LoadCheckpoint(dir string) error {
+	st, err := ReadTrainerState(dir)
+	if err != nil {
+		return err
+	}
+	pk, err := checkpoints.OpenFiles(dir, filepath.Join(dir, paramsFile))
+	if err != nil {
+		return err
+	}
+	defer pk.Close()
+	ok, err := checkpoints.OpenFiles(dir, filepath.Join(dir, optimizerFile))
+	if err != nil {
+		return err
+	}
+	defer ok.Close()
+	for i, p := range t.Params {
+		shape := shape64(p.Value.Shape())
+		for _, r := range []struct {
+			ck   *checkpoints.Checkpoint
+			name string
+			dst  []float32
+		}{{pk, p.Name, p.Value.Data().([]float32)}, {ok, "m." + p.Name, t.Opt.M[i]}, {ok, "v." + p.Name, t.Opt.V[i]}} {
+			v, err := r.ck.Float32(r.name, shape...)
+			if err != nil {
+				return fmt.Errorf("lora: resuming from %s: %w (the checkpoint was made with other settings)", dir, err)
+			}
+			copy(r.dst, v)
+		}
+	}
+	t.Step, t.Opt.Step = st.Step, st.AdamStep
+	return nil
+}
+
+func shape64(s []int) []int64 {
+	out := make([]int64, len(s))
+	for i, d := range s {
+		out[i] = int64(d)
+	}
+	return out
+}

@@ -1,0 +1,290 @@
+package lora
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/qwen-tune/qwen-tune/data"
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/optim"
+)
+
+// TrainConfig is every setting of a LoRA run. Defaults (DefaultTrainConfig) are Qwen's recipe.
+type TrainConfig struct {
+	LoRA        Config  `json:"lora"`
+	LR          float64 `json:"lr"`
+	Schedule    string  `json:"schedule"`
+	WarmupSteps int     `json:"warmup_steps"`
+	WarmupRatio float64 `json:"warmup_ratio"`
+	WeightDecay float64 `json:"weight_decay"`
+	Beta1       float64 `json:"adam_beta1"`
+	Beta2       float64 `json:"adam_beta2"`
+	Eps         float64 `json:"adam_eps"`
+	MaxGradNorm float64 `json:"max_grad_norm"`
+	BatchSize   int     `json:"batch_size"`
+	GradAccum   int     `json:"grad_accum"`
+	Steps       int     `json:"steps"`
+	Epochs      float64 `json:"epochs"`
+	MaxLen      int     `json:"max_len"`
+	Seed        uint64  `json:"seed"`
+	EvalEvery   int     `json:"eval_every"`
+	SaveEvery   int     `json:"save_every"`
+	Mask        string  `json:"mask"`
+	ValRatio    float64 `json:"val_ratio"`
+	// TrainSpecialTokens trains the special-token rows of wte and lm_head (for base models).
+	TrainSpecialTokens bool `json:"train_special_tokens"`
+}
+
+// DefaultTrainConfig is Qwen's LoRA recipe: r 64, alpha 16, dropout 0.05, lr 3e-4 cosine with
+// 1% warmup, weight decay 0.1, Adam betas 0.9/0.95, clipping at 1.0.
+func DefaultTrainConfig() TrainConfig {
+	return TrainConfig{
+		LoRA: DefaultConfig(), LR: 3e-4, Schedule: "cosine", WarmupRatio: 0.01, WeightDecay: 0.1,
+		Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, MaxGradNorm: 1.0, BatchSize: 1, GradAccum: 1, Epochs: 1,
+		MaxLen: 512, Seed: 42, Mask: string(data.MaskQwen), ValRatio: 0,
+	}
+}
+
+// Validate checks the settings.
+func (c TrainConfig) Validate() error {
+	if err := c.LoRA.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.BatchSize <= 0 || c.GradAccum <= 0:
+		return fmt.Errorf("lora: batch size %d and gradient accumulation %d must be positive", c.BatchSize, c.GradAccum)
+	case c.Steps < 0 || c.Epochs < 0 || c.Steps == 0 && c.Epochs == 0:
+		return fmt.Errorf("lora: set --steps or --epochs to a positive number")
+	case c.MaxLen < 2:
+		return fmt.Errorf("lora: max length %d is too short", c.MaxLen)
+	case c.WarmupRatio < 0 || c.WarmupRatio > 1:
+		return fmt.Errorf("lora: warmup ratio %g is not in [0, 1]", c.WarmupRatio)
+	case !(c.Beta1 >= 0 && c.Beta1 < 1 && c.Beta2 >= 0 && c.Beta2 < 1 && c.Eps > 0):
+		return fmt.Errorf("lora: Adam betas must be in [0, 1) and eps positive")
+	case c.ValRatio < 0 || c.ValRatio >= 1:
+		return fmt.Errorf("lora: validation ratio %g is not in [0, 1)", c.ValRatio)
+	}
+	_, err := data.ParseMask(c.Mask)
+	if err != nil {
+		return err
+	}
+	return optim.Schedule{Kind: c.Schedule, Peak: c.LR, Total: 1}.Validate()
+}
+
+// TotalSteps is the number of optimizer steps for n training sequences.
+func (c TrainConfig) TotalSteps(n int) int {
+	if c.Steps > 0 {
+		return c.Steps
+	}
+	perStep := c.BatchSize * c.GradAccum
+	return max(1, int(math.Ceil(c.Epochs*float64(n)/float64(perStep))))
+}
+
+// Trainer runs optimizer steps over prepared sequences.
+type Trainer struct {
+	Model   *model.Model
+	Adapter *Adapter
+	Params  []*model.Param // what is trained: the adapter, then any extra parameters
+	Cfg     TrainConfig
+	Train   []data.Sequence
+	Val     []data.Sequence
+	PadID   int
+	Opt     *optim.AdamW
+	Sched   optim.Schedule
+	Step    int // optimizer steps done
+	graphs  map[[2]int]*GradGraph
+	order   map[int][]int
+}
+
+// StepResult is what one optimizer step measured.
+type StepResult struct {
+	Step     int     `json:"step"`
+	LR       float64 `json:"lr"`
+	Loss     float64 `json:"loss"`
+	GradNorm float64 `json:"grad_norm"`
+	Tokens   int     `json:"tokens"`
+	EvalLoss float64 `json:"eval_loss,omitempty"`
+}
+
+// NewTrainer prepares the optimizer and schedule for params.
+func NewTrainer(m *model.Model, a *Adapter, params []*model.Param, cfg TrainConfig, train, val []data.Sequence, padID int) (*Trainer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(train) == 0 {
+		return nil, fmt.Errorf("lora: no training sequences")
+	}
+	sizes := make([]int, len(params))
+	for i, p := range params {
+		sizes[i] = p.Value.Size()
+	}
+	total := cfg.TotalSteps(len(train))
+	warm := cfg.WarmupSteps
+	if warm == 0 {
+		warm = optim.WarmupSteps(cfg.WarmupRatio, total)
+	}
+	return &Trainer{
+		Model: m, Adapter: a, Params: params, Cfg: cfg, Train: train, Val: val, PadID: padID,
+		Opt:    optim.NewAdamW(sizes, cfg.Beta1, cfg.Beta2, cfg.Eps, cfg.WeightDecay),
+		Sched:  optim.Schedule{Kind: cfg.Schedule, Peak: cfg.LR, Warmup: warm, Total: total},
+		graphs: map[[2]int]*GradGraph{}, order: map[int][]int{},
+	}, nil
+}
+
+// Done reports whether every step has run.
+func (t *Trainer) Done() bool { return t.Step >= t.Sched.Total }
+
+// sequence returns the training sequence at position pos of the endless shuffled stream.
+func (t *Trainer) sequence(pos int) data.Sequence {
+	n := len(t.Train)
+	epoch := pos / n
+	ord, ok := t.order[epoch]
+	if !ok {
+		if len(t.order) > 2 {
+			clear(t.order)
+		}
+		ord = data.Epoch(n, t.Cfg.Seed, epoch)
+		t.order[epoch] = ord
+	}
+	return t.Train[ord[pos%n]]
+}
+
+// MakeBatch pads sequences to a common length (the longest, rounded up to a multiple of 8
+// so few graph shapes occur, capped at MaxLen) with padID and mask 0.
+func MakeBatch(seqs []data.Sequence, padID, maxLen int) *Batch {
+	longest := 0
+	for _, s := range seqs {
+		longest = max(longest, len(s.IDs))
+	}
+	seq := max(longest, min(maxLen, (longest+7)/8*8))
+	b := &Batch{Batch: len(seqs), Seq: seq}
+	for _, s := range seqs {
+		for i := 0; i < seq; i++ {
+			if i < len(s.IDs) {
+				b.IDs = append(b.IDs, int32(s.IDs[i]))
+				b.Labels = append(b.Labels, int32(s.Labels[i]))
+				b.Mask = append(b.Mask, true)
+			} else {
+				b.IDs = append(b.IDs, int32(padID))
+				b.Labels = append(b.Labels, -100)
+				b.Mask = append(b.Mask, false)
+			}
+		}
+	}
+	return b
+}
+
+func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
+	key := [2]int{b.Batch, b.Seq}
+	if g, ok := t.graphs[key]; ok {
+		return g, nil
+	}
+	if len(t.graphs) >= 8 {
+		t.Close()
+	}
+	g, err := NewGradGraph(t.Model, t.Params, b.Batch, b.Seq)
+	if err != nil {
+		return nil, err
+	}
+	t.graphs[key] = g
+	return g, nil
+}
+
+// dropoutSeed is the dropout stream of a micro-batch: a function of the run's seed and its
+// position only, so a resumed run draws the same masks.
+func (t *Trainer) dropoutSeed(step, micro int) uint64 {
+	return t.Cfg.Seed*0x9e3779b97f4a7c15 ^ uint64(step)<<20 ^ uint64(micro)
+}
+
+// TrainStep runs one optimizer step: GradAccum micro-batches of BatchSize sequences,
+// gradients pooled token-weighted (the loss of the step is the mean over all its trained
+// tokens), clipped, then AdamW at the scheduled learning rate.
+func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
+	res := StepResult{Step: t.Step, LR: t.Sched.LR(t.Step)}
+	var sum [][]float32
+	var lossSum float64
+	for k := 0; k < t.Cfg.GradAccum; k++ {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		first := (t.Step*t.Cfg.GradAccum + k) * t.Cfg.BatchSize
+		seqs := make([]data.Sequence, t.Cfg.BatchSize)
+		for i := range seqs {
+			seqs[i] = t.sequence(first + i)
+		}
+		b := MakeBatch(seqs, t.PadID, t.Cfg.MaxLen)
+		n := b.Targets()
+		if n == 0 {
+			continue
+		}
+		g, err := t.graph(b)
+		if err != nil {
+			return res, err
+		}
+		loss, grads, err := g.Run(b, t.dropoutSeed(t.Step, k))
+		if err != nil {
+			return res, err
+		}
+		if sum == nil {
+			sum = make([][]float32, len(grads))
+			for i, gr := range grads {
+				sum[i] = make([]float32, len(gr))
+			}
+		}
+		for i, gr := range grads {
+			for j, v := range gr {
+				sum[i][j] += v * float32(n)
+			}
+		}
+		lossSum += loss * float64(n)
+		res.Tokens += n
+	}
+	if res.Tokens == 0 {
+		return res, fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)
+	}
+	for _, g := range sum {
+		for j := range g {
+			g[j] /= float32(res.Tokens)
+		}
+	}
+	res.Loss = lossSum / float64(res.Tokens)
+	res.GradNorm = optim.ClipGradNorm(sum, t.Cfg.MaxGradNorm)
+	values := make([][]float32, len(t.Params))
+	for i, p := range t.Params {
+		values[i] = p.Value.Data().([]float32)
+	}
+	if err := t.Opt.Update(values, sum, res.LR); err != nil {
+		return res, err
+	}
+	t.Step++
+	return res, nil
+}
+
+// Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
+func (t *Trainer) Evaluate() (float64, error) {
+	ev := t.Model.NewEvaluatorMode(model.Training)
+	defer ev.Close()
+	var sum float64
+	var n int
+	for _, s := range t.Val {
+		l, k, err := ev.Score(s.IDs, s.Labels)
+		if err != nil {
+			return 0, fmt.Errorf("lora: validating %s: %w", s.Source, err)
+		}
+		sum += l
+		n += k
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("lora: the validation set has no trained token")
+	}
+	return sum / float64(n), nil
+}
+
+// Close releases the compiled graphs.
+func (t *Trainer) Close() {
+	for k, g := range t.graphs {
+		g.Close()
+		delete(t.graphs, k)
+	}
+}

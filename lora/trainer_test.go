@@ -1,0 +1,111 @@
+package lora
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/data"
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+// tinySetup writes a tiny model, loads it and renders a few conversations.
+func tinySetup(t *testing.T) (string, []data.Sequence, int) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tiny")
+	o := model.DefaultTiny()
+	o.VocabRanks = 2048
+	if _, err := model.WriteTiny(dir, o); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exs []data.Example
+	for i := 0; i < 6; i++ {
+		c := &data.Conversation{System: tokenizer.DefaultSystem, Messages: []data.Message{
+			{Role: "user", Content: fmt.Sprintf("What is %d plus %d?", i, i)}, {Role: "assistant", Content: fmt.Sprintf("It is %d.", 2*i)}}}
+		exs = append(exs, data.Example{Conv: c, Source: fmt.Sprint(i)})
+	}
+	seqs, _, err := data.Prepare(tok, exs, data.MaskQwen, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, seqs, tok.EndOfTextID()
+}
+
+func newTestTrainer(t *testing.T, dir string, seqs []data.Sequence, pad int) *Trainer {
+	t.Helper()
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	cfg := DefaultTrainConfig()
+	cfg.LoRA.R, cfg.LoRA.Alpha, cfg.LoRA.Dropout = 4, 8, 0.1
+	cfg.LR, cfg.Steps, cfg.BatchSize, cfg.GradAccum, cfg.WarmupSteps = 1e-2, 4, 2, 2, 1
+	a, err := Apply(m, cfg.LoRA, cfg.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTrainer(m, a, a.Params(), cfg, seqs, nil, pad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Close)
+	return tr
+}
+
+// TestResumeIsBitExact: 4 straight steps equal 2 steps, a checkpoint, a new process-like
+// trainer restored from it, and 2 more steps, bit for bit (dropout on, accumulation on).
+func TestResumeIsBitExact(t *testing.T) {
+	dir, seqs, pad := tinySetup(t)
+	straight := newTestTrainer(t, dir, seqs, pad)
+	var losses []float64
+	for !straight.Done() {
+		r, err := straight.TrainStep(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		losses = append(losses, r.Loss)
+	}
+	if !(losses[3] < losses[0]) {
+		t.Errorf("loss did not fall over 4 steps: %v", losses)
+	}
+
+	first := newTestTrainer(t, dir, seqs, pad)
+	for i := 0; i < 2; i++ {
+		if _, err := first.TrainStep(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := t.TempDir()
+	ckpt, err := first.SaveCheckpoint(out, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := newTestTrainer(t, dir, seqs, pad)
+	if err := second.LoadCheckpoint(ckpt); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i < 4; i++ {
+		r, err := second.TrainStep(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Loss != losses[i] {
+			t.Errorf("step %d: resumed loss %v, straight %v", i, r.Loss, losses[i])
+		}
+	}
+	for i, p := range straight.Params {
+		a, b := p.Value.Data().([]float32), second.Params[i].Value.Data().([]float32)
+		if !slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) }) {
+			t.Fatalf("%s differs after resuming", p.Name)
+		}
+	}
+}
