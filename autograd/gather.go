@@ -21,6 +21,7 @@ type gatherOp struct {
 	what   string
 	out    tensor.Dtype
 	trainW bool
+	sparse bool // index -1 gives a zero row (rows of a partial table)
 }
 
 // Embedding gathers the rows of w [V, H] for the step's token ids (batch*seq of them) into
@@ -30,6 +31,23 @@ func Embedding(w *G.Node, step *Step, batch, seq int, act tensor.Dtype, trainW b
 		return nil, fmt.Errorf("autograd: embedding %s: a bf16 weight cannot be trained", w.Name())
 	}
 	return G.ApplyOp(&gatherOp{base: newBase("Embedding"), n: batch * seq, index: func() []int32 { return step.IDs }, what: "token id", out: act, trainW: trainW}, w)
+}
+
+// EmbeddingRows gathers from a partial table w [S, H] holding the rows of ids
+// offset..offset+S-1 (trainable special-token rows); other ids get zeros.
+func EmbeddingRows(w *G.Node, step *Step, batch, seq, offset int, act tensor.Dtype) (*G.Node, error) {
+	idx := make([]int32, batch*seq)
+	rows := w.Shape()[0]
+	index := func() []int32 {
+		for i, id := range step.IDs {
+			idx[i] = -1
+			if r := int(id) - offset; r >= 0 && r < rows {
+				idx[i] = int32(r)
+			}
+		}
+		return idx
+	}
+	return G.ApplyOp(&gatherOp{base: newBase("EmbeddingRows"), n: batch * seq, index: index, what: "row", out: act, trainW: true, sparse: true}, w)
 }
 
 // SelectRows keeps one position per row of x [batch*seq, H]: row b's position step.Rows[b].
@@ -71,6 +89,9 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	rows, h := w.Shape()[0], w.Shape()[1]
 	for i, id := range idx {
+		if o.sparse && id == -1 {
+			continue
+		}
 		if id < 0 || int(id) >= rows {
 			return nil, fmt.Errorf("autograd: %s: %s %d at position %d is outside [0, %d)", o.name, o.what, id, i, rows)
 		}
@@ -89,6 +110,9 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 
 func gatherRows[T Float](w *tensor.Dense, idx []int32, h int, out []T) error {
 	for i, id := range idx {
+		if id < 0 {
+			continue
+		}
 		if err := weightRows(w, h, int(id), int(id)+1, out[i*h:(i+1)*h]); err != nil {
 			return err
 		}
@@ -136,6 +160,9 @@ func (o *scatterOp) Do(v ...G.Value) (G.Value, error) {
 
 func scatterRows[T Float](g []T, idx []int32, h int, out []T) {
 	for i, id := range idx {
+		if id < 0 {
+			continue
+		}
 		dst, src := out[int(id)*h:int(id+1)*h], g[i*h:(i+1)*h]
 		for j, x := range src {
 			dst[j] += x

@@ -153,6 +153,28 @@ func opCases() []opCase {
 				return Embedding(in[0], st, 2, 3, dt, false)
 			},
 			ref: refEmbedding},
+		{name: "EmbeddingRows", shapes: [][]int{{3, 5}}, wrt: []int{0}, step: ids,
+			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) {
+				return EmbeddingRows(in[0], st, 2, 3, 2, dt)
+			},
+			ref: func(in [][]float64, st *Step) []float64 {
+				out := make([]float64, 6*5)
+				for i, id := range st.IDs {
+					if r := int(id) - 2; r >= 0 && r < 3 {
+						copy(out[i*5:], in[0][r*5:(r+1)*5])
+					}
+				}
+				return out
+			}},
+		{name: "PlaceColumns", shapes: [][]int{{3, 2}}, wrt: []int{0},
+			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return PlaceColumns(in[0], 3, 6) },
+			ref: func(in [][]float64, _ *Step) []float64 {
+				out := make([]float64, 18)
+				for i := 0; i < 3; i++ {
+					copy(out[i*6+3:], in[0][i*2:i*2+2])
+				}
+				return out
+			}},
 		{name: "SelectRows", shapes: [][]int{{6, 4}}, wrt: []int{0}, step: sel,
 			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return SelectRows(in[0], st, 2, 3) },
 			ref: func(in [][]float64, st *Step) []float64 {

@@ -130,7 +130,7 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 		if err != nil {
 			return nil, nil, err
 		}
-		if !isSavedModule(name, pc.ModulesToSave) {
+		if !isSavedModule(name, pc.ModulesToSave) && !strings.Contains(name, ".token_adapter.") {
 			return nil, nil, fmt.Errorf("lora: %s: tensor %q belongs to no targeted layer of this %d-layer model", dir, name, len(m.Blocks))
 		}
 		t.Data = slices.Clone(t.Data) // outlive the mapping

@@ -38,7 +38,11 @@ type Session struct {
 	base    float64
 	decode  *Runner
 	prefill map[int]*Runner
+	stopID  int
 }
+
+// LastStop is the stop id that ended the last Generate (-1 if none did).
+func (s *Session) LastStop() int { return s.stopID }
 
 // NewSession starts an empty sequence with room for capacity positions (it grows as needed).
 func (m *Model) NewSession(capacity int) *Session {
@@ -182,12 +186,14 @@ func (s *Session) Generate(ctx context.Context, prompt []int, opts GenerateOptio
 	}
 	seen := slices.Clone(prompt)
 	var out []int
+	s.stopID = -1
 	for len(out) < opts.MaxNewTokens {
 		if ctx.Err() != nil {
 			return out, StopCancelled, nil
 		}
 		id := opts.Sampler.Next(logits, seen)
 		if slices.Contains(opts.Stop, id) {
+			s.stopID = id
 			return out, StopToken, nil
 		}
 		out = append(out, id)

@@ -74,6 +74,14 @@ func (g *Graph) Embedding(p *Param) *G.Node {
 	return g.keep(n, err, p.Name)
 }
 
+func (g *Graph) EmbeddingRows(r *RowDelta) *G.Node {
+	if g.err != nil {
+		return nil
+	}
+	n, err := autograd.EmbeddingRows(g.Param(r.Delta), g.Step, g.Batch, g.Seq, r.Offset, g.Dtype)
+	return g.keep(n, err, r.Delta.Name)
+}
+
 func (g *Graph) RMSNorm(x *G.Node, p *Param) *G.Node {
 	if g.err != nil {
 		return nil

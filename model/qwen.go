@@ -45,6 +45,12 @@ func (d *Dense) Forward(g *Graph, x *G.Node) (*G.Node, error) {
 	return autograd.Linear(x, g.Param(d.Weight), b, d.Weight.Train, d.Bias != nil && d.Bias.Train)
 }
 
+// RowDelta is a trainable [S, H] table added to the rows Offset..Offset+S-1 of a frozen one.
+type RowDelta struct {
+	Delta  *Param
+	Offset int
+}
+
 // Block is one transformer layer.
 type Block struct {
 	Layer int
@@ -61,16 +67,21 @@ type Block struct {
 type Model struct {
 	Config *checkpoints.Config
 	Embed  *Param // transformer.wte [V, H]
-	Blocks []*Block
-	Norm   *Param     // transformer.ln_f [H]
-	Head   Projection // lm_head [V, H]
-	close  func() error
+	// EmbedRows, when set, adds trainable rows to wte for a range of ids (special tokens).
+	EmbedRows *RowDelta
+	Blocks    []*Block
+	Norm      *Param     // transformer.ln_f [H]
+	Head      Projection // lm_head [V, H]
+	close     func() error
 }
 
 // Forward builds the graph from token ids (g.Step.IDs) to logits [N, V], or to [batch, V]
 // when g.Last is set (only the positions g.Step.Rows, as generation needs).
 func (m *Model) Forward(g *Graph) (*G.Node, error) {
 	x := g.Embedding(m.Embed) // [N, H]
+	if m.EmbedRows != nil {
+		x = g.Add(x, g.EmbeddingRows(m.EmbedRows))
+	}
 	for _, b := range m.Blocks {
 		x = b.Forward(g, x)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -84,7 +85,13 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	var tensors []checkpoints.Tensor
 	for i, s := range checkpoints.ModelTensors(cfg) {
 		norm := len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") // RMSNorm weights start at one
-		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Gen: randomBF16(o.Seed, uint64(i), norm)})
+		std := 0.02
+		if s.Name == checkpoints.LMHead {
+			// Wide enough that logits can separate tokens (|logit| up to about 2 sqrt(hidden)):
+			// with 0.02 a tiny model's logits stay within +-1.3 and LoRA could never fit data.
+			std = max(0.02, 2/math.Sqrt(float64(o.Hidden)))
+		}
+		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Gen: randomBF16(o.Seed, uint64(i), norm, std)})
 	}
 	meta := map[string]string{"qwen_tune.kind": "tiny-random", "qwen_tune.seed": strconv.FormatUint(o.Seed, 10)}
 	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
@@ -109,8 +116,8 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 // and the bytes depend only on the seed, the tensor and the position.
 const genBlock = 1 << 20
 
-// randomBF16 generates bf16 weights ~ N(0, 0.02) (or ones for a norm) for a streaming writer.
-func randomBF16(seed, tensor uint64, ones bool) func(dst []byte, off int64) {
+// randomBF16 generates bf16 weights ~ N(0, std) (or ones for a norm) for a streaming writer.
+func randomBF16(seed, tensor uint64, ones bool, std float64) func(dst []byte, off int64) {
 	return func(dst []byte, off int64) {
 		first := off / 2
 		n := int64(len(dst) / 2)
@@ -126,7 +133,7 @@ func randomBF16(seed, tensor uint64, ones bool) func(dst []byte, off int64) {
 				for e := start; e < min(start+genBlock, first+n); e++ {
 					v := float32(1)
 					if !ones {
-						v = float32(0.02 * r.NormFloat64())
+						v = float32(std * r.NormFloat64())
 					}
 					if e >= first {
 						binary.LittleEndian.PutUint16(dst[2*(e-first):], checkpoints.F32ToBF16(v))

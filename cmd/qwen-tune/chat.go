@@ -19,6 +19,7 @@ import (
 func newChatCmd() *cobra.Command {
 	var (
 		modelDir, system, prompt string
+		adapterDir               string
 		maxWindow                int
 		flags                    genFlags
 	)
@@ -38,7 +39,7 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
   qwen-tune chat --model DIR --prompt 'Write a haiku about Go' --greedy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := openInference(cmd, modelDir, true)
+			in, err := openWithAdapter(cmd, modelDir, adapterDir, true)
 			if err != nil {
 				return err
 			}
@@ -63,6 +64,7 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	f.StringVar(&modelDir, "model", "", "model directory (config.json, safetensors, qwen.tiktoken)")
 	f.StringVar(&system, "system", tokenizer.DefaultSystem, "system message")
 	f.StringVar(&prompt, "prompt", "", "answer this one message and exit")

@@ -15,6 +15,7 @@ import (
 func newEvalCmd() *cobra.Command {
 	var (
 		modelDir, dataPath, textPath string
+		adapterDir                   string
 		seqLen, stride               int
 		asJSON                       bool
 	)
@@ -37,7 +38,7 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 			if (dataPath == "") == (textPath == "") {
 				return fmt.Errorf("give exactly one of --data FILE.jsonl and --text FILE")
 			}
-			in, err := openInference(cmd, modelDir, textPath != "")
+			in, err := openWithAdapter(cmd, modelDir, adapterDir, textPath != "")
 			if err != nil {
 				return err
 			}
@@ -102,6 +103,7 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	f.StringVar(&modelDir, "model", "", "model directory")
 	f.StringVar(&dataPath, "data", "", "pre-tokenized JSONL dataset")
 	f.StringVar(&textPath, "text", "", "plain text file scored in sliding windows")

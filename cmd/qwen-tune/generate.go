@@ -18,6 +18,7 @@ import (
 func newGenerateCmd() *cobra.Command {
 	var (
 		modelDir, prompt, promptIDs string
+		adapterDir                  string
 		asJSON                      bool
 		flags                       genFlags
 	)
@@ -39,7 +40,7 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 			if (prompt == "") == (promptIDs == "") {
 				return fmt.Errorf("give exactly one of --prompt TEXT and --prompt-ids 1,2,3")
 			}
-			in, err := openInference(cmd, modelDir, prompt != "")
+			in, err := openWithAdapter(cmd, modelDir, adapterDir, prompt != "")
 			if err != nil {
 				return err
 			}
@@ -66,6 +67,7 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	f.StringVar(&modelDir, "model", "", "model directory (config.json + safetensors)")
 	f.StringVar(&prompt, "prompt", "", "prompt text")
 	f.StringVar(&promptIDs, "prompt-ids", "", "prompt as comma-separated token ids")

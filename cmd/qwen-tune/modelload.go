@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
@@ -47,6 +48,11 @@ func newBar(w io.Writer, total int, what string) *progressbar.ProgressBar {
 // openInference loads a model directory for inference; needTokenizer makes a missing
 // qwen.tiktoken an error.
 func openInference(cmd *cobra.Command, dir string, needTokenizer bool) (*inference, error) {
+	return openWithAdapter(cmd, dir, "", needTokenizer)
+}
+
+// openWithAdapter is openInference plus a PEFT LoRA adapter applied without merging.
+func openWithAdapter(cmd *cobra.Command, dir, adapter string, needTokenizer bool) (*inference, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("--model DIR is required (a directory with config.json and safetensors weights; 'qwen-tune init --tiny --out DIR' makes one)")
 	}
@@ -73,6 +79,14 @@ func openInference(cmd *cobra.Command, dir string, needTokenizer bool) (*inferen
 	bar.Finish()
 	if err != nil {
 		return nil, err
+	}
+	if adapter != "" {
+		a, err := lora.Attach(adapter, in.m)
+		if err != nil {
+			in.m.Close()
+			return nil, err
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "adapter %s: %d LoRA layers, r %d, alpha %g\n", adapter, len(a.Layers), a.Config.R, a.Config.Alpha)
 	}
 	return in, nil
 }

@@ -1,0 +1,204 @@
+package lora
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+// SpecialTokens trains only the special-token rows of wte and lm_head: a base model never saw
+// <|im_start|> and <|im_end|> in pre-training, and without learning them a LoRA-tuned base
+// model does not stop. Two [S, H] deltas (S = 208 specials) replace training two full
+// [vocab, H] matrices. They are saved in PEFT's trainable-tokens layout:
+// base_model.model.<module>.token_adapter.trainable_tokens_delta with the token ids in
+// adapter_config.json's trainable_token_indices.
+type SpecialTokens struct {
+	Offset, Count int
+	Embed, Head   *model.Param
+}
+
+// Module names of the two tables.
+const (
+	embedModule = "transformer.wte"
+	headModule  = "lm_head"
+)
+
+// AddSpecialTokens installs zero-initialised deltas on m when enabled (otherwise it returns
+// an empty set that trains and saves nothing).
+func AddSpecialTokens(m *model.Model, tok *tokenizer.Tokenizer, enabled bool) (*SpecialTokens, error) {
+	s := &SpecialTokens{}
+	if !enabled {
+		return s, nil
+	}
+	h := m.Config.HiddenSize
+	s.Offset, s.Count = tok.OrdinarySize(), tok.Size()-tok.OrdinarySize()
+	if s.Offset+s.Count > m.Config.VocabSize {
+		return nil, fmt.Errorf("lora: special tokens %d..%d lie beyond the model's %d embedding rows", s.Offset, s.Offset+s.Count-1, m.Config.VocabSize)
+	}
+	newDelta := func(name string) *model.Param {
+		return &model.Param{Name: name, Value: tensor.New(tensor.WithShape(s.Count, h), tensor.WithBacking(make([]float32, s.Count*h))), Train: true}
+	}
+	s.Embed, s.Head = newDelta(embedModule+".token_adapter.trainable_tokens_delta"), newDelta(headModule+".token_adapter.trainable_tokens_delta")
+	s.install(m)
+	return s, nil
+}
+
+func (s *SpecialTokens) install(m *model.Model) {
+	m.EmbedRows = &model.RowDelta{Delta: s.Embed, Offset: s.Offset}
+	m.Head = &headRows{Base: m.Head, Delta: s.Head, Offset: s.Offset, Vocab: m.Config.VocabSize}
+}
+
+// headRows adds trainable rows to lm_head: logits[:, off:off+S] += x Delta^T.
+type headRows struct {
+	Base   model.Projection
+	Delta  *model.Param
+	Offset int
+	Vocab  int
+}
+
+func (h *headRows) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
+	y, err := h.Base.Forward(g, x)
+	if err != nil {
+		return nil, err
+	}
+	d, err := autograd.Linear(x, g.Param(h.Delta), nil, true, false) // [N, S]
+	if err != nil {
+		return nil, err
+	}
+	wide, err := autograd.PlaceColumns(d, h.Offset, h.Vocab)
+	if err != nil {
+		return nil, err
+	}
+	return G.Add(y, wide)
+}
+
+// Params are the two deltas (none when disabled).
+func (s *SpecialTokens) Params() []*model.Param {
+	if s.Embed == nil {
+		return nil
+	}
+	return []*model.Param{s.Embed, s.Head}
+}
+
+// Tensors are the deltas under PEFT's key names.
+func (s *SpecialTokens) Tensors() []checkpoints.Tensor {
+	var ts []checkpoints.Tensor
+	for _, p := range s.Params() {
+		ts = append(ts, f32Tensor(keyPrefix+p.Name, p))
+	}
+	return ts
+}
+
+// indices are the token ids the deltas cover.
+func (s *SpecialTokens) indices() []int {
+	ids := make([]int, s.Count)
+	for i := range ids {
+		ids[i] = s.Offset + i
+	}
+	return ids
+}
+
+// SaveConfig adds trainable_token_indices to dir's adapter_config.json.
+func (s *SpecialTokens) SaveConfig(dir string) error {
+	if s.Embed == nil {
+		return nil
+	}
+	path := filepath.Join(dir, ConfigFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return err
+	}
+	cfg["trainable_token_indices"] = map[string][]int{"wte": s.indices(), "lm_head": s.indices()}
+	return checkpoints.WriteJSON(path, cfg)
+}
+
+// loadSpecialTokens installs saved deltas found among an adapter's extra tensors.
+func loadSpecialTokens(m *model.Model, extra map[string]checkpoints.Tensor, offset int) (*SpecialTokens, error) {
+	e, okE := extra[keyPrefix+embedModule+".token_adapter.trainable_tokens_delta"]
+	hd, okH := extra[keyPrefix+headModule+".token_adapter.trainable_tokens_delta"]
+	if !okE && !okH {
+		return nil, nil
+	}
+	if !okE || !okH {
+		return nil, fmt.Errorf("lora: the adapter has trainable-token rows for only one of wte and lm_head")
+	}
+	s := &SpecialTokens{Offset: offset, Count: int(e.Shape[0])}
+	h := m.Config.HiddenSize
+	for _, t := range []checkpoints.Tensor{e, hd} {
+		if len(t.Shape) != 2 || t.Shape[1] != int64(h) || t.Shape[0] != int64(s.Count) || offset+s.Count > m.Config.VocabSize {
+			return nil, fmt.Errorf("lora: tensor %q has shape %v; this model needs [%d, %d]", t.Name, t.Shape, s.Count, h)
+		}
+	}
+	ev, err := e.Float32()
+	if err != nil {
+		return nil, err
+	}
+	hv, err := hd.Float32()
+	if err != nil {
+		return nil, err
+	}
+	s.Embed = &model.Param{Name: embedModule + ".token_adapter.trainable_tokens_delta", Value: tensor.New(tensor.WithShape(s.Count, h), tensor.WithBacking(ev)), Train: true}
+	s.Head = &model.Param{Name: headModule + ".token_adapter.trainable_tokens_delta", Value: tensor.New(tensor.WithShape(s.Count, h), tensor.WithBacking(hv)), Train: true}
+	s.install(m)
+	return s, nil
+}
+
+// Attach loads an adapter directory onto m for inference: LoRA layers and, when present,
+// trainable special-token rows (whose first id is read from trainable_token_indices).
+func Attach(dir string, m *model.Model) (*Adapter, error) {
+	a, extra, err := Load(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	if len(extra) == 0 {
+		return a, nil
+	}
+	offset, err := tokenOffset(dir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := loadSpecialTokens(m, extra, offset)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, fmt.Errorf("lora: %s holds tensors this program cannot apply (modules_to_save); merge it with PEFT first", dir)
+	}
+	return a, nil
+}
+
+func tokenOffset(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return 0, err
+	}
+	var cfg struct {
+		Indices map[string][]int `json:"trainable_token_indices"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return 0, err
+	}
+	ids := cfg.Indices["wte"]
+	if len(ids) == 0 {
+		return 0, fmt.Errorf("lora: %s has trainable-token rows but no trainable_token_indices", dir)
+	}
+	for i, id := range ids {
+		if id != ids[0]+i {
+			return 0, fmt.Errorf("lora: %s: trainable_token_indices must be consecutive ids", dir)
+		}
+	}
+	return ids[0], nil
+}
