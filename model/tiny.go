@@ -30,6 +30,10 @@ type TinyOptions struct {
 	// VocabSize is the embedding's row count (config vocab_size); 0 pads the vocabulary's
 	// size to a multiple of 128.
 	VocabSize int
+	// UntrainedSpecials makes a base model: the special-token rows of lm_head (and the padding
+	// rows) stay at initialisation scale, as in a model pre-trained without ChatML, so its
+	// logits for <|im_start|> and <|im_end|> are near zero while ordinary tokens' are not.
+	UntrainedSpecials bool
 }
 
 // DefaultTiny is the embedded default model's shape.
@@ -85,11 +89,18 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	var tensors []checkpoints.Tensor
 	for i, s := range checkpoints.ModelTensors(cfg) {
 		norm := len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") // RMSNorm weights start at one
-		std := 0.02
+		std := func(int64) float64 { return 0.02 }
 		if s.Name == checkpoints.LMHead {
 			// Wide enough that logits can separate tokens (|logit| up to about 2 sqrt(hidden)):
 			// with 0.02 a tiny model's logits stay within +-1.3 and LoRA could never fit data.
-			std = max(0.02, 2/math.Sqrt(float64(o.Hidden)))
+			wide := max(0.02, 2/math.Sqrt(float64(o.Hidden)))
+			first := int64(ordinary) * int64(o.Hidden) // first element of the special rows
+			std = func(e int64) float64 {
+				if o.UntrainedSpecials && e >= first {
+					return 0.02
+				}
+				return wide
+			}
 		}
 		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Gen: randomBF16(o.Seed, uint64(i), norm, std)})
 	}
@@ -116,8 +127,8 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 // and the bytes depend only on the seed, the tensor and the position.
 const genBlock = 1 << 20
 
-// randomBF16 generates bf16 weights ~ N(0, std) (or ones for a norm) for a streaming writer.
-func randomBF16(seed, tensor uint64, ones bool, std float64) func(dst []byte, off int64) {
+// randomBF16 generates bf16 weights ~ N(0, std(element index)) (or ones for a norm) for a streaming writer.
+func randomBF16(seed, tensor uint64, ones bool, std func(element int64) float64) func(dst []byte, off int64) {
 	return func(dst []byte, off int64) {
 		first := off / 2
 		n := int64(len(dst) / 2)
@@ -133,7 +144,7 @@ func randomBF16(seed, tensor uint64, ones bool, std float64) func(dst []byte, of
 				for e := start; e < min(start+genBlock, first+n); e++ {
 					v := float32(1)
 					if !ones {
-						v = float32(std * r.NormFloat64())
+						v = float32(std(e) * r.NormFloat64())
 					}
 					if e >= first {
 						binary.LittleEndian.PutUint16(dst[2*(e-first):], checkpoints.F32ToBF16(v))

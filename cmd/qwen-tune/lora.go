@@ -185,6 +185,15 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 	if err := os.MkdirAll(r.out, 0o755); err != nil {
 		return err
 	}
+	metricsPath := r.metrics
+	if metricsPath == "" {
+		metricsPath = filepath.Join(r.out, "metrics.jsonl")
+	}
+	if resumeFrom != "" {
+		if err := truncateMetrics(metricsPath, tr.Step); err != nil {
+			return err
+		}
+	}
 	resolved, _ := json.MarshalIndent(r.cfg, "", "  ")
 	fmt.Fprintf(stderr, "data: %d examples (%d for validation), %d tokens, %d trained, %d cut at --max-len %d, %d skipped\n",
 		stats.Examples, len(val), stats.Tokens, stats.Trained, stats.Truncated, r.cfg.MaxLen, stats.Skipped)
@@ -196,10 +205,6 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 		Stats data.Stats       `json:"data_stats"`
 	}{r.modelDir, r.dataPath, r.cfg, stats}); err != nil {
 		return err
-	}
-	metricsPath := r.metrics
-	if metricsPath == "" {
-		metricsPath = filepath.Join(r.out, "metrics.jsonl")
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 	defer stop()
@@ -306,6 +311,26 @@ func metricLine(r lora.StepResult) map[string]any {
 		m["eval_loss"] = r.EvalLoss
 	}
 	return m
+}
+
+// truncateMetrics drops the lines of steps at or after step (logged after the checkpoint a
+// run resumes from), so a resumed run's metrics have each step once.
+func truncateMetrics(path string, step int) error {
+	hist := readHistory(path)
+	var keep strings.Builder
+	for _, h := range hist {
+		if h.Step < step {
+			b, err := json.Marshal(metricLine(h))
+			if err != nil {
+				return err
+			}
+			keep.Write(append(b, '\n'))
+		}
+	}
+	return checkpoints.WriteAtomic(path, func(w io.Writer) error {
+		_, err := io.WriteString(w, keep.String())
+		return err
+	})
 }
 
 // readHistory reads the steps already in a metrics file (a resumed run plots them too).

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+const twoChats = `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+{"conversations": [{"from": "user", "value": "bye"}, {"from": "assistant", "value": "see you"}]}
+`
+
+func TestLoraTrainsResumesAndRefuses(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	out := filepath.Join(tmp, "run")
+	args := []string{"lora", "--model", dir, "--data", chats, "--out", out, "--steps", "4", "--lora-r", "4", "--lr", "1e-2", "--save-every", "2"}
+	if o, errs, st := qt(t, "", args...); st != 0 {
+		t.Fatalf("lora: %s %s", o, errs)
+	}
+	for _, f := range []string{"adapter_config.json", "adapter_model.safetensors", "training_config.json", "metrics.jsonl", "loss.png", "checkpoint-4/trainer_state.json"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("missing %s: %v", f, err)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var first map[string]float64
+	if len(lines) != 4 || json.Unmarshal([]byte(lines[0]), &first) != nil || first["step"] != 0 || first["loss"] <= 0 || first["grad_norm"] <= 0 {
+		t.Fatalf("metrics:\n%s", b)
+	}
+	var cfg map[string]any
+	b, _ = os.ReadFile(filepath.Join(out, "adapter_config.json"))
+	if json.Unmarshal(b, &cfg) != nil || cfg["peft_type"] != "LORA" || cfg["r"] != 4.0 || cfg["task_type"] != "CAUSAL_LM" {
+		t.Fatalf("adapter_config.json: %s", b)
+	}
+	// The same output again is refused; nothing changes.
+	if _, errs, st := qt(t, "", args...); st != 1 || !strings.Contains(errs, "already holds") {
+		t.Fatalf("second run into the same --out: status %d %s", st, errs)
+	}
+	// The adapter is used by chat without merging.
+	if o, errs, st := qt(t, "", "chat", "--model", dir, "--adapter", out, "--prompt", "hi", "--max-new-tokens", "4", "--greedy"); st != 0 || o == "" {
+		t.Fatalf("chat --adapter: %d %s %s", st, o, errs)
+	}
+	// An adapter for another shape is refused with both shapes named.
+	other := filepath.Join(t.TempDir(), "other")
+	if _, errs, st := qt(t, "", "init", "--tiny", "--out", other, "--hidden", "32", "--heads", "2", "--vocab-ranks", "4096"); st != 0 {
+		t.Fatal(errs)
+	}
+	if _, errs, st := qt(t, "", "chat", "--model", other, "--adapter", out, "--prompt", "hi"); st != 1 || !strings.Contains(errs, "has shape [4 64] but this model needs [4 32]") {
+		t.Fatalf("mismatched adapter: %d %s", st, errs)
+	}
+}
+
+func TestLoraBadInput(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "ok.jsonl"), twoChats)
+	cases := []struct {
+		name, data string
+		extra      []string
+		want       string
+	}{
+		{"malformed JSON", "{\"messages\": [\n", nil, "bad.jsonl:1: not a JSON object"},
+		{"no assistant turn", `{"messages": [{"role": "user", "content": "a"}]}`, nil, "no assistant turn"},
+		{"roles out of order", `{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}`, nil, "roles out of order"},
+		{"empty dataset", "", nil, "no examples"},
+		{"all skipped", `{"messages": [{"role": "user", "content": "a"}]}`, []string{"--on-bad-example", "skip"}, "all 1 examples are malformed"},
+		{"unknown target", "", []string{"--targets", "q_proj"}, `target module "q_proj" matches no layer`},
+		{"bad mask", "", []string{"--mask", "everything"}, `mask "everything"`},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			data := chats
+			if c.data != "" || c.name == "empty dataset" {
+				data = writeFile(t, filepath.Join(tmp, "bad.jsonl"), c.data)
+			}
+			args := append([]string{"lora", "--model", dir, "--data", data, "--out", filepath.Join(tmp, "out", string(rune('a'+i))), "--steps", "1"}, c.extra...)
+			_, errs, st := qt(t, "", args...)
+			if st != 1 || !strings.Contains(errs, c.want) || strings.Contains(errs, "goroutine") {
+				t.Fatalf("status %d, stderr %q; want %q", st, errs, c.want)
+			}
+		})
+	}
+	// Skipping keeps the good examples and reports the bad one.
+	mixed := writeFile(t, filepath.Join(tmp, "mixed.jsonl"), twoChats+`{"messages": [{"role": "user", "content": "a"}]}`+"\n")
+	_, errs, st := qt(t, "", "lora", "--model", dir, "--data", mixed, "--out", filepath.Join(tmp, "skip"), "--steps", "1", "--on-bad-example", "skip")
+	if st != 0 || !strings.Contains(errs, "skipped: data: "+mixed+":3") {
+		t.Fatalf("skip: %d %s", st, errs)
+	}
+}
+
+// TestDemo runs the README's first command: the fine-tuned tiny model answers trained
+// prompts with the trained reply and stops at <|im_end|>.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains for about 30 s")
+	}
+	out := filepath.Join(t.TempDir(), "demo")
+	o, errs, st := qt(t, "", "demo", "--out", out)
+	if st != 0 {
+		t.Fatalf("demo: %s", errs)
+	}
+	if !strings.Contains(o, "3 of 3 replies ended with <|im_end|>") || !strings.Contains(o, "assistant: The capital of France is Paris. <|im_end|>") {
+		t.Fatalf("demo output:\n%s", o)
+	}
+}
