@@ -103,7 +103,8 @@ type StepResult struct {
 	LR       float64 `json:"lr"`
 	Loss     float64 `json:"loss"`
 	GradNorm float64 `json:"grad_norm"`
-	Tokens   int     `json:"tokens"`
+	Tokens   int     `json:"tokens"`     // trained tokens (labels that count)
+	Seen     int     `json:"seq_tokens"` // real (not padding) tokens processed
 	EvalLoss float64 `json:"eval_loss,omitempty"`
 }
 
@@ -239,6 +240,11 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 		}
 		lossSum += loss * float64(n)
 		res.Tokens += n
+		for _, real := range b.Mask {
+			if real {
+				res.Seen++
+			}
+		}
 	}
 	if res.Tokens == 0 {
 		return res, fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)

@@ -274,7 +274,7 @@ func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath st
 		if err != nil {
 			return hist, err
 		}
-		tokens += res.Tokens
+		tokens += res.Seen
 		if r.cfg.EvalEvery > 0 && len(tr.Val) > 0 && tr.Step%r.cfg.EvalEvery == 0 || tr.Done() && len(tr.Val) > 0 {
 			if res.EvalLoss, err = tr.Evaluate(); err != nil {
 				return hist, err
@@ -306,7 +306,7 @@ func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath st
 
 // metricLine is one line of metrics.jsonl.
 func metricLine(r lora.StepResult) map[string]any {
-	m := map[string]any{"step": r.Step, "lr": r.LR, "loss": r.Loss, "grad_norm": r.GradNorm, "tokens": r.Tokens}
+	m := map[string]any{"step": r.Step, "lr": r.LR, "loss": r.Loss, "grad_norm": r.GradNorm, "tokens": r.Tokens, "seq_tokens": r.Seen}
 	if r.EvalLoss != 0 {
 		m["eval_loss"] = r.EvalLoss
 	}

@@ -116,3 +116,32 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo output:\n%s", o)
 	}
 }
+
+func TestDataInspectAndMerge(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	o, errs, st := qt(t, "", "data", "inspect", "--model", dir, "--data", chats, "--example", "1", "--mask", "assistant")
+	if st != 0 || !strings.Contains(o, "assistant\n[[see you<|im_end|>\n]]") || !strings.Contains(o, "2 examples") {
+		t.Fatalf("data inspect: %d %s %s", st, o, errs)
+	}
+	if _, errs, st := qt(t, "", "data", "inspect", "--model", dir, "--data", chats, "--example", "5"); st != 1 || !strings.Contains(errs, "examples 0..1") {
+		t.Fatalf("out-of-range example: %d %s", st, errs)
+	}
+	run := filepath.Join(tmp, "run")
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "2", "--lora-r", "4", "--train-special-tokens"); st != 0 {
+		t.Fatal(errs)
+	}
+	merged := filepath.Join(tmp, "merged")
+	if _, errs, st := qt(t, "", "merge", "--model", dir, "--adapter", run, "--out", merged); st != 0 {
+		t.Fatal(errs)
+	}
+	a, _, st1 := qt(t, "", "generate", "--model", dir, "--adapter", run, "--prompt-ids", "1,2,3", "--greedy", "--max-new-tokens", "8", "--json")
+	b, _, st2 := qt(t, "", "generate", "--model", merged, "--prompt-ids", "1,2,3", "--greedy", "--max-new-tokens", "8", "--json")
+	if st1 != 0 || st2 != 0 || a != b {
+		t.Errorf("adapter and merged model disagree:\n%s%s", a, b)
+	}
+	if _, errs, st := qt(t, "", "merge", "--model", dir, "--adapter", run, "--out", merged); st != 1 || !strings.Contains(errs, "already holds a model") {
+		t.Fatalf("merge over a model: %d %s", st, errs)
+	}
+}

@@ -1,0 +1,167 @@
+package lora
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// Merge writes modelDir's weights with the adapter folded in, W' = W + (alpha/r) B A (and the
+// trained special-token rows added to wte and lm_head), computed in float32 and stored in
+// each tensor's original dtype, in the original file layout: the same shards with the same
+// tensors, and the index; the other files of modelDir (config, generation config,
+// vocabulary) are copied. Tensors are produced one tile at a time, so a 7B model merges in
+// little memory. outDir must not hold a model already.
+func Merge(modelDir, adapterDir, outDir string) error {
+	if _, err := os.Stat(filepath.Join(outDir, "config.json")); err == nil {
+		return fmt.Errorf("lora: %s already holds a model: choose a new --out (nothing was written)", outDir)
+	}
+	m, err := model.Load(modelDir, model.LoadOptions{})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	a, err := Attach(adapterDir, m)
+	if err != nil {
+		return err
+	}
+	deltas := map[string]func(r0, r1 int, dst []float32){}
+	for _, l := range a.Layers {
+		deltas[l.Module+".weight"] = loraDelta(l)
+	}
+	if rows, ok := m.Head.(*headRows); ok {
+		deltas[checkpoints.LMHead] = rowDelta(rows.Delta, rows.Offset)
+		deltas[checkpoints.Embedding] = rowDelta(m.EmbedRows.Delta, m.EmbedRows.Offset)
+	}
+	ck, err := checkpoints.OpenDir(modelDir)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	shards := map[string][]string{} // file name -> tensor names
+	for _, name := range ck.Names() {
+		_, f, _ := ck.Info(name)
+		base := filepath.Base(f.Path)
+		shards[base] = append(shards[base], name)
+	}
+	meta := map[string]string{"qwen_tune.merged_adapter": filepath.Base(filepath.Clean(adapterDir))}
+	for file, names := range shards {
+		var ts []checkpoints.Tensor
+		for _, name := range names {
+			t, err := ck.Tensor(name)
+			if err != nil {
+				return err
+			}
+			if d, ok := deltas[name]; ok {
+				t = mergedTensor(t, d)
+			}
+			ts = append(ts, t)
+		}
+		if err := checkpoints.WriteFile(filepath.Join(outDir, file), ts, meta); err != nil {
+			return err
+		}
+	}
+	// Everything else (the index, config, generation config, vocabulary), config.json last.
+	entries, err := os.ReadDir(modelDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || strings.HasSuffix(name, ".safetensors") || name == "config.json" {
+			continue
+		}
+		if err := copyFile(filepath.Join(modelDir, name), filepath.Join(outDir, name)); err != nil {
+			return err
+		}
+	}
+	return copyFile(filepath.Join(modelDir, "config.json"), filepath.Join(outDir, "config.json"))
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return checkpoints.WriteAtomic(dst, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+}
+
+// loraDelta computes rows r0..r1 of scale B A into dst.
+func loraDelta(l *Layer) func(r0, r1 int, dst []float32) {
+	a, b := l.A.Value.Data().([]float32), l.B.Value.Data().([]float32)
+	r, in := l.A.Value.Shape()[0], l.A.Value.Shape()[1]
+	return func(r0, r1 int, dst []float32) {
+		gonum.Implementation{}.Sgemm(blas.NoTrans, blas.NoTrans, r1-r0, in, r, float32(l.Scale), b[r0*r:], r, a, in, 0, dst, in)
+	}
+}
+
+// rowDelta adds a [S, H] table to rows offset..offset+S-1.
+func rowDelta(p *model.Param, offset int) func(r0, r1 int, dst []float32) {
+	d := p.Value.Data().([]float32)
+	s, h := p.Value.Shape()[0], p.Value.Shape()[1]
+	return func(r0, r1 int, dst []float32) {
+		clear(dst)
+		for r := max(r0, offset); r < min(r1, offset+s); r++ {
+			copy(dst[(r-r0)*h:(r-r0+1)*h], d[(r-offset)*h:(r-offset+1)*h])
+		}
+	}
+}
+
+// mergedTensor streams t + delta in t's dtype.
+func mergedTensor(t checkpoints.Tensor, delta func(r0, r1 int, dst []float32)) checkpoints.Tensor {
+	cols := int(t.Shape[len(t.Shape)-1])
+	size := t.DType.Size()
+	src := t.Data
+	out := checkpoints.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape}
+	out.Gen = func(dst []byte, off int64) {
+		first := int(off) / size
+		n := len(dst) / size
+		r0, r1 := first/cols, (first+n+cols-1)/cols
+		buf := make([]float32, (r1-r0)*cols)
+		delta(r0, r1, buf)
+		for i := 0; i < n; i++ {
+			e := first + i
+			v := decode(t.DType, src[e*size:]) + buf[e-r0*cols]
+			encode(t.DType, dst[i*size:], v)
+		}
+	}
+	return out
+}
+
+func decode(dt checkpoints.DType, b []byte) float32 {
+	switch dt {
+	case checkpoints.BF16:
+		return checkpoints.BF16ToF32(binary.LittleEndian.Uint16(b))
+	case checkpoints.F16:
+		return checkpoints.F16ToF32(binary.LittleEndian.Uint16(b))
+	}
+	return math.Float32frombits(binary.LittleEndian.Uint32(b))
+}
+
+func encode(dt checkpoints.DType, b []byte, v float32) {
+	switch dt {
+	case checkpoints.BF16:
+		binary.LittleEndian.PutUint16(b, checkpoints.F32ToBF16(v))
+	case checkpoints.F16:
+		binary.LittleEndian.PutUint16(b, checkpoints.F32ToF16(v))
+	default:
+		binary.LittleEndian.PutUint32(b, math.Float32bits(v))
+	}
+}
