@@ -91,6 +91,8 @@ func (l *Layer) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 type Adapter struct {
 	Config Config
 	Layers []*Layer
+	// Modules are full weights (wte, lm_head) loaded from the adapter's modules_to_save.
+	Modules []*model.Param
 }
 
 // PEFT key prefix of every adapter tensor.

@@ -39,6 +39,10 @@ func Merge(modelDir, adapterDir, outDir string) error {
 	for _, l := range a.Layers {
 		deltas[l.Module+".weight"] = loraDelta(l)
 	}
+	replaced := map[string]*model.Param{}
+	for _, p := range a.Modules {
+		replaced[p.Name] = p
+	}
 	if rows, ok := m.Head.(*headRows); ok {
 		deltas[checkpoints.LMHead] = rowDelta(rows.Delta, rows.Offset)
 		deltas[checkpoints.Embedding] = rowDelta(m.EmbedRows.Delta, m.EmbedRows.Offset)
@@ -67,6 +71,9 @@ func Merge(modelDir, adapterDir, outDir string) error {
 			}
 			if d, ok := deltas[name]; ok {
 				t = mergedTensor(t, d)
+			}
+			if p, ok := replaced[name]; ok {
+				t = replacedTensor(t, p.Value.Data().([]float32))
 			}
 			ts = append(ts, t)
 		}
@@ -122,6 +129,19 @@ func rowDelta(p *model.Param, offset int) func(r0, r1 int, dst []float32) {
 			copy(dst[(r-r0)*h:(r-r0+1)*h], d[(r-offset)*h:(r-offset+1)*h])
 		}
 	}
+}
+
+// replacedTensor streams a full trained weight in t's dtype.
+func replacedTensor(t checkpoints.Tensor, v []float32) checkpoints.Tensor {
+	size := t.DType.Size()
+	out := checkpoints.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape}
+	out.Gen = func(dst []byte, off int64) {
+		first := int(off) / size
+		for i := 0; i < len(dst)/size; i++ {
+			encode(t.DType, dst[i*size:], v[first+i])
+		}
+	}
+	return out
 }
 
 // mergedTensor streams t + delta in t's dtype.

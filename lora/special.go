@@ -163,6 +163,9 @@ func Attach(dir string, m *model.Model) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.Modules, err = installModules(m, extra); err != nil {
+		return nil, err
+	}
 	if len(extra) == 0 {
 		return a, nil
 	}
@@ -175,7 +178,9 @@ func Attach(dir string, m *model.Model) (*Adapter, error) {
 		return nil, err
 	}
 	if s == nil {
-		return nil, fmt.Errorf("lora: %s holds tensors this program cannot apply (modules_to_save); merge it with PEFT first", dir)
+		for name := range extra {
+			return nil, fmt.Errorf("lora: %s: tensor %q is neither a LoRA weight, a saved wte/lm_head nor a special-token row", dir, name)
+		}
 	}
 	return a, nil
 }

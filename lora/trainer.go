@@ -34,6 +34,8 @@ type TrainConfig struct {
 	ValRatio    float64 `json:"val_ratio"`
 	// TrainSpecialTokens trains the special-token rows of wte and lm_head (for base models).
 	TrainSpecialTokens bool `json:"train_special_tokens"`
+	// ModulesToSave trains wte and/or lm_head in full (Qwen's choice for base models).
+	ModulesToSave []string `json:"modules_to_save,omitempty"`
 }
 
 // DefaultTrainConfig is Qwen's LoRA recipe: r 64, alpha 16, dropout 0.05, lr 3e-4 cosine with
@@ -68,6 +70,12 @@ func (c TrainConfig) Validate() error {
 	_, err := data.ParseMask(c.Mask)
 	if err != nil {
 		return err
+	}
+	if _, err := ModuleTensorNames(c.ModulesToSave); err != nil {
+		return err
+	}
+	if c.TrainSpecialTokens && len(c.ModulesToSave) > 0 {
+		return fmt.Errorf("lora: --train-special-tokens and --modules-to-save both train wte/lm_head rows; choose one")
 	}
 	return optim.Schedule{Kind: c.Schedule, Peak: c.LR, Total: 1}.Validate()
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gorgonia.org/tensor"
@@ -17,6 +18,9 @@ type LoadOptions struct {
 	// gradient checks). Otherwise bf16 weights stay bf16, aliasing the memory-mapped file,
 	// and nothing is trainable.
 	Float32 bool
+	// Train widens the named tensors to float32 and marks them trainable (Qwen trains wte and
+	// lm_head in full when tuning a base model).
+	Train []string
 	// Progress, if set, is called after each tensor with the count done and the total.
 	Progress func(done, total int)
 }
@@ -59,7 +63,7 @@ func build(cfg *checkpoints.Config, ck *checkpoints.Checkpoint, opts LoadOptions
 		if err != nil {
 			return nil, err
 		}
-		p, err := newParam(t, opts.Float32)
+		p, err := newParam(t, opts.Float32 || slices.Contains(opts.Train, name))
 		done++
 		if opts.Progress != nil {
 			opts.Progress(done, len(specs))

@@ -90,6 +90,7 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C)")
 	f.StringVar(&c.Mask, "mask", c.Mask, "trained tokens: qwen (Qwen's recipe) or assistant (assistant replies only)")
 	f.Float64Var(&c.ValRatio, "val-ratio", c.ValRatio, "fraction of the examples held out for validation")
+	f.StringSliceVar(&c.ModulesToSave, "modules-to-save", nil, "train these in full and save them with the adapter: wte, lm_head (Qwen's choice for base models; large)")
 	f.BoolVar(&c.TrainSpecialTokens, "train-special-tokens", c.TrainSpecialTokens, "also train the special-token rows of wte and lm_head (for base models, so they learn <|im_end|>)")
 	return cmd
 }
@@ -130,7 +131,11 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 	if err := r.cfg.Validate(); err != nil {
 		return err
 	}
-	in, err := openInference(cmd, r.modelDir, true)
+	trainNames, err := lora.ModuleTensorNames(r.cfg.ModulesToSave)
+	if err != nil {
+		return err
+	}
+	in, err := openModel(cmd, r.modelDir, "", true, trainNames)
 	if err != nil {
 		return err
 	}
@@ -171,6 +176,12 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 		return err
 	}
 	params = append(params, special.Params()...)
+	modules, err := lora.ModuleParams(m, r.cfg.ModulesToSave)
+	if err != nil {
+		return err
+	}
+	params = append(params, modules...)
+	extra := append(special.Tensors(), lora.ModuleTensors(modules)...)
 	tr, err := lora.NewTrainer(m, a, params, r.cfg, train, val, tok.EndOfTextID())
 	if err != nil {
 		return err
@@ -208,12 +219,13 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 	defer stop()
-	hist, err := trainLoop(ctx, tr, r, metricsPath, special, stderr)
+	hist, err := trainLoop(ctx, tr, r, metricsPath, func() []checkpoints.Tensor { return append(special.Tensors(), lora.ModuleTensors(modules)...) }, stderr)
 	interrupted := errors.Is(err, context.Canceled)
 	if err != nil && !interrupted {
 		return err
 	}
-	ckpt, serr := tr.SaveCheckpoint(r.out, r.modelDir, special.Tensors())
+	extra = append(special.Tensors(), lora.ModuleTensors(modules)...)
+	ckpt, serr := tr.SaveCheckpoint(r.out, r.modelDir, extra)
 	if serr != nil {
 		return serr
 	}
@@ -221,7 +233,7 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 		fmt.Fprintf(stderr, "interrupted at step %d of %d; saved %s. Continue with the same command and --resume.\n", tr.Step, tr.Sched.Total, ckpt)
 		return nil
 	}
-	if err := a.Save(r.out, r.modelDir, nil, special.Tensors()...); err != nil {
+	if err := a.Save(r.out, r.modelDir, r.cfg.ModulesToSave, extra...); err != nil {
 		return err
 	}
 	if err := special.SaveConfig(r.out); err != nil {
@@ -256,7 +268,7 @@ func checkFreshOut(out string) error {
 }
 
 // trainLoop runs the remaining steps with progress, metrics and validation.
-func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath string, special *lora.SpecialTokens, stderr io.Writer) ([]lora.StepResult, error) {
+func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath string, extra func() []checkpoints.Tensor, stderr io.Writer) ([]lora.StepResult, error) {
 	mf, err := os.OpenFile(metricsPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -295,7 +307,7 @@ func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath st
 			fmt.Fprintln(stderr, line)
 		}
 		if r.cfg.SaveEvery > 0 && tr.Step%r.cfg.SaveEvery == 0 && !tr.Done() {
-			if _, err := tr.SaveCheckpoint(r.out, r.modelDir, special.Tensors()); err != nil {
+			if _, err := tr.SaveCheckpoint(r.out, r.modelDir, extra()); err != nil {
 				return hist, err
 			}
 		}

@@ -145,3 +145,32 @@ func TestDataInspectAndMerge(t *testing.T) {
 		t.Fatalf("merge over a model: %d %s", st, errs)
 	}
 }
+
+// TestModulesToSave trains wte and lm_head in full, saves them as PEFT modules_to_save, and
+// the adapter gives the same continuation applied or merged.
+func TestModulesToSave(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	run := filepath.Join(tmp, "run")
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--modules-to-save", "wte,lm_head"); st != 0 {
+		t.Fatal(errs)
+	}
+	b, _ := os.ReadFile(filepath.Join(run, "adapter_config.json"))
+	if !strings.Contains(string(b), `"modules_to_save": [`) {
+		t.Fatalf("adapter_config.json lacks modules_to_save: %s", b)
+	}
+	merged := filepath.Join(tmp, "merged")
+	if _, errs, st := qt(t, "", "merge", "--model", dir, "--adapter", run, "--out", merged); st != 0 {
+		t.Fatal(errs)
+	}
+	base, _, _ := qt(t, "", "generate", "--model", dir, "--prompt-ids", "1,2,3", "--greedy", "--max-new-tokens", "8", "--json")
+	a, _, st1 := qt(t, "", "generate", "--model", dir, "--adapter", run, "--prompt-ids", "1,2,3", "--greedy", "--max-new-tokens", "8", "--json")
+	m, _, st2 := qt(t, "", "generate", "--model", merged, "--prompt-ids", "1,2,3", "--greedy", "--max-new-tokens", "8", "--json")
+	if st1 != 0 || st2 != 0 || a != m || a == base {
+		t.Errorf("base, adapter, merged:\n%s%s%s", base, a, m)
+	}
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", filepath.Join(tmp, "x"), "--steps", "1", "--modules-to-save", "w1"); st != 1 || !strings.Contains(errs, "only wte and lm_head") {
+		t.Fatalf("bad module: %d %s", st, errs)
+	}
+}

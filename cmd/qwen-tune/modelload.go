@@ -53,6 +53,11 @@ func openInference(cmd *cobra.Command, dir string, needTokenizer bool) (*inferen
 
 // openWithAdapter is openInference plus a PEFT LoRA adapter applied without merging.
 func openWithAdapter(cmd *cobra.Command, dir, adapter string, needTokenizer bool) (*inference, error) {
+	return openModel(cmd, dir, adapter, needTokenizer, nil)
+}
+
+// openModel loads a model directory; train names tensors widened to trainable float32.
+func openModel(cmd *cobra.Command, dir, adapter string, needTokenizer bool, train []string) (*inference, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("--model DIR is required (a directory with config.json and safetensors weights; 'qwen-tune init --tiny --out DIR' makes one)")
 	}
@@ -60,7 +65,11 @@ func openWithAdapter(cmd *cobra.Command, dir, adapter string, needTokenizer bool
 	if err != nil {
 		return nil, err
 	}
-	if err := model.CheckMemory(model.WeightBytes(cfg), fmt.Sprintf("%s (%d parameters in bf16)", dir, cfg.ParamCount())); err != nil {
+	need := model.WeightBytes(cfg)
+	for range train { // float32 copy, gradient and two Adam moments of a [vocab, hidden] table
+		need += 16 * int64(cfg.VocabSize) * int64(cfg.HiddenSize)
+	}
+	if err := model.CheckMemory(need, fmt.Sprintf("%s (%d parameters in bf16)", dir, cfg.ParamCount())); err != nil {
 		return nil, err
 	}
 	in := &inference{gen: gen}
@@ -75,7 +84,7 @@ func openWithAdapter(cmd *cobra.Command, dir, adapter string, needTokenizer bool
 		return nil, fmt.Errorf("%s has no %s: this command needs the model's vocabulary", dir, tokenizer.VocabFile)
 	}
 	bar := newBar(cmd.ErrOrStderr(), len(checkpoints.ModelTensors(cfg)), "loading "+dir)
-	in.m, err = model.Load(dir, model.LoadOptions{Progress: func(done, total int) { bar.Set(done) }})
+	in.m, err = model.Load(dir, model.LoadOptions{Train: train, Progress: func(done, total int) { bar.Set(done) }})
 	bar.Finish()
 	if err != nil {
 		return nil, err
