@@ -4,7 +4,8 @@ package autograd
 //
 //	q, k, v [B, T, H, D] (q and k after rotary) -> out [B*T, H*D] (heads merged, ready for c_proj)
 //	query t of row b sits at absolute position p = Step.Past + t and attends key j when
-//	j <= p and Step.KeyMask[b, j]; keys 0..Past-1 come from the cache, Past..Past+T-1 from k
+//	j <= p and Step.KeyMask[b, j] (and, when packing, j is in the query's segment); keys
+//	0..Past-1 come from the cache, Past..Past+T-1 from k
 //	s_j   = c_p (q . k_j) / sqrt(D), c_p = LogN factor (1 unless Step.LogNSeq is exceeded)
 //	out   = sum_j softmax(s)_j v_j   (a query with no visible key gets zeros)
 //
@@ -144,8 +145,9 @@ func (blk *attnBlock[T]) scores(q, kd []T, b, h, t0, t1, stride int, st *Step, n
 		row := blk.p[r*blk.keys : (r+1)*blk.keys]
 		last := st.Past + t0 + r
 		m := math.Inf(-1)
+		tq := t0 + r
 		for j := 0; j <= last; j++ {
-			if st.keyOK(b, j) && float64(row[j]) > m {
+			if st.keyOK(b, j) && st.sameSegment(b, tq, j) && float64(row[j]) > m {
 				m = float64(row[j])
 			}
 		}
@@ -155,7 +157,7 @@ func (blk *attnBlock[T]) scores(q, kd []T, b, h, t0, t1, stride int, st *Step, n
 		}
 		var sum float64
 		for j := range row {
-			if j > last || !st.keyOK(b, j) {
+			if j > last || !st.keyOK(b, j) || !st.sameSegment(b, tq, j) {
 				row[j] = 0
 				continue
 			}

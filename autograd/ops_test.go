@@ -104,6 +104,7 @@ func opCases() []opCase {
 	ids := &Step{Batch: 2, Seq: 3, IDs: []int32{3, 0, 3, 6, 1, 2}}
 	labels := &Step{Batch: 2, Seq: 4, Labels: []int32{-100, 2, 4, -100, 1, -100, 0, 5}}
 	sel := &Step{Batch: 2, Seq: 3, Rows: []int32{2, 0}}
+	packed := &Step{Batch: 1, Seq: 6, RotaryBase: 10000, Segments: []int32{0, 0, 0, 1, 1, 2}, Positions: []int32{0, 1, 2, 0, 1, 0}}
 	return []opCase{
 		{name: "RMSNorm", shapes: [][]int{{3, 8}, {8}}, wrt: []int{0, 1},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return RMSNorm(in[0], in[1], 1e-6, true) },
@@ -133,6 +134,12 @@ func opCases() []opCase {
 				dropout(in[0], out, 0.25, st.Seed, 3)
 				return out
 			}},
+		{name: "Attention/packed", shapes: [][]int{{1, 6, 2, 4}, {1, 6, 2, 4}, {1, 6, 2, 4}}, wrt: []int{0, 1, 2}, step: packed,
+			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) { return Attention(in[0], in[1], in[2], 0, st) },
+			ref:   refAttention},
+		{name: "Rotary/packed", shapes: [][]int{{1, 6, 2, 6}}, wrt: []int{0}, step: packed,
+			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) { return Rotary(in[0], st) },
+			ref:   refRotary},
 		{name: "SwiGLU", shapes: [][]int{{4, 5}, {4, 5}}, wrt: []int{0, 1},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return SwiGLU(in[0], in[1]) },
 			ref: func(in [][]float64, _ *Step) []float64 {
@@ -384,7 +391,7 @@ func refRotary(in [][]float64, st *Step) []float64 {
 	out := make([]float64, len(x))
 	for b := 0; b < st.Batch; b++ {
 		for t := 0; t < st.Seq; t++ {
-			p := float64(st.Past + t)
+			p := float64(st.position(b, t))
 			for h := 0; h < nh; h++ {
 				off := ((b*st.Seq+t)*nh + h) * d
 				for i := 0; i < d/2; i++ {
@@ -423,13 +430,13 @@ func refAttention(in [][]float64, st *Step) []float64 {
 						s[j] += at(q, b, t, h)[i] * at(k, b, j, h)[i]
 					}
 					s[j] *= c
-					if st.keyOK(b, j) {
+					if st.keyOK(b, j) && st.sameSegment(b, t, j) {
 						m = math.Max(m, s[j])
 					}
 				}
 				for j := 0; j <= t; j++ {
 					e := 0.0
-					if st.keyOK(b, j) {
+					if st.keyOK(b, j) && st.sameSegment(b, t, j) {
 						e = math.Exp(s[j] - m)
 					}
 					w = append(w, e)

@@ -7,6 +7,7 @@ package autograd
 //	y[..., i]      = x[i] cos - x[i+half] sin        i < half
 //	y[..., i+half] = x[i+half] cos + x[i] sin
 //
+// With packing, p is Step.Positions[b, t] instead (restarting in each packed sequence).
 // base_b is row b's base (Step.Base): the dynamic-NTK base for long prompts at inference,
 // rotary_emb_base otherwise. Backward is the inverse rotation (angle -> -angle).
 
@@ -91,7 +92,7 @@ func rotate[T Float](x *tensor.Dense, st *Step, inverse bool) *tensor.Dense {
 		freq := InvFreq(st.base(b), d)
 		cos, sin := make([]T, half), make([]T, half)
 		for i, f := range freq {
-			a := RotaryAngle(st.Past+t, f)
+			a := RotaryAngle(st.position(b, t), f)
 			cos[i], sin[i] = T(math.Cos(a)), T(sign*math.Sin(a))
 		}
 		for h := 0; h < nh; h++ {

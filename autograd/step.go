@@ -32,6 +32,24 @@ type Step struct {
 	Cache *KVCache
 	// Seed draws the dropout masks of this execution (training).
 	Seed uint64
+	// Segments [Batch*Seq], when set, packs several sequences in a row: a query attends only
+	// to keys of its own segment. Positions [Batch*Seq], when set, are the rotary positions
+	// (restarting at 0 in each packed segment). Both are for training graphs (no cache).
+	Segments  []int32
+	Positions []int32
+}
+
+// position is the rotary position of row b's t-th new token.
+func (s *Step) position(b, t int) int {
+	if s.Positions != nil {
+		return int(s.Positions[b*s.Seq+t])
+	}
+	return s.Past + t
+}
+
+// sameSegment reports whether row b's query t may see key j under packing.
+func (s *Step) sameSegment(b, t, j int) bool {
+	return s.Segments == nil || s.Segments[b*s.Seq+t] == s.Segments[b*s.Seq+j]
 }
 
 // Keys is the number of key positions attended in this execution.
@@ -77,6 +95,10 @@ func (s *Step) Check() error {
 		return fmt.Errorf("autograd: %d selected rows for %d rows", len(s.Rows), s.Batch)
 	case s.Cache != nil && (s.Cache.Batch != s.Batch || s.Keys() > s.Cache.Max):
 		return fmt.Errorf("autograd: KV cache holds %d x %d positions; step needs %d x %d", s.Cache.Batch, s.Cache.Max, s.Batch, s.Keys())
+	case s.Segments != nil && (len(s.Segments) != n || s.Cache != nil):
+		return fmt.Errorf("autograd: %d segment ids for %d positions (packing is for training graphs without a cache)", len(s.Segments), n)
+	case s.Positions != nil && len(s.Positions) != n:
+		return fmt.Errorf("autograd: %d positions for %d tokens", len(s.Positions), n)
 	case s.Cache == nil && s.Past != 0:
 		return fmt.Errorf("autograd: step starts at position %d but has no KV cache", s.Past)
 	}

@@ -10,9 +10,11 @@ import (
 // Sequence is one training sequence: ids and aligned labels, at most MaxLen long.
 type Sequence struct {
 	IDs, Labels []int
-	Source      string
-	Truncated   bool // the example was longer than the maximum length
-	FullLen     int  // its length before truncation
+	// Segments and Positions are set on packed sequences (see Pack).
+	Segments, Positions []int
+	Source              string
+	Truncated           bool // the example was longer than the maximum length
+	FullLen             int  // its length before truncation
 }
 
 // Stats describe a prepared dataset.
@@ -72,4 +74,37 @@ func Split(seqs []Sequence, valRatio float64, seed uint64) (train, val []Sequenc
 // from (seed, epoch), so any step of any epoch can be found again when resuming.
 func Epoch(n int, seed uint64, epoch int) []int {
 	return rand.New(rand.NewPCG(seed, uint64(epoch)+1)).Perm(n)
+}
+
+// Pack concatenates sequences (in order) into rows of at most maxLen tokens. Each packed
+// sequence keeps its own positions (restarting at 0) and attention stays inside it, so the
+// result trains exactly like the separate sequences: Segments and Positions say where each
+// one lies, and the first label of every sequence after the first in a row is ignored (it
+// would be predicted from the previous conversation, which a separate sequence never does).
+func Pack(seqs []Sequence, maxLen int) []Sequence {
+	var out []Sequence
+	var cur *Sequence
+	for _, s := range seqs {
+		if cur == nil || len(cur.IDs)+len(s.IDs) > maxLen {
+			out = append(out, Sequence{Source: s.Source})
+			cur = &out[len(out)-1]
+		}
+		seg := 0
+		if len(cur.Segments) > 0 {
+			seg = cur.Segments[len(cur.Segments)-1] + 1
+		}
+		for i := range s.IDs {
+			l := s.Labels[i]
+			if i == 0 {
+				l = IgnoreIndex
+			}
+			cur.IDs = append(cur.IDs, s.IDs[i])
+			cur.Labels = append(cur.Labels, l)
+			cur.Segments = append(cur.Segments, seg)
+			cur.Positions = append(cur.Positions, i)
+		}
+		cur.Truncated = cur.Truncated || s.Truncated
+		cur.FullLen = len(cur.IDs)
+	}
+	return out
 }

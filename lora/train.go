@@ -15,6 +15,8 @@ type Batch struct {
 	IDs        []int32
 	Labels     []int32
 	Mask       []bool
+	// Segments and Positions describe packed rows (nil when nothing is packed).
+	Segments, Positions []int32
 }
 
 // Targets is how many labels take part in the shifted loss.
@@ -73,6 +75,7 @@ func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
 	r := gg.runner
 	r.SetBatch(b.IDs, b.Labels, b.Mask)
 	r.Step.Seed = seed
+	r.Step.Segments, r.Step.Positions = b.Segments, b.Positions
 	if err := r.Run(); err != nil {
 		return 0, nil, err
 	}

@@ -36,6 +36,9 @@ type TrainConfig struct {
 	TrainSpecialTokens bool `json:"train_special_tokens"`
 	// ModulesToSave trains wte and/or lm_head in full (Qwen's choice for base models).
 	ModulesToSave []string `json:"modules_to_save,omitempty"`
+	// Pack puts several short sequences in one row of up to MaxLen tokens, attention and
+	// positions kept separate for each.
+	Pack bool `json:"pack,omitempty"`
 }
 
 // DefaultTrainConfig is Qwen's LoRA recipe: r 64, alpha 16, dropout 0.05, lr 3e-4 cosine with
@@ -168,16 +171,30 @@ func MakeBatch(seqs []data.Sequence, padID, maxLen int) *Batch {
 	}
 	seq := max(longest, min(maxLen, (longest+7)/8*8))
 	b := &Batch{Batch: len(seqs), Seq: seq}
+	packed := false
+	for _, s := range seqs {
+		packed = packed || s.Segments != nil
+	}
 	for _, s := range seqs {
 		for i := 0; i < seq; i++ {
-			if i < len(s.IDs) {
+			real := i < len(s.IDs)
+			if real {
 				b.IDs = append(b.IDs, int32(s.IDs[i]))
 				b.Labels = append(b.Labels, int32(s.Labels[i]))
-				b.Mask = append(b.Mask, true)
 			} else {
 				b.IDs = append(b.IDs, int32(padID))
 				b.Labels = append(b.Labels, -100)
-				b.Mask = append(b.Mask, false)
+			}
+			b.Mask = append(b.Mask, real)
+			if packed {
+				seg, pos := int32(-1), int32(i) // padding: its own segment
+				if real && s.Segments != nil {
+					seg, pos = int32(s.Segments[i]), int32(s.Positions[i])
+				} else if real {
+					seg = 0
+				}
+				b.Segments = append(b.Segments, seg)
+				b.Positions = append(b.Positions, pos)
 			}
 		}
 	}

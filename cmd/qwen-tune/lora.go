@@ -90,6 +90,7 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C)")
 	f.StringVar(&c.Mask, "mask", c.Mask, "trained tokens: qwen (Qwen's recipe) or assistant (assistant replies only)")
 	f.Float64Var(&c.ValRatio, "val-ratio", c.ValRatio, "fraction of the examples held out for validation")
+	f.BoolVar(&c.Pack, "pack", c.Pack, "pack several short examples into each --max-len row (attention and positions stay separate)")
 	f.StringSliceVar(&c.ModulesToSave, "modules-to-save", nil, "train these in full and save them with the adapter: wte, lm_head (Qwen's choice for base models; large)")
 	f.BoolVar(&c.TrainSpecialTokens, "train-special-tokens", c.TrainSpecialTokens, "also train the special-token rows of wte and lm_head (for base models, so they learn <|im_end|>)")
 	return cmd
@@ -155,6 +156,11 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 	}
 	stats.Skipped = len(skipped)
 	train, val := data.Split(seqs, r.cfg.ValRatio, r.cfg.Seed)
+	if r.cfg.Pack {
+		n := len(train)
+		train = data.Pack(train, r.cfg.MaxLen)
+		fmt.Fprintf(stderr, "packed %d training sequences into %d rows of at most %d tokens\n", n, len(train), r.cfg.MaxLen)
+	}
 
 	var a *lora.Adapter
 	if r.initAdapter != "" && !r.resume {
