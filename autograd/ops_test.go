@@ -135,8 +135,10 @@ func opCases() []opCase {
 				return out
 			}},
 		{name: "Attention/packed", shapes: [][]int{{1, 6, 2, 4}, {1, 6, 2, 4}, {1, 6, 2, 4}}, wrt: []int{0, 1, 2}, step: packed,
-			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) { return Attention(in[0], in[1], in[2], 0, st) },
-			ref:   refAttention},
+			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) {
+				return Attention(in[0], in[1], in[2], 0, st)
+			},
+			ref: refAttention},
 		{name: "Rotary/packed", shapes: [][]int{{1, 6, 2, 6}}, wrt: []int{0}, step: packed,
 			apply: func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) { return Rotary(in[0], st) },
 			ref:   refRotary},
