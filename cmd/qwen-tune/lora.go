@@ -25,6 +25,8 @@ type loraRun struct {
 	modelDir, dataPath, out, initAdapter, metrics, onBad string
 	resume                                               bool
 	cfg                                                  lora.TrainConfig
+	stopAfter                                            int            // testing: act as if Ctrl-C came after this step
+	cancelAt                                             func(step int) // set when stopAfter is
 }
 
 func newLoraCmd() *cobra.Command {
@@ -67,6 +69,8 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.StringVar(&r.metrics, "metrics", "", "write one JSON line per step here (default: OUT/metrics.jsonl)")
 	f.StringVar(&r.onBad, "on-bad-example", "error", "malformed example: error (stop) or skip (leave out and report)")
 	f.BoolVar(&r.resume, "resume", false, "continue the run in --out from its latest checkpoint")
+	f.IntVar(&r.stopAfter, "stop-after", 0, "stop as if interrupted after this many steps (for testing resumption)")
+	f.MarkHidden("stop-after")
 	f.IntVar(&c.LoRA.R, "lora-r", c.LoRA.R, "LoRA rank")
 	f.Float64Var(&c.LoRA.Alpha, "lora-alpha", c.LoRA.Alpha, "LoRA alpha (the update is scaled by alpha/r)")
 	f.Float64Var(&c.LoRA.Dropout, "lora-dropout", c.LoRA.Dropout, "dropout on the adapters' input")
@@ -225,6 +229,16 @@ func (r *loraRun) run(cmd *cobra.Command) error {
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 	defer stop()
+	if r.stopAfter > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		r.cancelAt = func(step int) {
+			if step >= r.stopAfter {
+				cancel()
+			}
+		}
+	}
 	hist, err := trainLoop(ctx, tr, r, metricsPath, func() []checkpoints.Tensor { return append(special.Tensors(), lora.ModuleTensors(modules)...) }, stderr)
 	interrupted := errors.Is(err, context.Canceled)
 	if err != nil && !interrupted {
@@ -311,6 +325,9 @@ func trainLoop(ctx context.Context, tr *lora.Trainer, r *loraRun, metricsPath st
 				line += fmt.Sprintf(" eval-loss %.4f", res.EvalLoss)
 			}
 			fmt.Fprintln(stderr, line)
+		}
+		if r.cancelAt != nil {
+			r.cancelAt(tr.Step)
 		}
 		if r.cfg.SaveEvery > 0 && tr.Step%r.cfg.SaveEvery == 0 && !tr.Done() {
 			if _, err := tr.SaveCheckpoint(r.out, r.modelDir, extra()); err != nil {
