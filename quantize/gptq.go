@@ -1,0 +1,369 @@
+package quantize
+
+// GPTQ (Frantar et al. 2022) as AutoGPTQ implements it (auto_gptq/quantization/gptq.py):
+//
+//  1. H = 2/n sum_b X_b^T X_b over calibration batches (n counts batches, as add_batch does).
+//  2. Dead inputs (H[j,j] = 0) get H[j,j] = 1 and their weight column is zeroed.
+//  3. With act-order, columns are processed in decreasing order of H[j,j].
+//  4. Damping: H += damp * mean(diag H) * I; then Hinv = U, the upper Cholesky factor of H^-1.
+//  5. Columns are quantized one at a time in blocks of 128. The rounding error of column j,
+//     divided by U[j,j], is fed back into the remaining columns of the block through row j of
+//     U, and into later blocks once the block is done (lazy batch updates).
+//  6. A group's scale and zero are computed when its first column is reached, from the
+//     working weights as they stood at the start of the current block ("lazy" scales).
+//
+// Everything here is float64; AutoGPTQ computes in float32, so a near-tie can round the other
+// way (a few codes in a few rows), which the tests allow as the reference data documents.
+
+import (
+	"fmt"
+	"math"
+	"sort"
+
+	"gonum.org/v1/gonum/mat"
+)
+
+// Options are the quantization settings (AutoGPTQ's quantize_config.json).
+type Options struct {
+	Bits         int     // 2, 3, 4 or 8
+	GroupSize    int     // columns per group; -1 = one group per row
+	Sym          bool    // symmetric grid with the zero at the middle code
+	DescAct      bool    // act-order: columns by decreasing Hessian diagonal
+	StaticGroups bool    // group grids from the original weights, before any update
+	Damp         float64 // damp_percent: fraction of the mean Hessian diagonal added to it
+	BlockSize    int     // columns per lazy update block (128)
+}
+
+// DefaultOptions are Qwen-7B-Chat-Int4's settings.
+func DefaultOptions() Options {
+	return Options{Bits: 4, GroupSize: 128, Sym: true, Damp: 0.01, BlockSize: 128}
+}
+
+// Validate checks the settings against a weight with k input columns.
+func (o Options) Validate(k int) error {
+	switch {
+	case o.Bits != 2 && o.Bits != 3 && o.Bits != 4 && o.Bits != 8:
+		return fmt.Errorf("quantize: bits must be 2, 3, 4 or 8, got %d", o.Bits)
+	case o.GroupSize != -1 && o.GroupSize <= 0:
+		return fmt.Errorf("quantize: group size must be positive or -1, got %d", o.GroupSize)
+	case o.GroupSize > 0 && k%o.GroupSize != 0:
+		return fmt.Errorf("quantize: %d input columns are not a multiple of the group size %d", k, o.GroupSize)
+	case !(o.Damp > 0 && o.Damp < 1):
+		return fmt.Errorf("quantize: damping must be in (0, 1), got %g", o.Damp)
+	case o.BlockSize <= 0:
+		return fmt.Errorf("quantize: block size must be positive")
+	case o.StaticGroups && o.GroupSize == -1:
+		return fmt.Errorf("quantize: static groups need a group size")
+	}
+	return nil
+}
+
+// Hessian accumulates H = 2/n sum X^T X over calibration batches, as AutoGPTQ's add_batch.
+type Hessian struct {
+	K int
+	H []float64 // [K, K]
+	N int       // batches seen
+}
+
+// NewHessian starts an empty Hessian for k input features.
+func NewHessian(k int) *Hessian { return &Hessian{K: k, H: make([]float64, k*k)} }
+
+// Add accumulates one batch of rows x [rows, K] (one call = one sample, like add_batch with
+// batch size 1). Non-finite inputs are an error: they would poison every weight.
+func (h *Hessian) Add(x []float32, rows int) error {
+	k := h.K
+	if len(x) != rows*k {
+		return fmt.Errorf("quantize: %d inputs for %d rows of %d", len(x), rows, k)
+	}
+	for i, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("quantize: calibration input %d (row %d) is %v", i%k, i/k, v)
+		}
+	}
+	decay := float64(h.N) / float64(h.N+1)
+	h.N++
+	scale := 2 / float64(h.N)
+	xs := make([]float64, len(x))
+	for i, v := range x {
+		xs[i] = float64(v)
+	}
+	a := mat.NewDense(rows, k, xs)
+	var xtx mat.Dense
+	xtx.Mul(a.T(), a)
+	raw := xtx.RawMatrix().Data
+	for i := range h.H {
+		h.H[i] = h.H[i]*decay + scale*raw[i]
+	}
+	return nil
+}
+
+// Grid is one row's quantization grid: value = Scale * (code - Zero).
+type Grid struct{ Scale, Zero float64 }
+
+// findGrid is AutoGPTQ's Quantizer.find_params for one row of a group.
+func findGrid(row []float64, bits int, sym bool) Grid {
+	maxq := float64(int(1)<<bits - 1)
+	xmin, xmax := 0.0, 0.0
+	for _, v := range row {
+		xmin, xmax = min(xmin, v), max(xmax, v)
+	}
+	if sym {
+		xmax = max(math.Abs(xmin), xmax)
+		if xmin < 0 {
+			xmin = -xmax
+		}
+	}
+	if xmin == 0 && xmax == 0 {
+		xmin, xmax = -1, 1
+	}
+	scale := (xmax - xmin) / maxq
+	zero := (maxq + 1) / 2
+	if !sym {
+		zero = math.RoundToEven(-xmin / scale)
+	}
+	return Grid{scale, zero}
+}
+
+// code rounds v to the grid: clamp(round(v/scale) + zero, 0, maxq), half to even as torch.
+func (g Grid) code(v float64, maxq float64) float64 {
+	return min(max(math.RoundToEven(v/g.Scale)+g.Zero, 0), maxq)
+}
+
+// Result is a quantized weight.
+type Result struct {
+	N, K  int
+	Codes []uint8   // [N, K] codes in the original column order
+	Q     []float64 // [N, K] dequantized weight, original column order
+	Grids [][]Grid  // [G][N] grid of each group and row
+	GIdx  []int32   // [K] group of each input column
+	Perm  []int     // act-order column order (nil without act-order)
+	Damp  float64   // the damping actually used (raised when H was not positive definite)
+}
+
+// NumGroups is G.
+func (r *Result) NumGroups() int { return len(r.Grids) }
+
+// GPTQ quantizes w [n, k] (row-major, rows are outputs) with the Hessian of its inputs.
+func GPTQ(w []float32, n, k int, hess *Hessian, o Options) (*Result, error) {
+	if err := o.Validate(k); err != nil {
+		return nil, err
+	}
+	if hess.K != k || hess.N == 0 {
+		return nil, fmt.Errorf("quantize: a Hessian of %d features from %d samples for a weight with %d inputs", hess.K, hess.N, k)
+	}
+	maxq := float64(int(1)<<o.Bits - 1)
+	W := make([]float64, n*k)
+	for i, v := range w {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("quantize: weight element [%d, %d] is %v", i/k, i%k, v)
+		}
+		W[i] = float64(v)
+	}
+	H := append([]float64(nil), hess.H...)
+	col := func(j0, j1 int) func(row int) []float64 { // a row's slice of columns j0..j1
+		return func(row int) []float64 { return W[row*k+j0 : row*k+j1] }
+	}
+	grids := func(j0, j1 int) []Grid {
+		g := make([]Grid, n)
+		at := col(j0, j1)
+		for r := range g {
+			g[r] = findGrid(at(r), o.Bits, o.Sym)
+		}
+		return g
+	}
+	var whole []Grid // group size -1: one grid per row from the original weights
+	if o.GroupSize == -1 {
+		whole = grids(0, k)
+	}
+	for j := 0; j < k; j++ { // dead inputs
+		if H[j*k+j] == 0 {
+			H[j*k+j] = 1
+			for r := 0; r < n; r++ {
+				W[r*k+j] = 0
+			}
+		}
+	}
+	var static [][]Grid
+	if o.StaticGroups {
+		for j := 0; j < k; j += o.GroupSize {
+			static = append(static, grids(j, j+o.GroupSize))
+		}
+	}
+	var perm []int
+	if o.DescAct {
+		perm = make([]int, k)
+		for j := range perm {
+			perm[j] = j
+		}
+		sort.SliceStable(perm, func(a, b int) bool { return H[perm[a]*k+perm[a]] > H[perm[b]*k+perm[b]] })
+		W, H = permuteCols(W, n, k, perm), permuteSym(H, k, perm)
+	}
+	U, damp, err := inverseCholesky(H, k, o.Damp)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{N: n, K: k, Codes: make([]uint8, n*k), Q: make([]float64, n*k), Perm: perm, Damp: damp}
+	Q := res.Q
+	codes := make([]float64, n*k)
+	var cur []Grid
+	nowIdx := 1
+	for i1 := 0; i1 < k; i1 += o.BlockSize {
+		i2 := min(i1+o.BlockSize, k)
+		count := i2 - i1
+		W1 := make([]float64, n*count) // the block's working columns
+		for r := 0; r < n; r++ {
+			copy(W1[r*count:(r+1)*count], W[r*k+i1:r*k+i2])
+		}
+		Err1 := make([]float64, n*count)
+		for i := 0; i < count; i++ {
+			j := i1 + i
+			d := U[j*k+j]
+			switch {
+			case o.GroupSize == -1:
+				cur = whole
+			case o.StaticGroups:
+				idx := j
+				if perm != nil {
+					idx = perm[j]
+				}
+				cur = static[idx/o.GroupSize]
+			default:
+				if j%o.GroupSize == 0 { // lazy: from W as it stood at the block's start
+					cur = grids(j, j+o.GroupSize)
+				}
+				if j/o.GroupSize-nowIdx == -1 {
+					res.Grids = append(res.Grids, cur)
+					nowIdx++
+				}
+			}
+			for r := 0; r < n; r++ {
+				wv := W1[r*count+i]
+				c := cur[r].code(wv, maxq)
+				q := cur[r].Scale * (c - cur[r].Zero)
+				codes[r*k+j], Q[r*k+j] = c, q
+				e := (wv - q) / d
+				Err1[r*count+i] = e
+				row := W1[r*count : (r+1)*count]
+				urow := U[j*k+i1 : j*k+i2]
+				for c2 := i; c2 < count; c2++ {
+					row[c2] -= e * urow[c2]
+				}
+			}
+		}
+		// W[:, i2:] -= Err1 U[i1:i2, i2:]
+		if i2 < k {
+			e := mat.NewDense(n, count, Err1)
+			u := mat.NewDense(count, k-i2, nil)
+			for a := 0; a < count; a++ {
+				for b := i2; b < k; b++ {
+					u.Set(a, b-i2, U[(i1+a)*k+b])
+				}
+			}
+			var upd mat.Dense
+			upd.Mul(e, u)
+			for r := 0; r < n; r++ {
+				for b := i2; b < k; b++ {
+					W[r*k+b] -= upd.At(r, b-i2)
+				}
+			}
+		}
+	}
+	if o.GroupSize == -1 {
+		res.Grids = [][]Grid{whole}
+	} else if o.StaticGroups {
+		res.Grids = static
+	}
+	gs := o.GroupSize
+	if gs == -1 {
+		gs = k
+	}
+	res.GIdx = make([]int32, k)
+	for j := range res.GIdx {
+		res.GIdx[j] = int32(j / gs)
+		if o.StaticGroups && perm != nil {
+			res.GIdx[j] = int32(perm[j] / gs)
+		}
+	}
+	if perm != nil { // back to the original column order
+		inv := make([]int, k)
+		for p, j := range perm {
+			inv[j] = p
+		}
+		res.Q = permuteCols(Q, n, k, inv)
+		codes = permuteCols(codes, n, k, inv)
+		g := make([]int32, k)
+		for j := range g {
+			g[j] = res.GIdx[inv[j]]
+		}
+		res.GIdx = g
+	}
+	for i, c := range codes {
+		res.Codes[i] = uint8(c)
+	}
+	return res, nil
+}
+
+// permuteCols returns x [n, k] with column j taken from column perm[j].
+func permuteCols(x []float64, n, k int, perm []int) []float64 {
+	out := make([]float64, len(x))
+	for r := 0; r < n; r++ {
+		for j, p := range perm {
+			out[r*k+j] = x[r*k+p]
+		}
+	}
+	return out
+}
+
+// permuteSym returns H[perm][:, perm].
+func permuteSym(h []float64, k int, perm []int) []float64 {
+	out := make([]float64, len(h))
+	for a, pa := range perm {
+		for b, pb := range perm {
+			out[a*k+b] = h[pa*k+pb]
+		}
+	}
+	return out
+}
+
+// inverseCholesky damps H and returns U, the upper Cholesky factor of H^-1 (H^-1 = U^T U).
+// When H is not positive definite the damping is raised tenfold, up to three times, as a
+// user of AutoGPTQ would do by hand after its error; the damping used is returned.
+func inverseCholesky(h []float64, k int, damp float64) ([]float64, float64, error) {
+	var mean float64
+	for j := 0; j < k; j++ {
+		mean += h[j*k+j]
+	}
+	mean /= float64(k)
+	for try := 0; try < 4; try++ {
+		a := mat.NewSymDense(k, nil)
+		for i := 0; i < k; i++ {
+			for j := i; j < k; j++ {
+				v := h[i*k+j]
+				if i == j {
+					v += damp * mean
+				}
+				a.SetSym(i, j, v)
+			}
+		}
+		var ch mat.Cholesky
+		if ch.Factorize(a) {
+			var inv mat.SymDense
+			if err := ch.InverseTo(&inv); err == nil {
+				var ch2 mat.Cholesky
+				if ch2.Factorize(&inv) {
+					var u mat.TriDense
+					ch2.UTo(&u)
+					out := make([]float64, k*k)
+					for i := 0; i < k; i++ {
+						for j := i; j < k; j++ {
+							out[i*k+j] = u.At(i, j)
+						}
+					}
+					return out, damp, nil
+				}
+			}
+		}
+		damp *= 10
+	}
+	return nil, damp, fmt.Errorf("quantize: the Hessian is not positive definite even with damping %g of its mean diagonal: too few or degenerate calibration samples", damp/10)
+}
