@@ -52,7 +52,7 @@ func (o *linearOp) Arity() int {
 
 func (o *linearOp) Type() hm.Type {
 	if o.bias {
-		return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(1, tvW), tt(2, tvA))
+		return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(1, tvV), tt(2, tvA))
 	}
 	return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA))
 }

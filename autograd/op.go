@@ -44,6 +44,7 @@ func (o base) Hashcode() uint32 {
 var (
 	tvA = hm.TypeVariable('a') // activation element type
 	tvW = hm.TypeVariable('w') // weight element type (float32, float64 or uint16 bf16)
+	tvV = hm.TypeVariable('v') // a second weight type (a bias stored unlike its weight)
 )
 
 func tt(dims int, of hm.Type) *G.TensorType { return &G.TensorType{Dims: dims, Of: of} }

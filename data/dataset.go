@@ -108,3 +108,22 @@ func Pack(seqs []Sequence, maxLen int) []Sequence {
 	}
 	return out
 }
+
+// Calibration cuts calibration samples for quantization: the sequences' tokens, in an order
+// shuffled by seed, joined into one stream and cut into up to n windows of seqLen tokens
+// (the last window may be shorter when the stream runs out).
+func Calibration(seqs []Sequence, n, seqLen int, seed uint64) [][]int {
+	order := rand.New(rand.NewPCG(seed, 0x63616c6962)).Perm(len(seqs))
+	var stream []int
+	for _, i := range order {
+		stream = append(stream, seqs[i].IDs...)
+		if len(stream) >= n*seqLen {
+			break
+		}
+	}
+	var out [][]int
+	for start := 0; start < len(stream) && len(out) < n; start += seqLen {
+		out = append(out, stream[start:min(start+seqLen, len(stream))])
+	}
+	return out
+}

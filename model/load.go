@@ -33,9 +33,6 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.QuantizationConfig != nil {
-		return nil, fmt.Errorf("model: %s is a GPTQ-quantized checkpoint; this command needs the bf16 weights", dir)
-	}
 	if cfg.RotaryPct != 1 {
 		return nil, fmt.Errorf("model: %s: rotary_pct %g is not supported (Qwen-7B uses 1.0)", dir, cfg.RotaryPct)
 	}
@@ -43,7 +40,20 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := build(cfg, ck, opts)
+	gptq, err := GPTQConfigOf(dir, cfg)
+	if err != nil {
+		ck.Close()
+		return nil, err
+	}
+	var m *Model
+	switch {
+	case gptq != nil && (opts.Float32 || len(opts.Train) > 0):
+		err = fmt.Errorf("model: %s is GPTQ-quantized; training needs the floating-point weights", dir)
+	case gptq != nil:
+		m, err = loadGPTQ(cfg, gptq, ck, opts)
+	default:
+		m, err = build(cfg, ck, opts)
+	}
 	if err != nil {
 		ck.Close()
 		return nil, err

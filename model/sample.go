@@ -19,9 +19,13 @@ type Sampler struct {
 	TopK              int
 	TopP              float64
 	RepetitionPenalty float64
-	rng               *rand.Rand
-	scores            []float64
-	order             []int
+	// Limit, when positive, is the number of ids that may be chosen: the embedding has
+	// padding rows beyond the vocabulary (151,936 rows for 151,851 tokens) that no tokenizer
+	// can decode.
+	Limit  int
+	rng    *rand.Rand
+	scores []float64
+	order  []int
 }
 
 // NewSampler takes the settings of a generation_config.json; greedy also follows do_sample.
@@ -92,6 +96,9 @@ func (s *Sampler) Next(logits []float32, seen []int) int {
 	s.scores = s.scores[:0]
 	for _, v := range logits {
 		s.scores = append(s.scores, float64(v))
+	}
+	if s.Limit > 0 && s.Limit < len(s.scores) {
+		s.scores = s.scores[:s.Limit]
 	}
 	s.Penalize(s.scores, seen)
 	if s.Greedy {

@@ -105,3 +105,19 @@ func TestCheckMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSamplerLimit: ids beyond the vocabulary (padding rows of the embedding) are never chosen.
+func TestSamplerLimit(t *testing.T) {
+	logits := []float32{0, 1, 9, 9}
+	s := NewSampler(checkpoints.GenerationConfig{DoSample: true, Temperature: 1, TopP: 1, RepetitionPenalty: 1}, 3)
+	s.Limit = 2
+	for i := 0; i < 200; i++ {
+		if id := s.Next(logits, nil); id >= 2 {
+			t.Fatalf("chose padding id %d", id)
+		}
+	}
+	s.Greedy = true
+	if id := s.Next(logits, nil); id != 1 {
+		t.Fatalf("greedy chose %d, want 1", id)
+	}
+}

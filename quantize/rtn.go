@@ -1,5 +1,7 @@
 package quantize
 
+import "gonum.org/v1/gonum/mat"
+
 // RTN is plain round-to-nearest on the same grid as GPTQ (per row and contiguous group, from
 // the original weights): the baseline GPTQ must beat. It returns the dequantized weight.
 func RTN(w []float32, n, k int, o Options) []float64 {
@@ -22,4 +24,61 @@ func RTN(w []float32, n, k int, o Options) []float64 {
 		}
 	}
 	return out
+}
+
+// RTNResult quantizes w [n, k] by round-to-nearest on GPTQ's grid (contiguous groups) and
+// returns it in the same form as GPTQ, so it packs and saves alike (the baseline model).
+func RTNResult(w []float32, n, k int, o Options) (*Result, error) {
+	if err := o.Validate(k); err != nil {
+		return nil, err
+	}
+	gs := o.GroupSize
+	if gs == -1 {
+		gs = k
+	}
+	maxq := float64(int(1)<<o.Bits - 1)
+	res := &Result{N: n, K: k, Codes: make([]uint8, n*k), Q: make([]float64, n*k), GIdx: make([]int32, k), Damp: o.Damp}
+	row := make([]float64, gs)
+	for j0 := 0; j0 < k; j0 += gs {
+		grid := make([]Grid, n)
+		for r := 0; r < n; r++ {
+			for j := range row {
+				row[j] = float64(w[r*k+j0+j])
+			}
+			g := findGrid(row, o.Bits, o.Sym)
+			grid[r] = g
+			for j, v := range row {
+				c := g.code(v, maxq)
+				res.Codes[r*k+j0+j] = uint8(c)
+				res.Q[r*k+j0+j] = g.Scale * (c - g.Zero)
+			}
+		}
+		res.Grids = append(res.Grids, grid)
+		for j := j0; j < j0+gs; j++ {
+			res.GIdx[j] = int32(j0 / gs)
+		}
+	}
+	return res, nil
+}
+
+// RelativeError is ||X (W - Q)^T||_F / ||X W^T||_F on calibration rows x [rows, k] (a sample
+// of the layer's inputs), with w [n, k] and its dequantized q.
+func RelativeError(x []float32, rows int, w []float32, q []float64, n, k int) float64 {
+	xs := mat.NewDense(rows, k, nil)
+	for i, v := range x[:rows*k] {
+		xs.RawMatrix().Data[i] = float64(v)
+	}
+	wd, dd := mat.NewDense(n, k, nil), mat.NewDense(n, k, nil)
+	for i, v := range w {
+		wd.RawMatrix().Data[i] = float64(v)
+		dd.RawMatrix().Data[i] = float64(v) - q[i]
+	}
+	var a, b mat.Dense
+	a.Mul(xs, wd.T())
+	b.Mul(xs, dd.T())
+	num, den := mat.Norm(&b, 2), mat.Norm(&a, 2)
+	if den == 0 {
+		return 0
+	}
+	return num / den
 }

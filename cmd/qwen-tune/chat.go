@@ -51,7 +51,9 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
 			if !cmd.Flags().Changed("max-window") {
 				maxWindow = in.gen.MaxWindowSize
 			}
-			c := &chat{in: in, system: system, maxWindow: maxWindow, maxNew: g.MaxNewTokens, sampler: model.NewSampler(g, seed),
+			sampler := model.NewSampler(g, seed)
+			sampler.Limit = in.tok.Size()
+			c := &chat{in: in, system: system, maxWindow: maxWindow, maxNew: g.MaxNewTokens, sampler: sampler,
 				out: cmd.OutOrStdout(), errw: cmd.ErrOrStderr()}
 			c.session = in.m.NewSession(256)
 			defer c.session.Close()

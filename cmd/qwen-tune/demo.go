@@ -110,7 +110,7 @@ func answer(in *inference, query string) (string, bool, error) {
 	ids, _ := in.tok.ChatPrompt(tokenizer.DefaultSystem, nil, query, in.gen.MaxWindowSize)
 	s := in.m.NewSession(len(ids) + 64)
 	defer s.Close()
-	sampler := &model.Sampler{Greedy: true, RepetitionPenalty: 1}
+	sampler := &model.Sampler{Greedy: true, RepetitionPenalty: 1, Limit: in.tok.Size()}
 	out, reason, err := s.Generate(context.Background(), ids, model.GenerateOptions{MaxNewTokens: 64, Stop: in.tok.StopIDs(), Sampler: sampler}, nil)
 	if err != nil {
 		return "", false, err

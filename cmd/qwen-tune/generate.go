@@ -63,7 +63,11 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			return runGenerate(ctx, cmd, in, ids, g.MaxNewTokens, model.NewSampler(g, seed), asJSON)
+			sampler := model.NewSampler(g, seed)
+			if in.tok != nil {
+				sampler.Limit = in.tok.Size()
+			}
+			return runGenerate(ctx, cmd, in, ids, g.MaxNewTokens, sampler, asJSON)
 		},
 	}
 	f := cmd.Flags()

@@ -34,6 +34,6 @@ command accepts, then 'qwen-tune inspect tiny-qwen'.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInspectCmd(), newTokenizeCmd(), newInitCmd(), newGenerateCmd(), newChatCmd(), newEvalCmd(), newBenchCmd(), newLoraCmd(), newDemoCmd(), newMergeCmd(), newDataCmd())
+	root.AddCommand(newInspectCmd(), newTokenizeCmd(), newInitCmd(), newGenerateCmd(), newChatCmd(), newEvalCmd(), newBenchCmd(), newLoraCmd(), newDemoCmd(), newMergeCmd(), newDataCmd(), newQuantizeCmd())
 	return root
 }

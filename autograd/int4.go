@@ -1,0 +1,137 @@
+package autograd
+
+// Int4Linear: y = x W + b with W stored in AutoGPTQ's packed layout (K inputs, N outputs):
+//
+//	x [M, K] -> y [M, N]
+//	W[k, n] = scale[g_idx[k], n] * (code[k, n] - zero[g_idx[k], n]), codes of `Bits` bits,
+//	32/Bits per int32 along k (qweight [K/p, N]), zeros stored minus one along n
+//	(qzeros [G, N/p]), scales fp16 [G, N]
+//
+// The CPU version dequantizes a tile of output columns at a time (float32, about 1 MiB) and
+// multiplies; nothing larger than the packed weight is kept. Backward gives dx = dy W^T (the
+// weight itself is frozen).
+
+import (
+	"fmt"
+
+	"github.com/chewxy/hm"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// Int4 is a packed GPTQ weight (the name is for its common width; 2 and 8 bits pack alike).
+type Int4 struct {
+	Name          string
+	Bits, K, N, G int
+	QWeight       []int32   // [K/p, N]
+	QZeros        []int32   // [G, N/p]
+	Scales        []float32 // [G, N], widened from fp16
+	GIdx          []int32   // [K]
+	Bias          []float32 // [N] or nil
+}
+
+// dequantCols writes W[:, n0:n1] as a [K, n1-n0] float32 tile.
+func (w *Int4) dequantCols(n0, n1 int, dst []float32) {
+	per := 32 / w.Bits
+	mask := uint32(1)<<w.Bits - 1
+	width := n1 - n0
+	for k := 0; k < w.K; k++ {
+		g := int(w.GIdx[k])
+		words := w.QWeight[(k/per)*w.N:]
+		shift := uint(w.Bits * (k % per))
+		zeros := w.QZeros[g*w.N/per:]
+		scales := w.Scales[g*w.N:]
+		row := dst[k*width : (k+1)*width]
+		for n := n0; n < n1; n++ {
+			code := (uint32(words[n]) >> shift) & mask
+			zero := (uint32(zeros[n/per])>>uint(w.Bits*(n%per)))&mask + 1
+			row[n-n0] = scales[n] * float32(int32(code)-int32(zero))
+		}
+	}
+}
+
+type int4Op struct {
+	base
+	w        *Int4
+	backward bool // dy [M, N] -> dx [M, K]
+}
+
+// Int4Linear applies a packed GPTQ weight to x [M, K].
+func Int4Linear(x *G.Node, w *Int4) (*G.Node, error) {
+	return G.ApplyOp(&int4Op{base: newBase("Int4Linear"), w: w}, x)
+}
+
+func (o *int4Op) Arity() int    { return 1 }
+func (o *int4Op) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *int4Op) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+	x, err := shapeOf(in[0])
+	if err != nil {
+		return nil, err
+	}
+	want, out := o.w.K, o.w.N
+	if o.backward {
+		want, out = o.w.N, o.w.K
+	}
+	if len(x) != 2 || x[1] != want {
+		return nil, fmt.Errorf("autograd: %s %s: input %v, expected [*, %d]", o.name, o.w.Name, x, want)
+	}
+	return tensor.Shape{x[0], out}, nil
+}
+
+func (o *int4Op) Do(v ...G.Value) (G.Value, error) {
+	x, err := dense(v[0], o.name)
+	if err != nil {
+		return nil, err
+	}
+	if x.Dtype() != tensor.Float32 {
+		return nil, fmt.Errorf("autograd: %s: activations of type %v (float32 only)", o.name, x.Dtype())
+	}
+	w := o.w
+	m := x.Shape()[0]
+	xd := x.Data().([]float32)
+	cols := max(1, (1<<18)/max(w.K, 1))
+	tiles := (w.N + cols - 1) / cols
+	if o.backward {
+		out := tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(m, w.K))
+		dx := out.Data().([]float32)
+		buf := make([]float32, w.K*cols)
+		for t := 0; t < tiles; t++ { // dx += dy[:, tile] W[:, tile]^T
+			n0, n1 := t*cols, min(w.N, (t+1)*cols)
+			w.dequantCols(n0, n1, buf)
+			beta := float32(1)
+			if t == 0 {
+				beta = 0
+			}
+			gemm(false, true, m, w.K, n1-n0, 1, xd[n0:], w.N, buf, n1-n0, beta, dx, w.K)
+		}
+		return out, nil
+	}
+	out := tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(m, w.N))
+	y := out.Data().([]float32)
+	parallel(tiles, func(t int) {
+		n0, n1 := t*cols, min(w.N, (t+1)*cols)
+		buf := getTile[float32](w.K * (n1 - n0))
+		defer putTile(buf)
+		w.dequantCols(n0, n1, buf)
+		gemm(false, false, m, n1-n0, w.K, 1, xd, w.K, buf, n1-n0, 0, y[n0:], w.N)
+	})
+	if w.Bias != nil {
+		for i := 0; i < m; i++ {
+			row := y[i*w.N : (i+1)*w.N]
+			for j := range row {
+				row[j] += w.Bias[j]
+			}
+		}
+	}
+	return out, nil
+}
+
+func (o *int4Op) DiffWRT(int) []bool { return []bool{true} }
+
+func (o *int4Op) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	if o.backward {
+		return nil, fmt.Errorf("autograd: second derivatives of %s are not supported", o.name)
+	}
+	d, err := G.ApplyOp(&int4Op{base: newBase("Int4LinearGrad"), w: o.w, backward: true}, grad)
+	return G.Nodes{d}, err
+}

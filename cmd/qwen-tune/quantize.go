@@ -1,0 +1,150 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/data"
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/quantize"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+func newQuantizeCmd() *cobra.Command {
+	var (
+		modelDir, dataPath, textPath, out, method string
+		nsamples, seqLen                          int
+		seed                                      uint64
+		o                                         = quantize.DefaultOptions()
+	)
+	cmd := &cobra.Command{
+		Use:   "quantize --model DIR (--data FILE | --text FILE) --out DIR",
+		Short: "Quantize a model to Int4 with GPTQ (AutoGPTQ layout, as Qwen-7B-Chat-Int4)",
+		Long: `quantize calibrates GPTQ on your data and writes a model directory in AutoGPTQ's
+"gptq" layout: for the five Linears of every block qweight, qzeros, scales, g_idx and bias; the
+embedding, norms and lm_head in fp16; quantize_config.json and config.json's
+quantization_config. Qwen-7B-Chat-Int4's settings are the default: 4 bits, group size 128,
+symmetric, no act-order, damping 0.01, true-sequential.
+
+Calibration: --data (any format lora reads, rendered as in training) or --text (plain text),
+joined and cut into --nsamples windows of --seq-len tokens. Blocks are processed one at a
+time: the inputs of c_attn, then attn.c_proj, then w1 and w2, then mlp.c_proj are captured
+with the already-quantized layers in place. Each layer's relative output error is shown next
+to round-to-nearest's on the same grid; the worst layers are listed at the end and all of
+them saved to quantize_report.json. chat, generate and eval run the result directly.`,
+		Example: `  qwen-tune quantize --model ./Qwen-7B-Chat-mine --data chats.jsonl --out Qwen-7B-Chat-mine-Int4
+  qwen-tune quantize --model tiny-qwen --text notes.txt --out tiny-int4 --group-size 32 --nsamples 16 --seq-len 256`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if modelDir == "" || out == "" || (dataPath == "") == (textPath == "") {
+				return fmt.Errorf("--model, --out and exactly one of --data and --text are required")
+			}
+			if method != string(quantize.MethodGPTQ) && method != string(quantize.MethodRTN) {
+				return fmt.Errorf("--method %q: expected gptq or rtn", method)
+			}
+			if _, err := os.Stat(filepath.Join(out, "config.json")); err == nil {
+				return fmt.Errorf("%s already holds a model: choose a new --out (nothing was written)", out)
+			}
+			stderr := cmd.ErrOrStderr()
+			in, err := openInference(cmd, modelDir, true)
+			if err != nil {
+				return err
+			}
+			defer in.m.Close()
+			if _, ok := in.m.Blocks[0].QKV.(*model.Int4); ok {
+				return fmt.Errorf("%s is already GPTQ-quantized; quantize the floating-point model", modelDir)
+			}
+			if err := quantize.CheckShapes(in.m.Config, o); err != nil {
+				return err
+			}
+			var seqs []data.Sequence
+			if dataPath != "" {
+				exs, _, err := data.Load(dataPath, data.BadError, in.m.Config.VocabSize)
+				if err != nil {
+					return err
+				}
+				if seqs, _, err = data.Prepare(in.tok, exs, data.MaskQwen, 1<<30); err != nil {
+					return err
+				}
+			} else {
+				text, err := os.ReadFile(textPath)
+				if err != nil {
+					return err
+				}
+				seqs = []data.Sequence{{IDs: in.tok.Encode(string(text), tokenizer.NoSpecials)}}
+			}
+			samples := data.Calibration(seqs, nsamples, seqLen, seed)
+			tokens := 0
+			for _, s := range samples {
+				tokens += len(s)
+			}
+			if tokens < 16 {
+				return fmt.Errorf("only %d calibration tokens: GPTQ needs data to measure the layers' inputs; give more --data", tokens)
+			}
+			if tokens < in.m.Config.HiddenSize {
+				fmt.Fprintf(stderr, "warning: %d calibration tokens for hidden size %d: the Hessians are rank-deficient and held up by damping; more data quantizes better\n", tokens, in.m.Config.HiddenSize)
+			}
+			fmt.Fprintf(stderr, "calibrating on %d samples, %d tokens: %d bits, group size %d, sym %v, act-order %v, damp %g, method %s\n",
+				len(samples), tokens, o.Bits, o.GroupSize, o.Sym, o.DescAct, o.Damp, method)
+			bar := newBar(stderr, 5*len(in.m.Blocks), "quantizing")
+			terminal := isTerminal(stderr)
+			start := time.Now()
+			layers, reports, err := quantize.Calibrate(in.m, samples, o, quantize.Method(method), func(r quantize.LayerReport, done, total int) {
+				bar.Describe(fmt.Sprintf("%s err %.4f (rtn %.4f)", r.Name, r.Error, r.RTNError))
+				bar.Set(done)
+				if !terminal {
+					fmt.Fprintf(stderr, "[%d/%d] %-28s error %.4f  round-to-nearest %.4f\n", done, total, r.Name, r.Error, r.RTNError)
+				}
+				if r.Damp > o.Damp {
+					fmt.Fprintf(stderr, "%s: the Hessian was not positive definite; damping raised to %g\n", r.Name, r.Damp)
+				}
+			})
+			bar.Finish()
+			if err != nil {
+				return err
+			}
+			took := time.Since(start)
+			if err := quantize.Save(out, modelDir, layers, o); err != nil {
+				return err
+			}
+			if err := checkpoints.WriteJSON(filepath.Join(out, "quantize_report.json"), struct {
+				Samples, Tokens int
+				Seconds         float64
+				Layers          []quantize.LayerReport
+			}{len(samples), tokens, took.Seconds(), reports}); err != nil {
+				return err
+			}
+			worst := append([]quantize.LayerReport(nil), reports...)
+			sort.Slice(worst, func(i, j int) bool { return worst[i].Error > worst[j].Error })
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "quantized %d layers in %.1f s; worst layers (relative output error on calibration inputs):\n", len(reports), took.Seconds())
+			for _, r := range worst[:min(5, len(worst))] {
+				fmt.Fprintf(w, "  %-28s %s %.4f   round-to-nearest %.4f\n", r.Name, method, r.Error, r.RTNError)
+			}
+			fmt.Fprintf(w, "wrote %s\n", out)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&modelDir, "model", "", "floating-point model directory")
+	f.StringVar(&dataPath, "data", "", "calibration data (conversations, messages or input_ids)")
+	f.StringVar(&textPath, "text", "", "calibration text file")
+	f.StringVar(&out, "out", "", "new directory for the quantized model")
+	f.IntVar(&o.Bits, "bits", o.Bits, "bits per weight: 2, 4 or 8 (3 runs but cannot be packed)")
+	f.IntVar(&o.GroupSize, "group-size", o.GroupSize, "input columns per scale (-1 = one scale per output row)")
+	f.BoolVar(&o.DescAct, "desc-act", o.DescAct, "act-order: quantize columns by decreasing Hessian diagonal")
+	f.BoolVar(&o.Sym, "sym", o.Sym, "symmetric grid (zero point in the middle)")
+	f.BoolVar(&o.StaticGroups, "static-groups", o.StaticGroups, "group grids from the original weights")
+	f.Float64Var(&o.Damp, "damp", o.Damp, "damping as a fraction of the mean Hessian diagonal")
+	f.IntVar(&nsamples, "nsamples", 128, "calibration samples")
+	f.IntVar(&seqLen, "seq-len", 2048, "tokens per calibration sample")
+	f.Uint64Var(&seed, "seed", 0, "seed for picking calibration samples")
+	f.StringVar(&method, "method", "gptq", "gptq, or rtn (round-to-nearest on the same grid, for comparison)")
+	return cmd
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestQuantizeCommand(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	text := writeFile(t, filepath.Join(tmp, "calib.txt"), strings.Repeat("The quick brown fox jumps over the lazy dog; 0123456789. ", 40))
+	out := filepath.Join(tmp, "int4")
+	o, errs, st := qt(t, "", "quantize", "--model", dir, "--text", text, "--out", out, "--group-size", "16", "--nsamples", "4", "--seq-len", "128")
+	if st != 0 || !strings.Contains(o, "worst layers") {
+		t.Fatalf("quantize: %d %s %s", st, o, errs)
+	}
+	for _, f := range []string{"config.json", "quantize_config.json", "model.safetensors", "qwen.tiktoken", "generation_config.json", "quantize_report.json"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("missing %s", f)
+		}
+	}
+	if o, _, st := qt(t, "", "inspect", out); st != 0 || !strings.Contains(o, "4 bits, group size 16") {
+		t.Fatalf("inspect: %s", o)
+	}
+	if o, errs, st := qt(t, "", "chat", "--model", out, "--prompt", "hi", "--max-new-tokens", "6", "--greedy"); st != 0 {
+		t.Fatalf("chat on the Int4 model: %s %s", o, errs)
+	}
+	jsonl := writeFile(t, filepath.Join(tmp, "d.jsonl"), "{\"input_ids\": [10, 20, 30, 40]}\n")
+	if o, errs, st := qt(t, "", "eval", "--model", out, "--data", jsonl, "--json"); st != 0 || !strings.Contains(o, "\"tokens\":3") {
+		t.Fatalf("eval on the Int4 model: %s %s", o, errs)
+	}
+	bad := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "a"), "--group-size", "128"}, "not a multiple of the group size 128"},
+		{[]string{"--model", out, "--text", text, "--out", filepath.Join(tmp, "b"), "--group-size", "16"}, "already GPTQ-quantized"},
+		{[]string{"--model", dir, "--text", writeFile(t, filepath.Join(tmp, "tiny.txt"), "hi"), "--out", filepath.Join(tmp, "c"), "--group-size", "16"}, "calibration tokens"},
+		{[]string{"--model", dir, "--text", text, "--out", out, "--group-size", "16"}, "already holds a model"},
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "d"), "--bits", "5"}, "bits must be 2, 3, 4 or 8"},
+	}
+	for _, b := range bad {
+		_, errs, st := qt(t, "", append([]string{"quantize"}, b.args...)...)
+		if st != 1 || !strings.Contains(errs, b.want) {
+			t.Errorf("%v: status %d, %q; want %q", b.args, st, errs, b.want)
+		}
+	}
+}
