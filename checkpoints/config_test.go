@@ -167,3 +167,42 @@ func TestGPTQAndAdapterConfigs(t *testing.T) {
 		t.Fatalf("adapter config %+v", a)
 	}
 }
+
+// TestGPTQTableOfQwen7BInt4: the GPTQ tensor table for Qwen-7B with Qwen-7B-Chat-Int4's
+// quantize_config.json has AutoGPTQ's shapes.
+func TestGPTQTableOfQwen7BInt4(t *testing.T) {
+	cfg, err := ReadConfig(golden.Path(t, "qwen-7b/config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := ReadGPTQConfig(golden.Path(t, "qwen-7b-chat-int4/quantize_config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs := GPTQModelTensors(cfg, g)
+	if len(specs) != 3+32*(2+5*5) {
+		t.Fatalf("%d tensors", len(specs))
+	}
+	want := map[string][]int64{
+		"transformer.h.0.attn.c_attn.qweight": {512, 12288},
+		"transformer.h.0.attn.c_attn.qzeros":  {32, 1536},
+		"transformer.h.0.attn.c_attn.scales":  {32, 12288},
+		"transformer.h.0.attn.c_attn.g_idx":   {4096},
+		"transformer.h.0.attn.c_attn.bias":    {12288},
+		"transformer.h.31.mlp.c_proj.qweight": {1376, 4096},
+		"transformer.h.31.mlp.c_proj.scales":  {86, 4096},
+		"transformer.h.31.mlp.w2.qzeros":      {32, 1376},
+	}
+	found := 0
+	for _, s := range specs {
+		if w, ok := want[s.Name]; ok {
+			found++
+			if !equalShape(s.Shape, w) {
+				t.Errorf("%s: %v, want %v", s.Name, s.Shape, w)
+			}
+		}
+	}
+	if found != len(want) {
+		t.Errorf("found %d of %d names", found, len(want))
+	}
+}

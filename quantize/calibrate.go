@@ -36,7 +36,7 @@ type Layer struct {
 }
 
 // errorRows is how many calibration rows each layer's error is measured on.
-const errorRows = 512
+const errorRows = 256
 
 // Method picks the algorithm.
 type Method string

@@ -20,6 +20,8 @@ import (
 	"math"
 	"sort"
 
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/mat"
 )
 
@@ -69,7 +71,9 @@ type Hessian struct {
 func NewHessian(k int) *Hessian { return &Hessian{K: k, H: make([]float64, k*k)} }
 
 // Add accumulates one batch of rows x [rows, K] (one call = one sample, like add_batch with
-// batch size 1). Non-finite inputs are an error: they would poison every weight.
+// batch size 1). X^T X is computed in float32 (as AutoGPTQ does) with a symmetric rank-k
+// update, then folded into the float64 running average. Non-finite inputs are an error: they
+// would poison every weight.
 func (h *Hessian) Add(x []float32, rows int) error {
 	k := h.K
 	if len(x) != rows*k {
@@ -83,16 +87,14 @@ func (h *Hessian) Add(x []float32, rows int) error {
 	decay := float64(h.N) / float64(h.N+1)
 	h.N++
 	scale := 2 / float64(h.N)
-	xs := make([]float64, len(x))
-	for i, v := range x {
-		xs[i] = float64(v)
-	}
-	a := mat.NewDense(rows, k, xs)
-	var xtx mat.Dense
-	xtx.Mul(a.T(), a)
-	raw := xtx.RawMatrix().Data
-	for i := range h.H {
-		h.H[i] = h.H[i]*decay + scale*raw[i]
+	xtx := make([]float32, k*k) // upper triangle of X^T X
+	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: k, Stride: k, Data: x}, 0,
+		blas32.Symmetric{Uplo: blas.Upper, N: k, Stride: k, Data: xtx})
+	for i := 0; i < k; i++ {
+		for j := i; j < k; j++ {
+			v := h.H[i*k+j]*decay + scale*float64(xtx[i*k+j])
+			h.H[i*k+j], h.H[j*k+i] = v, v
+		}
 	}
 	return nil
 }
@@ -198,9 +200,30 @@ func GPTQ(w []float32, n, k int, hess *Hessian, o Options) (*Result, error) {
 		sort.SliceStable(perm, func(a, b int) bool { return H[perm[a]*k+perm[a]] > H[perm[b]*k+perm[b]] })
 		W, H = permuteCols(W, n, k, perm), permuteSym(H, k, perm)
 	}
-	U, damp, err := inverseCholesky(H, k, o.Damp)
+	U64, damp, err := inverseCholesky(H, k, o.Damp)
 	if err != nil {
 		return nil, err
+	}
+	// The sweep runs in float32, as AutoGPTQ's does (and twice as fast as float64 here).
+	U := make([]float32, len(U64))
+	for i, v := range U64 {
+		U[i] = float32(v)
+	}
+	Wf := make([]float32, len(W))
+	for i, v := range W {
+		Wf[i] = float32(v)
+	}
+	row64 := make([]float64, k)
+	grids = func(j0, j1 int) []Grid { // grids of the float32 working weights
+		g := make([]Grid, n)
+		for r := range g {
+			seg := row64[:j1-j0]
+			for j := range seg {
+				seg[j] = float64(Wf[r*k+j0+j])
+			}
+			g[r] = findGrid(seg, o.Bits, o.Sym)
+		}
+		return g
 	}
 	res := &Result{N: n, K: k, Codes: make([]uint8, n*k), Q: make([]float64, n*k), Perm: perm, Damp: damp}
 	Q := res.Q
@@ -210,11 +233,11 @@ func GPTQ(w []float32, n, k int, hess *Hessian, o Options) (*Result, error) {
 	for i1 := 0; i1 < k; i1 += o.BlockSize {
 		i2 := min(i1+o.BlockSize, k)
 		count := i2 - i1
-		W1 := make([]float64, n*count) // the block's working columns
+		W1 := make([]float32, n*count) // the block's working columns
 		for r := 0; r < n; r++ {
-			copy(W1[r*count:(r+1)*count], W[r*k+i1:r*k+i2])
+			copy(W1[r*count:(r+1)*count], Wf[r*k+i1:r*k+i2])
 		}
-		Err1 := make([]float64, n*count)
+		Err1 := make([]float32, n*count)
 		for i := 0; i < count; i++ {
 			j := i1 + i
 			d := U[j*k+j]
@@ -236,36 +259,26 @@ func GPTQ(w []float32, n, k int, hess *Hessian, o Options) (*Result, error) {
 					nowIdx++
 				}
 			}
+			urow := U[j*k+i1 : j*k+i2]
 			for r := 0; r < n; r++ {
-				wv := W1[r*count+i]
+				wv := float64(W1[r*count+i])
 				c := cur[r].code(wv, maxq)
-				q := cur[r].Scale * (c - cur[r].Zero)
-				codes[r*k+j], Q[r*k+j] = c, q
-				e := (wv - q) / d
+				q := float32(cur[r].Scale) * float32(c-cur[r].Zero)
+				codes[r*k+j], Q[r*k+j] = c, float64(q)
+				e := (float32(wv) - q) / d
 				Err1[r*count+i] = e
 				row := W1[r*count : (r+1)*count]
-				urow := U[j*k+i1 : j*k+i2]
 				for c2 := i; c2 < count; c2++ {
 					row[c2] -= e * urow[c2]
 				}
 			}
 		}
-		// W[:, i2:] -= Err1 U[i1:i2, i2:]
+		// W[:, i2:] -= Err1 U[i1:i2, i2:]  (one GEMM on views of the row-major arrays)
 		if i2 < k {
-			e := mat.NewDense(n, count, Err1)
-			u := mat.NewDense(count, k-i2, nil)
-			for a := 0; a < count; a++ {
-				for b := i2; b < k; b++ {
-					u.Set(a, b-i2, U[(i1+a)*k+b])
-				}
-			}
-			var upd mat.Dense
-			upd.Mul(e, u)
-			for r := 0; r < n; r++ {
-				for b := i2; b < k; b++ {
-					W[r*k+b] -= upd.At(r, b-i2)
-				}
-			}
+			blas32.Gemm(blas.NoTrans, blas.NoTrans, -1,
+				blas32.General{Rows: n, Cols: count, Stride: count, Data: Err1},
+				blas32.General{Rows: count, Cols: k - i2, Stride: k, Data: U[i1*k+i2:]}, 1,
+				blas32.General{Rows: n, Cols: k - i2, Stride: k, Data: Wf[i2:]})
 		}
 	}
 	if o.GroupSize == -1 {
@@ -325,9 +338,11 @@ func permuteSym(h []float64, k int, perm []int) []float64 {
 	return out
 }
 
-// inverseCholesky damps H and returns U, the upper Cholesky factor of H^-1 (H^-1 = U^T U).
-// When H is not positive definite the damping is raised tenfold, up to three times, as a
-// user of AutoGPTQ would do by hand after its error; the damping used is returned.
+// inverseCholesky damps H and returns U, the upper Cholesky factor of H^-1 (H^-1 = U^T U),
+// with one Cholesky factorization and one triangular inverse: with J the order-reversing
+// permutation and J H J = L L^T, U = J L^-1 J. When H is not positive definite the damping is
+// raised tenfold, up to three times, as a user of AutoGPTQ does by hand after its error; the
+// damping used is returned.
 func inverseCholesky(h []float64, k int, damp float64) ([]float64, float64, error) {
 	var mean float64
 	for j := 0; j < k; j++ {
@@ -338,7 +353,7 @@ func inverseCholesky(h []float64, k int, damp float64) ([]float64, float64, erro
 		a := mat.NewSymDense(k, nil)
 		for i := 0; i < k; i++ {
 			for j := i; j < k; j++ {
-				v := h[i*k+j]
+				v := h[(k-1-i)*k+(k-1-j)] // J H J
 				if i == j {
 					v += damp * mean
 				}
@@ -347,20 +362,16 @@ func inverseCholesky(h []float64, k int, damp float64) ([]float64, float64, erro
 		}
 		var ch mat.Cholesky
 		if ch.Factorize(a) {
-			var inv mat.SymDense
-			if err := ch.InverseTo(&inv); err == nil {
-				var ch2 mat.Cholesky
-				if ch2.Factorize(&inv) {
-					var u mat.TriDense
-					ch2.UTo(&u)
-					out := make([]float64, k*k)
-					for i := 0; i < k; i++ {
-						for j := i; j < k; j++ {
-							out[i*k+j] = u.At(i, j)
-						}
+			var l mat.TriDense
+			ch.LTo(&l)
+			if err := l.InverseTri(&l); err == nil {
+				out := make([]float64, k*k)
+				for i := 0; i < k; i++ { // U[i][j] = Linv[k-1-i][k-1-j], upper
+					for j := i; j < k; j++ {
+						out[i*k+j] = l.At(k-1-i, k-1-j)
 					}
-					return out, damp, nil
 				}
+				return out, damp, nil
 			}
 		}
 		damp *= 10

@@ -1,6 +1,11 @@
 package quantize
 
-import "gonum.org/v1/gonum/mat"
+import (
+	"math"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
 
 // RTN is plain round-to-nearest on the same grid as GPTQ (per row and contiguous group, from
 // the original weights): the baseline GPTQ must beat. It returns the dequantized weight.
@@ -62,23 +67,23 @@ func RTNResult(w []float32, n, k int, o Options) (*Result, error) {
 }
 
 // RelativeError is ||X (W - Q)^T||_F / ||X W^T||_F on calibration rows x [rows, k] (a sample
-// of the layer's inputs), with w [n, k] and its dequantized q.
+// of the layer's inputs), with w [n, k] and its dequantized q, computed in float32.
 func RelativeError(x []float32, rows int, w []float32, q []float64, n, k int) float64 {
-	xs := mat.NewDense(rows, k, nil)
-	for i, v := range x[:rows*k] {
-		xs.RawMatrix().Data[i] = float64(v)
-	}
-	wd, dd := mat.NewDense(n, k, nil), mat.NewDense(n, k, nil)
+	d := make([]float32, len(w))
 	for i, v := range w {
-		wd.RawMatrix().Data[i] = float64(v)
-		dd.RawMatrix().Data[i] = float64(v) - q[i]
+		d[i] = v - float32(q[i])
 	}
-	var a, b mat.Dense
-	a.Mul(xs, wd.T())
-	b.Mul(xs, dd.T())
-	num, den := mat.Norm(&b, 2), mat.Norm(&a, 2)
+	xw, xd := make([]float32, rows*n), make([]float32, rows*n)
+	xs := blas32.General{Rows: rows, Cols: k, Stride: k, Data: x[:rows*k]}
+	blas32.Gemm(blas.NoTrans, blas.Trans, 1, xs, blas32.General{Rows: n, Cols: k, Stride: k, Data: w}, 0, blas32.General{Rows: rows, Cols: n, Stride: n, Data: xw})
+	blas32.Gemm(blas.NoTrans, blas.Trans, 1, xs, blas32.General{Rows: n, Cols: k, Stride: k, Data: d}, 0, blas32.General{Rows: rows, Cols: n, Stride: n, Data: xd})
+	var num, den float64
+	for i := range xw {
+		num += float64(xd[i]) * float64(xd[i])
+		den += float64(xw[i]) * float64(xw[i])
+	}
 	if den == 0 {
 		return 0
 	}
-	return num / den
+	return math.Sqrt(num / den)
 }
