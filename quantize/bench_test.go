@@ -31,3 +31,25 @@ func BenchmarkGPTQLayer(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHessianAdd512 accumulates one 512-token calibration sample into the Hessians of a
+// Qwen-7B block's four distinct inputs (hidden 4096 three times, MLP width 11008 once).
+func BenchmarkHessianAdd512(b *testing.B) {
+	rng := rand.New(rand.NewPCG(2, 2))
+	hs := []*Hessian{NewHessian(4096), NewHessian(4096), NewHessian(4096), NewHessian(11008)}
+	xs := make([][]float32, len(hs))
+	for i, h := range hs {
+		xs[i] = make([]float32, 512*h.K)
+		for j := range xs[i] {
+			xs[i][j] = float32(rng.NormFloat64())
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, h := range hs {
+			if err := h.Add(xs[j], 512); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

@@ -60,20 +60,20 @@ func (o Options) Validate(k int) error {
 	return nil
 }
 
-// Hessian accumulates H = 2/n sum X^T X over calibration batches, as AutoGPTQ's add_batch.
+// Hessian accumulates H = 2/n sum X^T X over calibration batches, as AutoGPTQ's add_batch
+// (n counts batches). The sum is kept in float32, as AutoGPTQ keeps H.
 type Hessian struct {
-	K int
-	H []float64 // [K, K]
-	N int       // batches seen
+	K   int
+	N   int       // batches seen
+	sum []float32 // upper triangle of sum X^T X
 }
 
 // NewHessian starts an empty Hessian for k input features.
-func NewHessian(k int) *Hessian { return &Hessian{K: k, H: make([]float64, k*k)} }
+func NewHessian(k int) *Hessian { return &Hessian{K: k, sum: make([]float32, k*k)} }
 
 // Add accumulates one batch of rows x [rows, K] (one call = one sample, like add_batch with
-// batch size 1). X^T X is computed in float32 (as AutoGPTQ does) with a symmetric rank-k
-// update, then folded into the float64 running average. Non-finite inputs are an error: they
-// would poison every weight.
+// batch size 1) with a symmetric rank-k update. Non-finite inputs are an error: they would
+// poison every weight.
 func (h *Hessian) Add(x []float32, rows int) error {
 	k := h.K
 	if len(x) != rows*k {
@@ -84,19 +84,24 @@ func (h *Hessian) Add(x []float32, rows int) error {
 			return fmt.Errorf("quantize: calibration input %d (row %d) is %v", i%k, i/k, v)
 		}
 	}
-	decay := float64(h.N) / float64(h.N+1)
+	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: k, Stride: k, Data: x}, 1,
+		blas32.Symmetric{Uplo: blas.Upper, N: k, Stride: k, Data: h.sum})
 	h.N++
-	scale := 2 / float64(h.N)
-	xtx := make([]float32, k*k) // upper triangle of X^T X
-	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: k, Stride: k, Data: x}, 0,
-		blas32.Symmetric{Uplo: blas.Upper, N: k, Stride: k, Data: xtx})
+	return nil
+}
+
+// Matrix is H = 2/n sum X^T X as a full symmetric [K, K] float64 matrix.
+func (h *Hessian) Matrix() []float64 {
+	k := h.K
+	out := make([]float64, k*k)
+	scale := 2 / float64(max(h.N, 1))
 	for i := 0; i < k; i++ {
 		for j := i; j < k; j++ {
-			v := h.H[i*k+j]*decay + scale*float64(xtx[i*k+j])
-			h.H[i*k+j], h.H[j*k+i] = v, v
+			v := scale * float64(h.sum[i*k+j])
+			out[i*k+j], out[j*k+i] = v, v
 		}
 	}
-	return nil
+	return out
 }
 
 // Grid is one row's quantization grid: value = Scale * (code - Zero).
@@ -161,7 +166,7 @@ func GPTQ(w []float32, n, k int, hess *Hessian, o Options) (*Result, error) {
 		}
 		W[i] = float64(v)
 	}
-	H := append([]float64(nil), hess.H...)
+	H := hess.Matrix()
 	col := func(j0, j1 int) func(row int) []float64 { // a row's slice of columns j0..j1
 		return func(row int) []float64 { return W[row*k+j0 : row*k+j1] }
 	}
