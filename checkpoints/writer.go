@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // WriteAtomic writes a file through a temporary file in the same directory, synced and then
@@ -250,4 +251,36 @@ func WriteSharded(dir, base string, tensors []Tensor, metadata map[string]string
 		return written, err
 	}
 	return append(written, indexName), nil
+}
+
+// CopyFile copies src to dst atomically.
+func CopyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("checkpoints: %w", err)
+	}
+	defer in.Close()
+	return WriteAtomic(dst, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+}
+
+// SideFiles lists a model directory's files besides its weights, weight index and
+// config.json: the generation config, vocabulary, tokenizer config and the like, which a
+// derived model (merged, quantized) carries over unchanged.
+func SideFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || strings.HasSuffix(n, ".safetensors") || strings.HasSuffix(n, ".safetensors.index.json") || n == "config.json" {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

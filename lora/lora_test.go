@@ -9,6 +9,7 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/optim"
 )
@@ -17,7 +18,7 @@ type goldenData struct {
 	m     *model.Model
 	a     *Adapter
 	batch *Batch
-	ck    *checkpoints.Checkpoint
+	ref   *tinybatch.Batch
 }
 
 // loadGolden loads tiny-qwen with the golden adapter (r 4, alpha 8, no dropout) and batch.
@@ -29,11 +30,7 @@ func loadGolden(t *testing.T) *goldenData {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	ck, err := checkpoints.OpenFiles(dir, filepath.Join(dir, "golden.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ck.Close() })
+	ref := tinybatch.Load(t)
 	pc, err := checkpoints.ReadAdapterConfig(filepath.Join(dir, "golden_lora_config.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -44,46 +41,14 @@ func loadGolden(t *testing.T) *goldenData {
 	}
 	for _, l := range a.Layers {
 		for key, p := range map[string]*model.Param{l.KeyA(): l.A, l.KeyB(): l.B} {
-			v, err := ck.Float32("lora.param."+key, int64(p.Value.Shape()[0]), int64(p.Value.Shape()[1]))
-			if err != nil {
-				t.Fatal(err)
-			}
-			copy(p.Value.Data().([]float32), v)
+			copy(p.Value.Data().([]float32), ref.Floats(t, "lora.param."+key))
 		}
 	}
-	b := &Batch{}
-	ints := func(name string) []int32 {
-		tn, err := ck.Tensor(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Batch, b.Seq = int(tn.Shape[0]), int(tn.Shape[1])
-		v, err := tn.Int64()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := make([]int32, len(v))
-		for i, x := range v {
-			out[i] = int32(x)
-		}
-		return out
-	}
-	b.IDs, b.Labels = ints("input_ids"), ints("labels")
-	for _, x := range ints("attention_mask") {
-		b.Mask = append(b.Mask, x != 0)
-	}
-	return &goldenData{m: m, a: a, batch: b, ck: ck}
+	b := &Batch{Batch: ref.Batch, Seq: ref.Seq, IDs: ref.IDs, Labels: ref.Labels, Mask: ref.Mask}
+	return &goldenData{m: m, a: a, batch: b, ref: ref}
 }
 
-func relDiff(a, b []float32) float64 {
-	var num, den float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		num += d * d
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
-}
+var relDiff = tinybatch.RelDiff
 
 // TestGoldenLoRAGradients: logits, loss and d loss / d every A and B match the reference.
 func TestGoldenLoRAGradients(t *testing.T) {
@@ -97,25 +62,18 @@ func TestGoldenLoRAGradients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := gd.ck.Float32("lora.logits")
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := gd.ref.Floats(t, "lora.logits")
 	if e := relDiff(gg.Logits(), want); e > 1e-4 {
 		t.Errorf("logits with the adapter differ by %.3g", e)
 	}
-	wl, _ := gd.ck.Float32("lora.loss")
+	wl := gd.ref.Floats(t, "lora.loss")
 	if d := math.Abs(loss - float64(wl[0])); d > 1e-5 {
 		t.Errorf("loss %.8f, golden %.8f", loss, wl[0])
 	}
 	worst := 0.0
 	for i, l := range gd.a.Layers {
 		for j, key := range []string{l.KeyA(), l.KeyB()} {
-			w, err := gd.ck.Float32("lora.grad." + key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := relDiff(grads[2*i+j], w)
+			e := relDiff(grads[2*i+j], gd.ref.Floats(t, "lora.grad."+key))
 			if e > 1e-4 || math.IsNaN(e) {
 				t.Errorf("d loss / d %s differs by %.3g relative", key, e)
 			}

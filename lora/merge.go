@@ -3,11 +3,9 @@ package lora
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -81,33 +79,20 @@ func Merge(modelDir, adapterDir, outDir string) error {
 			return err
 		}
 	}
-	// Everything else (the index, config, generation config, vocabulary), config.json last.
-	entries, err := os.ReadDir(modelDir)
+	// The index, generation config, vocabulary and the rest as they were; config.json last.
+	side, err := checkpoints.SideFiles(modelDir)
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || strings.HasSuffix(name, ".safetensors") || name == "config.json" {
-			continue
-		}
-		if err := copyFile(filepath.Join(modelDir, name), filepath.Join(outDir, name)); err != nil {
+	if ck.Index != nil {
+		side = append(side, "model.safetensors.index.json")
+	}
+	for _, name := range append(side, "config.json") {
+		if err := checkpoints.CopyFile(filepath.Join(modelDir, name), filepath.Join(outDir, name)); err != nil {
 			return err
 		}
 	}
-	return copyFile(filepath.Join(modelDir, "config.json"), filepath.Join(outDir, "config.json"))
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return checkpoints.WriteAtomic(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
+	return nil
 }
 
 // loraDelta computes rows r0..r1 of scale B A into dst.

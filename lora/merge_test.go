@@ -41,16 +41,10 @@ func TestMergeGolden(t *testing.T) {
 	if err := r.Run(); err != nil {
 		t.Fatal(err)
 	}
-	want, err := gd.ck.Float32("lora.logits")
-	if err != nil {
-		t.Fatal(err)
-	}
+	want := gd.ref.Floats(t, "lora.logits")
 	e := relDiff(r.Logits(), want)
 	t.Logf("merged bf16 model vs the reference adapter logits: %.3g relative", e)
-	base, err := gd.ck.Float32("logits")
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := gd.ref.Floats(t, "logits")
 	effect := relDiff(base, want)
 	if e > 1e-2 || e > effect/10 {
 		t.Errorf("merged logits differ by %.3g relative; the adapter itself changes them by %.3g", e, effect)

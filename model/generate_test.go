@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"testing"
 
 	"gorgonia.org/tensor"
@@ -36,28 +37,16 @@ func TestGoldenGreedy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reason != StopLength || !equalInts(got, want.Continuation) {
+	if reason != StopLength || !slices.Equal(got, want.Continuation) {
 		t.Fatalf("greedy continuation %v (%s), golden %v", got, reason, want.Continuation)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestCachedDecodingMatchesFullForward: logits from prefill + one-token steps (and a
 // multi-token chunk after a cache) equal the rows of one forward over the whole sequence.
 func TestCachedDecodingMatchesFullForward(t *testing.T) {
 	m, gb := loadGolden(t)
-	seq := gb.ids[:19] // row 0, all real tokens
+	seq := gb.IDs[:19] // row 0, all real tokens
 	full, err := m.NewRunner(1, len(seq), Inference, false, false)
 	if err != nil {
 		t.Fatal(err)
@@ -340,12 +329,12 @@ func TestEvaluatorMatchesGoldenLoss(t *testing.T) {
 	defer e.Close()
 	var sum float64
 	var n int
-	for b := 0; b < gb.batch; b++ {
+	for b := 0; b < gb.Batch; b++ {
 		var ids, labels []int
-		for i := 0; i < gb.seq; i++ {
-			if gb.mask[b*gb.seq+i] {
-				ids = append(ids, int(gb.ids[b*gb.seq+i]))
-				labels = append(labels, int(gb.labels[b*gb.seq+i]))
+		for i := 0; i < gb.Seq; i++ {
+			if gb.Mask[b*gb.Seq+i] {
+				ids = append(ids, int(gb.IDs[b*gb.Seq+i]))
+				labels = append(labels, int(gb.Labels[b*gb.Seq+i]))
 			}
 		}
 		s, k, err := e.Score(ids, labels)
@@ -355,7 +344,7 @@ func TestEvaluatorMatchesGoldenLoss(t *testing.T) {
 		sum += s
 		n += k
 	}
-	want := float64(gb.floats(t, "loss")[0])
+	want := float64(gb.Floats(t, "loss")[0])
 	if d := math.Abs(sum/float64(n) - want); d > 1e-5 {
 		t.Errorf("pooled loss %.8f, golden %.8f", sum/float64(n), want)
 	}
@@ -367,7 +356,7 @@ func TestSessionReusesPrefix(t *testing.T) {
 	m, gb := loadGolden(t)
 	ids := make([]int, 20)
 	for i := range ids {
-		ids[i] = int(gb.ids[i])
+		ids[i] = int(gb.IDs[i])
 	}
 	s := m.NewSession(4)
 	defer s.Close()

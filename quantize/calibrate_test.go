@@ -5,37 +5,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/model"
 )
-
-// goldenRows are the real tokens of the golden batch's two rows.
-func goldenRows(t *testing.T) [][]int {
-	t.Helper()
-	dir := golden.Path(t, "tiny-qwen")
-	ck, err := checkpoints.OpenFiles(dir, filepath.Join(dir, "golden.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
-	ids, _ := ck.Tensor("input_ids")
-	mask, _ := ck.Tensor("attention_mask")
-	iv, _ := ids.Int64()
-	mv, _ := mask.Int64()
-	seq := int(ids.Shape[1])
-	var rows [][]int
-	for b := 0; b < int(ids.Shape[0]); b++ {
-		var r []int
-		for i := 0; i < seq; i++ {
-			if mv[b*seq+i] != 0 {
-				r = append(r, int(iv[b*seq+i]))
-			}
-		}
-		rows = append(rows, r)
-	}
-	return rows
-}
 
 // quantizedLoss quantizes tiny-qwen with method, saves it in the AutoGPTQ layout, loads it
 // back through the Int4 kernels and returns the pooled loss on the golden rows.
@@ -117,15 +90,7 @@ func meanKL(p, q []float32, v int) float64 {
 	return total / float64(rows)
 }
 
-func relDiff32(a, b []float32) float64 {
-	var num, den float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		num += d * d
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
-}
+var relDiff32 = tinybatch.RelDiff
 
 func loss(t *testing.T, m *model.Model, rows [][]int) float64 {
 	t.Helper()
@@ -148,7 +113,7 @@ func loss(t *testing.T, m *model.Model, rows [][]int) float64 {
 // saved in the AutoGPTQ layout and evaluated through the Int4 kernels, loses less than
 // round-to-nearest on the same grid, and every layer's GPTQ error beats RTN's.
 func TestQuantizeTinyGolden(t *testing.T) {
-	rows := goldenRows(t)
+	rows := tinybatch.Load(t).Rows()
 	src := golden.Path(t, "tiny-qwen")
 	base, err := model.Load(src, model.LoadOptions{})
 	if err != nil {

@@ -3,11 +3,9 @@ package quantize
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 )
@@ -82,16 +80,15 @@ func Save(outDir, srcDir string, layers []Layer, o Options) error {
 	if err := checkpoints.WriteJSON(filepath.Join(outDir, "quantize_config.json"), gc); err != nil {
 		return err
 	}
-	entries, err := os.ReadDir(srcDir)
+	side, err := checkpoints.SideFiles(srcDir)
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		n := e.Name()
-		if e.IsDir() || strings.HasSuffix(n, ".safetensors") || n == "model.safetensors.index.json" || n == "config.json" || n == "quantize_config.json" {
+	for _, n := range side {
+		if n == "quantize_config.json" {
 			continue
 		}
-		if err := copyFile(filepath.Join(srcDir, n), filepath.Join(outDir, n)); err != nil {
+		if err := checkpoints.CopyFile(filepath.Join(srcDir, n), filepath.Join(outDir, n)); err != nil {
 			return err
 		}
 	}
@@ -100,18 +97,6 @@ func Save(outDir, srcDir string, layers []Layer, o Options) error {
 	cfg.QuantizationConfig = &withQ
 	cfg.Extra["torch_dtype"] = []byte(`"float16"`)
 	return checkpoints.WriteJSON(filepath.Join(outDir, "config.json"), cfg)
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return checkpoints.WriteAtomic(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
 }
 
 func i32Tensor(name string, v []int32, shape ...int) checkpoints.Tensor {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,21 +36,9 @@ func TestGenerateGolden(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("output is not JSON: %q", out)
 	}
-	if !equal(got.IDs, want.Continuation) || got.Text != nil || got.Finish != "length" {
+	if !slices.Equal(got.IDs, want.Continuation) || got.Text != nil || got.Finish != "length" {
 		t.Fatalf("got %+v, want ids %v without text", got, want.Continuation)
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestGenerateWithVocabulary(t *testing.T) {
