@@ -28,8 +28,12 @@ func newRootCmd() *cobra.Command {
 Hugging Face layout: safetensors weights, config.json, generation_config.json and the
 qwen.tiktoken vocabulary, all read from a local directory (nothing is downloaded).
 
-Start with 'qwen-tune init --tiny --out tiny-qwen' for a tiny random model that every
-command accepts, then 'qwen-tune inspect tiny-qwen'.`,
+Start with 'qwen-tune demo': it writes a tiny random model, fine-tunes it with LoRA on the
+example chats and talks to it, in about half a minute on a CPU. 'qwen-tune init --tiny
+--out DIR' writes such a model for any command to use.
+
+The main job: 'lora' fine-tunes (PEFT adapters), 'merge' folds an adapter in, 'quantize'
+makes a GPTQ Int4 model, and 'chat', 'generate' and 'eval' run any of them.`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
