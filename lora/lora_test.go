@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
@@ -164,4 +165,69 @@ func TestGoldenTrajectory(t *testing.T) {
 		}
 	}
 	t.Logf("adapter after 10 steps: worst relative difference %.3g", worst)
+}
+
+// TestLoadPEFTVariants: adapters written by PEFT may name targets by regular expression or by
+// full module name and may use rank-stabilised scaling; unsupported features are refused.
+func TestLoadPEFTVariants(t *testing.T) {
+	gd := loadGolden(t)
+	dir := filepath.Join(t.TempDir(), "adapter")
+	if err := gd.a.Save(dir, "tiny-qwen", nil); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, ConfigFile)
+	orig, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(from, to string) {
+		t.Helper()
+		if err := os.WriteFile(cfgPath, []byte(strings.Replace(string(orig), from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func() (*Adapter, error) {
+		m, err := model.Load(golden.Path(t, "tiny-qwen"), model.LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		a, _, err := Load(dir, m)
+		return a, err
+	}
+	edit(`"target_modules": [
+    "c_attn",
+    "c_proj",
+    "w1",
+    "w2"
+  ]`, `"target_modules": "transformer\\.h\\.\\d+\\.(attn|mlp)\\.(c_attn|c_proj|w1|w2)"`)
+	a, err := load()
+	if err != nil || len(a.Layers) != 10 {
+		t.Fatalf("regex targets: %v, %d layers (want 10)", err, layers(a))
+	}
+	edit(`"target_modules": [
+    "c_attn",
+    "c_proj",
+    "w1",
+    "w2"
+  ]`, `"target_modules": "transformer\\.h\\.\\d+\\.attn\\.c_attn"`)
+	if _, err := load(); err == nil || !strings.Contains(err.Error(), "belongs to no targeted layer") {
+		t.Fatalf("tensors outside the regex targets accepted: %v", err)
+	}
+	edit(`"bias": "none",`, `"bias": "none", "use_rslora": true,`)
+	a, err = load()
+	if err != nil || math.Abs(a.Layers[0].Scale-8/math.Sqrt(4)) > 1e-12 {
+		t.Fatalf("rslora: %v", err)
+	}
+	edit(`"bias": "none",`, `"bias": "none", "use_dora": true,`)
+	if _, err := load(); err == nil || !strings.Contains(err.Error(), "use_dora") {
+		t.Fatalf("DoRA accepted: %v", err)
+	}
+}
+
+func layers(a *Adapter) int {
+	if a == nil {
+		return 0
+	}
+	return len(a.Layers)
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -82,10 +83,12 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 		return nil, nil, err
 	}
 	targets := pc.Targets()
-	for _, t := range targets {
-		if !slices.Contains(Targets, t) {
-			return nil, nil, fmt.Errorf("lora: %s: target module %q matches no layer of a Qwen model (expected among %s)", cfgPath, t, strings.Join(Targets, ", "))
-		}
+	match, err := targetMatcher(pc.TargetModules, targets)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lora: %s: %w", cfgPath, err)
+	}
+	if err := unsupportedPEFT(cfgPath); err != nil {
+		return nil, nil, err
 	}
 	if pc.FanInFanOut {
 		return nil, nil, fmt.Errorf("lora: %s: fan_in_fan_out adapters are for Conv1D models, not Qwen's Linear layers", cfgPath)
@@ -99,18 +102,22 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 	}
 	defer ck.Close()
 	c := Config{R: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout, Targets: targets}
+	scale := c.Scale()
+	if rs, _ := peftFlag(cfgPath, "use_rslora"); rs {
+		scale = c.Alpha / math.Sqrt(float64(c.R)) // rank-stabilised LoRA
+	}
 	a := &Adapter{Config: c}
 	used := map[string]bool{}
 	for _, b := range m.Blocks {
 		for _, s := range blockSlots(b) {
-			if !slices.Contains(targets, s.target) {
+			if !match(s.module, s.target) {
 				continue
 			}
 			out, in, err := projShape(*s.p, s.module)
 			if err != nil {
 				return nil, nil, err
 			}
-			l := &Layer{Module: s.module, Base: *s.p, Scale: c.Scale(), Dropout: c.Dropout, key: uint64(len(a.Layers) + 1)}
+			l := &Layer{Module: s.module, Base: *s.p, Scale: scale, Dropout: c.Dropout, key: uint64(len(a.Layers) + 1)}
 			if l.A, err = readParam(ck, l.KeyA(), c.R, in); err != nil {
 				return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
 			}
@@ -140,6 +147,77 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 		*slotOf(m, l.Module) = l
 	}
 	return a, extra, nil
+}
+
+// targetMatcher follows PEFT's target_modules rules: a list entry matches a module whose name
+// equals it or ends with "." + it (so "c_proj" matches attn.c_proj and mlp.c_proj); a single
+// string is a regular expression that must match the whole module name.
+func targetMatcher(raw json.RawMessage, targets []string) (func(module, short string) bool, error) {
+	var re string
+	if json.Unmarshal(raw, &re) == nil {
+		rx, err := regexp.Compile("^(?:" + re + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("target_modules %q is not a valid regular expression: %v", re, err)
+		}
+		return func(module, _ string) bool { return rx.MatchString(module) }, nil
+	}
+	for _, t := range targets {
+		if !slices.Contains(Targets, t) && !strings.Contains(t, ".") {
+			return nil, fmt.Errorf("target module %q matches no layer of a Qwen model (expected among %s)", t, strings.Join(Targets, ", "))
+		}
+	}
+	return func(module, short string) bool {
+		for _, t := range targets {
+			if t == short || module == t || strings.HasSuffix(module, "."+t) {
+				return true
+			}
+		}
+		return false
+	}, nil
+}
+
+// peftFlag reads a boolean setting of adapter_config.json that checkpoints.AdapterConfig does
+// not model.
+func peftFlag(path, key string) (bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return false, err
+	}
+	var v bool
+	if raw, ok := m[key]; ok {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return false, nil
+		}
+	}
+	return v, nil
+}
+
+// unsupportedPEFT rejects PEFT features that change the math this package applies.
+func unsupportedPEFT(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	for _, key := range []string{"rank_pattern", "alpha_pattern", "layers_to_transform", "use_dora"} {
+		raw, ok := m[key]
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(string(raw)) {
+		case "null", "{}", "[]", "false":
+			continue
+		}
+		return fmt.Errorf("lora: %s: %s is set; adapters with per-layer ranks, layer subsets or DoRA are not supported", path, key)
+	}
+	return nil
 }
 
 // isSavedModule reports whether an adapter tensor is a modules_to_save weight, which PEFT
