@@ -182,3 +182,11 @@ func TestEvalText(t *testing.T) {
 		}
 	}
 }
+
+// TestSelftestWithoutCUDA: the default (pure Go) build says how to get a CUDA build.
+func TestSelftestWithoutCUDA(t *testing.T) {
+	_, errs, st := qt(t, "", "selftest")
+	if st != 1 || !strings.Contains(errs, "-tags qtcuda") {
+		t.Fatalf("selftest in a CPU build: status %d, %q", st, errs)
+	}
+}
