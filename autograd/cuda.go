@@ -263,3 +263,24 @@ func (d *Device) AttentionDecode(out, q, k, v *Buffer, b, heads, dim, maxLen, le
 	}
 	return d.launch("attention_decode", b*heads, 128, length*4, out, q, k, v, heads, dim, maxLen, length, scale)
 }
+
+// AddInPlace is add.cu: x += y over n floats.
+func (d *Device) AddInPlace(x, y *Buffer, n int64) error {
+	if err := need(x.Bytes >= n*4 && y.Bytes >= n*4, "Add: buffers too small for %d", n); err != nil {
+		return err
+	}
+	return d.launch("add_inplace", int(min((n+255)/256, 65535)), 256, 0, x, y, n)
+}
+
+// Slice is a view of bytes [off, off+n) of b.
+func (b *Buffer) Slice(off, n int64) *Buffer {
+	return &Buffer{Ptr: b.Ptr + cu.DevicePtr(off), Bytes: n}
+}
+
+// Copy copies n bytes between device buffers.
+func (d *Device) Copy(dst, src *Buffer, n int64) error {
+	if err := need(dst.Bytes >= n && src.Bytes >= n, "Copy: %d bytes into %d from %d", n, dst.Bytes, src.Bytes); err != nil {
+		return err
+	}
+	return cudaErr("cuMemcpyDtoD", cu.MemcpyDtoD(dst.Ptr, src.Ptr, n))
+}

@@ -1,0 +1,176 @@
+//go:build qtcuda
+
+package autograd
+
+// A hand-composed batch-1 decode step of a Qwen-7B-shaped model with random bf16 weights, to
+// measure what these kernels deliver on a GPU before the graph executor drives them:
+// per layer rmsnorm, c_attn GEMV (+bias), rotary on q and k, the cache write, attention over
+// the cache, c_proj GEMV, residual add, rmsnorm, w1 and w2 GEMVs, SwiGLU, mlp.c_proj GEMV,
+// residual add; then the final norm and the lm_head GEMV.
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+)
+
+// DecodeShape is the part of a model's config the step needs.
+type DecodeShape struct {
+	Vocab, Hidden, Layers, Heads, HeadDim, MLP int
+}
+
+// DecodeResult is the measurement.
+type DecodeResult struct {
+	Tokens        int
+	TokensPerSec  float64
+	WeightBytes   int64
+	FloorTokS     float64 // tokens/s if every weight byte moved at the GEMV's measured bandwidth
+	LaunchesPerTk int
+}
+
+type layerWeights struct {
+	ln1, qkv, qkvBias, out, ln2, up, gate, down *Buffer
+}
+
+// DecodeBench runs tokens decoding steps after a context of ctx positions (random cache
+// contents) and returns the achieved tokens/s.
+func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error) {
+	r := rand.New(rand.NewPCG(7, 7))
+	var res DecodeResult
+	var all []*Buffer
+	defer func() {
+		for _, b := range all {
+			d.Free(b)
+		}
+	}()
+	bf := func(n int, std float64, what string) (*Buffer, error) {
+		b, err := Upload(d, randBF16(r, n, std), what)
+		all = append(all, b)
+		res.WeightBytes += int64(n) * 2
+		return b, err
+	}
+	var allocErr error
+	f32 := func(n int, what string) (*Buffer, error) {
+		b, err := d.Alloc(int64(n)*4, what)
+		all = append(all, b)
+		if allocErr == nil {
+			allocErr = err
+		}
+		return b, err
+	}
+	h, p, m := s.Hidden, s.Heads*s.HeadDim, s.MLP
+	var err error
+	layers := make([]layerWeights, s.Layers)
+	for l := range layers {
+		lw := &layers[l]
+		for _, w := range []struct {
+			dst  **Buffer
+			n    int
+			std  float64
+			what string
+		}{{&lw.ln1, h, 1, "ln_1"}, {&lw.qkv, 3 * p * h, 0.02, "c_attn"}, {&lw.qkvBias, 3 * p, 0.02, "c_attn bias"}, {&lw.out, h * p, 0.02, "c_proj"},
+			{&lw.ln2, h, 1, "ln_2"}, {&lw.up, m * h, 0.02, "w1"}, {&lw.gate, m * h, 0.02, "w2"}, {&lw.down, h * m, 0.02, "mlp.c_proj"}} {
+			if *w.dst, err = bf(w.n, w.std, fmt.Sprintf("layer %d %s", l, w.what)); err != nil {
+				return res, err
+			}
+		}
+	}
+	head, err := bf(s.Vocab*h, 0.02, "lm_head")
+	if err != nil {
+		return res, err
+	}
+	lnf, err := bf(h, 1, "ln_f")
+	if err != nil {
+		return res, err
+	}
+	maxLen := ctx + tokens
+	kc := make([]*Buffer, s.Layers)
+	vc := make([]*Buffer, s.Layers)
+	for l := range kc {
+		if kc[l], err = f32(maxLen*p, "k cache"); err != nil {
+			return res, err
+		}
+		if vc[l], err = f32(maxLen*p, "v cache"); err != nil {
+			return res, err
+		}
+	}
+	x, err := Upload(d, randF32(r, h), "hidden")
+	all = append(all, x)
+	if err != nil {
+		return res, err
+	}
+	xn, _ := f32(h, "normed") // errors are collected in allocErr
+	qkv, _ := f32(3*p, "qkv")
+	att, _ := f32(p, "attention")
+	proj, _ := f32(h, "projection")
+	up, _ := f32(m, "up")
+	gate, _ := f32(m, "gate")
+	logits, _ := f32(s.Vocab, "logits")
+	if allocErr != nil {
+		return res, allocErr
+	}
+	base, err := Upload(d, []float64{10000}, "rotary base")
+	all = append(all, base)
+	if err != nil {
+		return res, err
+	}
+	scale := float32(1 / math.Sqrt(float64(s.HeadDim)))
+	step := func(pos int) error {
+		launches := 0
+		for l := range layers {
+			lw := layers[l]
+			ops := []func() error{
+				func() error { return d.RMSNormBF16(xn, x, lw.ln1, 1, h, 1e-6) },
+				func() error { return d.GemvBF16(qkv, xn, lw.qkv, lw.qkvBias, 3*p, h) },
+				func() error { return d.Rotary(qkv, base, 1, 1, 2*s.Heads, s.HeadDim, pos) }, // q and k are adjacent
+				func() error {
+					return d.Copy(kc[l].Slice(int64(pos*p*4), int64(p*4)), qkv.Slice(int64(p*4), int64(p*4)), int64(p*4))
+				},
+				func() error {
+					return d.Copy(vc[l].Slice(int64(pos*p*4), int64(p*4)), qkv.Slice(int64(2*p*4), int64(p*4)), int64(p*4))
+				},
+				func() error {
+					return d.AttentionDecode(att, qkv, kc[l], vc[l], 1, s.Heads, s.HeadDim, maxLen, pos+1, scale)
+				},
+				func() error { return d.GemvBF16(proj, att, lw.out, nil, h, p) },
+				func() error { return d.AddInPlace(x, proj, int64(h)) },
+				func() error { return d.RMSNormBF16(xn, x, lw.ln2, 1, h, 1e-6) },
+				func() error { return d.GemvBF16(up, xn, lw.up, nil, m, h) },
+				func() error { return d.GemvBF16(gate, xn, lw.gate, nil, m, h) },
+				func() error { return d.SwiGLU(up, up, gate, int64(m)) },
+				func() error { return d.GemvBF16(proj, up, lw.down, nil, h, m) },
+				func() error { return d.AddInPlace(x, proj, int64(h)) },
+			}
+			for _, op := range ops {
+				if err := op(); err != nil {
+					return fmt.Errorf("layer %d: %w", l, err)
+				}
+			}
+			launches += len(ops)
+		}
+		if err := d.RMSNormBF16(xn, x, lnf, 1, h, 1e-6); err != nil {
+			return err
+		}
+		res.LaunchesPerTk = launches + 2
+		return d.GemvBF16(logits, xn, head, nil, s.Vocab, h)
+	}
+	if err := step(ctx); err != nil { // warm-up
+		return res, err
+	}
+	if err := d.Sync(); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	for t := 0; t < tokens; t++ {
+		if err := step(ctx + t); err != nil {
+			return res, err
+		}
+	}
+	if err := d.Sync(); err != nil {
+		return res, err
+	}
+	res.Tokens = tokens
+	res.TokensPerSec = float64(tokens) / time.Since(start).Seconds()
+	return res, nil
+}
