@@ -294,7 +294,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
 func (t *Trainer) Evaluate() (float64, error) {
-	ev := t.Model.NewEvaluatorMode(model.Training)
+	ev := t.Model.NewEvaluatorMode(model.Evaluation)
 	defer ev.Close()
 	var sum float64
 	var n int

@@ -166,3 +166,30 @@ func TestPackingEqualsSeparateSequences(t *testing.T) {
 		}
 	}
 }
+
+// TestValidationHasNoDropout: the validation loss of an adapter with dropout is deterministic
+// and equals the loss of the same adapter without dropout.
+func TestValidationHasNoDropout(t *testing.T) {
+	dir, seqs, pad := tinySetup(t)
+	tr := newTestTrainer(t, dir, seqs, pad) // dropout 0.1
+	tr.Val = seqs[:2]
+	for _, l := range tr.Adapter.Layers { // a nonzero B, so dropout would change the output
+		for i, v := range l.A.Value.Data().([]float32) {
+			l.B.Value.Data().([]float32)[i%l.B.Value.Size()] += v
+		}
+	}
+	a, err := tr.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range tr.Adapter.Layers {
+		l.Dropout = 0
+	}
+	b, err := tr.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a != b {
+		t.Errorf("validation loss %v with dropout configured, %v without: validation must not drop", a, b)
+	}
+}

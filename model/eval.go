@@ -13,8 +13,9 @@ type Evaluator struct {
 // NewEvaluator returns an evaluator of m for inference (NTK and LogN beyond seq_length).
 func (m *Model) NewEvaluator() *Evaluator { return m.NewEvaluatorMode(Inference) }
 
-// NewEvaluatorMode returns an evaluator in the given mode: Training scores as the training
-// graph computes the loss (validation during fine-tuning), without NTK or LogN.
+// NewEvaluatorMode returns an evaluator in the given mode: Evaluation scores as the training
+// graph computes the loss but without dropout (validation during fine-tuning), and without
+// NTK or LogN.
 func (m *Model) NewEvaluatorMode(mode Mode) *Evaluator {
 	return &Evaluator{m: m, mode: mode, runners: map[int]*Runner{}}
 }

@@ -10,12 +10,14 @@ import (
 )
 
 // Mode is where a graph is used. Qwen differs between them only in long-context scaling:
-// dynamic NTK and LogN attention apply at inference, never in training.
+// dynamic NTK and LogN attention apply at inference, never in training. Evaluation is the
+// training computation without dropout (validation during fine-tuning, calibration).
 type Mode int
 
 const (
 	Training Mode = iota
 	Inference
+	Evaluation
 )
 
 // Graph is one gorgonia graph of the model for a fixed batch x seq shape, with the Step its

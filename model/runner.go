@@ -45,7 +45,7 @@ func (r *Runner) Run() error {
 	if err := r.Step.Check(); err != nil {
 		return err
 	}
-	if st := r.Step; r.Mode == Training && (st.LogNSeq > 0 || st.Base != nil || st.RotaryBase != r.Model.Config.RotaryEmbBase || st.Cache != nil) {
+	if st := r.Step; r.Mode != Inference && (st.LogNSeq > 0 || st.Base != nil || st.RotaryBase != r.Model.Config.RotaryEmbBase || st.Cache != nil) {
 		return fmt.Errorf("model: a training graph runs without dynamic NTK, LogN or a KV cache (Qwen applies them at inference only)")
 	}
 	if r.ran {

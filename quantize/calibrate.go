@@ -278,7 +278,7 @@ func runStage(m *model.Model, a, b [][]float32, f func(g *model.Graph, in []*G.N
 		seq := len(a[i]) / h
 		c, ok := graphs[seq]
 		if !ok {
-			g := model.NewGraph(m, 1, seq, model.Training, false)
+			g := model.NewGraph(m, 1, seq, model.Evaluation, false)
 			ins := []*G.Node{G.NewMatrix(g.ExprGraph, tensor.Float32, G.WithShape(seq, h), G.WithName("a"))}
 			if b != nil {
 				width := len(b[i]) / seq
