@@ -256,31 +256,50 @@ func (d *Device) GemvBF16(y, x, w, bias *Buffer, n, k int) error {
 	return d.launch("gemv_bf16", (n+warps-1)/warps, 32*warps, 0, y, x, w, bias, n, k)
 }
 
-// AttentionDecode is attention_decode.cu: one query per (b, head) over len cached keys.
+// attnChunk is CHUNK of attention_decode.cu.
+const attnChunk = 256
+
+// AttentionDecode is attention_decode.cu: one query per (b, head) over length cached keys,
+// split into chunks of 256 keys (flash-decoding) and merged.
 func (d *Device) AttentionDecode(out, q, k, v *Buffer, b, heads, dim, maxLen, length int, scale float32) error {
-	if err := need(length >= 1 && length <= maxLen && length*4 <= 96<<10, "AttentionDecode: %d keys of a cache of %d (at most 24576 per launch)", length, maxLen); err != nil {
+	if err := need(length >= 1 && length <= maxLen && dim <= 128, "AttentionDecode: %d keys of a cache of %d, head dim %d (at most 128)", length, maxLen, dim); err != nil {
 		return err
 	}
-	return d.launch("attention_decode", b*heads, 128, length*4, out, q, k, v, heads, dim, maxLen, length, scale)
+	chunks := (length + attnChunk - 1) / attnChunk
+	partOut, err := d.Alloc(int64(b*heads*chunks*dim)*4, "attention partial outputs")
+	if err != nil {
+		return err
+	}
+	defer d.Free(partOut)
+	partML, err := d.Alloc(int64(b*heads*chunks*2)*4, "attention partial max and sum")
+	if err != nil {
+		return err
+	}
+	defer d.Free(partML)
+	if err := d.launch("attention_decode_part", b*heads*chunks, 256, 0, partOut, partML, q, k, v, heads, dim, maxLen, length, scale); err != nil {
+		return err
+	}
+	return d.launch("attention_decode_merge", b*heads, 128, 0, out, partOut, partML, dim, length)
 }
 
-// AddInPlace is add.cu: x += y over n floats.
-func (d *Device) AddInPlace(x, y *Buffer, n int64) error {
-	if err := need(x.Bytes >= n*4 && y.Bytes >= n*4, "Add: buffers too small for %d", n); err != nil {
+// AddRMSNormBF16 is add_rmsnorm.cu: x += r, then y = RMSNorm(x) * w, rows of h.
+func (d *Device) AddRMSNormBF16(y, x, r, w *Buffer, n, h int, eps float32) error {
+	if err := need(x.Bytes >= int64(n*h*4) && r.Bytes >= int64(n*h*4) && y.Bytes >= int64(n*h*4) && w.Bytes >= int64(h*2), "AddRMSNorm: buffers too small for [%d, %d]", n, h); err != nil {
 		return err
 	}
-	return d.launch("add_inplace", int(min((n+255)/256, 65535)), 256, 0, x, y, n)
+	return d.launch("add_rmsnorm_bf16", n, 256, 0, y, x, r, w, h, eps)
+}
+
+// KVAppend is kv_append.cu: rows of width floats of k and v (row stride srcStride) into the
+// caches [b, maxLen, width] at positions pos..pos+t-1.
+func (d *Device) KVAppend(kc, vc, k, v *Buffer, b, t, width, srcStride, maxLen, pos int) error {
+	if err := need(pos+t <= maxLen && kc.Bytes >= int64(b*maxLen*width*4) && vc.Bytes >= int64(b*maxLen*width*4), "KVAppend: positions %d..%d of a cache of %d", pos, pos+t-1, maxLen); err != nil {
+		return err
+	}
+	return d.launch("kv_append", b*t, 256, 0, kc, vc, k, v, t, width, srcStride, maxLen, pos)
 }
 
 // Slice is a view of bytes [off, off+n) of b.
 func (b *Buffer) Slice(off, n int64) *Buffer {
 	return &Buffer{Ptr: b.Ptr + cu.DevicePtr(off), Bytes: n}
-}
-
-// Copy copies n bytes between device buffers.
-func (d *Device) Copy(dst, src *Buffer, n int64) error {
-	if err := need(dst.Bytes >= n && src.Bytes >= n, "Copy: %d bytes into %d from %d", n, dst.Bytes, src.Bytes); err != nil {
-		return err
-	}
-	return cudaErr("cuMemcpyDtoD", cu.MemcpyDtoD(dst.Ptr, src.Ptr, n))
 }

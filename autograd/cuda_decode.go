@@ -4,9 +4,10 @@ package autograd
 
 // A hand-composed batch-1 decode step of a Qwen-7B-shaped model with random bf16 weights, to
 // measure what these kernels deliver on a GPU before the graph executor drives them:
-// per layer rmsnorm, c_attn GEMV (+bias), rotary on q and k, the cache write, attention over
-// the cache, c_proj GEMV, residual add, rmsnorm, w1 and w2 GEMVs, SwiGLU, mlp.c_proj GEMV,
-// residual add; then the final norm and the lm_head GEMV.
+// per layer c_attn GEMV (+bias), rotary on q and k, the cache append, attention over the
+// cache (two launches), c_proj GEMV, residual add fused with the next RMSNorm, one GEMV over
+// w1 and w2 stacked, SwiGLU, mlp.c_proj GEMV, residual add fused with the next layer's RMSNorm
+// (ln_f after the last); then the lm_head GEMV. 11 launches per layer.
 
 import (
 	"fmt"
@@ -30,7 +31,7 @@ type DecodeResult struct {
 }
 
 type layerWeights struct {
-	ln1, qkv, qkvBias, out, ln2, up, gate, down *Buffer
+	ln1, qkv, qkvBias, out, ln2, upGate, down *Buffer // upGate: w1 rows then w2 rows, [2M, H]
 }
 
 // DecodeBench runs tokens decoding steps after a context of ctx positions (random cache
@@ -70,7 +71,7 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 			std  float64
 			what string
 		}{{&lw.ln1, h, 1, "ln_1"}, {&lw.qkv, 3 * p * h, 0.02, "c_attn"}, {&lw.qkvBias, 3 * p, 0.02, "c_attn bias"}, {&lw.out, h * p, 0.02, "c_proj"},
-			{&lw.ln2, h, 1, "ln_2"}, {&lw.up, m * h, 0.02, "w1"}, {&lw.gate, m * h, 0.02, "w2"}, {&lw.down, h * m, 0.02, "mlp.c_proj"}} {
+			{&lw.ln2, h, 1, "ln_2"}, {&lw.upGate, 2 * m * h, 0.02, "w1 and w2"}, {&lw.down, h * m, 0.02, "mlp.c_proj"}} {
 			if *w.dst, err = bf(w.n, w.std, fmt.Sprintf("layer %d %s", l, w.what)); err != nil {
 				return res, err
 			}
@@ -104,8 +105,7 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 	qkv, _ := f32(3*p, "qkv")
 	att, _ := f32(p, "attention")
 	proj, _ := f32(h, "projection")
-	up, _ := f32(m, "up")
-	gate, _ := f32(m, "gate")
+	upGate, _ := f32(2*m, "up and gate")
 	logits, _ := f32(s.Vocab, "logits")
 	if allocErr != nil {
 		return res, allocErr
@@ -116,43 +116,48 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 		return res, err
 	}
 	scale := float32(1 / math.Sqrt(float64(s.HeadDim)))
+	// Per layer: x holds the residual stream; the previous layer's last residual add is fused
+	// into this layer's first RMSNorm (proj holds what is still to be added).
 	step := func(pos int) error {
 		launches := 0
+		if err := d.RMSNormBF16(xn, x, layers[0].ln1, 1, h, 1e-6); err != nil {
+			return err
+		}
+		launches++
 		for l := range layers {
 			lw := layers[l]
 			ops := []func() error{
-				func() error { return d.RMSNormBF16(xn, x, lw.ln1, 1, h, 1e-6) },
 				func() error { return d.GemvBF16(qkv, xn, lw.qkv, lw.qkvBias, 3*p, h) },
 				func() error { return d.Rotary(qkv, base, 1, 1, 2*s.Heads, s.HeadDim, pos) }, // q and k are adjacent
 				func() error {
-					return d.Copy(kc[l].Slice(int64(pos*p*4), int64(p*4)), qkv.Slice(int64(p*4), int64(p*4)), int64(p*4))
-				},
-				func() error {
-					return d.Copy(vc[l].Slice(int64(pos*p*4), int64(p*4)), qkv.Slice(int64(2*p*4), int64(p*4)), int64(p*4))
+					return d.KVAppend(kc[l], vc[l], qkv.Slice(int64(p*4), int64(2*p*4)), qkv.Slice(int64(2*p*4), int64(p*4)), 1, 1, p, 3*p, maxLen, pos)
 				},
 				func() error {
 					return d.AttentionDecode(att, qkv, kc[l], vc[l], 1, s.Heads, s.HeadDim, maxLen, pos+1, scale)
 				},
 				func() error { return d.GemvBF16(proj, att, lw.out, nil, h, p) },
-				func() error { return d.AddInPlace(x, proj, int64(h)) },
-				func() error { return d.RMSNormBF16(xn, x, lw.ln2, 1, h, 1e-6) },
-				func() error { return d.GemvBF16(up, xn, lw.up, nil, m, h) },
-				func() error { return d.GemvBF16(gate, xn, lw.gate, nil, m, h) },
-				func() error { return d.SwiGLU(up, up, gate, int64(m)) },
-				func() error { return d.GemvBF16(proj, up, lw.down, nil, h, m) },
-				func() error { return d.AddInPlace(x, proj, int64(h)) },
+				func() error { return d.AddRMSNormBF16(xn, x, proj, lw.ln2, 1, h, 1e-6) },
+				func() error { return d.GemvBF16(upGate, xn, lw.upGate, nil, 2*m, h) },
+				func() error {
+					return d.SwiGLU(upGate, upGate, upGate.Slice(int64(m*4), int64(m*4)), int64(m))
+				},
+				func() error { return d.GemvBF16(proj, upGate, lw.down, nil, h, m) },
+				func() error {
+					next := lnf
+					if l+1 < len(layers) {
+						next = layers[l+1].ln1
+					}
+					return d.AddRMSNormBF16(xn, x, proj, next, 1, h, 1e-6)
+				},
 			}
 			for _, op := range ops {
 				if err := op(); err != nil {
 					return fmt.Errorf("layer %d: %w", l, err)
 				}
 			}
-			launches += len(ops)
+			launches += len(ops) + 1 // attention is two launches
 		}
-		if err := d.RMSNormBF16(xn, x, lnf, 1, h, 1e-6); err != nil {
-			return err
-		}
-		res.LaunchesPerTk = launches + 2
+		res.LaunchesPerTk = launches + 1
 		return d.GemvBF16(logits, xn, head, nil, s.Vocab, h)
 	}
 	if err := step(ctx); err != nil { // warm-up

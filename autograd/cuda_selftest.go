@@ -173,7 +173,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		xb, wb, bb, yb := g.up(x, "x"), g.up(w, "w"), g.up(bias, "bias"), g.out(n, "y")
 		checks = append(checks, g.result("gemv_bf16", fmt.Sprintf("[%d, %d]", n, k), 1e-5, func() error { return d.GemvBF16(yb, xb, wb, bb, n, k) }, yb, want))
 	}
-	for _, L := range []int{1, 300, 4000} { // decode attention over a cache
+	for _, L := range []int{1, 300, 4000, 256} { // decode attention over a cache
 		b, h, dim, maxLen := 2, 4, 128, 4096
 		q, kc, vc := randF32(r, b*h*dim), randF32(r, b*maxLen*h*dim), randF32(r, b*maxLen*h*dim)
 		scale := float32(1.3 / math.Sqrt(float64(dim)))
@@ -181,6 +181,32 @@ func SelfTest(d *Device, seed uint64) []Check {
 		g := &gpuCase{d: d}
 		qb, kb, vb, ob := g.up(q, "q"), g.up(kc, "k cache"), g.up(vc, "v cache"), g.out(b*h*dim, "out")
 		checks = append(checks, g.result("attention_decode", fmt.Sprintf("%d keys, [%d, %d, %d]", L, b, h, dim), 1e-4, func() error { return d.AttentionDecode(ob, qb, kb, vb, b, h, dim, maxLen, L, scale) }, ob, want))
+	}
+	{ // residual add fused with RMSNorm
+		n, h := 2, 4096
+		x, res, w := randF32(r, n*h), randF32(r, n*h), randBF16(r, h, 1)
+		sum := make([]float32, n*h)
+		for i := range sum {
+			sum[i] = x[i] + res[i]
+		}
+		want, _ := rmsNormForward[float32](tensor.New(tensor.WithShape(n, h), tensor.WithBacking(sum)), tensor.New(tensor.WithShape(h), tensor.WithBacking(w)), 1e-6)
+		g := &gpuCase{d: d}
+		xb, rb, wb, yb := g.up(x, "x"), g.up(res, "r"), g.up(w, "w"), g.out(n*h, "y")
+		checks = append(checks, g.result("add_rmsnorm_bf16", fmt.Sprintf("[%d, %d]", n, h), 1e-5, func() error { return d.AddRMSNormBF16(yb, xb, rb, wb, n, h, 1e-6) }, yb, want.Data().([]float32)))
+	}
+	{ // KV append from a fused qkv row into the caches
+		b, width, maxLen, pos := 2, 256, 16, 5
+		qkv := randF32(r, b*3*width)
+		cache := randF32(r, b*maxLen*width)
+		want := append([]float32(nil), cache...)
+		for bi := 0; bi < b; bi++ {
+			copy(want[(bi*maxLen+pos)*width:], qkv[bi*3*width+width:bi*3*width+2*width])
+		}
+		g := &gpuCase{d: d}
+		qb, kb, vb := g.up(qkv, "qkv"), g.up(append([]float32(nil), cache...), "k cache"), g.up(append([]float32(nil), cache...), "v cache")
+		checks = append(checks, g.result("kv_append", fmt.Sprintf("%d rows of %d at %d", b, width, pos), 0, func() error {
+			return d.KVAppend(kb, vb, qb.Slice(int64(width*4), qb.Bytes-int64(width*4)), qb.Slice(int64(2*width*4), qb.Bytes-int64(2*width*4)), b, 1, width, 3*width, maxLen, pos)
+		}, kb, want))
 	}
 	return checks
 }
