@@ -111,15 +111,6 @@ func (a *Adapter) Params() []*model.Param {
 	return ps
 }
 
-// NumParams is the number of trainable adapter parameters.
-func (a *Adapter) NumParams() int64 {
-	var n int64
-	for _, p := range a.Params() {
-		n += int64(p.Value.Size())
-	}
-	return n
-}
-
 // Apply wraps the targeted projections of m in LoRA layers with A initialised as PEFT does
 // (Kaiming-uniform with a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from seed, and B zero.
 func Apply(m *model.Model, c Config, seed uint64) (*Adapter, error) {
@@ -189,15 +180,4 @@ func projShape(p model.Projection, module string) (int, int, error) {
 		return projShape(d.Base, module)
 	}
 	return 0, 0, fmt.Errorf("lora: %s is a %T; LoRA applies to dense layers", module, p)
-}
-
-// Remove puts the base projections back.
-func (a *Adapter) Remove(m *model.Model) {
-	for _, b := range m.Blocks {
-		for _, s := range blockSlots(b) {
-			if l, ok := (*s.p).(*Layer); ok {
-				*s.p = l.Base
-			}
-		}
-	}
 }

@@ -132,8 +132,11 @@ func TestGoldenGPTQ(t *testing.T) {
 			if math.Abs(e-c.wantErr) > 1e-4 {
 				t.Errorf("output error %.6f, reference %.6f", e, c.wantErr)
 			}
-			rtn := RTN(w, n, k, o)
-			eRTN := outputError(x, 512, k, w, rtn, n)
+			rtn, err := RTNResult(w, n, k, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			eRTN := outputError(x, 512, k, w, rtn.Q, n)
 			if !(e < eRTN) {
 				t.Errorf("GPTQ error %.6f does not beat round-to-nearest %.6f", e, eRTN)
 			}

@@ -7,32 +7,9 @@ import (
 	"gonum.org/v1/gonum/blas/blas32"
 )
 
-// RTN is plain round-to-nearest on the same grid as GPTQ (per row and contiguous group, from
-// the original weights): the baseline GPTQ must beat. It returns the dequantized weight.
-func RTN(w []float32, n, k int, o Options) []float64 {
-	gs := o.GroupSize
-	if gs == -1 {
-		gs = k
-	}
-	maxq := float64(int(1)<<o.Bits - 1)
-	out := make([]float64, n*k)
-	row := make([]float64, gs)
-	for r := 0; r < n; r++ {
-		for j0 := 0; j0 < k; j0 += gs {
-			for j := range row {
-				row[j] = float64(w[r*k+j0+j])
-			}
-			g := findGrid(row, o.Bits, o.Sym)
-			for j, v := range row {
-				out[r*k+j0+j] = g.Scale * (g.code(v, maxq) - g.Zero)
-			}
-		}
-	}
-	return out
-}
-
-// RTNResult quantizes w [n, k] by round-to-nearest on GPTQ's grid (contiguous groups) and
-// returns it in the same form as GPTQ, so it packs and saves alike (the baseline model).
+// RTNResult quantizes w [n, k] by plain round-to-nearest on GPTQ's grid (per row and
+// contiguous group, from the original weights): the baseline GPTQ must beat. It returns the
+// result in the same form as GPTQ, so it packs and saves alike.
 func RTNResult(w []float32, n, k int, o Options) (*Result, error) {
 	if err := o.Validate(k); err != nil {
 		return nil, err
