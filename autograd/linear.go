@@ -58,11 +58,7 @@ func (o *linearOp) Type() hm.Type {
 }
 
 func (o *linearOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
-	x, err := shapeOf(in[0])
-	if err != nil {
-		return nil, err
-	}
-	w, err := shapeOf(in[1])
+	x, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}
@@ -173,11 +169,7 @@ type linearGradXOp struct {
 func (o *linearGradXOp) Arity() int    { return 2 }
 func (o *linearGradXOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA)) }
 func (o *linearGradXOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
-	g, err := shapeOf(in[0])
-	if err != nil {
-		return nil, err
-	}
-	w, err := shapeOf(in[1])
+	g, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}
@@ -234,11 +226,7 @@ type linearGradWOp struct {
 func (o *linearGradWOp) Arity() int    { return 2 }
 func (o *linearGradWOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
 func (o *linearGradWOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
-	g, err := shapeOf(in[0])
-	if err != nil {
-		return nil, err
-	}
-	x, err := shapeOf(in[1])
+	g, x, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}

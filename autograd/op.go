@@ -100,6 +100,16 @@ func shapeOf(in G.DimSizer) (tensor.Shape, error) {
 	return s, nil
 }
 
+// twoShapes unpacks the shapes of an op's first two inputs.
+func twoShapes(in []G.DimSizer) (tensor.Shape, tensor.Shape, error) {
+	a, err := shapeOf(in[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := shapeOf(in[1])
+	return a, b, err
+}
+
 // wantDims checks an input's rank at graph-building time.
 func wantDims(op string, s tensor.Shape, dims int, what string) error {
 	if len(s) != dims {

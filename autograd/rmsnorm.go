@@ -39,11 +39,7 @@ func RMSNorm(x, w *G.Node, eps float64, trainW bool) (*G.Node, error) {
 func (o *rmsNormOp) Arity() int    { return 2 }
 func (o *rmsNormOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(1, tvW), tt(2, tvA)) }
 func (o *rmsNormOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
-	x, err := shapeOf(in[0])
-	if err != nil {
-		return nil, err
-	}
-	w, err := shapeOf(in[1])
+	x, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}

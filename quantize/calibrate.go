@@ -82,8 +82,10 @@ func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progre
 			hess := NewHessian(k)
 			var sampleRows []float32
 			for _, x := range inputs {
-				if err := hess.Add(x, len(x)/k); err != nil {
-					return fmt.Errorf("quantize: %s: %w", module, err)
+				if method == MethodGPTQ { // round-to-nearest needs only the rows measuring its error
+					if err := hess.Add(x, len(x)/k); err != nil {
+						return fmt.Errorf("quantize: %s: %w", module, err)
+					}
 				}
 				if len(sampleRows) < errorRows*k {
 					sampleRows = append(sampleRows, x[:min(len(x), errorRows*k-len(sampleRows))]...)

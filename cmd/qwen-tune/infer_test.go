@@ -190,3 +190,20 @@ func TestSelftestWithoutCUDA(t *testing.T) {
 		t.Fatalf("selftest in a CPU build: status %d, %q", st, errs)
 	}
 }
+
+// TestInitShapePreset: --shape qwen-7b starts from Qwen-7B's config and explicit flags refine it.
+func TestInitShapePreset(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "preset")
+	if _, errs, st := qt(t, "", "init", "--tiny", "--shape", "qwen-7b", "--layers", "1", "--hidden", "64", "--heads", "4", "--mlp", "176", "--vocab-ranks", "4096", "--vocab-size", "4352", "--out", dir); st != 0 {
+		t.Fatal(errs)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"seq_length": 8192`, `"num_hidden_layers": 1`, `"hidden_size": 64`, `"vocab_size": 4352`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("config.json lacks %s:\n%s", want, b)
+		}
+	}
+}

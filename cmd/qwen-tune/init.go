@@ -37,25 +37,13 @@ the same files. An existing model in DIR is never overwritten.`,
 			case "qwen-7b":
 				preset := model.Qwen7BShape()
 				preset.Seed = o.Seed
-				for _, name := range []string{"vocab-ranks", "hidden", "layers", "heads", "mlp", "seq-length", "vocab-size"} {
-					if !cmd.Flags().Changed(name) {
-						continue
-					}
-					switch name { // explicit flags refine the preset (e.g. --layers 2)
-					case "vocab-ranks":
-						preset.VocabRanks = o.VocabRanks
-					case "hidden":
-						preset.Hidden = o.Hidden
-					case "layers":
-						preset.Layers = o.Layers
-					case "heads":
-						preset.Heads = o.Heads
-					case "mlp":
-						preset.MLPWidth = o.MLPWidth
-					case "seq-length":
-						preset.SeqLength = o.SeqLength
-					case "vocab-size":
-						preset.VocabSize = o.VocabSize
+				for name, f := range map[string][2]*int{ // explicit flags refine the preset (e.g. --layers 2)
+					"vocab-ranks": {&preset.VocabRanks, &o.VocabRanks}, "hidden": {&preset.Hidden, &o.Hidden},
+					"layers": {&preset.Layers, &o.Layers}, "heads": {&preset.Heads, &o.Heads}, "mlp": {&preset.MLPWidth, &o.MLPWidth},
+					"seq-length": {&preset.SeqLength, &o.SeqLength}, "vocab-size": {&preset.VocabSize, &o.VocabSize},
+				} {
+					if cmd.Flags().Changed(name) {
+						*f[0] = *f[1]
 					}
 				}
 				o = preset
