@@ -99,6 +99,9 @@ func kvSource[T Float](k, v *tensor.Dense, layer int, st *Step) (kd, vd []T, str
 	if c == nil {
 		return kd, vd, stride, nil
 	}
+	if c.OnDevice {
+		return nil, nil, 0, fmt.Errorf("autograd: the KV cache lives on a GPU; run this graph with the executor that holds it")
+	}
 	kc, ok1 := any(c.K[layer]).([]T)
 	vc, ok2 := any(c.V[layer]).([]T)
 	if !ok1 || !ok2 {

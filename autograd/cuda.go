@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -33,7 +34,15 @@ type Device struct {
 	ctx    cu.CUContext
 	fns    map[string]cu.Function
 	pool   map[int64][]cu.DevicePtr
-	params []uint64 // argument slots of the launch in progress
+	stream cu.Stream        // every launch and cuBLAS call; capturable into CUDA graphs
+	params []uint64         // argument slots of the launch in progress
+	ptrs   []unsafe.Pointer // their addresses
+	blas   *cublas
+	// Allocated is the device memory held by this process's buffers (pooled ones included),
+	// Peak its highest value since the device was opened or ResetPeak.
+	Allocated, Peak int64
+	caches          map[*KVCache]*deviceCache
+	weights         map[uintptr]*Buffer
 }
 
 // CUDAError names the CUDA call that failed.
@@ -59,7 +68,7 @@ func OpenDevice(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, cudaErr("cuDeviceGet", err)
 	}
-	d := &Device{dev: dev, fns: map[string]cu.Function{}, pool: map[int64][]cu.DevicePtr{}}
+	d := &Device{dev: dev, fns: map[string]cu.Function{}, pool: map[int64][]cu.DevicePtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}}
 	if d.Name, err = dev.Name(); err != nil {
 		return nil, cudaErr("cuDeviceGetName", err)
 	}
@@ -68,6 +77,9 @@ func OpenDevice(ordinal int) (*Device, error) {
 	}
 	if err := cu.SetCurrentContext(d.ctx); err != nil {
 		return nil, cudaErr("cuCtxSetCurrent", err)
+	}
+	if d.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
+		return nil, cudaErr("cuStreamCreate", err)
 	}
 	if _, d.Memory, err = cu.MemInfo(); err != nil {
 		return nil, cudaErr("cuMemGetInfo", err)
@@ -102,12 +114,20 @@ func OpenDevice(ordinal int) (*Device, error) {
 
 // Close frees pooled buffers and releases the primary context.
 func (d *Device) Close() error {
+	d.blas.close()
+	for _, c := range d.caches {
+		c.free(d)
+	}
+	for _, w := range d.weights {
+		d.Free(w)
+	}
 	for _, ptrs := range d.pool {
 		for _, p := range ptrs {
 			cu.MemFree(p)
 		}
 	}
 	d.pool = nil
+	d.stream.Destroy()
 	err := cudaErr("cuDevicePrimaryCtxRelease", d.dev.ReleasePrimaryCtx())
 	runtime.UnlockOSThread()
 	return err
@@ -127,12 +147,32 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 		return &Buffer{ptrs[len(ptrs)-1], bytes}, nil
 	}
 	p, err := cu.MemAlloc(max(bytes, 4))
+	if err != nil && len(d.pool) > 0 { // give the pooled buffers back and try again
+		d.Trim()
+		p, err = cu.MemAlloc(max(bytes, 4))
+	}
 	if err != nil {
 		free, total, _ := cu.MemInfo()
 		return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; %.1f of %.1f GiB free", what, float64(bytes)/(1<<20), d.Name, err, float64(free)/(1<<30), float64(total)/(1<<30))
 	}
+	d.Allocated += bytes
+	d.Peak = max(d.Peak, d.Allocated)
 	return &Buffer{p, bytes}, nil
 }
+
+// Trim frees the pooled buffers nobody holds.
+func (d *Device) Trim() {
+	for size, ptrs := range d.pool {
+		for _, p := range ptrs {
+			cu.MemFree(p)
+			d.Allocated -= size
+		}
+		delete(d.pool, size)
+	}
+}
+
+// ResetPeak starts peak tracking again from the memory held now.
+func (d *Device) ResetPeak() { d.Peak = d.Allocated }
 
 // Free returns a buffer to the pool.
 func (d *Device) Free(b *Buffer) {
@@ -165,13 +205,19 @@ func Download[T any](d *Device, dst []T, b *Buffer) error {
 	return cudaErr("cuMemcpyDtoH", cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.Ptr, bytes))
 }
 
-// Poison fills a float32 buffer with NaN, so elements a kernel fails to write show up.
+// Poison fills a buffer with NaN (0x7fc07fc0 is NaN as one float32 and as two bf16), so
+// elements a kernel fails to write show up.
 func (d *Device) Poison(b *Buffer) error {
-	return cudaErr("cuMemsetD32", cu.MemsetD32(b.Ptr, 0x7fc00000, b.Bytes/4))
+	return cudaErr("cuMemsetD32", cu.MemsetD32(b.Ptr, 0x7fc07fc0, b.Bytes/4))
 }
 
 // Sync waits for the device.
 func (d *Device) Sync() error { return cudaErr("cuCtxSynchronize", cu.Synchronize()) }
+
+// copyDtoD is an asynchronous device copy on the device's stream (capturable).
+func (d *Device) copyDtoD(dst, src cu.DevicePtr, bytes int64) error {
+	return cudaErr("cuMemcpyDtoDAsync", cu.MemcpyDtoDAsync(dst, src, bytes, d.stream))
+}
 
 // launch runs kernel name; args are *Buffer, int, float32 or int64 (each in a 64-bit slot).
 func (d *Device) launch(name string, grid, block, shared int, args ...any) error {
@@ -194,15 +240,17 @@ func (d *Device) launch(name string, grid, block, shared int, args ...any) error
 			d.params = append(d.params, uint64(v))
 		case float32:
 			d.params = append(d.params, uint64(math.Float32bits(v)))
+		case float64:
+			d.params = append(d.params, math.Float64bits(v))
 		default:
 			return fmt.Errorf("autograd: kernel %s: argument of type %T", name, a)
 		}
 	}
-	ptrs := make([]unsafe.Pointer, len(d.params))
+	d.ptrs = d.ptrs[:0]
 	for i := range d.params {
-		ptrs[i] = unsafe.Pointer(&d.params[i])
+		d.ptrs = append(d.ptrs, unsafe.Pointer(&d.params[i]))
 	}
-	if err := fn.Launch(grid, 1, 1, block, 1, 1, shared, cu.NoStream, ptrs); err != nil {
+	if err := fn.Launch(grid, 1, 1, block, 1, 1, shared, d.stream, d.ptrs); err != nil {
 		return fmt.Errorf("autograd: launching %s (grid %d, block %d, shared %d): %v", name, grid, block, shared, err)
 	}
 	return nil
@@ -231,12 +279,15 @@ func (d *Device) SwiGLU(y, a, g *Buffer, n int64) error {
 	return d.launch("swiglu", int(min((n+255)/256, 65535)), 256, 0, y, a, g, n)
 }
 
-// Rotary is rotary.cu in place on x [b, t, heads, dim] with per-row bases [b] (float64).
-func (d *Device) Rotary(x, base *Buffer, b, t, heads, dim, past int) error {
-	if err := need(dim%2 == 0 && x.Bytes >= int64(b*t*heads*dim*4) && base.Bytes >= int64(b*8), "Rotary: shapes [%d, %d, %d, %d]", b, t, heads, dim); err != nil {
+// Rotary is rotary.cu: y = rotary(x), [b, t, heads, dim] with (b, t) rows xStride and
+// yStride floats apart (y may be x), per-row bases [b] (float64).
+func (d *Device) Rotary(y, x, base *Buffer, b, t, heads, dim, past, xStride, yStride int) error {
+	rows := int64(b*t-1) + 1
+	if err := need(dim%2 == 0 && xStride >= heads*dim && yStride >= heads*dim && x.Bytes >= ((rows-1)*int64(xStride)+int64(heads*dim))*4 &&
+		y.Bytes >= ((rows-1)*int64(yStride)+int64(heads*dim))*4 && base.Bytes >= int64(b*8), "Rotary: shapes [%d, %d, %d, %d]", b, t, heads, dim); err != nil {
 		return err
 	}
-	return d.launch("rotary", b*t, 256, 0, x, base, t, heads, dim, past)
+	return d.launch("rotary", b*t, 256, 0, y, x, base, t, heads, dim, past, xStride, yStride)
 }
 
 // GatherBF16 is gather.cu: y [len(ids), h] from the bf16 table w [vocab, h].
@@ -247,39 +298,126 @@ func (d *Device) GatherBF16(y, w, ids *Buffer, n, h, vocab int) error {
 	return d.launch("gather_bf16", n, 256, 0, y, w, ids, h, vocab)
 }
 
+// gemvForceSplit overrides gemvSplit (GemvSplitBandwidth).
+var gemvForceSplit int
+
+// gemvSplit is how many warps share a row: one warp per row (eight rows per block) measured
+// best on an H200 for Qwen-7B's shapes except the short, wide mlp.c_proj (4 warps per row).
+func gemvSplit(n, k int) int {
+	if gemvForceSplit > 0 {
+		return gemvForceSplit
+	}
+	if n <= 4096 && k >= 8192 {
+		return 4 // mlp.c_proj [4096, 11008]: 3225 GB/s against 3127 with one warp per row (H200)
+	}
+	return 1
+}
+
 // GemvBF16 is gemv.cu: y [n] = W [n, k] x [k] (+ bias [n]), k a multiple of 8.
 func (d *Device) GemvBF16(y, x, w, bias *Buffer, n, k int) error {
 	if err := need(k%8 == 0 && w.Bytes >= int64(n*k*2) && x.Bytes >= int64(k*4) && y.Bytes >= int64(n*4), "GEMV: [%d, %d] needs k a multiple of 8 and buffers that fit", n, k); err != nil {
 		return err
 	}
-	const warps = 8
-	return d.launch("gemv_bf16", (n+warps-1)/warps, 32*warps, 0, y, x, w, bias, n, k)
+	split := gemvSplit(n, k)
+	rpb := 8 / split
+	return d.launch("gemv_bf16", (n+rpb-1)/rpb, 256, 0, y, x, w, bias, n, k, split)
+}
+
+// GemvSwiGLU is gemv_swiglu_bf16: y [n] = (W1 x) * silu(W2 x), W1, W2 [n, k].
+func (d *Device) GemvSwiGLU(y, x, w1, w2 *Buffer, n, k int) error {
+	if err := need(k%8 == 0 && w1.Bytes >= int64(n*k*2) && w2.Bytes >= int64(n*k*2) && x.Bytes >= int64(k*4) && y.Bytes >= int64(n*4), "GEMV SwiGLU: [%d, %d] needs k a multiple of 8 and buffers that fit", n, k); err != nil {
+		return err
+	}
+	split := gemvSplit(n, k)
+	rpb := 8 / split
+	return d.launch("gemv_swiglu_bf16", (n+rpb-1)/rpb, 256, 0, y, x, w1, w2, n, k, split)
+}
+
+// RMSNormBF16Out is rmsnorm_bf16_out: y bf16 [n, h].
+func (d *Device) RMSNormBF16Out(y, x, w *Buffer, n, h int, eps float32) error {
+	if err := need(x.Bytes >= int64(n*h*4) && y.Bytes >= int64(n*h*2) && w.Bytes >= int64(h*2), "RMSNorm: buffers too small for [%d, %d]", n, h); err != nil {
+		return err
+	}
+	return d.launch("rmsnorm_bf16_out", n, 256, 0, y, x, w, h, eps)
+}
+
+// AddRMSNormBF16Out is add_rmsnorm_bf16_out: x += r, y bf16 = RMSNorm(x) * w.
+func (d *Device) AddRMSNormBF16Out(y, x, r, w *Buffer, n, h int, eps float32) error {
+	if err := need(x.Bytes >= int64(n*h*4) && r.Bytes >= int64(n*h*4) && y.Bytes >= int64(n*h*2) && w.Bytes >= int64(h*2), "AddRMSNorm: buffers too small for [%d, %d]", n, h); err != nil {
+		return err
+	}
+	return d.launch("add_rmsnorm_bf16_out", n, 256, 0, y, x, r, w, h, eps)
+}
+
+// SwiGLUBF16 is swiglu_bf16: y, a, g bf16 [n].
+func (d *Device) SwiGLUBF16(y, a, g *Buffer, n int64) error {
+	if err := need(y.Bytes >= n*2 && a.Bytes >= n*2 && g.Bytes >= n*2, "SwiGLU: buffers too small for %d", n); err != nil {
+		return err
+	}
+	return d.launch("swiglu_bf16", grid(n), 256, 0, y, a, g, n)
+}
+
+// SwiGLUBF16Out is swiglu_bf16_out: y bf16 [n].
+func (d *Device) SwiGLUBF16Out(y, a, g *Buffer, n int64) error {
+	if err := need(y.Bytes >= n*2 && a.Bytes >= n*4 && g.Bytes >= n*4, "SwiGLU: buffers too small for %d", n); err != nil {
+		return err
+	}
+	return d.launch("swiglu_bf16_out", grid(n), 256, 0, y, a, g, n)
+}
+
+// RotaryQKV is rotary_qkv.cu: q rotated in place in qkv [t, stride], k rotated and v
+// appended (bf16) to the caches [maxLen, heads*dim] at past..past+t-1, with invFreq [dim/2]
+// (InvFreq of the row's base) and pos holding past (int32 on the device; past is the same
+// value, for the bounds check). Offsets in floats.
+func (d *Device) RotaryQKV(qkv, kc, vc, invFreq, pos *Buffer, t, heads, dim, past, stride, qOff, kOff, vOff, maxLen int) error {
+	width := heads * dim
+	if err := need(dim%2 == 0 && past+t <= maxLen && qkv.Bytes >= int64((t-1)*stride+max(qOff, kOff, vOff)+width)*4 && invFreq.Bytes >= int64(dim/2*4) &&
+		kc.Bytes >= int64(maxLen*width*2) && vc.Bytes >= int64(maxLen*width*2), "RotaryQKV: %d tokens at %d of a cache of %d", t, past, maxLen); err != nil {
+		return err
+	}
+	return d.launch("rotary_qkv", t*heads, min(dim/2, 128), 0, qkv, kc, vc, invFreq, heads, dim, pos, stride, qOff, kOff, vOff, maxLen)
 }
 
 // attnChunk is CHUNK of attention_decode.cu.
-const attnChunk = 256
+const attnChunk = 128
 
-// AttentionDecode is attention_decode.cu: one query per (b, head) over length cached keys,
-// split into chunks of 256 keys (flash-decoding) and merged.
-func (d *Device) AttentionDecode(out, q, k, v *Buffer, b, heads, dim, maxLen, length int, scale float32) error {
-	if err := need(length >= 1 && length <= maxLen && dim <= 128, "AttentionDecode: %d keys of a cache of %d, head dim %d (at most 128)", length, maxLen, dim); err != nil {
+// DecodeParts is the scratch of AttentionDecode for a cache of maxLen positions.
+type DecodeParts struct {
+	out, ml   *Buffer
+	maxChunks int
+}
+
+// NewDecodeParts allocates the partial results of b x heads queries over maxLen keys.
+func (d *Device) NewDecodeParts(b, heads, dim, maxLen int) (*DecodeParts, error) {
+	p := &DecodeParts{maxChunks: (maxLen + attnChunk - 1) / attnChunk}
+	var err error
+	if p.out, err = d.Alloc(int64(b*heads*p.maxChunks*dim)*4, "attention partial outputs"); err != nil {
+		return nil, err
+	}
+	if p.ml, err = d.Alloc(int64(b*heads*p.maxChunks*2)*4, "attention partial max and sum"); err != nil {
+		d.Free(p.out)
+		return nil, err
+	}
+	return p, nil
+}
+
+// Free releases the scratch.
+func (p *DecodeParts) Free(d *Device) {
+	d.Free(p.out)
+	d.Free(p.ml)
+}
+
+// AttentionDecode is attention_decode.cu: one query per (b, head) at the position held in
+// pos (int32 on the device) over the pos+1 cached bf16 keys, in chunks of 128 keys
+// (flash-decoding) merged by a second launch; LogN past lognSeq when it is positive.
+func (d *Device) AttentionDecode(out, q, k, v *Buffer, parts *DecodeParts, b, heads, dim, maxLen int, pos *Buffer, scale float32, lognSeq int) error {
+	if err := need(dim <= 128 && dim%4 == 0 && parts.maxChunks*attnChunk >= maxLen && pos.Bytes >= 4, "AttentionDecode: cache of %d, head dim %d (at most 128, a multiple of 4)", maxLen, dim); err != nil {
 		return err
 	}
-	chunks := (length + attnChunk - 1) / attnChunk
-	partOut, err := d.Alloc(int64(b*heads*chunks*dim)*4, "attention partial outputs")
-	if err != nil {
+	if err := d.launch("attention_decode_part", b*heads*parts.maxChunks, 256, 0, parts.out, parts.ml, q, k, v, heads, dim, maxLen, pos, scale, lognSeq, parts.maxChunks); err != nil {
 		return err
 	}
-	defer d.Free(partOut)
-	partML, err := d.Alloc(int64(b*heads*chunks*2)*4, "attention partial max and sum")
-	if err != nil {
-		return err
-	}
-	defer d.Free(partML)
-	if err := d.launch("attention_decode_part", b*heads*chunks, 256, 0, partOut, partML, q, k, v, heads, dim, maxLen, length, scale); err != nil {
-		return err
-	}
-	return d.launch("attention_decode_merge", b*heads, 128, 0, out, partOut, partML, dim, length)
+	return d.launch("attention_decode_merge", b*heads, 128, 0, out, parts.out, parts.ml, dim, pos, parts.maxChunks)
 }
 
 // AddRMSNormBF16 is add_rmsnorm.cu: x += r, then y = RMSNorm(x) * w, rows of h.
@@ -290,13 +428,104 @@ func (d *Device) AddRMSNormBF16(y, x, r, w *Buffer, n, h int, eps float32) error
 	return d.launch("add_rmsnorm_bf16", n, 256, 0, y, x, r, w, h, eps)
 }
 
-// KVAppend is kv_append.cu: rows of width floats of k and v (row stride srcStride) into the
-// caches [b, maxLen, width] at positions pos..pos+t-1.
-func (d *Device) KVAppend(kc, vc, k, v *Buffer, b, t, width, srcStride, maxLen, pos int) error {
-	if err := need(pos+t <= maxLen && kc.Bytes >= int64(b*maxLen*width*4) && vc.Bytes >= int64(b*maxLen*width*4), "KVAppend: positions %d..%d of a cache of %d", pos, pos+t-1, maxLen); err != nil {
+// KVAppend is kv_append.cu: rows of width floats of k and v (row strides kStride, vStride),
+// rounded to bf16, into the caches [b, maxLen, width] at positions pos..pos+t-1.
+func (d *Device) KVAppend(kc, vc, k, v *Buffer, b, t, width, kStride, vStride, maxLen, pos int) error {
+	if err := need(pos+t <= maxLen && kc.Bytes >= int64(b*maxLen*width*2) && vc.Bytes >= int64(b*maxLen*width*2), "KVAppend: positions %d..%d of a cache of %d", pos, pos+t-1, maxLen); err != nil {
 		return err
 	}
-	return d.launch("kv_append", b*t, 256, 0, kc, vc, k, v, t, width, srcStride, maxLen, pos)
+	return d.launch("kv_append", b*t, 256, 0, kc, vc, k, v, t, width, kStride, vStride, maxLen, pos)
+}
+
+// CausalSoftmax is causal_softmax.cu: the scores s [rows, length] of rows = heads * t
+// queries at positions past.. become bf16 probabilities in place (row stride 2*length bf16
+// elements); LogN with lognSeq > 0 over keys keys.
+func (d *Device) CausalSoftmax(s *Buffer, heads, t, length, past int, scale float32, lognSeq, keys int) error {
+	n := int64(heads * t * length)
+	if err := need(s.Bytes >= n*4 && length >= 1, "CausalSoftmax: [%d, %d, %d]", heads, t, length); err != nil {
+		return err
+	}
+	return d.launch("causal_softmax", heads*t, 256, 0, s, t, length, past, scale, lognSeq, keys)
+}
+
+func grid(n int64) int { return int(min((n+255)/256, 65535)) }
+
+// Add is add_f32.cu: y = a + b over n floats.
+func (d *Device) Add(y, a, b *Buffer, n int64) error {
+	if err := need(y.Bytes >= n*4 && a.Bytes >= n*4 && b.Bytes >= n*4, "Add: buffers too small for %d", n); err != nil {
+		return err
+	}
+	return d.launch("add_f32", grid(n), 256, 0, y, a, b, n)
+}
+
+// ToBF16Rows is to_bf16_rows: y [rows, cols] bf16 from float32 rows xStride apart.
+func (d *Device) ToBF16Rows(y, x *Buffer, rows, cols, xStride int) error {
+	if err := need(y.Bytes >= int64(rows*cols*2) && x.Bytes >= (int64(rows-1)*int64(xStride)+int64(cols))*4, "ToBF16: [%d, %d]", rows, cols); err != nil {
+		return err
+	}
+	return d.launch("to_bf16_rows", grid(int64(rows*cols)), 256, 0, y, x, rows, cols, xStride)
+}
+
+// BiasBF16 is bias_bf16: y [rows, cols] += bias [cols].
+func (d *Device) BiasBF16(y, bias *Buffer, rows, cols int) error {
+	if err := need(y.Bytes >= int64(rows*cols*4) && bias.Bytes >= int64(cols*2), "Bias: [%d, %d]", rows, cols); err != nil {
+		return err
+	}
+	return d.launch("bias_bf16", grid(int64(rows*cols)), 256, 0, y, bias, rows, cols)
+}
+
+// SampleToken is sample.cu: the next id from logits [n] (seen [n] bytes marks the ids the
+// repetition penalty applies to; nil for none), u the uniform draw; out [1] int32, work [n] scratch.
+func (d *Device) SampleToken(out, work, logits, seen *Buffer, n int, p SampleParams, u float64) error {
+	if err := need(logits.Bytes >= int64(n*4) && work.Bytes >= int64(n*4) && out.Bytes >= 4 && (seen == nil || seen.Bytes >= int64(n)), "Sample: %d logits", n); err != nil {
+		return err
+	}
+	pen := float32(p.RepetitionPenalty)
+	if pen == 0 {
+		pen = 1
+	}
+	invT := float32(1)
+	if p.Temperature > 0 {
+		invT = float32(1 / p.Temperature)
+	}
+	greedy := 0
+	if p.Greedy {
+		greedy = 1
+	}
+	return d.launch("sample_token", 1, 1024, 0, out, work, logits, seen, n, pen, greedy, invT, p.TopK, float32(p.TopP), u)
+}
+
+// CopyBandwidth times device-to-device copies of 1 GiB and returns GB/s with bytes read and
+// written both counted (the best of five).
+func (d *Device) CopyBandwidth() (float64, error) {
+	const size = 1 << 30
+	src, err := d.Alloc(size, "copy bandwidth source")
+	if err != nil {
+		return 0, err
+	}
+	defer d.Free(src)
+	dst, err := d.Alloc(size, "copy bandwidth destination")
+	if err != nil {
+		return 0, err
+	}
+	defer d.Free(dst)
+	best := 0.0
+	for r := 0; r < 6; r++ {
+		if err := d.Sync(); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		if err := cudaErr("cuMemcpyDtoD", cu.MemcpyDtoD(dst.Ptr, src.Ptr, size)); err != nil {
+			return 0, err
+		}
+		if err := d.Sync(); err != nil {
+			return 0, err
+		}
+		if r > 0 {
+			best = max(best, 2*size/time.Since(start).Seconds()/1e9)
+		}
+	}
+	return best, nil
 }
 
 // Slice is a view of bytes [off, off+n) of b.

@@ -14,6 +14,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+	"unsafe"
+
+	"gorgonia.org/cu"
 )
 
 // DecodeShape is the part of a model's config the step needs.
@@ -89,10 +92,10 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 	kc := make([]*Buffer, s.Layers)
 	vc := make([]*Buffer, s.Layers)
 	for l := range kc {
-		if kc[l], err = f32(maxLen*p, "k cache"); err != nil {
+		if kc[l], err = f32(maxLen*p/2, "k cache"); err != nil { // bf16
 			return res, err
 		}
-		if vc[l], err = f32(maxLen*p, "v cache"); err != nil {
+		if vc[l], err = f32(maxLen*p/2, "v cache"); err != nil {
 			return res, err
 		}
 	}
@@ -116,10 +119,24 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 		return res, err
 	}
 	scale := float32(1 / math.Sqrt(float64(s.HeadDim)))
+	parts, err := d.NewDecodeParts(1, s.Heads, s.HeadDim, maxLen)
+	if err != nil {
+		return res, err
+	}
+	defer parts.Free(d)
+	posBuf, err := Upload(d, []int32{0}, "position")
+	all = append(all, posBuf)
+	if err != nil {
+		return res, err
+	}
 	// Per layer: x holds the residual stream; the previous layer's last residual add is fused
 	// into this layer's first RMSNorm (proj holds what is still to be added).
 	step := func(pos int) error {
 		launches := 0
+		p32 := []int32{int32(pos)}
+		if err := cudaErr("cuMemcpyHtoD(position)", cu.MemcpyHtoD(posBuf.Ptr, unsafe.Pointer(&p32[0]), 4)); err != nil {
+			return err
+		}
 		if err := d.RMSNormBF16(xn, x, layers[0].ln1, 1, h, 1e-6); err != nil {
 			return err
 		}
@@ -128,12 +145,12 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 			lw := layers[l]
 			ops := []func() error{
 				func() error { return d.GemvBF16(qkv, xn, lw.qkv, lw.qkvBias, 3*p, h) },
-				func() error { return d.Rotary(qkv, base, 1, 1, 2*s.Heads, s.HeadDim, pos) }, // q and k are adjacent
+				func() error { return d.Rotary(qkv, qkv, base, 1, 1, 2*s.Heads, s.HeadDim, pos, 3*p, 3*p) }, // q and k are adjacent
 				func() error {
-					return d.KVAppend(kc[l], vc[l], qkv.Slice(int64(p*4), int64(2*p*4)), qkv.Slice(int64(2*p*4), int64(p*4)), 1, 1, p, 3*p, maxLen, pos)
+					return d.KVAppend(kc[l], vc[l], qkv.Slice(int64(p*4), int64(2*p*4)), qkv.Slice(int64(2*p*4), int64(p*4)), 1, 1, p, 3*p, 3*p, maxLen, pos)
 				},
 				func() error {
-					return d.AttentionDecode(att, qkv, kc[l], vc[l], 1, s.Heads, s.HeadDim, maxLen, pos+1, scale)
+					return d.AttentionDecode(att, qkv, kc[l], vc[l], parts, 1, s.Heads, s.HeadDim, maxLen, posBuf, scale, 0)
 				},
 				func() error { return d.GemvBF16(proj, att, lw.out, nil, h, p) },
 				func() error { return d.AddRMSNormBF16(xn, x, proj, lw.ln2, 1, h, 1e-6) },

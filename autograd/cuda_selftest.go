@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"gorgonia.org/tensor"
@@ -61,9 +62,23 @@ func compare(gpu, cpu []float32) (float64, int) {
 
 // run uploads inputs, poisons the output, launches, downloads and compares with want.
 type gpuCase struct {
-	d    *Device
-	bufs []*Buffer
-	err  error
+	d       *Device
+	bufs    []*Buffer
+	err     error
+	bf16Out bool // the result buffer holds bf16
+}
+
+// outBF16 is a poisoned bf16 output buffer.
+func (g *gpuCase) outBF16(n int, what string) *Buffer {
+	if g.err != nil {
+		return nil
+	}
+	var b *Buffer
+	if b, g.err = g.d.Alloc(int64(n+1)/2*4, what); g.err == nil {
+		g.err = g.d.Poison(b)
+	}
+	g.bufs = append(g.bufs, b)
+	return b
 }
 
 func (g *gpuCase) up(v any, what string) *Buffer {
@@ -115,7 +130,13 @@ func (g *gpuCase) result(op, shape string, tol float64, launch func() error, out
 		return c
 	}
 	got := make([]float32, len(want))
-	if c.Err = Download(g.d, got, out); c.Err != nil {
+	if g.bf16Out {
+		bits := make([]uint16, len(want))
+		if c.Err = Download(g.d, bits, out); c.Err != nil {
+			return c
+		}
+		got = widen(bits)
+	} else if c.Err = Download(g.d, got, out); c.Err != nil {
 		return c
 	}
 	c.RelErr, c.Unwritten = compare(got, want)
@@ -142,14 +163,21 @@ func SelfTest(d *Device, seed uint64) []Check {
 		ab, gb, yb := g.up(a, "a"), g.up(gt, "g"), g.out(n, "y")
 		checks = append(checks, g.result("swiglu", fmt.Sprintf("[%d]", n), 1e-5, func() error { return d.SwiGLU(yb, ab, gb, int64(n)) }, yb, want.Data().([]float32)))
 	}
-	{ // Rotary with per-row NTK bases and a position offset
+	{ // Rotary with per-row NTK bases and a position offset, from a strided view
 		b, t, h, dim, past := 2, 5, 32, 128, 3000
+		width, stride := h*dim, 3*h*dim
 		x := randF32(r, b*t*h*dim)
+		view := make([]float32, b*t*stride) // x in the middle part of each row, as q or k in a fused qkv
+		for i := 0; i < b*t; i++ {
+			copy(view[i*stride+width:], x[i*width:(i+1)*width])
+		}
 		bases := []float64{10000, 10000 * math.Pow(3, 128.0/126)}
 		want := rotate[float32](tensor.New(tensor.WithShape(b, t, h, dim), tensor.WithBacking(x)), &Step{Batch: b, Seq: t, Past: past, Base: bases}, false)
 		g := &gpuCase{d: d}
-		xb, bb := g.up(append([]float32(nil), x...), "x"), g.up(bases, "base")
-		checks = append(checks, g.result("rotary", fmt.Sprintf("[%d, %d, %d, %d] at %d", b, t, h, dim, past), 1e-5, func() error { return d.Rotary(xb, bb, b, t, h, dim, past) }, xb, want.Data().([]float32)))
+		xb, bb, yb := g.up(view, "x"), g.up(bases, "base"), g.out(b*t*width, "y")
+		checks = append(checks, g.result("rotary", fmt.Sprintf("[%d, %d, %d, %d] at %d, stride %d", b, t, h, dim, past, stride), 1e-5, func() error {
+			return d.Rotary(yb, xb.Slice(int64(width*4), xb.Bytes-int64(width*4)), bb, b, t, h, dim, past, stride, width)
+		}, yb, want.Data().([]float32)))
 	}
 	{ // Embedding gather
 		vocab, h := 1000, 4096
@@ -173,14 +201,22 @@ func SelfTest(d *Device, seed uint64) []Check {
 		xb, wb, bb, yb := g.up(x, "x"), g.up(w, "w"), g.up(bias, "bias"), g.out(n, "y")
 		checks = append(checks, g.result("gemv_bf16", fmt.Sprintf("[%d, %d]", n, k), 1e-5, func() error { return d.GemvBF16(yb, xb, wb, bb, n, k) }, yb, want))
 	}
-	for _, L := range []int{1, 300, 4000, 256} { // decode attention over a cache
+	for _, L := range []int{1, 300, 4000, 256} { // decode attention over a bf16 cache
 		b, h, dim, maxLen := 2, 4, 128, 4096
-		q, kc, vc := randF32(r, b*h*dim), randF32(r, b*maxLen*h*dim), randF32(r, b*maxLen*h*dim)
+		q, kc, vc := randF32(r, b*h*dim), randBF16(r, b*maxLen*h*dim, 1), randBF16(r, b*maxLen*h*dim, 1)
 		scale := float32(1.3 / math.Sqrt(float64(dim)))
-		want := refDecode(q, kc, vc, b, h, dim, maxLen, L, float64(scale))
+		want := refDecode(q, widen(kc), widen(vc), b, h, dim, maxLen, L, float64(scale))
 		g := &gpuCase{d: d}
-		qb, kb, vb, ob := g.up(q, "q"), g.up(kc, "k cache"), g.up(vc, "v cache"), g.out(b*h*dim, "out")
-		checks = append(checks, g.result("attention_decode", fmt.Sprintf("%d keys, [%d, %d, %d]", L, b, h, dim), 1e-4, func() error { return d.AttentionDecode(ob, qb, kb, vb, b, h, dim, maxLen, L, scale) }, ob, want))
+		qb, kb, vb, ob, pb := g.up(q, "q"), g.up(kc, "k cache"), g.up(vc, "v cache"), g.out(b*h*dim, "out"), g.up([]int32{int32(L - 1)}, "position")
+		parts, err := d.NewDecodeParts(b, h, dim, maxLen)
+		if err != nil {
+			checks = append(checks, Check{Op: "attention_decode", Err: err})
+			continue
+		}
+		checks = append(checks, g.result("attention_decode", fmt.Sprintf("%d keys, [%d, %d, %d]", L, b, h, dim), 1e-5, func() error {
+			return d.AttentionDecode(ob, qb, kb, vb, parts, b, h, dim, maxLen, pb, scale, 0)
+		}, ob, want))
+		parts.Free(d)
 	}
 	{ // residual add fused with RMSNorm
 		n, h := 2, 4096
@@ -194,55 +230,196 @@ func SelfTest(d *Device, seed uint64) []Check {
 		xb, rb, wb, yb := g.up(x, "x"), g.up(res, "r"), g.up(w, "w"), g.out(n*h, "y")
 		checks = append(checks, g.result("add_rmsnorm_bf16", fmt.Sprintf("[%d, %d]", n, h), 1e-5, func() error { return d.AddRMSNormBF16(yb, xb, rb, wb, n, h, 1e-6) }, yb, want.Data().([]float32)))
 	}
-	{ // KV append from a fused qkv row into the caches
+	{ // KV append from a fused qkv row into the bf16 caches
 		b, width, maxLen, pos := 2, 256, 16, 5
 		qkv := randF32(r, b*3*width)
-		cache := randF32(r, b*maxLen*width)
-		want := append([]float32(nil), cache...)
+		cache := randBF16(r, b*maxLen*width, 1)
+		want := widen(cache)
 		for bi := 0; bi < b; bi++ {
-			copy(want[(bi*maxLen+pos)*width:], qkv[bi*3*width+width:bi*3*width+2*width])
+			for i := 0; i < width; i++ {
+				want[(bi*maxLen+pos)*width+i] = bf16(bf16Round(qkv[bi*3*width+width+i]))
+			}
+		}
+		g := &gpuCase{d: d, bf16Out: true}
+		qb, kb, vb := g.up(qkv, "qkv"), g.up(slices.Clone(cache), "k cache"), g.up(slices.Clone(cache), "v cache")
+		checks = append(checks, g.result("kv_append", fmt.Sprintf("%d rows of %d at %d", b, width, pos), 0, func() error {
+			return d.KVAppend(kb, vb, qb.Slice(int64(width*4), qb.Bytes-int64(width*4)), qb.Slice(int64(2*width*4), qb.Bytes-int64(2*width*4)), b, 1, width, 3*width, 3*width, maxLen, pos)
+		}, kb, want))
+	}
+	{ // residual add, bf16 rounding of strided rows, bias
+		n := 4096*3 + 5
+		a, c := randF32(r, n), randF32(r, n)
+		want := make([]float32, n)
+		for i := range want {
+			want[i] = a[i] + c[i]
 		}
 		g := &gpuCase{d: d}
-		qb, kb, vb := g.up(qkv, "qkv"), g.up(append([]float32(nil), cache...), "k cache"), g.up(append([]float32(nil), cache...), "v cache")
-		checks = append(checks, g.result("kv_append", fmt.Sprintf("%d rows of %d at %d", b, width, pos), 0, func() error {
-			return d.KVAppend(kb, vb, qb.Slice(int64(width*4), qb.Bytes-int64(width*4)), qb.Slice(int64(2*width*4), qb.Bytes-int64(2*width*4)), b, 1, width, 3*width, maxLen, pos)
-		}, kb, want))
+		ab, cb, yb := g.up(a, "a"), g.up(c, "b"), g.out(n, "y")
+		checks = append(checks, g.result("add_f32", fmt.Sprintf("[%d]", n), 0, func() error { return d.Add(yb, ab, cb, int64(n)) }, yb, want))
+
+		rows, cols, stride := 3, 4096, 3*4096
+		x := randF32(r, rows*stride)
+		wantB := make([]float32, rows*cols)
+		for i := 0; i < rows; i++ {
+			for j := 0; j < cols; j++ {
+				wantB[i*cols+j] = bf16(bf16Round(x[i*stride+j]))
+			}
+		}
+		g = &gpuCase{d: d, bf16Out: true}
+		xb, ob := g.up(x, "x"), g.outBF16(rows*cols, "y")
+		checks = append(checks, g.result("to_bf16_rows", fmt.Sprintf("[%d, %d] of stride %d", rows, cols, stride), 0, func() error { return d.ToBF16Rows(ob, xb, rows, cols, stride) }, ob, wantB))
+
+		y0, bias := randF32(r, rows*cols), randBF16(r, cols, 1)
+		wantBias := make([]float32, rows*cols)
+		for i := range wantBias {
+			wantBias[i] = y0[i] + bf16(bias[i%cols])
+		}
+		g = &gpuCase{d: d}
+		yb2, bb := g.up(y0, "y"), g.up(bias, "bias")
+		checks = append(checks, g.result("bias_bf16", fmt.Sprintf("[%d, %d]", rows, cols), 0, func() error { return d.BiasBF16(yb2, bb, rows, cols) }, yb2, wantBias))
+	}
+	for _, s := range [][3]int{{7, 12288, 4096}, {130, 4096, 11008}, {1, 64, 64}} { // cuBLAS GEMM, bf16 in, fp32 out
+		m, n, k := s[0], s[1], s[2]
+		x, w := randBF16(r, m*k, 1), randBF16(r, n*k, 0.02)
+		want := make([]float32, m*n)
+		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, want)
+		g := &gpuCase{d: d}
+		xb, wb, yb := g.up(x, "x"), g.up(w, "w"), g.out(m*n, "y")
+		checks = append(checks, g.result("cublasGemmEx bf16", fmt.Sprintf("[%d, %d] x [%d, %d]^T", m, k, n, k), 1e-5, func() error { return d.GemmBF16(yb, xb, wb, m, n, k, n, false) }, yb, want))
+	}
+	for _, c := range []struct{ heads, t, past, lognSeq int }{{4, 37, 0, 0}, {2, 600, 100, 0}, {2, 9, 40, 16}} { // prefill attention
+		h, dim := c.heads, 128
+		width, maxLen := h*dim, c.past+c.t+3
+		q := randBF16(r, c.t*width, 1)
+		kc, vc := randBF16(r, maxLen*width, 1), randBF16(r, maxLen*width, 1)
+		scale := float32(1 / math.Sqrt(float64(dim)))
+		st := &Step{Batch: 1, Seq: c.t, Past: c.past, LogNSeq: c.lognSeq}
+		want := refPrefill(widen(q), widen(kc), widen(vc), h, dim, c.past, c.t, float64(scale), st)
+		g := &gpuCase{d: d}
+		qb, kb, vb, ob := g.up(q, "q"), g.up(kc, "k cache"), g.up(vc, "v cache"), g.out(c.t*width, "out")
+		pre := &prefillScratch{q: qb, chunk: min(c.t, 128)}
+		pre.elems = int64(h) * int64(max(pre.chunk*(c.past+c.t), 64))
+		pre.s = g.out(int(pre.elems), "scores")
+		// bf16 probabilities (as flash attention keeps them for the second product): 4e-3
+		checks = append(checks, g.result("attention prefill (cuBLAS + causal_softmax)", fmt.Sprintf("%d queries after %d, %d heads, LogN %d", c.t, c.past, h, c.lognSeq), 4e-3, func() error {
+			return d.attentionPrefill(ob, false, pre, kb, vb, h, dim, c.past, c.t, scale, c.lognSeq)
+		}, ob, want))
+	}
+	for _, s := range [][2]int{{11008, 4096}, {176, 64}} { // up and gate GEMVs fused with SwiGLU
+		n, k := s[0], s[1]
+		x, w1, w2 := randF32(r, k), randBF16(r, n*k, 0.05), randBF16(r, n*k, 0.05)
+		up, gate := make([]float32, n), make([]float32, n)
+		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w1)), n, up)
+		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w2)), n, gate)
+		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(up)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gate))}, 0).Data().([]float32)
+		g := &gpuCase{d: d}
+		xb, ab, bb, yb := g.up(x, "x"), g.up(w1, "w1"), g.up(w2, "w2"), g.out(n, "y")
+		checks = append(checks, g.result("gemv_swiglu_bf16", fmt.Sprintf("2 x [%d, %d]", n, k), 1e-5, func() error { return d.GemvSwiGLU(yb, xb, ab, bb, n, k) }, yb, want))
+	}
+	{ // bf16-output variants of RMSNorm, add + RMSNorm and SwiGLU (inputs of prefill GEMMs)
+		n, h := 3, 4096
+		x, res, w := randF32(r, n*h), randF32(r, n*h), randBF16(r, h, 1)
+		round := func(v []float32) []float32 {
+			out := make([]float32, len(v))
+			for i, f := range v {
+				out[i] = bf16(bf16Round(f))
+			}
+			return out
+		}
+		want, _ := rmsNormForward[float32](tensor.New(tensor.WithShape(n, h), tensor.WithBacking(x)), tensor.New(tensor.WithShape(h), tensor.WithBacking(w)), 1e-6)
+		g := &gpuCase{d: d, bf16Out: true}
+		xb, wb, yb := g.up(x, "x"), g.up(w, "w"), g.outBF16(n*h, "y")
+		checks = append(checks, g.result("rmsnorm_bf16_out", fmt.Sprintf("[%d, %d]", n, h), 4e-3, func() error { return d.RMSNormBF16Out(yb, xb, wb, n, h, 1e-6) }, yb, round(want.Data().([]float32))))
+		sum := make([]float32, n*h)
+		for i := range sum {
+			sum[i] = x[i] + res[i]
+		}
+		want, _ = rmsNormForward[float32](tensor.New(tensor.WithShape(n, h), tensor.WithBacking(sum)), tensor.New(tensor.WithShape(h), tensor.WithBacking(w)), 1e-6)
+		g = &gpuCase{d: d, bf16Out: true}
+		xb, rb, wb, yb := g.up(x, "x"), g.up(res, "r"), g.up(w, "w"), g.outBF16(n*h, "y")
+		checks = append(checks, g.result("add_rmsnorm_bf16_out", fmt.Sprintf("[%d, %d]", n, h), 4e-3, func() error { return d.AddRMSNormBF16Out(yb, xb, rb, wb, n, h, 1e-6) }, yb, round(want.Data().([]float32))))
+		m := 11008 * 2
+		a, gt := randF32(r, m), randF32(r, m)
+		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(m), tensor.WithBacking(a)), tensor.New(tensor.WithShape(m), tensor.WithBacking(gt))}, 0).Data().([]float32)
+		g = &gpuCase{d: d, bf16Out: true}
+		ab, gb, sb := g.up(a, "a"), g.up(gt, "g"), g.outBF16(m, "y")
+		checks = append(checks, g.result("swiglu_bf16_out", fmt.Sprintf("[%d]", m), 4e-3, func() error { return d.SwiGLUBF16Out(sb, ab, gb, int64(m)) }, sb, round(wantS)))
+	}
+	{ // rotary of q and k fused with the bf16 cache append, on a fused qkv buffer
+		t, h, dim, past, maxLen := 3, 4, 128, 70, 80
+		width, stride := h*dim, 3*h*dim
+		qkv := randF32(r, t*stride)
+		q, k := make([]float32, t*width), make([]float32, t*width)
+		for i := 0; i < t; i++ {
+			copy(q[i*width:], qkv[i*stride:i*stride+width])
+			copy(k[i*width:], qkv[i*stride+width:i*stride+2*width])
+		}
+		base := []float64{10000 * math.Pow(7, 128.0/126)}
+		st := &Step{Batch: 1, Seq: t, Past: past, Base: base}
+		rq := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(q)), st, false).Data().([]float32)
+		rk := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(k)), st, false).Data().([]float32)
+		kc, vc := randBF16(r, maxLen*width, 1), randBF16(r, maxLen*width, 1)
+		wantQ := slices.Clone(qkv)
+		wantK, wantV := widen(kc), widen(vc)
+		for i := 0; i < t; i++ {
+			copy(wantQ[i*stride:], rq[i*width:(i+1)*width])
+			for j := 0; j < width; j++ {
+				wantK[(past+i)*width+j] = bf16(bf16Round(rk[i*width+j]))
+				wantV[(past+i)*width+j] = bf16(bf16Round(qkv[i*stride+2*width+j]))
+			}
+		}
+		g := &gpuCase{d: d}
+		qb, kb, vb, bb := g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
+		pb := g.up([]int32{int32(past)}, "position")
+		launch := func() error {
+			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
+		}
+		checks = append(checks, g.result("rotary_qkv (q in place)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 1e-5, launch, qb, wantQ))
+		g = &gpuCase{d: d, bf16Out: true}
+		qb, kb, vb, bb = g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
+		pb = g.up([]int32{int32(past)}, "position")
+		launch = func() error {
+			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
+		}
+		checks = append(checks, g.result("rotary_qkv (k to the bf16 cache)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 1e-3, launch, kb, wantK))
+		g = &gpuCase{d: d, bf16Out: true}
+		qb, kb, vb, bb = g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
+		pb = g.up([]int32{int32(past)}, "position")
+		launch = func() error {
+			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
+		}
+		checks = append(checks, g.result("rotary_qkv (v to the bf16 cache)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 0, launch, vb, wantV))
+	}
+	{ // prefill MLP in bf16: up and gate GEMMs written in bf16, SwiGLU of bf16 inputs
+		m, n, k := 5, 688, 256
+		x, w := randBF16(r, m*k, 1), randBF16(r, n*k, 0.05)
+		full := make([]float32, m*n)
+		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, full)
+		want := make([]float32, m*n)
+		for i, f := range full {
+			want[i] = bf16(bf16Round(f))
+		}
+		g := &gpuCase{d: d, bf16Out: true}
+		xb, wb, yb := g.up(x, "x"), g.up(w, "w"), g.outBF16(m*n, "y")
+		checks = append(checks, g.result("cublasGemmEx bf16 out", fmt.Sprintf("[%d, %d] x [%d, %d]^T", m, k, n, k), 4e-3, func() error { return d.GemmBF16Out(yb, xb, wb, m, n, k, n) }, yb, want))
+		cnt := 11008
+		a, gt := randBF16(r, cnt, 1), randBF16(r, cnt, 1)
+		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(a))), tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(gt)))}, 0).Data().([]float32)
+		for i, f := range wantS {
+			wantS[i] = bf16(bf16Round(f))
+		}
+		g = &gpuCase{d: d, bf16Out: true}
+		ab, gb, sb := g.up(a, "a"), g.up(gt, "g"), g.outBF16(cnt, "y")
+		checks = append(checks, g.result("swiglu_bf16", fmt.Sprintf("[%d]", cnt), 4e-3, func() error { return d.SwiGLUBF16(sb, ab, gb, int64(cnt)) }, sb, wantS))
 	}
 	return checks
 }
 
-// refDecode is single-query attention over a cache, in float64.
-func refDecode(q, k, v []float32, b, h, dim, maxLen, length int, scale float64) []float32 {
-	out := make([]float32, b*h*dim)
-	stride := h * dim
-	for bi := 0; bi < b; bi++ {
-		for hi := 0; hi < h; hi++ {
-			qv := q[(bi*h+hi)*dim:][:dim]
-			s := make([]float64, length)
-			m := math.Inf(-1)
-			for j := range s {
-				kv := k[bi*maxLen*stride+j*stride+hi*dim:][:dim]
-				for i := range qv {
-					s[j] += float64(qv[i]) * float64(kv[i])
-				}
-				s[j] *= scale
-				m = math.Max(m, s[j])
-			}
-			var sum float64
-			for j := range s {
-				s[j] = math.Exp(s[j] - m)
-				sum += s[j]
-			}
-			for i := 0; i < dim; i++ {
-				var acc float64
-				for j := range s {
-					acc += s[j] * float64(v[bi*maxLen*stride+j*stride+hi*dim+i])
-				}
-				out[(bi*h+hi)*dim+i] = float32(acc / sum)
-			}
-		}
-	}
-	return out
+// GemvSplitBandwidth is GemvBandwidth with split warps per row forced.
+func GemvSplitBandwidth(d *Device, n, k, split, reps int) (float64, error) {
+	gemvForceSplit = split
+	defer func() { gemvForceSplit = 0 }()
+	return GemvBandwidth(d, n, k, reps)
 }
 
 // GemvBandwidth times the batch-1 bf16 GEMV on a weight of n x k and returns GB/s of weight

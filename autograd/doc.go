@@ -13,9 +13,11 @@
 // them apart. Frozen weights (bf16 always) get no gradient node.
 //
 // Ops are plain parameter structs whose Do runs the pure-Go CPU code. A graph is built once
-// per shape and run again for every Step, which the ops read through a pointer. Another
-// executor (the CUDA one, under the cuda build tag) walks the same compiled graph and
-// dispatches each node by its op type to its own kernel, so model code never changes.
+// per shape and run again for every Step, which the ops read through a pointer. The GPU
+// executor (cuda_exec.go, under the qtcuda build tag) walks the same graph and turns each
+// node, by its op type, into launches of the kernels in kernels/ (cuda.go: the runtime and
+// launchers; cublas.go: cuBLAS by dlopen; cuda_graph.go: CUDA graphs; cuda_selftest.go: every
+// kernel against its CPU twin), so model code never changes.
 //
 // go.mod pins what this needs: gorgonia.org/gorgonia v0.9.18 with
 // go4.org/unsafe/assume-no-moving-gc (without which gorgonia panics at start-up on current

@@ -110,6 +110,14 @@ func (s *Step) Check() error {
 type KVCache struct {
 	Batch, Max, Heads, HeadDim int
 	K, V                       [][]float32
+	// OnDevice marks a cache whose contents live on a GPU (bf16, held by the executor that
+	// runs the graph); K and V stay empty and Max only records the capacity.
+	OnDevice bool
+}
+
+// NewDeviceKVCache describes a cache kept on a GPU by the executor (nothing is allocated here).
+func NewDeviceKVCache(layers, batch, max, heads, headDim int) *KVCache {
+	return &KVCache{Batch: batch, Max: max, Heads: heads, HeadDim: headDim, K: make([][]float32, layers), V: make([][]float32, layers), OnDevice: true}
 }
 
 // NewKVCache allocates a cache for layers x batch x max positions.
@@ -122,9 +130,13 @@ func NewKVCache(layers, batch, max, heads, headDim int) *KVCache {
 	return c
 }
 
-// Bytes is the cache's size.
+// Bytes is the cache's size (bf16 on a device, float32 on the host).
 func (c *KVCache) Bytes() int64 {
-	return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * 4
+	elem := int64(4)
+	if c.OnDevice {
+		elem = 2
+	}
+	return int64(len(c.K)) * 2 * int64(c.Batch*c.Max*c.Heads*c.HeadDim) * elem
 }
 
 // Ensure grows the cache, keeping its contents, so it holds at least n positions per row.
@@ -133,6 +145,10 @@ func (c *KVCache) Ensure(n int) {
 		return
 	}
 	grown := max(n, 2*c.Max)
+	if c.OnDevice {
+		c.Max = grown
+		return
+	}
 	hd := c.Heads * c.HeadDim
 	for l := range c.K {
 		for _, kv := range []*[]float32{&c.K[l], &c.V[l]} {
@@ -145,4 +161,20 @@ func (c *KVCache) Ensure(n int) {
 		}
 	}
 	c.Max = grown
+}
+
+// SampleParams are the sampling settings of a GPU executor's on-device sampler.
+type SampleParams struct {
+	Greedy            bool
+	Temperature       float64 // 0 or 1: none
+	TopK              int
+	TopP              float64
+	RepetitionPenalty float64 // 0 or 1: none
+}
+
+// OpTime is the GPU time of one kind of instruction in a run.
+type OpTime struct {
+	Kind   string
+	Count  int     // instructions of this kind per run
+	Micros float64 // their GPU time per run
 }

@@ -39,6 +39,7 @@ type Session struct {
 	decode  *Runner
 	prefill map[int]*Runner
 	stopID  int
+	exec    Executor // the model's executor when the session started (nil: CPU)
 }
 
 // LastStop is the stop id that ended the last Generate (-1 if none did).
@@ -47,9 +48,16 @@ func (s *Session) LastStop() int { return s.stopID }
 // NewSession starts an empty sequence with room for capacity positions (it grows as needed).
 func (m *Model) NewSession(capacity int) *Session {
 	c := m.Config
+	cache := func() *autograd.KVCache {
+		if m.Exec != nil {
+			return m.Exec.NewCache(c.NumHiddenLayers, max(capacity, 1), c.NumAttentionHeads, c.KVChannels)
+		}
+		return autograd.NewKVCache(c.NumHiddenLayers, 1, max(capacity, 1), c.NumAttentionHeads, c.KVChannels)
+	}
 	return &Session{
 		m:       m,
-		cache:   autograd.NewKVCache(c.NumHiddenLayers, 1, max(capacity, 1), c.NumAttentionHeads, c.KVChannels),
+		exec:    m.Exec,
+		cache:   cache(),
 		base:    c.RotaryEmbBase,
 		prefill: map[int]*Runner{},
 	}
@@ -67,6 +75,16 @@ func (s *Session) CacheBytes() int64 { return s.cache.Bytes() }
 // Feed appends ids to the sequence and returns the logits [vocab] that predict the token
 // after the last one. The first chunk fixes the rotary base (dynamic NTK from its length).
 func (s *Session) Feed(ids []int) ([]float32, error) {
+	r, err := s.feed(ids, true)
+	if err != nil {
+		return nil, err
+	}
+	return r.Logits(), nil
+}
+
+// feed runs ids through the model; without logits they stay on the device (an executor's
+// program samples from them).
+func (s *Session) feed(ids []int, logits bool) (*Runner, error) {
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("model: nothing to feed")
 	}
@@ -102,11 +120,12 @@ func (s *Session) Feed(ids []int) ([]float32, error) {
 	if cfg.UseLogNAttn {
 		st.LogNSeq = cfg.SeqLength
 	}
+	r.skipLogits = !logits
 	if err := r.Run(); err != nil {
 		return nil, err
 	}
 	s.tokens = append(s.tokens, ids...)
-	return r.Logits(), nil
+	return r, nil
 }
 
 func (s *Session) runner(n int) (*Runner, error) {
@@ -115,6 +134,9 @@ func (s *Session) runner(n int) (*Runner, error) {
 	}
 	if r, ok := s.prefill[n]; ok {
 		return r, nil
+	}
+	if s.m.Exec != s.exec {
+		return nil, fmt.Errorf("model: the session started on %s; the model's executor has changed", execName(s.exec))
 	}
 	r, err := s.m.NewRunner(1, n, Inference, true, false)
 	if err != nil {
@@ -132,8 +154,45 @@ func (s *Session) runner(n int) (*Runner, error) {
 	return r, nil
 }
 
-// Close releases the session's graphs.
+// DecodeStats describes the one-token program on an executor: launches per step, steps
+// replayed from a CUDA graph, and why capture failed if it did ("" on the CPU).
+func (s *Session) DecodeStats() string {
+	if s.decode == nil || s.decode.prog == nil {
+		return ""
+	}
+	l, g, err := s.decode.prog.Stats()
+	if err != nil {
+		return fmt.Sprintf("%d launches per token, no CUDA graph (%v)", l, err)
+	}
+	return fmt.Sprintf("%d launches per token captured in a CUDA graph, %d steps replayed", l, g)
+}
+
+// Profile times the session's last prompt program (prefill) or its one-token program on the
+// executor's device, instruction by instruction (reps runs at the current position).
+func (s *Session) Profile(prefill bool, reps int) ([]autograd.OpTime, error) {
+	r := s.decode
+	if prefill {
+		for _, pr := range s.prefill {
+			r = pr
+		}
+	}
+	if r == nil || r.prog == nil {
+		return nil, fmt.Errorf("model: no program on a device to profile")
+	}
+	pp, ok := r.prog.(interface {
+		Profile(int) ([]autograd.OpTime, error)
+	})
+	if !ok {
+		return nil, fmt.Errorf("model: %s cannot profile", execName(s.exec))
+	}
+	return pp.Profile(reps)
+}
+
+// Close releases the session's graphs (and its cache on a device).
 func (s *Session) Close() {
+	if s.exec != nil {
+		s.exec.ReleaseCache(s.cache)
+	}
 	if s.decode != nil {
 		s.decode.Close()
 	}
@@ -187,11 +246,14 @@ func (s *Session) Generate(ctx context.Context, prompt []int, opts GenerateOptio
 	seen := slices.Clone(prompt)
 	var out []int
 	s.stopID = -1
-	for len(out) < opts.MaxNewTokens {
+	if opts.MaxNewTokens <= 0 {
+		return out, StopLength, nil
+	}
+	id := opts.Sampler.Next(logits, seen)
+	for {
 		if ctx.Err() != nil {
 			return out, StopCancelled, nil
 		}
-		id := opts.Sampler.Next(logits, seen)
 		if slices.Contains(opts.Stop, id) {
 			s.stopID = id
 			return out, StopToken, nil
@@ -204,11 +266,38 @@ func (s *Session) Generate(ctx context.Context, prompt []int, opts GenerateOptio
 			}
 		}
 		if len(out) == opts.MaxNewTokens {
-			break
+			return out, StopLength, nil
 		}
-		if logits, err = s.Feed([]int{id}); err != nil {
+		if id, err = s.next(id, opts.Sampler, seen); err != nil {
 			return out, "", err
 		}
 	}
-	return out, StopLength, nil
+}
+
+// next feeds id and chooses the token after it: on the executor's device when there is one
+// (only the id comes back), else from the logits on the host.
+func (s *Session) next(id int, sampler *Sampler, seen []int) (int, error) {
+	if s.exec == nil {
+		logits, err := s.Feed([]int{id})
+		if err != nil {
+			return 0, err
+		}
+		return sampler.Next(logits, seen), nil
+	}
+	r, err := s.feed([]int{id}, false)
+	if err != nil {
+		return 0, err
+	}
+	u := 0.0
+	if !sampler.Greedy {
+		u = sampler.Uniform()
+	}
+	return r.prog.Sample(sampler.DeviceParams(), u, seen, sampler.Limit)
+}
+
+func execName(e Executor) string {
+	if e == nil {
+		return "the CPU"
+	}
+	return e.Name()
 }

@@ -52,7 +52,9 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 	case gptq != nil:
 		m, err = loadGPTQ(cfg, gptq, ck, opts)
 	default:
-		m, err = build(cfg, ck, opts)
+		if err = checkpoints.CheckModelTensors(cfg, ck); err == nil {
+			m, err = build(cfg, ck.Tensor, opts)
+		}
 	}
 	if err != nil {
 		ck.Close()
@@ -62,14 +64,12 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 	return m, nil
 }
 
-func build(cfg *checkpoints.Config, ck *checkpoints.Checkpoint, opts LoadOptions) (*Model, error) {
-	if err := checkpoints.CheckModelTensors(cfg, ck); err != nil {
-		return nil, err
-	}
+// build assembles the model from the tensors tensorOf returns by checkpoint name.
+func build(cfg *checkpoints.Config, tensorOf func(name string) (checkpoints.Tensor, error), opts LoadOptions) (*Model, error) {
 	specs := checkpoints.ModelTensors(cfg)
 	done := 0
 	param := func(name string) (*Param, error) {
-		t, err := ck.Tensor(name)
+		t, err := tensorOf(name)
 		if err != nil {
 			return nil, err
 		}

@@ -72,7 +72,9 @@ type Model struct {
 	Blocks    []*Block
 	Norm      *Param     // transformer.ln_f [H]
 	Head      Projection // lm_head [V, H]
-	close     func() error
+	// Exec, when set, runs inference graphs (Sessions, inference Runners) on an accelerator.
+	Exec  Executor
+	close func() error
 }
 
 // Forward builds the graph from token ids (g.Step.IDs) to logits [N, V], or to [batch, V]

@@ -13,6 +13,9 @@ type Runner struct {
 	logits, loss *G.Node
 	vm           G.VM
 	ran          bool
+	prog         Program   // set when the model's executor runs the graph
+	host         []float32 // the program's logits, downloaded after a run
+	skipLogits   bool      // the next run keeps its logits on the device (sampling there)
 }
 
 // NewRunner builds the forward graph; withLoss adds the cross-entropy against Step.Labels.
@@ -23,6 +26,12 @@ func (m *Model) NewRunner(batch, seq int, mode Mode, last, withLoss bool) (*Runn
 		return nil, err
 	}
 	r := &Runner{Graph: g, logits: logits}
+	if m.Exec != nil && mode == Inference && !withLoss {
+		if r.prog, err = m.Exec.Compile(g, logits); err != nil {
+			return nil, fmt.Errorf("model: %s: %w", m.Exec.Name(), err)
+		}
+		return r, nil
+	}
 	if withLoss {
 		if r.loss, err = g.Loss(logits); err != nil {
 			return nil, err
@@ -48,6 +57,19 @@ func (r *Runner) Run() error {
 	if st := r.Step; r.Mode != Inference && (st.LogNSeq > 0 || st.Base != nil || st.RotaryBase != r.Model.Config.RotaryEmbBase || st.Cache != nil) {
 		return fmt.Errorf("model: a training graph runs without dynamic NTK, LogN or a KV cache (Qwen applies them at inference only)")
 	}
+	if r.prog != nil {
+		r.host = nil
+		if err := r.prog.Run(); err != nil {
+			return fmt.Errorf("model: %w", err)
+		}
+		if !r.skipLogits {
+			var err error
+			if r.host, err = r.prog.Logits(); err != nil {
+				return fmt.Errorf("model: %w", err)
+			}
+		}
+		return nil
+	}
 	if r.ran {
 		r.vm.Reset()
 	}
@@ -61,6 +83,9 @@ func (r *Runner) Run() error {
 // Logits is the last run's logits, [rows, vocab] row-major (rows = batch*seq, or batch when
 // the runner keeps only the selected positions). The slice is the runner's: copy it to keep it.
 func (r *Runner) Logits() []float32 {
+	if r.prog != nil {
+		return r.host
+	}
 	return r.logits.Value().Data().([]float32)
 }
 
@@ -79,7 +104,12 @@ func (r *Runner) Loss() (float64, error) {
 }
 
 // Close releases the compiled graph.
-func (r *Runner) Close() error { return r.vm.Close() }
+func (r *Runner) Close() error {
+	if r.prog != nil {
+		return r.prog.Close()
+	}
+	return r.vm.Close()
+}
 
 // SetBatch fills the Step with ids, labels (nil for none) and a key mask (nil: all real).
 func (r *Runner) SetBatch(ids, labels []int32, mask []bool) {

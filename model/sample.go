@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 )
 
@@ -34,6 +35,14 @@ func NewSampler(g checkpoints.GenerationConfig, seed uint64) *Sampler {
 		Greedy: !g.DoSample || g.Temperature == 0, Temperature: g.Temperature, TopK: g.TopK, TopP: g.TopP,
 		RepetitionPenalty: g.RepetitionPenalty, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 	}
+}
+
+// Uniform is the sampler's next uniform draw in [0, 1), as Next takes one per sampled token.
+func (s *Sampler) Uniform() float64 { return s.rng.Float64() }
+
+// DeviceParams are the settings for an executor's on-device sampler.
+func (s *Sampler) DeviceParams() autograd.SampleParams {
+	return autograd.SampleParams{Greedy: s.Greedy, Temperature: s.Temperature, TopK: s.TopK, TopP: s.TopP, RepetitionPenalty: s.RepetitionPenalty}
 }
 
 // Penalize applies the repetition penalty to scores in place.
@@ -93,6 +102,16 @@ func (s *Sampler) Filter(scores []float64) {
 
 // Next chooses the token after logits, given every id already in the sequence.
 func (s *Sampler) Next(logits []float32, seen []int) int {
+	u := 0.0
+	if !s.Greedy {
+		u = s.rng.Float64()
+	}
+	return s.NextWith(logits, seen, u)
+}
+
+// NextWith is Next with the uniform draw u given (greedy ignores it): what an executor's
+// on-device sampler computes.
+func (s *Sampler) NextWith(logits []float32, seen []int, u float64) int {
 	s.scores = s.scores[:0]
 	for _, v := range logits {
 		s.scores = append(s.scores, float64(v))
@@ -110,9 +129,13 @@ func (s *Sampler) Next(logits []float32, seen []int) int {
 		}
 		return best
 	}
+	return s.draw(u)
+}
+
+// draw filters s.scores and picks by u in index order.
+func (s *Sampler) draw(u float64) int {
 	s.Filter(s.scores)
 	probs := softmax(s.scores)
-	u := s.rng.Float64()
 	var cum float64
 	last := 0
 	for i, p := range probs {

@@ -86,6 +86,28 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
+	tensors := randomTensors(cfg, o, ordinary)
+	meta := map[string]string{"qwen_tune.kind": "tiny-random", "qwen_tune.seed": strconv.FormatUint(o.Seed, 10)}
+	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
+		return nil, err
+	}
+	if err := writeBytes(filepath.Join(dir, tokenizer.VocabFile), vocab); err != nil {
+		return nil, err
+	}
+	gen := checkpoints.ChatGenerationConfig()
+	gen.EOSTokenID, gen.PadTokenID = ordinary, ordinary // <|endoftext|> follows the ordinary tokens
+	if err := checkpoints.WriteJSON(filepath.Join(dir, "generation_config.json"), gen); err != nil {
+		return nil, err
+	}
+	// config.json last: its presence marks a complete model directory.
+	if err := checkpoints.WriteJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// randomTensors are the model's tensors with generators of random bf16 values.
+func randomTensors(cfg *checkpoints.Config, o TinyOptions, ordinary int) []checkpoints.Tensor {
 	var tensors []checkpoints.Tensor
 	for i, s := range checkpoints.ModelTensors(cfg) {
 		norm := len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") // RMSNorm weights start at one
@@ -104,23 +126,37 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 		}
 		tensors = append(tensors, checkpoints.Tensor{Name: s.Name, DType: checkpoints.BF16, Shape: s.Shape, Gen: randomBF16(o.Seed, uint64(i), norm, std)})
 	}
-	meta := map[string]string{"qwen_tune.kind": "tiny-random", "qwen_tune.seed": strconv.FormatUint(o.Seed, 10)}
-	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
+	return tensors
+}
+
+// RandomModel is WriteTiny's model held in memory (no directory, no vocabulary): the weights
+// are generated in parallel, for benchmarks of a named shape.
+func RandomModel(o TinyOptions) (*Model, error) {
+	ordinary := o.VocabRanks
+	if ordinary <= 0 || ordinary > tokenizer.DemoRanks {
+		ordinary = tokenizer.DemoRanks
+	}
+	cfg := TinyConfig(o, ordinary)
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := writeBytes(filepath.Join(dir, tokenizer.VocabFile), vocab); err != nil {
+	if err := CheckMemory(WeightBytes(cfg), fmt.Sprintf("a random model of %d parameters in bf16", cfg.ParamCount())); err != nil {
 		return nil, err
 	}
-	gen := checkpoints.ChatGenerationConfig()
-	gen.EOSTokenID, gen.PadTokenID = ordinary, ordinary // <|endoftext|> follows the ordinary tokens
-	if err := checkpoints.WriteJSON(filepath.Join(dir, "generation_config.json"), gen); err != nil {
-		return nil, err
+	byName := map[string]checkpoints.Tensor{}
+	for _, t := range randomTensors(cfg, o, ordinary) {
+		t.Data = make([]byte, t.ByteSize())
+		t.Gen(t.Data, 0)
+		t.Gen = nil
+		byName[t.Name] = t
 	}
-	// config.json last: its presence marks a complete model directory.
-	if err := checkpoints.WriteJSON(filepath.Join(dir, "config.json"), cfg); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return build(cfg, func(name string) (checkpoints.Tensor, error) {
+		t, ok := byName[name]
+		if !ok {
+			return t, fmt.Errorf("model: no tensor %s", name)
+		}
+		return t, nil
+	}, LoadOptions{})
 }
 
 // genBlock is how many elements share one random stream: blocks are generated in parallel

@@ -40,3 +40,10 @@ __device__ __forceinline__ float block_max(float v, float* shared32) {
     __syncthreads();
     return v;
 }
+
+// to_bf16 rounds to the nearest bf16, ties to even (NaN stays NaN), as the host does.
+__device__ __forceinline__ unsigned short to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffff) > 0x7f800000) return (unsigned short)((u >> 16) | 0x40);
+    return (unsigned short)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}

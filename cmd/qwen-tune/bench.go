@@ -8,35 +8,65 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
 func newBenchCmd() *cobra.Command {
 	var (
-		modelDir             string
-		promptLen, newTokens int
-		rounds               int
-		asJSON               bool
+		modelDir, shape, device string
+		opts                    = model.BenchOptions{Seed: 1}
+		asJSON                  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench --model DIR",
-		Short: "Measure load time, prefill and decode speed, and peak memory",
-		Long: `bench loads a model, prefills a random prompt of --prompt-len tokens (the fastest of
---rounds runs), then decodes --new-tokens tokens greedily one at a time with the KV cache, and
-reports tokens per second, the KV cache size and the process's peak resident memory. bf16
-weights stay bf16 in memory, read from the memory-mapped checkpoint.`,
-		Example: `  qwen-tune init --tiny --shape qwen-7b --layers 2 --out qwen7b-2layers
+		Use:   "bench (--model DIR | --shape qwen-7b)",
+		Short: "Measure prefill and decode speed, memory and the decode floor",
+		Long: `bench prefills a random prompt of --prompt-len tokens (the fastest of --rounds runs),
+then decodes --new-tokens tokens greedily, batch 1, one at a time with the KV cache, after
+--decode-after positions, and reports tokens per second, the KV cache, peak host memory (RSS)
+and, on a GPU, peak device memory. It also measures the memory copy bandwidth where the model
+runs: reading every weight once per token bounds decoding at bandwidth / weight bytes (the
+decode floor), and the decode speed is reported as a fraction of it.
+
+--model DIR benchmarks a checkpoint (bf16 weights stay bf16, memory-mapped); --shape qwen-7b
+benchmarks random bf16 weights of Qwen-7B's exact configuration generated in memory (15.4 GB).
+--cache sets the KV cache capacity (e.g. 8192 to see the memory of a long context).`,
+		Example: `  qwen-tune bench --shape qwen-7b --device cuda --cache 8192 --json
+  qwen-tune init --tiny --shape qwen-7b --layers 2 --out qwen7b-2layers
   qwen-tune bench --model qwen7b-2layers --prompt-len 128 --new-tokens 16`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (modelDir == "") == (shape == "") {
+				return fmt.Errorf("give exactly one of --model DIR and --shape qwen-7b")
+			}
 			start := time.Now()
-			in, err := openInference(cmd, modelDir, false)
+			var m *model.Model
+			name := modelDir
+			if shape != "" {
+				if shape != "qwen-7b" {
+					return fmt.Errorf("--shape %q: the only named shape is qwen-7b", shape)
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), "generating random bf16 weights of Qwen-7B's shape (15.4 GB)")
+				var err error
+				if m, err = model.RandomModel(model.Qwen7BShape()); err != nil {
+					return err
+				}
+				name = "random weights, shape qwen-7b"
+			} else {
+				in, err := openInference(cmd, modelDir, false)
+				if err != nil {
+					return err
+				}
+				m = in.m
+			}
+			defer m.Close()
+			release, err := useDevice(cmd, m, device)
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer release()
 			load, loadRSS := time.Since(start).Seconds(), model.PeakRSS()
-			res, err := model.MeasureThroughput(in.m, promptLen, newTokens, rounds, 1)
+			res, err := model.MeasureThroughput(m, opts)
 			if err != nil {
 				return err
 			}
@@ -47,28 +77,62 @@ weights stay bf16 in memory, read from the memory-mapped checkpoint.`,
 					model.Throughput
 					Model   string `json:"model"`
 					Threads int    `json:"threads"`
-				}{res, modelDir, runtime.GOMAXPROCS(0)})
+				}{res, name, runtime.GOMAXPROCS(0)})
 				if err != nil {
 					return err
 				}
 				_, err = fmt.Fprintln(out, string(b))
 				return err
 			}
-			c := in.m.Config
-			fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d, %.2f GB of weights\n", modelDir, c.NumHiddenLayers, c.HiddenSize, c.VocabSize, float64(res.WeightsBytes)/1e9)
-			fmt.Fprintf(out, "load       %.2f s (memory-mapped), peak RSS after loading %.2f GiB\n", res.LoadSec, float64(res.LoadRSSBytes)/(1<<30))
-			fmt.Fprintf(out, "prefill    %d tokens in %.3f s: %.1f tokens/s\n", res.PromptTokens, res.PrefillSec, res.PrefillTokS)
-			fmt.Fprintf(out, "decode     %d tokens in %.3f s: %.2f tokens/s\n", res.NewTokens, res.DecodeSec, res.DecodeTokS)
-			fmt.Fprintf(out, "kv cache   %.1f MiB\n", float64(res.KVCacheBytes)/(1<<20))
-			fmt.Fprintf(out, "peak RSS   %.2f GiB (%d threads)\n", float64(res.PeakRSSBytes)/(1<<30), runtime.GOMAXPROCS(0))
+			c := m.Config
+			gib := func(b int64) float64 { return float64(b) / (1 << 30) }
+			fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d, %.2f GB of weights\n", name, c.NumHiddenLayers, c.HiddenSize, c.VocabSize, float64(res.WeightsBytes)/1e9)
+			fmt.Fprintf(out, "device     %s\n", res.Device)
+			fmt.Fprintf(out, "load       %.2f s, peak RSS after loading %.2f GiB\n", res.LoadSec, gib(res.LoadRSSBytes))
+			if res.PromptTokens > 0 {
+				fmt.Fprintf(out, "prefill    %d tokens in %.4f s: %.1f tokens/s\n", res.PromptTokens, res.PrefillSec, res.PrefillTokS)
+			}
+			if res.NewTokens > 0 {
+				fmt.Fprintf(out, "decode     %d tokens after %d in %.3f s: %.2f tokens/s, %.0f%% of the floor\n", res.NewTokens, res.DecodeAfter, res.DecodeSec, res.DecodeTokS, 100*res.FloorFraction)
+			}
+			if res.DecodeStats != "" {
+				fmt.Fprintf(out, "decode     %s\n", res.DecodeStats)
+			}
+			fmt.Fprintf(out, "floor      copy bandwidth %.0f GB/s (read + write) / %.2f GB of weights = %.2f tokens/s\n", res.CopyGBs, float64(res.WeightsBytes)/1e9, res.FloorTokS)
+			fmt.Fprintf(out, "kv cache   %.1f MiB for %d positions\n", float64(res.KVCacheBytes)/(1<<20), res.CachePos)
+			if res.PeakDevBytes > 0 {
+				fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers\n", gib(res.PeakDevBytes))
+			}
+			fmt.Fprintf(out, "peak RSS   %.2f GiB (%d threads)\n", gib(res.PeakRSSBytes), runtime.GOMAXPROCS(0))
+			for _, pr := range []struct {
+				what string
+				ops  []autograd.OpTime
+			}{{"prefill", res.PrefillProfile}, {"decode step", res.DecodeProfile}} {
+				if len(pr.ops) == 0 {
+					continue
+				}
+				total := 0.0
+				for _, o := range pr.ops {
+					total += o.Micros
+				}
+				fmt.Fprintf(out, "profile of the %s (GPU time, %.0f us in all):\n", pr.what, total)
+				for _, o := range pr.ops {
+					fmt.Fprintf(out, "  %9.1f us  %5.1f%%  %4d x  %s\n", o.Micros, 100*o.Micros/total, o.Count, o.Kind)
+				}
+			}
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&modelDir, "model", "", "model directory")
-	f.IntVar(&promptLen, "prompt-len", 128, "prompt tokens to prefill")
-	f.IntVar(&newTokens, "new-tokens", 32, "tokens to decode")
-	f.IntVar(&rounds, "rounds", 1, "prefill repetitions (the fastest is reported)")
+	f.StringVar(&shape, "shape", "", "benchmark random weights of a named shape instead: qwen-7b")
+	f.IntVar(&opts.PromptLen, "prompt-len", 2048, "tokens to prefill (0: skip)")
+	f.IntVar(&opts.NewTokens, "new-tokens", 512, "tokens to decode (0: skip)")
+	f.IntVar(&opts.DecodeAfter, "decode-after", 1, "positions in the cache when decoding starts")
+	f.IntVar(&opts.Rounds, "rounds", 1, "prefill repetitions (the fastest is reported)")
+	f.IntVar(&opts.Cache, "cache", 0, "KV cache capacity in positions (default: what the runs need)")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON object")
+	f.BoolVar(&opts.Profile, "profile", false, "on a GPU, also time every kind of instruction of the prefill and of a decode step")
+	registerDevice(f, &device)
 	return cmd
 }

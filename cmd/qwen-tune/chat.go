@@ -39,11 +39,11 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
   qwen-tune chat --model DIR --prompt 'Write a haiku about Go' --greedy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := openWithAdapter(cmd, modelDir, adapterDir, true)
+			in, err := openOnDevice(cmd, modelDir, adapterDir, true, flags.device)
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer in.close()
 			g, seed, err := flags.settings(cmd.Flags(), *in.gen)
 			if err != nil {
 				return err

@@ -40,11 +40,11 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 			if (prompt == "") == (promptIDs == "") {
 				return fmt.Errorf("give exactly one of --prompt TEXT and --prompt-ids 1,2,3")
 			}
-			in, err := openWithAdapter(cmd, modelDir, adapterDir, prompt != "")
+			in, err := openOnDevice(cmd, modelDir, adapterDir, prompt != "", flags.device)
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer in.close()
 			g, seed, err := flags.settings(cmd.Flags(), *in.gen)
 			if err != nil {
 				return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -205,5 +206,58 @@ func TestInitShapePreset(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("config.json lacks %s:\n%s", want, b)
 		}
+	}
+}
+
+// TestDeviceFlag: the CPU build runs --device cpu, refuses --device cuda with how to get a
+// CUDA build, and rejects other names.
+func TestDeviceFlag(t *testing.T) {
+	dir := tinyModel(t)
+	out, errOut, code := qt(t, "", "generate", "--model", dir, "--prompt-ids", "1,2,3", "--max-new-tokens", "2", "--greedy", "--json", "--device", "cpu")
+	if code != 0 || !strings.Contains(errOut, "device: cpu") || !strings.Contains(out, `"finish_reason"`) {
+		t.Fatalf("--device cpu: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	_, errOut, code = qt(t, "", "generate", "--model", dir, "--prompt-ids", "1,2,3", "--device", "cuda")
+	if code == 0 || !strings.Contains(errOut, "-tags qtcuda") {
+		t.Fatalf("--device cuda in the CPU build: code %d, stderr %q", code, errOut)
+	}
+	_, errOut, code = qt(t, "", "chat", "--model", dir, "--prompt", "hi", "--device", "tpu")
+	if code == 0 || !strings.Contains(errOut, "use cpu or cuda") {
+		t.Fatalf("--device tpu: code %d, stderr %q", code, errOut)
+	}
+}
+
+// TestBenchJSON: bench on the CPU reports prefill, decode after one position, the copy
+// bandwidth and the decode floor it implies.
+func TestBenchJSON(t *testing.T) {
+	dir := tinyModel(t)
+	out, errOut, code := qt(t, "", "bench", "--model", dir, "--prompt-len", "64", "--new-tokens", "8", "--json")
+	if code != 0 {
+		t.Fatalf("bench: code %d, stderr %q", code, errOut)
+	}
+	var res struct {
+		Device      string  `json:"device"`
+		Prompt      int     `json:"prompt_tokens"`
+		New         int     `json:"new_tokens"`
+		After       int     `json:"decode_after"`
+		Prefill     float64 `json:"prefill_tokens_per_s"`
+		Decode      float64 `json:"decode_tokens_per_s"`
+		Copy        float64 `json:"copy_gb_per_s"`
+		Floor       float64 `json:"decode_floor_tokens_per_s"`
+		Fraction    float64 `json:"decode_fraction_of_floor"`
+		WeightBytes int64   `json:"weights_bytes"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench --json printed %q: %v", out, err)
+	}
+	if res.Device != "cpu" || res.Prompt != 64 || res.New != 8 || res.After != 1 || res.Prefill <= 0 || res.Decode <= 0 || res.Copy <= 0 {
+		t.Fatalf("bench result %+v", res)
+	}
+	floor := res.Copy * 1e9 / float64(res.WeightBytes)
+	if math.Abs(res.Floor-floor) > 1e-6*floor || math.Abs(res.Fraction-res.Decode/res.Floor) > 1e-9 {
+		t.Fatalf("floor %g (want %g), fraction %g (want %g)", res.Floor, floor, res.Fraction, res.Decode/res.Floor)
+	}
+	if _, errOut, code := qt(t, "", "bench", "--shape", "qwen-3"); code == 0 || !strings.Contains(errOut, "qwen-7b") {
+		t.Fatalf("bench --shape qwen-3: code %d, stderr %q", code, errOut)
 	}
 }

@@ -20,9 +20,31 @@ import (
 // inference is a model directory opened to run: weights, generation settings and, when the
 // directory has one, the vocabulary.
 type inference struct {
-	m   *model.Model
-	gen *checkpoints.GenerationConfig
-	tok *tokenizer.Tokenizer
+	m       *model.Model
+	gen     *checkpoints.GenerationConfig
+	tok     *tokenizer.Tokenizer
+	release func() // gives the device back (openOnDevice)
+}
+
+// openOnDevice is openWithAdapter with the model put on the named --device.
+func openOnDevice(cmd *cobra.Command, dir, adapter string, needTokenizer bool, device string) (*inference, error) {
+	in, err := openWithAdapter(cmd, dir, adapter, needTokenizer)
+	if err != nil {
+		return nil, err
+	}
+	if in.release, err = useDevice(cmd, in.m, device); err != nil {
+		in.m.Close()
+		return nil, err
+	}
+	return in, nil
+}
+
+// close gives the device back and unmaps the weights.
+func (in *inference) close() {
+	if in.release != nil {
+		in.release()
+	}
+	in.m.Close()
 }
 
 // isTerminal reports whether w is a character device (a terminal), where progress bars go.
@@ -107,6 +129,7 @@ type genFlags struct {
 	topK, maxNewTokens                   int
 	seed                                 uint64
 	greedy                               bool
+	device                               string
 }
 
 func (f *genFlags) register(fs *pflag.FlagSet) {
@@ -117,6 +140,7 @@ func (f *genFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxNewTokens, "max-new-tokens", 0, "most tokens to generate (default: generation_config.json)")
 	fs.Uint64Var(&f.seed, "seed", 0, "random seed for sampling (default: from the clock)")
 	fs.BoolVar(&f.greedy, "greedy", false, "always take the most likely token (no sampling)")
+	registerDevice(fs, &f.device)
 }
 
 // settings merges the flags that were set into the model's generation config.

@@ -1,0 +1,1000 @@
+//go:build qtcuda
+
+package autograd
+
+// The executor: a gorgonia graph of this package's ops compiled into a list of kernel
+// launches on one GPU. Compile walks the graph in topological order and turns every node
+// into device work by its op type; parameters are uploaded once (bf16, shared between the
+// programs of one Device); activations get buffers planned from the graph's liveness, so a
+// buffer is reused as soon as the last node reading it has run, and a run allocates nothing.
+// SplitHeads becomes a view (offset and row stride into the fused qkv projection), the
+// residual adds run in place, an add followed by an RMSNorm is one fused launch. The KV cache
+// of the Step lives on the device in bf16.
+//
+// Inference graphs only (no gradients, no dropout); batch 1 with no padding mask; the
+// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA or Int4:
+// merge adapters first (qwen-tune merge).
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"unsafe"
+
+	"gorgonia.org/cu"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+)
+
+// deviceCache is a KVCache's contents on the device: per layer bf16 [max, width].
+type deviceCache struct {
+	max, width int
+	k, v       []*Buffer
+}
+
+func (c *deviceCache) free(d *Device) {
+	for l := range c.k {
+		d.Free(c.k[l])
+		d.Free(c.v[l])
+	}
+}
+
+// cacheFor returns c's device storage, growing it (contents kept) to c.Max positions.
+func (d *Device) cacheFor(c *KVCache) (*deviceCache, error) {
+	if c.Batch != 1 {
+		return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (KV cache of %d rows)", c.Batch)
+	}
+	dc := d.caches[c]
+	if dc != nil && dc.max >= c.Max {
+		return dc, nil
+	}
+	width := c.Heads * c.HeadDim
+	next := &deviceCache{max: c.Max, width: width, k: make([]*Buffer, len(c.K)), v: make([]*Buffer, len(c.K))}
+	for l := range next.k {
+		for _, b := range []**Buffer{&next.k[l], &next.v[l]} {
+			var err error
+			if *b, err = d.Alloc(int64(c.Max*width*2), fmt.Sprintf("KV cache, layer %d (%d positions)", l, c.Max)); err != nil {
+				next.free(d)
+				return nil, err
+			}
+		}
+		if dc != nil {
+			n := int64(dc.max * width * 2)
+			if err := cudaErr("cuMemcpyDtoD(KV cache)", cu.MemcpyDtoD(next.k[l].Ptr, dc.k[l].Ptr, n)); err != nil {
+				return nil, err
+			}
+			if err := cudaErr("cuMemcpyDtoD(KV cache)", cu.MemcpyDtoD(next.v[l].Ptr, dc.v[l].Ptr, n)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if dc != nil {
+		dc.free(d)
+	}
+	d.caches[c] = next
+	return next, nil
+}
+
+// ReleaseCache frees c's device storage.
+func (d *Device) ReleaseCache(c *KVCache) {
+	if dc := d.caches[c]; dc != nil {
+		dc.free(d)
+		delete(d.caches, c)
+	}
+}
+
+// weight uploads a parameter once per Device: bf16 as is, float32 rounded to bf16.
+func (d *Device) weight(n *G.Node) (*Buffer, error) {
+	v, ok := n.Value().(*tensor.Dense)
+	if !ok || v.Size() == 0 {
+		return nil, fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
+	}
+	key := uintptr(v.Uintptr())
+	if b := d.weights[key]; b != nil {
+		return b, nil
+	}
+	var b *Buffer
+	var err error
+	switch data := v.Data().(type) {
+	case []uint16:
+		b, err = Upload(d, data, n.Name())
+	case []float32:
+		bf := make([]uint16, len(data))
+		for i, f := range data {
+			bf[i] = bf16Round(f)
+		}
+		b, err = Upload(d, bf, n.Name())
+	default:
+		return nil, fmt.Errorf("autograd: parameter %s of type %v cannot run on the GPU", n.Name(), v.Dtype())
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.weights[key] = b
+	return b, nil
+}
+
+// ReleaseWeights frees every uploaded parameter.
+func (d *Device) ReleaseWeights() {
+	for k, b := range d.weights {
+		d.Free(b)
+		delete(d.weights, k)
+	}
+}
+
+func bf16Round(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40
+	}
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// value is where a node's result lives: rows of cols elements (float32, or bf16 when bf16),
+// stride elements apart, starting off bytes into buf. A lazy value has no launch of its
+// own: its consumer fuses it (a rotary of q or k into the KV-cache append, an up or gate
+// projection into the fused SwiGLU GEMV).
+type value struct {
+	buf        *Buffer
+	off        int64
+	rows, cols int
+	stride     int
+	bf16       bool
+	root       *G.Node // the node that owns buf (itself unless a view)
+	param      bool
+	lazy       int
+	x, w       *value // a lazy projection's input and weight
+}
+
+const (
+	lazyRotary = 1 + iota
+	lazyLinear
+)
+
+func (v value) ptr() *Buffer {
+	return &Buffer{Ptr: v.buf.Ptr + cu.DevicePtr(v.off), Bytes: v.buf.Bytes - v.off}
+}
+
+// Program is a compiled graph: run it after updating its Step.
+type Program struct {
+	d     *Device
+	step  *Step
+	ins   []func() error
+	names []string
+	kinds []string // op and output shape, for Profile
+	out   value
+	owned []*Buffer
+	ids   *Buffer // [N] int32
+	base  *Buffer // [1] float64
+	pos   *Buffer // [1] int32: the first new position (Step.Past), read by the decode kernels
+	// invFreq [dim/2] is InvFreq(freqBase, dim), refreshed when the step's rotary base changes
+	invFreq  *Buffer
+	freqBase float64
+	freqDim  int
+	idsBuf   []int32
+	// a one-token program replays its launches as a CUDA graph, captured for one cache
+	// allocation (cache growth captures again)
+	graphable, hasAttention bool
+	parts                   *DecodeParts
+	graph                   *cudaGraph
+	graphKey                [2]any
+	// GraphErr is why this program runs without a CUDA graph, if capture failed.
+	GraphErr error
+	// Graphed counts runs replayed from a CUDA graph.
+	Graphed int
+
+	logits                []float32
+	sampleOut, work, seen *Buffer
+	seenHost              []bool
+	seenIDs               []int
+	Launches              int // kernel launches per run
+}
+
+// planner hands out activation buffers, reusing released ones: the smallest free buffer
+// that fits and is at most twice the request.
+type planner struct {
+	d     *Device
+	free  map[int64][]*Buffer
+	owned []*Buffer
+}
+
+func (p *planner) get(bytes int64, what string) (*Buffer, error) {
+	best := int64(-1)
+	for size, l := range p.free {
+		if len(l) > 0 && size >= bytes && size <= 2*bytes && (best < 0 || size < best) {
+			best = size
+		}
+	}
+	if best >= 0 {
+		l := p.free[best]
+		p.free[best] = l[:len(l)-1]
+		return l[len(l)-1], nil
+	}
+	b, err := p.d.Alloc(bytes, what)
+	if err == nil {
+		p.owned = append(p.owned, b)
+	}
+	return b, err
+}
+
+func (p *planner) put(b *Buffer) { p.free[b.Bytes] = append(p.free[b.Bytes], b) }
+
+// Compile turns the graph that computes out into a Program reading step.
+func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program, err error) {
+	sorted, err := G.Sort(g)
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(sorted)
+	pos := map[*G.Node]int{}
+	kids := map[*G.Node][]*G.Node{}
+	users := map[*G.Node][]*G.Node{}
+	for i, n := range sorted {
+		pos[n] = i
+		kids[n] = children(g, n)
+		for _, c := range kids[n] {
+			users[c] = append(users[c], n)
+		}
+	}
+	vals := map[*G.Node]*value{}
+	lastUse := map[*G.Node]int{} // of a buffer's owner: the last node reading it or its views
+	pl := &planner{d: d, free: map[int64][]*Buffer{}}
+	p := &Program{d: d, step: step}
+	defer func() {
+		if err != nil {
+			for _, b := range p.owned {
+				d.Free(b)
+			}
+			for _, b := range pl.owned {
+				d.Free(b)
+			}
+		}
+	}()
+	n0 := step.Batch * step.Seq
+	if p.ids, err = d.Alloc(int64(max(n0, 1))*4, "token ids"); err != nil {
+		return nil, err
+	}
+	p.owned = append(p.owned, p.ids)
+	if p.base, err = d.Alloc(8, "rotary base"); err != nil {
+		return nil, err
+	}
+	p.owned = append(p.owned, p.base)
+	if p.pos, err = d.Alloc(4, "position"); err != nil {
+		return nil, err
+	}
+	p.owned = append(p.owned, p.pos)
+	p.graphable = step.Batch == 1 && step.Seq == 1
+	rootOf := map[*G.Node]*G.Node{}
+	root := func(n *G.Node) *G.Node {
+		if r, ok := rootOf[n]; ok {
+			return r
+		}
+		return n
+	}
+	for i, n := range sorted {
+		if _, ok := n.Op().(*splitHeadsOp); ok {
+			rootOf[n] = root(kids[n][0])
+		}
+		for _, c := range kids[n] {
+			lastUse[root(c)] = i
+		}
+	}
+	lastUse[out] = len(sorted)
+	isLinear := func(n *G.Node) (*linearOp, bool) {
+		o, ok := n.Op().(*linearOp)
+		return o, ok && (o.scale == 0 || o.scale == 1)
+	}
+	rowsOf := func(n *G.Node) int {
+		s := n.Shape()
+		if len(s) == 2 {
+			return s[0]
+		}
+		return s[0] * s[1]
+	}
+	// feedsGEMMs: every reader of n is a projection taking it as input with more than one
+	// row, so n can be produced in bf16 directly (no float32 copy, no conversion pass).
+	feedsGEMMs := func(n *G.Node) bool {
+		if n == out || rowsOf(n) < 2 || len(users[n]) == 0 {
+			return false
+		}
+		for _, u := range users[n] {
+			if _, ok := isLinear(u); !ok || kids[u][0] != n {
+				return false
+			}
+		}
+		return true
+	}
+	// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill): the up and
+	// gate GEMMs then write bf16 as transformers does, halving the MLP's largest buffers.
+	feedsSwiGLU := func(n *G.Node) bool {
+		if rowsOf(n) < 2 || len(users[n]) != 1 {
+			return false
+		}
+		sw, ok := users[n][0].Op().(*swigluOp)
+		return ok && sw.grad == 0 && feedsGEMMs(users[n][0])
+	}
+	alloc := func(n *G.Node, rows, cols int, bf bool) (*value, error) {
+		elem := int64(4)
+		if bf {
+			elem = 2
+		}
+		b, err := pl.get(int64(rows*cols)*elem, fmt.Sprintf("%s [%d, %d]", n.Op(), rows, cols))
+		if err != nil {
+			return nil, err
+		}
+		v := &value{buf: b, rows: rows, cols: cols, stride: cols, root: n, bf16: bf}
+		vals[n] = v
+		return v, nil
+	}
+	released := map[*G.Node]bool{}
+	// dies reports whether input c of node i is a float32 activation nobody reads later,
+	// whose buffer the node may overwrite.
+	dies := func(i int, c *G.Node) bool {
+		v := vals[c]
+		return v != nil && !v.param && v.lazy == 0 && !v.bf16 && v.off == 0 && v.root == c && lastUse[c] == i && c != out
+	}
+	// inPlace makes n's result live in c's buffer.
+	inPlace := func(n, c *G.Node) *value {
+		v := vals[c]
+		released[c] = true // n owns the buffer now
+		nv := &value{buf: v.buf, rows: v.rows, cols: v.cols, stride: v.cols, root: n}
+		vals[n] = nv
+		return nv
+	}
+	release := func(i int, n *G.Node) {
+		for _, c := range kids[n] {
+			r := root(c)
+			if v := vals[r]; v != nil && !v.param && v.lazy == 0 && lastUse[r] == i && r != out && !released[r] {
+				released[r] = true // the closures keep v.buf: later nodes may write it
+				pl.put(v.buf)
+			}
+		}
+	}
+	var cur *G.Node
+	emit := func(name string, f func() error) {
+		p.ins = append(p.ins, f)
+		p.names = append(p.names, name)
+		p.kinds = append(p.kinds, fmt.Sprintf("%s -> %v", strings.TrimSuffix(name, fmt.Sprintf(" (%s)", cur.Name())), cur.Shape()))
+	}
+	type addInfo struct {
+		node  *G.Node
+		index int
+		x, r  *value
+		cnt   int64
+	}
+	var lastAdd addInfo
+	scale := float32(0)
+	for i, n := range sorted {
+		if n.Op() == nil {
+			if n.Value() == nil {
+				return nil, fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
+			}
+			b, err := d.weight(n)
+			if err != nil {
+				return nil, err
+			}
+			s := n.Shape()
+			rows, cols := 1, s[len(s)-1]
+			if len(s) == 2 {
+				rows = s[0]
+			}
+			vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, bf16: true, root: n, param: true}
+			continue
+		}
+		in := make([]*value, len(kids[n]))
+		for j, c := range kids[n] {
+			if in[j] = vals[c]; in[j] == nil {
+				return nil, fmt.Errorf("autograd: node %s reads %s, which the GPU executor did not place", n.Name(), c.Name())
+			}
+		}
+		what := fmt.Sprintf("%s (%s)", n.Op(), n.Name())
+		cur = n
+		switch o := n.Op().(type) {
+		case *gatherOp:
+			switch o.name {
+			case "Embedding":
+				w := in[0]
+				y, err := alloc(n, o.n, w.cols, false)
+				if err != nil {
+					return nil, err
+				}
+				vocab, h := w.rows, w.cols
+				cnt := o.n
+				emit(what, func() error { return d.GatherBF16(y.buf, w.buf, p.ids, cnt, h, vocab) })
+			case "SelectRows":
+				x := in[0]
+				y, err := alloc(n, o.n, x.cols, false)
+				if err != nil {
+					return nil, err
+				}
+				emit(what, func() error {
+					for b, r := range o.index() {
+						if r < 0 {
+							return fmt.Errorf("autograd: SelectRows: row %d selects no position", b)
+						}
+						src := x.ptr().Ptr + cu.DevicePtr(int64(r)*int64(x.stride)*4)
+						if err := d.copyDtoD(y.buf.Ptr+cu.DevicePtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			default:
+				return nil, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter first)", o.name)
+			}
+		case *rmsNormOp:
+			x, w := in[0], in[1]
+			if x.bf16 || x.stride != x.cols {
+				return nil, fmt.Errorf("autograd: RMSNorm of a bf16 or strided input")
+			}
+			eps := float32(o.eps)
+			bf := feedsGEMMs(n)
+			y, err := alloc(n, x.rows, x.cols, bf)
+			if err != nil {
+				return nil, err
+			}
+			rows, h := x.rows, x.cols
+			if la := lastAdd; la.node == kids[n][0] && la.index == len(p.ins)-1 {
+				// the residual add just emitted (in place into la.x) fused with this norm
+				p.ins, p.names, p.kinds = p.ins[:la.index], p.names[:la.index], p.kinds[:la.index]
+				emit(what+" with the residual add", func() error {
+					if bf {
+						return d.AddRMSNormBF16Out(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
+					}
+					return d.AddRMSNormBF16(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
+				})
+				break
+			}
+			emit(what, func() error {
+				if bf {
+					return d.RMSNormBF16Out(y.buf, x.ptr(), w.buf, rows, h, eps)
+				}
+				return d.RMSNormBF16(y.buf, x.ptr(), w.buf, rows, h, eps)
+			})
+		case *linearOp:
+			if o.scale != 0 && o.scale != 1 {
+				return nil, fmt.Errorf("autograd: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
+			}
+			x, w := in[0], in[1]
+			var bias *value
+			if len(in) == 3 {
+				bias = in[2]
+			}
+			rows, k, nOut := x.rows, x.cols, w.rows
+			if rows == 1 && bias == nil && len(users[n]) == 1 {
+				// up or gate projection of a one-token step: fused into the SwiGLU GEMV
+				if sw, ok := users[n][0].Op().(*swigluOp); ok && sw.grad == 0 {
+					pair := kids[users[n][0]]
+					if len(pair) == 2 && pair[0] != pair[1] {
+						if o1, ok1 := isLinear(pair[0]); ok1 && !o1.bias {
+							if o2, ok2 := isLinear(pair[1]); ok2 && !o2.bias && kids[pair[0]][0] == kids[pair[1]][0] {
+								r := root(kids[n][0])
+								vals[n] = &value{rows: 1, cols: nOut, root: r, lazy: lazyLinear, x: x, w: w}
+								rootOf[n] = r // its input is read where the SwiGLU runs
+								lastUse[r] = max(lastUse[r], pos[users[n][0]])
+								continue
+							}
+						}
+					}
+				}
+			}
+			y, err := alloc(n, rows, nOut, feedsGEMMs(n) || bias == nil && feedsSwiGLU(n))
+			if err != nil {
+				return nil, err
+			}
+			if rows == 1 {
+				if x.bf16 {
+					return nil, fmt.Errorf("autograd: GEMV of a bf16 input")
+				}
+				var bb *Buffer
+				if bias != nil {
+					bb = bias.buf
+				}
+				emit(what, func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
+				break
+			}
+			if y.bf16 && bias != nil {
+				return nil, fmt.Errorf("autograd: a bf16 projection output with a bias")
+			}
+			xb := x.buf
+			if !x.bf16 {
+				if xb, err = pl.get(int64(rows*k)*2, "bf16 GEMM input"); err != nil {
+					return nil, err
+				}
+				pl.put(xb) // only used inside this node's launches
+			}
+			conv, stride := !x.bf16, x.stride
+			emit(what, func() error {
+				if conv {
+					if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
+						return err
+					}
+				}
+				if y.bf16 {
+					return d.GemmBF16Out(y.buf, xb, w.buf, rows, nOut, k, nOut)
+				}
+				if err := d.GemmBF16(y.buf, xb, w.buf, rows, nOut, k, nOut, false); err != nil {
+					return err
+				}
+				if bias != nil {
+					return d.BiasBF16(y.buf, bias.buf, rows, nOut)
+				}
+				return nil
+			})
+		case *splitHeadsOp:
+			x := in[0]
+			width := o.heads * o.dim
+			vals[n] = &value{buf: x.buf, off: x.off + int64(o.part*width*4), rows: x.rows, cols: width, stride: x.stride, root: x.root}
+			continue
+		case *rotaryOp:
+			x := in[0]
+			s := n.Shape() // [B, T, H, D]
+			if s[0] != 1 {
+				return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (rotary of %v)", s)
+			}
+			allAttn := len(users[n]) > 0
+			for _, u := range users[n] {
+				if _, ok := u.Op().(*attentionOp); !ok {
+					allAttn = false
+				}
+			}
+			if allAttn && x.root != kids[n][0] && !x.bf16 {
+				v := *x
+				v.lazy = lazyRotary
+				vals[n] = &v
+				rootOf[n] = x.root // rotated in place where the attention runs
+				for _, u := range users[n] {
+					lastUse[x.root] = max(lastUse[x.root], pos[u])
+				}
+				continue
+			}
+			y, err := alloc(n, s[1], s[2]*s[3], false)
+			if err != nil {
+				return nil, err
+			}
+			t, heads, dim, xs := s[1], s[2], s[3], x.stride
+			p.graphable = false // its position is a launch argument
+			emit(what, func() error {
+				if step.Positions != nil {
+					return fmt.Errorf("autograd: packed positions have no GPU kernel")
+				}
+				return d.Rotary(y.buf, x.ptr(), p.base, 1, t, heads, dim, step.Past, xs, heads*dim)
+			})
+		case *attentionOp:
+			q, k, v := in[0], in[1], in[2]
+			s := kids[n][0].Shape() // [B, T, H, D]
+			if s[0] != 1 {
+				return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (attention of %v)", s)
+			}
+			t, heads, dim := s[1], s[2], s[3]
+			width := heads * dim
+			fused := q.lazy == lazyRotary && k.lazy == lazyRotary && q.buf == k.buf && k.buf == v.buf && q.stride == k.stride && k.stride == v.stride
+			if !fused && (q.lazy != 0 || k.lazy != 0) {
+				return nil, fmt.Errorf("autograd: attention of q, k and v from different buffers")
+			}
+			if !fused {
+				p.graphable = false // the cache append takes the position as a launch argument
+			}
+			p.hasAttention = true
+			if fused && p.invFreq == nil {
+				if p.invFreq, err = d.Alloc(int64(dim/2*4), "rotary inverse frequencies"); err != nil {
+					return nil, err
+				}
+				p.owned = append(p.owned, p.invFreq)
+				p.freqDim, p.freqBase = dim, math.NaN()
+			}
+			bf := feedsGEMMs(n)
+			y, err := alloc(n, t, width, bf)
+			if err != nil {
+				return nil, err
+			}
+			layer := o.layer
+			scale = float32(1 / math.Sqrt(float64(dim)))
+			pre := &prefillScratch{}
+			if t > 1 {
+				pre.chunk = min(t, 128)
+				pre.elems = int64(heads) * int64(max(pre.chunk*t, MaxCacheScratch))
+				if pre.q, err = pl.get(int64(t*width)*2, "bf16 queries"); err != nil {
+					return nil, err
+				}
+				if pre.s, err = pl.get(pre.elems*4, "attention scores"); err != nil {
+					return nil, err
+				}
+				pl.put(pre.q) // scratch of this node only: later nodes may reuse it
+				pl.put(pre.s)
+			}
+			sc := scale
+			emit(what, func() error {
+				st := step
+				if st.Cache == nil || st.KeyMask != nil || st.Segments != nil || st.Positions != nil {
+					return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache without padding or packing")
+				}
+				dc := d.caches[st.Cache] // allocated by Run before the launches
+				if fused {
+					if err := d.RotaryQKV(q.buf, dc.k[layer], dc.v[layer], p.invFreq, p.pos, t, heads, dim, st.Past, q.stride, int(q.off/4), int(k.off/4), int(v.off/4), dc.max); err != nil {
+						return err
+					}
+				} else if err := d.KVAppend(dc.k[layer], dc.v[layer], k.ptr(), v.ptr(), 1, t, width, k.stride, v.stride, dc.max, st.Past); err != nil {
+					return err
+				}
+				if t == 1 {
+					return d.AttentionDecode(y.buf, q.ptr(), dc.k[layer], dc.v[layer], p.parts, 1, heads, dim, dc.max, p.pos, sc, st.LogNSeq)
+				}
+				if err := d.ToBF16Rows(pre.q, q.ptr(), t, width, q.stride); err != nil {
+					return err
+				}
+				return d.attentionPrefill(y.buf, bf, pre, dc.k[layer], dc.v[layer], heads, dim, st.Past, t, sc, st.LogNSeq)
+			})
+		case *swigluOp:
+			if o.grad != 0 {
+				return nil, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+			}
+			a, gt := in[0], in[1]
+			if a.lazy == lazyLinear && gt.lazy == lazyLinear {
+				y, err := alloc(n, 1, a.cols, false)
+				if err != nil {
+					return nil, err
+				}
+				x, w1, w2, rows, k := a.x, a.w, gt.w, a.cols, a.x.cols
+				emit(what+" with the up and gate projections", func() error { return d.GemvSwiGLU(y.buf, x.ptr(), w1.buf, w2.buf, rows, k) })
+				break
+			}
+			cnt := int64(a.rows * a.cols)
+			if a.bf16 || gt.bf16 {
+				if !a.bf16 || !gt.bf16 || !feedsGEMMs(n) {
+					return nil, fmt.Errorf("autograd: SwiGLU of bf16 inputs must feed GEMMs")
+				}
+				y, err := alloc(n, a.rows, a.cols, true)
+				if err != nil {
+					return nil, err
+				}
+				emit(what, func() error { return d.SwiGLUBF16(y.buf, a.buf, gt.buf, cnt) })
+				break
+			}
+			var y *value
+			switch {
+			case feedsGEMMs(n):
+				if y, err = alloc(n, a.rows, a.cols, true); err != nil {
+					return nil, err
+				}
+			case dies(i, kids[n][0]):
+				y = inPlace(n, kids[n][0])
+			default:
+				if y, err = alloc(n, a.rows, a.cols, false); err != nil {
+					return nil, err
+				}
+			}
+			emit(what, func() error {
+				if y.bf16 {
+					return d.SwiGLUBF16Out(y.buf, a.ptr(), gt.ptr(), cnt)
+				}
+				return d.SwiGLU(y.buf, a.ptr(), gt.ptr(), cnt)
+			})
+		default:
+			if fmt.Sprintf("%T", n.Op()) == "gorgonia.elemBinOp" && strings.HasPrefix(n.Op().String(), "+ ") {
+				a, b := in[0], in[1]
+				if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
+					return nil, fmt.Errorf("autograd: add of %v and %v", kids[n][0].Shape(), kids[n][1].Shape())
+				}
+				cnt := int64(a.rows * a.cols)
+				var y *value
+				x, r := a, b
+				switch {
+				case dies(i, kids[n][0]):
+					y = inPlace(n, kids[n][0])
+				case dies(i, kids[n][1]):
+					y = inPlace(n, kids[n][1])
+					x, r = b, a
+				default:
+					if y, err = alloc(n, a.rows, a.cols, false); err != nil {
+						return nil, err
+					}
+				}
+				emit(what, func() error { return d.Add(y.buf, a.ptr(), b.ptr(), cnt) })
+				if y.buf == x.buf {
+					lastAdd = addInfo{node: n, index: len(p.ins) - 1, x: x, r: r, cnt: cnt}
+				}
+				break
+			}
+			return nil, fmt.Errorf("autograd: %s (%T) has no GPU kernel", n.Op(), n.Op())
+		}
+		release(i, n)
+	}
+	ov := vals[out]
+	if ov == nil || ov.param || ov.lazy != 0 || ov.bf16 {
+		return nil, fmt.Errorf("autograd: the graph's output %s was not computed", out.Name())
+	}
+	p.out = *ov
+	p.owned = append(p.owned, pl.owned...)
+	p.Launches = len(p.ins)
+	return p, nil
+}
+
+// MaxCacheScratch bounds the score scratch of a chunk after a long cache (elements per head).
+const MaxCacheScratch = 32768
+
+type prefillScratch struct {
+	q, s  *Buffer
+	chunk int
+	elems int64 // capacity of s in elements
+}
+
+// attentionPrefill is causal attention of t new queries (bf16 [t, heads*dim]) over the
+// cache's past+t keys: per chunk of queries, scores by one batched GEMM (tensor cores, fp32
+// out), causal softmax with LogN in fp32 to bf16 probabilities (in place), and their product with the
+// values by a second batched GEMM into out [t, heads*dim] (float32, or bf16 when outBF16).
+func (d *Device) attentionPrefill(out *Buffer, outBF16 bool, pre *prefillScratch, kc, vc *Buffer, heads, dim, past, t int, scale float32, lognSeq int) error {
+	width := heads * dim
+	keys := past + t
+	elem, ct := int64(4), dtypeF32
+	if outBF16 {
+		elem, ct = 2, dtypeBF16
+	}
+	for t0 := 0; t0 < t; {
+		l := past + t0 + 1 // keys visible to the chunk's first query
+		tc := min(pre.chunk, t-t0)
+		for tc > 1 && int64(heads)*int64(tc)*int64(l+tc-1) > pre.elems {
+			tc /= 2
+		}
+		l += tc - 1
+		if int64(heads)*int64(tc)*int64(l) > pre.elems {
+			return fmt.Errorf("autograd: attention scratch of %d elements is too small for %d keys", pre.elems, l)
+		}
+		// scores^T per head: [l, tc] = K_h [l, dim] . q_h^T
+		if err := d.gemmBatched(blasOpT, blasOpN, l, tc, dim, kc, dtypeBF16, width, int64(dim),
+			pre.q.Slice(int64(t0*width*2), int64((t-t0)*width*2)), dtypeBF16, width, int64(dim),
+			pre.s, dtypeF32, l, int64(tc*l), heads); err != nil {
+			return err
+		}
+		if err := d.CausalSoftmax(pre.s, heads, tc, l, past+t0, scale, lognSeq, keys); err != nil {
+			return err
+		}
+		// out^T per head: [dim, tc] = V_h^T [dim, l] . p_h^T [l, tc] (p rows 2l bf16 apart)
+		if err := d.gemmBatched(blasOpN, blasOpN, dim, tc, l, vc, dtypeBF16, width, int64(dim),
+			pre.s, dtypeBF16, 2*l, int64(tc*2*l),
+			out.Slice(int64(t0*width)*elem, int64((t-t0)*width)*elem), ct, width, int64(dim), heads); err != nil {
+			return err
+		}
+		t0 += tc
+	}
+	return nil
+}
+
+// Run executes the program on its Step's current contents: the step's ids, rotary base and
+// position are uploaded, the KV cache (and decode scratch) allocated or grown, then the
+// launches run, replayed from a CUDA graph for a one-token program.
+func (p *Program) Run() error {
+	st, d := p.step, p.d
+	if st.Batch != 1 {
+		return fmt.Errorf("autograd: the GPU executor runs batch 1")
+	}
+	base := []float64{st.base(0)}
+	if err := cudaErr("cuMemcpyHtoD(rotary base)", cu.MemcpyHtoD(p.base.Ptr, unsafe.Pointer(&base[0]), 8)); err != nil {
+		return err
+	}
+	if b := st.base(0); p.invFreq != nil && b != p.freqBase {
+		f := InvFreq(b, p.freqDim)
+		if err := cudaErr("cuMemcpyHtoD(inverse frequencies)", cu.MemcpyHtoD(p.invFreq.Ptr, unsafe.Pointer(&f[0]), int64(len(f))*4)); err != nil {
+			return err
+		}
+		p.freqBase = b
+	}
+	pos := []int32{int32(st.Past)}
+	if err := cudaErr("cuMemcpyHtoD(position)", cu.MemcpyHtoD(p.pos.Ptr, unsafe.Pointer(&pos[0]), 4)); err != nil {
+		return err
+	}
+	if len(st.IDs) > 0 {
+		if int64(len(st.IDs))*4 > p.ids.Bytes {
+			return fmt.Errorf("autograd: %d ids for a program of %d", len(st.IDs), p.ids.Bytes/4)
+		}
+		p.idsBuf = append(p.idsBuf[:0], st.IDs...)
+		if err := cudaErr("cuMemcpyHtoD(ids)", cu.MemcpyHtoD(p.ids.Ptr, unsafe.Pointer(&p.idsBuf[0]), int64(len(p.idsBuf))*4)); err != nil {
+			return err
+		}
+	}
+	p.logits = p.logits[:0]
+	var key [2]any
+	if p.hasAttention {
+		if st.Cache == nil {
+			return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache")
+		}
+		dc, err := d.cacheFor(st.Cache)
+		if err != nil {
+			return err
+		}
+		if p.parts == nil || p.parts.maxChunks*attnChunk < dc.max {
+			if p.parts != nil {
+				p.parts.Free(d)
+			}
+			if p.parts, err = d.NewDecodeParts(1, st.Cache.Heads, st.Cache.HeadDim, dc.max); err != nil {
+				return err
+			}
+		}
+		key = [2]any{dc, p.parts}
+	}
+	if p.graphable && p.GraphErr == nil {
+		if p.graph == nil || p.graphKey != key {
+			p.graph.destroy()
+			g, err := d.capture(p.launches)
+			if err != nil {
+				p.GraphErr, p.graph = err, nil
+				return p.launches()
+			}
+			p.graph, p.graphKey = g, key
+		}
+		p.Graphed++
+		return d.launchGraph(p.graph)
+	}
+	return p.launches()
+}
+
+func (p *Program) launches() error {
+	for i, f := range p.ins {
+		if err := f(); err != nil {
+			return fmt.Errorf("%s: %w", p.names[i], err)
+		}
+	}
+	return nil
+}
+
+// Logits downloads the output [rows, cols].
+func (p *Program) Logits() ([]float32, error) {
+	if len(p.logits) == 0 {
+		p.logits = make([]float32, p.out.rows*p.out.cols)
+		if err := Download(p.d, p.logits, p.out.buf); err != nil {
+			p.logits = p.logits[:0]
+			return nil, err
+		}
+	}
+	return p.logits, nil
+}
+
+// Sample picks the next id from the last row of the output on the device (the repetition
+// penalty over seen), with u the uniform draw; limit > 0 restricts the choice to the first
+// limit ids.
+func (p *Program) Sample(sp SampleParams, u float64, seen []int, limit int) (int, error) {
+	d, n := p.d, p.out.cols
+	if limit > 0 && limit < n {
+		n = limit
+	}
+	var err error
+	if p.sampleOut == nil {
+		if p.sampleOut, err = d.Alloc(4, "sampled id"); err != nil {
+			return 0, err
+		}
+		if p.work, err = d.Alloc(int64(p.out.cols)*4, "sampling scratch"); err != nil {
+			return 0, err
+		}
+		if p.seen, err = d.Alloc(int64(p.out.cols), "seen ids"); err != nil {
+			return 0, err
+		}
+		p.owned = append(p.owned, p.sampleOut, p.work, p.seen)
+		p.seenHost = make([]bool, p.out.cols)
+		if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
+			return 0, err
+		}
+	}
+	// keep the device's seen marks equal to seen: add the new ids, start over if it changed
+	if len(seen) < len(p.seenIDs) || !slices.Equal(seen[:len(p.seenIDs)], p.seenIDs) {
+		clear(p.seenHost)
+		p.seenIDs = p.seenIDs[:0]
+		if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
+			return 0, err
+		}
+	}
+	for _, id := range seen[len(p.seenIDs):] {
+		if id >= 0 && id < len(p.seenHost) && !p.seenHost[id] {
+			p.seenHost[id] = true
+			if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr+cu.DevicePtr(id), 1, 1)); err != nil {
+				return 0, err
+			}
+		}
+	}
+	p.seenIDs = append(p.seenIDs, seen[len(p.seenIDs):]...)
+	last := p.out.ptr().Slice(int64((p.out.rows-1)*p.out.stride*4), int64(p.out.cols*4))
+	var seenBuf *Buffer
+	if sp.RepetitionPenalty != 0 && sp.RepetitionPenalty != 1 {
+		seenBuf = p.seen
+	}
+	if err := d.SampleToken(p.sampleOut, p.work, last, seenBuf, n, sp, u); err != nil {
+		return 0, err
+	}
+	id := []int32{0}
+	if err := Download(d, id, p.sampleOut); err != nil {
+		return 0, err
+	}
+	return int(id[0]), nil
+}
+
+// Profile runs the program reps times eagerly with CUDA events around every instruction and
+// returns the GPU time per kind of instruction per run, the most expensive first.
+func (p *Program) Profile(reps int) ([]OpTime, error) {
+	if err := p.Run(); err != nil { // uploads, cache
+		return nil, err
+	}
+	evs := make([]cu.Event, len(p.ins)+1)
+	for i := range evs {
+		var err error
+		if evs[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
+			return nil, cudaErr("cuEventCreate", err)
+		}
+	}
+	defer func() {
+		for i := range evs {
+			cu.DestroyEvent(&evs[i])
+		}
+	}()
+	byKind := map[string]*OpTime{}
+	var order []string
+	for r := 0; r < reps; r++ {
+		for i, f := range p.ins {
+			if err := evs[i].Record(p.d.stream); err != nil {
+				return nil, cudaErr("cuEventRecord", err)
+			}
+			if err := f(); err != nil {
+				return nil, err
+			}
+		}
+		if err := evs[len(p.ins)].Record(p.d.stream); err != nil {
+			return nil, cudaErr("cuEventRecord", err)
+		}
+		if err := evs[len(p.ins)].Synchronize(); err != nil {
+			return nil, cudaErr("cuEventSynchronize", err)
+		}
+		for i := range p.ins {
+			ms, err := evs[i].Elapsed(evs[i+1])
+			if err != nil {
+				return nil, cudaErr("cuEventElapsedTime", err)
+			}
+			k := p.kinds[i]
+			o := byKind[k]
+			if o == nil {
+				o = &OpTime{Kind: k}
+				byKind[k] = o
+				order = append(order, k)
+			}
+			if r == 0 {
+				o.Count++
+			}
+			o.Micros += ms * 1000 / float64(reps)
+		}
+	}
+	out := make([]OpTime, 0, len(order))
+	for _, k := range order {
+		out = append(out, *byKind[k])
+	}
+	slices.SortStableFunc(out, func(a, b OpTime) int { return int(b.Micros*1000) - int(a.Micros*1000) })
+	return out, nil
+}
+
+// Stats are the launches per run, the runs replayed from a CUDA graph and why capture
+// failed, if it did.
+func (p *Program) Stats() (launches, graphed int, graphErr error) {
+	return p.Launches, p.Graphed, p.GraphErr
+}
+
+// Close frees the program's buffers (parameters and caches stay with the Device).
+func (p *Program) Close() error {
+	p.graph.destroy()
+	p.graph = nil
+	if p.parts != nil {
+		p.parts.Free(p.d)
+		p.parts = nil
+	}
+	for _, b := range p.owned {
+		p.d.Free(b)
+	}
+	p.owned = nil
+	return nil
+}
+
+// children is n's arguments in order.
+func children(g *G.ExprGraph, n *G.Node) []*G.Node {
+	var out []*G.Node
+	it := g.From(n.ID())
+	for it.Next() {
+		out = append(out, it.Node().(*G.Node))
+	}
+	return out
+}

@@ -1,0 +1,62 @@
+package autograd
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"gorgonia.org/tensor"
+)
+
+// TestReferencesMatchAttentionOp: the float64 references the GPU selftest compares the
+// attention kernels with equal the CPU Attention op over a KV cache (a chunk of queries after
+// cached positions, LogN on; one decode query).
+func TestReferencesMatchAttentionOp(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, c := range []struct{ heads, dim, past, t, lognSeq int }{{2, 8, 5, 4, 6}, {3, 16, 9, 1, 0}} {
+		maxLen := c.past + c.t + 2
+		width := c.heads * c.dim
+		cache := NewKVCache(1, 1, maxLen, c.heads, c.dim)
+		for i := 0; i < c.past*width; i++ {
+			cache.K[0][i], cache.V[0][i] = float32(r.NormFloat64()), float32(r.NormFloat64())
+		}
+		rnd := func() []float32 {
+			v := make([]float32, c.t*width)
+			for i := range v {
+				v[i] = float32(r.NormFloat64())
+			}
+			return v
+		}
+		q, k, v := rnd(), rnd(), rnd()
+		st := &Step{Batch: 1, Seq: c.t, Past: c.past, Cache: cache, LogNSeq: c.lognSeq, RotaryBase: 10000}
+		dense := func(x []float32) *tensor.Dense {
+			return tensor.New(tensor.WithShape(1, c.t, c.heads, c.dim), tensor.WithBacking(x))
+		}
+		got, err := attnForward[float32](dense(q), dense(k), dense(v), 0, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		op := got.Data().([]float32)
+		scale := 1 / math.Sqrt(float64(c.dim))
+		want := refPrefill(q, cache.K[0], cache.V[0], c.heads, c.dim, c.past, c.t, scale, st)
+		if d := relDiff32(want, op); d > 1e-6 {
+			t.Errorf("%+v: refPrefill differs from the Attention op by %.3g", c, d)
+		}
+		if c.t == 1 && c.lognSeq == 0 {
+			dec := refDecode(q, cache.K[0], cache.V[0], 1, c.heads, c.dim, maxLen, c.past+1, scale)
+			if d := relDiff32(dec, op); d > 1e-6 {
+				t.Errorf("%+v: refDecode differs from the Attention op by %.3g", c, d)
+			}
+		}
+	}
+}
+
+func relDiff32(a, b []float32) float64 {
+	var num, den float64
+	for i := range a {
+		d := float64(a[i]) - float64(b[i])
+		num += d * d
+		den += float64(b[i]) * float64(b[i])
+	}
+	return math.Sqrt(num / den)
+}

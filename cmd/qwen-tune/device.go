@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+const deviceUsage = "where the model runs: cpu or cuda (default: cuda in a binary built with -tags qtcuda, else cpu)"
+
+func registerDevice(fs *pflag.FlagSet, dst *string) { fs.StringVar(dst, "device", "", deviceUsage) }
+
+// useDevice puts m on the named device and says where it runs (on stderr); the returned
+// function releases the device.
+func useDevice(cmd *cobra.Command, m *model.Model, name string) (func(), error) {
+	switch name {
+	case "", "cpu", "cuda":
+	default:
+		return nil, fmt.Errorf("--device %q: use cpu or cuda", name)
+	}
+	exec, err := openExecutor(name)
+	if err != nil {
+		return nil, err
+	}
+	if exec == nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "device: cpu")
+		return func() {}, nil
+	}
+	m.Exec = exec
+	fmt.Fprintf(cmd.ErrOrStderr(), "device: %s\n", exec.Name())
+	return func() {
+		m.Exec = nil
+		exec.Close()
+	}, nil
+}

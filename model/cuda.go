@@ -1,0 +1,54 @@
+//go:build qtcuda
+
+package model
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+)
+
+// CUDA is the GPU executor: the model's graphs compiled by autograd.Device.Compile. Every
+// call must come from the goroutine that opened it (the device's context is current on that
+// goroutine's locked OS thread).
+type CUDA struct {
+	Device *autograd.Device
+}
+
+// OpenCUDA opens GPU ordinal.
+func OpenCUDA(ordinal int) (*CUDA, error) {
+	d, err := autograd.OpenDevice(ordinal)
+	if err != nil {
+		return nil, err
+	}
+	return &CUDA{Device: d}, nil
+}
+
+func (c *CUDA) Name() string { return "cuda (" + c.Device.Name + ")" }
+
+func (c *CUDA) Compile(g *Graph, out *G.Node) (Program, error) {
+	if g.Batch != 1 {
+		return nil, fmt.Errorf("the GPU executor runs batch 1 (graph of %d rows)", g.Batch)
+	}
+	p, err := c.Device.Compile(g.ExprGraph, out, g.Step)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (c *CUDA) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
+	return autograd.NewDeviceKVCache(layers, 1, capacity, heads, headDim)
+}
+
+func (c *CUDA) ReleaseCache(kv *autograd.KVCache) { c.Device.ReleaseCache(kv) }
+
+func (c *CUDA) Memory() (int64, int64) { return c.Device.Allocated, c.Device.Peak }
+
+func (c *CUDA) ResetPeak() { c.Device.ResetPeak() }
+
+func (c *CUDA) CopyBandwidth() (float64, error) { return c.Device.CopyBandwidth() }
+
+func (c *CUDA) Close() error { return c.Device.Close() }
