@@ -261,3 +261,14 @@ func TestBenchJSON(t *testing.T) {
 		t.Fatalf("bench --shape qwen-3: code %d, stderr %q", code, errOut)
 	}
 }
+
+// TestServeBadInput: serve refuses a missing model and an address it cannot listen on.
+func TestServeBadInput(t *testing.T) {
+	if _, errOut, code := qt(t, "", "serve"); code == 0 || !strings.Contains(errOut, "--model DIR is required") {
+		t.Fatalf("serve without --model: %d %q", code, errOut)
+	}
+	dir := tinyModel(t)
+	if _, errOut, code := qt(t, "", "serve", "--model", dir, "--addr", "256.1.1.1:80"); code == 0 || !strings.Contains(errOut, "--addr 256.1.1.1:80") {
+		t.Fatalf("serve on a bad address: %d %q", code, errOut)
+	}
+}

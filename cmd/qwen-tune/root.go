@@ -38,6 +38,6 @@ makes a GPTQ Int4 model, and 'chat', 'generate' and 'eval' run any of them.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newInspectCmd(), newTokenizeCmd(), newInitCmd(), newGenerateCmd(), newChatCmd(), newEvalCmd(), newBenchCmd(), newLoraCmd(), newDemoCmd(), newMergeCmd(), newDataCmd(), newQuantizeCmd(), newSelftestCmd())
+	root.AddCommand(newInspectCmd(), newTokenizeCmd(), newInitCmd(), newGenerateCmd(), newChatCmd(), newEvalCmd(), newBenchCmd(), newLoraCmd(), newDemoCmd(), newMergeCmd(), newDataCmd(), newQuantizeCmd(), newSelftestCmd(), newServeCmd())
 	return root
 }

@@ -1,0 +1,202 @@
+package serve
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Message is one chat message as OpenAI's API sends it.
+type Message struct {
+	Role         string          `json:"role"`
+	Content      json.RawMessage `json:"content,omitempty"` // a string, null, or [{"type": "text", "text": ...}]
+	Name         string          `json:"name,omitempty"`
+	FunctionCall *FunctionCall   `json:"function_call,omitempty"`
+	ToolCalls    []ToolCall      `json:"tool_calls,omitempty"`
+	ToolCallID   string          `json:"tool_call_id,omitempty"`
+	content      string
+}
+
+func (m *Message) text() string { return m.content }
+
+// call is the function the assistant message called, from function_call or its first tool call.
+func (m *Message) call() *FunctionCall {
+	if m.FunctionCall != nil {
+		return m.FunctionCall
+	}
+	if len(m.ToolCalls) > 0 {
+		return &m.ToolCalls[0].Function
+	}
+	return nil
+}
+
+// parseContent reads Content into content.
+func (m *Message) parseContent(i int) error {
+	c := bytes.TrimSpace(m.Content)
+	if len(c) == 0 || string(c) == "null" {
+		return nil
+	}
+	if c[0] == '"' {
+		return json.Unmarshal(c, &m.content)
+	}
+	var parts []struct {
+		Type string  `json:"type"`
+		Text *string `json:"text"`
+	}
+	if err := json.Unmarshal(c, &parts); err != nil {
+		return badRequest(fmt.Sprintf("messages[%d].content", i), "messages[%d].content must be a string or an array of text parts", i)
+	}
+	for j, p := range parts {
+		if p.Type != "text" || p.Text == nil {
+			return badRequest(fmt.Sprintf("messages[%d].content[%d]", i, j), "messages[%d].content[%d]: only text parts are supported (type %q)", i, j, p.Type)
+		}
+		m.content += *p.Text
+	}
+	return nil
+}
+
+// FunctionCall is a call the model makes: the function's name and its arguments as JSON text.
+type FunctionCall struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+// ToolCall is OpenAI's wrapper of a function call.
+type ToolCall struct {
+	Index    *int         `json:"index,omitempty"`
+	ID       string       `json:"id"`
+	Type     string       `json:"type"`
+	Function FunctionCall `json:"function"`
+}
+
+// Tool is a tool a request offers; only functions exist.
+type Tool struct {
+	Type     string   `json:"type"`
+	Function Function `json:"function"`
+}
+
+// Stop is a stop string or a list of them.
+type Stop []string
+
+func (s *Stop) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		*s = nil
+		return nil
+	}
+	if len(b) > 0 && b[0] == '"' {
+		var one string
+		if err := json.Unmarshal(b, &one); err != nil {
+			return err
+		}
+		*s = Stop{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("stop must be a string or an array of strings")
+	}
+	*s = many
+	return nil
+}
+
+// ChatRequest is a POST /v1/chat/completions body (fields this server does not use, such as
+// presence_penalty or user, are accepted and ignored).
+type ChatRequest struct {
+	Model               string          `json:"model"`
+	Messages            []Message       `json:"messages"`
+	Temperature         *float64        `json:"temperature"`
+	TopP                *float64        `json:"top_p"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Stop                Stop            `json:"stop"`
+	Seed                *int64          `json:"seed"`
+	N                   *int            `json:"n"`
+	Stream              bool            `json:"stream"`
+	StreamOptions       *StreamOptions  `json:"stream_options"`
+	Tools               []Tool          `json:"tools"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	Functions           []Function      `json:"functions"`
+	FunctionCallMode    json.RawMessage `json:"function_call"`
+}
+
+// StreamOptions asks for usage in the last chunk.
+type StreamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+// CompletionRequest is a POST /v1/completions body.
+type CompletionRequest struct {
+	Model         string          `json:"model"`
+	Prompt        json.RawMessage `json:"prompt"` // a string or an array of one string
+	Temperature   *float64        `json:"temperature"`
+	TopP          *float64        `json:"top_p"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Stop          Stop            `json:"stop"`
+	Seed          *int64          `json:"seed"`
+	N             *int            `json:"n"`
+	Stream        bool            `json:"stream"`
+	StreamOptions *StreamOptions  `json:"stream_options"`
+	Echo          bool            `json:"echo"`
+}
+
+// Usage counts tokens.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// ReplyMessage is the assistant message of a response or the delta of a chunk.
+type ReplyMessage struct {
+	Role         string        `json:"role,omitempty"`
+	Content      *string       `json:"content"`
+	FunctionCall *FunctionCall `json:"function_call,omitempty"`
+	ToolCalls    []ToolCall    `json:"tool_calls,omitempty"`
+}
+
+// ChatChoice is a choice of a response (Message) or of a chunk (Delta).
+type ChatChoice struct {
+	Index        int           `json:"index"`
+	Message      *ReplyMessage `json:"message,omitempty"`
+	Delta        *ReplyMessage `json:"delta,omitempty"`
+	FinishReason *string       `json:"finish_reason"`
+	Logprobs     *struct{}     `json:"logprobs"`
+}
+
+// ChatResponse is a chat.completion or a chat.completion.chunk.
+type ChatResponse struct {
+	ID                string       `json:"id"`
+	Object            string       `json:"object"`
+	Created           int64        `json:"created"`
+	Model             string       `json:"model"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Choices           []ChatChoice `json:"choices"`
+	Usage             *Usage       `json:"usage,omitempty"`
+}
+
+// TextChoice is a choice of a text completion.
+type TextChoice struct {
+	Text         string    `json:"text"`
+	Index        int       `json:"index"`
+	Logprobs     *struct{} `json:"logprobs"`
+	FinishReason *string   `json:"finish_reason"`
+}
+
+// CompletionResponse is a text_completion (or a chunk of one).
+type CompletionResponse struct {
+	ID      string       `json:"id"`
+	Object  string       `json:"object"`
+	Created int64        `json:"created"`
+	Model   string       `json:"model"`
+	Choices []TextChoice `json:"choices"`
+	Usage   *Usage       `json:"usage,omitempty"`
+}
+
+// APIError is OpenAI's error body.
+type APIError struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}

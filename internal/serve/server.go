@@ -1,0 +1,461 @@
+package serve
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
+)
+
+//go:embed web
+var webFS embed.FS
+
+// Options configure a Server.
+type Options struct {
+	// APIKey, when set, is required as "Authorization: Bearer KEY" on /v1/ routes.
+	APIKey string
+	// MaxBody bounds a request body in bytes (default 1 MiB).
+	MaxBody int64
+	// Queue is how many requests may wait while one generates (default 16); more get 429.
+	Queue int
+	// MaxTokens is the default reply length when a request gives none (default 512).
+	MaxTokens int
+	// Logf, when set, receives one line per request.
+	Logf func(format string, args ...any)
+}
+
+// Server answers the API and serves the page; Work runs the generations.
+type Server struct {
+	eng     Engine
+	opts    Options
+	jobs    chan *job
+	busy    atomic.Bool
+	served  atomic.Int64
+	created int64
+	mux     *http.ServeMux
+}
+
+type job struct {
+	ctx    context.Context
+	prompt []int
+	samp   Sampling
+	out    chan int // the ids as they are generated; closed when the generation ends
+	res    jobResult
+}
+
+type jobResult struct {
+	ids    []int
+	reason model.StopReason
+	err    error
+}
+
+// New makes a server for eng.
+func New(eng Engine, opts Options) *Server {
+	if opts.MaxBody <= 0 {
+		opts.MaxBody = 1 << 20
+	}
+	if opts.Queue <= 0 {
+		opts.Queue = 16
+	}
+	if opts.MaxTokens <= 0 {
+		opts.MaxTokens = 512
+	}
+	s := &Server{eng: eng, opts: opts, jobs: make(chan *job, opts.Queue), created: time.Now().Unix(), mux: http.NewServeMux()}
+	static, _ := fs.Sub(webFS, "web")
+	s.mux.Handle("/", http.FileServerFS(static))
+	s.mux.HandleFunc("GET /health", s.health)
+	s.mux.HandleFunc("GET /v1/models", s.auth(s.models))
+	s.mux.HandleFunc("POST /v1/chat/completions", s.auth(s.chat))
+	s.mux.HandleFunc("POST /v1/completions", s.auth(s.completions))
+	s.mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url", fmt.Sprintf("no route %s %s (this server has /v1/chat/completions, /v1/completions and /v1/models)", r.Method, r.URL.Path))
+	}))
+	return s
+}
+
+// Handler is the HTTP handler.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: 200}
+		s.mux.ServeHTTP(rec, r)
+		if s.opts.Logf != nil {
+			s.opts.Logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
+		}
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Work runs queued generations one at a time until ctx ends; call it from the goroutine
+// that owns the model (on a GPU, the one that opened the device).
+func (s *Server) Work(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			for { // whoever still waits gets a cancelled reply
+				select {
+				case j := <-s.jobs:
+					j.res = jobResult{reason: model.StopCancelled}
+					close(j.out)
+				default:
+					return
+				}
+			}
+		case j := <-s.jobs:
+			s.run(j)
+		}
+	}
+}
+
+func (s *Server) run(j *job) {
+	defer close(j.out)
+	if j.ctx.Err() != nil { // the client left while it waited
+		j.res = jobResult{reason: model.StopCancelled}
+		return
+	}
+	s.busy.Store(true)
+	defer s.busy.Store(false)
+	ids, reason, err := s.eng.Generate(j.ctx, j.prompt, j.samp, func(id int) error {
+		select {
+		case j.out <- id:
+		case <-j.ctx.Done():
+		}
+		return nil
+	})
+	j.res = jobResult{ids: ids, reason: reason, err: err}
+	s.served.Add(1)
+}
+
+// submit queues a generation; false when the queue is full.
+func (s *Server) submit(j *job) bool {
+	select {
+	case s.jobs <- j:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.APIKey != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIKey)) != 1 {
+				writeError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key the server was started with (--api-key)")
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "queued": len(s.jobs), "served": s.served.Load()})
+}
+
+func (s *Server) models(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{{"id": s.eng.ModelID(), "object": "model", "created": s.created, "owned_by": "qwen-tune"}}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, typ, param, code, msg string) {
+	e := APIError{Message: msg, Type: typ}
+	if param != "" {
+		e.Param = &param
+	}
+	if code != "" {
+		e.Code = &code
+	}
+	writeJSON(w, status, map[string]any{"error": e})
+}
+
+// decode reads a JSON body: bounded, valid UTF-8, one object of the expected types.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBody))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
+		return false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "reading the request body: "+err.Error())
+		return false
+	case !utf8.Valid(body):
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		msg := "the request body is not valid JSON: " + err.Error()
+		param := ""
+		if errors.As(err, &te) {
+			param = te.Field
+			msg = fmt.Sprintf("%s must be %s, not a JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
+		}
+		writeError(w, http.StatusBadRequest, "invalid_request_error", param, "", msg)
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "the request body has data after its JSON object")
+		return false
+	}
+	return true
+}
+
+func jsonKind(goType string) string {
+	switch {
+	case strings.Contains(goType, "string"):
+		return "a string"
+	case strings.Contains(goType, "float"), strings.Contains(goType, "int"):
+		return "a number"
+	case strings.Contains(goType, "bool"):
+		return "a boolean"
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	}
+	return "an object"
+}
+
+// settings checks the sampling fields shared by both endpoints.
+func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *int) (Sampling, error) {
+	var sp Sampling
+	if n != nil && *n != 1 {
+		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
+	}
+	if temp != nil && (*temp < 0 || *temp > 2) {
+		return sp, badRequest("temperature", "temperature must be between 0 and 2, got %g", *temp)
+	}
+	if topP != nil && (*topP <= 0 || *topP > 1) {
+		return sp, badRequest("top_p", "top_p must be in (0, 1], got %g", *topP)
+	}
+	sp.Temperature, sp.TopP = temp, topP
+	sp.MaxTokens = s.opts.MaxTokens
+	if maxTokens != nil {
+		if *maxTokens < 1 {
+			return sp, badRequest("max_tokens", "max_tokens must be at least 1, got %d", *maxTokens)
+		}
+		sp.MaxTokens = *maxTokens
+	}
+	if seed != nil {
+		u := uint64(*seed)
+		sp.Seed = &u
+	}
+	return sp, nil
+}
+
+// fit checks the prompt against the context and caps the reply to what is left.
+func (s *Server) fit(prompt []int, sp *Sampling, param string) error {
+	ctxLen := s.eng.ContextLength()
+	if len(prompt) >= ctxLen {
+		return &requestError{param: param, msg: fmt.Sprintf("the prompt is %d tokens; this model's context is %d (prompt and reply together)", len(prompt), ctxLen)}
+	}
+	sp.MaxTokens = min(sp.MaxTokens, ctxLen-len(prompt))
+	return nil
+}
+
+func requestFailed(w http.ResponseWriter, err error) {
+	var re *requestError
+	if errors.As(err, &re) {
+		code := ""
+		if strings.Contains(re.msg, "context is") {
+			code = "context_length_exceeded"
+		}
+		writeError(w, http.StatusBadRequest, "invalid_request_error", re.param, code, re.msg)
+		return
+	}
+	writeError(w, http.StatusInternalServerError, "server_error", "", "", err.Error())
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// reply is one generation seen from its handler: text as it is decoded and cut at stop
+// strings.
+type reply struct {
+	s      *Server
+	j      *job
+	cancel context.CancelFunc
+	dec    *tokenizer.StreamDecoder
+	stop   stopMatcher
+	text   strings.Builder
+}
+
+// start queues the generation; false (after answering 429) when the queue is full.
+func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp Sampling, stops []string) (*reply, bool) {
+	ctx, cancel := context.WithCancel(r.Context())
+	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan int, 256)}
+	if !s.submit(j) {
+		cancel()
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
+		return nil, false
+	}
+	return &reply{s: s, j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
+}
+
+// each calls f with every piece of text that may be shown, in order, and returns how the
+// reply ended: "stop", "length", or "cancelled" (the client left), with the ids generated.
+func (rp *reply) each(f func(text string) error) (string, []int, error) {
+	defer rp.cancel()
+	var ferr error
+	emit := func(t string) {
+		if t == "" || ferr != nil {
+			return
+		}
+		rp.text.WriteString(t)
+		if ferr = f(t); ferr != nil {
+			rp.cancel() // the client is gone: stop generating
+		}
+	}
+	for id := range rp.j.out {
+		if rp.stop.hit {
+			continue
+		}
+		piece, err := rp.dec.Add(id)
+		if err != nil {
+			ferr = err
+			rp.cancel()
+			continue
+		}
+		emit(rp.stop.push(piece))
+		if rp.stop.hit {
+			rp.cancel() // a stop string: no more tokens are needed
+		}
+	}
+	res := rp.j.res
+	if !rp.stop.hit {
+		emit(rp.stop.push(rp.dec.Flush()))
+		emit(rp.stop.flush())
+	}
+	switch {
+	case res.err != nil:
+		return "", res.ids, res.err
+	case ferr != nil:
+		return "cancelled", res.ids, ferr
+	case rp.stop.hit || res.reason == model.StopToken:
+		return "stop", res.ids, nil
+	case res.reason == model.StopCancelled:
+		return "cancelled", res.ids, context.Canceled
+	}
+	return "length", res.ids, nil
+}
+
+// sse writes server-sent events.
+type sse struct {
+	w http.ResponseWriter
+}
+
+func startSSE(w http.ResponseWriter) *sse {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	return &sse{w: w}
+}
+
+func (e *sse) send(v any) error {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(e.w, "data: %s\n\n", strings.TrimSuffix(b.String(), "\n")); err != nil {
+		return err
+	}
+	if f, ok := e.w.(http.Flusher); ok {
+		f.Flush()
+	}
+	return nil
+}
+
+func (e *sse) done() {
+	io.WriteString(e.w, "data: [DONE]\n\n")
+	if f, ok := e.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func strPtr(s string) *string { return &s }
+
+func usage(prompt, completion int) *Usage {
+	return &Usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+}
+
+// Run serves on ln and runs the generations on the calling goroutine (which must own the
+// model and, on a GPU, the device) until ctx ends (the caller ties it to SIGINT and
+// SIGTERM); then it stops accepting, lets running requests finish for up to grace, and
+// cancels what is left.
+func (s *Server) Run(ctx context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
+	base, cancelRequests := context.WithCancel(context.Background())
+	defer cancelRequests()
+	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base }, ReadHeaderTimeout: 10 * time.Second}
+	work, stopWork := context.WithCancel(context.Background())
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	result := make(chan error, 1)
+	go func() {
+		var err error
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(logw, "shutting down: finishing running requests")
+		case err = <-serveErr:
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if hs.Shutdown(sctx) != nil {
+			fmt.Fprintf(logw, "requests still running after %s: cancelling them\n", grace)
+			cancelRequests()
+			hs.Close()
+		}
+		result <- err
+		stopWork()
+	}()
+	s.Work(work)
+	return <-result
+}
