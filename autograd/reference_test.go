@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 )
 
 // TestReferencesMatchAttentionOp: the float64 references the GPU selftest compares the
@@ -39,24 +41,14 @@ func TestReferencesMatchAttentionOp(t *testing.T) {
 		op := got.Data().([]float32)
 		scale := 1 / math.Sqrt(float64(c.dim))
 		want := refPrefill(q, cache.K[0], cache.V[0], c.heads, c.dim, c.past, c.t, scale, st)
-		if d := relDiff32(want, op); d > 1e-6 {
+		if d := tinybatch.RelDiff(want, op); d > 1e-6 {
 			t.Errorf("%+v: refPrefill differs from the Attention op by %.3g", c, d)
 		}
 		if c.t == 1 && c.lognSeq == 0 {
 			dec := refDecode(q, cache.K[0], cache.V[0], 1, c.heads, c.dim, maxLen, c.past+1, scale)
-			if d := relDiff32(dec, op); d > 1e-6 {
+			if d := tinybatch.RelDiff(dec, op); d > 1e-6 {
 				t.Errorf("%+v: refDecode differs from the Attention op by %.3g", c, d)
 			}
 		}
 	}
-}
-
-func relDiff32(a, b []float32) float64 {
-	var num, den float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		num += d * d
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
 }
