@@ -7,6 +7,7 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
 // TestMergeGolden: folding the golden adapter into tiny-qwen gives a model, in the original
@@ -51,5 +52,107 @@ func TestMergeGolden(t *testing.T) {
 	}
 	if err := Merge(src, adapterDir, out); err == nil {
 		t.Error("merging into a directory that holds a model was allowed")
+	}
+}
+
+// TestFold: folding the golden adapter in memory gives the logits of the adapter (within bf16
+// rounding of the folded weights) with plain projections only, and the same logits as the
+// model Merge writes; trained special-token rows fold into wte and lm_head too.
+func TestFold(t *testing.T) {
+	gd := loadGolden(t)
+	adapterDir := filepath.Join(t.TempDir(), "adapter")
+	if err := gd.a.Save(adapterDir, "tiny-qwen", nil); err != nil {
+		t.Fatal(err)
+	}
+	src := golden.Path(t, "tiny-qwen")
+	logits := func(m *model.Model) []float32 {
+		t.Helper()
+		r, err := m.NewRunner(gd.batch.Batch, gd.batch.Seq, model.Training, false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		r.SetBatch(gd.batch.IDs, gd.batch.Labels, gd.batch.Mask)
+		if err := r.Run(); err != nil {
+			t.Fatal(err)
+		}
+		return append([]float32(nil), r.Logits()...)
+	}
+	m, err := model.Load(src, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := Attach(adapterDir, m); err != nil {
+		t.Fatal(err)
+	}
+	n, err := Fold(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(gd.a.Layers) {
+		t.Fatalf("folded %d layers of %d", n, len(gd.a.Layers))
+	}
+	for _, b := range m.Blocks {
+		for _, p := range []model.Projection{b.QKV, b.Out, b.Up, b.Gate, b.Down} {
+			if _, ok := p.(*model.Dense); !ok {
+				t.Fatalf("a %T is left after folding", p)
+			}
+		}
+	}
+	folded := logits(m)
+	want, base := gd.ref.Floats(t, "lora.logits"), gd.ref.Floats(t, "logits")
+	if e, effect := relDiff(folded, want), relDiff(base, want); e > 1e-2 || e > effect/10 {
+		t.Errorf("folded logits differ from the adapter's by %.3g; the adapter changes them by %.3g", e, effect)
+	}
+	out := filepath.Join(t.TempDir(), "merged")
+	if err := Merge(src, adapterDir, out); err != nil {
+		t.Fatal(err)
+	}
+	merged, err := model.Load(out, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer merged.Close()
+	if e := relDiff(folded, logits(merged)); e > 1e-6 {
+		t.Errorf("folded in memory and merged on disk differ by %.3g", e)
+	}
+
+	// special-token rows
+	m2, err := model.Load(src, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	plain := logits(m2)
+	var ranks [][]byte // 300 ordinary tokens: the special ones follow within the 512 rows
+	for i := 0; i < 256; i++ {
+		ranks = append(ranks, []byte{byte(i)})
+	}
+	for i := 0; i < 44; i++ {
+		ranks = append(ranks, []byte{'a', byte('a' + i)})
+	}
+	tok, err := tokenizer.New(ranks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := AddSpecialTokens(m2, tok, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Params() {
+		for i, v := 0, p.Value.Data().([]float32); i < len(v); i++ {
+			v[i] = float32(i%7-3) * 0.05
+		}
+	}
+	withRows := logits(m2)
+	if _, err := Fold(m2); err != nil {
+		t.Fatal(err)
+	}
+	if m2.EmbedRows != nil {
+		t.Fatal("the embedding rows were not folded")
+	}
+	if e, effect := relDiff(logits(m2), withRows), relDiff(plain, withRows); e > 1e-2 || e > effect/10 {
+		t.Errorf("folded special-token rows differ by %.3g; the rows change the logits by %.3g", e, effect)
 	}
 }

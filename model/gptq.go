@@ -134,3 +134,16 @@ func loadGPTQ(cfg *checkpoints.Config, g *checkpoints.GPTQConfig, ck *checkpoint
 	m.Head = &Dense{Weight: head}
 	return m, nil
 }
+
+// Quantized reports whether any projection of m is GPTQ Int4.
+func (m *Model) Quantized() bool {
+	for _, b := range m.Blocks {
+		for _, p := range []Projection{b.QKV, b.Out, b.Up, b.Gate, b.Down} {
+			if _, ok := p.(*Int4); ok {
+				return true
+			}
+		}
+	}
+	_, ok := m.Head.(*Int4)
+	return ok
+}

@@ -21,6 +21,14 @@ func useDevice(cmd *cobra.Command, m *model.Model, name string) (func(), error) 
 	default:
 		return nil, fmt.Errorf("--device %q: use cpu or cuda", name)
 	}
+	if m.Quantized() && name != "cuda" {
+		// no Int4 kernels on the GPU yet: a GPTQ model runs on the CPU unless cuda is demanded
+		fmt.Fprintln(cmd.ErrOrStderr(), "device: cpu (GPTQ Int4 layers have no GPU kernels; --device cuda would fail)")
+		return func() {}, nil
+	}
+	if m.Quantized() {
+		return nil, fmt.Errorf("--device cuda: this model is GPTQ Int4, which runs on the CPU only (use --device cpu)")
+	}
 	exec, err := openExecutor(name)
 	if err != nil {
 		return nil, err

@@ -26,7 +26,8 @@ type inference struct {
 	release func() // gives the device back (openOnDevice)
 }
 
-// openOnDevice is openWithAdapter with the model put on the named --device.
+// openOnDevice is openWithAdapter with the model put on the named --device (an adapter is
+// folded into the weights there: the GPU executor has no LoRA kernels).
 func openOnDevice(cmd *cobra.Command, dir, adapter string, needTokenizer bool, device string) (*inference, error) {
 	in, err := openWithAdapter(cmd, dir, adapter, needTokenizer)
 	if err != nil {
@@ -35,6 +36,15 @@ func openOnDevice(cmd *cobra.Command, dir, adapter string, needTokenizer bool, d
 	if in.release, err = useDevice(cmd, in.m, device); err != nil {
 		in.m.Close()
 		return nil, err
+	}
+	if adapter != "" && in.m.Exec != nil {
+		// the GPU runs plain projections: fold the adapter into copies of the weights
+		n, err := lora.Fold(in.m)
+		if err != nil {
+			in.close()
+			return nil, err
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "adapter folded into %d weights for %s\n", n, in.m.Exec.Name())
 	}
 	return in, nil
 }

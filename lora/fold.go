@@ -1,0 +1,101 @@
+package lora
+
+import (
+	"fmt"
+
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// Fold merges an attached adapter into m's weights in memory, as Merge does on disk: every
+// LoRA layer becomes a plain projection with W + (alpha/r) B A (bf16 weights stay bf16,
+// rounded once), and trained special-token rows are added to copies of wte and lm_head.
+// Executors without LoRA kernels (the GPU) then run the adapted model. The folded weights
+// are new memory; the base model's mapped weights are left as they were.
+func Fold(m *model.Model) (int, error) {
+	folded := 0
+	fold := func(p model.Projection) (model.Projection, error) {
+		l, ok := p.(*Layer)
+		if !ok {
+			return p, nil
+		}
+		base, ok := l.Base.(*model.Dense)
+		if !ok {
+			return nil, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded (not %T)", l.Module, l.Base)
+		}
+		w, err := addRows(base.Weight, loraDelta(l))
+		if err != nil {
+			return nil, err
+		}
+		folded++
+		return &model.Dense{Weight: w, Bias: base.Bias}, nil
+	}
+	var err error
+	for _, b := range m.Blocks {
+		for _, p := range []*model.Projection{&b.QKV, &b.Out, &b.Up, &b.Gate, &b.Down} {
+			if *p, err = fold(*p); err != nil {
+				return folded, err
+			}
+		}
+	}
+	if m.EmbedRows != nil {
+		if m.Embed, err = addRows(m.Embed, rowDelta(m.EmbedRows.Delta, m.EmbedRows.Offset)); err != nil {
+			return folded, err
+		}
+		m.EmbedRows = nil
+		folded++
+	}
+	if h, ok := m.Head.(*headRows); ok {
+		base, ok := h.Base.(*model.Dense)
+		if !ok {
+			return folded, fmt.Errorf("lora: lm_head of type %T cannot take the special-token rows", h.Base)
+		}
+		w, err := addRows(base.Weight, rowDelta(h.Delta, h.Offset))
+		if err != nil {
+			return folded, err
+		}
+		m.Head = &model.Dense{Weight: w, Bias: base.Bias}
+		folded++
+	}
+	if m.Head, err = fold(m.Head); err != nil {
+		return folded, err
+	}
+	return folded, nil
+}
+
+// addRows is a copy of p with delta added: rows computed a tile at a time in float32, stored
+// in p's element type (bf16 rounded to nearest even).
+func addRows(p *model.Param, delta func(r0, r1 int, dst []float32)) (*model.Param, error) {
+	shape := p.Value.Shape()
+	if len(shape) != 2 {
+		return nil, fmt.Errorf("lora: %s has shape %v, not a matrix", p.Name, shape)
+	}
+	rows, cols := shape[0], shape[1]
+	const tile = 256
+	buf := make([]float32, tile*cols)
+	switch src := p.Value.Data().(type) {
+	case []uint16:
+		out := make([]uint16, len(src))
+		for r0 := 0; r0 < rows; r0 += tile {
+			r1 := min(r0+tile, rows)
+			delta(r0, r1, buf[:(r1-r0)*cols])
+			for i := r0 * cols; i < r1*cols; i++ {
+				out[i] = checkpoints.F32ToBF16(checkpoints.BF16ToF32(src[i]) + buf[i-r0*cols])
+			}
+		}
+		return &model.Param{Name: p.Name, Value: tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(out))}, nil
+	case []float32:
+		out := make([]float32, len(src))
+		for r0 := 0; r0 < rows; r0 += tile {
+			r1 := min(r0+tile, rows)
+			delta(r0, r1, buf[:(r1-r0)*cols])
+			for i := r0 * cols; i < r1*cols; i++ {
+				out[i] = src[i] + buf[i-r0*cols]
+			}
+		}
+		return &model.Param{Name: p.Name, Value: tensor.New(tensor.WithShape(rows, cols), tensor.WithBacking(out))}, nil
+	}
+	return nil, fmt.Errorf("lora: %s holds %v, which cannot be folded", p.Name, p.Value.Dtype())
+}
