@@ -39,7 +39,7 @@ type Device struct {
 	ptrs   []unsafe.Pointer // their addresses
 	blas   *cublas
 	// Allocated is the device memory held by this process's buffers (pooled ones included),
-	// Peak its highest value since the device was opened or ResetPeak.
+	// Peak its highest value since the device was opened.
 	Allocated, Peak int64
 	caches          map[*KVCache]*deviceCache
 	weights         map[uintptr]*Buffer
@@ -170,9 +170,6 @@ func (d *Device) Trim() {
 		delete(d.pool, size)
 	}
 }
-
-// ResetPeak starts peak tracking again from the memory held now.
-func (d *Device) ResetPeak() { d.Peak = d.Allocated }
 
 // Free returns a buffer to the pool.
 func (d *Device) Free(b *Buffer) {

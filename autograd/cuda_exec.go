@@ -361,7 +361,6 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 		node  *G.Node
 		index int
 		x, r  *value
-		cnt   int64
 	}
 	var lastAdd addInfo
 	scale := float32(0)
@@ -693,7 +692,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 				}
 				emit(what, func() error { return d.Add(y.buf, a.ptr(), b.ptr(), cnt) })
 				if y.buf == x.buf {
-					lastAdd = addInfo{node: n, index: len(p.ins) - 1, x: x, r: r, cnt: cnt}
+					lastAdd = addInfo{node: n, index: len(p.ins) - 1, x: x, r: r}
 				}
 				break
 			}

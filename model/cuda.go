@@ -47,8 +47,6 @@ func (c *CUDA) ReleaseCache(kv *autograd.KVCache) { c.Device.ReleaseCache(kv) }
 
 func (c *CUDA) Memory() (int64, int64) { return c.Device.Allocated, c.Device.Peak }
 
-func (c *CUDA) ResetPeak() { c.Device.ResetPeak() }
-
 func (c *CUDA) CopyBandwidth() (float64, error) { return c.Device.CopyBandwidth() }
 
 func (c *CUDA) Close() error { return c.Device.Close() }

@@ -16,9 +16,8 @@ type Executor interface {
 	// NewCache describes a KV cache kept by the executor, and ReleaseCache frees it.
 	NewCache(layers, capacity, heads, headDim int) *autograd.KVCache
 	ReleaseCache(c *autograd.KVCache)
-	// Memory is the device memory held now and at most since the last ResetPeak.
+	// Memory is the device memory held now and the most held since the executor opened.
 	Memory() (held, peak int64)
-	ResetPeak()
 	// CopyBandwidth is the device's memory copy bandwidth in GB/s (read + write counted).
 	CopyBandwidth() (float64, error)
 	Close() error

@@ -38,7 +38,6 @@ func (e *fakeExec) NewCache(layers, capacity, heads, headDim int) *autograd.KVCa
 }
 func (e *fakeExec) ReleaseCache(*autograd.KVCache)  { e.released++ }
 func (e *fakeExec) Memory() (int64, int64)          { return 0, 0 }
-func (e *fakeExec) ResetPeak()                      {}
 func (e *fakeExec) CopyBandwidth() (float64, error) { return 1, nil }
 func (e *fakeExec) Close() error                    { return nil }
 

@@ -313,7 +313,6 @@ func newID(prefix string) string {
 // reply is one generation seen from its handler: text as it is decoded and cut at stop
 // strings.
 type reply struct {
-	s      *Server
 	j      *job
 	cancel context.CancelFunc
 	dec    *tokenizer.StreamDecoder
@@ -331,7 +330,7 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp 
 		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
 		return nil, false
 	}
-	return &reply{s: s, j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
+	return &reply{j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
 }
 
 // each calls f with every piece of text that may be shown, in order, and returns how the
