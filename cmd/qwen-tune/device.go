@@ -44,3 +44,20 @@ func useDevice(cmd *cobra.Command, m *model.Model, name string) (func(), error) 
 		exec.Close()
 	}, nil
 }
+
+// registerCPUDevice is --device on commands that run on the CPU only (training, calibration,
+// evaluation): cuda is refused with a message instead of an unknown flag.
+func registerCPUDevice(cmd *cobra.Command, what string) {
+	var device string
+	cmd.Flags().StringVar(&device, "device", "cpu", "where "+what+" runs: cpu (the GPU executor runs inference only)")
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		switch device {
+		case "cpu", "":
+			return run(c, args)
+		case "cuda":
+			return fmt.Errorf("--device cuda: %s runs on the CPU; the GPU runs inference (chat, generate, serve, bench)", what)
+		}
+		return fmt.Errorf("--device %q: use cpu or cuda", device)
+	}
+}

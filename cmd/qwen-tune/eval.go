@@ -110,5 +110,6 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 	f.IntVar(&seqLen, "seq-len", 0, "window length in tokens for --text (default: the model's seq_length)")
 	f.IntVar(&stride, "stride", 0, "window advance in tokens for --text (default: seq-len/2)")
 	f.BoolVar(&asJSON, "json", false, "print {\"loss\", \"ppl\", \"tokens\"} as JSON")
+	registerCPUDevice(cmd, "eval")
 	return cmd
 }

@@ -225,6 +225,12 @@ func TestDeviceFlag(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "use cpu or cuda") {
 		t.Fatalf("--device tpu: code %d, stderr %q", code, errOut)
 	}
+	for _, c := range []string{"eval", "lora", "quantize"} {
+		_, errOut, code = qt(t, "", c, "--model", dir, "--device", "cuda")
+		if code == 0 || !strings.Contains(errOut, "runs on the CPU; the GPU runs inference") {
+			t.Fatalf("%s --device cuda: code %d, stderr %q", c, code, errOut)
+		}
+	}
 }
 
 // TestBenchJSON: bench on the CPU reports prefill, decode after one position, the copy

@@ -97,6 +97,7 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.BoolVar(&c.Pack, "pack", c.Pack, "pack several short examples into each --max-len row (attention and positions stay separate)")
 	f.StringSliceVar(&c.ModulesToSave, "modules-to-save", nil, "train these in full and save them with the adapter: wte, lm_head (Qwen's choice for base models; large)")
 	f.BoolVar(&c.TrainSpecialTokens, "train-special-tokens", c.TrainSpecialTokens, "also train the special-token rows of wte and lm_head (for base models, so they learn <|im_end|>)")
+	registerCPUDevice(cmd, "lora training")
 	return cmd
 }
 

@@ -146,5 +146,6 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 	f.IntVar(&seqLen, "seq-len", 2048, "tokens per calibration sample")
 	f.Uint64Var(&seed, "seed", 0, "seed for picking calibration samples")
 	f.StringVar(&method, "method", "gptq", "gptq, or rtn (round-to-nearest on the same grid, for comparison)")
+	registerCPUDevice(cmd, "GPTQ calibration")
 	return cmd
 }
