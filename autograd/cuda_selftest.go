@@ -69,17 +69,7 @@ type gpuCase struct {
 }
 
 // outBF16 is a poisoned bf16 output buffer.
-func (g *gpuCase) outBF16(n int, what string) *Buffer {
-	if g.err != nil {
-		return nil
-	}
-	var b *Buffer
-	if b, g.err = g.d.Alloc(int64(n+1)/2*4, what); g.err == nil {
-		g.err = g.d.Poison(b)
-	}
-	g.bufs = append(g.bufs, b)
-	return b
-}
+func (g *gpuCase) outBF16(n int, what string) *Buffer { return g.poisoned(int64(n+1)/2*4, what) }
 
 func (g *gpuCase) up(v any, what string) *Buffer {
 	if g.err != nil {
@@ -100,12 +90,15 @@ func (g *gpuCase) up(v any, what string) *Buffer {
 	return b
 }
 
-func (g *gpuCase) out(n int, what string) *Buffer {
+// out is a poisoned float32 output buffer.
+func (g *gpuCase) out(n int, what string) *Buffer { return g.poisoned(int64(n)*4, what) }
+
+func (g *gpuCase) poisoned(bytes int64, what string) *Buffer {
 	if g.err != nil {
 		return nil
 	}
 	var b *Buffer
-	if b, g.err = g.d.Alloc(int64(n)*4, what); g.err == nil {
+	if b, g.err = g.d.Alloc(bytes, what); g.err == nil {
 		g.err = g.d.Poison(b)
 	}
 	g.bufs = append(g.bufs, b)

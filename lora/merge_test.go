@@ -33,17 +33,8 @@ func TestMergeGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer merged.Close()
-	r, err := merged.NewRunner(gd.batch.Batch, gd.batch.Seq, model.Training, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	r.SetBatch(gd.batch.IDs, gd.batch.Labels, gd.batch.Mask)
-	if err := r.Run(); err != nil {
-		t.Fatal(err)
-	}
 	want := gd.ref.Floats(t, "lora.logits")
-	e := relDiff(r.Logits(), want)
+	e := relDiff(gd.logits(t, merged), want)
 	t.Logf("merged bf16 model vs the reference adapter logits: %.3g relative", e)
 	base := gd.ref.Floats(t, "logits")
 	effect := relDiff(base, want)
@@ -65,19 +56,7 @@ func TestFold(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := golden.Path(t, "tiny-qwen")
-	logits := func(m *model.Model) []float32 {
-		t.Helper()
-		r, err := m.NewRunner(gd.batch.Batch, gd.batch.Seq, model.Training, false, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		r.SetBatch(gd.batch.IDs, gd.batch.Labels, gd.batch.Mask)
-		if err := r.Run(); err != nil {
-			t.Fatal(err)
-		}
-		return append([]float32(nil), r.Logits()...)
-	}
+	logits := func(m *model.Model) []float32 { return gd.logits(t, m) }
 	m, err := model.Load(src, model.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -155,4 +134,19 @@ func TestFold(t *testing.T) {
 	if e, effect := relDiff(logits(m2), withRows), relDiff(plain, withRows); e > 1e-2 || e > effect/10 {
 		t.Errorf("folded special-token rows differ by %.3g; the rows change the logits by %.3g", e, effect)
 	}
+}
+
+// logits runs the golden batch through m.
+func (gd *goldenData) logits(t *testing.T, m *model.Model) []float32 {
+	t.Helper()
+	r, err := m.NewRunner(gd.batch.Batch, gd.batch.Seq, model.Training, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.SetBatch(gd.batch.IDs, gd.batch.Labels, gd.batch.Mask)
+	if err := r.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return append([]float32(nil), r.Logits()...)
 }
