@@ -188,37 +188,69 @@ type Program struct {
 	sampleOut, work, seen *Buffer
 	seenHost              []bool
 	seenIDs               []int
-	Launches              int // kernel launches per run
+	Launches              int   // kernel launches per run
+	activations           int64 // bytes of the arena of every activation and scratch buffer
 }
 
-// planner hands out activation buffers, reusing released ones: the smallest free buffer
-// that fits and is at most twice the request.
+// planner records the activation buffers of a program as Compile asks for them, each with
+// the node that first writes it (at, when asked) and the node that reads it last (at, when
+// put back; the program's end if never), then places them all in one arena (PlanArena):
+// buffers whose lifetimes are disjoint share bytes. The Buffers it hands out get their
+// addresses in place once the arena exists; the launches read them only when they run.
 type planner struct {
-	d     *Device
-	free  map[int64][]*Buffer
-	owned []*Buffer
+	at    int // the node being compiled
+	reqs  []ArenaRequest
+	bufs  []*Buffer
+	index map[*Buffer]int
+	arena *Buffer
 }
 
-func (p *planner) get(bytes int64, what string) (*Buffer, error) {
-	best := int64(-1)
-	for size, l := range p.free {
-		if len(l) > 0 && size >= bytes && size <= 2*bytes && (best < 0 || size < best) {
-			best = size
+func (p *planner) get(bytes int64) *Buffer {
+	b := &Buffer{Bytes: bytes}
+	p.index[b] = len(p.reqs)
+	p.reqs = append(p.reqs, ArenaRequest{Bytes: bytes, First: p.at, Last: -1})
+	p.bufs = append(p.bufs, b)
+	return b
+}
+
+// put ends b's lifetime at the current node.
+func (p *planner) put(b *Buffer) {
+	if i, ok := p.index[b]; ok {
+		p.reqs[i].Last = p.at
+	}
+}
+
+// touch extends b's lifetime to the current node (a launch moved later reads it).
+func (p *planner) touch(b *Buffer) {
+	if i, ok := p.index[b]; ok && p.reqs[i].Last >= 0 {
+		p.reqs[i].Last = max(p.reqs[i].Last, p.at)
+	}
+}
+
+// place allocates the arena and gives every buffer its address; buffers never put back
+// live to node last.
+func (p *planner) place(d *Device, last int) error {
+	for i := range p.reqs {
+		if p.reqs[i].Last < 0 {
+			p.reqs[i].Last = last
 		}
 	}
-	if best >= 0 {
-		l := p.free[best]
-		p.free[best] = l[:len(l)-1]
-		return l[len(l)-1], nil
+	offsets, size := PlanArena(p.reqs, ArenaAlign)
+	if err := CheckArena(p.reqs, offsets, size, ArenaAlign); err != nil {
+		return err
 	}
-	b, err := p.d.Alloc(bytes, what)
-	if err == nil {
-		p.owned = append(p.owned, b)
+	if size == 0 {
+		return nil
 	}
-	return b, err
+	var err error
+	if p.arena, err = d.Alloc(size, fmt.Sprintf("activations (%d buffers planned in one arena)", len(p.reqs))); err != nil {
+		return err
+	}
+	for i, b := range p.bufs {
+		b.Ptr = p.arena.Ptr + cu.DevicePtr(offsets[i])
+	}
+	return nil
 }
-
-func (p *planner) put(b *Buffer) { p.free[b.Bytes] = append(p.free[b.Bytes], b) }
 
 // Compile turns the graph that computes out into a Program reading step.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program, err error) {
@@ -239,15 +271,15 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 	}
 	vals := map[*G.Node]*value{}
 	lastUse := map[*G.Node]int{} // of a buffer's owner: the last node reading it or its views
-	pl := &planner{d: d, free: map[int64][]*Buffer{}}
+	pl := &planner{index: map[*Buffer]int{}}
 	p := &Program{d: d, step: step}
 	defer func() {
 		if err != nil {
 			for _, b := range p.owned {
 				d.Free(b)
 			}
-			for _, b := range pl.owned {
-				d.Free(b)
+			if pl.arena != nil {
+				d.Free(pl.arena)
 			}
 		}
 	}()
@@ -319,10 +351,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 		if bf {
 			elem = 2
 		}
-		b, err := pl.get(int64(rows*cols)*elem, fmt.Sprintf("%s [%d, %d]", n.Op(), rows, cols))
-		if err != nil {
-			return nil, err
-		}
+		b := pl.get(int64(rows*cols) * elem)
 		v := &value{buf: b, rows: rows, cols: cols, stride: cols, root: n, bf16: bf}
 		vals[n] = v
 		return v, nil
@@ -365,6 +394,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 	var lastAdd addInfo
 	scale := float32(0)
 	for i, n := range sorted {
+		pl.at = i
 		if n.Op() == nil {
 			if n.Value() == nil {
 				return nil, fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
@@ -437,6 +467,8 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			if la := lastAdd; la.node == kids[n][0] && la.index == len(p.ins)-1 {
 				// the residual add just emitted (in place into la.x) fused with this norm
 				p.ins, p.names, p.kinds = p.ins[:la.index], p.names[:la.index], p.kinds[:la.index]
+				pl.touch(la.x.buf) // the add now runs here: what it reads lives until here
+				pl.touch(la.r.buf)
 				emit(what+" with the residual add", func() error {
 					if bf {
 						return d.AddRMSNormBF16Out(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
@@ -498,9 +530,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			}
 			xb := x.buf
 			if !x.bf16 {
-				if xb, err = pl.get(int64(rows*k)*2, "bf16 GEMM input"); err != nil {
-					return nil, err
-				}
+				xb = pl.get(int64(rows*k) * 2)
 				pl.put(xb) // only used inside this node's launches
 			}
 			conv, stride := !x.bf16, x.stride
@@ -592,14 +622,10 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			scale = float32(1 / math.Sqrt(float64(dim)))
 			pre := &prefillScratch{}
 			if t > 1 {
-				pre.chunk = min(t, 128)
-				pre.elems = int64(heads) * int64(max(pre.chunk*t, MaxCacheScratch))
-				if pre.q, err = pl.get(int64(t*width)*2, "bf16 queries"); err != nil {
-					return nil, err
-				}
-				if pre.s, err = pl.get(pre.elems*4, "attention scores"); err != nil {
-					return nil, err
-				}
+				pre.chunk = min(t, PrefillChunk)
+				pre.elems = PrefillScoreElems(heads, t)
+				pre.q = pl.get(int64(t*width) * 2)
+				pre.s = pl.get(pre.elems * 4)
 				pl.put(pre.q) // scratch of this node only: later nodes may reuse it
 				pl.put(pre.s)
 			}
@@ -705,13 +731,16 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 		return nil, fmt.Errorf("autograd: the graph's output %s was not computed", out.Name())
 	}
 	p.out = *ov
-	p.owned = append(p.owned, pl.owned...)
+	if err := pl.place(d, len(sorted)); err != nil {
+		return nil, err
+	}
+	if pl.arena != nil {
+		p.owned = append(p.owned, pl.arena)
+		p.activations = pl.arena.Bytes
+	}
 	p.Launches = len(p.ins)
 	return p, nil
 }
-
-// MaxCacheScratch bounds the score scratch of a chunk after a long cache (elements per head).
-const MaxCacheScratch = 32768
 
 type prefillScratch struct {
 	q, s  *Buffer
@@ -972,6 +1001,10 @@ func (p *Program) Profile(reps int) ([]OpTime, error) {
 func (p *Program) Stats() (launches, graphed int, graphErr error) {
 	return p.Launches, p.Graphed, p.GraphErr
 }
+
+// ActivationBytes is the device memory of the program's activations and scratch buffers,
+// one arena planned from their lifetimes.
+func (p *Program) ActivationBytes() int64 { return p.activations }
 
 // Close frees the program's buffers (parameters and caches stay with the Device).
 func (p *Program) Close() error {

@@ -24,26 +24,28 @@ type BenchOptions struct {
 // Throughput is one generation benchmark: a random prompt prefilled at once, then greedy
 // decoding of new tokens one at a time with the KV cache.
 type Throughput struct {
-	Device        string  `json:"device"`
-	PromptTokens  int     `json:"prompt_tokens"`
-	NewTokens     int     `json:"new_tokens"`
-	DecodeAfter   int     `json:"decode_after"`
-	PrefillSec    float64 `json:"prefill_s"`
-	PrefillTokS   float64 `json:"prefill_tokens_per_s"`
-	DecodeSec     float64 `json:"decode_s"`
-	DecodeTokS    float64 `json:"decode_tokens_per_s"`
-	KVCacheBytes  int64   `json:"kv_cache_bytes"`
-	CachePos      int     `json:"kv_cache_positions"`
-	PeakRSSBytes  int64   `json:"peak_rss_bytes"`
-	PeakDevBytes  int64   `json:"peak_device_bytes,omitempty"`
-	WeightsBytes  int64   `json:"weights_bytes"`
-	CopyGBs       float64 `json:"copy_gb_per_s"`             // memory copy bandwidth, read + write counted
-	FloorTokS     float64 `json:"decode_floor_tokens_per_s"` // copy bandwidth / weight bytes
-	FloorFraction float64 `json:"decode_fraction_of_floor"`
-	LoadSec       float64 `json:"load_s,omitempty"`
-	LoadRSSBytes  int64   `json:"load_peak_rss_bytes,omitempty"`
-	PrefillRounds int     `json:"prefill_rounds"`
-	DecodeStats   string  `json:"decode_program,omitempty"`
+	Device       string  `json:"device"`
+	PromptTokens int     `json:"prompt_tokens"`
+	NewTokens    int     `json:"new_tokens"`
+	DecodeAfter  int     `json:"decode_after"`
+	PrefillSec   float64 `json:"prefill_s"`
+	PrefillTokS  float64 `json:"prefill_tokens_per_s"`
+	DecodeSec    float64 `json:"decode_s"`
+	DecodeTokS   float64 `json:"decode_tokens_per_s"`
+	KVCacheBytes int64   `json:"kv_cache_bytes"`
+	CachePos     int     `json:"kv_cache_positions"`
+	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+	PeakDevBytes int64   `json:"peak_device_bytes,omitempty"`
+	// device memory of the activations of the largest program (the prefill's, if any)
+	ActivationBytes int64   `json:"activation_bytes,omitempty"`
+	WeightsBytes    int64   `json:"weights_bytes"`
+	CopyGBs         float64 `json:"copy_gb_per_s"`             // memory copy bandwidth, read + write counted
+	FloorTokS       float64 `json:"decode_floor_tokens_per_s"` // copy bandwidth / weight bytes
+	FloorFraction   float64 `json:"decode_fraction_of_floor"`
+	LoadSec         float64 `json:"load_s,omitempty"`
+	LoadRSSBytes    int64   `json:"load_peak_rss_bytes,omitempty"`
+	PrefillRounds   int     `json:"prefill_rounds"`
+	DecodeStats     string  `json:"decode_program,omitempty"`
 	// GPU time per kind of instruction (Profile): of the prefill and of one decode step
 	PrefillProfile []autograd.OpTime `json:"prefill_profile,omitempty"`
 	DecodeProfile  []autograd.OpTime `json:"decode_profile,omitempty"`
@@ -133,6 +135,7 @@ func MeasureThroughput(m *Model, o BenchOptions) (Throughput, error) {
 		}
 	}
 	res.KVCacheBytes = s.CacheBytes()
+	res.ActivationBytes = s.ActivationBytes()
 	res.PeakRSSBytes = PeakRSS()
 	if m.Exec != nil {
 		_, res.PeakDevBytes = m.Exec.Memory()

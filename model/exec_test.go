@@ -26,12 +26,13 @@ type fakeProg struct {
 	ran bool
 	// logitsCalls counts downloads
 	logitsCalls int
+	act         int64 // reported activation bytes: 1000 per row of the step
 }
 
 func (e *fakeExec) Name() string { return "fake" }
 func (e *fakeExec) Compile(g *Graph, out *G.Node) (Program, error) {
 	e.compiled++
-	return &fakeProg{e: e, vm: G.NewTapeMachine(g.ExprGraph), out: out}, nil
+	return &fakeProg{e: e, vm: G.NewTapeMachine(g.ExprGraph), out: out, act: int64(1000 * g.Step.Batch * g.Step.Seq)}, nil
 }
 func (e *fakeExec) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
 	return autograd.NewKVCache(layers, 1, capacity, heads, headDim)
@@ -59,6 +60,7 @@ func (p *fakeProg) Sample(sp autograd.SampleParams, u float64, seen []int, limit
 	return s.NextWith(logits, seen, u), nil
 }
 func (p *fakeProg) Stats() (int, int, error) { return 0, 0, nil }
+func (p *fakeProg) ActivationBytes() int64   { return p.act }
 func (p *fakeProg) Close() error             { return p.vm.Close() }
 
 // TestExecutorSessionMatchesCPU: generation through an executor (sampling on its device with
@@ -115,4 +117,33 @@ func TestExecutorSessionMatchesCPU(t *testing.T) {
 		s2.Close()
 	}
 	m.Exec = nil
+}
+
+// TestSessionActivationBytes: a session reports its largest program's activations (the
+// prompt's rather than the one-token step's), and nothing on the CPU.
+func TestSessionActivationBytes(t *testing.T) {
+	m, err := RandomModel(TinyOptions{Seed: 4, VocabRanks: 512, Hidden: 64, Layers: 2, Heads: 4, MLPWidth: 48, SeqLength: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := []int{5, 99, 300, 7, 42, 42, 8}
+	cpu := m.NewSession(16)
+	if _, _, err := cpu.Generate(context.Background(), prompt, GenerateOptions{MaxNewTokens: 3, Sampler: &Sampler{Greedy: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a := cpu.ActivationBytes(); a != 0 {
+		t.Errorf("CPU session reports %d activation bytes", a)
+	}
+	cpu.Close()
+	m.Exec = &fakeExec{}
+	defer func() { m.Exec = nil }()
+	s := m.NewSession(16)
+	defer s.Close()
+	if _, _, err := s.Generate(context.Background(), prompt, GenerateOptions{MaxNewTokens: 3, Sampler: &Sampler{Greedy: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// the prompt is one program of 7 rows, every new token one of a single row
+	if a := s.ActivationBytes(); a != int64(1000*len(prompt)) {
+		t.Errorf("session reports %d activation bytes, want the prompt program's %d", a, 1000*len(prompt))
+	}
 }

@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 
@@ -165,6 +166,21 @@ func (s *Session) DecodeStats() string {
 		return fmt.Sprintf("%d launches per token, no CUDA graph (%v)", l, err)
 	}
 	return fmt.Sprintf("%d launches per token captured in a CUDA graph, %d steps replayed", l, g)
+}
+
+// ActivationBytes is the device memory of the activations of the session's largest compiled
+// program (0 on the CPU, or on an executor that does not report it).
+func (s *Session) ActivationBytes() int64 {
+	var most int64
+	for _, r := range append([]*Runner{s.decode}, slices.Collect(maps.Values(s.prefill))...) {
+		if r == nil || r.prog == nil {
+			continue
+		}
+		if a, ok := r.prog.(interface{ ActivationBytes() int64 }); ok {
+			most = max(most, a.ActivationBytes())
+		}
+	}
+	return most
 }
 
 // Profile times the session's last prompt program (prefill) or its one-token program on the

@@ -101,7 +101,8 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 			fmt.Fprintf(out, "floor      copy bandwidth %.0f GB/s (read + write) / %.2f GB of weights = %.2f tokens/s\n", res.CopyGBs, float64(res.WeightsBytes)/1e9, res.FloorTokS)
 			fmt.Fprintf(out, "kv cache   %.1f MiB for %d positions\n", float64(res.KVCacheBytes)/(1<<20), res.CachePos)
 			if res.PeakDevBytes > 0 {
-				fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers\n", gib(res.PeakDevBytes))
+				fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB, kv cache %.2f GiB, activations %.1f MiB\n",
+					gib(res.PeakDevBytes), gib(res.WeightsBytes), gib(res.KVCacheBytes), float64(res.ActivationBytes)/(1<<20))
 			}
 			fmt.Fprintf(out, "peak RSS   %.2f GiB (%d threads)\n", gib(res.PeakRSSBytes), runtime.GOMAXPROCS(0))
 			for _, pr := range []struct {

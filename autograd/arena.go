@@ -1,0 +1,169 @@
+package autograd
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Activation memory planning: every buffer a compiled program needs is known before it runs,
+// with the first and last instruction that touch it, so all of them are placed at offsets of
+// one arena allocated once. Two buffers may share bytes only when their lifetimes are
+// disjoint. Placement is greedy by size: the largest buffer first, each at the lowest offset
+// where it overlaps no already placed buffer of an intersecting lifetime (the smallest such
+// gap that fits). For a transformer's layers, which repeat the same lifetimes, the arena comes
+// out at (or within a few buffers' alignment of) the most bytes ever live at once, the bound
+// no placement can beat; a free list that hands out whole released buffers keeps one buffer
+// per size class alive instead.
+
+// ArenaRequest is one buffer: Bytes, live from node First to node Last inclusive (a buffer
+// written by node i and one last read by node i are both live at i).
+type ArenaRequest struct {
+	Bytes       int64
+	First, Last int
+}
+
+func (r ArenaRequest) overlaps(o ArenaRequest) bool { return r.First <= o.Last && o.First <= r.Last }
+
+// ArenaAlign is the alignment of every offset (cuBLAS and the 16-byte vector loads need far
+// less; 256 matches what cuMemAlloc returns).
+const ArenaAlign = 256
+
+func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
+
+// PlanArena returns an offset per request (multiples of align) and the arena's size.
+func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
+	order := make([]int, len(reqs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		ra, rb := reqs[a], reqs[b]
+		switch {
+		case ra.Bytes != rb.Bytes:
+			if ra.Bytes > rb.Bytes {
+				return -1
+			}
+			return 1
+		default:
+			return ra.First - rb.First
+		}
+	})
+	offsets = make([]int64, len(reqs))
+	type span struct{ lo, hi int64 }
+	var placed []int // requests placed so far
+	var busy []span
+	for _, i := range order {
+		r := reqs[i]
+		need := alignUp(max(r.Bytes, 1), align)
+		busy = busy[:0]
+		for _, j := range placed {
+			if r.overlaps(reqs[j]) {
+				busy = append(busy, span{offsets[j], offsets[j] + alignUp(max(reqs[j].Bytes, 1), align)})
+			}
+		}
+		slices.SortFunc(busy, func(a, b span) int {
+			if a.lo != b.lo {
+				if a.lo < b.lo {
+					return -1
+				}
+				return 1
+			}
+			return 0
+		})
+		// the smallest gap between busy spans that fits; else after the last one
+		best, bestGap, end := int64(-1), int64(-1), int64(0)
+		for _, s := range busy {
+			if gap := s.lo - end; gap >= need && (bestGap < 0 || gap < bestGap) {
+				best, bestGap = end, gap
+			}
+			end = max(end, s.hi)
+		}
+		if best < 0 {
+			best = end
+		}
+		offsets[i] = best
+		placed = append(placed, i)
+		size = max(size, best+need)
+	}
+	return offsets, size
+}
+
+// CheckArena verifies a placement: every buffer inside the arena, aligned, and no two
+// buffers with intersecting lifetimes sharing a byte.
+func CheckArena(reqs []ArenaRequest, offsets []int64, size, align int64) error {
+	if len(offsets) != len(reqs) {
+		return fmt.Errorf("autograd: arena plan of %d offsets for %d buffers", len(offsets), len(reqs))
+	}
+	for i, r := range reqs {
+		if offsets[i] < 0 || offsets[i]%align != 0 || offsets[i]+r.Bytes > size {
+			return fmt.Errorf("autograd: arena buffer %d (%d bytes at %d) outside an arena of %d bytes or unaligned", i, r.Bytes, offsets[i], size)
+		}
+	}
+	// sweep the nodes: buffers sorted by offset among those live together
+	idx := make([]int, len(reqs))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		if offsets[a] != offsets[b] {
+			if offsets[a] < offsets[b] {
+				return -1
+			}
+			return 1
+		}
+		return a - b
+	})
+	for x, i := range idx {
+		for _, j := range idx[x+1:] {
+			if offsets[j] >= offsets[i]+reqs[i].Bytes {
+				break
+			}
+			if reqs[i].Bytes > 0 && reqs[j].Bytes > 0 && reqs[i].overlaps(reqs[j]) {
+				return fmt.Errorf("autograd: arena buffers %d and %d share bytes while both live (nodes %d-%d and %d-%d)", i, j, reqs[i].First, reqs[i].Last, reqs[j].First, reqs[j].Last)
+			}
+		}
+	}
+	return nil
+}
+
+// LiveBound is the most bytes live at any node: no placement of reqs needs less.
+func LiveBound(reqs []ArenaRequest) int64 {
+	type ev struct {
+		at    int
+		bytes int64
+	}
+	var evs []ev
+	for _, r := range reqs {
+		evs = append(evs, ev{r.First, r.Bytes}, ev{r.Last + 1, -r.Bytes})
+	}
+	slices.SortFunc(evs, func(a, b ev) int {
+		if a.at != b.at {
+			return a.at - b.at
+		}
+		if a.bytes < b.bytes { // frees first at the same node
+			return -1
+		}
+		if a.bytes > b.bytes {
+			return 1
+		}
+		return 0
+	})
+	var live, best int64
+	for _, e := range evs {
+		live += e.bytes
+		best = max(best, live)
+	}
+	return best
+}
+
+// PrefillChunk is how many queries of a prefill the GPU attention scores at once.
+const PrefillChunk = 128
+
+// MaxCacheScratch bounds the score scratch of a chunk after a long cache (elements per head).
+const MaxCacheScratch = 32768
+
+// PrefillScoreElems is the fp32 score scratch (elements) of the GPU attention for t new
+// tokens: one chunk of queries against every key, at least MaxCacheScratch per head.
+func PrefillScoreElems(heads, t int) int64 {
+	return int64(heads) * int64(max(min(t, PrefillChunk)*t, MaxCacheScratch))
+}
