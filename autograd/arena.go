@@ -1,6 +1,7 @@
 package autograd
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -32,48 +33,32 @@ func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
 
 // PlanArena returns an offset per request (multiples of align) and the arena's size.
 func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
+	need := make([]int64, len(reqs))
 	order := make([]int, len(reqs))
-	for i := range order {
-		order[i] = i
+	for i, r := range reqs {
+		need[i], order[i] = alignUp(max(r.Bytes, 1), align), i
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
-		ra, rb := reqs[a], reqs[b]
-		switch {
-		case ra.Bytes != rb.Bytes:
-			if ra.Bytes > rb.Bytes {
-				return -1
-			}
-			return 1
-		default:
-			return ra.First - rb.First
+		if c := cmp.Compare(reqs[b].Bytes, reqs[a].Bytes); c != 0 {
+			return c
 		}
+		return reqs[a].First - reqs[b].First
 	})
 	offsets = make([]int64, len(reqs))
 	type span struct{ lo, hi int64 }
-	var placed []int // requests placed so far
 	var busy []span
-	for _, i := range order {
-		r := reqs[i]
-		need := alignUp(max(r.Bytes, 1), align)
+	for x, i := range order {
 		busy = busy[:0]
-		for _, j := range placed {
-			if r.overlaps(reqs[j]) {
-				busy = append(busy, span{offsets[j], offsets[j] + alignUp(max(reqs[j].Bytes, 1), align)})
+		for _, j := range order[:x] { // the buffers placed so far
+			if reqs[i].overlaps(reqs[j]) {
+				busy = append(busy, span{offsets[j], offsets[j] + need[j]})
 			}
 		}
-		slices.SortFunc(busy, func(a, b span) int {
-			if a.lo != b.lo {
-				if a.lo < b.lo {
-					return -1
-				}
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(busy, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
 		// the smallest gap between busy spans that fits; else after the last one
 		best, bestGap, end := int64(-1), int64(-1), int64(0)
 		for _, s := range busy {
-			if gap := s.lo - end; gap >= need && (bestGap < 0 || gap < bestGap) {
+			if gap := s.lo - end; gap >= need[i] && (bestGap < 0 || gap < bestGap) {
 				best, bestGap = end, gap
 			}
 			end = max(end, s.hi)
@@ -82,8 +67,7 @@ func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
 			best = end
 		}
 		offsets[i] = best
-		placed = append(placed, i)
-		size = max(size, best+need)
+		size = max(size, best+need[i])
 	}
 	return offsets, size
 }
@@ -99,20 +83,12 @@ func CheckArena(reqs []ArenaRequest, offsets []int64, size, align int64) error {
 			return fmt.Errorf("autograd: arena buffer %d (%d bytes at %d) outside an arena of %d bytes or unaligned", i, r.Bytes, offsets[i], size)
 		}
 	}
-	// sweep the nodes: buffers sorted by offset among those live together
+	// buffers by offset: each against the ones starting inside it
 	idx := make([]int, len(reqs))
 	for i := range idx {
 		idx[i] = i
 	}
-	slices.SortFunc(idx, func(a, b int) int {
-		if offsets[a] != offsets[b] {
-			if offsets[a] < offsets[b] {
-				return -1
-			}
-			return 1
-		}
-		return a - b
-	})
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(offsets[a], offsets[b]) })
 	for x, i := range idx {
 		for _, j := range idx[x+1:] {
 			if offsets[j] >= offsets[i]+reqs[i].Bytes {
@@ -136,17 +112,11 @@ func LiveBound(reqs []ArenaRequest) int64 {
 	for _, r := range reqs {
 		evs = append(evs, ev{r.First, r.Bytes}, ev{r.Last + 1, -r.Bytes})
 	}
-	slices.SortFunc(evs, func(a, b ev) int {
+	slices.SortFunc(evs, func(a, b ev) int { // frees first at the same node
 		if a.at != b.at {
 			return a.at - b.at
 		}
-		if a.bytes < b.bytes { // frees first at the same node
-			return -1
-		}
-		if a.bytes > b.bytes {
-			return 1
-		}
-		return 0
+		return cmp.Compare(a.bytes, b.bytes)
 	})
 	var live, best int64
 	for _, e := range evs {

@@ -87,10 +87,9 @@ func prefillRequests(t, layers int) (reqs []ArenaRequest, nodes int) {
 			ArenaRequest{Bytes: bf(hidden), First: attn, Last: out},                       // attention output
 			ArenaRequest{Bytes: bf(hidden), First: attn, Last: attn},                      // bf16 queries
 			ArenaRequest{Bytes: PrefillScoreElems(heads, t) * 4, First: attn, Last: attn}) // scores
-		add := next()
+		next() // the residual add, fused into the next norm
 		norm2 := next()
 		reqs = append(reqs, ArenaRequest{Bytes: f32(hidden), First: out, Last: norm2})
-		_ = add
 		up, gate := next(), next()
 		reqs = append(reqs, ArenaRequest{Bytes: bf(hidden), First: norm2, Last: gate})
 		sw := next()
