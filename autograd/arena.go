@@ -102,30 +102,6 @@ func CheckArena(reqs []ArenaRequest, offsets []int64, size, align int64) error {
 	return nil
 }
 
-// LiveBound is the most bytes live at any node: no placement of reqs needs less.
-func LiveBound(reqs []ArenaRequest) int64 {
-	type ev struct {
-		at    int
-		bytes int64
-	}
-	var evs []ev
-	for _, r := range reqs {
-		evs = append(evs, ev{r.First, r.Bytes}, ev{r.Last + 1, -r.Bytes})
-	}
-	slices.SortFunc(evs, func(a, b ev) int { // frees first at the same node
-		if a.at != b.at {
-			return a.at - b.at
-		}
-		return cmp.Compare(a.bytes, b.bytes)
-	})
-	var live, best int64
-	for _, e := range evs {
-		live += e.bytes
-		best = max(best, live)
-	}
-	return best
-}
-
 // PrefillChunk is how many queries of a prefill the GPU attention scores at once.
 const PrefillChunk = 128
 

@@ -467,8 +467,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			if la := lastAdd; la.node == kids[n][0] && la.index == len(p.ins)-1 {
 				// the residual add just emitted (in place into la.x) fused with this norm
 				p.ins, p.names, p.kinds = p.ins[:la.index], p.names[:la.index], p.kinds[:la.index]
-				pl.touch(la.x.buf) // the add now runs here: what it reads lives until here
-				pl.touch(la.r.buf)
+				pl.touch(la.r.buf) // the add now runs here: its addend lives until here
 				emit(what+" with the residual add", func() error {
 					if bf {
 						return d.AddRMSNormBF16Out(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
