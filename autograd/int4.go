@@ -13,6 +13,7 @@ package autograd
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -20,14 +21,56 @@ import (
 )
 
 // Int4 is a packed GPTQ weight (the name is for its common width; 2 and 8 bits pack alike).
+// It is the one representation of a quantized layer: GPTQ packs into it, the loader reads it
+// from AutoGPTQ's tensors, the quantized model runs it.
 type Int4 struct {
 	Name          string
 	Bits, K, N, G int
 	QWeight       []int32   // [K/p, N]
 	QZeros        []int32   // [G, N/p]
-	Scales        []float32 // [G, N], widened from fp16
+	Scales        []float32 // [G, N], fp16 values (exact in float32)
 	GIdx          []int32   // [K]
 	Bias          []float32 // [N] or nil
+}
+
+// Check validates the sizes, g_idx and scales (of a layer read from disk).
+func (w *Int4) Check() error {
+	if w.Bits != 2 && w.Bits != 4 && w.Bits != 8 {
+		return fmt.Errorf("autograd: %s: %d-bit codes (2, 4 or 8)", w.Name, w.Bits)
+	}
+	per := 32 / w.Bits
+	switch {
+	case w.K%per != 0 || w.N%per != 0:
+		return fmt.Errorf("autograd: %s: %d x %d does not pack %d codes per int32", w.Name, w.N, w.K, per)
+	case len(w.QWeight) != w.K/per*w.N || len(w.QZeros) != w.G*w.N/per || len(w.Scales) != w.G*w.N || len(w.GIdx) != w.K:
+		return fmt.Errorf("autograd: %s: tensor sizes do not fit K %d, N %d, %d groups", w.Name, w.K, w.N, w.G)
+	case w.Bias != nil && len(w.Bias) != w.N:
+		return fmt.Errorf("autograd: %s: bias has %d entries for %d outputs", w.Name, len(w.Bias), w.N)
+	}
+	for k, g := range w.GIdx {
+		if g < 0 || int(g) >= w.G {
+			return fmt.Errorf("autograd: %s: g_idx[%d] = %d is not a group in [0, %d)", w.Name, k, g, w.G)
+		}
+	}
+	for i, s := range w.Scales {
+		if math.IsNaN(float64(s)) || math.IsInf(float64(s), 0) {
+			return fmt.Errorf("autograd: %s: scale %d is %v", w.Name, i, s)
+		}
+	}
+	return nil
+}
+
+// Dequantize is W [N, K] in float32 (PyTorch's Linear layout).
+func (w *Int4) Dequantize() []float32 {
+	kn := make([]float32, w.K*w.N)
+	w.dequantCols(0, w.N, kn)
+	nk := make([]float32, w.N*w.K)
+	for k := 0; k < w.K; k++ {
+		for n := 0; n < w.N; n++ {
+			nk[n*w.K+k] = kn[k*w.N+n]
+		}
+	}
+	return nk
 }
 
 // dequantCols writes W[:, n0:n1] as a [K, n1-n0] float32 tile.

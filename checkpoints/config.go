@@ -236,7 +236,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 // ParamCount is the number of parameters of the float model the config describes.
 func (c *Config) ParamCount() int64 {
 	var n int64
-	for _, s := range ModelTensors(c) {
+	for _, s := range ModelTensors(c, nil) {
 		n += s.NumElements()
 	}
 	return n

@@ -24,7 +24,7 @@ func TestRealConfigAndNameTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	specs := ModelTensors(cfg)
+	specs := ModelTensors(cfg, nil)
 	if len(specs) != 259 || len(ix.WeightMap) != 259 {
 		t.Fatalf("%d names in the table, %d in the index; want 259", len(specs), len(ix.WeightMap))
 	}
@@ -87,13 +87,13 @@ func TestTinyGoldenCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ck.Close()
-	if err := CheckModelTensors(cfg, ck); err != nil {
+	if err := CheckTensors(cfg, nil, ck); err != nil {
 		t.Fatal(err)
 	}
 	if len(ck.Files) != 2 || ck.TotalBytes() != ck.Index.TotalSize() {
 		t.Fatalf("%d shards, %d bytes, index says %d", len(ck.Files), ck.TotalBytes(), ck.Index.TotalSize())
 	}
-	w, err := ck.Float32(LayerName(0, AttnQKV), 192, 64)
+	w, err := ck.Float32(LayerName(0, "attn.c_attn.weight"), 192, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestTinyGoldenCheckpoint(t *testing.T) {
 	if nonzero < len(w)/2 {
 		t.Fatalf("c_attn read as mostly zeros (%d of %d non-zero)", nonzero, len(w))
 	}
-	if _, err := ck.Float32(LayerName(0, AttnQKV), 64, 192); err == nil || !strings.Contains(err.Error(), "expected [64, 192]") {
+	if _, err := ck.Float32(LayerName(0, "attn.c_attn.weight"), 64, 192); err == nil || !strings.Contains(err.Error(), "expected [64, 192]") {
 		t.Fatalf("a wrong shape was accepted: %v", err)
 	}
 	r, err := Inspect(dir)
@@ -179,7 +179,7 @@ func TestGPTQTableOfQwen7BInt4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	specs := GPTQModelTensors(cfg, g)
+	specs := ModelTensors(cfg, g)
 	if len(specs) != 3+32*(2+5*5) {
 		t.Fatalf("%d tensors", len(specs))
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"unsafe"
 )
@@ -20,6 +21,15 @@ type Tensor struct {
 	// tensor's bytes starting at byte offset off. It lets writers stream tensors larger than
 	// memory (random models of Qwen-7B's size).
 	Gen func(dst []byte, off int64)
+}
+
+// F32Tensor is a float32 tensor held in memory.
+func F32Tensor(name string, shape []int64, v []float32) Tensor {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return Tensor{Name: name, DType: F32, Shape: shape, Data: b}
 }
 
 // ByteSize is the size of the tensor's data: len(Data), or dtype x shape for a generated tensor.

@@ -115,7 +115,7 @@ func Inspect(dir string) (*Report, error) {
 		}
 		return r, nil
 	}
-	if err := CheckModelTensors(cfg, ck); err != nil {
+	if err := CheckTensors(cfg, nil, ck); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -81,7 +81,7 @@ func TestModelTensorProblemsAreNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ts []Tensor
-	for _, s := range ModelTensors(cfg) {
+	for _, s := range ModelTensors(cfg, nil) {
 		ts = append(ts, zeros(s.Name, BF16, s.Shape...))
 	}
 	check := func(ts []Tensor, want string) {

@@ -16,35 +16,32 @@ import (
 // are new memory; the base model's mapped weights are left as they were.
 func Fold(m *model.Model) (int, error) {
 	folded := 0
-	fold := func(p model.Projection) (model.Projection, error) {
-		l, ok := p.(*Layer)
+	for _, s := range m.Projections() {
+		l, ok := (*s.P).(*Layer)
 		if !ok {
-			return p, nil
+			continue
 		}
 		base, ok := l.Base.(*model.Dense)
 		if !ok {
-			return nil, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded (not %T)", l.Module, l.Base)
+			return folded, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded (not %T)", l.Module, l.Base)
 		}
 		w, err := addRows(base.Weight, loraDelta(l))
 		if err != nil {
-			return nil, err
-		}
-		folded++
-		return &model.Dense{Weight: w, Bias: base.Bias}, nil
-	}
-	var err error
-	for _, b := range m.Blocks {
-		for _, p := range []*model.Projection{&b.QKV, &b.Out, &b.Up, &b.Gate, &b.Down} {
-			if *p, err = fold(*p); err != nil {
-				return folded, err
-			}
-		}
-	}
-	if m.EmbedRows != nil {
-		if m.Embed, err = addRows(m.Embed, rowDelta(m.EmbedRows.Delta, m.EmbedRows.Offset)); err != nil {
 			return folded, err
 		}
-		m.EmbedRows = nil
+		*s.P = &model.Dense{Weight: w, Bias: base.Bias}
+		folded++
+	}
+	if e, ok := m.Embed.(*embedRows); ok {
+		base, ok := e.Base.(*model.Table)
+		if !ok {
+			return folded, fmt.Errorf("lora: an embedding of type %T cannot take the special-token rows", e.Base)
+		}
+		w, err := addRows(base.Weight, rowDelta(e.Delta, e.Offset))
+		if err != nil {
+			return folded, err
+		}
+		m.Embed = &model.Table{Weight: w}
 		folded++
 	}
 	if h, ok := m.Head.(*headRows); ok {
@@ -58,9 +55,6 @@ func Fold(m *model.Model) (int, error) {
 		}
 		m.Head = &model.Dense{Weight: w, Bias: base.Bias}
 		folded++
-	}
-	if m.Head, err = fold(m.Head); err != nil {
-		return folded, err
 	}
 	return folded, nil
 }

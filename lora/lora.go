@@ -11,6 +11,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -24,7 +25,7 @@ type Config struct {
 
 // Targets are the module names a target may match: Qwen's c_attn, c_proj (attention and MLP
 // output), w1 and w2.
-var Targets = []string{"c_attn", "c_proj", "w1", "w2"}
+var Targets = checkpoints.LinearTargets()
 
 // DefaultConfig is Qwen's LoRA recipe: r 64, alpha 16, dropout 0.05, all four targets.
 func DefaultConfig() Config {
@@ -119,28 +120,26 @@ func Apply(m *model.Model, c Config, seed uint64) (*Adapter, error) {
 	}
 	a := &Adapter{Config: c}
 	r := rand.New(rand.NewPCG(seed, 0x6c6f7261))
-	for _, b := range m.Blocks {
-		for _, slot := range blockSlots(b) {
-			if !slices.Contains(c.Targets, slot.target) {
-				continue
-			}
-			if _, ok := (*slot.p).(*Layer); ok {
-				return nil, fmt.Errorf("lora: %s already has an adapter", slot.module)
-			}
-			out, in, err := projShape(*slot.p, slot.module)
-			if err != nil {
-				return nil, err
-			}
-			bound := 1 / math.Sqrt(float64(in))
-			av := make([]float32, c.R*in)
-			for i := range av {
-				av[i] = float32((2*r.Float64() - 1) * bound)
-			}
-			l := &Layer{Module: slot.module, Base: *slot.p, Scale: c.Scale(), Dropout: c.Dropout, key: uint64(len(a.Layers) + 1),
-				A: param(slot.module+".lora_A.weight", av, c.R, in), B: param(slot.module+".lora_B.weight", make([]float32, out*c.R), out, c.R)}
-			*slot.p = l
-			a.Layers = append(a.Layers, l)
+	for _, s := range m.Projections() {
+		if !slices.Contains(c.Targets, s.Target) {
+			continue
 		}
+		if _, ok := (*s.P).(*Layer); ok {
+			return nil, fmt.Errorf("lora: %s already has an adapter", s.Name)
+		}
+		out, in, err := projShape(*s.P, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		bound := 1 / math.Sqrt(float64(in))
+		av := make([]float32, c.R*in)
+		for i := range av {
+			av[i] = float32((2*r.Float64() - 1) * bound)
+		}
+		l := &Layer{Module: s.Name, Base: *s.P, Scale: c.Scale(), Dropout: c.Dropout, key: uint64(len(a.Layers) + 1),
+			A: param(s.Name+".lora_A.weight", av, c.R, in), B: param(s.Name+".lora_B.weight", make([]float32, out*c.R), out, c.R)}
+		*s.P = l
+		a.Layers = append(a.Layers, l)
 	}
 	if len(a.Layers) == 0 {
 		return nil, fmt.Errorf("lora: the targets %v match no layer of the model", c.Targets)
@@ -150,24 +149,6 @@ func Apply(m *model.Model, c Config, seed uint64) (*Adapter, error) {
 
 func param(name string, v []float32, shape ...int) *model.Param {
 	return &model.Param{Name: name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v)), Train: true}
-}
-
-// slot is a projection field of a block, with its module name and target kind.
-type slot struct {
-	p      *model.Projection
-	module string
-	target string
-}
-
-func blockSlots(b *model.Block) []slot {
-	name := func(s string) string { return fmt.Sprintf("transformer.h.%d.%s", b.Layer, s) }
-	return []slot{
-		{&b.QKV, name("attn.c_attn"), "c_attn"},
-		{&b.Out, name("attn.c_proj"), "c_proj"},
-		{&b.Up, name("mlp.w1"), "w1"},
-		{&b.Gate, name("mlp.w2"), "w2"},
-		{&b.Down, name("mlp.c_proj"), "c_proj"},
-	}
 }
 
 // projShape is a projection's [out, in].

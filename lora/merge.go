@@ -43,7 +43,9 @@ func Merge(modelDir, adapterDir, outDir string) error {
 	}
 	if rows, ok := m.Head.(*headRows); ok {
 		deltas[checkpoints.LMHead] = rowDelta(rows.Delta, rows.Offset)
-		deltas[checkpoints.Embedding] = rowDelta(m.EmbedRows.Delta, m.EmbedRows.Offset)
+	}
+	if rows, ok := m.Embed.(*embedRows); ok {
+		deltas[checkpoints.Embedding] = rowDelta(rows.Delta, rows.Offset)
 	}
 	ck, err := checkpoints.OpenDir(modelDir)
 	if err != nil {

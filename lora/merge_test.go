@@ -72,11 +72,9 @@ func TestFold(t *testing.T) {
 	if n != len(gd.a.Layers) {
 		t.Fatalf("folded %d layers of %d", n, len(gd.a.Layers))
 	}
-	for _, b := range m.Blocks {
-		for _, p := range []model.Projection{b.QKV, b.Out, b.Up, b.Gate, b.Down} {
-			if _, ok := p.(*model.Dense); !ok {
-				t.Fatalf("a %T is left after folding", p)
-			}
+	for _, s := range m.Projections() {
+		if _, ok := (*s.P).(*model.Dense); !ok {
+			t.Fatalf("%s is a %T after folding", s.Name, *s.P)
 		}
 	}
 	folded := logits(m)
@@ -128,7 +126,7 @@ func TestFold(t *testing.T) {
 	if _, err := Fold(m2); err != nil {
 		t.Fatal(err)
 	}
-	if m2.EmbedRows != nil {
+	if _, ok := m2.Embed.(*model.Table); !ok {
 		t.Fatal("the embedding rows were not folded")
 	}
 	if e, effect := relDiff(logits(m2), withRows), relDiff(plain, withRows); e > 1e-2 || e > effect/10 {

@@ -40,7 +40,11 @@ func ModuleParams(m *model.Model, modules []string) ([]*model.Param, error) {
 		var p *model.Param
 		switch mod {
 		case "wte":
-			p = m.Embed
+			t, ok := m.Embed.(*model.Table)
+			if !ok {
+				return nil, fmt.Errorf("lora: wte cannot be trained in full together with special-token rows")
+			}
+			p = t.Weight
 		case "lm_head":
 			d, ok := m.Head.(*model.Dense)
 			if !ok {
@@ -85,7 +89,7 @@ func installModules(m *model.Model, extra map[string]checkpoints.Tensor) ([]*mod
 		}
 		p := &model.Param{Name: name, Value: tensor.New(tensor.WithShape(int(want[0]), int(want[1])), tensor.WithBacking(v))}
 		if mod == "wte" {
-			m.Embed = p
+			m.Embed = &model.Table{Weight: p}
 		} else {
 			m.Head = &model.Dense{Weight: p}
 		}

@@ -1,7 +1,6 @@
 package lora
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -47,16 +46,11 @@ func (a *Adapter) Tensors(extra ...checkpoints.Tensor) []checkpoints.Tensor {
 }
 
 func f32Tensor(name string, p *model.Param) checkpoints.Tensor {
-	v := p.Value.Data().([]float32)
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
 	shape := make([]int64, p.Value.Dims())
 	for i, d := range p.Value.Shape() {
 		shape[i] = int64(d)
 	}
-	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: shape, Data: b}
+	return checkpoints.F32Tensor(name, shape, p.Value.Data().([]float32))
 }
 
 // Save writes adapter_config.json and adapter_model.safetensors into dir (created if needed),
@@ -108,25 +102,23 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 	}
 	a := &Adapter{Config: c}
 	used := map[string]bool{}
-	for _, b := range m.Blocks {
-		for _, s := range blockSlots(b) {
-			if !match(s.module, s.target) {
-				continue
-			}
-			out, in, err := projShape(*s.p, s.module)
-			if err != nil {
-				return nil, nil, err
-			}
-			l := &Layer{Module: s.module, Base: *s.p, Scale: scale, Dropout: c.Dropout, key: uint64(len(a.Layers) + 1)}
-			if l.A, err = readParam(ck, l.KeyA(), c.R, in); err != nil {
-				return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
-			}
-			if l.B, err = readParam(ck, l.KeyB(), out, c.R); err != nil {
-				return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
-			}
-			used[l.KeyA()], used[l.KeyB()] = true, true
-			a.Layers = append(a.Layers, l)
+	for _, s := range m.Projections() {
+		if !match(s.Name, s.Target) {
+			continue
 		}
+		out, in, err := projShape(*s.P, s.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		l := &Layer{Module: s.Name, Base: *s.P, Scale: scale, Dropout: c.Dropout, key: uint64(len(a.Layers) + 1)}
+		if l.A, err = readParam(ck, l.KeyA(), c.R, in); err != nil {
+			return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
+		}
+		if l.B, err = readParam(ck, l.KeyB(), out, c.R); err != nil {
+			return nil, nil, fmt.Errorf("lora: %s: %w", dir, err)
+		}
+		used[l.KeyA()], used[l.KeyB()] = true, true
+		a.Layers = append(a.Layers, l)
 	}
 	extra := map[string]checkpoints.Tensor{}
 	for _, name := range ck.Names() {
@@ -232,11 +224,9 @@ func isSavedModule(name string, modules []string) bool {
 }
 
 func slotOf(m *model.Model, module string) *model.Projection {
-	for _, b := range m.Blocks {
-		for _, s := range blockSlots(b) {
-			if s.module == module {
-				return s.p
-			}
+	for _, s := range m.Projections() {
+		if s.Name == module {
+			return s.P
 		}
 	}
 	return nil

@@ -53,8 +53,27 @@ func AddSpecialTokens(m *model.Model, tok *tokenizer.Tokenizer, enabled bool) (*
 }
 
 func (s *SpecialTokens) install(m *model.Model) {
-	m.EmbedRows = &model.RowDelta{Delta: s.Embed, Offset: s.Offset}
+	m.Embed = &embedRows{Base: m.Embed, Delta: s.Embed, Offset: s.Offset}
 	m.Head = &headRows{Base: m.Head, Delta: s.Head, Offset: s.Offset, Vocab: m.Config.VocabSize}
+}
+
+// embedRows adds trainable rows to wte: x[i] += Delta[ids[i]-off] for ids in off..off+S-1.
+type embedRows struct {
+	Base   model.Embedder
+	Delta  *model.Param
+	Offset int
+}
+
+func (e *embedRows) Forward(g *model.Graph) (*G.Node, error) {
+	x, err := e.Base.Forward(g)
+	if err != nil {
+		return nil, err
+	}
+	d, err := autograd.EmbeddingRows(g.Param(e.Delta), g.Step, g.Batch, g.Seq, e.Offset, g.Dtype) // [N, H]
+	if err != nil {
+		return nil, err
+	}
+	return G.Add(x, d)
 }
 
 // headRows adds trainable rows to lm_head: logits[:, off:off+S] += x Delta^T.

@@ -9,8 +9,6 @@ import (
 	"slices"
 	"testing"
 
-	"gorgonia.org/tensor"
-
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 )
@@ -91,33 +89,21 @@ func TestCachedDecodingMatchesFullForward(t *testing.T) {
 // from uniform, so positional effects (rotary base, LogN) show in the logits.
 func randomModel(cfg *checkpoints.Config, seed uint64) *Model {
 	rng := rand.New(rand.NewPCG(seed, 7))
-	param := func(s checkpoints.TensorSpec) *Param {
-		shape := make([]int, len(s.Shape))
-		n := 1
-		for i, d := range s.Shape {
-			shape[i] = int(d)
-			n *= int(d)
-		}
-		v := make([]float32, n)
+	var tensors []checkpoints.Tensor
+	for _, s := range checkpoints.ModelTensors(cfg, nil) {
+		v := make([]float32, s.NumElements())
 		for i := range v {
-			if len(shape) == 1 {
+			if len(s.Shape) == 1 {
 				v[i] = float32(1 + 0.1*rng.NormFloat64())
 			} else {
-				v[i] = float32(rng.NormFloat64() / math.Sqrt(float64(shape[1])) * 1.5)
+				v[i] = float32(rng.NormFloat64() / math.Sqrt(float64(s.Shape[1])) * 1.5)
 			}
 		}
-		return &Param{Name: s.Name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v))}
+		tensors = append(tensors, checkpoints.F32Tensor(s.Name, s.Shape, v))
 	}
-	ps := map[string]*Param{}
-	for _, s := range checkpoints.ModelTensors(cfg) {
-		ps[s.Name] = param(s)
-	}
-	m := &Model{Config: cfg, Embed: ps[checkpoints.Embedding], Norm: ps[checkpoints.FinalNorm], Head: &Dense{Weight: ps[checkpoints.LMHead]}}
-	for l := 0; l < cfg.NumHiddenLayers; l++ {
-		n := func(s string) *Param { return ps[checkpoints.LayerName(l, s)] }
-		m.Blocks = append(m.Blocks, &Block{Layer: l, LN1: n(checkpoints.LN1), LN2: n(checkpoints.LN2),
-			QKV: &Dense{Weight: n(checkpoints.AttnQKV), Bias: n(checkpoints.AttnQKVBias)}, Out: &Dense{Weight: n(checkpoints.AttnOut)},
-			Up: &Dense{Weight: n(checkpoints.MLPUp)}, Gate: &Dense{Weight: n(checkpoints.MLPGate)}, Down: &Dense{Weight: n(checkpoints.MLPDown)}})
+	m, err := fromTensors(cfg, tensors)
+	if err != nil {
+		panic(err)
 	}
 	return m
 }
@@ -177,7 +163,7 @@ func refForward(m *Model, ids []int, base float64, logn bool) [][]float64 {
 	}
 	n := len(ids)
 	xs := make([][]float64, n)
-	emb := w(m.Embed)
+	emb := w(m.Embed.(*Table).Weight)
 	for t, id := range ids {
 		xs[t] = append([]float64(nil), emb[id*h:(id+1)*h]...)
 	}

@@ -26,124 +26,49 @@ func GPTQConfigOf(dir string, cfg *checkpoints.Config) (*checkpoints.GPTQConfig,
 	return cfg.QuantizationConfig, nil
 }
 
-// loadGPTQ builds a model from a GPTQ checkpoint: packed Linears, floating-point rest.
-func loadGPTQ(cfg *checkpoints.Config, g *checkpoints.GPTQConfig, ck *checkpoints.Checkpoint, opts LoadOptions) (*Model, error) {
-	if err := checkpoints.CheckGPTQTensors(cfg, g, ck); err != nil {
-		return nil, err
+// loadInt4 reads a packed linear (module.qweight, .qzeros, .scales, .g_idx, .bias) with in
+// inputs and out outputs.
+func loadInt4(tensorOf func(name string) (checkpoints.Tensor, error), module string, in, out int, g *checkpoints.GPTQConfig) (*Int4, error) {
+	w := &autograd.Int4{Name: module, Bits: g.Bits, K: in, N: out, G: 1}
+	if g.GroupSize > 0 {
+		w.G = in / g.GroupSize
 	}
-	total := len(checkpoints.GPTQModelTensors(cfg, g))
-	done := 0
-	tick := func(n int) {
-		done += n
-		if opts.Progress != nil {
-			opts.Progress(done, total)
-		}
-	}
-	param := func(name string) (*Param, error) {
-		t, err := ck.Tensor(name)
+	for _, ints := range []struct {
+		suffix string
+		dst    *[]int32
+	}{{".qweight", &w.QWeight}, {".qzeros", &w.QZeros}, {".g_idx", &w.GIdx}} {
+		t, err := tensorOf(module + ints.suffix)
 		if err != nil {
 			return nil, err
 		}
-		tick(1)
-		return newParam(t, false)
+		if *ints.dst, err = t.Int32(); err != nil {
+			return nil, err
+		}
 	}
-	ints := func(name string) ([]int32, error) {
-		t, err := ck.Tensor(name)
+	for _, floats := range []struct {
+		suffix string
+		dst    *[]float32
+	}{{".scales", &w.Scales}, {".bias", &w.Bias}} {
+		t, err := tensorOf(module + floats.suffix)
 		if err != nil {
 			return nil, err
 		}
-		return t.Int32()
+		if *floats.dst, err = t.Float32(); err != nil {
+			return nil, err
+		}
 	}
-	floats := func(name string) ([]float32, error) {
-		t, err := ck.Tensor(name)
-		if err != nil {
-			return nil, err
-		}
-		return t.Float32()
+	if err := w.Check(); err != nil {
+		return nil, fmt.Errorf("model: %w", err)
 	}
-	linear := func(prefix string, in, out int) (*Int4, error) {
-		w := &autograd.Int4{Name: prefix, Bits: g.Bits, K: in, N: out, G: 1}
-		if g.GroupSize > 0 {
-			w.G = in / g.GroupSize
-		}
-		var err error
-		if w.QWeight, err = ints(prefix + ".qweight"); err != nil {
-			return nil, err
-		}
-		if w.QZeros, err = ints(prefix + ".qzeros"); err != nil {
-			return nil, err
-		}
-		if w.GIdx, err = ints(prefix + ".g_idx"); err != nil {
-			return nil, err
-		}
-		if w.Scales, err = floats(prefix + ".scales"); err != nil {
-			return nil, err
-		}
-		if w.Bias, err = floats(prefix + ".bias"); err != nil {
-			return nil, err
-		}
-		for k, gi := range w.GIdx {
-			if gi < 0 || int(gi) >= w.G {
-				return nil, fmt.Errorf("model: %s: %s.g_idx[%d] = %d is not a group in [0, %d)", ck.Dir, prefix, k, gi, w.G)
-			}
-		}
-		tick(5)
-		return &Int4{W: w}, nil
-	}
-	m := &Model{Config: cfg}
-	var err error
-	if m.Embed, err = param(checkpoints.Embedding); err != nil {
-		return nil, err
-	}
-	h, p, mw := cfg.HiddenSize, cfg.ProjectionSize(), cfg.MLPWidth()
-	for l := 0; l < cfg.NumHiddenLayers; l++ {
-		name := func(s string) string { return checkpoints.LayerName(l, s) }
-		b := &Block{Layer: l}
-		if b.LN1, err = param(name(checkpoints.LN1)); err != nil {
-			return nil, err
-		}
-		if b.LN2, err = param(name(checkpoints.LN2)); err != nil {
-			return nil, err
-		}
-		var qkv, out, up, gate, down *Int4
-		if qkv, err = linear(name("attn.c_attn"), h, 3*p); err != nil {
-			return nil, err
-		}
-		if out, err = linear(name("attn.c_proj"), p, h); err != nil {
-			return nil, err
-		}
-		if up, err = linear(name("mlp.w1"), h, mw); err != nil {
-			return nil, err
-		}
-		if gate, err = linear(name("mlp.w2"), h, mw); err != nil {
-			return nil, err
-		}
-		if down, err = linear(name("mlp.c_proj"), mw, h); err != nil {
-			return nil, err
-		}
-		b.QKV, b.Out, b.Up, b.Gate, b.Down = qkv, out, up, gate, down
-		m.Blocks = append(m.Blocks, b)
-	}
-	if m.Norm, err = param(checkpoints.FinalNorm); err != nil {
-		return nil, err
-	}
-	head, err := param(checkpoints.LMHead)
-	if err != nil {
-		return nil, err
-	}
-	m.Head = &Dense{Weight: head}
-	return m, nil
+	return &Int4{W: w}, nil
 }
 
 // Quantized reports whether any projection of m is GPTQ Int4.
 func (m *Model) Quantized() bool {
-	for _, b := range m.Blocks {
-		for _, p := range []Projection{b.QKV, b.Out, b.Up, b.Gate, b.Down} {
-			if _, ok := p.(*Int4); ok {
-				return true
-			}
+	for _, s := range m.Projections() {
+		if _, ok := (*s.P).(*Int4); ok {
+			return true
 		}
 	}
-	_, ok := m.Head.(*Int4)
-	return ok
+	return false
 }

@@ -68,20 +68,13 @@ func (g *Graph) Param(p *Param) *G.Node {
 // Nodes returns the parameter nodes created so far.
 func (g *Graph) Nodes() map[*Param]*G.Node { return g.nodes }
 
-func (g *Graph) Embedding(p *Param) *G.Node {
+// Embed is e's rows for the graph's token ids.
+func (g *Graph) Embed(e Embedder) *G.Node {
 	if g.err != nil {
 		return nil
 	}
-	n, err := autograd.Embedding(g.Param(p), g.Step, g.Batch, g.Seq, g.Dtype, p.Train)
-	return g.keep(n, err, p.Name)
-}
-
-func (g *Graph) EmbeddingRows(r *RowDelta) *G.Node {
-	if g.err != nil {
-		return nil
-	}
-	n, err := autograd.EmbeddingRows(g.Param(r.Delta), g.Step, g.Batch, g.Seq, r.Offset, g.Dtype)
-	return g.keep(n, err, r.Delta.Name)
+	n, err := e.Forward(g)
+	return g.keep(n, err, "embedding")
 }
 
 func (g *Graph) RMSNorm(x *G.Node, p *Param) *G.Node {

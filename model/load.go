@@ -45,17 +45,15 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 		ck.Close()
 		return nil, err
 	}
-	var m *Model
-	switch {
-	case gptq != nil && (opts.Float32 || len(opts.Train) > 0):
-		err = fmt.Errorf("model: %s is GPTQ-quantized; training needs the floating-point weights", dir)
-	case gptq != nil:
-		m, err = loadGPTQ(cfg, gptq, ck, opts)
-	default:
-		if err = checkpoints.CheckModelTensors(cfg, ck); err == nil {
-			m, err = build(cfg, ck.Tensor, opts)
-		}
+	if gptq != nil && (opts.Float32 || len(opts.Train) > 0) {
+		ck.Close()
+		return nil, fmt.Errorf("model: %s is GPTQ-quantized; training needs the floating-point weights", dir)
 	}
+	if err := checkpoints.CheckTensors(cfg, gptq, ck); err != nil {
+		ck.Close()
+		return nil, err
+	}
+	m, err := build(cfg, gptq, ck.Tensor, opts)
 	if err != nil {
 		ck.Close()
 		return nil, err
@@ -64,71 +62,68 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 	return m, nil
 }
 
-// build assembles the model from the tensors tensorOf returns by checkpoint name.
-func build(cfg *checkpoints.Config, tensorOf func(name string) (checkpoints.Tensor, error), opts LoadOptions) (*Model, error) {
-	specs := checkpoints.ModelTensors(cfg)
+// build assembles the model from the tensors tensorOf returns by checkpoint name (checked
+// against the table of cfg, and gptq for a GPTQ model): each block's linears from
+// checkpoints.BlockLinears, dense or packed.
+func build(cfg *checkpoints.Config, gptq *checkpoints.GPTQConfig, tensorOf func(name string) (checkpoints.Tensor, error), opts LoadOptions) (*Model, error) {
+	total := len(checkpoints.ModelTensors(cfg, gptq))
 	done := 0
+	tick := func(n int) {
+		done += n
+		if opts.Progress != nil {
+			opts.Progress(done, total)
+		}
+	}
 	param := func(name string) (*Param, error) {
 		t, err := tensorOf(name)
 		if err != nil {
 			return nil, err
 		}
-		p, err := newParam(t, opts.Float32 || slices.Contains(opts.Train, name))
-		done++
-		if opts.Progress != nil {
-			opts.Progress(done, len(specs))
-		}
-		return p, err
+		tick(1)
+		return newParam(t, opts.Float32 || slices.Contains(opts.Train, name))
 	}
-	dense := func(weight, bias string) (*Dense, error) {
-		w, err := param(weight)
-		if err != nil || bias == "" {
+	dense := func(module string, bias bool) (*Dense, error) {
+		w, err := param(module + ".weight")
+		if err != nil || !bias {
 			return &Dense{Weight: w}, err
 		}
-		b, err := param(bias)
+		b, err := param(module + ".bias")
 		return &Dense{Weight: w, Bias: b}, err
 	}
-	m := &Model{Config: cfg}
-	var err error
-	if m.Embed, err = param(checkpoints.Embedding); err != nil {
+	linear := func(module string, l checkpoints.Linear) (Projection, error) {
+		if gptq == nil {
+			return dense(module, l.Bias)
+		}
+		out, in := l.Shape(cfg)
+		q, err := loadInt4(tensorOf, module, in, out, gptq)
+		tick(5)
+		return q, err
+	}
+	emb, err := param(checkpoints.Embedding)
+	if err != nil {
 		return nil, err
 	}
+	m := &Model{Config: cfg, Embed: &Table{Weight: emb}}
 	for l := 0; l < cfg.NumHiddenLayers; l++ {
-		name := func(s string) string { return checkpoints.LayerName(l, s) }
 		b := &Block{Layer: l}
-		var qkv, out, up, gate, down *Dense
-		if b.LN1, err = param(name(checkpoints.LN1)); err != nil {
-			return nil, err
+		for _, s := range b.Projections() {
+			if n := b.norm(s.Norm); n != nil {
+				if *n, err = param(checkpoints.LayerName(l, s.Norm)); err != nil {
+					return nil, err
+				}
+			}
+			if *s.P, err = linear(s.Name, s.Linear); err != nil {
+				return nil, err
+			}
 		}
-		if qkv, err = dense(name(checkpoints.AttnQKV), name(checkpoints.AttnQKVBias)); err != nil {
-			return nil, err
-		}
-		if out, err = dense(name(checkpoints.AttnOut), ""); err != nil {
-			return nil, err
-		}
-		if b.LN2, err = param(name(checkpoints.LN2)); err != nil {
-			return nil, err
-		}
-		if up, err = dense(name(checkpoints.MLPUp), ""); err != nil {
-			return nil, err
-		}
-		if gate, err = dense(name(checkpoints.MLPGate), ""); err != nil {
-			return nil, err
-		}
-		if down, err = dense(name(checkpoints.MLPDown), ""); err != nil {
-			return nil, err
-		}
-		b.QKV, b.Out, b.Up, b.Gate, b.Down = qkv, out, up, gate, down
 		m.Blocks = append(m.Blocks, b)
 	}
 	if m.Norm, err = param(checkpoints.FinalNorm); err != nil {
 		return nil, err
 	}
-	head, err := dense(checkpoints.LMHead, "")
-	if err != nil {
+	if m.Head, err = dense("lm_head", false); err != nil {
 		return nil, err
 	}
-	m.Head = head
 	return m, nil
 }
 

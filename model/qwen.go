@@ -45,10 +45,19 @@ func (d *Dense) Forward(g *Graph, x *G.Node) (*G.Node, error) {
 	return autograd.Linear(x, g.Param(d.Weight), b, d.Weight.Train, d.Bias != nil && d.Bias.Train)
 }
 
-// RowDelta is a trainable [S, H] table added to the rows Offset..Offset+S-1 of a frozen one.
-type RowDelta struct {
-	Delta  *Param
-	Offset int
+// Embedder maps the graph's token ids (g.Step.IDs) to rows [N, H]. Table is the plain lookup;
+// wrappers (trainable rows for special tokens) implement the same interface.
+type Embedder interface {
+	Forward(g *Graph) (*G.Node, error)
+}
+
+// Table is an embedding table [V, H].
+type Table struct {
+	Weight *Param
+}
+
+func (t *Table) Forward(g *Graph) (*G.Node, error) {
+	return autograd.Embedding(g.Param(t.Weight), g.Step, g.Batch, g.Seq, g.Dtype, t.Weight.Train)
 }
 
 // Block is one transformer layer.
@@ -63,15 +72,42 @@ type Block struct {
 	Down  Projection // mlp.c_proj [H, M]
 }
 
+// Slot is one projection of a block: its row of checkpoints.BlockLinears, its full module
+// name (transformer.h.N.attn.c_attn) and the block field that holds it.
+type Slot struct {
+	checkpoints.Linear
+	Name string
+	P    *Projection
+}
+
+// Projections lists the block's projections in the order of checkpoints.BlockLinears.
+func (b *Block) Projections() []Slot {
+	fields := []*Projection{&b.QKV, &b.Out, &b.Up, &b.Gate, &b.Down}
+	slots := make([]Slot, len(checkpoints.BlockLinears))
+	for i, l := range checkpoints.BlockLinears {
+		slots[i] = Slot{Linear: l, Name: checkpoints.LayerName(b.Layer, l.Module), P: fields[i]}
+	}
+	return slots
+}
+
+// norm is the field of the RMSNorm weight a table row names (checkpoints.LN1 or LN2), or nil.
+func (b *Block) norm(name string) **Param {
+	switch name {
+	case checkpoints.LN1:
+		return &b.LN1
+	case checkpoints.LN2:
+		return &b.LN2
+	}
+	return nil
+}
+
 // Model is Qwen-7B's weights and configuration.
 type Model struct {
 	Config *checkpoints.Config
-	Embed  *Param // transformer.wte [V, H]
-	// EmbedRows, when set, adds trainable rows to wte for a range of ids (special tokens).
-	EmbedRows *RowDelta
-	Blocks    []*Block
-	Norm      *Param     // transformer.ln_f [H]
-	Head      Projection // lm_head [V, H]
+	Embed  Embedder // transformer.wte [V, H]
+	Blocks []*Block
+	Norm   *Param     // transformer.ln_f [H]
+	Head   Projection // lm_head [V, H]
 	// Exec, when set, runs inference graphs (Sessions, inference Runners) on an accelerator.
 	Exec  Executor
 	close func() error
@@ -80,10 +116,7 @@ type Model struct {
 // Forward builds the graph from token ids (g.Step.IDs) to logits [N, V], or to [batch, V]
 // when g.Last is set (only the positions g.Step.Rows, as generation needs).
 func (m *Model) Forward(g *Graph) (*G.Node, error) {
-	x := g.Embedding(m.Embed) // [N, H]
-	if m.EmbedRows != nil {
-		x = g.Add(x, g.EmbeddingRows(m.EmbedRows))
-	}
+	x := g.Embed(m.Embed) // [N, H]
 	for _, b := range m.Blocks {
 		x = b.Forward(g, x)
 	}
@@ -107,16 +140,27 @@ func (b *Block) Forward(g *Graph, x *G.Node) *G.Node {
 	return g.Add(x, g.Project(b.Down, mlp))
 }
 
-// Params lists every weight in checkpoint order.
-func (m *Model) Params() []*Param {
-	ps := []*Param{m.Embed}
+// Projections lists every block's projections, block by block.
+func (m *Model) Projections() []Slot {
+	var slots []Slot
 	for _, b := range m.Blocks {
-		ps = append(ps, b.LN1)
-		ps = append(ps, projParams(b.QKV)...)
-		ps = append(ps, projParams(b.Out)...)
-		ps = append(ps, b.LN2)
-		for _, p := range []Projection{b.Up, b.Gate, b.Down} {
-			ps = append(ps, projParams(p)...)
+		slots = append(slots, b.Projections()...)
+	}
+	return slots
+}
+
+// Params lists the plain weights (tables, norms, dense projections) in checkpoint order.
+func (m *Model) Params() []*Param {
+	var ps []*Param
+	if t, ok := m.Embed.(*Table); ok {
+		ps = append(ps, t.Weight)
+	}
+	for _, b := range m.Blocks {
+		for _, s := range b.Projections() {
+			if n := b.norm(s.Norm); n != nil {
+				ps = append(ps, *n)
+			}
+			ps = append(ps, projParams(*s.P)...)
 		}
 	}
 	return append(append(ps, m.Norm), projParams(m.Head)...)

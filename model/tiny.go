@@ -109,7 +109,7 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 // randomTensors are the model's tensors with generators of random bf16 values.
 func randomTensors(cfg *checkpoints.Config, o TinyOptions, ordinary int) []checkpoints.Tensor {
 	var tensors []checkpoints.Tensor
-	for i, s := range checkpoints.ModelTensors(cfg) {
+	for i, s := range checkpoints.ModelTensors(cfg, nil) {
 		norm := len(s.Shape) == 1 && !strings.HasSuffix(s.Name, ".bias") // RMSNorm weights start at one
 		std := func(int64) float64 { return 0.02 }
 		if s.Name == checkpoints.LMHead {
@@ -143,14 +143,23 @@ func RandomModel(o TinyOptions) (*Model, error) {
 	if err := CheckMemory(WeightBytes(cfg), fmt.Sprintf("a random model of %d parameters in bf16", cfg.ParamCount())); err != nil {
 		return nil, err
 	}
-	byName := map[string]checkpoints.Tensor{}
-	for _, t := range randomTensors(cfg, o, ordinary) {
+	tensors := randomTensors(cfg, o, ordinary)
+	for i := range tensors {
+		t := &tensors[i]
 		t.Data = make([]byte, t.ByteSize())
 		t.Gen(t.Data, 0)
 		t.Gen = nil
+	}
+	return fromTensors(cfg, tensors)
+}
+
+// fromTensors builds a floating-point model from tensors held in memory.
+func fromTensors(cfg *checkpoints.Config, tensors []checkpoints.Tensor) (*Model, error) {
+	byName := map[string]checkpoints.Tensor{}
+	for _, t := range tensors {
 		byName[t.Name] = t
 	}
-	return build(cfg, func(name string) (checkpoints.Tensor, error) {
+	return build(cfg, nil, func(name string) (checkpoints.Tensor, error) {
 		t, ok := byName[name]
 		if !ok {
 			return t, fmt.Errorf("model: no tensor %s", name)

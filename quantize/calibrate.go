@@ -1,14 +1,16 @@
 package quantize
 
-// The calibration pipeline, block by block as AutoGPTQ does with true_sequential: the inputs
-// of each Linear are captured from the calibration samples, the Linear is quantized, and its
-// quantized weights produce the inputs of the next group:
+// The calibration pipeline, block by block as AutoGPTQ does with true_sequential: the model's
+// own Block.Forward runs on the calibration samples with the projections of one stage of
+// checkpoints.BlockLinears wrapped in a recorder that accumulates their common input; those
+// projections are quantized and replaced by their dequantized weights, and the next stage
+// sees their output:
 //
 //	[attn.c_attn] -> [attn.c_proj] -> [mlp.w1, mlp.w2] -> [mlp.c_proj]
 //
-// then the block's quantized output feeds the next block. Memory holds one block's
-// activations for every sample (h, the attention output, h after attention, the MLP
-// product) plus one Hessian, never the whole model's activations.
+// then the block's quantized output feeds the next block. Memory holds the hidden states
+// entering the current block for every sample, one Hessian and the rows that measure each
+// layer's error, never the whole model's activations.
 
 import (
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/model"
 )
@@ -26,13 +29,6 @@ type LayerReport struct {
 	Error    float64 `json:"error"`     // relative output error on calibration rows
 	RTNError float64 `json:"rtn_error"` // round-to-nearest on the same grid, same rows
 	Damp     float64 `json:"damp"`      // damping used (raised when H was not positive definite)
-}
-
-// Layer is a quantized Linear, packed.
-type Layer struct {
-	Name   string // module name, e.g. transformer.h.0.attn.c_attn
-	Packed *Packed
-	Bias   []float32 // the float layer's bias, or nil
 }
 
 // errorRows is how many calibration rows each layer's error is measured on.
@@ -47,10 +43,11 @@ const (
 )
 
 // Calibrate quantizes every block Linear of m (bf16 or float32 weights) with the calibration
-// samples (token ids; equal lengths are fastest). m's projections are replaced by the
-// dequantized weights as it goes (as AutoGPTQ writes them back), so after the call m computes
-// what the quantized model computes. progress is called after each Linear.
-func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]Layer, []LayerReport, error) {
+// samples (token ids; equal lengths are fastest) and returns the packed layers, named by
+// module. m's projections are replaced by the dequantized weights as it goes (as AutoGPTQ
+// writes them back), so after the call m computes what the quantized model computes.
+// progress is called after each Linear.
+func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err
 	}
@@ -65,81 +62,88 @@ func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progre
 			}
 		}
 	}
-	total := 5 * len(m.Blocks)
-	var layers []Layer
-	var reports []LayerReport
-	// h: each sample's hidden states entering the current block, [T, H].
-	hs := make([][]float32, len(samples))
-	for i, s := range samples {
-		var err error
-		if hs[i], err = embed(m, s); err != nil {
-			return nil, nil, err
-		}
+	q := &quantizer{o: o, method: method, progress: progress, total: len(m.Projections())}
+	hs, err := run(m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
+	if err != nil {
+		return nil, nil, err
 	}
 	for _, b := range m.Blocks {
-		name := func(s string) string { return fmt.Sprintf("transformer.h.%d.%s", b.Layer, s) }
-		quant := func(slot *model.Projection, module string, inputs [][]float32, k int) error {
-			hess := NewHessian(k)
-			var sampleRows []float32
-			for _, x := range inputs {
-				if method == MethodGPTQ { // round-to-nearest needs only the rows measuring its error
-					if err := hess.Add(x, len(x)/k); err != nil {
-						return fmt.Errorf("quantize: %s: %w", module, err)
-					}
-				}
-				if len(sampleRows) < errorRows*k {
-					sampleRows = append(sampleRows, x[:min(len(x), errorRows*k-len(sampleRows))]...)
+		slots := b.Projections()
+		for stage := 0; ; stage++ {
+			var group []model.Slot
+			for _, s := range slots {
+				if s.Stage == stage {
+					group = append(group, s)
 				}
 			}
-			return quantizeSlot(slot, module, hess, sampleRows, o, method, &layers, &reports, progress, total)
+			if len(group) == 0 {
+				break
+			}
+			in := newInputs(group[0].In.Of(c), method)
+			first := group[0].P
+			base := *first
+			*first = &recorder{Projection: base, sink: in.add}
+			_, err := run(m, nil, hs, b.Forward)
+			*first = base
+			if err != nil {
+				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
+			}
+			for _, s := range group {
+				if err := q.quantize(s, in); err != nil {
+					return nil, nil, err
+				}
+			}
 		}
-		h := hs
-		x1, err := runStage(m, h, nil, func(g *model.Graph, in []*G.Node) *G.Node { return g.RMSNorm(in[0], b.LN1) })
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := quant(&b.QKV, name("attn.c_attn"), x1, c.HiddenSize); err != nil {
-			return nil, nil, err
-		}
-		attn, err := runStage(m, h, nil, func(g *model.Graph, in []*G.Node) *G.Node {
-			qkv := g.Project(b.QKV, g.RMSNorm(in[0], b.LN1))
-			return g.Attention(g.Rotary(g.SplitHeads(qkv, 0)), g.Rotary(g.SplitHeads(qkv, 1)), g.SplitHeads(qkv, 2), b.Layer)
-		})
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := quant(&b.Out, name("attn.c_proj"), attn, c.ProjectionSize()); err != nil {
-			return nil, nil, err
-		}
-		h2, err := runStage(m, h, attn, func(g *model.Graph, in []*G.Node) *G.Node { return g.Add(in[0], g.Project(b.Out, in[1])) })
-		if err != nil {
-			return nil, nil, err
-		}
-		x2, err := runStage(m, h2, nil, func(g *model.Graph, in []*G.Node) *G.Node { return g.RMSNorm(in[0], b.LN2) })
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := quant(&b.Up, name("mlp.w1"), x2, c.HiddenSize); err != nil {
-			return nil, nil, err
-		}
-		if err := quant(&b.Gate, name("mlp.w2"), x2, c.HiddenSize); err != nil {
-			return nil, nil, err
-		}
-		mlp, err := runStage(m, h2, nil, func(g *model.Graph, in []*G.Node) *G.Node {
-			x := g.RMSNorm(in[0], b.LN2)
-			return g.SwiGLU(g.Project(b.Up, x), g.Project(b.Gate, x))
-		})
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := quant(&b.Down, name("mlp.c_proj"), mlp, c.MLPWidth()); err != nil {
-			return nil, nil, err
-		}
-		if hs, err = runStage(m, h2, mlp, func(g *model.Graph, in []*G.Node) *G.Node { return g.Add(in[0], g.Project(b.Down, in[1])) }); err != nil {
+		if hs, err = run(m, nil, hs, b.Forward); err != nil {
 			return nil, nil, err
 		}
 	}
-	return layers, reports, nil
+	return q.layers, q.reports, nil
+}
+
+// recorder is a projection that hands its input to sink before computing base(x).
+type recorder struct {
+	model.Projection
+	sink autograd.Sink
+}
+
+func (r *recorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
+	x, err := autograd.Capture(x, r.sink)
+	if err != nil {
+		return nil, err
+	}
+	return r.Projection.Forward(g, x)
+}
+
+// inputs accumulates what a stage's projections read: the Hessian 2 X^T X (GPTQ only) and the
+// first errorRows rows, on which each layer's error is measured.
+type inputs struct {
+	k    int
+	hess *Hessian
+	rows []float32
+}
+
+func newInputs(k int, method Method) *inputs {
+	in := &inputs{k: k}
+	if method == MethodGPTQ { // round-to-nearest needs only the rows measuring its error
+		in.hess = NewHessian(k)
+	}
+	return in
+}
+
+func (in *inputs) add(x []float32, rows, cols int) error {
+	if cols != in.k {
+		return fmt.Errorf("captured %d columns, expected %d", cols, in.k)
+	}
+	if in.hess != nil {
+		if err := in.hess.Add(x, rows); err != nil {
+			return err
+		}
+	}
+	if need := errorRows*in.k - len(in.rows); need > 0 {
+		in.rows = append(in.rows, x[:min(len(x), need)]...)
+	}
+	return nil
 }
 
 // CheckShapes checks that every Linear of a model with config c can be quantized and packed
@@ -166,53 +170,64 @@ func CheckShapes(c *checkpoints.Config, o Options) error {
 	return nil
 }
 
-// quantizeSlot quantizes one dense projection and puts its dequantized weights in its place.
-func quantizeSlot(slot *model.Projection, module string, hess *Hessian, rows []float32, o Options, method Method, layers *[]Layer, reports *[]LayerReport, progress func(LayerReport, int, int), total int) error {
-	d, ok := (*slot).(*model.Dense)
+// quantizer packs layers one after the other and reports on each.
+type quantizer struct {
+	o        Options
+	method   Method
+	progress func(LayerReport, int, int)
+	total    int
+	layers   []*autograd.Int4
+	reports  []LayerReport
+}
+
+// quantize quantizes one dense projection from its inputs and puts its dequantized weights
+// in its place.
+func (q *quantizer) quantize(s model.Slot, in *inputs) error {
+	d, ok := (*s.P).(*model.Dense)
 	if !ok {
-		return fmt.Errorf("quantize: %s is a %T; only dense layers can be quantized (is the model already quantized?)", module, *slot)
+		return fmt.Errorf("quantize: %s is a %T; only dense layers can be quantized (is the model already quantized?)", s.Name, *s.P)
 	}
 	n, k := d.Weight.Value.Shape()[0], d.Weight.Value.Shape()[1]
 	w, err := float32Weights(d.Weight.Value)
 	if err != nil {
-		return fmt.Errorf("quantize: %s: %w", module, err)
+		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
 	var res *Result
-	if method == MethodRTN {
-		res, err = RTNResult(w, n, k, o)
+	if q.method == MethodRTN {
+		res, err = RTNResult(w, n, k, q.o)
 	} else {
-		res, err = GPTQ(w, n, k, hess, o)
+		res, err = GPTQ(w, n, k, in.hess, q.o)
 	}
 	if err != nil {
-		return fmt.Errorf("quantize: %s: %w", module, err)
+		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
-	p, err := Pack(res, o.Bits)
-	if err != nil {
-		return fmt.Errorf("quantize: %s: %w", module, err)
-	}
-	rep := LayerReport{Name: module, Damp: res.Damp}
-	nrows := len(rows) / k
-	rep.Error = RelativeError(rows, nrows, w, res.Q, n, k)
-	rtn, err := RTNResult(w, n, k, o)
-	if err != nil {
-		return err
-	}
-	rep.RTNError = RelativeError(rows, nrows, w, rtn.Q, n, k)
 	var bias []float32
 	if d.Bias != nil {
 		if bias, err = float32Weights(d.Bias.Value); err != nil {
-			return err
+			return fmt.Errorf("quantize: %s: %w", s.Name, err)
 		}
 	}
-	*layers = append(*layers, Layer{Name: module, Packed: p, Bias: bias})
-	*reports = append(*reports, rep)
-	q := make([]float32, len(res.Q))
-	for i, v := range res.Q {
-		q[i] = float32(v)
+	p, err := Pack(res, q.o.Bits, s.Name, bias)
+	if err != nil {
+		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
-	*slot = &model.Dense{Weight: &model.Param{Name: d.Weight.Name, Value: tensor.New(tensor.WithShape(n, k), tensor.WithBacking(q))}, Bias: d.Bias}
-	if progress != nil {
-		progress(rep, len(*reports), total)
+	rep := LayerReport{Name: s.Name, Damp: res.Damp}
+	nrows := len(in.rows) / k
+	rep.Error = RelativeError(in.rows, nrows, w, res.Q, n, k)
+	rtn, err := RTNResult(w, n, k, q.o)
+	if err != nil {
+		return fmt.Errorf("quantize: %s: %w", s.Name, err)
+	}
+	rep.RTNError = RelativeError(in.rows, nrows, w, rtn.Q, n, k)
+	q.layers = append(q.layers, p)
+	q.reports = append(q.reports, rep)
+	deq := make([]float32, len(res.Q))
+	for i, v := range res.Q {
+		deq[i] = float32(v)
+	}
+	*s.P = &model.Dense{Weight: &model.Param{Name: d.Weight.Name, Value: tensor.New(tensor.WithShape(n, k), tensor.WithBacking(deq))}, Bias: d.Bias}
+	if q.progress != nil {
+		q.progress(rep, len(q.reports), q.total)
 	}
 	return nil
 }
@@ -232,39 +247,14 @@ func float32Weights(t *tensor.Dense) ([]float32, error) {
 	return nil, fmt.Errorf("weights of type %v", t.Dtype())
 }
 
-// embed gathers a sample's embedding rows.
-func embed(m *model.Model, ids []int) ([]float32, error) {
-	w, err := float32Rows(m.Embed.Value, ids)
-	if err != nil {
-		return nil, fmt.Errorf("quantize: %s: %w", m.Embed.Name, err)
-	}
-	return w, nil
-}
-
-func float32Rows(t *tensor.Dense, ids []int) ([]float32, error) {
-	h := t.Shape()[1]
-	out := make([]float32, len(ids)*h)
-	for i, id := range ids {
-		switch d := t.Data().(type) {
-		case []float32:
-			copy(out[i*h:], d[id*h:(id+1)*h])
-		case []uint16:
-			for j, b := range d[id*h : (id+1)*h] {
-				out[i*h+j] = checkpoints.BF16ToF32(b)
-			}
-		default:
-			return nil, fmt.Errorf("weights of type %v", t.Dtype())
-		}
-	}
-	return out, nil
-}
-
-// runStage evaluates f on every sample: in[0] is a [T, width] input from a (and in[1] from
-// b when given). Graphs are built once per sequence length.
-func runStage(m *model.Model, a, b [][]float32, f func(g *model.Graph, in []*G.Node) *G.Node) ([][]float32, error) {
+// run evaluates f for every sample through the model's graph in evaluation mode, one sample
+// at a time, and returns each sample's output [T, H]. f's input is the sample's hidden states
+// hs[i] [T, H]; with hs nil it is nil and the graph reads the sample's token ids (the
+// embedding). Graphs are built once per sequence length.
+func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) ([][]float32, error) {
 	type compiled struct {
 		g   *model.Graph
-		in  []*G.Node
+		in  *G.Node
 		out *G.Node
 		vm  G.VM
 	}
@@ -275,32 +265,39 @@ func runStage(m *model.Model, a, b [][]float32, f func(g *model.Graph, in []*G.N
 		}
 	}()
 	h := m.Config.HiddenSize
-	out := make([][]float32, len(a))
-	for i := range a {
-		seq := len(a[i]) / h
+	n := len(hs)
+	if hs == nil {
+		n = len(ids)
+	}
+	out := make([][]float32, n)
+	for i := range n {
+		seq := 0
+		if hs == nil {
+			seq = len(ids[i])
+		} else {
+			seq = len(hs[i]) / h
+		}
 		c, ok := graphs[seq]
 		if !ok {
 			g := model.NewGraph(m, 1, seq, model.Evaluation, false)
-			ins := []*G.Node{G.NewMatrix(g.ExprGraph, tensor.Float32, G.WithShape(seq, h), G.WithName("a"))}
-			if b != nil {
-				width := len(b[i]) / seq
-				ins = append(ins, G.NewMatrix(g.ExprGraph, tensor.Float32, G.WithShape(seq, width), G.WithName("b")))
+			c = &compiled{g: g}
+			if hs != nil {
+				c.in = G.NewMatrix(g.ExprGraph, tensor.Float32, G.WithShape(seq, h), G.WithName("hidden"))
 			}
-			o := f(g, ins)
+			c.out = f(g, c.in)
 			if err := g.Err(); err != nil {
 				return nil, err
 			}
-			c = &compiled{g: g, in: ins, out: o, vm: G.NewTapeMachine(g.ExprGraph)}
+			c.vm = G.NewTapeMachine(g.ExprGraph)
 			graphs[seq] = c
 		}
-		vals := [][]float32{a[i]}
-		if b != nil {
-			vals = append(vals, b[i])
-		}
-		for j, n := range c.in {
-			if err := G.Let(n, tensor.New(tensor.WithShape(n.Shape()...), tensor.WithBacking(vals[j]))); err != nil {
-				return nil, err
+		if hs == nil {
+			c.g.Step.IDs = make([]int32, seq)
+			for j, id := range ids[i] {
+				c.g.Step.IDs[j] = int32(id)
 			}
+		} else if err := G.Let(c.in, tensor.New(tensor.WithShape(seq, h), tensor.WithBacking(hs[i]))); err != nil {
+			return nil, err
 		}
 		c.vm.Reset()
 		if err := c.vm.RunAll(); err != nil {

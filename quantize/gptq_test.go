@@ -142,7 +142,7 @@ func TestGoldenGPTQ(t *testing.T) {
 			}
 			// Packing: where the codes agree, the packed words must too; pack the reference
 			// codes with our scales and compare every word.
-			p, err := Pack(res, 4)
+			p, err := Pack(res, 4, "reference", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -165,10 +165,13 @@ func TestGoldenGPTQ(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sv, _ := st.Uint16()
+			sv, err := st.Uint16()
+			if err != nil {
+				t.Fatal(err)
+			}
 			for i := range sv {
-				if sv[i] != p.Scales[i] && diffFP16(sv[i], p.Scales[i]) > 1 {
-					t.Fatalf("fp16 scale %d = %#x, reference %#x", i, p.Scales[i], sv[i])
+				if ours := checkpoints.F32ToF16(p.Scales[i]); sv[i] != ours && diffFP16(sv[i], ours) > 1 {
+					t.Fatalf("fp16 scale %d = %#x, reference %#x", i, ours, sv[i])
 				}
 			}
 			meta := fmt.Sprintf("%s: GPTQ %.6f (reference %.6f), RTN %.6f, %d codes differ in %d rows, scales within %.2g", c.file, e, c.wantErr, eRTN, diff, len(rows), worstScale)
@@ -207,21 +210,17 @@ func TestPackRoundTrip(t *testing.T) {
 			for j := range r.GIdx {
 				r.GIdx[j] = int32((j * 5) % 2)
 			}
-			p, err := Pack(r, bits)
+			p, err := Pack(r, bits, "test", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Check("test"); err != nil {
-				t.Fatal(err)
-			}
+			// Every code, zero and (fp16-rounded) scale must come back from the packed words.
 			w := p.Dequantize()
 			for o := 0; o < n; o++ {
 				for j := 0; j < k; j++ {
-					g := int(r.GIdx[j])
-					if p.Code(j, o) != int(r.Codes[o*k+j]) || p.Zero(g, o) != int(r.Grids[g][o].Zero) {
-						t.Fatalf("code or zero of [%d, %d] did not round-trip", o, j)
-					}
-					want := p.Scale(g, o) * float32(int(r.Codes[o*k+j])-int(r.Grids[g][o].Zero))
+					g := r.Grids[r.GIdx[j]][o]
+					scale := checkpoints.F16ToF32(checkpoints.F32ToF16(float32(g.Scale)))
+					want := scale * float32(int(r.Codes[o*k+j])-int(g.Zero))
 					if w[o*k+j] != want {
 						t.Fatalf("dequantized [%d, %d] = %g, want %g", o, j, w[o*k+j], want)
 					}
@@ -229,7 +228,7 @@ func TestPackRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Pack(&Result{N: 8, K: 8}, 3); err == nil {
+	if _, err := Pack(&Result{N: 8, K: 8}, 3, "test", nil); err == nil {
 		t.Error("3-bit packing accepted")
 	}
 }

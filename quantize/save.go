@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 )
 
@@ -24,7 +25,7 @@ func (o Options) GPTQConfig() *checkpoints.GPTQConfig {
 // quantize_config.json, config.json with quantization_config, and srcDir's other files
 // (generation config, vocabulary). config.json is written last; an existing model in outDir
 // is refused.
-func Save(outDir, srcDir string, layers []Layer, o Options) error {
+func Save(outDir, srcDir string, layers []*autograd.Int4, o Options) error {
 	if _, err := os.Stat(filepath.Join(outDir, "config.json")); err == nil {
 		return fmt.Errorf("quantize: %s already holds a model: choose a new --out (nothing was written)", outDir)
 	}
@@ -42,22 +43,23 @@ func Save(outDir, srcDir string, layers []Layer, o Options) error {
 	defer ck.Close()
 	quantized := map[string]bool{}
 	var ts []checkpoints.Tensor
-	for _, l := range layers {
-		p := l.Packed
-		quantized[l.Name+".weight"], quantized[l.Name+".bias"] = true, true
-		bias := make([]uint16, p.N)
-		for i := range bias {
-			if l.Bias != nil {
-				bias[i] = checkpoints.F32ToF16(l.Bias[i])
-			}
+	for _, p := range layers {
+		quantized[p.Name+".weight"], quantized[p.Name+".bias"] = true, true
+		scales := make([]uint16, len(p.Scales))
+		for i, v := range p.Scales {
+			scales[i] = checkpoints.F32ToF16(v)
+		}
+		bias := make([]uint16, p.N) // zero where the float layer had none, as AutoGPTQ stores it
+		for i, v := range p.Bias {
+			bias[i] = checkpoints.F32ToF16(v)
 		}
 		per := 32 / p.Bits
 		ts = append(ts,
-			i32Tensor(l.Name+".qweight", p.QWeight, p.K/per, p.N),
-			i32Tensor(l.Name+".qzeros", p.QZeros, p.G, p.N/per),
-			f16Tensor(l.Name+".scales", p.Scales, p.G, p.N),
-			i32Tensor(l.Name+".g_idx", p.GIdx, p.K),
-			f16Tensor(l.Name+".bias", bias, p.N))
+			i32Tensor(p.Name+".qweight", p.QWeight, p.K/per, p.N),
+			i32Tensor(p.Name+".qzeros", p.QZeros, p.G, p.N/per),
+			f16Tensor(p.Name+".scales", scales, p.G, p.N),
+			i32Tensor(p.Name+".g_idx", p.GIdx, p.K),
+			f16Tensor(p.Name+".bias", bias, p.N))
 	}
 	for _, name := range ck.Names() {
 		if quantized[name] {

@@ -115,7 +115,7 @@ func openModel(cmd *cobra.Command, dir, adapter string, needTokenizer bool, trai
 	} else if needTokenizer {
 		return nil, fmt.Errorf("%s has no %s: this command needs the model's vocabulary", dir, tokenizer.VocabFile)
 	}
-	bar := newBar(cmd.ErrOrStderr(), len(checkpoints.ModelTensors(cfg)), "loading "+dir)
+	bar := newBar(cmd.ErrOrStderr(), len(checkpoints.ModelTensors(cfg, nil)), "loading "+dir)
 	in.m, err = model.Load(dir, model.LoadOptions{Train: train, Progress: func(done, total int) { bar.Set(done) }})
 	bar.Finish()
 	if err != nil {
