@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -265,7 +266,7 @@ func ParseMask(s string) (Mask, error) {
 //
 //	<|im_start|>system\n{system}<|im_end|>\n <|im_start|>user\n{q}<|im_end|>\n <|im_start|>assistant\n{a}<|im_end|>\n ...
 //
-// with labels equal to the ids where trained and IgnoreIndex elsewhere. Contents are
+// with labels equal to the ids where trained and autograd.IgnoreIndex elsewhere. Contents are
 // encoded as ordinary text: special-token text typed in a message stays text (Qwen's own
 // script would parse it as special tokens).
 func Render(tok *tokenizer.Tokenizer, c *Conversation, mask Mask) (ids, labels []int) {
@@ -300,7 +301,7 @@ func pick(id int, train bool) int {
 	if train {
 		return id
 	}
-	return IgnoreIndex
+	return autograd.IgnoreIndex
 }
 
 // Highlight writes a rendered sequence with trained tokens marked: [[...]] around trained
@@ -313,7 +314,7 @@ func Highlight(w io.Writer, tok *tokenizer.Tokenizer, ids, labels []int, color b
 	}
 	trained := false
 	for i, id := range ids {
-		t := labels[i] != IgnoreIndex
+		t := labels[i] != autograd.IgnoreIndex
 		if t != trained {
 			if t {
 				sb.WriteString(open)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -29,7 +30,7 @@ func demoTokenizer(t *testing.T) *tokenizer.Tokenizer {
 // qwenPreprocess is Qwen's finetune.py preprocess() transcribed literally (roles tokenized
 // with special tokens parsed, the slicing as written there), for one conversation.
 func qwenPreprocess(tok *tokenizer.Tokenizer, system string, msgs []Message) (ids, target []int) {
-	const ignore = IgnoreIndex
+	const ignore = autograd.IgnoreIndex
 	enc := func(s string) []int { return tok.Encode(s, tokenizer.AllSpecials) }
 	imStart, imEnd, nl := tok.IMStartID(), tok.IMEndID(), enc("\n")
 	sys := append(append(append([]int{imStart}, enc("system")...), nl...), enc(system)...)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -96,7 +97,7 @@ func Pack(seqs []Sequence, maxLen int) []Sequence {
 		for i := range s.IDs {
 			l := s.Labels[i]
 			if i == 0 {
-				l = IgnoreIndex
+				l = autograd.IgnoreIndex
 			}
 			cur.IDs = append(cur.IDs, s.IDs[i])
 			cur.Labels = append(cur.Labels, l)

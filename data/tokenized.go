@@ -8,13 +8,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
-// IgnoreIndex is the label that takes no part in the loss.
-const IgnoreIndex = -100
-
 // Record is one pre-tokenized sequence. Labels align with InputIDs (the loss shifts them:
-// logits at t predict labels[t+1]); IgnoreIndex skips a position.
+// logits at t predict labels[t+1]); autograd.IgnoreIndex skips a position.
 type Record struct {
 	InputIDs []int `json:"input_ids"`
 	Labels   []int `json:"labels,omitempty"`
@@ -110,7 +109,7 @@ func parseRecord(text []byte, vocab int) (Record, error) {
 			return rec, fmt.Errorf("labels has %d entries but input_ids has %d; they must align (use -100 for positions without a target)", len(rec.Labels), len(rec.InputIDs))
 		}
 		for i, l := range rec.Labels {
-			if l != IgnoreIndex && (l < 0 || vocab > 0 && l >= vocab) {
+			if l != autograd.IgnoreIndex && (l < 0 || vocab > 0 && l >= vocab) {
 				return rec, fmt.Errorf("labels[%d] = %d is neither -100 nor a token id in [0, %d)", i, l, vocab)
 			}
 		}
@@ -124,7 +123,7 @@ func parseRecord(text []byte, vocab int) (Record, error) {
 func Targets(labels []int) int {
 	n := 0
 	for _, l := range labels[min(1, len(labels)):] {
-		if l != IgnoreIndex {
+		if l != autograd.IgnoreIndex {
 			n++
 		}
 	}
@@ -149,7 +148,7 @@ func Windows(ids []int, seqLen, stride int) ([]Record, error) {
 		begin := max(0, end-seqLen)
 		labels := make([]int, end-begin)
 		for i := range labels {
-			labels[i] = IgnoreIndex
+			labels[i] = autograd.IgnoreIndex
 			if begin+i >= prevEnd {
 				labels[i] = ids[begin+i]
 			}

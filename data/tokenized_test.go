@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 func TestParseTokenized(t *testing.T) {
@@ -11,7 +13,7 @@ func TestParseTokenized(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 2 || len(recs[0].Labels) != 3 || recs[0].Labels[2] != 3 || recs[1].Labels[0] != IgnoreIndex || recs[1].Line != 2 {
+	if len(recs) != 2 || len(recs[0].Labels) != 3 || recs[0].Labels[2] != 3 || recs[1].Labels[0] != autograd.IgnoreIndex || recs[1].Line != 2 {
 		t.Fatalf("records %+v", recs)
 	}
 	if Targets(recs[0].Labels) != 2 || Targets(recs[1].Labels) != 1 {
@@ -56,11 +58,11 @@ func TestWindows(t *testing.T) {
 			if len(w.InputIDs) > c.seq {
 				t.Fatalf("window of %d > %d", len(w.InputIDs), c.seq)
 			}
-			if k > 0 && w.Labels[0] != IgnoreIndex {
+			if k > 0 && w.Labels[0] != autograd.IgnoreIndex {
 				t.Fatalf("a window scores its first position, which has no context")
 			}
 			for i := 1; i < len(w.Labels); i++ {
-				if w.Labels[i] != IgnoreIndex {
+				if w.Labels[i] != autograd.IgnoreIndex {
 					if w.Labels[i] != w.InputIDs[i] {
 						t.Fatalf("label %d at a position holding %d", w.Labels[i], w.InputIDs[i])
 					}
@@ -93,7 +95,7 @@ func FuzzParseTokenized(f *testing.F) {
 				t.Fatalf("accepted record %+v", r)
 			}
 			for i, id := range r.InputIDs {
-				if id < 0 || id >= 50 || r.Labels[i] != IgnoreIndex && (r.Labels[i] < 0 || r.Labels[i] >= 50) {
+				if id < 0 || id >= 50 || r.Labels[i] != autograd.IgnoreIndex && (r.Labels[i] < 0 || r.Labels[i] >= 50) {
 					t.Fatalf("accepted out-of-range record %+v", r)
 				}
 			}

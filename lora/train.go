@@ -5,10 +5,11 @@ import (
 
 	G "gorgonia.org/gorgonia"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
-// Batch is a padded batch of token sequences: ids, labels (IgnoreIndex = -100 skips) and the
+// Batch is a padded batch of token sequences: ids, labels (autograd.IgnoreIndex skips) and the
 // attention mask, each [Batch x Seq] row-major.
 type Batch struct {
 	Batch, Seq int
@@ -24,7 +25,7 @@ func (b *Batch) Targets() int {
 	n := 0
 	for r := 0; r < b.Batch; r++ {
 		for t := 1; t < b.Seq; t++ {
-			if b.Labels[r*b.Seq+t] != -100 {
+			if b.Labels[r*b.Seq+t] != autograd.IgnoreIndex {
 				n++
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/optim"
@@ -183,7 +184,7 @@ func MakeBatch(seqs []data.Sequence, padID, maxLen int) *Batch {
 				b.Labels = append(b.Labels, int32(s.Labels[i]))
 			} else {
 				b.IDs = append(b.IDs, int32(padID))
-				b.Labels = append(b.Labels, -100)
+				b.Labels = append(b.Labels, autograd.IgnoreIndex)
 			}
 			b.Mask = append(b.Mask, real)
 			if packed {

@@ -1,6 +1,10 @@
 package model
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+)
 
 // Evaluator scores sequences with the inference graph (dynamic NTK from each sequence's
 // length and LogN, as Qwen evaluates long contexts), one sequence at a time.
@@ -71,7 +75,7 @@ func (e *Evaluator) Score(ids, labels []int) (sum float64, n int, err error) {
 func countTargets(labels []int) int {
 	n := 0
 	for _, l := range labels[min(1, len(labels)):] {
-		if l != -100 {
+		if l != autograd.IgnoreIndex {
 			n++
 		}
 	}
