@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	tiktoken "github.com/pkoukk/tiktoken-go"
-	"golang.org/x/text/unicode/norm"
 )
 
 // Qwen's special tokens, numbered from the vocabulary's size (151643 for Qwen-7B).
@@ -152,10 +151,10 @@ func (t *Tokenizer) ParseSpecials(spec string) (Specials, error) {
 	return t.SpecialSet(names...)
 }
 
-// Encode NFC-normalises text and encodes it; special-token text becomes a special token
+// Encode NFC-normalises text (as Python does, see NFC) and encodes it; special-token text becomes a special token
 // where allowed, and ordinary text otherwise.
 func (t *Tokenizer) Encode(text string, allowed Specials) []int {
-	text = norm.NFC.String(text)
+	text = NFC(text)
 	out := make([]int, 0, len(text)/3+1)
 	for {
 		at, id, n := t.nextSpecial(text, allowed)
