@@ -3,4 +3,9 @@
 // adapter directory. Out: the same model whose targeted projections compute
 // y = W x + (alpha/r) B A dropout(x), with A and B float32 and trainable while every base
 // weight stays frozen, and adapter_config.json + adapter_model.safetensors on disk.
+//
+// Open loads a model directory (weights, vocabulary, an adapter) to run or train. Run is a
+// whole training run: Options (model directory, data, output directory, TrainConfig) in;
+// the adapter, resumable checkpoints, training_config.json and metrics.jsonl out, with Hooks
+// for progress and for stopping early.
 package lora

@@ -15,15 +15,12 @@ import (
 // held-out prompts whose greedy reply ends with <|im_end|>.
 func stopRate(t *testing.T, dir string, train []data.Sequence, heldOut []string, special bool) float64 {
 	t.Helper()
-	m, err := model.Load(dir, model.LoadOptions{})
+	op, err := Open(dir, OpenOptions{NeedTokenizer: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer op.Close()
+	m, tok := op.Model, op.Tok
 	cfg := DefaultTrainConfig()
 	cfg.LoRA.R, cfg.LoRA.Alpha, cfg.LoRA.Dropout = 16, 32, 0
 	cfg.LR, cfg.Steps, cfg.BatchSize, cfg.WarmupSteps, cfg.MaxGradNorm = 5e-3, 150, 4, 10, 5

@@ -53,7 +53,7 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 				}
 				name = "random weights, shape qwen-7b"
 			} else {
-				in, err := openInference(cmd, modelDir, false)
+				in, err := openModel(cmd, modelDir, openOptions{})
 				if err != nil {
 					return err
 				}

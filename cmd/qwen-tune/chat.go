@@ -17,12 +17,9 @@ import (
 )
 
 func newChatCmd() *cobra.Command {
-	var (
-		modelDir, system, prompt string
-		adapterDir               string
-		maxWindow                int
-		flags                    genFlags
-	)
+	c := &chat{} // --system and --max-window set it directly
+	var prompt string
+	var flags genFlags
 	cmd := &cobra.Command{
 		Use:   "chat --model DIR [--system S] [--prompt P]",
 		Short: "Chat with a model in the terminal (ChatML, streaming)",
@@ -39,22 +36,17 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
   qwen-tune chat --model DIR --prompt 'Write a haiku about Go' --greedy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			in, err := openOnDevice(cmd, modelDir, adapterDir, true, flags.device)
+			in, g, seed, err := flags.open(cmd, true)
 			if err != nil {
 				return err
 			}
 			defer in.close()
-			g, seed, err := flags.settings(cmd.Flags(), *in.gen)
-			if err != nil {
-				return err
-			}
 			if !cmd.Flags().Changed("max-window") {
-				maxWindow = in.gen.MaxWindowSize
+				c.maxWindow = in.gen.MaxWindowSize
 			}
-			sampler := model.NewSampler(g, seed)
-			sampler.Limit = in.tok.Size()
-			c := &chat{in: in, system: system, maxWindow: maxWindow, maxNew: g.MaxNewTokens, sampler: sampler,
-				out: cmd.OutOrStdout(), errw: cmd.ErrOrStderr()}
+			c.sampler = model.NewSampler(g, seed)
+			c.sampler.Limit = in.tok.Size()
+			c.in, c.maxNew, c.out, c.errw = in, g.MaxNewTokens, cmd.OutOrStdout(), cmd.ErrOrStderr()
 			c.session = in.m.NewSession(256)
 			defer c.session.Close()
 			stopSignals := c.handleInterrupts()
@@ -66,11 +58,10 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
-	f.StringVar(&modelDir, "model", "", "model directory (config.json, safetensors, qwen.tiktoken)")
-	f.StringVar(&system, "system", tokenizer.DefaultSystem, "system message")
+	f.StringVar(&flags.model, "model", "", "model directory (config.json, safetensors, qwen.tiktoken)")
+	f.StringVar(&c.system, "system", tokenizer.DefaultSystem, "system message")
 	f.StringVar(&prompt, "prompt", "", "answer this one message and exit")
-	f.IntVar(&maxWindow, "max-window", 0, "most prompt tokens kept from the conversation (default: generation_config.json max_window_size)")
+	f.IntVar(&c.maxWindow, "max-window", 0, "most prompt tokens kept from the conversation (default: generation_config.json max_window_size)")
 	flags.register(f)
 	return cmd
 }

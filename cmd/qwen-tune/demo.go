@@ -53,19 +53,20 @@ reply and stops at <|im_end|>. Nothing existing is overwritten: a taken --out ge
 				return err
 			}
 			fmt.Fprintf(stdout, "2/3 fine-tuning it with LoRA on %s\n", dataPath)
-			r := &loraRun{modelDir: modelDir, dataPath: dataPath, out: runDir, onBad: string(data.BadError), cfg: demoSettings()}
+			o := lora.DefaultOptions()
+			o.ModelDir, o.Data, o.Out, o.Train = modelDir, dataPath, runDir, demoSettings()
 			if steps > 0 {
-				r.cfg.Steps = steps
+				o.Train.Steps = steps
 			}
-			if err := r.run(cmd); err != nil {
+			if err := trainLora(cmd, o); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "3/3 asking the fine-tuned model questions from the data\n")
-			in, err := openWithAdapter(cmd, modelDir, runDir, true)
+			in, err := openModel(cmd, modelDir, openOptions{Adapter: runDir, NeedTokenizer: true})
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer in.close()
 			exs, _, err := data.Parse(examples.Chat, "chat.jsonl", data.BadError, 0)
 			if err != nil {
 				return err

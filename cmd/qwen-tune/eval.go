@@ -4,20 +4,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/qwen-tune/qwen-tune/data"
-	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
 func newEvalCmd() *cobra.Command {
 	var (
-		modelDir, dataPath, textPath string
-		adapterDir                   string
-		seqLen, stride               int
-		asJSON                       bool
+		modelDir, adapterDir string
+		src                  textInput
+		seqLen, stride       int
+		asJSON               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "eval --model DIR (--data FILE.jsonl | --text FILE --seq-len N --stride S)",
@@ -35,17 +33,17 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
   qwen-tune eval --model DIR --text book.txt --seq-len 8192 --stride 4096`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (dataPath == "") == (textPath == "") {
+			if !src.one() {
 				return fmt.Errorf("give exactly one of --data FILE.jsonl and --text FILE")
 			}
-			in, err := openWithAdapter(cmd, modelDir, adapterDir, textPath != "")
+			in, err := openModel(cmd, modelDir, openOptions{Adapter: adapterDir, NeedTokenizer: src.text != ""})
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer in.close()
 			var recs []data.Record
-			if dataPath != "" {
-				if recs, err = data.ReadTokenized(dataPath, in.m.Config.VocabSize); err != nil {
+			if src.data != "" {
+				if recs, err = data.ReadTokenized(src.data, in.m.Config.VocabSize); err != nil {
 					return err
 				}
 			} else {
@@ -55,12 +53,12 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 				if !cmd.Flags().Changed("stride") {
 					stride = seqLen / 2
 				}
-				text, err := os.ReadFile(textPath)
+				ids, err := src.encodeText(in.tok)
 				if err != nil {
 					return err
 				}
-				if recs, err = data.Windows(in.tok.Encode(string(text), tokenizer.NoSpecials), seqLen, stride); err != nil {
-					return fmt.Errorf("%s: %w", textPath, err)
+				if recs, err = data.Windows(ids, seqLen, stride); err != nil {
+					return fmt.Errorf("%s: %w", src.text, err)
 				}
 			}
 			ev := in.m.NewEvaluator()
@@ -72,7 +70,7 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 				s, k, err := ev.Score(r.InputIDs, r.Labels)
 				if err != nil {
 					if r.Line > 0 {
-						return fmt.Errorf("%s:%d: %w", dataPath, r.Line, err)
+						return fmt.Errorf("%s:%d: %w", src.data, r.Line, err)
 					}
 					return fmt.Errorf("window %d: %w", i+1, err)
 				}
@@ -105,8 +103,7 @@ stays ordinary text) and scores it in sliding windows of --seq-len tokens that a
 	f := cmd.Flags()
 	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	f.StringVar(&modelDir, "model", "", "model directory")
-	f.StringVar(&dataPath, "data", "", "pre-tokenized JSONL dataset")
-	f.StringVar(&textPath, "text", "", "plain text file scored in sliding windows")
+	src.register(f, "pre-tokenized JSONL dataset", "plain text file scored in sliding windows")
 	f.IntVar(&seqLen, "seq-len", 0, "window length in tokens for --text (default: the model's seq_length)")
 	f.IntVar(&stride, "stride", 0, "window advance in tokens for --text (default: seq-len/2)")
 	f.BoolVar(&asJSON, "json", false, "print {\"loss\", \"ppl\", \"tokens\"} as JSON")

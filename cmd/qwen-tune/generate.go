@@ -17,10 +17,9 @@ import (
 
 func newGenerateCmd() *cobra.Command {
 	var (
-		modelDir, prompt, promptIDs string
-		adapterDir                  string
-		asJSON                      bool
-		flags                       genFlags
+		prompt, promptIDs string
+		asJSON            bool
+		flags             genFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3)",
@@ -40,15 +39,11 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 			if (prompt == "") == (promptIDs == "") {
 				return fmt.Errorf("give exactly one of --prompt TEXT and --prompt-ids 1,2,3")
 			}
-			in, err := openOnDevice(cmd, modelDir, adapterDir, prompt != "", flags.device)
+			in, g, seed, err := flags.open(cmd, prompt != "")
 			if err != nil {
 				return err
 			}
 			defer in.close()
-			g, seed, err := flags.settings(cmd.Flags(), *in.gen)
-			if err != nil {
-				return err
-			}
 			var ids []int
 			if prompt != "" {
 				ids = in.tok.Encode(prompt, tokenizer.AllSpecials)
@@ -71,8 +66,7 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
-	f.StringVar(&modelDir, "model", "", "model directory (config.json + safetensors)")
+	f.StringVar(&flags.model, "model", "", "model directory (config.json + safetensors)")
 	f.StringVar(&prompt, "prompt", "", "prompt text")
 	f.StringVar(&promptIDs, "prompt-ids", "", "prompt as comma-separated token ids")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object instead of streaming text")

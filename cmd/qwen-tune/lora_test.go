@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qwen-tune/qwen-tune/lora"
 )
 
 func writeFile(t *testing.T, path, content string) string {
@@ -186,9 +191,24 @@ func TestLoraInterruptAndResume(t *testing.T) {
 	if _, errs, st := qt(t, "", append(common, "--out", straight)...); st != 0 {
 		t.Fatal(errs)
 	}
-	_, errs, st := qt(t, "", append(common, "--out", resumed, "--stop-after", "2")...)
-	if st != 0 || !strings.Contains(errs, "interrupted at step 2 of 4") {
-		t.Fatalf("interrupted run: %d %s", st, errs)
+	// The same settings through lora.Run with the command's report, stopped after step 2
+	// by the step hook as Ctrl-C would stop it.
+	o := lora.DefaultOptions()
+	o.ModelDir, o.Data, o.Out = dir, chats, resumed
+	o.Train.Steps, o.Train.LoRA.R, o.Train.LR, o.Train.BatchSize, o.Train.LoRA.Dropout = 4, 4, 1e-2, 2, 0.1
+	var errb bytes.Buffer
+	rep := newTrainReport(&errb, dir)
+	h := rep.hooks()
+	report := h.OnStep
+	h.OnStep = func(r lora.StepResult) error {
+		if err := report(r); err != nil || r.Step+1 < 2 {
+			return err
+		}
+		return lora.ErrStop
+	}
+	res, err := lora.Run(context.Background(), o, h)
+	if err := rep.done(io.Discard, o, res, err); err != nil || !strings.Contains(errb.String(), "interrupted at step 2 of 4") {
+		t.Fatalf("interrupted run: %v %s", err, errb.String())
 	}
 	if _, err := os.Stat(filepath.Join(resumed, "adapter_model.safetensors")); err == nil {
 		t.Fatal("an interrupted run wrote the final adapter")

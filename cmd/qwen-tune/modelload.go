@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -23,38 +22,77 @@ type inference struct {
 	m       *model.Model
 	gen     *checkpoints.GenerationConfig
 	tok     *tokenizer.Tokenizer
-	release func() // gives the device back (openOnDevice)
+	release func() // gives the device back
 }
 
-// openOnDevice is openWithAdapter with the model put on the named --device (an adapter is
-// folded into the weights there: the GPU executor has no LoRA kernels).
-func openOnDevice(cmd *cobra.Command, dir, adapter string, needTokenizer bool, device string) (*inference, error) {
-	in, err := openWithAdapter(cmd, dir, adapter, needTokenizer)
+// openOptions say how a command opens its --model.
+type openOptions struct {
+	Adapter       string // --adapter: a PEFT adapter applied without merging
+	NeedTokenizer bool   // a directory without qwen.tiktoken is an error
+	// OnDevice puts the model on Device (--device: "", cpu or cuda; an adapter is folded into
+	// the weights there, as the GPU executor has no LoRA kernels). Otherwise it stays on the
+	// CPU.
+	OnDevice bool
+	Device   string
+}
+
+// openModel loads a model directory with a progress bar on stderr.
+func openModel(cmd *cobra.Command, dir string, o openOptions) (*inference, error) {
+	stderr := cmd.ErrOrStderr()
+	load := loadProgress{w: stderr, what: dir}
+	op, err := lora.Open(dir, lora.OpenOptions{Adapter: o.Adapter, NeedTokenizer: o.NeedTokenizer, Progress: load.update})
+	load.finish()
 	if err != nil {
 		return nil, err
 	}
-	if in.release, err = useDevice(cmd, in.m, device); err != nil {
+	in := &inference{m: op.Model, gen: op.Gen, tok: op.Tok, release: func() {}}
+	if a := op.Adapter; a != nil {
+		fmt.Fprintf(stderr, "adapter %s: %d LoRA layers, r %d, alpha %g\n", o.Adapter, len(a.Layers), a.Config.R, a.Config.Alpha)
+	}
+	if !o.OnDevice {
+		return in, nil
+	}
+	if in.release, err = useDevice(cmd, in.m, o.Device); err != nil {
 		in.m.Close()
 		return nil, err
 	}
-	if adapter != "" && in.m.Exec != nil {
+	if a := op.Adapter; a != nil && in.m.Exec != nil {
 		// the GPU runs plain projections: fold the adapter into copies of the weights
 		n, err := lora.Fold(in.m)
 		if err != nil {
 			in.close()
 			return nil, err
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "adapter folded into %d weights for %s\n", n, in.m.Exec.Name())
+		fmt.Fprintf(stderr, "adapter folded into %d weights for %s\n", n, in.m.Exec.Name())
 	}
 	return in, nil
 }
 
 // close gives the device back and unmaps the weights.
 func (in *inference) close() {
-	if in.release != nil {
-		in.release()
-	}
+	in.release()
 	in.m.Close()
+}
+
+// loadProgress is a progress bar for loading what, made at the first tensor.
+type loadProgress struct {
+	w    io.Writer
+	what string
+	bar  *progressbar.ProgressBar
+}
+
+func (l *loadProgress) update(done, total int) {
+	if l.bar == nil {
+		l.bar = newBar(l.w, total, "loading "+l.what)
+	}
+	l.bar.Set(done)
+}
+
+func (l *loadProgress) finish() {
+	if l.bar != nil {
+		l.bar.Finish()
+		l.bar = nil
+	}
 }
 
 // isTerminal reports whether w is a character device (a terminal), where progress bars go.
@@ -77,64 +115,10 @@ func newBar(w io.Writer, total int, what string) *progressbar.ProgressBar {
 		progressbar.OptionSetPredictTime(true))
 }
 
-// openInference loads a model directory for inference; needTokenizer makes a missing
-// qwen.tiktoken an error.
-func openInference(cmd *cobra.Command, dir string, needTokenizer bool) (*inference, error) {
-	return openWithAdapter(cmd, dir, "", needTokenizer)
-}
-
-// openWithAdapter is openInference plus a PEFT LoRA adapter applied without merging.
-func openWithAdapter(cmd *cobra.Command, dir, adapter string, needTokenizer bool) (*inference, error) {
-	return openModel(cmd, dir, adapter, needTokenizer, nil)
-}
-
-// openModel loads a model directory; train names tensors widened to trainable float32.
-func openModel(cmd *cobra.Command, dir, adapter string, needTokenizer bool, train []string) (*inference, error) {
-	if dir == "" {
-		return nil, fmt.Errorf("--model DIR is required (a directory with config.json and safetensors weights; 'qwen-tune init --tiny --out DIR' makes one)")
-	}
-	cfg, gen, err := checkpoints.ReadModelConfigs(dir)
-	if err != nil {
-		return nil, err
-	}
-	need := model.WeightBytes(cfg)
-	for range train { // float32 copy, gradient and two Adam moments of a [vocab, hidden] table
-		need += 16 * int64(cfg.VocabSize) * int64(cfg.HiddenSize)
-	}
-	if err := model.CheckMemory(need, fmt.Sprintf("%s (%d parameters in bf16)", dir, cfg.ParamCount())); err != nil {
-		return nil, err
-	}
-	in := &inference{gen: gen}
-	if _, err := os.Stat(filepath.Join(dir, tokenizer.VocabFile)); err == nil {
-		if in.tok, err = tokenizer.Load(dir); err != nil {
-			return nil, err
-		}
-		if in.tok.Size() > cfg.VocabSize {
-			return nil, fmt.Errorf("%s: the vocabulary has %d tokens but the model's embedding has %d rows (config vocab_size); the vocabulary belongs to another model", dir, in.tok.Size(), cfg.VocabSize)
-		}
-	} else if needTokenizer {
-		return nil, fmt.Errorf("%s has no %s: this command needs the model's vocabulary", dir, tokenizer.VocabFile)
-	}
-	bar := newBar(cmd.ErrOrStderr(), len(checkpoints.ModelTensors(cfg, nil)), "loading "+dir)
-	in.m, err = model.Load(dir, model.LoadOptions{Train: train, Progress: func(done, total int) { bar.Set(done) }})
-	bar.Finish()
-	if err != nil {
-		return nil, err
-	}
-	if adapter != "" {
-		a, err := lora.Attach(adapter, in.m)
-		if err != nil {
-			in.m.Close()
-			return nil, err
-		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "adapter %s: %d LoRA layers, r %d, alpha %g\n", adapter, len(a.Layers), a.Config.R, a.Config.Alpha)
-	}
-	return in, nil
-}
-
-// genFlags are the sampling flags of chat and generate; unset flags keep the model's
-// generation_config.json values.
+// genFlags are the model and sampling flags of chat and generate; unset sampling flags keep
+// the model's generation_config.json values.
 type genFlags struct {
+	model, adapter                       string
 	temperature, topP, repetitionPenalty float64
 	topK, maxNewTokens                   int
 	seed                                 uint64
@@ -143,6 +127,7 @@ type genFlags struct {
 }
 
 func (f *genFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.adapter, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	fs.Float64Var(&f.temperature, "temperature", 0, "sampling temperature (default: generation_config.json)")
 	fs.Float64Var(&f.topP, "top-p", 0, "nucleus sampling threshold in (0, 1] (default: generation_config.json)")
 	fs.IntVar(&f.topK, "top-k", 0, "keep the k most likely tokens, 0 = off (default: generation_config.json)")
@@ -151,6 +136,20 @@ func (f *genFlags) register(fs *pflag.FlagSet) {
 	fs.Uint64Var(&f.seed, "seed", 0, "random seed for sampling (default: from the clock)")
 	fs.BoolVar(&f.greedy, "greedy", false, "always take the most likely token (no sampling)")
 	registerDevice(fs, &f.device)
+}
+
+// open loads --model (and --adapter) on --device and resolves the sampling settings.
+func (f *genFlags) open(cmd *cobra.Command, needTokenizer bool) (*inference, checkpoints.GenerationConfig, uint64, error) {
+	in, err := openModel(cmd, f.model, openOptions{Adapter: f.adapter, NeedTokenizer: needTokenizer, OnDevice: true, Device: f.device})
+	if err != nil {
+		return nil, checkpoints.GenerationConfig{}, 0, err
+	}
+	g, seed, err := f.settings(cmd.Flags(), *in.gen)
+	if err != nil {
+		in.close()
+		return nil, g, 0, err
+	}
+	return in, g, seed, nil
 }
 
 // settings merges the flags that were set into the model's generation config.

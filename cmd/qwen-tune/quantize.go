@@ -13,15 +13,15 @@ import (
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
-	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
 func newQuantizeCmd() *cobra.Command {
 	var (
-		modelDir, dataPath, textPath, out, method string
-		nsamples, seqLen                          int
-		seed                                      uint64
-		o                                         = quantize.DefaultOptions()
+		modelDir, out, method string
+		src                   textInput
+		nsamples, seqLen      int
+		seed                  uint64
+		o                     = quantize.DefaultOptions()
 	)
 	cmd := &cobra.Command{
 		Use:   "quantize --model DIR (--data FILE | --text FILE) --out DIR",
@@ -42,7 +42,7 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
   qwen-tune quantize --model tiny-qwen --text notes.txt --out tiny-int4 --group-size 32 --nsamples 16 --seq-len 256`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if modelDir == "" || out == "" || (dataPath == "") == (textPath == "") {
+			if modelDir == "" || out == "" || !src.one() {
 				return fmt.Errorf("--model, --out and exactly one of --data and --text are required")
 			}
 			if method != string(quantize.MethodGPTQ) && method != string(quantize.MethodRTN) {
@@ -52,11 +52,11 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 				return fmt.Errorf("%s already holds a model: choose a new --out (nothing was written)", out)
 			}
 			stderr := cmd.ErrOrStderr()
-			in, err := openInference(cmd, modelDir, true)
+			in, err := openModel(cmd, modelDir, openOptions{NeedTokenizer: true})
 			if err != nil {
 				return err
 			}
-			defer in.m.Close()
+			defer in.close()
 			if _, ok := in.m.Blocks[0].QKV.(*model.Int4); ok {
 				return fmt.Errorf("%s is already GPTQ-quantized; quantize the floating-point model", modelDir)
 			}
@@ -64,8 +64,8 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 				return err
 			}
 			var seqs []data.Sequence
-			if dataPath != "" {
-				exs, _, err := data.Load(dataPath, data.BadError, in.m.Config.VocabSize)
+			if src.data != "" {
+				exs, _, err := data.Load(src.data, data.BadError, in.m.Config.VocabSize)
 				if err != nil {
 					return err
 				}
@@ -73,11 +73,11 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 					return err
 				}
 			} else {
-				text, err := os.ReadFile(textPath)
+				ids, err := src.encodeText(in.tok)
 				if err != nil {
 					return err
 				}
-				seqs = []data.Sequence{{IDs: in.tok.Encode(string(text), tokenizer.NoSpecials)}}
+				seqs = []data.Sequence{{IDs: ids}}
 			}
 			samples := data.Calibration(seqs, nsamples, seqLen, seed)
 			tokens := 0
@@ -133,9 +133,8 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 	}
 	f := cmd.Flags()
 	f.StringVar(&modelDir, "model", "", "floating-point model directory")
-	f.StringVar(&dataPath, "data", "", "calibration data (conversations, messages or input_ids)")
-	f.StringVar(&textPath, "text", "", "calibration text file")
 	f.StringVar(&out, "out", "", "new directory for the quantized model")
+	src.register(f, "calibration data (conversations, messages or input_ids)", "calibration text file")
 	f.IntVar(&o.Bits, "bits", o.Bits, "bits per weight: 2, 4 or 8 (3 runs but cannot be packed)")
 	f.IntVar(&o.GroupSize, "group-size", o.GroupSize, "input columns per scale (-1 = one scale per output row)")
 	f.BoolVar(&o.DescAct, "desc-act", o.DescAct, "act-order: quantize columns by decreasing Hessian diagonal")

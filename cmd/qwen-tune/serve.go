@@ -48,7 +48,7 @@ SIGTERM or Ctrl-C stops accepting requests and lets running ones finish (up to
 			if apiKey == "" {
 				apiKey = os.Getenv("QWEN_TUNE_API_KEY")
 			}
-			in, err := openOnDevice(cmd, modelDir, adapterDir, true, device)
+			in, err := openModel(cmd, modelDir, openOptions{Adapter: adapterDir, NeedTokenizer: true, OnDevice: true, Device: device})
 			if err != nil {
 				return err
 			}

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
@@ -157,13 +156,4 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(tinyDir))
 	}
 	os.Exit(code)
-}
-
-func mustGen(t *testing.T, dir string) *checkpoints.GenerationConfig {
-	t.Helper()
-	_, gen, err := checkpoints.ReadModelConfigs(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return gen
 }

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -527,17 +527,12 @@ func TestGracefulShutdown(t *testing.T) {
 // or not, and the reply ends as the model decides.
 func TestModelEngine(t *testing.T) {
 	dir := tinyModelDir(t)
-	m, err := model.Load(dir, model.LoadOptions{})
+	op, err := lora.Open(dir, lora.OpenOptions{NeedTokenizer: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gen := *mustGen(t, dir)
-	eng := &ModelEngine{ID: "tiny", Model: m, Gen: gen, Tok: tok, Context: 2048}
+	defer op.Close()
+	eng := &ModelEngine{ID: "tiny", Model: op.Model, Gen: *op.Gen, Tok: op.Tok, Context: 2048}
 	defer eng.Close()
 	_, url := startServer(t, eng, Options{})
 	body := `{"messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":24,"seed":7,"temperature":0.9}`

@@ -1,0 +1,319 @@
+package lora
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/data"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// Options is one training run: the model, the data, where the output goes and the
+// settings. Start from DefaultOptions; Run checks them once.
+type Options struct {
+	ModelDir string // base model directory: config.json, safetensors weights, qwen.tiktoken
+	Data     string // conversations JSON/JSONL, messages JSONL or input_ids JSONL
+	Out      string // the adapter, checkpoints, metrics and training_config.json go here
+	// Metrics is the file of one JSON line per step (default: Out/metrics.jsonl).
+	Metrics string
+	// InitAdapter starts from this PEFT adapter (its r, alpha and targets) instead of a
+	// fresh one.
+	InitAdapter string
+	// OnBad says what a malformed example does: stop the run, or be left out and reported.
+	OnBad data.OnBad
+	// Resume continues the run in Out from its latest checkpoint, with the settings that
+	// run started with (Train is replaced by them).
+	Resume bool
+	// Train is the recipe: adapter shape, optimizer, schedule, batches, evaluation and
+	// checkpoint cadence, special-token and full-module training.
+	Train TrainConfig
+}
+
+// DefaultOptions are Qwen's recipe (DefaultTrainConfig), stopping at a malformed example.
+func DefaultOptions() Options {
+	return Options{OnBad: data.BadError, Train: DefaultTrainConfig()}
+}
+
+// Hooks report a run's progress; any may be nil.
+type Hooks struct {
+	// OnLoad is called after each tensor of the base model loads.
+	OnLoad func(done, total int)
+	// OnSkip is called for each malformed example left out (OnBad skip).
+	OnSkip func(err error)
+	// OnStart is called once before the first step.
+	OnStart func(Start)
+	// OnStep is called after each optimizer step, with the validation loss where one was
+	// measured. Returning ErrStop ends the run there as a cancelled context does; any other
+	// error fails it.
+	OnStep func(StepResult) error
+	// OnSave is called after each checkpoint is written, with its directory.
+	OnSave func(dir string)
+}
+
+// ErrStop, returned by Hooks.OnStep, stops a run after that step with a checkpoint saved.
+var ErrStop = errors.New("lora: run stopped")
+
+// Start is what a run is about to do.
+type Start struct {
+	Config      TrainConfig // the resolved settings, as saved in training_config.json
+	Stats       data.Stats  // the examples and tokens prepared
+	Sequences   int         // training sequences before packing (Config.Pack)
+	Rows        int         // training rows: Sequences, or fewer when packed
+	Val         int         // validation sequences
+	Params      int         // trained parameters
+	Layers      int         // LoRA layers
+	Step, Total int         // the first step (past the checkpoint resumed from) and the last
+	ResumedFrom string      // the checkpoint resumed from, or ""
+	Metrics     string      // the metrics file
+}
+
+// Result is how a run ended.
+type Result struct {
+	Step, Total int
+	// Stopped is set when the context was cancelled or OnStep returned ErrStop: Checkpoint
+	// holds the state to continue from with Options.Resume, and no adapter was written.
+	Stopped    bool
+	Checkpoint string       // the latest checkpoint
+	Metrics    string       // the metrics file
+	History    []StepResult // every step in Metrics, a resumed run's earlier ones included
+}
+
+// Run fine-tunes o.ModelDir on o.Data and writes adapter_config.json and
+// adapter_model.safetensors in PEFT's format to o.Out, with training_config.json, the
+// metrics and a resumable checkpoint-<step> (every SaveEvery steps and at the end). An
+// output directory that already holds a run is refused unless o.Resume is set. When ctx is
+// cancelled or OnStep returns ErrStop, Run saves a checkpoint at the last completed step
+// and returns a Result with Stopped set and a nil error.
+func Run(ctx context.Context, o Options, h Hooks) (*Result, error) {
+	resumeFrom, err := o.resolve()
+	if err != nil {
+		return nil, err
+	}
+	op, err := Open(o.ModelDir, OpenOptions{NeedTokenizer: true, TrainModules: o.Train.ModulesToSave, Progress: h.OnLoad})
+	if err != nil {
+		return nil, err
+	}
+	defer op.Close()
+	r := &run{o: o, h: h, op: op}
+	if err := r.setUp(resumeFrom); err != nil {
+		return nil, err
+	}
+	defer r.tr.Close()
+	return r.train(ctx)
+}
+
+// resolve checks o once, and for a resumed run takes the settings of its latest checkpoint,
+// which it returns.
+func (o *Options) resolve() (string, error) {
+	if o.ModelDir == "" || o.Data == "" || o.Out == "" {
+		return "", fmt.Errorf("--model, --data and --out are required")
+	}
+	if o.OnBad != data.BadError && o.OnBad != data.BadSkip {
+		return "", fmt.Errorf("--on-bad-example %q: expected error or skip", o.OnBad)
+	}
+	if o.Metrics == "" {
+		o.Metrics = filepath.Join(o.Out, "metrics.jsonl")
+	}
+	var from string
+	if o.Resume {
+		cks, err := Checkpoints(o.Out)
+		if err != nil || len(cks) == 0 {
+			return "", fmt.Errorf("--resume: %s holds no checkpoint to resume from", o.Out)
+		}
+		from = cks[len(cks)-1]
+		st, err := ReadTrainerState(from)
+		if err != nil {
+			return "", err
+		}
+		o.Train = st.Config
+	} else if err := checkFreshOut(o.Out); err != nil {
+		return "", err
+	}
+	return from, o.Train.Validate()
+}
+
+// checkFreshOut refuses an output directory that already holds a run or an adapter.
+func checkFreshOut(out string) error {
+	for _, name := range []string{ConfigFile, WeightsFile, "training_config.json", "metrics.jsonl"} {
+		if _, err := os.Stat(filepath.Join(out, name)); err == nil {
+			return fmt.Errorf("%s already holds %s: choose a new --out, or add --resume to continue that run (nothing was written)", out, name)
+		}
+	}
+	if cks, _ := Checkpoints(out); len(cks) > 0 {
+		return fmt.Errorf("%s already holds checkpoints: add --resume to continue, or choose a new --out", out)
+	}
+	return nil
+}
+
+// run is a training run being set up and carried out.
+type run struct {
+	o       Options
+	h       Hooks
+	op      *Opened
+	tr      *Trainer
+	special *SpecialTokens
+	modules []*model.Param
+	start   Start
+}
+
+// setUp prepares the data, the adapter and the trainer, restores a resumed checkpoint and
+// writes training_config.json.
+func (r *run) setUp(resumeFrom string) error {
+	m, tok, cfg := r.op.Model, r.op.Tok, &r.o.Train
+	exs, skipped, err := data.Load(r.o.Data, r.o.OnBad, m.Config.VocabSize)
+	for _, s := range skipped {
+		if r.h.OnSkip != nil {
+			r.h.OnSkip(s)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	seqs, stats, err := data.Prepare(tok, exs, data.Mask(cfg.Mask), cfg.MaxLen)
+	if err != nil {
+		return err
+	}
+	stats.Skipped = len(skipped)
+	train, val := data.Split(seqs, cfg.ValRatio, cfg.Seed)
+	r.start = Start{Stats: stats, Sequences: len(train), Val: len(val), ResumedFrom: resumeFrom, Metrics: r.o.Metrics}
+	if cfg.Pack {
+		train = data.Pack(train, cfg.MaxLen)
+	}
+	r.start.Rows = len(train)
+
+	var a *Adapter
+	if r.o.InitAdapter != "" && !r.o.Resume {
+		var extra map[string]checkpoints.Tensor
+		if a, extra, err = Load(r.o.InitAdapter, m); err != nil {
+			return err
+		}
+		if len(extra) > 0 {
+			return fmt.Errorf("--init-adapter %s saves whole modules; only LoRA tensors can start a run", r.o.InitAdapter)
+		}
+		cfg.LoRA = a.Config
+	} else if a, err = Apply(m, cfg.LoRA, cfg.Seed); err != nil {
+		return err
+	}
+	params := a.Params()
+	if r.special, err = AddSpecialTokens(m, tok, cfg.TrainSpecialTokens); err != nil {
+		return err
+	}
+	params = append(params, r.special.Params()...)
+	if r.modules, err = ModuleParams(m, cfg.ModulesToSave); err != nil {
+		return err
+	}
+	params = append(params, r.modules...)
+	if r.tr, err = NewTrainer(m, a, params, *cfg, train, val, tok.EndOfTextID()); err != nil {
+		return err
+	}
+	if resumeFrom != "" {
+		if err := r.tr.LoadCheckpoint(resumeFrom); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(r.o.Out, 0o755); err != nil {
+		return err
+	}
+	if resumeFrom != "" {
+		if err := truncateMetrics(r.o.Metrics, r.tr.Step); err != nil {
+			return err
+		}
+	}
+	for _, p := range params {
+		r.start.Params += p.Value.Size()
+	}
+	r.start.Config, r.start.Layers, r.start.Step, r.start.Total = *cfg, len(a.Layers), r.tr.Step, r.tr.Sched.Total
+	if r.h.OnStart != nil {
+		r.h.OnStart(r.start)
+	}
+	return checkpoints.WriteJSON(filepath.Join(r.o.Out, "training_config.json"), struct {
+		Model string      `json:"model"`
+		Data  string      `json:"data"`
+		Cfg   TrainConfig `json:"config"`
+		Stats data.Stats  `json:"data_stats"`
+	}{r.o.ModelDir, r.o.Data, *cfg, stats})
+}
+
+// train runs the remaining steps, then saves a checkpoint and, when every step ran, the
+// adapter.
+func (r *run) train(ctx context.Context) (*Result, error) {
+	hist, err := ReadMetrics(r.o.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	mw, err := appendMetrics(r.o.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	hist, err = r.steps(ctx, mw, hist)
+	if cerr := mw.Close(); err == nil {
+		err = cerr
+	}
+	stopped := errors.Is(err, ErrStop) || ctx.Err() != nil && errors.Is(err, ctx.Err())
+	if err != nil && !stopped {
+		return nil, err
+	}
+	res := &Result{Step: r.tr.Step, Total: r.tr.Sched.Total, Stopped: stopped, Metrics: r.o.Metrics, History: hist}
+	if res.Checkpoint, err = r.checkpoint(); err != nil {
+		return nil, err
+	}
+	if stopped {
+		return res, nil
+	}
+	if err := r.tr.Adapter.Save(r.o.Out, r.o.ModelDir, r.tr.Cfg.ModulesToSave, r.extra()...); err != nil {
+		return nil, err
+	}
+	if err := r.special.SaveConfig(r.o.Out); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// steps trains until the last step with metrics, validation and checkpoint cadence.
+func (r *run) steps(ctx context.Context, mw *metricsWriter, hist []StepResult) ([]StepResult, error) {
+	tr, cfg := r.tr, r.tr.Cfg
+	for !tr.Done() {
+		res, err := tr.TrainStep(ctx)
+		if err != nil {
+			return hist, err
+		}
+		if len(tr.Val) > 0 && (cfg.EvalEvery > 0 && tr.Step%cfg.EvalEvery == 0 || tr.Done()) {
+			if res.EvalLoss, err = tr.Evaluate(); err != nil {
+				return hist, err
+			}
+		}
+		if err := mw.write(res); err != nil {
+			return hist, err
+		}
+		hist = append(hist, res)
+		if r.h.OnStep != nil {
+			if err := r.h.OnStep(res); err != nil {
+				return hist, err
+			}
+		}
+		if cfg.SaveEvery > 0 && tr.Step%cfg.SaveEvery == 0 && !tr.Done() {
+			if _, err := r.checkpoint(); err != nil {
+				return hist, err
+			}
+		}
+	}
+	return hist, nil
+}
+
+// checkpoint saves out/checkpoint-<step>.
+func (r *run) checkpoint() (string, error) {
+	dir, err := r.tr.SaveCheckpoint(r.o.Out, r.o.ModelDir, r.extra())
+	if err == nil && r.h.OnSave != nil {
+		r.h.OnSave(dir)
+	}
+	return dir, err
+}
+
+// extra are the tensors saved besides the LoRA layers: special-token rows and full modules.
+func (r *run) extra() []checkpoints.Tensor {
+	return append(r.special.Tensors(), ModuleTensors(r.modules)...)
+}
