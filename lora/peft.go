@@ -46,17 +46,18 @@ func (a *Adapter) Tensors(extra ...checkpoints.Tensor) []checkpoints.Tensor {
 	return append(ts, extra...)
 }
 
+// f32Tensor is a parameter's value as an F32 tensor.
 func f32Tensor(name string, p *model.Param) checkpoints.Tensor {
-	v := p.Value.Data().([]float32)
+	return floatTensor(name, p.Value.Data().([]float32), p.Value.Shape())
+}
+
+// floatTensor is v of the given shape as an F32 tensor.
+func floatTensor(name string, v []float32, shape []int) checkpoints.Tensor {
 	b := make([]byte, 4*len(v))
 	for i, x := range v {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 	}
-	shape := make([]int64, p.Value.Dims())
-	for i, d := range p.Value.Shape() {
-		shape[i] = int64(d)
-	}
-	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: shape, Data: b}
+	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: shape64(shape), Data: b}
 }
 
 // Save writes adapter_config.json and adapter_model.safetensors into dir (created if needed),
