@@ -25,14 +25,6 @@ type Check struct {
 // OK reports whether the check passed.
 func (c Check) OK() bool { return c.Err == nil && c.Unwritten == 0 && c.RelErr <= c.Tol }
 
-func randF32(r *rand.Rand, n int) []float32 {
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(r.NormFloat64())
-	}
-	return v
-}
-
 func randBF16(r *rand.Rand, n int, std float64) []uint16 {
 	v := make([]uint16, n)
 	for i := range v {
@@ -361,27 +353,21 @@ func SelfTest(d *Device, seed uint64) []Check {
 				wantV[(past+i)*width+j] = bf16(bf16Round(qkv[i*stride+2*width+j]))
 			}
 		}
-		g := &gpuCase{d: d}
-		qb, kb, vb, bb := g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
-		pb := g.up([]int32{int32(past)}, "position")
-		launch := func() error {
-			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
+		// One launch per output, on fresh buffers; row i checks buffer i: q rotated in place
+		// in the float32 qkv buffer, then k rotated and v copied into the bf16 caches.
+		for out, c := range []struct {
+			what string
+			tol  float64
+			want []float32
+		}{{"q in place", 1e-5, wantQ}, {"k to the bf16 cache", 1e-3, wantK}, {"v to the bf16 cache", 0, wantV}} {
+			g := &gpuCase{d: d, bf16Out: out > 0}
+			bufs := []*Buffer{g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache")}
+			bb, pb := g.up(InvFreq(base[0], dim), "inverse frequencies"), g.up([]int32{int32(past)}, "position")
+			launch := func() error {
+				return d.RotaryQKV(bufs[0], bufs[1], bufs[2], bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
+			}
+			checks = append(checks, g.result("rotary_qkv ("+c.what+")", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), c.tol, launch, bufs[out], c.want))
 		}
-		checks = append(checks, g.result("rotary_qkv (q in place)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 1e-5, launch, qb, wantQ))
-		g = &gpuCase{d: d, bf16Out: true}
-		qb, kb, vb, bb = g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
-		pb = g.up([]int32{int32(past)}, "position")
-		launch = func() error {
-			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
-		}
-		checks = append(checks, g.result("rotary_qkv (k to the bf16 cache)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 1e-3, launch, kb, wantK))
-		g = &gpuCase{d: d, bf16Out: true}
-		qb, kb, vb, bb = g.up(slices.Clone(qkv), "qkv"), g.up(slices.Clone(kc), "k cache"), g.up(slices.Clone(vc), "v cache"), g.up(InvFreq(base[0], dim), "inverse frequencies")
-		pb = g.up([]int32{int32(past)}, "position")
-		launch = func() error {
-			return d.RotaryQKV(qb, kb, vb, bb, pb, t, h, dim, past, stride, 0, width, 2*width, maxLen)
-		}
-		checks = append(checks, g.result("rotary_qkv (v to the bf16 cache)", fmt.Sprintf("%d tokens at %d, [%d, %d]", t, past, h, dim), 0, launch, vb, wantV))
 	}
 	{ // prefill MLP in bf16: up and gate GEMMs written in bf16, SwiGLU of bf16 inputs
 		m, n, k := 5, 688, 256

@@ -1,10 +1,15 @@
 package autograd
 
 // Float64 references of the GPU kernels that have no single CPU op as their twin (attention
-// over a cache for one chunk of queries, bf16 widening); the selftest compares the kernels
-// with them and reference_test.go checks them against the CPU ops.
+// over a cache for one chunk of queries, bf16 widening), and the random inputs they are run
+// on; the selftest compares the kernels with them and reference_test.go checks them against
+// the CPU ops.
 
-import "math"
+import (
+	"math/rand/v2"
+
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
+)
 
 // widen is bf16 bits as float32.
 func widen(v []uint16) []float32 {
@@ -32,26 +37,20 @@ func refPrefill(q, k, v []float32, h, dim, past, t int, scale float64, st *Step)
 // the dim floats at j*stride of k and v; the result goes to out.
 func refAttend(qv []float32, n int, scale float64, k, v []float32, stride int, out []float32) {
 	s := make([]float64, n)
-	m := math.Inf(-1)
 	for j := range s {
 		kv := k[j*stride:][:len(qv)]
 		for i := range qv {
 			s[j] += float64(qv[i]) * float64(kv[i])
 		}
 		s[j] *= scale
-		m = math.Max(m, s[j])
 	}
-	var sum float64
-	for j := range s {
-		s[j] = math.Exp(s[j] - m)
-		sum += s[j]
-	}
+	refmath.Softmax(s)
 	for i := range out {
 		var acc float64
 		for j := range s {
 			acc += s[j] * float64(v[j*stride+i])
 		}
-		out[i] = float32(acc / sum)
+		out[i] = float32(acc)
 	}
 }
 
@@ -66,4 +65,13 @@ func refDecode(q, k, v []float32, b, h, dim, maxLen, length int, scale float64) 
 		}
 	}
 	return out
+}
+
+// randF32 is n standard normal float32s.
+func randF32(r *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	return v
 }

@@ -1,7 +1,6 @@
 package data
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -92,29 +91,18 @@ func Parse(b []byte, file string, onBad OnBad, vocab int) ([]Example, []error, e
 			}
 		}
 	} else {
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		sc.Buffer(make([]byte, 0, 64<<10), maxLine)
-		line := 0
-		for sc.Scan() {
-			line++
-			text := bytes.TrimSpace(sc.Bytes())
+		err := scanLines(bytes.NewReader(b), file, func(line int, text []byte) error {
 			if len(text) == 0 {
-				continue // blank lines between JSONL records are harmless in a training set
+				return nil // blank lines between JSONL records are harmless in a training set
 			}
-			src := fmt.Sprintf("%s:%d", file, line)
-			ex, err := parseExample(text, src, vocab)
+			ex, err := parseExample(text, fmt.Sprintf("%s:%d", file, line), vocab)
 			if err != nil {
 				err = &LineError{file, line, err.Error()}
 			}
-			if err := add(ex, err); err != nil {
-				return nil, nil, err
-			}
-		}
-		if err := sc.Err(); err != nil {
-			if errors.Is(err, bufio.ErrTooLong) {
-				return nil, nil, &LineError{file, line + 1, fmt.Sprintf("line longer than %d MiB", maxLine>>20)}
-			}
-			return nil, nil, fmt.Errorf("data: %s: %w", file, err)
+			return add(ex, err)
+		})
+		if err != nil {
+			return nil, nil, err
 		}
 	}
 	if len(out) == 0 {

@@ -1,10 +1,7 @@
 package data
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,18 +17,6 @@ type Record struct {
 	Line     int   `json:"-"`
 }
 
-// LineError is a dataset line that cannot be used.
-type LineError struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (e *LineError) Error() string { return fmt.Sprintf("data: %s:%d: %s", e.File, e.Line, e.Msg) }
-
-// maxLine bounds one JSONL line (64 MiB: about 8 million token ids).
-const maxLine = 64 << 20
-
 // ReadTokenized reads a JSONL file of {"input_ids": [...], "labels": [...]} records. Labels
 // are optional: without them every next token counts (labels = input_ids). vocab > 0 checks
 // that every id and label is below it.
@@ -46,28 +31,21 @@ func ReadTokenized(path string, vocab int) ([]Record, error) {
 
 // ParseTokenized is ReadTokenized on a reader; file names it in errors.
 func ParseTokenized(r io.Reader, file string, vocab int) ([]Record, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
 	var out []Record
-	line := 0
-	for sc.Scan() {
-		line++
-		text := bytes.TrimSpace(sc.Bytes())
+	err := scanLines(r, file, func(line int, text []byte) error {
 		if len(text) == 0 {
-			return nil, &LineError{file, line, "empty line: every line must be one JSON record {\"input_ids\": [...]}; remove the blank line"}
+			return &LineError{file, line, "empty line: every line must be one JSON record {\"input_ids\": [...]}; remove the blank line"}
 		}
 		rec, err := parseRecord(text, vocab)
 		if err != nil {
-			return nil, &LineError{file, line, err.Error()}
+			return &LineError{file, line, err.Error()}
 		}
 		rec.Line = line
 		out = append(out, rec)
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, &LineError{file, line + 1, fmt.Sprintf("line longer than %d MiB", maxLine>>20)}
-		}
-		return nil, fmt.Errorf("data: %s: %w", file, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("data: %s: no records (expected one JSON object per line)", file)

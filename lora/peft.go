@@ -45,12 +45,14 @@ func (a *Adapter) Tensors(extra ...checkpoints.Tensor) []checkpoints.Tensor {
 	return append(ts, extra...)
 }
 
+// f32Tensor is a parameter's value as an F32 tensor.
 func f32Tensor(name string, p *model.Param) checkpoints.Tensor {
-	shape := make([]int64, p.Value.Dims())
-	for i, d := range p.Value.Shape() {
-		shape[i] = int64(d)
-	}
-	return checkpoints.F32Tensor(name, shape, p.Value.Data().([]float32))
+	return floatTensor(name, p.Value.Data().([]float32), p.Value.Shape())
+}
+
+// floatTensor is v of the given shape as an F32 tensor.
+func floatTensor(name string, v []float32, shape []int) checkpoints.Tensor {
+	return checkpoints.F32Tensor(name, shape64(shape), v)
 }
 
 // Save writes adapter_config.json and adapter_model.safetensors into dir (created if needed),

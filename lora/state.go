@@ -1,10 +1,8 @@
 package lora
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -33,18 +31,6 @@ type TrainerState struct {
 	Config     TrainConfig `json:"config"`
 }
 
-func floatTensor(name string, v []float32, shape []int) checkpoints.Tensor {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
-	}
-	s := make([]int64, len(shape))
-	for i, d := range shape {
-		s[i] = int64(d)
-	}
-	return checkpoints.Tensor{Name: name, DType: checkpoints.F32, Shape: s, Data: b}
-}
-
 // SaveCheckpoint writes a resumable checkpoint as out/checkpoint-<step>: the PEFT adapter,
 // every trained parameter and the optimizer moments bit for bit, and the state. It is built
 // in a temporary directory and renamed into place; older checkpoints are then removed.
@@ -60,7 +46,7 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 	var params, moments []checkpoints.Tensor
 	for i, p := range t.Params {
 		shape := p.Value.Shape()
-		params = append(params, floatTensor(p.Name, p.Value.Data().([]float32), shape))
+		params = append(params, f32Tensor(p.Name, p))
 		moments = append(moments, floatTensor("m."+p.Name, t.Opt.M[i], shape), floatTensor("v."+p.Name, t.Opt.V[i], shape))
 	}
 	meta := map[string]string{"qwen_tune.format": "trainer-state", "qwen_tune.format_version": "1"}

@@ -2,31 +2,19 @@ package model
 
 import (
 	"context"
-	"encoding/json"
 	"math"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // TestGoldenGreedy decodes greedily with the KV cache and compares with transformers.
 func TestGoldenGreedy(t *testing.T) {
-	path := golden.Path(t, "tiny-qwen/golden_greedy.json")
-	var want struct {
-		Prompt       []int `json:"prompt"`
-		Continuation []int `json:"greedy_continuation"`
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &want); err != nil {
-		t.Fatal(err)
-	}
+	want := golden.ReadGreedy(t)
 	m, _ := loadGolden(t)
 	s := m.NewSession(4)
 	defer s.Close()
@@ -189,22 +177,16 @@ func refForward(m *Model, ids []int, base float64, logn bool) [][]float64 {
 			att := make([]float64, nh*d)
 			for hd := 0; hd < nh; hd++ {
 				s := make([]float64, t+1)
-				mx := math.Inf(-1)
-				for j := 0; j <= t; j++ {
+				for j := range s {
 					for i := 0; i < d; i++ {
 						s[j] += qs[t][hd*d+i] * ks[j][hd*d+i]
 					}
 					s[j] /= math.Sqrt(float64(d))
-					mx = math.Max(mx, s[j])
 				}
-				var sum float64
-				for j := range s {
-					s[j] = math.Exp(s[j] - mx)
-					sum += s[j]
-				}
+				refmath.Softmax(s)
 				for j := range s {
 					for i := 0; i < d; i++ {
-						att[hd*d+i] += s[j] / sum * vs[j][hd*d+i]
+						att[hd*d+i] += s[j] * vs[j][hd*d+i]
 					}
 				}
 			}
@@ -231,14 +213,7 @@ func refForward(m *Model, ids []int, base float64, logn bool) [][]float64 {
 	return out
 }
 
-func relDiff64(a []float32, b []float64) float64 {
-	var num, den float64
-	for i := range a {
-		num += (float64(a[i]) - b[i]) * (float64(a[i]) - b[i])
-		den += b[i] * b[i]
-	}
-	return math.Sqrt(num / den)
-}
+var relDiff64 = refmath.RelDiff[float32, float64]
 
 func TestNTKAlpha(t *testing.T) {
 	for _, c := range []struct {

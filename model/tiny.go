@@ -59,6 +59,20 @@ func TinyConfig(o TinyOptions, ordinary int) *checkpoints.Config {
 	}
 }
 
+// tinyConfig is the validated config of o's model and how many ordinary tokens its
+// vocabulary keeps (the demo vocabulary's ranks, all of them when VocabRanks is 0).
+func tinyConfig(o TinyOptions) (*checkpoints.Config, int, error) {
+	ordinary := o.VocabRanks
+	if ordinary <= 0 || ordinary > tokenizer.DemoRanks {
+		ordinary = tokenizer.DemoRanks
+	}
+	cfg := TinyConfig(o, ordinary)
+	if err := cfg.Validate(); err != nil {
+		return nil, 0, err
+	}
+	return cfg, ordinary, nil
+}
+
 // WriteTiny writes a tiny random model directory: config.json, generation_config.json,
 // model.safetensors (bf16, weights ~ N(0, 0.02), norms 1) and the demo vocabulary as
 // qwen.tiktoken. It refuses a directory that already holds a model.
@@ -75,12 +89,8 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	ordinary := o.VocabRanks
-	if ordinary <= 0 || ordinary > tokenizer.DemoRanks {
-		ordinary = tokenizer.DemoRanks
-	}
-	cfg := TinyConfig(o, ordinary)
-	if err := cfg.Validate(); err != nil {
+	cfg, ordinary, err := tinyConfig(o)
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -132,12 +142,8 @@ func randomTensors(cfg *checkpoints.Config, o TinyOptions, ordinary int) []check
 // RandomModel is WriteTiny's model held in memory (no directory, no vocabulary): the weights
 // are generated in parallel, for benchmarks of a named shape.
 func RandomModel(o TinyOptions) (*Model, error) {
-	ordinary := o.VocabRanks
-	if ordinary <= 0 || ordinary > tokenizer.DemoRanks {
-		ordinary = tokenizer.DemoRanks
-	}
-	cfg := TinyConfig(o, ordinary)
-	if err := cfg.Validate(); err != nil {
+	cfg, ordinary, err := tinyConfig(o)
+	if err != nil {
 		return nil, err
 	}
 	if err := CheckMemory(WeightBytes(cfg), fmt.Sprintf("a random model of %d parameters in bf16", cfg.ParamCount())); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,18 +13,8 @@ import (
 
 // TestGenerateGolden: the documented command prints the reference greedy continuation.
 func TestGenerateGolden(t *testing.T) {
-	dir := golden.Path(t, "tiny-qwen")
-	b, err := os.ReadFile(filepath.Join(dir, "golden_greedy.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want struct {
-		Continuation []int `json:"greedy_continuation"`
-	}
-	if err := json.Unmarshal(b, &want); err != nil {
-		t.Fatal(err)
-	}
-	out, errs, st := qt(t, "", "generate", "--model", dir, "--prompt-ids", "434,166,165,146,177,337,439,407", "--max-new-tokens", "16", "--greedy", "--json")
+	want := golden.ReadGreedy(t)
+	out, errs, st := qt(t, "", "generate", "--model", golden.Path(t, "tiny-qwen"), "--prompt-ids", "434,166,165,146,177,337,439,407", "--max-new-tokens", "16", "--greedy", "--json")
 	if st != 0 {
 		t.Fatalf("generate: status %d: %s", st, errs)
 	}
@@ -230,41 +219,6 @@ func TestDeviceFlag(t *testing.T) {
 		if code == 0 || !strings.Contains(errOut, "runs on the CPU; the GPU runs inference") {
 			t.Fatalf("%s --device cuda: code %d, stderr %q", c, code, errOut)
 		}
-	}
-}
-
-// TestBenchJSON: bench on the CPU reports prefill, decode after one position, the copy
-// bandwidth and the decode floor it implies.
-func TestBenchJSON(t *testing.T) {
-	dir := tinyModel(t)
-	out, errOut, code := qt(t, "", "bench", "--model", dir, "--prompt-len", "64", "--new-tokens", "8", "--json")
-	if code != 0 {
-		t.Fatalf("bench: code %d, stderr %q", code, errOut)
-	}
-	var res struct {
-		Device      string  `json:"device"`
-		Prompt      int     `json:"prompt_tokens"`
-		New         int     `json:"new_tokens"`
-		After       int     `json:"decode_after"`
-		Prefill     float64 `json:"prefill_tokens_per_s"`
-		Decode      float64 `json:"decode_tokens_per_s"`
-		Copy        float64 `json:"copy_gb_per_s"`
-		Floor       float64 `json:"decode_floor_tokens_per_s"`
-		Fraction    float64 `json:"decode_fraction_of_floor"`
-		WeightBytes int64   `json:"weights_bytes"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Fatalf("bench --json printed %q: %v", out, err)
-	}
-	if res.Device != "cpu" || res.Prompt != 64 || res.New != 8 || res.After != 1 || res.Prefill <= 0 || res.Decode <= 0 || res.Copy <= 0 {
-		t.Fatalf("bench result %+v", res)
-	}
-	floor := res.Copy * 1e9 / float64(res.WeightBytes)
-	if math.Abs(res.Floor-floor) > 1e-6*floor || math.Abs(res.Fraction-res.Decode/res.Floor) > 1e-9 {
-		t.Fatalf("floor %g (want %g), fraction %g (want %g)", res.Floor, floor, res.Fraction, res.Decode/res.Floor)
-	}
-	if _, errOut, code := qt(t, "", "bench", "--shape", "qwen-3"); code == 0 || !strings.Contains(errOut, "qwen-7b") {
-		t.Fatalf("bench --shape qwen-3: code %d, stderr %q", code, errOut)
 	}
 }
 

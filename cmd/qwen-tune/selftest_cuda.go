@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -177,17 +177,6 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 	return checks
 }
 
-// logitsDiff is ||a - b|| / ||b||.
-func logitsDiff(a, b []float32) float64 {
-	var num, den float64
-	for i := range b {
-		x := float64(a[i]) - float64(b[i])
-		num += x * x
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
-}
-
 // executorChecks runs a random model (head size 128 as Qwen-7B) on the CPU graph and through
 // the GPU executor with the same token sequence: prefill logits, then each decode step's
 // logits (teacher-forced with the CPU's greedy choices), within bf16 rounding of the
@@ -227,7 +216,7 @@ func executorChecks(exec *model.CUDA) []autograd.Check {
 			if err != nil {
 				return err
 			}
-			chk.RelErr = logitsDiff(got, want)
+			chk.RelErr = refmath.RelDiff(got, want)
 			for step := 0; step < 12; step++ {
 				id := 0
 				for i, v := range want {
@@ -244,7 +233,7 @@ func executorChecks(exec *model.CUDA) []autograd.Check {
 				if got, err = gpu.Feed([]int{id}); err != nil {
 					return err
 				}
-				chk.RelErr = max(chk.RelErr, logitsDiff(got, want))
+				chk.RelErr = max(chk.RelErr, refmath.RelDiff(got, want))
 			}
 			return nil
 		}()
@@ -315,7 +304,7 @@ func goldenChecks(exec *model.CUDA, dir string) []autograd.Check {
 				return err
 			}
 			pos := i + len(chunk) - 1
-			logits.RelErr = max(logits.RelErr, logitsDiff(got, want[pos*vocab:(pos+1)*vocab]))
+			logits.RelErr = max(logits.RelErr, refmath.RelDiff(got, want[pos*vocab:(pos+1)*vocab]))
 		}
 		logits.Shape = fmt.Sprintf("%d positions (prefill %d, then decode)", len(row), max(len(row)/2, 1))
 		return nil

@@ -1,9 +1,11 @@
 // Package golden finds the reference files that independent implementations produced
 // (transformers, PyTorch, OpenAI's tiktoken, AutoGPTQ). They live in ../shared/testdata
-// beside the project root and are read in place, never copied into the project.
+// beside the project root and are read in place, never copied into the project. It also
+// reads the one that tests of several packages share: tiny-qwen's greedy continuation.
 package golden
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,4 +45,26 @@ func Path(t testing.TB, rel string) string {
 		}
 	}
 	return p
+}
+
+// Greedy is tiny-qwen/golden_greedy.json: the tokens transformers decodes greedily, with its
+// KV cache, after the prompt.
+type Greedy struct {
+	Prompt       []int `json:"prompt"`
+	Continuation []int `json:"greedy_continuation"`
+}
+
+// ReadGreedy reads tiny-qwen/golden_greedy.json (a missing file is handled as by Path).
+func ReadGreedy(t testing.TB) Greedy {
+	t.Helper()
+	p := Path(t, "tiny-qwen/golden_greedy.json")
+	var g Greedy
+	b, err := os.ReadFile(p)
+	if err == nil {
+		err = json.Unmarshal(b, &g)
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	return g
 }

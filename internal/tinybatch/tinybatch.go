@@ -4,12 +4,12 @@
 package tinybatch
 
 import (
-	"math"
 	"path/filepath"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // Batch is the golden batch: [Batch, Seq] ids, labels and mask, and the open reference file.
@@ -80,13 +80,5 @@ func (b *Batch) Rows() [][]int {
 	return rows
 }
 
-// RelDiff is ||a - b|| / ||b||.
-func RelDiff(a, b []float32) float64 {
-	var num, den float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		num += d * d
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
-}
+// RelDiff is ||a - b|| / ||b|| of float32 outputs (refmath.RelDiff).
+var RelDiff = refmath.RelDiff[float32, float32]
