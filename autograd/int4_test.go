@@ -77,7 +77,10 @@ func TestInt4Linear(t *testing.T) {
 		if err := vm.RunAll(); err != nil {
 			t.Fatal(err)
 		}
-		gx, _ := xn.Grad()
+		gx, err := xn.Grad()
+		if err != nil {
+			t.Fatal(err)
+		}
 		return append([]float32(nil), yv.Data().([]float32)...), append([]float32(nil), gx.Data().([]float32)...)
 	}
 	yq, gq := run(true)

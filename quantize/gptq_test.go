@@ -166,7 +166,10 @@ func TestGoldenGPTQ(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sv, _ := st.Uint16()
+			sv, err := st.Uint16()
+			if err != nil {
+				t.Fatal(err)
+			}
 			for i := range sv {
 				if sv[i] != p.Scales[i] && diffFP16(sv[i], p.Scales[i]) > 1 {
 					t.Fatalf("fp16 scale %d = %#x, reference %#x", i, p.Scales[i], sv[i])

@@ -3,13 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 // qt runs the command line in-process and returns stdout, stderr and the exit status.
@@ -60,12 +60,17 @@ func TestInitInspectTokenize(t *testing.T) {
 	}
 	out, _, _ = qt(t, text, "tokenize", "--model", dir, "--json", "--special", "none")
 	var plain []int
-	json.Unmarshal([]byte(out), &plain)
+	if err := json.Unmarshal([]byte(out), &plain); err != nil {
+		t.Fatalf("--special none: output %q: %v", out, err)
+	}
 	if contains(plain, 4098) {
 		t.Errorf("--special none parsed <|im_end|>: %v", plain)
 	}
 	// Decoding gives the text back.
-	js, _ := json.Marshal(ids)
+	js, err := json.Marshal(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if out, errs, st := qt(t, string(js), "tokenize", "--model", dir, "--decode"); st != 0 || out != text {
 		t.Fatalf("decode: %q %s", out, errs)
 	}
@@ -83,7 +88,7 @@ func contains(ids []int, id int) bool {
 func TestBadInputGivesClearErrors(t *testing.T) {
 	dir := tinyModel(t)
 	broken := t.TempDir()
-	os.WriteFile(filepath.Join(broken, "qwen.tiktoken"), []byte("IQ== 0\nnot-a-line\n"), 0o644)
+	tfile.Write(t, filepath.Join(broken, "qwen.tiktoken"), []byte("IQ== 0\nnot-a-line\n"))
 	cases := []struct {
 		name, stdin string
 		args        []string
@@ -110,8 +115,8 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 func TestCorruptCheckpointIsNamed(t *testing.T) {
 	dir := tinyModel(t)
 	path := filepath.Join(dir, "model.safetensors")
-	b, _ := os.ReadFile(path)
-	os.WriteFile(path, b[:len(b)/2], 0o644)
+	b := tfile.Read(t, path)
+	tfile.Write(t, path, b[:len(b)/2])
 	_, errs, st := qt(t, "", "inspect", dir)
 	if st != 1 || !strings.Contains(errs, "model.safetensors") || !strings.Contains(errs, "truncated") {
 		t.Fatalf("truncated shard: status %d, %q", st, errs)
