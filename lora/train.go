@@ -5,6 +5,7 @@ import (
 
 	G "gorgonia.org/gorgonia"
 
+	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -24,7 +25,7 @@ func (b *Batch) Targets() int {
 	n := 0
 	for r := 0; r < b.Batch; r++ {
 		for t := 1; t < b.Seq; t++ {
-			if b.Labels[r*b.Seq+t] != -100 {
+			if b.Labels[r*b.Seq+t] != data.IgnoreIndex {
 				n++
 			}
 		}

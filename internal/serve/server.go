@@ -27,13 +27,13 @@ var webFS embed.FS
 
 // Limits of a Server and the defaults of its Options.
 const (
-	// DefaultMaxBody bounds a request body: far above any chat that fits Qwen's context
-	// (8192 tokens are about 32 KB of text), far below what would strain memory.
+	// DefaultMaxBody bounds a request body (1 MiB): room for a conversation far longer than
+	// a model's context, small enough that no body strains the server's memory.
 	DefaultMaxBody = 1 << 20
 	// DefaultQueue is how many requests may wait while one generates.
 	DefaultQueue = 16
-	// DefaultMaxTokens is a reply's length when a request gives none (transformers'
-	// max_new_tokens in Qwen-7B-Chat's generation_config.json).
+	// DefaultMaxTokens is a reply's length when a request gives none (max_new_tokens of
+	// Qwen-7B's generation_config.json).
 	DefaultMaxTokens = 512
 	// maxStops is the most stop strings a chat request may give.
 	maxStops = 16
@@ -42,6 +42,8 @@ const (
 	streamBuffer = 256
 	// readHeaderTimeout bounds how long a client may take to send its request headers.
 	readHeaderTimeout = 10 * time.Second
+	// maxTemperature is the highest temperature a request may ask for (OpenAI's bound).
+	maxTemperature = 2
 	// idBytes are the random bytes of a response or tool-call id (hex-encoded after its prefix).
 	idBytes = 12
 )
@@ -125,7 +127,7 @@ func (s *Server) logf(format string, args ...any) {
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, status: 200}
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		s.mux.ServeHTTP(rec, r)
 		if s.opts.Logf != nil {
 			s.opts.Logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
@@ -296,8 +298,8 @@ func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *i
 	if n != nil && *n != 1 {
 		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
 	}
-	if temp != nil && (*temp < 0 || *temp > 2) {
-		return sp, badRequest("temperature", "temperature must be between 0 and 2, got %g", *temp)
+	if temp != nil && (*temp < 0 || *temp > maxTemperature) {
+		return sp, badRequest("temperature", "temperature must be between 0 and %g, got %g", float64(maxTemperature), *temp)
 	}
 	if topP != nil && (*topP <= 0 || *topP > 1) {
 		return sp, badRequest("top_p", "top_p must be in (0, 1], got %g", *topP)
