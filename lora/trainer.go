@@ -2,6 +2,7 @@ package lora
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
@@ -226,7 +227,9 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 		return g, nil
 	}
 	if len(t.graphs) >= maxGraphs {
-		t.Close()
+		if err := t.Close(); err != nil {
+			return nil, err
+		}
 	}
 	g, err := NewGradGraph(t.Model, t.Params, b.Batch, b.Seq)
 	if err != nil {
@@ -312,9 +315,13 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
-func (t *Trainer) Evaluate() (float64, error) {
+func (t *Trainer) Evaluate() (loss float64, err error) {
 	ev := t.Model.NewEvaluatorMode(model.Evaluation)
-	defer ev.Close()
+	defer func() {
+		if cerr := ev.Close(); cerr != nil && err == nil {
+			loss, err = 0, cerr
+		}
+	}()
 	var sum float64
 	var n int
 	for _, s := range t.Val {
@@ -332,9 +339,11 @@ func (t *Trainer) Evaluate() (float64, error) {
 }
 
 // Close releases the compiled graphs.
-func (t *Trainer) Close() {
+func (t *Trainer) Close() error {
+	var errs []error
 	for k, g := range t.graphs {
-		g.Close()
+		errs = append(errs, g.Close())
 		delete(t.graphs, k)
 	}
+	return errors.Join(errs...)
 }

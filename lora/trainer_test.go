@@ -57,7 +57,11 @@ func newTestTrainer(t *testing.T, dir string, seqs []data.Sequence, pad int) *Tr
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(tr.Close)
+	t.Cleanup(func() {
+		if err := tr.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return tr
 }
 
