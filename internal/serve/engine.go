@@ -98,8 +98,9 @@ func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, em
 }
 
 // Close releases the session.
-func (e *ModelEngine) Close() {
-	if e.session != nil {
-		e.session.Close()
+func (e *ModelEngine) Close() error {
+	if e.session == nil {
+		return nil
 	}
+	return e.session.Close()
 }
