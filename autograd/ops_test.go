@@ -433,10 +433,11 @@ func refAttention(in [][]float64, st *Step) []float64 {
 				var sum float64
 				m := math.Inf(-1)
 				s := make([]float64, t+1)
-				// key j is seen when it is a real token and, packed, of the query's segment
+				// key j (no cache here: keys are this row's Seq positions) is seen when it is a
+				// real token and, packed, of the query's segment
 				seen := func(j int) bool {
-					real := st.KeyMask == nil || st.KeyMask[b*st.Seq+j]
-					return real && (st.Segments == nil || st.Segments[b*st.Seq+j] == st.Segments[b*st.Seq+t])
+					token := st.KeyMask == nil || st.KeyMask[b*st.Seq+j]
+					return token && (st.Segments == nil || st.Segments[b*st.Seq+j] == st.Segments[b*st.Seq+t])
 				}
 				for j := 0; j <= t; j++ {
 					for i := 0; i < d; i++ {
