@@ -5,7 +5,8 @@ package autograd
 // cuBLAS loaded at run time with dlopen (libcublas.so.13, .12, .11): the binary does not
 // depend on one CUDA release's cuBLAS, and gorgonia.org/cu/blas (classic BLAS, no bf16) is
 // not used. bf16 inputs, float32 outputs and fp32 accumulation (CUBLAS_COMPUTE_32F) on the
-// primary context's legacy stream, where the kernels run.
+// device's own stream (Device.stream, set with cublasSetStream), where the kernels run, so a
+// CUDA graph captures the products with the kernels around them.
 
 /*
 #cgo LDFLAGS: -ldl

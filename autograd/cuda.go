@@ -5,12 +5,13 @@ package autograd
 // The CUDA runtime: one GPU driven from one goroutine locked to its OS thread (a CUDA context
 // is current per thread), the device's primary context (shared with cuBLAS), the kernels of
 // kernels/*.cu compiled to PTX and embedded, a pool of device buffers reused across steps,
-// and one launcher per kernel that checks its preconditions. Built only with -tags cuda:
+// and one launcher per kernel that checks its preconditions. Built only with -tags qtcuda:
 // gorgonia.org/cu initialises the driver in its package init and exits the process when
 // there is no GPU.
 
 import (
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -121,16 +122,23 @@ func (d *Device) Close() error {
 	for _, w := range d.weights {
 		d.Free(w)
 	}
+	var errs []error
 	for _, ptrs := range d.pool {
 		for _, p := range ptrs {
-			cu.MemFree(p)
+			if err := cu.MemFree(p); err != nil {
+				errs = append(errs, cudaErr("cuMemFree", err))
+			}
 		}
 	}
 	d.pool = nil
-	d.stream.Destroy()
-	err := cudaErr("cuDevicePrimaryCtxRelease", d.dev.ReleasePrimaryCtx())
+	if err := d.stream.Destroy(); err != nil {
+		errs = append(errs, cudaErr("cuStreamDestroy", err))
+	}
+	if err := d.dev.ReleasePrimaryCtx(); err != nil {
+		errs = append(errs, cudaErr("cuDevicePrimaryCtxRelease", err))
+	}
 	runtime.UnlockOSThread()
-	return err
+	return errors.Join(errs...)
 }
 
 // Buffer is device memory.
@@ -148,11 +156,16 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 	}
 	p, err := cu.MemAlloc(max(bytes, 4))
 	if err != nil && len(d.pool) > 0 { // give the pooled buffers back and try again
-		d.Trim()
+		if terr := d.Trim(); terr != nil {
+			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; freeing the pooled buffers: %w", what, float64(bytes)/(1<<20), d.Name, err, terr)
+		}
 		p, err = cu.MemAlloc(max(bytes, 4))
 	}
 	if err != nil {
-		free, total, _ := cu.MemInfo()
+		free, total, ierr := cu.MemInfo()
+		if ierr != nil {
+			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v (free memory unknown: %v)", what, float64(bytes)/(1<<20), d.Name, err, ierr)
+		}
 		return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; %.1f of %.1f GiB free", what, float64(bytes)/(1<<20), d.Name, err, float64(free)/(1<<30), float64(total)/(1<<30))
 	}
 	d.Allocated += bytes
@@ -161,14 +174,19 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 }
 
 // Trim frees the pooled buffers nobody holds.
-func (d *Device) Trim() {
+func (d *Device) Trim() error {
 	for size, ptrs := range d.pool {
-		for _, p := range ptrs {
-			cu.MemFree(p)
+		for len(ptrs) > 0 {
+			if err := cu.MemFree(ptrs[len(ptrs)-1]); err != nil {
+				d.pool[size] = ptrs
+				return cudaErr("cuMemFree", err)
+			}
+			ptrs = ptrs[:len(ptrs)-1]
 			d.Allocated -= size
 		}
 		delete(d.pool, size)
 	}
+	return nil
 }
 
 // Free returns a buffer to the pool.

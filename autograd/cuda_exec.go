@@ -936,7 +936,7 @@ func (p *Program) Sample(sp SampleParams, u float64, seen []int, limit int) (int
 
 // Profile runs the program reps times eagerly with CUDA events around every instruction and
 // returns the GPU time per kind of instruction per run, the most expensive first.
-func (p *Program) Profile(reps int) ([]OpTime, error) {
+func (p *Program) Profile(reps int) (times []OpTime, err error) {
 	if err := p.Run(); err != nil { // uploads, cache
 		return nil, err
 	}
@@ -949,7 +949,9 @@ func (p *Program) Profile(reps int) ([]OpTime, error) {
 	}
 	defer func() {
 		for i := range evs {
-			cu.DestroyEvent(&evs[i])
+			if derr := cu.DestroyEvent(&evs[i]); derr != nil && err == nil {
+				times, err = nil, cudaErr("cuEventDestroy", derr)
+			}
 		}
 	}()
 	byKind := map[string]*OpTime{}

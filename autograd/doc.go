@@ -7,7 +7,8 @@
 // take, executed by a TapeMachine.
 //
 // One file per op, math and shapes in its header comment, forward and backward side by side:
-// RMSNorm, Rotary, Attention, SwiGLU, Embedding and SelectRows (gather), Linear, CrossEntropy,
+// RMSNorm, Rotary, Attention, SwiGLU, Embedding, EmbeddingRows and SelectRows (gather),
+// Linear and ScaledLinear, Int4Linear (GPTQ weights), PlaceColumns, Dropout, CrossEntropy,
 // SplitHeads. A backward is itself made of ops of this package, added to the same graph by
 // SymDiff; an op that needs several gradients from one pass (attention) packs them and picks
 // them apart. Frozen weights (bf16 always) get no gradient node.

@@ -47,7 +47,7 @@ func TestGorgoniaSymbolicGradient(t *testing.T) {
 			for i := 0; i < 2; i++ {
 				want += 2 * xv[i*3+k] * yv[i][j]
 			}
-			if math.Abs(got[k*2+j]-want) > 1e-12 {
+			if math.Abs(got[k*2+j]-want) > 1e-12 { // measured 0
 				t.Errorf("dW[%d,%d] = %g, want %g", k, j, got[k*2+j], want)
 			}
 		}

@@ -6,6 +6,7 @@ package autograd
 // the CPU ops.
 
 import (
+	"math"
 	"math/rand/v2"
 
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
@@ -20,17 +21,28 @@ func widen(v []uint16) []float32 {
 	return out
 }
 
-// refPrefill is causal attention of t queries at positions past.. over a cache, in float64.
+// refPrefill is causal attention of t queries at positions past.. over a cache, in float64,
+// with LogN scaling when st.LogNSeq is set.
 func refPrefill(q, k, v []float32, h, dim, past, t int, scale float64, st *Step) []float32 {
 	width := h * dim
 	out := make([]float32, t*width)
 	for ti := 0; ti < t; ti++ {
 		pos := past + ti
 		for hi := 0; hi < h; hi++ {
-			refAttend(q[ti*width+hi*dim:][:dim], pos+1, scale*st.logn(pos), k[hi*dim:], v[hi*dim:], width, out[ti*width+hi*dim:][:dim])
+			refAttend(q[ti*width+hi*dim:][:dim], pos+1, scale*refLogN(st.LogNSeq, past+t, pos), k[hi*dim:], v[hi*dim:], width, out[ti*width+hi*dim:][:dim])
 		}
 	}
 	return out
+}
+
+// refLogN is Qwen's logn_tensor entry for the query at absolute position pos, used when
+// use_logn_attn is on and the key length exceeds seq_length: log_seq(pos+1) for pos+1 >
+// seq_length, 1 otherwise (seq <= 0 turns it off).
+func refLogN(seq, keys, pos int) float64 {
+	if seq <= 0 || keys <= seq || pos+1 <= seq {
+		return 1
+	}
+	return math.Log(float64(pos+1)) / math.Log(float64(seq))
 }
 
 // refAttend is one query's softmax attention over n keys in float64: key and value j are

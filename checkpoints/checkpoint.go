@@ -62,7 +62,10 @@ func OpenDir(dir string) (*Checkpoint, error) {
 	}
 	single := filepath.Join(dir, "model.safetensors")
 	if _, err := os.Stat(single); err != nil {
-		found, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+		found, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+		if err != nil { // a directory name with [ or \ that does not parse as a pattern
+			return nil, fmt.Errorf("checkpoints: looking for *.safetensors in %s: %w", dir, err)
+		}
 		switch len(found) {
 		case 0:
 			if _, err := os.Stat(dir); err != nil {

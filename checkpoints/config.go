@@ -224,7 +224,10 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
-		kb, _ := json.Marshal(k)
+		kb, err := json.Marshal(k)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoints: config key %q: %w", k, err)
+		}
 		buf.Write(kb)
 		buf.WriteByte(':')
 		buf.Write(m[k])

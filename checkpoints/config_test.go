@@ -2,7 +2,6 @@ package checkpoints
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 func TestRealConfigAndNameTable(t *testing.T) {
@@ -52,8 +52,12 @@ func TestRealConfigAndNameTable(t *testing.T) {
 		t.Fatalf("rewritten config: %v %+v", err, again)
 	}
 	var a, b2 any
-	json.Unmarshal(again.Extra["auto_map"], &a)
-	json.Unmarshal(cfg.Extra["auto_map"], &b2)
+	if err := json.Unmarshal(again.Extra["auto_map"], &a); err != nil {
+		t.Fatalf("auto_map after the rewrite: %v", err)
+	}
+	if err := json.Unmarshal(cfg.Extra["auto_map"], &b2); err != nil {
+		t.Fatalf("auto_map: %v", err)
+	}
 	if a == nil || !reflect.DeepEqual(a, b2) {
 		t.Fatalf("auto_map changed on rewrite: %v vs %v", a, b2)
 	}
@@ -141,11 +145,11 @@ func TestConfigRejections(t *testing.T) {
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "generation_config.json")
-	os.WriteFile(path, []byte(`{"chat_format":"chatml","top_p":"high"}`), 0o644)
+	tfile.Write(t, path, []byte(`{"chat_format":"chatml","top_p":"high"}`))
 	if _, err := ReadGenerationConfig(path); err == nil || !strings.Contains(err.Error(), "top_p") {
 		t.Errorf("generation config with a string top_p: %v", err)
 	}
-	os.WriteFile(path, []byte(`{"chat_format":"markdown"}`), 0o644)
+	tfile.Write(t, path, []byte(`{"chat_format":"markdown"}`))
 	if _, err := ReadGenerationConfig(path); err == nil || !strings.Contains(err.Error(), "chat_format") {
 		t.Errorf("unknown chat format: %v", err)
 	}

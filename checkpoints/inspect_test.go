@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 func writeTinyConfig(t *testing.T, dir, extra string) {
@@ -24,7 +26,7 @@ func zeros(name string, dt DType, shape ...int64) Tensor {
 
 func TestInspectAdapter(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"LORA","task_type":"CAUSAL_LM","r":4,"lora_alpha":16,"lora_dropout":0.05,"target_modules":["c_attn","w2"],"bias":"none","base_model_name_or_path":"Qwen/Qwen-7B-Chat","modules_to_save":null}`), 0o644)
+	tfile.Write(t, filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"LORA","task_type":"CAUSAL_LM","r":4,"lora_alpha":16,"lora_dropout":0.05,"target_modules":["c_attn","w2"],"bias":"none","base_model_name_or_path":"Qwen/Qwen-7B-Chat","modules_to_save":null}`))
 	ts := []Tensor{
 		zeros("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", F32, 4, 8),
 		zeros("base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", F32, 24, 4),
@@ -41,7 +43,7 @@ func TestInspectAdapter(t *testing.T) {
 	if r.Kind != "lora" || r.LoRA.R != 4 || r.LoRA.Scale != 4 || r.LoRA.AdaptedLayers != 2 || r.Parameters != 32+96+32+32 || r.LoRA.BaseModel != "Qwen/Qwen-7B-Chat" {
 		t.Fatalf("report %+v %+v", r, r.LoRA)
 	}
-	os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"PREFIX_TUNING","r":4}`), 0o644)
+	tfile.Write(t, filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"PREFIX_TUNING","r":4}`))
 	if _, err := Inspect(dir); err == nil || !strings.Contains(err.Error(), `expected "LORA"`) {
 		t.Fatalf("prefix tuning adapter: %v", err)
 	}
@@ -86,7 +88,7 @@ func TestModelTensorProblemsAreNamed(t *testing.T) {
 	}
 	check := func(ts []Tensor, want string) {
 		t.Helper()
-		os.Remove(filepath.Join(dir, "model.safetensors"))
+		tfile.Remove(t, filepath.Join(dir, "model.safetensors"))
 		if _, err := WriteSharded(dir, "model", ts, nil, 0); err != nil {
 			t.Fatal(err)
 		}

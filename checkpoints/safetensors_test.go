@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 func f32Bytes(v ...float32) []byte {
@@ -75,17 +77,26 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	}
 	vals := map[string][]float32{"w.f32": {1, -2, 3.5, 0}, "w.bf16": {1, -0.5, 3}, "w.f16": {0.25, -65504}, "scalar": {42}}
 	for name, want := range vals {
-		tt, _ := f.Tensor(name)
+		tt, err := f.Tensor(name)
+		if err != nil {
+			t.Fatal(err)
+		}
 		got, err := tt.Float32()
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("%s as float32: %v %v, want %v", name, got, err, want)
 		}
 	}
-	i64, _ := f.Tensor("ids.i64")
+	i64, err := f.Tensor("ids.i64")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if v, err := i64.Int64(); err != nil || !slices.Equal(v, []int64{1 << 40, -1}) {
 		t.Errorf("I64: %v %v", v, err)
 	}
-	i32, _ := f.Tensor("ids.i32")
+	i32, err := f.Tensor("ids.i32")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if v, err := i32.Int32(); err != nil || !slices.Equal(v, []int32{1, -1}) {
 		t.Errorf("I32: %v %v", v, err)
 	}
@@ -105,12 +116,13 @@ func TestWriteIsDeterministic(t *testing.T) {
 	if err := WriteFile(b, in, nil); err != nil {
 		t.Fatal(err)
 	}
-	ba, _ := os.ReadFile(a)
-	bb, _ := os.ReadFile(b)
-	if !bytes.Equal(ba, bb) {
+	if !bytes.Equal(tfile.Read(t, a), tfile.Read(t, b)) {
 		t.Fatal("the same tensors in another order gave another file")
 	}
-	entries, _ := os.ReadDir(dir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(entries) != 2 {
 		t.Fatalf("temporary files left behind: %d entries", len(entries))
 	}
@@ -122,13 +134,12 @@ func TestWriteKeepsOldFileOnError(t *testing.T) {
 	if err := WriteFile(path, sampleTensors(), nil); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadFile(path)
+	before := tfile.Read(t, path)
 	bad := []Tensor{{Name: "x", DType: F32, Shape: []int64{3}, Data: f32Bytes(1)}}
 	if err := WriteFile(path, bad, nil); err == nil || !strings.Contains(err.Error(), `"x"`) {
 		t.Fatalf("mis-sized tensor: %v", err)
 	}
-	after, _ := os.ReadFile(path)
-	if !bytes.Equal(before, after) {
+	if !bytes.Equal(before, tfile.Read(t, path)) {
 		t.Fatal("a failed write changed the existing file")
 	}
 }
@@ -172,7 +183,7 @@ func TestIndexProblems(t *testing.T) {
 		t.Fatal(err)
 	}
 	indexPath := filepath.Join(dir, "model.safetensors.index.json")
-	good, _ := os.ReadFile(indexPath)
+	good := tfile.Read(t, indexPath)
 	cases := []struct{ index, want string }{
 		{`{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00003-of-00003.safetensors"}}`, "model-00003-of-00003.safetensors, which is missing"},
 		{`{"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}`, `tensor "a" is indexed in model-00002-of-00002.safetensors but that shard does not hold it`},
@@ -189,7 +200,7 @@ func TestIndexProblems(t *testing.T) {
 			t.Errorf("index %s: error %v, want %q", c.index, err, c.want)
 		}
 	}
-	os.WriteFile(indexPath, good, 0o644)
+	tfile.Write(t, indexPath, good)
 	if ck, err := OpenDir(dir); err != nil {
 		t.Fatal(err)
 	} else {
@@ -252,8 +263,8 @@ func TestTruncatedFileIsAnError(t *testing.T) {
 	if err := WriteFile(path, sampleTensors(), nil); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(path)
-	os.WriteFile(path, b[:len(b)-3], 0o644)
+	b := tfile.Read(t, path)
+	tfile.Write(t, path, b[:len(b)-3])
 	_, err := Open(path)
 	if err == nil || !strings.Contains(err.Error(), "truncated") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("truncated file: %v", err)

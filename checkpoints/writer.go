@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,16 @@ func WriteAtomic(path string, write func(w io.Writer) error) (err error) {
 		return fmt.Errorf("checkpoints: creating a temporary file next to %s: %w", path, err)
 	}
 	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+		if err == nil {
+			return
+		}
+		// The write already failed: say so, and also what was left behind. Close after a
+		// successful Close (a failed chmod or rename) reports only os.ErrClosed.
+		if cerr := tmp.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) {
+			err = errors.Join(err, cerr)
+		}
+		if rerr := os.Remove(tmp.Name()); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("checkpoints: removing the temporary file: %w", rerr))
 		}
 	}()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
@@ -118,7 +126,10 @@ func encodeHeader(ts []Tensor, metadata map[string]string) ([]byte, error) {
 		if i > 0 || len(metadata) > 0 {
 			buf = append(buf, ',')
 		}
-		name, _ := json.Marshal(t.Name)
+		name, err := json.Marshal(t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoints: tensor name %q: %w", t.Name, err)
+		}
 		buf = append(buf, name...)
 		buf = append(buf, `:{"dtype":"`...)
 		buf = append(buf, t.DType...)

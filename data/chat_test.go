@@ -88,7 +88,9 @@ func TestRenderMatchesQwenRecipe(t *testing.T) {
 		t.Errorf("assistant mask highlight:\n%q\nwant\n%q", buf.String(), want)
 	}
 	buf.Reset()
-	Highlight(&buf, tok, ids, labels, false)
+	if err := Highlight(&buf, tok, ids, labels, false); err != nil {
+		t.Fatal(err)
+	}
 	if !strings.HasPrefix(buf.String(), "[[<|im_start|>]]system\nBe brief.[[<|im_end|>\n<|im_start|>]]user") {
 		t.Errorf("qwen mask highlight: %q", buf.String())
 	}

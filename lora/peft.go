@@ -23,8 +23,11 @@ const (
 )
 
 // PEFTConfig is the adapter_config.json this package writes.
-func (a *Adapter) PEFTConfig(baseModel string, modulesToSave []string) checkpoints.AdapterConfig {
-	targets, _ := json.Marshal(a.Config.Targets)
+func (a *Adapter) PEFTConfig(baseModel string, modulesToSave []string) (checkpoints.AdapterConfig, error) {
+	targets, err := json.Marshal(a.Config.Targets)
+	if err != nil {
+		return checkpoints.AdapterConfig{}, fmt.Errorf("lora: encoding the target modules %q: %w", a.Config.Targets, err)
+	}
 	var base *string
 	if baseModel != "" {
 		base = &baseModel
@@ -32,7 +35,7 @@ func (a *Adapter) PEFTConfig(baseModel string, modulesToSave []string) checkpoin
 	return checkpoints.AdapterConfig{
 		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
 		TargetModules: targets, Bias: "none", BaseModelNameOrPath: base, ModulesToSave: modulesToSave, InferenceMode: true,
-	}
+	}, nil
 }
 
 // Tensors is the adapter's content under PEFT's key names (float32), plus extra tensors
@@ -65,7 +68,11 @@ func (a *Adapter) Save(dir, baseModel string, modulesToSave []string, extra ...c
 	if err := checkpoints.WriteFile(filepath.Join(dir, WeightsFile), a.Tensors(extra...), meta); err != nil {
 		return err
 	}
-	return checkpoints.WriteJSON(filepath.Join(dir, ConfigFile), a.PEFTConfig(baseModel, modulesToSave))
+	pc, err := a.PEFTConfig(baseModel, modulesToSave)
+	if err != nil {
+		return err
+	}
+	return checkpoints.WriteJSON(filepath.Join(dir, ConfigFile), pc)
 }
 
 // Load reads a PEFT LoRA adapter directory (written by this package or by PEFT) and attaches
@@ -99,7 +106,11 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 	defer ck.Close()
 	c := Config{R: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout, Targets: targets}
 	scale := c.Scale()
-	if rs, _ := peftFlag(cfgPath, "use_rslora"); rs {
+	rs, err := peftFlag(cfgPath, "use_rslora")
+	if err != nil {
+		return nil, nil, err
+	}
+	if rs {
 		scale = c.Alpha / math.Sqrt(float64(c.R)) // rank-stabilised LoRA
 	}
 	a := &Adapter{Config: c}
@@ -175,16 +186,16 @@ func targetMatcher(raw json.RawMessage, targets []string) (func(module, short st
 func peftFlag(path, key string) (bool, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("lora: %w", err)
 	}
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
-		return false, err
+		return false, fmt.Errorf("lora: %s is not a JSON object: %w", path, err)
 	}
 	var v bool
-	if raw, ok := m[key]; ok {
+	if raw, ok := m[key]; ok && string(raw) != "null" {
 		if err := json.Unmarshal(raw, &v); err != nil {
-			return false, nil
+			return false, fmt.Errorf("lora: %s: %s must be true or false, got %s", path, key, raw)
 		}
 	}
 	return v, nil

@@ -97,7 +97,11 @@ func TestBaseModelLearnsToStop(t *testing.T) {
 	without := stopRate(t, dir, train, heldOut, false)
 	with := stopRate(t, dir, train, heldOut, true)
 	t.Logf("held-out replies ending with <|im_end|>: %.0f%% without --train-special-tokens, %.0f%% with (%d prompts)", 100*without, 100*with, len(heldOut))
-	if with < 0.95 {
-		t.Errorf("with special-token training only %.0f%% of held-out replies end with <|im_end|>; want at least 95%%", 100*with)
+	// What the README states: 100% with --train-special-tokens, 0% without.
+	if with != 1 {
+		t.Errorf("with special-token training %.0f%% of held-out replies end with <|im_end|>; want 100%%", 100*with)
+	}
+	if without != 0 {
+		t.Errorf("without special-token training %.0f%% of held-out replies end with <|im_end|>; want 0%%", 100*without)
 	}
 }

@@ -66,10 +66,16 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 	if err := os.Rename(tmp, final); err != nil {
 		return "", err
 	}
-	old, _ := Checkpoints(out)
+	old, err := Checkpoints(out)
+	if err != nil {
+		return final, fmt.Errorf("lora: saved %s, but listing the older checkpoints to remove failed: %w", final, err)
+	}
 	for _, o := range old {
-		if o != final {
-			os.RemoveAll(o)
+		if o == final {
+			continue
+		}
+		if err := os.RemoveAll(o); err != nil {
+			return final, fmt.Errorf("lora: saved %s, but removing the older %s failed: %w", final, o, err)
 		}
 	}
 	return final, nil

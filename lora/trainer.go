@@ -2,6 +2,7 @@ package lora
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
@@ -9,6 +10,25 @@ import (
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/optim"
+)
+
+// Sizes and constants of the trainer's bookkeeping.
+const (
+	// padMultiple: a batch is padded to a multiple of this many positions (capped at MaxLen),
+	// so a run sees few distinct shapes and builds few graphs.
+	padMultiple = 8
+	// maxGraphs is how many compiled graphs (one per batch shape) are kept; one more frees
+	// them all.
+	maxGraphs = 8
+	// keptEpochOrders is how many epochs' shuffled orders are kept; one more clears them
+	// (the stream only moves forward, so at most the current and the next are needed).
+	keptEpochOrders = 2
+	// seedMix spreads the run's seed over 64 bits before the step and micro-batch are mixed
+	// in (2^64 / the golden ratio, as in SplitMix64).
+	seedMix = 0x9e3779b97f4a7c15
+	// microBits is the room left for the micro-batch index below the step's bits in a
+	// dropout seed (up to 2^20 micro-batches per step).
+	microBits = 20
 )
 
 // TrainConfig is every setting of a LoRA run. Defaults (DefaultTrainConfig) are Qwen's recipe.
@@ -154,7 +174,7 @@ func (t *Trainer) sequence(pos int) data.Sequence {
 	epoch := pos / n
 	ord, ok := t.order[epoch]
 	if !ok {
-		if len(t.order) > 2 {
+		if len(t.order) > keptEpochOrders {
 			clear(t.order)
 		}
 		ord = data.Epoch(n, t.Cfg.Seed, epoch)
@@ -170,7 +190,7 @@ func MakeBatch(seqs []data.Sequence, padID, maxLen int) *Batch {
 	for _, s := range seqs {
 		longest = max(longest, len(s.IDs))
 	}
-	seq := max(longest, min(maxLen, (longest+7)/8*8))
+	seq := max(longest, min(maxLen, (longest+padMultiple-1)/padMultiple*padMultiple))
 	b := &Batch{Batch: len(seqs), Seq: seq}
 	packed := false
 	for _, s := range seqs {
@@ -207,8 +227,10 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 	if g, ok := t.graphs[key]; ok {
 		return g, nil
 	}
-	if len(t.graphs) >= 8 {
-		t.Close()
+	if len(t.graphs) >= maxGraphs {
+		if err := t.Close(); err != nil {
+			return nil, err
+		}
 	}
 	g, err := NewGradGraph(t.Model, t.Params, b.Batch, b.Seq)
 	if err != nil {
@@ -221,7 +243,7 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 // dropoutSeed is the dropout stream of a micro-batch: a function of the run's seed and its
 // position only, so a resumed run draws the same masks.
 func (t *Trainer) dropoutSeed(step, micro int) uint64 {
-	return t.Cfg.Seed*0x9e3779b97f4a7c15 ^ uint64(step)<<20 ^ uint64(micro)
+	return t.Cfg.Seed*seedMix ^ uint64(step)<<microBits ^ uint64(micro)
 }
 
 // TrainStep runs one optimizer step: GradAccum micro-batches of BatchSize sequences,
@@ -294,9 +316,13 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
-func (t *Trainer) Evaluate() (float64, error) {
+func (t *Trainer) Evaluate() (loss float64, err error) {
 	ev := t.Model.NewEvaluatorMode(model.Evaluation)
-	defer ev.Close()
+	defer func() {
+		if cerr := ev.Close(); cerr != nil && err == nil {
+			loss, err = 0, cerr
+		}
+	}()
 	var sum float64
 	var n int
 	for _, s := range t.Val {
@@ -314,9 +340,11 @@ func (t *Trainer) Evaluate() (float64, error) {
 }
 
 // Close releases the compiled graphs.
-func (t *Trainer) Close() {
+func (t *Trainer) Close() error {
+	var errs []error
 	for k, g := range t.graphs {
-		g.Close()
+		errs = append(errs, g.Close())
 		delete(t.graphs, k)
 	}
+	return errors.Join(errs...)
 }

@@ -57,7 +57,11 @@ func newTestTrainer(t *testing.T, dir string, seqs []data.Sequence, pad int) *Tr
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(tr.Close)
+	t.Cleanup(func() {
+		if err := tr.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	return tr
 }
 
@@ -151,7 +155,8 @@ func TestPackingEqualsSeparateSequences(t *testing.T) {
 		t.Fatalf("%d packed rows, want 1", len(packed))
 	}
 	packLoss, packGrads := run(MakeBatch(packed, pad, 1000))
-	if math.Abs(sepLoss-packLoss) > 1e-5*math.Abs(sepLoss) {
+	// measured 0 (the same float32 sums); 1e-6 leaves room for a reordered sum only
+	if math.Abs(sepLoss-packLoss) > 1e-6*math.Abs(sepLoss) {
 		t.Errorf("packed loss %.7f, separate %.7f", packLoss, sepLoss)
 	}
 	for i := range sepGrads {
@@ -161,7 +166,7 @@ func TestPackingEqualsSeparateSequences(t *testing.T) {
 			num += d * d
 			den += float64(sepGrads[i][j]) * float64(sepGrads[i][j])
 		}
-		if math.Sqrt(num/den) > 1e-4 {
+		if math.Sqrt(num/den) > 1e-6 { // measured 0
 			t.Errorf("gradient %d differs by %.3g relative", i, math.Sqrt(num/den))
 		}
 	}

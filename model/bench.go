@@ -55,7 +55,7 @@ type Throughput struct {
 // decodes o.NewTokens greedily after o.DecodeAfter positions, and measures the memory copy
 // bandwidth of where the model runs: every weight read once per token bounds decoding at
 // bandwidth / weight bytes.
-func MeasureThroughput(m *Model, o BenchOptions) (Throughput, error) {
+func MeasureThroughput(m *Model, o BenchOptions) (_ Throughput, err error) {
 	rng := rand.New(rand.NewPCG(o.Seed, 1))
 	o.DecodeAfter = max(o.DecodeAfter, 1)
 	prompt := make([]int, max(o.PromptLen, o.DecodeAfter))
@@ -69,7 +69,11 @@ func MeasureThroughput(m *Model, o BenchOptions) (Throughput, error) {
 	capacity := max(o.Cache, o.PromptLen, o.DecodeAfter+o.NewTokens)
 	res.CachePos = capacity
 	s := m.NewSession(capacity)
-	defer s.Close()
+	defer func() {
+		if cerr := s.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
 	if o.PromptLen > 0 {
 		if m.Exec != nil { // compile and upload the weights before timing
 			if _, err := s.Feed(prompt[:o.PromptLen]); err != nil {

@@ -1,10 +1,15 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
+
+// maxEvalGraphs is how many compiled graphs (one per sequence length) an Evaluator keeps;
+// one more frees them all.
+const maxEvalGraphs = 4
 
 // Evaluator scores sequences with the inference graph (dynamic NTK from each sequence's
 // length and LogN, as Qwen evaluates long contexts), one sequence at a time.
@@ -36,8 +41,10 @@ func (e *Evaluator) Score(ids, labels []int) (sum float64, n int, err error) {
 	}
 	r, ok := e.runners[len(ids)]
 	if !ok {
-		if len(e.runners) >= 4 {
-			e.Close()
+		if len(e.runners) >= maxEvalGraphs {
+			if err := e.Close(); err != nil {
+				return 0, 0, err
+			}
 		}
 		if r, err = e.m.NewRunner(1, len(ids), e.mode, false, true); err != nil {
 			return 0, 0, err
@@ -83,9 +90,11 @@ func countTargets(labels []int) int {
 }
 
 // Close releases the evaluator's graphs.
-func (e *Evaluator) Close() {
+func (e *Evaluator) Close() error {
+	var errs []error
 	for k, r := range e.runners {
-		r.Close()
+		errs = append(errs, r.Close())
 		delete(e.runners, k)
 	}
+	return errors.Join(errs...)
 }

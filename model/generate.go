@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -147,8 +148,10 @@ func (s *Session) runner(n int) (*Runner, error) {
 		s.decode = r
 	} else {
 		for k, old := range s.prefill { // keep one prompt graph: prompts rarely repeat a length
-			old.Close()
 			delete(s.prefill, k)
+			if err := old.Close(); err != nil {
+				return nil, errors.Join(err, r.Close())
+			}
 		}
 		s.prefill[n] = r
 	}
@@ -205,16 +208,18 @@ func (s *Session) Profile(prefill bool, reps int) ([]autograd.OpTime, error) {
 }
 
 // Close releases the session's graphs (and its cache on a device).
-func (s *Session) Close() {
+func (s *Session) Close() error {
 	if s.exec != nil {
 		s.exec.ReleaseCache(s.cache)
 	}
+	var errs []error
 	if s.decode != nil {
-		s.decode.Close()
+		errs = append(errs, s.decode.Close())
 	}
 	for _, r := range s.prefill {
-		r.Close()
+		errs = append(errs, r.Close())
 	}
+	return errors.Join(errs...)
 }
 
 // Continue makes the sequence equal prompt and returns the logits after it, reusing the

@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"sort"
 	"strings"
 	"testing"
 
@@ -14,7 +15,7 @@ func TestRepetitionPenalty(t *testing.T) {
 	s.Penalize(scores, []int{0, 1, 1, 0})
 	want := []float64{2 / 1.1, -2 * 1.1, 1, -1}
 	for i := range want {
-		if math.Abs(scores[i]-want[i]) > 1e-12 {
+		if math.Abs(scores[i]-want[i]) > 1e-12 { // measured 0
 			t.Errorf("score %d = %g, want %g (each id penalised once)", i, scores[i], want[i])
 		}
 	}
@@ -53,23 +54,55 @@ func TestFilter(t *testing.T) {
 	// Temperature divides the logits before top-p: at T=2 the distribution flattens.
 	sc := logits()
 	(&Sampler{Temperature: 2, TopP: 1}).Filter(sc)
-	if math.Abs(sc[0]-math.Log(0.5)/2) > 1e-12 {
+	if math.Abs(sc[0]-math.Log(0.5)/2) > 1e-12 { // measured 0
 		t.Errorf("temperature 2: logit %g, want %g", sc[0], math.Log(0.5)/2)
 	}
 }
 
+// nucleus is the distribution transformers samples from with temperature T and top-p
+// (top-k off), worked out directly: p = softmax(logits / T); tokens by decreasing p; keep
+// the shortest head whose mass reaches top_p (at least one token); renormalise.
+func nucleus(logits []float32, temperature, topP float64) []float64 {
+	p := make([]float64, len(logits))
+	var sum float64
+	for i, v := range logits {
+		p[i] = math.Exp(float64(v) / temperature)
+		sum += p[i]
+	}
+	order := make([]int, len(p))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return p[order[a]] > p[order[b]] })
+	keep := make([]bool, len(p))
+	var head float64
+	for _, i := range order {
+		keep[i] = true
+		head += p[i] / sum
+		if head >= topP {
+			break
+		}
+	}
+	out := make([]float64, len(p))
+	for i := range p {
+		if keep[i] {
+			out[i] = p[i] / sum / head
+		}
+	}
+	return out
+}
+
 // TestSamplingDistribution draws many tokens with Qwen's chat settings and compares the
-// frequencies with the filtered softmax; the same seed gives the same draws.
+// frequencies with the nucleus distribution worked out independently; the same seed gives
+// the same draws.
 func TestSamplingDistribution(t *testing.T) {
 	logits := []float32{2, 1.5, 1, 0, -1, -3}
 	g := checkpoints.ChatGenerationConfig()
-	s := NewSampler(g, 42)
-	scores := make([]float64, len(logits))
-	for i, v := range logits {
-		scores[i] = float64(v)
+	if g.TopK != 0 || g.Temperature != 1 {
+		t.Fatalf("chat settings top_k %d, temperature %g: nucleus below assumes 0 and 1", g.TopK, g.Temperature)
 	}
-	s.Filter(scores)
-	want := softmax(scores)
+	s := NewSampler(g, 42)
+	want := nucleus(logits, g.Temperature, g.TopP)
 	const n = 200000
 	counts := make([]float64, len(logits))
 	for i := 0; i < n; i++ {

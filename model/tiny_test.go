@@ -2,11 +2,11 @@ package model
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -22,8 +22,7 @@ func TestWriteTinyIsAValidReproducibleModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"config.json", "generation_config.json", "model.safetensors", tokenizer.VocabFile} {
-		x, _ := os.ReadFile(filepath.Join(a, f))
-		y, _ := os.ReadFile(filepath.Join(b, f))
+		x, y := tfile.Read(t, filepath.Join(a, f)), tfile.Read(t, filepath.Join(b, f))
 		if len(x) == 0 || !bytes.Equal(x, y) {
 			t.Errorf("%s differs between two runs with the same seed", f)
 		}
@@ -59,9 +58,7 @@ func TestWriteTinyIsAValidReproducibleModel(t *testing.T) {
 	if _, err := WriteTiny(c, o); err != nil {
 		t.Fatal(err)
 	}
-	x, _ := os.ReadFile(filepath.Join(a, "model.safetensors"))
-	y, _ := os.ReadFile(filepath.Join(c, "model.safetensors"))
-	if bytes.Equal(x, y) {
+	if bytes.Equal(tfile.Read(t, filepath.Join(a, "model.safetensors")), tfile.Read(t, filepath.Join(c, "model.safetensors"))) {
 		t.Error("another seed gave the same weights")
 	}
 	if _, err := WriteTiny(a, o); err == nil {

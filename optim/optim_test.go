@@ -26,7 +26,7 @@ func TestAdamWOneStep(t *testing.T) {
 			mh := m[j] / (1 - math.Pow(0.9, float64(step)))
 			vh := v[j] / (1 - math.Pow(0.95, float64(step)))
 			want[j] -= lr * mh / (math.Sqrt(vh) + 1e-8)
-			if d := math.Abs(float64(p[0][j]) - want[j]); d > 1e-6 {
+			if d := math.Abs(float64(p[0][j]) - want[j]); d > 2e-6 { // measured 1.0e-7
 				t.Errorf("step %d param %d = %.8f, want %.8f", step, j, p[0][j], want[j])
 			}
 		}
@@ -38,11 +38,11 @@ func TestAdamWOneStep(t *testing.T) {
 
 func TestClipGradNorm(t *testing.T) {
 	g := [][]float32{{3}, {4}}
-	if n := ClipGradNorm(g, 1); n != 5 || math.Abs(float64(g[0][0])-0.6) > 1e-6 || math.Abs(float64(g[1][0])-0.8) > 1e-6 {
+	if n := ClipGradNorm(g, 1); n != 5 || math.Abs(float64(g[0][0])-0.6) > 2e-6 || math.Abs(float64(g[1][0])-0.8) > 2e-6 { // measured 1.7e-7
 		t.Errorf("norm %g, clipped %v", n, g)
 	}
 	g = [][]float32{{0.3}, {0.4}}
-	if n := ClipGradNorm(g, 1); math.Abs(n-0.5) > 1e-6 || g[0][0] != 0.3 {
+	if n := ClipGradNorm(g, 1); math.Abs(n-0.5) > 2e-7 || g[0][0] != 0.3 { // measured 1.2e-8
 		t.Errorf("small gradients changed: %v", g)
 	}
 }
@@ -50,7 +50,7 @@ func TestClipGradNorm(t *testing.T) {
 func TestSchedules(t *testing.T) {
 	cos := Schedule{Kind: "cosine", Peak: 1e-2, Warmup: 2, Total: 10}
 	for step, want := range []float64{0, 0.005, 0.01, 0.009619397662556433, 0.008535533905932738, 0.00691341716182545, 0.005} {
-		if got := cos.LR(step); math.Abs(got-want) > 1e-15 {
+		if got := cos.LR(step); math.Abs(got-want) > 1e-15 { // measured 0
 			t.Errorf("cosine step %d: %g, want %g", step, got, want)
 		}
 	}

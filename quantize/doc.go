@@ -1,6 +1,9 @@
-// Package quantize turns float weights into GPTQ integer codes and back. In: a Linear's
-// weight [out, in] and the Hessian of its calibration inputs. Out: codes, per-group scales
-// and zeros, and g_idx, packed in AutoGPTQ's v1 "gptq" layout (qweight, qzeros, scales,
-// g_idx) as Qwen-7B-Chat-Int4 stores them, plus the pure-Go dequantizer that every Int4
-// kernel is checked against.
+// Package quantize turns a model's float weights into GPTQ integer codes. In: a model and
+// calibration samples; Calibrate captures the inputs of every block Linear, accumulates their
+// Hessian and runs GPTQ (or round-to-nearest, the baseline it is compared with). Out: each
+// Linear's codes, per-group scales and zeros and g_idx packed in AutoGPTQ's v1 "gptq" layout
+// (qweight, qzeros, scales, g_idx) as Qwen-7B-Chat-Int4 stores them, a report of each
+// layer's output error, and, through Save, a GPTQ model directory. Packed.Dequantize is the
+// reference unpacking the layout is tested with; a packed model runs through
+// autograd.Int4Linear, on the CPU only (there is no GPU Int4 kernel).
 package quantize

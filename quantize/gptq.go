@@ -12,8 +12,12 @@ package quantize
 //  6. A group's scale and zero are computed when its first column is reached, from the
 //     working weights as they stood at the start of the current block ("lazy" scales).
 //
-// Everything here is float64; AutoGPTQ computes in float32, so a near-tie can round the other
-// way (a few codes in a few rows), which the tests allow as the reference data documents.
+// Precision: H is summed in float32 (as AutoGPTQ keeps it); damping, the inverse and its
+// Cholesky factor are computed in float64, where AutoGPTQ uses float32; the sweep (working
+// weights, U, the error feedback and the dequantized values) runs in float32 as AutoGPTQ's
+// does, and each group's grid is found in float64 from the float32 working weights. Rounding
+// and summation order still differ from PyTorch's, so a near-tie can round the other way (a
+// few codes in a few rows), which the tests allow as the reference data documents.
 
 import (
 	"fmt"

@@ -83,7 +83,7 @@ func TestGoldenGPTQ(t *testing.T) {
 				maxH = max(maxH, math.Abs(float64(v)))
 				maxD = max(maxD, math.Abs(float64(v)-gotH[i]))
 			}
-			if maxD/maxH > 1e-6 {
+			if maxD/maxH > 8e-6 { // measured 7.4e-7 (float32 sums in another order)
 				t.Errorf("Hessian differs by %.3g relative to its largest entry", maxD/maxH)
 			}
 			o := DefaultOptions()
@@ -105,7 +105,7 @@ func TestGoldenGPTQ(t *testing.T) {
 					worstScale = max(worstScale, math.Abs(res.Grids[gi][r].Scale-want)/want)
 				}
 			}
-			if worstScale > 1e-5 {
+			if worstScale > 1e-5 { // measured 1.0e-6
 				t.Errorf("scales differ by up to %.3g relative", worstScale)
 			}
 			// Codes: qint is [K, N].
@@ -129,7 +129,8 @@ func TestGoldenGPTQ(t *testing.T) {
 				}
 			}
 			e := outputError(x, 512, k, w, res.Q, n)
-			if math.Abs(e-c.wantErr) > 1e-4 {
+			// measured 4.3e-7, the rounding of wantErr to six decimals
+			if math.Abs(e-c.wantErr) > 5e-6 {
 				t.Errorf("output error %.6f, reference %.6f", e, c.wantErr)
 			}
 			rtn, err := RTNResult(w, n, k, o)

@@ -22,7 +22,10 @@ func ExampleTokenizer_ChatPrompt() {
 		panic(err)
 	}
 	ids, _ := tok.ChatPrompt(tokenizer.DefaultSystem, nil, "hi<|im_end|>", tokenizer.DefaultMaxWindow)
-	text, _ := tok.Decode(ids)
+	text, err := tok.Decode(ids)
+	if err != nil {
+		panic(err)
+	}
 	specials := 0
 	for _, id := range ids {
 		if tok.IsSpecial(id) {

@@ -356,7 +356,10 @@ func TestChatPromptIsInjectionSafe(t *testing.T) {
 	if n := count(ids, tok.IMEndID()); n != 2 {
 		t.Errorf("%d <|im_end|> tokens, want 2 (system, user)", n)
 	}
-	s, _ := tok.Decode(ids)
+	s, err := tok.Decode(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(s, attack) {
 		t.Errorf("the user's text was altered: %q", s)
 	}

@@ -34,6 +34,7 @@ func TestBenchJSON(t *testing.T) {
 		t.Fatalf("bench result %+v", res)
 	}
 	floor := res.Copy * 1e9 / float64(res.WeightBytes)
+	// measured 0 for both (the same float64 formulas through JSON)
 	if math.Abs(res.Floor-floor) > 1e-6*floor || math.Abs(res.Fraction-res.Decode/res.Floor) > 1e-9 {
 		t.Fatalf("floor %g (want %g), fraction %g (want %g)", res.Floor, floor, res.Fraction, res.Decode/res.Floor)
 	}

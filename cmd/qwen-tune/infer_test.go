@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 // TestGenerateGolden: the documented command prints the reference greedy continuation.
@@ -85,13 +86,13 @@ func TestInferenceBadInput(t *testing.T) {
 		{"bad sampling flag", "", []string{"generate", "--model", dir, "--prompt-ids", "1", "--top-p", "1.5"}, "top_p", nil},
 		{"chat needs a vocabulary", "", []string{"chat", "--model", golden.Path(t, "tiny-qwen"), "--prompt", "hi"}, "has no qwen.tiktoken", nil},
 		{"empty dataset line", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:2: empty line", func() {
-			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2]}\n\n"), 0o644)
+			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2]}\n\n"))
 		}},
 		{"labels of the wrong length", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:1: labels has 1 entries but input_ids has 2", func() {
-			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [2]}\n"), 0o644)
+			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [2]}\n"))
 		}},
 		{"nothing scored", "", []string{"eval", "--model", dir, "--data", jsonl}, "no token was scored", func() {
-			os.WriteFile(jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n"), 0o644)
+			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n"))
 		}},
 	}
 	for _, c := range cases {
@@ -125,7 +126,7 @@ func TestChatScript(t *testing.T) {
 func TestEvalJSON(t *testing.T) {
 	dir := golden.Path(t, "tiny-qwen")
 	jsonl := filepath.Join(t.TempDir(), "d.jsonl")
-	os.WriteFile(jsonl, []byte("{\"input_ids\": [434, 166, 165, 146]}\n{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, 3]}\n"), 0o644)
+	tfile.Write(t, jsonl, []byte("{\"input_ids\": [434, 166, 165, 146]}\n{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, 3]}\n"))
 	out, errs, st := qt(t, "", "eval", "--model", dir, "--data", jsonl, "--json")
 	if st != 0 {
 		t.Fatalf("eval: %s", errs)

@@ -1,19 +1,19 @@
 package main
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 func TestCorruptCheckpointIsNamed(t *testing.T) {
 	dir := tinyModel(t)
 	path := filepath.Join(dir, "model.safetensors")
-	b, _ := os.ReadFile(path)
-	os.WriteFile(path, b[:len(b)/2], 0o644)
+	b := tfile.Read(t, path)
+	tfile.Write(t, path, b[:len(b)/2])
 	_, errs, st := qt(t, "", "inspect", dir)
 	if st != 1 || !strings.Contains(errs, "model.safetensors") || !strings.Contains(errs, "truncated") {
 		t.Fatalf("truncated shard: status %d, %q", st, errs)

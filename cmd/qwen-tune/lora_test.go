@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/lora"
 )
 
@@ -39,14 +40,14 @@ func TestLoraTrainsResumesAndRefuses(t *testing.T) {
 			t.Errorf("missing %s: %v", f, err)
 		}
 	}
-	b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	b := tfile.Read(t, filepath.Join(out, "metrics.jsonl"))
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	var first map[string]float64
 	if len(lines) != 4 || json.Unmarshal([]byte(lines[0]), &first) != nil || first["step"] != 0 || first["loss"] <= 0 || first["grad_norm"] <= 0 {
 		t.Fatalf("metrics:\n%s", b)
 	}
 	var cfg map[string]any
-	b, _ = os.ReadFile(filepath.Join(out, "adapter_config.json"))
+	b = tfile.Read(t, filepath.Join(out, "adapter_config.json"))
 	if json.Unmarshal(b, &cfg) != nil || cfg["peft_type"] != "LORA" || cfg["r"] != 4.0 || cfg["task_type"] != "CAUSAL_LM" {
 		t.Fatalf("adapter_config.json: %s", b)
 	}
@@ -161,7 +162,7 @@ func TestModulesToSave(t *testing.T) {
 	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--modules-to-save", "wte,lm_head"); st != 0 {
 		t.Fatal(errs)
 	}
-	b, _ := os.ReadFile(filepath.Join(run, "adapter_config.json"))
+	b := tfile.Read(t, filepath.Join(run, "adapter_config.json"))
 	if !strings.Contains(string(b), `"modules_to_save": [`) {
 		t.Fatalf("adapter_config.json lacks modules_to_save: %s", b)
 	}
@@ -216,13 +217,13 @@ func TestLoraInterruptAndResume(t *testing.T) {
 	if _, errs, st := qt(t, "", append(common, "--out", resumed, "--resume")...); st != 0 || !strings.Contains(errs, "resuming from") {
 		t.Fatalf("resume: %d %s", st, errs)
 	}
-	a, _ := os.ReadFile(filepath.Join(straight, "adapter_model.safetensors"))
-	b, _ := os.ReadFile(filepath.Join(resumed, "adapter_model.safetensors"))
+	a := tfile.Read(t, filepath.Join(straight, "adapter_model.safetensors"))
+	b := tfile.Read(t, filepath.Join(resumed, "adapter_model.safetensors"))
 	if len(a) == 0 || string(a) != string(b) {
 		t.Fatal("the resumed adapter differs from the uninterrupted one")
 	}
-	ma, _ := os.ReadFile(filepath.Join(straight, "metrics.jsonl"))
-	mb, _ := os.ReadFile(filepath.Join(resumed, "metrics.jsonl"))
+	ma := tfile.Read(t, filepath.Join(straight, "metrics.jsonl"))
+	mb := tfile.Read(t, filepath.Join(resumed, "metrics.jsonl"))
 	if string(ma) != string(mb) {
 		t.Errorf("metrics differ:\n%s\n%s", ma, mb)
 	}

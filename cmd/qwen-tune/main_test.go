@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 // qt runs the command line in-process and returns stdout, stderr and the exit status.
@@ -59,12 +59,17 @@ func TestInitInspectTokenize(t *testing.T) {
 	}
 	out, _, _ = qt(t, text, "tokenize", "--model", dir, "--json", "--special", "none")
 	var plain []int
-	json.Unmarshal([]byte(out), &plain)
+	if err := json.Unmarshal([]byte(out), &plain); err != nil {
+		t.Fatalf("--special none: output %q: %v", out, err)
+	}
 	if contains(plain, 4098) {
 		t.Errorf("--special none parsed <|im_end|>: %v", plain)
 	}
 	// Decoding gives the text back.
-	js, _ := json.Marshal(ids)
+	js, err := json.Marshal(ids)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if out, errs, st := qt(t, string(js), "tokenize", "--model", dir, "--decode"); st != 0 || out != text {
 		t.Fatalf("decode: %q %s", out, errs)
 	}
@@ -82,7 +87,7 @@ func contains(ids []int, id int) bool {
 func TestBadInputGivesClearErrors(t *testing.T) {
 	dir := tinyModel(t)
 	broken := t.TempDir()
-	os.WriteFile(filepath.Join(broken, "qwen.tiktoken"), []byte("IQ== 0\nnot-a-line\n"), 0o644)
+	tfile.Write(t, filepath.Join(broken, "qwen.tiktoken"), []byte("IQ== 0\nnot-a-line\n"))
 	cases := []struct {
 		name, stdin string
 		args        []string

@@ -17,6 +17,15 @@ import (
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
+const (
+	// sessionStart is the KV cache's first capacity in positions; it grows as a conversation
+	// does.
+	sessionStart = 256
+	// minSampledTemperature: a request's temperature below it means greedy decoding, as in
+	// Qwen's OpenAI-style API.
+	minSampledTemperature = 0.01
+)
+
 // Sampling are a request's generation settings; nil fields keep the model's
 // generation_config.json values.
 type Sampling struct {
@@ -61,11 +70,11 @@ func (e *ModelEngine) MaxWindow() int                  { return e.Gen.MaxWindowS
 // below 0.01 is greedy, as Qwen's API does).
 func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, emit func(int) error) ([]int, model.StopReason, error) {
 	if e.session == nil {
-		e.session = e.Model.NewSession(256)
+		e.session = e.Model.NewSession(sessionStart)
 	}
 	g := e.Gen
 	if s.Temperature != nil {
-		g.Temperature, g.DoSample = *s.Temperature, *s.Temperature >= 0.01
+		g.Temperature, g.DoSample = *s.Temperature, *s.Temperature >= minSampledTemperature
 	}
 	if s.TopP != nil {
 		g.TopP = *s.TopP
@@ -89,8 +98,9 @@ func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, em
 }
 
 // Close releases the session.
-func (e *ModelEngine) Close() {
-	if e.session != nil {
-		e.session.Close()
+func (e *ModelEngine) Close() error {
+	if e.session == nil {
+		return nil
 	}
+	return e.session.Close()
 }

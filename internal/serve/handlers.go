@@ -35,8 +35,8 @@ func (s *Server) planChat(req *ChatRequest) (*chatPlan, error) {
 			return nil, err
 		}
 	}
-	if len(req.Stop) > 16 {
-		return nil, badRequest("stop", "at most 16 stop strings, got %d", len(req.Stop))
+	if len(req.Stop) > maxStops {
+		return nil, badRequest("stop", "at most %d stop strings, got %d", maxStops, len(req.Stop))
 	}
 	for i, st := range req.Stop {
 		if st == "" {
@@ -88,7 +88,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := s.planChat(&req)
 	if err != nil {
-		requestFailed(w, err)
+		s.requestFailed(w, err)
 		return
 	}
 	rp, ok := s.start(w, r, p.prompt, p.samp, p.stops)
@@ -104,19 +104,19 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		// whole replies (with functions the text is parsed before anything is sent)
 		var ev *sse
 		if p.stream {
-			ev = startSSE(w)
-			ev.send(chunk(&ReplyMessage{Role: "assistant", Content: strPtr("")}, nil))
+			ev = s.startSSE(w)
+			ev.emit(chunk(&ReplyMessage{Role: "assistant", Content: strPtr("")}, nil))
 		}
 		finish, ids, err := rp.each(func(string) error { return r.Context().Err() })
 		if err != nil {
 			if ev == nil && finish != "cancelled" {
-				requestFailed(w, err)
+				s.requestFailed(w, err)
 			}
 			return
 		}
 		msg, reason := s.answer(rp.text.String(), finish, p)
 		if ev == nil {
-			writeJSON(w, http.StatusOK, ChatResponse{ID: id, Object: "chat.completion", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune",
+			s.writeJSON(w, http.StatusOK, ChatResponse{ID: id, Object: "chat.completion", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune",
 				Choices: []ChatChoice{{Message: msg, FinishReason: &reason}}, Usage: usage(len(p.prompt), len(ids))})
 			return
 		}
@@ -128,26 +128,26 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 			idx := i
 			msg.ToolCalls[i].Index = &idx
 		}
-		ev.send(chunk(msg, nil))
-		ev.send(chunk(&ReplyMessage{}, &reason))
+		ev.emit(chunk(msg, nil))
+		ev.emit(chunk(&ReplyMessage{}, &reason))
 		if p.withUsage {
-			ev.send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune", Choices: []ChatChoice{}, Usage: usage(len(p.prompt), len(ids))})
+			ev.emit(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune", Choices: []ChatChoice{}, Usage: usage(len(p.prompt), len(ids))})
 		}
 		ev.done()
 		return
 	}
-	ev := startSSE(w)
-	ev.send(chunk(&ReplyMessage{Role: "assistant", Content: strPtr("")}, nil))
+	ev := s.startSSE(w)
+	ev.emit(chunk(&ReplyMessage{Role: "assistant", Content: strPtr("")}, nil))
 	finish, ids, err := rp.each(func(text string) error { return ev.send(chunk(&ReplyMessage{Content: &text}, nil)) })
 	if err != nil {
 		if finish != "cancelled" {
-			ev.send(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
+			ev.emit(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
 		}
 		return
 	}
-	ev.send(chunk(&ReplyMessage{}, &finish))
+	ev.emit(chunk(&ReplyMessage{}, &finish))
 	if p.withUsage {
-		ev.send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune", Choices: []ChatChoice{}, Usage: usage(len(p.prompt), len(ids))})
+		ev.emit(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: time.Now().Unix(), Model: model, SystemFingerprint: "qwen-tune", Choices: []ChatChoice{}, Usage: usage(len(p.prompt), len(ids))})
 	}
 	ev.done()
 }
@@ -215,7 +215,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		err = s.fit(ids, &sp, "prompt")
 	}
 	if err != nil {
-		requestFailed(w, err)
+		s.requestFailed(w, err)
 		return
 	}
 	rp, ok := s.start(w, r, ids, sp, req.Stop)
@@ -230,28 +230,28 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		finish, gen, err := rp.each(func(string) error { return r.Context().Err() })
 		if err != nil {
 			if finish != "cancelled" {
-				requestFailed(w, err)
+				s.requestFailed(w, err)
 			}
 			return
 		}
 		out := resp(rp.text.String(), &finish)
 		out.Usage = usage(len(ids), len(gen))
-		writeJSON(w, http.StatusOK, out)
+		s.writeJSON(w, http.StatusOK, out)
 		return
 	}
-	ev := startSSE(w)
+	ev := s.startSSE(w)
 	finish, gen, err := rp.each(func(text string) error { return ev.send(resp(text, nil)) })
 	if err != nil {
 		if finish != "cancelled" {
-			ev.send(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
+			ev.emit(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
 		}
 		return
 	}
-	ev.send(resp("", &finish))
+	ev.emit(resp("", &finish))
 	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
 		u := resp("", nil)
 		u.Choices, u.Usage = []TextChoice{}, usage(len(ids), len(gen))
-		ev.send(u)
+		ev.emit(u)
 	}
 	ev.done()
 }

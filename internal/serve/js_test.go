@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 // need skips, or fails under CI, when a tool the browser and client tests use is missing.
@@ -94,7 +96,7 @@ func TestChatPageInBrowser(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(shot), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(shot)
+	tfile.Remove(t, shot)
 	out := runNode(t, dir, []string{"QT_BASE_URL=" + url, "QT_API_KEY=page-key", "QT_CHROMIUM=" + chromium, "QT_SCREENSHOT=" + shot}, "browser.mjs")
 	t.Log(out)
 	st, err := os.Stat(shot)

@@ -164,16 +164,21 @@ type ChatChoice struct {
 	Logprobs     *struct{}     `json:"logprobs"`
 }
 
-// ChatResponse is a chat.completion or a chat.completion.chunk.
-type ChatResponse struct {
-	ID                string       `json:"id"`
-	Object            string       `json:"object"`
-	Created           int64        `json:"created"`
-	Model             string       `json:"model"`
-	SystemFingerprint string       `json:"system_fingerprint"`
-	Choices           []ChatChoice `json:"choices"`
-	Usage             *Usage       `json:"usage,omitempty"`
+// Response is the body of a response or of one chunk of a stream: Choice is ChatChoice or
+// TextChoice.
+type Response[Choice any] struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	// SystemFingerprint is set in chat responses only (text completions have none).
+	SystemFingerprint string   `json:"system_fingerprint,omitempty"`
+	Choices           []Choice `json:"choices"`
+	Usage             *Usage   `json:"usage,omitempty"`
 }
+
+// ChatResponse is a chat.completion or a chat.completion.chunk.
+type ChatResponse = Response[ChatChoice]
 
 // TextChoice is a choice of a text completion.
 type TextChoice struct {
@@ -184,14 +189,7 @@ type TextChoice struct {
 }
 
 // CompletionResponse is a text_completion (or a chunk of one).
-type CompletionResponse struct {
-	ID      string       `json:"id"`
-	Object  string       `json:"object"`
-	Created int64        `json:"created"`
-	Model   string       `json:"model"`
-	Choices []TextChoice `json:"choices"`
-	Usage   *Usage       `json:"usage,omitempty"`
-}
+type CompletionResponse = Response[TextChoice]
 
 // APIError is OpenAI's error body.
 type APIError struct {

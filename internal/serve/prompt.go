@@ -47,9 +47,10 @@ var dummyThought = map[bool]string{
 
 var hanRE = regexp.MustCompile(`[\x{4e00}-\x{9fff}]+`)
 
-// requestError is a 400 naming the offending parameter.
+// requestError is a 400 naming the offending parameter; code, when set, is OpenAI's error
+// code for it (context_length_exceeded).
 type requestError struct {
-	param, msg string
+	param, code, msg string
 }
 
 func (e *requestError) Error() string { return e.msg }

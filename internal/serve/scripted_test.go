@@ -153,7 +153,10 @@ func newScripted(t *testing.T) *scripted {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if tinyDir != "" {
-		os.RemoveAll(filepath.Dir(tinyDir))
+		if err := os.RemoveAll(filepath.Dir(tinyDir)); err != nil {
+			fmt.Fprintf(os.Stderr, "removing the test model: %v\n", err)
+			code = max(code, 1)
+		}
 	}
 	os.Exit(code)
 }

@@ -52,7 +52,10 @@ func post(t *testing.T, url, key, body string) (int, []byte) {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("reading the response to %s: %v", url, err)
+	}
 	return res.StatusCode, b
 }
 
@@ -225,7 +228,10 @@ func TestFunctionCalling(t *testing.T) {
 		msg.ToolCalls[0].Function.Arguments != `{"city": "Paris"}` || msg.ToolCalls[0].Type != "function" || !strings.HasPrefix(msg.ToolCalls[0].ID, "call_") {
 		t.Fatalf("tool call: %s", b)
 	}
-	prompt, _ := eng.tok.Decode(eng.lastPrompt())
+	prompt, err := eng.tok.Decode(eng.lastPrompt())
+	if err != nil {
+		t.Fatal(err)
+	}
 	wantQuery := "Answer the following questions as best you can. You have access to the following APIs:\n\n" +
 		`get_weather: Call this tool to interact with the get_weather API. What is the get_weather API useful for? Weather of a city. Parameters: {"type": "object", "properties": {"city": {"type": "string", "description": "City name, e.g. 東京"}}, "required": ["city"]}` +
 		"\n\nUse the following format:\n\nQuestion: the input question you must answer\nThought: you should always think about what to do\nAction: the action to take, should be one of [get_weather]\nAction Input: the input to the action\nObservation: the result of the action\n... (this Thought/Action/Action Input/Observation can be repeated zero or more times)\nThought: I now know the final answer\nFinal Answer: the final answer to the original input question\n\nBegin!\n\nQuestion: Weather in Paris?"
@@ -243,7 +249,9 @@ func TestFunctionCalling(t *testing.T) {
 	if got := *r.Choices[0].Message.Content; got != "It is sunny in Paris, 22 degrees." || *r.Choices[0].FinishReason != "stop" {
 		t.Fatalf("final answer %q (%s)", got, *r.Choices[0].FinishReason)
 	}
-	prompt, _ = eng.tok.Decode(eng.lastPrompt())
+	if prompt, err = eng.tok.Decode(eng.lastPrompt()); err != nil {
+		t.Fatal(err)
+	}
 	if want := "<|im_start|>assistant\nThought: I can use get_weather.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\nObservation: sunny, 22 C\nThought:"; !strings.HasSuffix(prompt, want) {
 		t.Fatalf("continuation prompt ends %q, want suffix %q", prompt[max(0, len(prompt)-len(want)-20):], want)
 	}
@@ -395,7 +403,10 @@ func TestCancellation(t *testing.T) {
 	eng := newScripted(t)
 	_, url := startServer(t, eng, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
+	req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -447,8 +458,12 @@ func TestBurst(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			b, _ := io.ReadAll(res.Body)
+			b, err := io.ReadAll(res.Body)
 			res.Body.Close()
+			if err != nil {
+				t.Errorf("request %d: reading the response: %v", i, err)
+				return
+			}
 			ok := res.StatusCode == 429 && bytes.Contains(b, []byte("queue_full")) ||
 				res.StatusCode == 200 && (bytes.Contains(b, []byte(`"finish_reason":"length"`)) || bytes.Contains(b, []byte(`"finish_reason":"stop"`)))
 			if !ok {

@@ -25,15 +25,40 @@ import (
 //go:embed web
 var webFS embed.FS
 
+// Limits of a Server and the defaults of its Options.
+const (
+	// DefaultMaxBody bounds a request body (1 MiB): room for a conversation far longer than
+	// a model's context, small enough that no body strains the server's memory.
+	DefaultMaxBody = 1 << 20
+	// DefaultQueue is how many requests may wait while one generates.
+	DefaultQueue = 16
+	// DefaultMaxTokens is a reply's length when a request gives none (max_new_tokens of
+	// Qwen-7B's generation_config.json).
+	DefaultMaxTokens = 512
+	// maxStops is the most stop strings a chat request may give.
+	maxStops = 16
+	// streamBuffer is how many generated ids may wait for a handler to decode and send them
+	// before generation blocks.
+	streamBuffer = 256
+	// readHeaderTimeout bounds how long a client may take to send its request headers.
+	readHeaderTimeout = 10 * time.Second
+	// maxTemperature is the highest temperature a request may ask for (OpenAI's bound).
+	maxTemperature = 2
+	// idBytes are the random bytes of a response or tool-call id (hex-encoded after its prefix).
+	idBytes = 12
+)
+
 // Options configure a Server.
 type Options struct {
 	// APIKey, when set, is required as "Authorization: Bearer KEY" on /v1/ routes.
 	APIKey string
-	// MaxBody bounds a request body in bytes (default 1 MiB).
+	// MaxBody bounds a request body in bytes (default DefaultMaxBody).
 	MaxBody int64
-	// Queue is how many requests may wait while one generates (default 16); more get 429.
+	// Queue is how many requests may wait while one generates (default DefaultQueue); more
+	// get 429.
 	Queue int
-	// MaxTokens is the default reply length when a request gives none (default 512).
+	// MaxTokens is the default reply length when a request gives none (default
+	// DefaultMaxTokens).
 	MaxTokens int
 	// Logf, when set, receives one line per request.
 	Logf func(format string, args ...any)
@@ -67,36 +92,44 @@ type jobResult struct {
 // New makes a server for eng.
 func New(eng Engine, opts Options) *Server {
 	if opts.MaxBody <= 0 {
-		opts.MaxBody = 1 << 20
+		opts.MaxBody = DefaultMaxBody
 	}
 	if opts.Queue <= 0 {
-		opts.Queue = 16
+		opts.Queue = DefaultQueue
 	}
 	if opts.MaxTokens <= 0 {
-		opts.MaxTokens = 512
+		opts.MaxTokens = DefaultMaxTokens
 	}
 	s := &Server{eng: eng, opts: opts, jobs: make(chan *job, opts.Queue), created: time.Now().Unix(), mux: http.NewServeMux()}
-	static, _ := fs.Sub(webFS, "web")
+	static, err := fs.Sub(webFS, "web")
+	if err != nil {
+		panic(fmt.Sprintf("serve: the embedded page: %v", err)) // "web" is a valid name, embedded above
+	}
 	s.mux.Handle("/", http.FileServerFS(static))
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /v1/models", s.auth(s.models))
 	s.mux.HandleFunc("POST /v1/chat/completions", s.auth(s.chat))
 	s.mux.HandleFunc("POST /v1/completions", s.auth(s.completions))
 	s.mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url", fmt.Sprintf("no route %s %s (this server has /v1/chat/completions, /v1/completions and /v1/models)", r.Method, r.URL.Path))
+		s.writeError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url", fmt.Sprintf("no route %s %s (this server has /v1/chat/completions, /v1/completions and /v1/models)", r.Method, r.URL.Path))
 	}))
 	return s
+}
+
+// logf logs a line when the server has a log.
+func (s *Server) logf(format string, args ...any) {
+	if s.opts.Logf != nil {
+		s.opts.Logf(format, args...)
+	}
 }
 
 // Handler is the HTTP handler.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w, status: 200}
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		s.mux.ServeHTTP(rec, r)
-		if s.opts.Logf != nil {
-			s.opts.Logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
-		}
+		s.logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
 	})
 }
 
@@ -171,7 +204,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 		if s.opts.APIKey != "" {
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIKey)) != 1 {
-				writeError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key the server was started with (--api-key)")
+				s.writeError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key the server was started with (--api-key)")
 				return
 			}
 		}
@@ -180,22 +213,25 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "queued": len(s.jobs), "served": s.served.Load()})
+	s.writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "queued": len(s.jobs), "served": s.served.Load()})
 }
 
 func (s *Server) models(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{{"id": s.eng.ModelID(), "object": "model", "created": s.created, "owned_by": "qwen-tune"}}})
+	s.writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{{"id": s.eng.ModelID(), "object": "model", "created": s.created, "owned_by": "qwen-tune"}}})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers with v; a failed write (the client is gone) is logged.
+func (s *Server) writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		s.logf("writing a %d response: %v", status, err)
+	}
 }
 
-func writeError(w http.ResponseWriter, status int, typ, param, code, msg string) {
+func (s *Server) writeError(w http.ResponseWriter, status int, typ, param, code, msg string) {
 	e := APIError{Message: msg, Type: typ}
 	if param != "" {
 		e.Param = &param
@@ -203,7 +239,7 @@ func writeError(w http.ResponseWriter, status int, typ, param, code, msg string)
 	if code != "" {
 		e.Code = &code
 	}
-	writeJSON(w, status, map[string]any{"error": e})
+	s.writeJSON(w, status, map[string]any{"error": e})
 }
 
 // decode reads a JSON body: bounded, valid UTF-8, one object of the expected types.
@@ -212,13 +248,13 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
+		s.writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
 		return false
 	case err != nil:
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "reading the request body: "+err.Error())
+		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "reading the request body: "+err.Error())
 		return false
 	case !utf8.Valid(body):
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
+		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
 		return false
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
@@ -230,11 +266,11 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 			param = te.Field
 			msg = fmt.Sprintf("%s must be %s, not a JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
 		}
-		writeError(w, http.StatusBadRequest, "invalid_request_error", param, "", msg)
+		s.writeError(w, http.StatusBadRequest, "invalid_request_error", param, "", msg)
 		return false
 	}
 	if dec.More() {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "the request body has data after its JSON object")
+		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "the request body has data after its JSON object")
 		return false
 	}
 	return true
@@ -260,8 +296,8 @@ func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *i
 	if n != nil && *n != 1 {
 		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
 	}
-	if temp != nil && (*temp < 0 || *temp > 2) {
-		return sp, badRequest("temperature", "temperature must be between 0 and 2, got %g", *temp)
+	if temp != nil && (*temp < 0 || *temp > maxTemperature) {
+		return sp, badRequest("temperature", "temperature must be between 0 and %g, got %g", float64(maxTemperature), *temp)
 	}
 	if topP != nil && (*topP <= 0 || *topP > 1) {
 		return sp, badRequest("top_p", "top_p must be in (0, 1], got %g", *topP)
@@ -285,28 +321,24 @@ func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *i
 func (s *Server) fit(prompt []int, sp *Sampling, param string) error {
 	ctxLen := s.eng.ContextLength()
 	if len(prompt) >= ctxLen {
-		return &requestError{param: param, msg: fmt.Sprintf("the prompt is %d tokens; this model's context is %d (prompt and reply together)", len(prompt), ctxLen)}
+		return &requestError{param: param, code: "context_length_exceeded", msg: fmt.Sprintf("the prompt is %d tokens; this model's context is %d (prompt and reply together)", len(prompt), ctxLen)}
 	}
 	sp.MaxTokens = min(sp.MaxTokens, ctxLen-len(prompt))
 	return nil
 }
 
-func requestFailed(w http.ResponseWriter, err error) {
+func (s *Server) requestFailed(w http.ResponseWriter, err error) {
 	var re *requestError
 	if errors.As(err, &re) {
-		code := ""
-		if strings.Contains(re.msg, "context is") {
-			code = "context_length_exceeded"
-		}
-		writeError(w, http.StatusBadRequest, "invalid_request_error", re.param, code, re.msg)
+		s.writeError(w, http.StatusBadRequest, "invalid_request_error", re.param, re.code, re.msg)
 		return
 	}
-	writeError(w, http.StatusInternalServerError, "server_error", "", "", err.Error())
+	s.writeError(w, http.StatusInternalServerError, "server_error", "", "", err.Error())
 }
 
 func newID(prefix string) string {
-	b := make([]byte, 12)
-	rand.Read(b)
+	b := make([]byte, idBytes)
+	rand.Read(b) // crypto/rand.Read never returns an error: it crashes the program instead
 	return prefix + hex.EncodeToString(b)
 }
 
@@ -323,11 +355,11 @@ type reply struct {
 // start queues the generation; false (after answering 429) when the queue is full.
 func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp Sampling, stops []string) (*reply, bool) {
 	ctx, cancel := context.WithCancel(r.Context())
-	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan int, 256)}
+	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan int, streamBuffer)}
 	if !s.submit(j) {
 		cancel()
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
+		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
 		return nil, false
 	}
 	return &reply{j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
@@ -380,41 +412,60 @@ func (rp *reply) each(f func(text string) error) (string, []int, error) {
 	return "length", res.ids, nil
 }
 
-// sse writes server-sent events.
+// sse writes server-sent events. The first failed write (the client is gone) is logged and
+// ends the stream: nothing more is written.
 type sse struct {
-	w http.ResponseWriter
+	w    http.ResponseWriter
+	logf func(format string, args ...any)
+	err  error
 }
 
-func startSSE(w http.ResponseWriter) *sse {
+func (s *Server) startSSE(w http.ResponseWriter) *sse {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	return &sse{w: w}
+	return &sse{w: w, logf: s.logf}
 }
 
-func (e *sse) send(v any) error {
+// emit sends v as one event.
+func (e *sse) emit(v any) {
 	var b strings.Builder
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
-		return err
+		e.fail(fmt.Errorf("encoding an event: %w", err))
+		return
 	}
-	if _, err := fmt.Fprintf(e.w, "data: %s\n\n", strings.TrimSuffix(b.String(), "\n")); err != nil {
-		return err
-	}
-	if f, ok := e.w.(http.Flusher); ok {
-		f.Flush()
-	}
-	return nil
+	e.write("data: " + strings.TrimSuffix(b.String(), "\n") + "\n\n")
 }
 
-func (e *sse) done() {
-	io.WriteString(e.w, "data: [DONE]\n\n")
+// send is emit for callers that stop on a failure: it returns the stream's error.
+func (e *sse) send(v any) error {
+	e.emit(v)
+	return e.err
+}
+
+// done ends the stream as OpenAI's does.
+func (e *sse) done() { e.write("data: [DONE]\n\n") }
+
+func (e *sse) write(event string) {
+	if e.err != nil {
+		return
+	}
+	if _, err := io.WriteString(e.w, event); err != nil {
+		e.fail(err)
+		return
+	}
 	if f, ok := e.w.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+func (e *sse) fail(err error) {
+	e.err = err
+	e.logf("streaming a reply: %v", err)
 }
 
 func strPtr(s string) *string { return &s }
@@ -430,7 +481,7 @@ func usage(prompt, completion int) *Usage {
 func (s *Server) Run(ctx context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
 	base, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
-	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base }, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base }, ReadHeaderTimeout: readHeaderTimeout}
 	work, stopWork := context.WithCancel(context.Background())
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
@@ -450,7 +501,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, grace time.Duration, 
 		if hs.Shutdown(sctx) != nil {
 			fmt.Fprintf(logw, "requests still running after %s: cancelling them\n", grace)
 			cancelRequests()
-			hs.Close()
+			if cerr := hs.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("serve: closing the listener: %w", cerr)
+			}
 		}
 		result <- err
 		stopWork()
