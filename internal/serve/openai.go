@@ -100,20 +100,26 @@ func (s *Stop) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// RequestCommon is what chat and completion requests share: the model, the sampling
+// settings, stop strings and streaming.
+type RequestCommon struct {
+	Model         string         `json:"model"`
+	Temperature   *float64       `json:"temperature"`
+	TopP          *float64       `json:"top_p"`
+	MaxTokens     *int           `json:"max_tokens"`
+	Stop          Stop           `json:"stop"`
+	Seed          *int64         `json:"seed"`
+	N             *int           `json:"n"`
+	Stream        bool           `json:"stream"`
+	StreamOptions *StreamOptions `json:"stream_options"`
+}
+
 // ChatRequest is a POST /v1/chat/completions body (fields this server does not use, such as
 // presence_penalty or user, are accepted and ignored).
 type ChatRequest struct {
-	Model               string          `json:"model"`
+	RequestCommon
 	Messages            []Message       `json:"messages"`
-	Temperature         *float64        `json:"temperature"`
-	TopP                *float64        `json:"top_p"`
-	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
-	Stop                Stop            `json:"stop"`
-	Seed                *int64          `json:"seed"`
-	N                   *int            `json:"n"`
-	Stream              bool            `json:"stream"`
-	StreamOptions       *StreamOptions  `json:"stream_options"`
 	Tools               []Tool          `json:"tools"`
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	Functions           []Function      `json:"functions"`
@@ -127,17 +133,9 @@ type StreamOptions struct {
 
 // CompletionRequest is a POST /v1/completions body.
 type CompletionRequest struct {
-	Model         string          `json:"model"`
-	Prompt        json.RawMessage `json:"prompt"` // a string or an array of one string
-	Temperature   *float64        `json:"temperature"`
-	TopP          *float64        `json:"top_p"`
-	MaxTokens     *int            `json:"max_tokens"`
-	Stop          Stop            `json:"stop"`
-	Seed          *int64          `json:"seed"`
-	N             *int            `json:"n"`
-	Stream        bool            `json:"stream"`
-	StreamOptions *StreamOptions  `json:"stream_options"`
-	Echo          bool            `json:"echo"`
+	RequestCommon
+	Prompt json.RawMessage `json:"prompt"` // a string or an array of one string
+	Echo   bool            `json:"echo"`
 }
 
 // Usage counts tokens.
