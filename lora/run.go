@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -143,7 +144,11 @@ func checkFreshOut(out string) error {
 			return fmt.Errorf("%s already holds %s: choose a new --out, or add --resume to continue that run (nothing was written)", out, name)
 		}
 	}
-	if cks, _ := Checkpoints(out); len(cks) > 0 {
+	cks, err := Checkpoints(out)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("lora: %w", err)
+	}
+	if len(cks) > 0 {
 		return fmt.Errorf("%s already holds checkpoints: add --resume to continue, or choose a new --out", out)
 	}
 	return nil

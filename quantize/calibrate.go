@@ -251,7 +251,7 @@ func float32Weights(t *tensor.Dense) ([]float32, error) {
 // at a time, and returns each sample's output [T, H]. f's input is the sample's hidden states
 // hs[i] [T, H]; with hs nil it is nil and the graph reads the sample's token ids (the
 // embedding). Graphs are built once per sequence length.
-func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) ([][]float32, error) {
+func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) (_ [][]float32, err error) {
 	type compiled struct {
 		g   *model.Graph
 		in  *G.Node
@@ -261,7 +261,9 @@ func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *
 	graphs := map[int]*compiled{}
 	defer func() {
 		for _, c := range graphs {
-			c.vm.Close()
+			if cerr := c.vm.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("quantize: releasing a calibration graph: %w", cerr)
+			}
 		}
 	}()
 	h := m.Config.HiddenSize

@@ -183,8 +183,9 @@ func (c *chat) turn(query string) error {
 	if err != nil {
 		return err
 	}
-	io.WriteString(c.out, dec.Flush())
-	fmt.Fprintln(c.out)
+	if _, err := io.WriteString(c.out, dec.Flush()+"\n"); err != nil {
+		return err
+	}
 	switch reason {
 	case model.StopCancelled:
 		fmt.Fprintln(c.errw, "(reply stopped)")

@@ -74,7 +74,10 @@ SIGTERM or Ctrl-C stops accepting requests and lets running ones finish (up to
 			if err != nil {
 				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
-			host, _, _ := net.SplitHostPort(ln.Addr().String())
+			host, _, err := net.SplitHostPort(ln.Addr().String())
+			if err != nil {
+				return fmt.Errorf("--addr %s: %w", addr, err)
+			}
 			if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && apiKey == "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: listening on %s without --api-key: anyone who can reach it can use the model\n", ln.Addr())
 			}
