@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -197,7 +198,7 @@ func TestLoraInterruptAndResume(t *testing.T) {
 	o.ModelDir, o.Data, o.Out = dir, chats, resumed
 	o.Train.Steps, o.Train.LoRA.R, o.Train.LR, o.Train.BatchSize, o.Train.LoRA.Dropout = 4, 4, 1e-2, 2, 0.1
 	var errb bytes.Buffer
-	rep := newTrainReport(&errb, dir)
+	rep := newTrainReport(&errb, dir, 0)
 	h := rep.hooks()
 	report := h.OnStep
 	h.OnStep = func(r lora.StepResult) error {
@@ -207,7 +208,8 @@ func TestLoraInterruptAndResume(t *testing.T) {
 		return lora.ErrStop
 	}
 	res, err := lora.Run(context.Background(), o, h)
-	if err := rep.done(io.Discard, o, res, err); err != nil || !strings.Contains(errb.String(), "interrupted at step 2 of 4") {
+	err = rep.done(io.Discard, o, res, err, nil, "qwen-tune lora --resume")
+	if ie := (*interrupted)(nil); !errors.As(err, &ie) || ie.status() != 130 || !strings.Contains(err.Error(), "interrupted at step 2 of 4") {
 		t.Fatalf("interrupted run: %v %s", err, errb.String())
 	}
 	if _, err := os.Stat(filepath.Join(resumed, "adapter_model.safetensors")); err == nil {
