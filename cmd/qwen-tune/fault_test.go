@@ -127,6 +127,7 @@ func newFaultRun(t *testing.T) *faultRun {
 	if _, errs, st := qt(t, "", append(f.args, "--out", f.straight, "--save-every", "3")...); st != 0 {
 		t.Fatal(errs)
 	}
+	noDebris(t, f.straight)
 	return f
 }
 

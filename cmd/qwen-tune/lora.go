@@ -30,9 +30,17 @@ rendered in ChatML with Qwen's label mask (--mask qwen: <|im_start|>, <|im_end|>
 every turn plus assistant contents are trained; --mask assistant trains only assistant
 contents, their <|im_end|> and "\n"). Special-token text inside a message stays ordinary text.
 
-The resolved settings are printed and saved as training_config.json; --metrics writes one JSON
-line per step; loss.png plots the losses. Checkpoints (--save-every, and on Ctrl-C) resume
-bit-exactly with --resume. An output directory that already holds a run is never overwritten.`,
+The resolved settings are printed and saved as training_config.json (with the data's sha256);
+--metrics writes one JSON line per step; loss.png plots the losses. Progress is a bar with the
+step, smoothed loss, tokens/s and time left on a terminal, else a line every --log-every steps.
+
+--out must be absent or empty. Ctrl-C or SIGTERM saves a checkpoint after the current step
+and exits with status 130 or 143, printing the command line that continues the run; so do
+checkpoints every --save-every steps. --resume continues from the latest checkpoint bit for
+bit, or starts the run again from step 0 when it has none; it takes the run's settings, so
+flags may be left out, and refuses flags that change the run (all but --steps, --epochs,
+--save-every and --eval-every), another --model, or --data with other content. Temporary
+files of a killed run are removed; a checkpoint it finished but had not yet renamed is kept.`,
 		Example: `  qwen-tune lora --model ./Qwen-7B-Chat --data chats.jsonl --out my-adapter --epochs 3
   qwen-tune lora --model tiny-qwen --data examples/chat.jsonl --out run --steps 40 --lora-r 8 --lr 3e-3`,
 		Args: cobra.NoArgs,
@@ -62,7 +70,7 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.StringVar(&o.InitAdapter, "init-adapter", "", "start from this PEFT adapter (its r, alpha and targets) instead of a fresh one")
 	f.StringVar(&o.Metrics, "metrics", "", "write one JSON line per step here (default: OUT/metrics.jsonl)")
 	f.StringVar(&onBad, "on-bad-example", string(o.OnBad), "malformed example: error (stop) or skip (leave out and report)")
-	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint")
+	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint (from step 0 when it has none), with its settings")
 	f.IntVar(&logEvery, "log-every", 0, "without a terminal, print a progress line every N steps (0 = every 5% of the run)")
 	registerTrainFlags(f, &o.Train, &targets)
 	registerCPUDevice(cmd, "lora training")
@@ -102,7 +110,7 @@ func registerTrainFlags(f *pflag.FlagSet, c *lora.TrainConfig, targets *string) 
 	f.IntVar(&c.MaxLen, "max-len", c.MaxLen, "longest sequence in tokens; longer examples are cut and counted")
 	f.Uint64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, shuffling, the split and dropout")
 	f.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "validate every N steps (0 = only at the end, when there is a validation set)")
-	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C or SIGTERM)")
 	f.StringVar(&c.Mask, "mask", c.Mask, "trained tokens: qwen (Qwen's recipe) or assistant (assistant replies only)")
 	f.Float64Var(&c.ValRatio, "val-ratio", c.ValRatio, "fraction of the examples held out for validation")
 	f.BoolVar(&c.Pack, "pack", c.Pack, "pack several short examples into each --max-len row (attention and positions stay separate)")
