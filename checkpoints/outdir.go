@@ -100,8 +100,8 @@ func CheckOutDir(dir, flag string) ([]string, error) {
 }
 
 // SyncDir flushes dir's entries (a rename or removal in it) to disk. File systems that
-// cannot sync a directory are passed over, as is Windows, where a rename is durable once it
-// returns and a directory cannot be opened for syncing.
+// cannot sync a directory are passed over, as is Windows, which cannot open a directory
+// for syncing.
 func SyncDir(dir string) error {
 	if runtime.GOOS == "windows" {
 		return nil
