@@ -187,7 +187,10 @@ func recoverOut(out string) ([]string, error) {
 		}
 		tmp, final := filepath.Join(out, name), filepath.Join(out, CheckpointPrefix+strconv.Itoa(step))
 		why := ""
-		cks, _ := Checkpoints(out)
+		cks, err := Checkpoints(out)
+		if err != nil {
+			return notes, fmt.Errorf("lora: %w", err)
+		}
 		r, err := checkpoints.Inspect(tmp)
 		switch {
 		case err != nil:
