@@ -24,6 +24,7 @@ type Report struct {
 	GPTQ         *GPTQConfig       `json:"gptq,omitempty"`
 	QuantLinears int               `json:"quantized_linears,omitempty"`
 	LoRA         *LoRASummary      `json:"lora,omitempty"`
+	Training     *TrainingSummary  `json:"training,omitempty"` // a training checkpoint's state
 	Tokenizer    bool              `json:"has_tokenizer"`
 	Generation   *GenerationConfig `json:"generation,omitempty"`
 }
@@ -58,9 +59,14 @@ type LoRASummary struct {
 	ModulesToSave []string `json:"modules_to_save,omitempty"`
 	BaseModel     string   `json:"base_model,omitempty"`
 	AdaptedLayers int      `json:"adapted_linears"`
+	// TrainableTokens are the token ids whose rows of each module (wte, lm_head) are
+	// trained (PEFT's trainable_token_indices).
+	TrainableTokens map[string][]int `json:"trainable_token_indices,omitempty"`
 }
 
 // Inspect reads and validates a directory's configs and safetensors headers (no tensor data).
+// A training checkpoint (an adapter with trainer_state.json) has every file validated: the
+// adapter, the trained parameters and the optimizer state.
 func Inspect(dir string) (*Report, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -68,6 +74,16 @@ func Inspect(dir string) (*Report, error) {
 	}
 	if !st.IsDir() {
 		return nil, fmt.Errorf("checkpoints: %s is not a directory; give the model, GPTQ or adapter directory", dir)
+	}
+	if exists(filepath.Join(dir, TrainerStateFile)) {
+		if !exists(filepath.Join(dir, "adapter_config.json")) {
+			return nil, fmt.Errorf("checkpoints: %s has %s but no adapter_config.json: the checkpoint is incomplete; resume from another one", dir, TrainerStateFile)
+		}
+		r, err := inspectAdapter(dir)
+		if err != nil {
+			return nil, err
+		}
+		return r, inspectTraining(dir, r)
 	}
 	if exists(filepath.Join(dir, "adapter_config.json")) {
 		return inspectAdapter(dir)
@@ -148,10 +164,20 @@ func inspectAdapter(dir string) (*Report, error) {
 	if a.BaseModelNameOrPath != nil {
 		lr.BaseModel = *a.BaseModelNameOrPath
 	}
+	tokenRows := 0
 	for _, n := range ck.Names() {
 		if strings.HasSuffix(n, ".lora_A.weight") {
 			lr.AdaptedLayers++
 		}
+		if strings.HasSuffix(n, ".token_adapter.trainable_tokens_delta") {
+			tokenRows++
+		}
+	}
+	if lr.TrainableTokens, err = a.TokenIndices(); err != nil {
+		return nil, &ConfigError{File: filepath.Join(dir, "adapter_config.json"), Key: "trainable_token_indices", Msg: err.Error()}
+	}
+	if tokenRows > 0 && len(lr.TrainableTokens) == 0 {
+		return nil, fmt.Errorf("checkpoints: %s has trainable-token rows but adapter_config.json has no trainable_token_indices saying which tokens they are", dir)
 	}
 	r.LoRA = lr
 	return r, nil

@@ -135,3 +135,36 @@ func TestOpenDoesNotCopyIntoHeap(t *testing.T) {
 		t.Fatalf("opening and reading a 64 MiB tensor allocated %d bytes on the heap", grew)
 	}
 }
+
+// TestInspectTrainingCheckpoint: every file of a training checkpoint is validated: the state,
+// each trained parameter with both AdamW moments of its shape, nothing else in the directory.
+func TestInspectTrainingCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["w2"],"trainable_token_indices":[5,6,7]}`), 0o644)
+	a := zeros("base_model.model.transformer.h.0.mlp.w2.lora_A.weight", F32, 4, 8)
+	if err := WriteFile(filepath.Join(dir, "adapter_model.safetensors"), []Tensor{a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, TrainerStateFile), []byte(`{"format":"qwen-tune-lora-trainer","version":1,"step":3,"total_steps":10,"adam_step":3}`), 0o644)
+	p := zeros("h.0.w2.lora_A", F32, 4, 8)
+	WriteFile(filepath.Join(dir, TrainerParamsFile), []Tensor{p}, nil)
+	m, v := zeros("m.h.0.w2.lora_A", F32, 4, 8), zeros("v.h.0.w2.lora_A", F32, 4, 8)
+	WriteFile(filepath.Join(dir, OptimizerFile), []Tensor{m, v}, nil)
+	r, err := Inspect(dir)
+	if err != nil || r.Training == nil || r.Training.Step != 3 || r.Training.Parameters != 32 || len(r.LoRA.TrainableTokens["embedding"]) != 3 {
+		t.Fatalf("report %+v %v", r, err)
+	}
+	for _, c := range []struct {
+		opt  []Tensor
+		want string
+	}{
+		{[]Tensor{m}, `lacks "v.h.0.w2.lora_A"`},
+		{[]Tensor{m, zeros("v.h.0.w2.lora_A", F32, 8, 4)}, `"v.h.0.w2.lora_A" is F32 [8, 4], expected F32 [4, 8]`},
+		{[]Tensor{m, v, zeros("m.other", F32, 1)}, `"m.other", which is no moment`},
+	} {
+		WriteFile(filepath.Join(dir, OptimizerFile), c.opt, nil)
+		if _, err := Inspect(dir); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: want %q", err, c.want)
+		}
+	}
+}

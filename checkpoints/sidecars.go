@@ -50,6 +50,26 @@ type AdapterConfig struct {
 	ModulesToSave       []string        `json:"modules_to_save"`
 	FanInFanOut         bool            `json:"fan_in_fan_out"`
 	InferenceMode       bool            `json:"inference_mode"`
+	// TrainableTokenIndices is PEFT's trainable_token_indices: a list of token ids (of the
+	// embedding) or a map from module name to ids.
+	TrainableTokenIndices json.RawMessage `json:"trainable_token_indices,omitempty"`
+}
+
+// TokenIndices returns trainable_token_indices by module ("embedding" for PEFT's plain
+// list form); nil when absent.
+func (a *AdapterConfig) TokenIndices() (map[string][]int, error) {
+	if len(a.TrainableTokenIndices) == 0 || string(a.TrainableTokenIndices) == "null" {
+		return nil, nil
+	}
+	var list []int
+	if json.Unmarshal(a.TrainableTokenIndices, &list) == nil {
+		return map[string][]int{"embedding": list}, nil
+	}
+	var byModule map[string][]int
+	if err := json.Unmarshal(a.TrainableTokenIndices, &byModule); err != nil {
+		return nil, fmt.Errorf("expected a list of token ids or a map of module names to lists, got %s", a.TrainableTokenIndices)
+	}
+	return byModule, nil
 }
 
 // Targets returns target_modules as a list; PEFT also allows one regular expression, which

@@ -15,8 +15,9 @@ import (
 )
 
 // WriteAtomic writes a file through a temporary file in the same directory, synced and then
-// renamed over path, so a crash or an error never leaves a half-written file where a good
-// one was.
+// renamed over path (and the directory synced), so a crash or an error never leaves a
+// half-written file where a good one was. The temporary file is removed on an error; one a
+// killed process left has a name IsTemp recognises.
 func WriteAtomic(path string, write func(w io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
@@ -55,7 +56,7 @@ func WriteAtomic(path string, write func(w io.Writer) error) (err error) {
 	if err = os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("checkpoints: %w", err)
 	}
-	return nil
+	return SyncDir(dir)
 }
 
 // WriteJSON writes v as indented JSON, atomically.

@@ -7,5 +7,7 @@
 // Open loads a model directory (weights, vocabulary, an adapter) to run or train. Run is a
 // whole training run: Options (model directory, data, output directory, TrainConfig) in;
 // the adapter, resumable checkpoints, training_config.json and metrics.jsonl out, with Hooks
-// for progress and for stopping early.
+// for progress and for stopping early. A resumed run continues from its latest checkpoint,
+// or from step 0 when it has none, after tidying what a killed run left and checking that
+// the model, the data's sha256 and the settings are the run's.
 package lora

@@ -2,7 +2,6 @@ package lora
 
 import (
 	"encoding/binary"
-	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -19,10 +18,10 @@ import (
 // each tensor's original dtype, in the original file layout: the same shards with the same
 // tensors, and the index; the other files of modelDir (config, generation config,
 // vocabulary) are copied. Tensors are produced one tile at a time, so a 7B model merges in
-// little memory. outDir must not hold a model already.
+// little memory. outDir must be absent or empty (checkpoints.CheckOutDir).
 func Merge(modelDir, adapterDir, outDir string) error {
-	if _, err := os.Stat(filepath.Join(outDir, "config.json")); err == nil {
-		return fmt.Errorf("lora: %s already holds a model: choose a new --out (nothing was written)", outDir)
+	if _, err := checkpoints.CheckOutDir(outDir, "--out"); err != nil {
+		return err
 	}
 	m, err := model.Load(modelDir, model.LoadOptions{})
 	if err != nil {

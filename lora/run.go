@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -26,8 +25,12 @@ type Options struct {
 	InitAdapter string
 	// OnBad says what a malformed example does: stop the run, or be left out and reported.
 	OnBad data.OnBad
-	// Resume continues the run in Out from its latest checkpoint, with the settings that
-	// run started with (Train is replaced by them).
+	// Resume continues the run in Out from its latest checkpoint, or starts it again from
+	// step 0 when it has none (or starts a new run when Out holds none). Model, the data's
+	// content (its sha256) and Train must be the run's: Train left at its zero value takes
+	// the run's settings, and of the others only Steps, Epochs, EvalEvery and SaveEvery may
+	// differ. Temporary files of a killed run are removed, and a complete checkpoint it was
+	// killed before renaming is kept.
 	Resume bool
 	// Train is the recipe: adapter shape, optimizer, schedule, batches, evaluation and
 	// checkpoint cadence, special-token and full-module training.
@@ -70,6 +73,9 @@ type Start struct {
 	Step, Total int         // the first step (past the checkpoint resumed from) and the last
 	ResumedFrom string      // the checkpoint resumed from, or ""
 	Metrics     string      // the metrics file
+	// Notes say what resuming found and did: a restart from step 0, a kept or removed
+	// unfinished checkpoint, removed temporary files, changed run length.
+	Notes []string
 }
 
 // Result is how a run ended.
@@ -85,12 +91,12 @@ type Result struct {
 
 // Run fine-tunes o.ModelDir on o.Data and writes adapter_config.json and
 // adapter_model.safetensors in PEFT's format to o.Out, with training_config.json, the
-// metrics and a resumable checkpoint-<step> (every SaveEvery steps and at the end). An
-// output directory that already holds a run is refused unless o.Resume is set. When ctx is
-// cancelled or OnStep returns ErrStop, Run saves a checkpoint at the last completed step
-// and returns a Result with Stopped set and a nil error.
+// metrics and a resumable checkpoint-<step> (every SaveEvery steps and at the end). o.Out
+// must be absent or empty unless o.Resume is set. When ctx is cancelled or OnStep returns
+// ErrStop, Run saves a checkpoint at the last completed step and returns a Result with
+// Stopped set and a nil error.
 func Run(ctx context.Context, o Options, h Hooks) (*Result, error) {
-	resumeFrom, err := o.resolve()
+	rp, err := o.resolve()
 	if err != nil {
 		return nil, err
 	}
@@ -100,58 +106,39 @@ func Run(ctx context.Context, o Options, h Hooks) (*Result, error) {
 	}
 	defer op.Close()
 	r := &run{o: o, h: h, op: op}
-	if err := r.setUp(resumeFrom); err != nil {
+	if err := r.setUp(rp); err != nil {
 		return nil, err
 	}
 	defer r.tr.Close()
 	return r.train(ctx)
 }
 
-// resolve checks o once, and for a resumed run takes the settings of its latest checkpoint,
-// which it returns.
-func (o *Options) resolve() (string, error) {
+// resolve checks o once, hashes the data, and for a resumed run finds where it continues
+// (and takes or checks its settings).
+func (o *Options) resolve() (*resumePoint, error) {
 	if o.ModelDir == "" || o.Data == "" || o.Out == "" {
-		return "", fmt.Errorf("--model, --data and --out are required")
+		return nil, fmt.Errorf("--model, --data and --out are required")
 	}
 	if o.OnBad != data.BadError && o.OnBad != data.BadSkip {
-		return "", fmt.Errorf("--on-bad-example %q: expected error or skip", o.OnBad)
+		return nil, fmt.Errorf("--on-bad-example %q: expected error or skip", o.OnBad)
 	}
 	if o.Metrics == "" {
 		o.Metrics = filepath.Join(o.Out, "metrics.jsonl")
 	}
-	var from string
+	rp := &resumePoint{}
+	var err error
+	if rp.dataSHA, err = fileSHA256(o.Data); err != nil {
+		return nil, fmt.Errorf("--data: %w", err)
+	}
 	if o.Resume {
-		cks, err := Checkpoints(o.Out)
-		if err != nil || len(cks) == 0 {
-			return "", fmt.Errorf("--resume: %s holds no checkpoint to resume from", o.Out)
-		}
-		from = cks[len(cks)-1]
-		st, err := ReadTrainerState(from)
-		if err != nil {
-			return "", err
-		}
-		o.Train = st.Config
-	} else if err := checkFreshOut(o.Out); err != nil {
-		return "", err
+		err = o.resume(rp)
+	} else {
+		err = o.checkFresh()
 	}
-	return from, o.Train.Validate()
-}
-
-// checkFreshOut refuses an output directory that already holds a run or an adapter.
-func checkFreshOut(out string) error {
-	for _, name := range []string{ConfigFile, WeightsFile, "training_config.json", "metrics.jsonl"} {
-		if _, err := os.Stat(filepath.Join(out, name)); err == nil {
-			return fmt.Errorf("%s already holds %s: choose a new --out, or add --resume to continue that run (nothing was written)", out, name)
-		}
+	if err != nil {
+		return nil, err
 	}
-	cks, err := Checkpoints(out)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("lora: %w", err)
-	}
-	if len(cks) > 0 {
-		return fmt.Errorf("%s already holds checkpoints: add --resume to continue, or choose a new --out", out)
-	}
-	return nil
+	return rp, o.Train.Validate()
 }
 
 // run is a training run being set up and carried out.
@@ -163,11 +150,14 @@ type run struct {
 	special *SpecialTokens
 	modules []*model.Param
 	start   Start
+	dataSHA string
 }
 
 // setUp prepares the data, the adapter and the trainer, restores a resumed checkpoint and
 // writes training_config.json.
-func (r *run) setUp(resumeFrom string) error {
+func (r *run) setUp(rp *resumePoint) error {
+	resumeFrom := rp.from
+	r.dataSHA = rp.dataSHA
 	m, tok, cfg := r.op.Model, r.op.Tok, &r.o.Train
 	exs, skipped, err := data.Load(r.o.Data, r.o.OnBad, m.Config.VocabSize)
 	for _, s := range skipped {
@@ -184,14 +174,14 @@ func (r *run) setUp(resumeFrom string) error {
 	}
 	stats.Skipped = len(skipped)
 	train, val := data.Split(seqs, cfg.ValRatio, cfg.Seed)
-	r.start = Start{Stats: stats, Sequences: len(train), Val: len(val), ResumedFrom: resumeFrom, Metrics: r.o.Metrics}
+	r.start = Start{Stats: stats, Sequences: len(train), Val: len(val), ResumedFrom: resumeFrom, Metrics: r.o.Metrics, Notes: rp.notes}
 	if cfg.Pack {
 		train = data.Pack(train, cfg.MaxLen)
 	}
 	r.start.Rows = len(train)
 
 	var a *Adapter
-	if r.o.InitAdapter != "" && !r.o.Resume {
+	if r.o.InitAdapter != "" && resumeFrom == "" {
 		var extra map[string]checkpoints.Tensor
 		if a, extra, err = Load(r.o.InitAdapter, m); err != nil {
 			return err
@@ -215,15 +205,19 @@ func (r *run) setUp(resumeFrom string) error {
 	if r.tr, err = NewTrainer(m, a, params, *cfg, train, val, tok.EndOfTextID()); err != nil {
 		return err
 	}
+	r.tr.Special = r.special
 	if resumeFrom != "" {
 		if err := r.tr.LoadCheckpoint(resumeFrom); err != nil {
 			return err
 		}
+		if r.tr.Step > r.tr.Sched.Total {
+			return fmt.Errorf("--resume: %s is at step %d, past the %d steps the settings give: ask for more with --steps or --epochs", resumeFrom, r.tr.Step, r.tr.Sched.Total)
+		}
 	}
 	if err := os.MkdirAll(r.o.Out, 0o755); err != nil {
-		return err
+		return fmt.Errorf("lora: %w", err)
 	}
-	if resumeFrom != "" {
+	if r.o.Resume {
 		if err := truncateMetrics(r.o.Metrics, r.tr.Step); err != nil {
 			return err
 		}
@@ -235,12 +229,8 @@ func (r *run) setUp(resumeFrom string) error {
 	if r.h.OnStart != nil {
 		r.h.OnStart(r.start)
 	}
-	return checkpoints.WriteJSON(filepath.Join(r.o.Out, "training_config.json"), struct {
-		Model string      `json:"model"`
-		Data  string      `json:"data"`
-		Cfg   TrainConfig `json:"config"`
-		Stats data.Stats  `json:"data_stats"`
-	}{r.o.ModelDir, r.o.Data, *cfg, stats})
+	return checkpoints.WriteJSON(filepath.Join(r.o.Out, RunFile), runRecord{
+		Model: r.o.ModelDir, Data: r.o.Data, DataSHA256: r.dataSHA, InitAdapter: r.o.InitAdapter, Cfg: *cfg, Stats: stats})
 }
 
 // train runs the remaining steps, then saves a checkpoint and, when every step ran, the

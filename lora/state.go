@@ -2,6 +2,7 @@ package lora
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,9 +15,9 @@ import (
 
 // Files of a training checkpoint directory (besides the PEFT adapter files).
 const (
-	stateFile     = "trainer_state.json"
-	paramsFile    = "trainer_params.safetensors"
-	optimizerFile = "optimizer.safetensors"
+	stateFile     = checkpoints.TrainerStateFile
+	paramsFile    = checkpoints.TrainerParamsFile
+	optimizerFile = checkpoints.OptimizerFile
 	// CheckpointPrefix names checkpoint directories inside the output: checkpoint-<step>.
 	CheckpointPrefix = "checkpoint-"
 )
@@ -31,17 +32,28 @@ type TrainerState struct {
 	Config     TrainConfig `json:"config"`
 }
 
-// SaveCheckpoint writes a resumable checkpoint as out/checkpoint-<step>: the PEFT adapter,
-// every trained parameter and the optimizer moments bit for bit, and the state. It is built
-// in a temporary directory and renamed into place; older checkpoints are then removed.
-func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tensor) (string, error) {
+// SaveCheckpoint writes a resumable checkpoint as out/checkpoint-<step>: the PEFT adapter
+// (with t.Special's token ids), every trained parameter and the optimizer moments bit for
+// bit, and the state. It is built in checkpoint-<step>.tmp, which a failure removes, and
+// renamed into place (the directory synced); older checkpoints are then removed.
+func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tensor) (_ string, err error) {
 	final := filepath.Join(out, CheckpointPrefix+strconv.Itoa(t.Step))
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
+		return "", fmt.Errorf("lora: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, os.RemoveAll(tmp))
+		}
+	}()
+	if err := t.Adapter.Save(tmp, baseModel, t.Cfg.ModulesToSave, extra...); err != nil {
 		return "", err
 	}
-	if err := t.Adapter.Save(tmp, baseModel, nil, extra...); err != nil {
-		return "", err
+	if t.Special != nil {
+		if err := t.Special.SaveConfig(tmp); err != nil {
+			return "", err
+		}
 	}
 	var params, moments []checkpoints.Tensor
 	for i, p := range t.Params {
@@ -56,15 +68,21 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 	if err := checkpoints.WriteFile(filepath.Join(tmp, optimizerFile), moments, meta); err != nil {
 		return "", err
 	}
-	st := TrainerState{Format: "qwen-tune-lora-trainer", Version: 1, Step: t.Step, TotalSteps: t.Sched.Total, AdamStep: t.Opt.Step, Config: t.Cfg}
+	st := TrainerState{Format: checkpoints.TrainerFormat, Version: 1, Step: t.Step, TotalSteps: t.Sched.Total, AdamStep: t.Opt.Step, Config: t.Cfg}
 	if err := checkpoints.WriteJSON(filepath.Join(tmp, stateFile), st); err != nil {
 		return "", err
 	}
-	if err := os.RemoveAll(final); err != nil {
+	if err := checkpoints.SyncDir(tmp); err != nil {
 		return "", err
 	}
+	if err := os.RemoveAll(final); err != nil {
+		return "", fmt.Errorf("lora: %w", err)
+	}
 	if err := os.Rename(tmp, final); err != nil {
-		return "", err
+		return "", fmt.Errorf("lora: %w", err)
+	}
+	if err := checkpoints.SyncDir(out); err != nil {
+		return final, err
 	}
 	old, err := Checkpoints(out)
 	if err != nil {
@@ -78,7 +96,7 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 			return final, fmt.Errorf("lora: saved %s, but removing the older %s failed: %w", final, o, err)
 		}
 	}
-	return final, nil
+	return final, checkpoints.SyncDir(out)
 }
 
 // Checkpoints lists out's checkpoint directories, oldest first.
@@ -113,6 +131,9 @@ func Checkpoints(out string) ([]string, error) {
 
 // ReadTrainerState reads a checkpoint's trainer_state.json.
 func ReadTrainerState(dir string) (*TrainerState, error) {
+	if _, err := checkpoints.ReadTrainerState(dir); err != nil {
+		return nil, err
+	}
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		return nil, fmt.Errorf("lora: %w", err)
@@ -120,9 +141,6 @@ func ReadTrainerState(dir string) (*TrainerState, error) {
 	var st TrainerState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("lora: %s: %v", filepath.Join(dir, stateFile), err)
-	}
-	if st.Format != "qwen-tune-lora-trainer" || st.Version != 1 {
-		return nil, fmt.Errorf("lora: %s is not a qwen-tune training checkpoint (format %q version %d)", dir, st.Format, st.Version)
 	}
 	return &st, nil
 }

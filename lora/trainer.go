@@ -125,6 +125,9 @@ type Trainer struct {
 	Opt     *optim.AdamW
 	Sched   optim.Schedule
 	Step    int // optimizer steps done
+	// Special are trained special-token rows, whose token ids each checkpoint's adapter
+	// config records (nil: none).
+	Special *SpecialTokens
 	graphs  map[[2]int]*GradGraph
 	order   map[int][]int
 }

@@ -75,15 +75,13 @@ func tinyConfig(o TinyOptions) (*checkpoints.Config, int, error) {
 
 // WriteTiny writes a tiny random model directory: config.json, generation_config.json,
 // model.safetensors (bf16, weights ~ N(0, 0.02), norms 1) and the demo vocabulary as
-// qwen.tiktoken. It refuses a directory that already holds a model.
+// qwen.tiktoken. dir must be absent or empty (checkpoints.CheckOutDir).
 func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	if o.Hidden <= 0 || o.Heads <= 0 || o.Hidden%o.Heads != 0 || (o.Hidden/o.Heads)%2 != 0 || o.Layers <= 0 || o.MLPWidth <= 0 || o.SeqLength <= 0 {
 		return nil, fmt.Errorf("model: tiny shape %+v: hidden must split into an even head size, and every size be positive", o)
 	}
-	for _, f := range []string{"config.json", "model.safetensors", "model.safetensors.index.json", tokenizer.VocabFile} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
-			return nil, fmt.Errorf("model: %s already holds %s: choose an empty or new --out directory (nothing was written)", dir, f)
-		}
+	if _, err := checkpoints.CheckOutDir(dir, "--out"); err != nil {
+		return nil, err
 	}
 	vocab, err := tokenizer.DemoVocabulary(o.VocabRanks)
 	if err != nil {

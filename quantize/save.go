@@ -23,11 +23,11 @@ func (o Options) GPTQConfig() *checkpoints.GPTQConfig {
 // Save writes a GPTQ model directory as AutoGPTQ does: the quantized Linears
 // (<module>.qweight, .qzeros, .scales, .g_idx, .bias), every other tensor of srcDir in fp16,
 // quantize_config.json, config.json with quantization_config, and srcDir's other files
-// (generation config, vocabulary). config.json is written last; an existing model in outDir
-// is refused.
+// (generation config, vocabulary). config.json is written last; outDir must be absent or
+// empty (checkpoints.CheckOutDir).
 func Save(outDir, srcDir string, layers []*autograd.Int4, o Options) error {
-	if _, err := os.Stat(filepath.Join(outDir, "config.json")); err == nil {
-		return fmt.Errorf("quantize: %s already holds a model: choose a new --out (nothing was written)", outDir)
+	if _, err := checkpoints.CheckOutDir(outDir, "--out"); err != nil {
+		return err
 	}
 	cfg, err := checkpoints.ReadConfig(filepath.Join(srcDir, "config.json"))
 	if err != nil {

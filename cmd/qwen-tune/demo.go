@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -58,7 +57,8 @@ reply and stops at <|im_end|>. Nothing existing is overwritten: a taken --out ge
 			if steps > 0 {
 				o.Train.Steps = steps
 			}
-			if err := trainLora(cmd, o); err != nil {
+			resume := fmt.Sprintf("qwen-tune lora --model %s --data %s --out %s --resume", shellQuote(modelDir), shellQuote(dataPath), shellQuote(runDir))
+			if err := trainLora(cmd, o, resume, 0); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "3/3 asking the fine-tuned model questions from the data\n")
@@ -96,10 +96,11 @@ reply and stops at <|im_end|>. Nothing existing is overwritten: a taken --out ge
 	return cmd
 }
 
-// freeDir returns dir, or dir-2, dir-3, ... whichever does not exist yet.
+// freeDir returns dir, or dir-2, dir-3, ... whichever is absent or empty
+// (checkpoints.CheckOutDir).
 func freeDir(dir string) string {
 	for i := 2; ; i++ {
-		if _, err := os.Stat(dir); os.IsNotExist(err) {
+		if _, err := checkpoints.CheckOutDir(dir, "--out"); err == nil {
 			return dir
 		}
 		dir = strings.TrimSuffix(dir, "-"+strconv.Itoa(i-1)) + "-" + strconv.Itoa(i)

@@ -15,10 +15,13 @@ func newInspectCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "inspect DIR",
-		Short: "Describe a model, GPTQ or LoRA adapter directory",
+		Short: "Describe a model, GPTQ, LoRA adapter or training checkpoint directory",
 		Long: `inspect validates a directory's configs and safetensors headers (no tensor data is read)
 and prints the architecture, parameter count, dtypes, shards and total bytes, plus the
-quantization settings of a GPTQ directory or the settings of a PEFT LoRA adapter.`,
+quantization settings of a GPTQ directory or the settings of a PEFT LoRA adapter (its
+modules saved in full and its trained special-token rows, trainable_token_indices). A lora
+training checkpoint (checkpoint-<step>/) has every file validated: the adapter, the trained
+parameters and the optimizer state, each parameter with both AdamW moments.`,
 		Example: `  qwen-tune inspect ./Qwen-7B-Chat
   qwen-tune inspect --json ./my-adapter | jq .lora`,
 		Args: cobra.ExactArgs(1),
@@ -43,10 +46,12 @@ quantization settings of a GPTQ directory or the settings of a PEFT LoRA adapter
 func printReport(w io.Writer, r *checkpoints.Report) {
 	row := func(k, format string, args ...any) { fmt.Fprintf(w, "%-12s %s\n", k, fmt.Sprintf(format, args...)) }
 	row("directory", "%s", r.Dir)
-	switch r.Kind {
-	case "lora":
+	switch {
+	case r.Training != nil:
+		row("kind", "LoRA training checkpoint: PEFT adapter, trained parameters and AdamW state")
+	case r.Kind == "lora":
 		row("kind", "LoRA adapter (PEFT)")
-	case "gptq":
+	case r.Kind == "gptq":
 		row("kind", "GPTQ-quantized %s", r.Architecture)
 	default:
 		row("kind", "model %s", r.Architecture)
@@ -74,9 +79,21 @@ func printReport(w io.Writer, r *checkpoints.Report) {
 		if len(l.ModulesToSave) > 0 {
 			row("  saved", "%s (trained in full)", strings.Join(l.ModulesToSave, ", "))
 		}
+		modules := make([]string, 0, len(l.TrainableTokens))
+		for m := range l.TrainableTokens {
+			modules = append(modules, m)
+		}
+		sort.Strings(modules)
+		for _, m := range modules {
+			ids := l.TrainableTokens[m]
+			row("  tokens", "%s: %d trained rows, ids %s", m, len(ids), idRanges(ids))
+		}
 		if l.BaseModel != "" {
 			row("  base", "%s", l.BaseModel)
 		}
+	}
+	if ts := r.Training; ts != nil {
+		row("training", "step %d of %d (AdamW step %d); %d trained tensors, %s parameters, each with its AdamW moments", ts.Step, ts.TotalSteps, ts.AdamStep, ts.Tensors, commas(ts.Parameters))
 	}
 	if r.Kind != "lora" {
 		tok := "qwen.tiktoken present"
@@ -119,4 +136,22 @@ func human(v float64, unit string) string {
 		v /= 1000
 	}
 	return ""
+}
+
+// idRanges writes token ids as runs: "4096-4303" or "5, 9-11".
+func idRanges(ids []int) string {
+	var parts []string
+	for i := 0; i < len(ids); {
+		j := i
+		for j+1 < len(ids) && ids[j+1] == ids[j]+1 {
+			j++
+		}
+		if j > i {
+			parts = append(parts, fmt.Sprintf("%d-%d", ids[i], ids[j]))
+		} else {
+			parts = append(parts, fmt.Sprint(ids[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ", ")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,5 +31,37 @@ func TestInspectGoldenDirectories(t *testing.T) {
 	_, errs, st = qt(t, "", "inspect", filepath.Dir(golden.Path(t, "qwen-7b/config.json")))
 	if st != 1 || !strings.Contains(errs, "model-00001-of-00008.safetensors, which is missing") {
 		t.Fatalf("inspect qwen-7b without shards: %d %q", st, errs)
+	}
+}
+
+// TestInspectCheckpointAndTokens: inspect lists an adapter's trained special-token rows, and
+// validates every file of a training checkpoint, the optimizer state included.
+func TestInspectCheckpointAndTokens(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	run := filepath.Join(tmp, "run")
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "2", "--lora-r", "4", "--train-special-tokens"); st != 0 {
+		t.Fatal(errs)
+	}
+	o, errs, st := qt(t, "", "inspect", run)
+	if st != 0 || !strings.Contains(o, "  tokens     lm_head: 208 trained rows, ids 4096-4303") || !strings.Contains(o, "  tokens     wte: 208 trained rows") {
+		t.Fatalf("inspect adapter: %d %s %s", st, o, errs)
+	}
+	ck := filepath.Join(run, "checkpoint-2")
+	o, errs, st = qt(t, "", "inspect", ck)
+	if st != 0 || !strings.Contains(o, "LoRA training checkpoint") || !strings.Contains(o, "step 2 of 2 (AdamW step 2); 22 trained tensors") || !strings.Contains(o, "ids 4096-4303") {
+		t.Fatalf("inspect checkpoint: %d %s %s", st, o, errs)
+	}
+	opt := filepath.Join(ck, "optimizer.safetensors")
+	b, _ := os.ReadFile(opt)
+	os.WriteFile(opt, b[:len(b)-4], 0o644)
+	if _, errs, st := qt(t, "", "inspect", ck); st != 1 || !strings.Contains(errs, "optimizer.safetensors") {
+		t.Fatalf("truncated optimizer state: %d %s", st, errs)
+	}
+	os.WriteFile(opt, b, 0o644)
+	writeFile(t, filepath.Join(ck, ".trainer_state.json.tmp-42"), "{")
+	if _, errs, st := qt(t, "", "inspect", ck); st != 1 || !strings.Contains(errs, "holds .trainer_state.json.tmp-42") {
+		t.Fatalf("an unfinished file in the checkpoint: %d %s", st, errs)
 	}
 }

@@ -1,17 +1,11 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-	"io"
-	"os"
-	"os/signal"
-	"path/filepath"
+	"slices"
 	"strings"
-	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/lora"
@@ -20,6 +14,7 @@ import (
 func newLoraCmd() *cobra.Command {
 	o := lora.DefaultOptions()
 	var targets, onBad string
+	var logEvery int
 	cmd := &cobra.Command{
 		Use:   "lora --model DIR --data FILE --out DIR",
 		Short: "Fine-tune a model with LoRA on chat data and save a PEFT adapter",
@@ -35,9 +30,17 @@ rendered in ChatML with Qwen's label mask (--mask qwen: <|im_start|>, <|im_end|>
 every turn plus assistant contents are trained; --mask assistant trains only assistant
 contents, their <|im_end|> and "\n"). Special-token text inside a message stays ordinary text.
 
-The resolved settings are printed and saved as training_config.json; --metrics writes one JSON
-line per step; loss.png plots the losses. Checkpoints (--save-every, and on Ctrl-C) resume
-bit-exactly with --resume. An output directory that already holds a run is never overwritten.`,
+The resolved settings are printed and saved as training_config.json (with the data's sha256);
+--metrics writes one JSON line per step; loss.png plots the losses. Progress is a bar with the
+step, smoothed loss, tokens/s and time left on a terminal, else a line every --log-every steps.
+
+--out must be absent or empty. Ctrl-C or SIGTERM saves a checkpoint after the current step
+and exits with status 130 or 143, printing the command line that continues the run; so do
+checkpoints every --save-every steps. --resume continues from the latest checkpoint bit for
+bit, or starts the run again from step 0 when it has none; it takes the run's settings, so
+flags may be left out, and refuses flags that change the run (all but --steps, --epochs,
+--save-every and --eval-every), another --model, or --data with other content. Temporary
+files of a killed run are removed; a checkpoint it finished but had not yet renamed is kept.`,
 		Example: `  qwen-tune lora --model ./Qwen-7B-Chat --data chats.jsonl --out my-adapter --epochs 3
   qwen-tune lora --model tiny-qwen --data examples/chat.jsonl --out run --steps 40 --lora-r 8 --lr 3e-3`,
 		Args: cobra.NoArgs,
@@ -46,22 +49,51 @@ bit-exactly with --resume. An output directory that already holds a run is never
 				o.Train.LoRA.Targets = splitList(targets)
 			}
 			o.OnBad = data.OnBad(onBad)
-			return trainLora(cmd, o)
+			if o.Resume && o.Out != "" {
+				saved, ok, err := lora.RunSettings(o.Out)
+				if err != nil {
+					return err
+				}
+				if ok { // the run's settings, with the flags given here on top (lora.Run checks them)
+					if o.Train, err = withGivenFlags(cmd.Flags(), saved); err != nil {
+						return err
+					}
+				}
+			}
+			return trainLora(cmd, o, resumeCommand(cmd), logEvery)
 		},
 	}
 	f := cmd.Flags()
-	c := &o.Train
 	f.StringVar(&o.ModelDir, "model", "", "base model directory (required)")
 	f.StringVar(&o.Data, "data", "", "training data: conversations JSON/JSONL, messages JSONL or input_ids JSONL (required)")
 	f.StringVar(&o.Out, "out", "", "output directory for the adapter, checkpoints and metrics (required)")
 	f.StringVar(&o.InitAdapter, "init-adapter", "", "start from this PEFT adapter (its r, alpha and targets) instead of a fresh one")
 	f.StringVar(&o.Metrics, "metrics", "", "write one JSON line per step here (default: OUT/metrics.jsonl)")
 	f.StringVar(&onBad, "on-bad-example", string(o.OnBad), "malformed example: error (stop) or skip (leave out and report)")
-	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint")
+	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint (from step 0 when it has none), with its settings")
+	f.IntVar(&logEvery, "log-every", 0, "without a terminal, print a progress line every N steps (0 = every 5% of the run)")
+	registerTrainFlags(f, &o.Train, &targets)
+	registerCPUDevice(cmd, "lora training")
+	return cmd
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// registerTrainFlags defines the flags of every TrainConfig setting on f, bound to c
+// (--targets to targets, a comma-separated list).
+func registerTrainFlags(f *pflag.FlagSet, c *lora.TrainConfig, targets *string) {
 	f.IntVar(&c.LoRA.R, "lora-r", c.LoRA.R, "LoRA rank")
 	f.Float64Var(&c.LoRA.Alpha, "lora-alpha", c.LoRA.Alpha, "LoRA alpha (the update is scaled by alpha/r)")
 	f.Float64Var(&c.LoRA.Dropout, "lora-dropout", c.LoRA.Dropout, "dropout on the adapters' input")
-	f.StringVar(&targets, "targets", strings.Join(c.LoRA.Targets, ","), "comma-separated modules: c_attn, c_proj, w1, w2")
+	f.StringVar(targets, "targets", strings.Join(c.LoRA.Targets, ","), "comma-separated modules: c_attn, c_proj, w1, w2")
 	f.Float64Var(&c.LR, "lr", c.LR, "peak learning rate")
 	f.StringVar(&c.Schedule, "schedule", c.Schedule, "learning-rate schedule after warmup: cosine or constant")
 	f.IntVar(&c.WarmupSteps, "warmup-steps", c.WarmupSteps, "linear warmup steps (overrides --warmup-ratio)")
@@ -78,114 +110,35 @@ bit-exactly with --resume. An output directory that already holds a run is never
 	f.IntVar(&c.MaxLen, "max-len", c.MaxLen, "longest sequence in tokens; longer examples are cut and counted")
 	f.Uint64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, shuffling, the split and dropout")
 	f.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "validate every N steps (0 = only at the end, when there is a validation set)")
-	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+	f.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C or SIGTERM)")
 	f.StringVar(&c.Mask, "mask", c.Mask, "trained tokens: qwen (Qwen's recipe) or assistant (assistant replies only)")
 	f.Float64Var(&c.ValRatio, "val-ratio", c.ValRatio, "fraction of the examples held out for validation")
 	f.BoolVar(&c.Pack, "pack", c.Pack, "pack several short examples into each --max-len row (attention and positions stay separate)")
-	f.StringSliceVar(&c.ModulesToSave, "modules-to-save", nil, "train these in full and save them with the adapter: wte, lm_head (Qwen's choice for base models; large)")
+	f.StringSliceVar(&c.ModulesToSave, "modules-to-save", c.ModulesToSave, "train these in full and save them with the adapter: wte, lm_head (Qwen's choice for base models; large)")
 	f.BoolVar(&c.TrainSpecialTokens, "train-special-tokens", c.TrainSpecialTokens, "also train the special-token rows of wte and lm_head (for base models, so they learn <|im_end|>)")
-	registerCPUDevice(cmd, "lora training")
-	return cmd
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
+// withGivenFlags is saved with the TrainConfig flags given on the command line applied.
+func withGivenFlags(given *pflag.FlagSet, saved lora.TrainConfig) (lora.TrainConfig, error) {
+	c := saved
+	c.LoRA.Targets, c.ModulesToSave = slices.Clone(saved.LoRA.Targets), slices.Clone(saved.ModulesToSave)
+	targets := strings.Join(c.LoRA.Targets, ",")
+	fs := pflag.NewFlagSet("saved", pflag.ContinueOnError)
+	registerTrainFlags(fs, &c, &targets)
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		g := given.Lookup(f.Name)
+		if err != nil || g == nil || !g.Changed {
+			return
 		}
-	}
-	return out
-}
-
-// trainLora runs lora.Run with progress on stderr; Ctrl-C stops the run with a checkpoint.
-func trainLora(cmd *cobra.Command, o lora.Options) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-	defer stop()
-	rep := newTrainReport(cmd.ErrOrStderr(), o.ModelDir)
-	res, err := lora.Run(ctx, o, rep.hooks())
-	return rep.done(cmd.OutOrStdout(), o, res, err)
-}
-
-// trainReport prints a run on stderr: the settings at start, then a progress bar on a
-// terminal, or elsewhere a line every 5% of the steps.
-type trainReport struct {
-	w        io.Writer
-	terminal bool
-	load     loadProgress
-	bar      *progressbar.ProgressBar
-	total    int
-	every    int
-	start    time.Time
-	tokens   int
-}
-
-func newTrainReport(stderr io.Writer, modelDir string) *trainReport {
-	return &trainReport{w: stderr, terminal: isTerminal(stderr), load: loadProgress{w: stderr, what: modelDir}}
-}
-
-func (p *trainReport) hooks() lora.Hooks {
-	return lora.Hooks{
-		OnLoad:  p.load.update,
-		OnSkip:  func(err error) { fmt.Fprintf(p.w, "skipped: %v\n", err) },
-		OnStart: p.started,
-		OnStep:  p.step,
-	}
-}
-
-func (p *trainReport) started(s lora.Start) {
-	c := s.Config
-	if c.Pack {
-		fmt.Fprintf(p.w, "packed %d training sequences into %d rows of at most %d tokens\n", s.Sequences, s.Rows, c.MaxLen)
-	}
-	if s.ResumedFrom != "" {
-		fmt.Fprintf(p.w, "resuming from %s at step %d of %d\n", s.ResumedFrom, s.Step, s.Total)
-	}
-	resolved, err := json.MarshalIndent(c, "", "  ")
-	if err != nil { // a setting JSON cannot hold (NaN): print it as Go does
-		resolved = fmt.Appendf(nil, "%+v", c)
-	}
-	fmt.Fprintf(p.w, "data: %d examples (%d for validation), %d tokens, %d trained, %d cut at --max-len %d, %d skipped\n",
-		s.Stats.Examples, s.Val, s.Stats.Tokens, s.Stats.Trained, s.Stats.Truncated, c.MaxLen, s.Stats.Skipped)
-	fmt.Fprintf(p.w, "training %d parameters (%d LoRA layers) for %d steps with\n%s\n", s.Params, s.Layers, s.Total, resolved)
-	p.total, p.every, p.start = s.Total, max(1, s.Total/20), time.Now()
-	p.bar = newBar(p.w, s.Total, "training")
-	p.bar.Set(s.Step)
-}
-
-func (p *trainReport) step(res lora.StepResult) error {
-	step := res.Step + 1
-	p.tokens += res.Seen
-	rate := float64(p.tokens) / time.Since(p.start).Seconds()
-	p.bar.Describe(fmt.Sprintf("loss %.4f lr %.2e %.0f tok/s", res.Loss, res.LR, rate))
-	p.bar.Set(step)
-	if !p.terminal && (step%p.every == 0 || step >= p.total) {
-		line := fmt.Sprintf("step %d/%d loss %.4f lr %.3e grad-norm %.3f %.0f tokens/s", step, p.total, res.Loss, res.LR, res.GradNorm, rate)
-		if res.EvalLoss != 0 {
-			line += fmt.Sprintf(" eval-loss %.4f", res.EvalLoss)
+		if sv, ok := g.Value.(pflag.SliceValue); ok {
+			err = f.Value.(pflag.SliceValue).Replace(sv.GetSlice())
+		} else {
+			err = fs.Set(f.Name, g.Value.String())
 		}
-		fmt.Fprintln(p.w, line)
+	})
+	if given.Changed("targets") {
+		c.LoRA.Targets = splitList(targets)
 	}
-	return nil
-}
-
-// done clears the bars and says where the run's output is, or how to continue it.
-func (p *trainReport) done(stdout io.Writer, o lora.Options, res *lora.Result, err error) error {
-	p.load.finish()
-	if p.bar != nil {
-		p.bar.Finish()
-	}
-	if err != nil {
-		return err
-	}
-	if res.Stopped {
-		fmt.Fprintf(p.w, "interrupted at step %d of %d; saved %s. Continue with the same command and --resume.\n", res.Step, res.Total, res.Checkpoint)
-		return nil
-	}
-	plot := filepath.Join(o.Out, "loss.png")
-	if err := plotLosses(plot, res.History); err != nil {
-		fmt.Fprintf(p.w, "warning: loss plot not written: %v\n", err)
-	}
-	fmt.Fprintf(stdout, "saved the adapter to %s (%s, %s); metrics in %s, plot in %s\n", o.Out, lora.ConfigFile, lora.WeightsFile, res.Metrics, plot)
-	return nil
+	return c, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -198,7 +199,7 @@ func TestLoraInterruptAndResume(t *testing.T) {
 	o.ModelDir, o.Data, o.Out = dir, chats, resumed
 	o.Train.Steps, o.Train.LoRA.R, o.Train.LR, o.Train.BatchSize, o.Train.LoRA.Dropout = 4, 4, 1e-2, 2, 0.1
 	var errb bytes.Buffer
-	rep := newTrainReport(&errb, dir)
+	rep := newTrainReport(&errb, dir, 0)
 	h := rep.hooks()
 	report := h.OnStep
 	h.OnStep = func(r lora.StepResult) error {
@@ -208,7 +209,8 @@ func TestLoraInterruptAndResume(t *testing.T) {
 		return lora.ErrStop
 	}
 	res, err := lora.Run(context.Background(), o, h)
-	if err := rep.done(io.Discard, o, res, err); err != nil || !strings.Contains(errb.String(), "interrupted at step 2 of 4") {
+	err = rep.done(io.Discard, o, res, err, nil, "qwen-tune lora --resume")
+	if ie := (*interrupted)(nil); !errors.As(err, &ie) || ie.status() != 130 || !strings.Contains(err.Error(), "interrupted at step 2 of 4") {
 		t.Fatalf("interrupted run: %v %s", err, errb.String())
 	}
 	if _, err := os.Stat(filepath.Join(resumed, "adapter_model.safetensors")); err == nil {
@@ -230,5 +232,35 @@ func TestLoraInterruptAndResume(t *testing.T) {
 	// --init-adapter starts a new run from the finished adapter.
 	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--steps", "1", "--out", filepath.Join(tmp, "more"), "--init-adapter", straight); st != 0 {
 		t.Fatal(errs)
+	}
+}
+
+// TestLoraResumeChecksFlags: --resume takes the run's settings, so the flags may be left
+// out; a flag that changes the run is refused with its value and the run's; a longer run is
+// allowed and said; a directory with no checkpoint starts again from step 0.
+func TestLoraResumeChecksFlags(t *testing.T) {
+	dir := tinyModel(t)
+	tmp := t.TempDir()
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	out := filepath.Join(tmp, "run")
+	base := []string{"lora", "--model", dir, "--data", chats, "--out", out}
+	if _, errs, st := qt(t, "", append(base, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--save-every", "0")...); st != 0 {
+		t.Fatal(errs)
+	}
+	_, errs, st := qt(t, "", append(base, "--resume", "--lr", "0.5", "--lora-r", "8", "--targets", "c_attn")...)
+	for _, want := range []string{"--lr 0.5 (the run has 0.01)", "--lora-r 8 (the run has 4)", "--targets c_attn (the run has c_attn,c_proj,w1,w2)"} {
+		if st != 1 || !strings.Contains(errs, want) {
+			t.Errorf("changed flags on --resume: %d %s; want %q", st, errs, want)
+		}
+	}
+	if _, errs, st := qt(t, "", append(base, "--resume", "--steps", "5")...); st != 0 || !strings.Contains(errs, "resume: --steps changed from 3 to 5") || !strings.Contains(errs, "at step 3 of 5") {
+		t.Fatalf("a longer run: %d %s", st, errs)
+	}
+	os.RemoveAll(filepath.Join(out, "checkpoint-5"))
+	if _, errs, st := qt(t, "", append(base, "--resume")...); st != 0 || !strings.Contains(errs, "holds no checkpoint (the run stopped before its first one): starting again from step 0") {
+		t.Fatalf("no checkpoint: %d %s", st, errs)
+	}
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", filepath.Join(tmp, "new"), "--resume", "--steps", "1"); st != 0 || !strings.Contains(errs, "holds no run to resume: starting a new one") {
+		t.Fatalf("--resume of nothing: %d %s", st, errs)
 	}
 }

@@ -2,6 +2,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,7 +15,8 @@ func main() {
 
 // run executes one command line and returns the exit status: 0 on success, 1 for an error
 // the user can act on, 2 for an internal error (a bug, reported without a stack trace unless
-// QWEN_TUNE_DEBUG is set).
+// QWEN_TUNE_DEBUG is set), and for a run interrupted by a signal after saving its state 128
+// + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -29,9 +32,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) 
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	if err := root.Execute(); err != nil {
+	if err := root.ExecuteContext(context.WithValue(context.Background(), argsKey{}, args)); err != nil {
 		fmt.Fprintf(stderr, "qwen-tune: %v\n", err)
+		if ie := (*interrupted)(nil); errors.As(err, &ie) {
+			return ie.status()
+		}
 		return 1
 	}
 	return 0
 }
+
+// argsKey holds the command line (without the program name) in the command's context.
+type argsKey struct{}

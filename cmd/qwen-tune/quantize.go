@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -48,8 +47,8 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			if method != string(quantize.MethodGPTQ) && method != string(quantize.MethodRTN) {
 				return fmt.Errorf("--method %q: expected gptq or rtn", method)
 			}
-			if _, err := os.Stat(filepath.Join(out, "config.json")); err == nil {
-				return fmt.Errorf("%s already holds a model: choose a new --out (nothing was written)", out)
+			if _, err := checkpoints.CheckOutDir(out, "--out"); err != nil {
+				return err
 			}
 			stderr := cmd.ErrOrStderr()
 			in, err := openModel(cmd, modelDir, openOptions{NeedTokenizer: true})
