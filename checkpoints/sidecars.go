@@ -53,6 +53,30 @@ type AdapterConfig struct {
 	// TrainableTokenIndices is PEFT's trainable_token_indices: a list of token ids (of the
 	// embedding) or a map from module name to ids.
 	TrainableTokenIndices json.RawMessage `json:"trainable_token_indices,omitempty"`
+	// TrainedOn is qwen-tune's record of the weights the adapter was trained on (absent in
+	// adapters from elsewhere).
+	TrainedOn *AdapterBase `json:"qwen_tune_base,omitempty"`
+}
+
+// AdapterBase says what weights an adapter was trained on: a GPTQ model's bits and group
+// size (QuantMethod "gptq"), or a floating-point model's dtype (QuantMethod "").
+type AdapterBase struct {
+	QuantMethod string `json:"quant_method,omitempty"`
+	Bits        int    `json:"bits,omitempty"`
+	GroupSize   int    `json:"group_size,omitempty"`
+	DType       string `json:"torch_dtype,omitempty"`
+}
+
+// String is the base in words: "a GPTQ 4-bit model (group size 128)" or "a floating-point
+// model (bfloat16)".
+func (b AdapterBase) String() string {
+	if b.QuantMethod != "" {
+		return fmt.Sprintf("a GPTQ %d-bit model (group size %d)", b.Bits, b.GroupSize)
+	}
+	if b.DType != "" {
+		return fmt.Sprintf("a floating-point model (%s)", b.DType)
+	}
+	return "a floating-point model"
 }
 
 // TokenIndices returns trainable_token_indices by module ("embedding" for PEFT's plain

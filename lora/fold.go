@@ -22,8 +22,11 @@ func Fold(m *model.Model) (int, error) {
 			continue
 		}
 		base, ok := l.Base.(*model.Dense)
+		if _, packed := l.Base.(*model.Int4); packed {
+			return folded, fmt.Errorf("lora: %s is a GPTQ layer: an adapter cannot be folded into packed weights, so a GPTQ model with an adapter runs on the CPU (the GPU has no GPTQ kernels yet)", l.Module)
+		}
 		if !ok {
-			return folded, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded (not %T)", l.Module, l.Base)
+			return folded, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded", l.Module)
 		}
 		w, err := addRows(base.Weight, loraDelta(l))
 		if err != nil {

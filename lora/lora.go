@@ -1,6 +1,7 @@
 package lora
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -65,6 +66,9 @@ type Layer struct {
 	key     uint64
 }
 
+// Unwrap implements model.Wrapper: the projection the adapter adds to.
+func (l *Layer) Unwrap() model.Projection { return l.Base }
+
 // Forward implements model.Projection.
 func (l *Layer) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 	y, err := l.Base.Forward(g, x)
@@ -94,6 +98,10 @@ type Adapter struct {
 	Layers []*Layer
 	// Modules are full weights (wte, lm_head) loaded from the adapter's modules_to_save.
 	Modules []*model.Param
+	// TrainedOn is the base the adapter was trained on, as adapter_config.json records it
+	// (qwen_tune_base; nil for an adapter that does not say). A new adapter trains on the model
+	// it is applied to.
+	TrainedOn *checkpoints.AdapterBase
 }
 
 // PEFT key prefix of every adapter tensor.
@@ -118,7 +126,8 @@ func Apply(m *model.Model, c Config, seed uint64) (*Adapter, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Adapter{Config: c}
+	base := BaseOf(m)
+	a := &Adapter{Config: c, TrainedOn: &base}
 	r := rand.New(rand.NewPCG(seed, 0x6c6f7261))
 	for _, s := range m.Projections() {
 		if !slices.Contains(c.Targets, s.Target) {
@@ -151,14 +160,53 @@ func param(name string, v []float32, shape ...int) *model.Param {
 	return &model.Param{Name: name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(v)), Train: true}
 }
 
-// projShape is a projection's [out, in].
+// projShape is a projection's [out, in], under any wrapper: a dense weight's shape, or a
+// GPTQ layer's outputs and inputs (LoRA trains on top of the packed weight, which stays
+// frozen).
 func projShape(p model.Projection, module string) (int, int, error) {
-	switch d := p.(type) {
+	switch d := model.Unwrap(p).(type) {
 	case *model.Dense:
 		s := d.Weight.Value.Shape()
 		return s[0], s[1], nil
-	case *Layer:
-		return projShape(d.Base, module)
+	case *model.Int4:
+		return d.W.N, d.W.K, nil
 	}
-	return 0, 0, fmt.Errorf("lora: %s is a %T; LoRA applies to dense layers", module, p)
+	return 0, 0, fmt.Errorf("lora: %s is neither a dense nor a GPTQ layer, so LoRA cannot tell its shape", module)
+}
+
+// BaseOf describes m's weights as adapter_config.json records them: GPTQ bits and group size,
+// or the floating-point dtype (bfloat16 when the block weights are held as bf16, else
+// config.json's torch_dtype, else float32).
+func BaseOf(m *model.Model) checkpoints.AdapterBase {
+	if g := m.GPTQ; g != nil {
+		return checkpoints.AdapterBase{QuantMethod: "gptq", Bits: g.Bits, GroupSize: g.GroupSize}
+	}
+	dtype := "float32"
+	if raw, ok := m.Config.Extra["torch_dtype"]; ok {
+		var s string
+		if json.Unmarshal(raw, &s) == nil && s != "" {
+			dtype = s
+		}
+	}
+	if slots := m.Projections(); len(slots) > 0 {
+		if d, ok := model.Unwrap(*slots[0].P).(*model.Dense); ok && d.Weight.Value.Dtype() == tensor.Uint16 {
+			dtype = "bfloat16"
+		}
+	}
+	return checkpoints.AdapterBase{DType: dtype}
+}
+
+// BaseNote is a one-line notice when the adapter was trained on another kind of base than m
+// (GPTQ against floating point, or other bits or group size), and "" otherwise or when the
+// adapter does not say. The shapes are the same, so the adapter applies either way; the
+// notice says the results may differ from what training saw.
+func (a *Adapter) BaseNote(m *model.Model) string {
+	if a.TrainedOn == nil {
+		return ""
+	}
+	was, is := *a.TrainedOn, BaseOf(m)
+	if was.QuantMethod == is.QuantMethod && was.Bits == is.Bits && was.GroupSize == is.GroupSize {
+		return ""
+	}
+	return fmt.Sprintf("the adapter was trained on %s and this model is %s; the shapes match, so it applies, but the outputs may differ from those training saw", was, is)
 }

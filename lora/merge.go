@@ -2,6 +2,7 @@ package lora
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -28,6 +29,9 @@ func Merge(modelDir, adapterDir, outDir string) error {
 		return err
 	}
 	defer m.Close()
+	if g := m.GPTQ; g != nil {
+		return fmt.Errorf("lora: %s is a GPTQ %d-bit model: an adapter cannot be merged into packed weights without rounding most of it away. Merge it into the floating-point (bf16) model instead, then quantize the result again (qwen-tune merge --model BF16_DIR --adapter %s --out MERGED; qwen-tune quantize --model MERGED ...), or apply it unmerged with --adapter", modelDir, g.Bits, adapterDir)
+	}
 	a, err := Attach(adapterDir, m)
 	if err != nil {
 		return err

@@ -31,6 +31,9 @@ type Opened struct {
 	Gen     *checkpoints.GenerationConfig
 	Tok     *tokenizer.Tokenizer // nil when the directory has no vocabulary and none was needed
 	Adapter *Adapter             // the adapter of OpenOptions.Adapter, or nil
+	// AdapterNote is a one-line notice when the adapter was trained on another kind of base
+	// (GPTQ against floating point, other bits or group size; Adapter.BaseNote), else "".
+	AdapterNote string
 }
 
 // Close unmaps the weights.
@@ -73,6 +76,7 @@ func Open(dir string, o OpenOptions) (*Opened, error) {
 			op.Model.Close()
 			return nil, err
 		}
+		op.AdapterNote = op.Adapter.BaseNote(op.Model)
 	}
 	return op, nil
 }

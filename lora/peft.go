@@ -35,6 +35,7 @@ func (a *Adapter) PEFTConfig(baseModel string, modulesToSave []string) (checkpoi
 	return checkpoints.AdapterConfig{
 		PeftType: "LORA", TaskType: "CAUSAL_LM", R: a.Config.R, LoraAlpha: a.Config.Alpha, LoraDropout: a.Config.Dropout,
 		TargetModules: targets, Bias: "none", BaseModelNameOrPath: base, ModulesToSave: modulesToSave, InferenceMode: true,
+		TrainedOn: a.TrainedOn,
 	}, nil
 }
 
@@ -113,7 +114,7 @@ func Load(dir string, m *model.Model) (*Adapter, map[string]checkpoints.Tensor, 
 	if rs {
 		scale = c.Alpha / math.Sqrt(float64(c.R)) // rank-stabilised LoRA
 	}
-	a := &Adapter{Config: c}
+	a := &Adapter{Config: c, TrainedOn: pc.TrainedOn}
 	used := map[string]bool{}
 	for _, s := range m.Projections() {
 		if !match(s.Name, s.Target) {

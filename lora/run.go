@@ -190,6 +190,8 @@ func (r *run) setUp(rp *resumePoint) error {
 			return fmt.Errorf("--init-adapter %s saves whole modules; only LoRA tensors can start a run", r.o.InitAdapter)
 		}
 		cfg.LoRA = a.Config
+		base := BaseOf(m) // what it trains on from here
+		a.TrainedOn = &base
 	} else if a, err = Apply(m, cfg.LoRA, cfg.Seed); err != nil {
 		return err
 	}

@@ -84,6 +84,9 @@ type headRows struct {
 	Vocab  int
 }
 
+// Unwrap implements model.Wrapper: lm_head itself.
+func (h *headRows) Unwrap() model.Projection { return h.Base }
+
 func (h *headRows) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 	y, err := h.Base.Forward(g, x)
 	if err != nil {

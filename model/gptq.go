@@ -63,10 +63,10 @@ func loadInt4(tensorOf func(name string) (checkpoints.Tensor, error), module str
 	return &Int4{W: w}, nil
 }
 
-// Quantized reports whether any projection of m is GPTQ Int4.
+// Quantized reports whether any projection of m is GPTQ Int4 (under any wrapper).
 func (m *Model) Quantized() bool {
 	for _, s := range m.Projections() {
-		if _, ok := (*s.P).(*Int4); ok {
+		if _, ok := Unwrap(*s.P).(*Int4); ok {
 			return true
 		}
 	}

@@ -45,9 +45,9 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 		ck.Close()
 		return nil, err
 	}
-	if gptq != nil && (opts.Float32 || len(opts.Train) > 0) {
+	if err := checkGPTQ(dir, gptq, opts); err != nil {
 		ck.Close()
-		return nil, fmt.Errorf("model: %s is GPTQ-quantized; training needs the floating-point weights", dir)
+		return nil, err
 	}
 	if err := checkpoints.CheckTensors(cfg, gptq, ck); err != nil {
 		ck.Close()
@@ -58,8 +58,23 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 		ck.Close()
 		return nil, err
 	}
-	m.close = ck.Close
+	m.close, m.GPTQ = ck.Close, gptq
 	return m, nil
+}
+
+// checkGPTQ refuses what a GPTQ directory cannot do: codes of a width the Int4 op does not
+// unpack, and training every weight. Its floating-point tables (wte, lm_head) may still be
+// trained (opts.Train), and LoRA trains on top of the packed layers.
+func checkGPTQ(dir string, gptq *checkpoints.GPTQConfig, opts LoadOptions) error {
+	switch {
+	case gptq == nil:
+		return nil
+	case gptq.Bits != 2 && gptq.Bits != 4 && gptq.Bits != 8:
+		return fmt.Errorf("model: %s is a %d-bit GPTQ model; this program runs 2-, 4- and 8-bit GPTQ layers only (%d-bit codes straddle the int32 words they are packed in)", dir, gptq.Bits, gptq.Bits)
+	case opts.Float32:
+		return fmt.Errorf("model: %s is GPTQ-quantized; training every weight needs the floating-point model (LoRA trains on top of the packed layers)", dir)
+	}
+	return nil
 }
 
 // build assembles the model from the tensors tensorOf returns by checkpoint name (checked
@@ -148,9 +163,30 @@ func newParam(t checkpoints.Tensor, widen bool) (*Param, error) {
 	return &Param{Name: t.Name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(f)), Train: widen}, nil
 }
 
-// WeightBytes is the memory the weights take once loaded without widening.
+// WeightBytes is the memory the weights take once loaded without widening: two bytes a
+// parameter, or for a GPTQ model (config.json's quantization_config) the packed block linears
+// (codes, float32 scales, zeros, g_idx and bias) and the rest widened from fp16 to float32.
 func WeightBytes(cfg *checkpoints.Config) int64 {
-	return 2 * cfg.ParamCount()
+	g := cfg.QuantizationConfig
+	if g == nil || g.Bits <= 0 {
+		return 2 * cfg.ParamCount()
+	}
+	var packed, linear int64
+	for _, l := range checkpoints.BlockLinears {
+		o, i := l.Shape(cfg)
+		out, in := int64(o), int64(i)
+		groups := int64(1)
+		if g.GroupSize > 0 {
+			groups = in / int64(g.GroupSize)
+		}
+		linear += out * in
+		if l.Bias {
+			linear += out
+		}
+		packed += out*in*int64(g.Bits)/8 + groups*out*(4+int64(g.Bits)/8) + 4*in + 4*out
+	}
+	layers := int64(cfg.NumHiddenLayers)
+	return layers*packed + 4*(cfg.ParamCount()-layers*linear)
 }
 
 // CheckMemory returns an error when the machine cannot hold need bytes: more than its total

@@ -32,6 +32,24 @@ type Projection interface {
 	Forward(g *Graph, x *G.Node) (*G.Node, error)
 }
 
+// Wrapper is a projection that adds to another one (a LoRA layer): Unwrap returns the one it
+// wraps, so code that asks what a layer is underneath (Quantized, shapes) sees through it.
+type Wrapper interface {
+	Projection
+	Unwrap() Projection
+}
+
+// Unwrap returns the projection under every wrapper of p.
+func Unwrap(p Projection) Projection {
+	for {
+		w, ok := p.(Wrapper)
+		if !ok {
+			return p
+		}
+		p = w.Unwrap()
+	}
+}
+
 // Dense is a Linear layer with a full weight [out, in] and an optional bias [out].
 type Dense struct {
 	Weight, Bias *Param
@@ -108,6 +126,9 @@ type Model struct {
 	Blocks []*Block
 	Norm   *Param     // transformer.ln_f [H]
 	Head   Projection // lm_head [V, H]
+	// GPTQ is the quantization of the block linears (bits, group size) when they are packed
+	// Int4 layers, nil for floating-point weights.
+	GPTQ *checkpoints.GPTQConfig
 	// Exec, when set, runs inference graphs (Sessions, inference Runners) on an accelerator.
 	Exec  Executor
 	close func() error

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/lora"
+	"github.com/qwen-tune/qwen-tune/model"
 )
 
 func newLoraCmd() *cobra.Command {
@@ -74,7 +78,29 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 	f.IntVar(&logEvery, "log-every", 0, "without a terminal, print a progress line every N steps (0 = every 5% of the run)")
 	registerTrainFlags(f, &o.Train, &targets)
 	registerCPUDevice(cmd, "lora training")
+	onCPU := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		device, err := c.Flags().GetString("device")
+		if err != nil {
+			return err
+		}
+		if device == "cuda" && isGPTQ(o.ModelDir) {
+			return fmt.Errorf("--device cuda: %s is a GPTQ model and the GPU has no Int4 training kernels yet; Q-LoRA on it runs on the CPU (--device cpu)", o.ModelDir)
+		}
+		return onCPU(c, args)
+	}
 	return cmd
+}
+
+// isGPTQ reports whether dir holds a GPTQ model; false when it cannot tell (the run then
+// reports what is wrong with the directory).
+func isGPTQ(dir string) bool {
+	cfg, err := checkpoints.ReadConfig(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return false
+	}
+	g, err := model.GPTQConfigOf(dir, cfg)
+	return err == nil && g != nil
 }
 
 func splitList(s string) []string {

@@ -48,6 +48,9 @@ func openModel(cmd *cobra.Command, dir string, o openOptions) (*inference, error
 	in := &inference{m: op.Model, gen: op.Gen, tok: op.Tok, release: func() {}}
 	if a := op.Adapter; a != nil {
 		fmt.Fprintf(stderr, "adapter %s: %d LoRA layers, r %d, alpha %g\n", o.Adapter, len(a.Layers), a.Config.R, a.Config.Alpha)
+		if op.AdapterNote != "" {
+			fmt.Fprintf(stderr, "note: %s\n", op.AdapterNote)
+		}
 	}
 	if !o.OnDevice {
 		return in, nil
