@@ -58,7 +58,10 @@ type LoRASummary struct {
 	Targets       []string `json:"target_modules"`
 	ModulesToSave []string `json:"modules_to_save,omitempty"`
 	BaseModel     string   `json:"base_model,omitempty"`
-	AdaptedLayers int      `json:"adapted_linears"`
+	// TrainedOn is the kind of base it was trained on, where recorded (GPTQ bits and group
+	// size, or a floating-point dtype).
+	TrainedOn     *AdapterBase `json:"trained_on,omitempty"`
+	AdaptedLayers int          `json:"adapted_linears"`
 	// TrainableTokens are the token ids whose rows of each module (wte, lm_head) are
 	// trained (PEFT's trainable_token_indices).
 	TrainableTokens map[string][]int `json:"trainable_token_indices,omitempty"`
@@ -160,7 +163,7 @@ func inspectAdapter(dir string) (*Report, error) {
 		r.Parameters += info.NumElements()
 	}
 	lr := &LoRASummary{R: a.R, Alpha: a.LoraAlpha, Scale: a.Scale(), Dropout: a.LoraDropout,
-		Targets: a.Targets(), ModulesToSave: a.ModulesToSave}
+		Targets: a.Targets(), ModulesToSave: a.ModulesToSave, TrainedOn: a.TrainedOn}
 	if a.BaseModelNameOrPath != nil {
 		lr.BaseModel = *a.BaseModelNameOrPath
 	}

@@ -54,7 +54,11 @@ func Open(dir string, o OpenOptions) (*Opened, error) {
 		return nil, err
 	}
 	need := model.WeightBytes(cfg) + FullTrainingBytes(cfg, len(train))
-	if err := model.CheckMemory(need, fmt.Sprintf("%s (%d parameters in bf16)", dir, cfg.ParamCount())); err != nil {
+	held := "in bf16"
+	if g := cfg.QuantizationConfig; g != nil {
+		held = fmt.Sprintf("with GPTQ %d-bit block layers", g.Bits)
+	}
+	if err := model.CheckMemory(need, fmt.Sprintf("%s (%d parameters %s)", dir, cfg.ParamCount(), held)); err != nil {
 		return nil, err
 	}
 	op := &Opened{Gen: gen}

@@ -63,16 +63,19 @@ var ErrStop = errors.New("lora: run stopped")
 
 // Start is what a run is about to do.
 type Start struct {
-	Config      TrainConfig // the resolved settings, as saved in training_config.json
-	Stats       data.Stats  // the examples and tokens prepared
-	Sequences   int         // training sequences before packing (Config.Pack)
-	Rows        int         // training rows: Sequences, or fewer when packed
-	Val         int         // validation sequences
-	Params      int         // trained parameters
-	Layers      int         // LoRA layers
-	Step, Total int         // the first step (past the checkpoint resumed from) and the last
-	ResumedFrom string      // the checkpoint resumed from, or ""
-	Metrics     string      // the metrics file
+	Config    TrainConfig // the resolved settings, as saved in training_config.json
+	Stats     data.Stats  // the examples and tokens prepared
+	Sequences int         // training sequences before packing (Config.Pack)
+	Rows      int         // training rows: Sequences, or fewer when packed
+	Val       int         // validation sequences
+	Params    int         // trained parameters
+	Layers    int         // LoRA layers
+	// Base is the frozen model the adapters train on: GPTQ bits and group size for Q-LoRA,
+	// else the floating-point dtype.
+	Base        checkpoints.AdapterBase
+	Step, Total int    // the first step (past the checkpoint resumed from) and the last
+	ResumedFrom string // the checkpoint resumed from, or ""
+	Metrics     string // the metrics file
 	// Notes say what resuming found and did: a restart from step 0, a kept or removed
 	// unfinished checkpoint, removed temporary files, changed run length.
 	Notes []string
@@ -228,6 +231,7 @@ func (r *run) setUp(rp *resumePoint) error {
 		r.start.Params += p.Value.Size()
 	}
 	r.start.Config, r.start.Layers, r.start.Step, r.start.Total = *cfg, len(a.Layers), r.tr.Step, r.tr.Sched.Total
+	r.start.Base = BaseOf(m)
 	if r.h.OnStart != nil {
 		r.h.OnStart(r.start)
 	}

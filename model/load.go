@@ -164,29 +164,18 @@ func newParam(t checkpoints.Tensor, widen bool) (*Param, error) {
 }
 
 // WeightBytes is the memory the weights take once loaded without widening: two bytes a
-// parameter, or for a GPTQ model (config.json's quantization_config) the packed block linears
-// (codes, float32 scales, zeros, g_idx and bias) and the rest widened from fp16 to float32.
+// parameter, or for a GPTQ model (config.json's quantization_config) four bytes an element of
+// its checkpoint tensors (int32 codes, zeros and g_idx as stored; fp16 scales, biases, tables
+// and norms widened to float32).
 func WeightBytes(cfg *checkpoints.Config) int64 {
-	g := cfg.QuantizationConfig
-	if g == nil || g.Bits <= 0 {
+	if cfg.QuantizationConfig == nil {
 		return 2 * cfg.ParamCount()
 	}
-	var packed, linear int64
-	for _, l := range checkpoints.BlockLinears {
-		o, i := l.Shape(cfg)
-		out, in := int64(o), int64(i)
-		groups := int64(1)
-		if g.GroupSize > 0 {
-			groups = in / int64(g.GroupSize)
-		}
-		linear += out * in
-		if l.Bias {
-			linear += out
-		}
-		packed += out*in*int64(g.Bits)/8 + groups*out*(4+int64(g.Bits)/8) + 4*in + 4*out
+	var n int64
+	for _, s := range checkpoints.ModelTensors(cfg, cfg.QuantizationConfig) {
+		n += 4 * s.NumElements()
 	}
-	layers := int64(cfg.NumHiddenLayers)
-	return layers*packed + 4*(cfg.ParamCount()-layers*linear)
+	return n
 }
 
 // CheckMemory returns an error when the machine cannot hold need bytes: more than its total

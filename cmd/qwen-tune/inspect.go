@@ -91,6 +91,9 @@ func printReport(w io.Writer, r *checkpoints.Report) {
 		if l.BaseModel != "" {
 			row("  base", "%s", l.BaseModel)
 		}
+		if l.TrainedOn != nil {
+			row("  base kind", "%s", l.TrainedOn)
+		}
 	}
 	if ts := r.Training; ts != nil {
 		row("training", "step %d of %d (AdamW step %d); %d trained tensors, %s parameters, each with its AdamW moments", ts.Step, ts.TotalSteps, ts.AdamStep, ts.Tensors, commas(ts.Parameters))

@@ -175,6 +175,9 @@ func (p *trainReport) started(s lora.Start) {
 	}
 	fmt.Fprintf(p.w, "data: %d examples (%d for validation), %d tokens, %d trained, %d cut at --max-len %d, %d skipped\n",
 		s.Stats.Examples, s.Val, s.Stats.Tokens, s.Stats.Trained, s.Stats.Truncated, c.MaxLen, s.Stats.Skipped)
+	if s.Base.QuantMethod != "" {
+		fmt.Fprintf(p.w, "base: %s, frozen and kept packed (Q-LoRA: only the adapters train)\n", s.Base)
+	}
 	fmt.Fprintf(p.w, "training %d parameters (%d LoRA layers) for %d steps with\n%s\n", s.Params, s.Layers, s.Total, resolved)
 	p.first, p.total, p.start = s.Step, s.Total, time.Now()
 	if p.every <= 0 {
