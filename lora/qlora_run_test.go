@@ -1,12 +1,14 @@
 package lora_test
 
 import (
+	"bytes"
 	"context"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -48,8 +50,8 @@ func lastLogits(t *testing.T, m *model.Model, ids []int) []float32 {
 }
 
 // TestQLoRARun: lora.Run trains an adapter (with special-token rows) on the GPTQ Int4 model
-// whose packed layers stay as they are; the loss falls, adapter_config.json records the
-// GPTQ base, and lora.Open applies the adapter to the Int4 model without merging (on the CPU:
+// whose packed layers stay as they are; the loss falls, a run stopped and resumed ends with
+// the same adapter byte for byte, adapter_config.json records the GPTQ base, and lora.Open applies the adapter to the Int4 model without merging (on the CPU:
 // folding it for the GPU is refused in words, as is merging). Applied to the floating-point
 // model, the adapter works and Open says which base it was trained on.
 func TestQLoRARun(t *testing.T) {
@@ -67,6 +69,29 @@ func TestQLoRARun(t *testing.T) {
 	if !(last < first-0.1) {
 		t.Errorf("the loss went from %.4f to %.4f", first, last)
 	}
+	straight := o.Out
+	o.Out = filepath.Join(tmp, "stopped")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopAt3 := func(r lora.StepResult) error {
+		if r.Step == 3 {
+			return lora.ErrStop
+		}
+		return nil
+	}
+	if res, err := lora.Run(ctx, o, lora.Hooks{OnStep: stopAt3}); err != nil || !res.Stopped {
+		t.Fatalf("stopped run: %+v %v", res, err)
+	}
+	o.Resume = true
+	if _, err := lora.Run(ctx, o, lora.Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := tfile.Read(t, filepath.Join(straight, lora.WeightsFile)), tfile.Read(t, filepath.Join(o.Out, lora.WeightsFile))
+	if !bytes.Equal(a, b) {
+		t.Errorf("the resumed Q-LoRA run ends with another adapter than the uninterrupted one")
+	}
+	o.Out = straight
+
 	pc, err := checkpoints.ReadAdapterConfig(filepath.Join(o.Out, lora.ConfigFile))
 	if err != nil {
 		t.Fatal(err)

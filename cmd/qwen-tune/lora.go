@@ -34,6 +34,10 @@ rendered in ChatML with Qwen's label mask (--mask qwen: <|im_start|>, <|im_end|>
 every turn plus assistant contents are trained; --mask assistant trains only assistant
 contents, their <|im_end|> and "\n"). Special-token text inside a message stays ordinary text.
 
+--model may be a GPTQ directory (Q-LoRA, as for Qwen-7B-Chat-Int4): the adapters train on
+top of the packed 2-, 4- or 8-bit layers, which stay packed and frozen, on the CPU.
+adapter_config.json records the base it was trained on.
+
 The resolved settings are printed and saved as training_config.json (with the data's sha256);
 --metrics writes one JSON line per step; loss.png plots the losses. Progress is a bar with the
 step, smoothed loss, tokens/s and time left on a terminal, else a line every --log-every steps.
@@ -46,7 +50,8 @@ flags may be left out, and refuses flags that change the run (all but --steps, -
 --save-every and --eval-every), another --model, or --data with other content. Temporary
 files of a killed run are removed; a checkpoint it finished but had not yet renamed is kept.`,
 		Example: `  qwen-tune lora --model ./Qwen-7B-Chat --data chats.jsonl --out my-adapter --epochs 3
-  qwen-tune lora --model tiny-qwen --data examples/chat.jsonl --out run --steps 40 --lora-r 8 --lr 3e-3`,
+  qwen-tune lora --model tiny-qwen --data examples/chat.jsonl --out run --steps 40 --lora-r 8 --lr 3e-3
+  qwen-tune lora --model ./Qwen-7B-Chat-Int4 --data chats.jsonl --out my-qlora --epochs 3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("targets") {

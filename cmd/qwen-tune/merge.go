@@ -17,7 +17,8 @@ func newMergeCmd() *cobra.Command {
 special-token rows to wte and lm_head), stores each tensor in its original dtype (bf16 for
 Qwen-7B) in the original shards with the original index, and copies config.json,
 generation_config.json and qwen.tiktoken. The result loads anywhere the base model does.
-Tensors are merged a tile at a time, so memory stays small.`,
+Tensors are merged a tile at a time, so memory stays small. A GPTQ model is refused: merge
+into the bf16 model and quantize the result again, or apply the adapter with --adapter.`,
 		Example: `  qwen-tune merge --model ./Qwen-7B-Chat --adapter my-adapter --out Qwen-7B-Chat-mine`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
