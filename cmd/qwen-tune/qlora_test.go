@@ -67,6 +67,17 @@ func TestQLoRACommand(t *testing.T) {
 		t.Errorf("the bf16 adapter on the Int4 model: %d %s", st, errs)
 	}
 
+	// the other data formats and options, starting from the bf16 adapter
+	tokens := writeFile(t, filepath.Join(tmp, "ids.jsonl"), "{\"input_ids\": [1, 2, 3, 4, 5, 6], \"labels\": [-100, -100, 3, 4, 5, 6]}\n{\"input_ids\": [7, 8, 9, 10], \"labels\": [-100, 8, 9, 10]}\n{\"input_ids\": [11, 12, 13], \"labels\": [-100, 12, 13]}\n")
+	initRun := filepath.Join(tmp, "init-run")
+	if _, errs, st := qt(t, "", "lora", "--model", int4, "--data", tokens, "--out", initRun, "--steps", "2", "--init-adapter", floatRun,
+		"--pack", "--max-len", "16", "--val-ratio", "0.3", "--batch-size", "1", "--grad-accum", "2", "--eval-every", "1"); st != 0 {
+		t.Fatalf("lora on the Int4 model from the bf16 adapter: %s", errs)
+	}
+	if b := string(tfile.Read(t, filepath.Join(initRun, "adapter_config.json"))); !strings.Contains(b, `"quant_method": "gptq"`) {
+		t.Errorf("an adapter trained further on the Int4 model does not record it:\n%s", b)
+	}
+
 	saved := filepath.Join(tmp, "saved")
 	if _, errs, st := qt(t, "", "lora", "--model", int4, "--data", chats, "--out", saved, "--steps", "2", "--lora-r", "4", "--modules-to-save", "lm_head"); st != 0 {
 		t.Fatalf("--modules-to-save on the Int4 model: %s", errs)
