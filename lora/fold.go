@@ -21,11 +21,13 @@ func Fold(m *model.Model) (int, error) {
 		if !ok {
 			continue
 		}
-		base, ok := l.Base.(*model.Dense)
-		if _, packed := l.Base.(*model.Int4); packed {
+		var base *model.Dense
+		switch b := l.Base.(type) {
+		case *model.Dense:
+			base = b
+		case *model.Int4:
 			return folded, fmt.Errorf("lora: %s is a GPTQ layer: an adapter cannot be folded into packed weights, so a GPTQ model with an adapter runs on the CPU (the GPU has no GPTQ kernels yet)", l.Module)
-		}
-		if !ok {
+		default:
 			return folded, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded", l.Module)
 		}
 		w, err := addRows(base.Weight, loraDelta(l))

@@ -163,8 +163,8 @@ func newParam(t checkpoints.Tensor, widen bool) (*Param, error) {
 	return &Param{Name: t.Name, Value: tensor.New(tensor.WithShape(shape...), tensor.WithBacking(f)), Train: widen}, nil
 }
 
-// WeightBytes is the memory the weights take once loaded without widening: two bytes a
-// parameter, or for a GPTQ model (config.json's quantization_config) four bytes an element of
+// WeightBytes is the memory the weights take once loaded for inference or LoRA: two bytes a
+// parameter (bf16 kept as it is), or for a GPTQ model (config.json's quantization_config) four bytes an element of
 // its checkpoint tensors (int32 codes, zeros and g_idx as stored; fp16 scales, biases, tables
 // and norms widened to float32).
 func WeightBytes(cfg *checkpoints.Config) int64 {
