@@ -2,7 +2,9 @@
 // PEFT's format. In: a loaded model and a Config (rank, alpha, dropout, target modules) or an
 // adapter directory. Out: the same model whose targeted projections compute
 // y = W x + (alpha/r) B A dropout(x), with A and B float32 and trainable while every base
-// weight stays frozen, and adapter_config.json + adapter_model.safetensors on disk.
+// weight stays frozen, and adapter_config.json + adapter_model.safetensors on disk. The base
+// may be dense or GPTQ (Q-LoRA: the packed layers stay packed); adapter_config.json records
+// which (qwen_tune_base), and an adapter applied to another kind of base says so.
 //
 // Open loads a model directory (weights, vocabulary, an adapter) to run or train. Run is a
 // whole training run: Options (model directory, data, output directory, TrainConfig) in;
