@@ -20,16 +20,30 @@ func (e *LineError) Error() string { return fmt.Sprintf("data: %s:%d: %s", e.Fil
 // maxLine bounds one JSONL line (64 MiB: about 8 million token ids).
 const maxLine = 64 << 20
 
-// scanLines calls each with the number (from 1) and the space-trimmed text of every line of
-// a JSONL source and stops at its first error. A line longer than maxLine is a LineError;
-// file names the source in errors.
-func scanLines(r io.Reader, file string, each func(line int, text []byte) error) error {
+// bom is the UTF-8 byte-order mark some editors put at the start of a file.
+var bom = []byte("\xef\xbb\xbf")
+
+// scanLines calls each with the number (from 1), the file offset and the space-trimmed
+// text of every line of a JSONL source and stops at its first error. A UTF-8 byte-order
+// mark at the start is skipped; a line that is not valid UTF-8 or longer than maxLine is a
+// LineError, reported through each's error path (invalid) or returned (too long); file
+// names the source in errors.
+func scanLines(r io.Reader, file string, each func(line int, offset int64, text []byte) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
-	line := 0
+	sc.Split(scanRawLines)
+	line, offset := 0, int64(0)
 	for sc.Scan() {
 		line++
-		if err := each(line, bytes.TrimSpace(sc.Bytes())); err != nil {
+		raw := sc.Bytes()
+		start := offset
+		offset += int64(len(raw))
+		if line == 1 && bytes.HasPrefix(raw, bom) {
+			raw, start = raw[len(bom):], start+int64(len(bom))
+		}
+		text := bytes.TrimLeft(raw, " \t\r\n\v\f")
+		start += int64(len(raw) - len(text))
+		if err := each(line, start, bytes.TrimSpace(text)); err != nil {
 			return err
 		}
 	}
@@ -38,6 +52,39 @@ func scanLines(r io.Reader, file string, each func(line int, text []byte) error)
 			return &LineError{file, line + 1, fmt.Sprintf("line longer than %d MiB", maxLine>>20)}
 		}
 		return fmt.Errorf("data: %s: %w", file, err)
+	}
+	return nil
+}
+
+// scanRawLines splits at "\n" and keeps it, so that offsets add up to the file's bytes.
+func scanRawLines(b []byte, atEOF bool) (int, []byte, error) {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		return i + 1, b[:i+1], nil
+	}
+	if atEOF && len(b) > 0 {
+		return len(b), b, nil
+	}
+	return 0, nil, nil
+}
+
+// checkUTF8 returns nil when text is valid UTF-8, and otherwise says where the first
+// invalid byte is: offset is text's position in the file.
+func checkUTF8(text []byte, offset int64) error {
+	i := firstInvalid(text)
+	if i < 0 {
+		return nil
+	}
+	return fmt.Errorf("invalid UTF-8 (byte 0x%02x at byte offset %d of the file): training text must be UTF-8; re-save the file as UTF-8 or fix that byte (it is not replaced silently)", text[i], offset+i)
+}
+
+// checkEncoding refuses files in UTF-16 or UTF-32, which a byte-order mark gives away.
+func checkEncoding(b []byte, file string) error {
+	for _, m := range []struct {
+		mark, name string
+	}{{"\x00\x00\xfe\xff", "UTF-32"}, {"\xff\xfe\x00\x00", "UTF-32"}, {"\xfe\xff", "UTF-16"}, {"\xff\xfe", "UTF-16"}} {
+		if bytes.HasPrefix(b, []byte(m.mark)) {
+			return &LineError{file, 1, fmt.Sprintf("the file is %s (it starts with a %s byte-order mark); convert it to UTF-8, e.g. iconv -f %s -t UTF-8", m.name, m.name, m.name)}
+		}
 	}
 	return nil
 }

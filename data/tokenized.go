@@ -32,9 +32,12 @@ func ReadTokenized(path string, vocab int) ([]Record, error) {
 // ParseTokenized is ReadTokenized on a reader; file names it in errors.
 func ParseTokenized(r io.Reader, file string, vocab int) ([]Record, error) {
 	var out []Record
-	err := scanLines(r, file, func(line int, text []byte) error {
+	err := scanLines(r, file, func(line int, offset int64, text []byte) error {
 		if len(text) == 0 {
 			return &LineError{file, line, "empty line: every line must be one JSON record {\"input_ids\": [...]}; remove the blank line"}
+		}
+		if err := checkUTF8(text, offset); err != nil {
+			return &LineError{file, line, err.Error()}
 		}
 		rec, err := parseRecord(text, vocab)
 		if err != nil {
