@@ -160,5 +160,8 @@ func projShape(p model.Projection, module string) (int, int, error) {
 	case *Layer:
 		return projShape(d.Base, module)
 	}
-	return 0, 0, fmt.Errorf("lora: %s is a %T; LoRA applies to dense layers", module, p)
+	if _, ok := p.(*model.Int4); ok {
+		return 0, 0, fmt.Errorf("lora: %s is GPTQ Int4-quantized; LoRA applies to floating-point weights (use the model before quantization)", module)
+	}
+	return 0, 0, fmt.Errorf("lora: %s is not a floating-point (dense) layer; LoRA applies to dense weights", module)
 }

@@ -69,6 +69,10 @@ func Open(dir string, o OpenOptions) (*Opened, error) {
 		return nil, err
 	}
 	if o.Adapter != "" {
+		if _, ok := op.Model.Blocks[0].QKV.(*model.Int4); ok {
+			op.Model.Close()
+			return nil, fmt.Errorf("%s is a GPTQ Int4 model: a LoRA adapter cannot be applied to quantized weights. Apply %s to the floating-point model it was trained on, or merge it into that model (qwen-tune merge) and quantize the merged model", dir, o.Adapter)
+		}
 		if op.Adapter, err = Attach(o.Adapter, op.Model); err != nil {
 			op.Model.Close()
 			return nil, err
