@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
@@ -85,10 +86,21 @@ func FuzzParseTokenized(f *testing.F) {
 	f.Add("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5], \"labels\": [-100, 5]}\n")
 	f.Add("{\"input_ids\": [1], \"labels\": null}")
 	f.Add("\n")
+	f.Add("\xef\xbb\xbf{\"input_ids\": [1, 2]}\n{\"input_ids\": [3], \"x\xff\": 1}")
 	f.Fuzz(func(t *testing.T, in string) {
 		recs, err := ParseTokenized(strings.NewReader(in), "fuzz.jsonl", 50)
+		// A byte-order mark in front changes nothing.
+		if !strings.HasPrefix(in, "\xef\xbb\xbf") {
+			again, errAgain := ParseTokenized(strings.NewReader("\xef\xbb\xbf"+in), "fuzz.jsonl", 50)
+			if (err == nil) != (errAgain == nil) || len(again) != len(recs) {
+				t.Fatalf("a byte-order mark changed the result: %v / %v, %d / %d records", err, errAgain, len(recs), len(again))
+			}
+		}
 		if err != nil {
 			return
+		}
+		if !utf8.ValidString(in) {
+			t.Fatalf("accepted input that is not UTF-8")
 		}
 		for _, r := range recs {
 			if len(r.InputIDs) == 0 || len(r.Labels) != len(r.InputIDs) {

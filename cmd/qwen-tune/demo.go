@@ -32,19 +32,21 @@ type demoPlan struct {
 	Train  lora.TrainConfig
 }
 
-// defaultDemoPlan fits LoRA on the tiny model so well that `chat` with the model's own
-// sampling settings (top-p 0.8, temperature 1, repetition penalty 1.1) holds a conversation
-// over questions from the data: 100% of the turns of TestDemo's conversations were right.
-// A smaller vocabulary than the default tiny model's keeps the lm_head products (most of
-// the work) small.
+// defaultDemoPlan fits the tiny model so well that `chat` with the model's own sampling
+// settings (top-p 0.8, temperature 1, repetition penalty 1.1) holds a conversation over
+// questions from the data (TestDemo: at least 9 turns in 10 answered with the trained reply;
+// 30 of 30 when the plan was chosen). As Qwen's recipe does for a base model, which never saw
+// ChatML, the embedding and lm_head are trained in full besides the LoRA layers; a smaller
+// vocabulary than the default tiny model's keeps them, and the lm_head products that are
+// most of the work, small.
 func defaultDemoPlan() demoPlan {
 	m := model.DefaultTiny()
 	m.VocabRanks = 4096
 	c := lora.DefaultTrainConfig()
 	c.LoRA.R, c.LoRA.Alpha, c.LoRA.Dropout = 16, 32, 0
-	c.LR, c.Steps, c.BatchSize, c.WarmupSteps, c.MaxGradNorm = 5e-3, 400, 4, 10, 5
-	c.Mask, c.TrainSpecialTokens, c.MaxLen = string(data.MaskAssistant), true, 256
-	return demoPlan{Model: m, Rounds: 3, Train: c}
+	c.LR, c.Steps, c.BatchSize, c.WarmupSteps, c.MaxGradNorm = 5e-3, 300, 4, 10, 5
+	c.Mask, c.MaxLen, c.ModulesToSave = string(data.MaskAssistant), 256, []string{"wte", "lm_head"}
+	return demoPlan{Model: m, Rounds: 10, Train: c}
 }
 
 // demoConversations turns single-question chats into multi-turn ones: in each of rounds
@@ -111,10 +113,11 @@ func newDemoCmd() *cobra.Command {
 	var seed uint64
 	cmd := &cobra.Command{
 		Use:   "demo [--out DIR]",
-		Short: "Fine-tune a tiny model on the example chats and talk to it (under a minute on a CPU)",
+		Short: "Fine-tune a tiny model on the example chats and talk to it (about a minute on a CPU)",
 		Long: `demo runs the whole LoRA workflow on the embedded default: it writes a tiny random
-Qwen model, fine-tunes it with LoRA (and its special-token rows, since a random model never
-saw ChatML) on three-turn conversations made from the 40 chats of examples/chat.jsonl, saves
+Qwen model, fine-tunes it with LoRA (and its embedding and lm_head in full, as Qwen's recipe
+does for a base model, which never saw ChatML) on three-turn conversations made from the 40
+chats of examples/chat.jsonl, saves
 the PEFT adapter, the metrics and a loss plot, and then holds a three-turn conversation with
 it through chat, with the model's own sampling settings: each reply is the trained one and
 stops at <|im_end|>. Nothing existing is overwritten: a taken --out gets a suffix.`,
@@ -149,7 +152,7 @@ stops at <|im_end|>. Nothing existing is overwritten: a taken --out gets a suffi
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "qwen-tune-demo", "directory for the model, data and adapter (a suffix is added if it exists)")
-	cmd.Flags().IntVar(&steps, "steps", 0, "training steps (default 400)")
+	cmd.Flags().IntVar(&steps, "steps", 0, "training steps (default 300)")
 	cmd.Flags().Uint64Var(&seed, "seed", 0, "seed for sampling the replies (default: from the clock)")
 	return cmd
 }
