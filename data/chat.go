@@ -91,7 +91,7 @@ func Parse(b []byte, file string, onBad OnBad, vocab int) ([]Example, []error, e
 				return nil // blank lines between JSONL records are harmless in a training set
 			}
 			src := fmt.Sprintf("%s:%d", file, line)
-			if err := checkUTF8(text, offset); err != nil {
+			if err := checkText(text, offset); err != nil {
 				return add(Example{}, &LineError{file, line, err.Error()})
 			}
 			ex, err := parseExample(text, src, vocab)
@@ -143,7 +143,7 @@ func parseList(b []byte, head int64, file string, vocab int, add func(Example, e
 		src := fmt.Sprintf("%s:%d (item %d)", file, line, i)
 		var err error
 		ex := Example{}
-		if err = checkUTF8(raw, start); err == nil {
+		if err = checkText(raw, start); err == nil {
 			ex, err = parseExample(raw, src, vocab)
 		}
 		if err != nil {

@@ -180,6 +180,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(`[{"conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "yo"}]}]`)
 	f.Add("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n{\"input_ids\": [1]}")
 	f.Add("\xef\xbb\xbf{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9\"}, {\"role\": \"assistant\", \"content\": \"\"}]}")
+	f.Add(`{"messages": [{"role": "user", "content": "\ud83d\ude00 \\ud800 \udc00"}, {"role": "assistant", "content": "b"}]}`)
 	f.Add("[\n{\"messages\": [{\"role\": \"assistant\", \"content\": \"b\"}]},\n{\"input_ids\": [1, 2], \"labels\": [-100, 2]}]")
 	tok := demoTokenizer(f)
 	f.Fuzz(func(t *testing.T, in string) {
@@ -193,7 +194,7 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("accepted %+v", c)
 				}
 				for _, m := range append(c.Messages, Message{Content: c.System}) {
-					if !utf8.ValidString(m.Content) || strings.ContainsRune(m.Content, utf8.RuneError) && !strings.Contains(in, "\ufffd") && !strings.Contains(in, "\\u") && !strings.Contains(in, "\\U") {
+					if !utf8.ValidString(m.Content) || strings.ContainsRune(m.Content, utf8.RuneError) && !strings.Contains(in, "\ufffd") && !strings.Contains(strings.ToLower(in), `\ufffd`) {
 						t.Fatalf("content %q was altered on the way in", m.Content)
 					}
 				}

@@ -77,6 +77,54 @@ func checkUTF8(text []byte, offset int64) error {
 	return fmt.Errorf("invalid UTF-8 (byte 0x%02x at byte offset %d of the file): training text must be UTF-8; re-save the file as UTF-8 or fix that byte (it is not replaced silently)", text[i], offset+i)
 }
 
+// checkText is checkUTF8 and also refuses a JSON escape of a lone UTF-16 surrogate
+// ("\ud800" without its pair), which decoding would replace with U+FFFD.
+func checkText(text []byte, offset int64) error {
+	if err := checkUTF8(text, offset); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(text); i++ {
+		if text[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character; an escaped backslash is skipped whole
+		if text[i] != 'u' {
+			continue
+		}
+		r, ok := hex4(text[i+1:])
+		if !ok || r < 0xd800 || r > 0xdfff {
+			continue
+		}
+		if lo, ok := hex4(text[min(i+7, len(text)):]); r < 0xdc00 && ok && i+6 < len(text) && text[i+5] == '\\' && text[i+6] == 'u' && lo >= 0xdc00 && lo <= 0xdfff {
+			i += 10 // a high surrogate with its low one: a character outside the BMP
+			continue
+		}
+		return fmt.Errorf("the escape %s at byte offset %d is half of a UTF-16 surrogate pair and stands for no character; training text must be valid Unicode, so fix or remove it (it is not replaced silently)", text[i-1:i+5], offset+int64(i-1))
+	}
+	return nil
+}
+
+// hex4 reads four hex digits.
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case '0' <= c && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case 'a' <= c && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
 // checkEncoding refuses files in UTF-16 or UTF-32, which a byte-order mark gives away.
 func checkEncoding(b []byte, file string) error {
 	for _, m := range []struct {

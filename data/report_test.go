@@ -52,6 +52,16 @@ func TestInvalidUTF8(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "UTF-16") {
 		t.Fatalf("utf-16: %v", err)
 	}
+	// A lone UTF-16 surrogate escape would become U+FFFD on decoding: refused as well.
+	lone := goodLine + "\n" + `{"messages": [{"role": "user", "content": "a \\ud800 \ud800 b"}, {"role": "assistant", "content": "x"}]}` + "\n"
+	_, _, err = Parse([]byte(lone), "m.jsonl", BadError, 0)
+	if err == nil || !strings.Contains(err.Error(), "m.jsonl:2") || !strings.Contains(err.Error(), `\ud800`) || !strings.Contains(err.Error(), "byte offset "+strconv.Itoa(len(goodLine)+1+strings.Index(lone[len(goodLine)+1:], ` \ud800`)+1)) {
+		t.Fatalf("lone surrogate: %v", err)
+	}
+	pair := `{"messages": [{"role": "user", "content": "\ud83d\ude00 \\ud800"}, {"role": "assistant", "content": "x"}]}`
+	if exs, _, err := Parse([]byte(pair), "m.jsonl", BadError, 0); err != nil || exs[0].Conv.Messages[0].Content != "\U0001F600 \\ud800" {
+		t.Fatalf("surrogate pair: %v %v", err, exs)
+	}
 	// Pre-tokenized records too.
 	_, err = ParseTokenized(strings.NewReader("{\"input_ids\": [1]}\n{\"input_ids\": [1], \"x\xff\": 1}\n"), "t.jsonl", 10)
 	if err == nil || !strings.Contains(err.Error(), "t.jsonl:2") || !strings.Contains(err.Error(), "invalid UTF-8") {
