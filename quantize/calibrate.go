@@ -66,7 +66,7 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 		}
 	}
 	q := &quantizer{o: o, method: method, progress: progress, total: len(m.Projections())}
-	hs, err := run(m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
+	hs, err := run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -89,7 +89,7 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			first := group[0].P
 			base := *first
 			*first = &recorder{Projection: base, sink: in.add}
-			_, err := run(m, nil, hs, b.Forward)
+			_, err := run(ctx, m, nil, hs, b.Forward)
 			*first = base
 			if err != nil {
 				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
@@ -103,7 +103,7 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 				}
 			}
 		}
-		if hs, err = run(m, nil, hs, b.Forward); err != nil {
+		if hs, err = run(ctx, m, nil, hs, b.Forward); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -336,7 +336,7 @@ func float32Weights(t *tensor.Dense) ([]float32, error) {
 // at a time, and returns each sample's output [T, H]. f's input is the sample's hidden states
 // hs[i] [T, H]; with hs nil it is nil and the graph reads the sample's token ids (the
 // embedding). Graphs are built once per sequence length.
-func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) ([][]float32, error) {
+func run(ctx context.Context, m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) ([][]float32, error) {
 	type compiled struct {
 		g   *model.Graph
 		in  *G.Node
@@ -356,6 +356,9 @@ func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *
 	}
 	out := make([][]float32, n)
 	for i := range n {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		seq := 0
 		if hs == nil {
 			seq = len(ids[i])
