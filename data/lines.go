@@ -25,9 +25,8 @@ var bom = []byte("\xef\xbb\xbf")
 
 // scanLines calls each with the number (from 1), the file offset and the space-trimmed
 // text of every line of a JSONL source and stops at its first error. A UTF-8 byte-order
-// mark at the start is skipped; a line that is not valid UTF-8 or longer than maxLine is a
-// LineError, reported through each's error path (invalid) or returned (too long); file
-// names the source in errors.
+// mark at the start is skipped; the caller checks the encoding (checkText). A line longer
+// than maxLine is a LineError; file names the source in errors.
 func scanLines(r io.Reader, file string, each func(line int, offset int64, text []byte) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)

@@ -63,7 +63,7 @@ func TestInvalidUTF8(t *testing.T) {
 		t.Fatalf("surrogate pair: %v %v", err, exs)
 	}
 	// Pre-tokenized records too.
-	_, err = ParseTokenized(strings.NewReader("{\"input_ids\": [1]}\n{\"input_ids\": [1], \"x\xff\": 1}\n"), "t.jsonl", 10)
+	_, _, err = Parse([]byte("{\"input_ids\": [1]}\n{\"input_ids\": [1], \"x\xff\": 1}\n"), "t.jsonl", BadError, 10)
 	if err == nil || !strings.Contains(err.Error(), "t.jsonl:2") || !strings.Contains(err.Error(), "invalid UTF-8") {
 		t.Fatalf("tokenized: %v", err)
 	}
@@ -80,9 +80,9 @@ func TestByteOrderMark(t *testing.T) {
 			t.Errorf("%s: %v, %d examples", name, err, len(exs))
 		}
 	}
-	recs, err := ParseTokenized(strings.NewReader("\xef\xbb\xbf"+"{\"input_ids\": [1, 2]}\n"), "t.jsonl", 10)
-	if err != nil || len(recs) != 1 {
-		t.Errorf("tokenized: %v %v", err, recs)
+	exs, _, err := Parse([]byte("\xef\xbb\xbf"+"{\"input_ids\": [1, 2]}\n"), "t.jsonl", BadError, 10)
+	if err != nil || len(exs) != 1 || exs[0].Tokens == nil {
+		t.Errorf("tokenized: %v %v", err, exs)
 	}
 }
 
