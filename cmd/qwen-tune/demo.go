@@ -34,11 +34,11 @@ type demoPlan struct {
 
 // defaultDemoPlan fits the tiny model so well that `chat` with the model's own sampling
 // settings (top-p 0.8, temperature 1, repetition penalty 1.1) holds a conversation over
-// questions from the data (TestDemo: at least 9 turns in 10 answered with the trained reply;
-// 30 of 30 when the plan was chosen). As Qwen's recipe does for a base model, which never saw
-// ChatML, the embedding and lm_head are trained in full besides the LoRA layers; a smaller
-// vocabulary than the default tiny model's keeps them, and the lm_head products that are
-// most of the work, small.
+// questions from the data: TestDemo asks for 9 turns in 10 answered with the trained reply,
+// and in ten three-turn conversations all 30 were. As Qwen's recipe does for a base model,
+// which never saw ChatML, the embedding and lm_head are trained in full besides the LoRA
+// layers; a smaller vocabulary than the default tiny model's keeps them, and the lm_head
+// products that are most of the work, small.
 func defaultDemoPlan() demoPlan {
 	m := model.DefaultTiny()
 	m.VocabRanks = 4096
@@ -101,7 +101,7 @@ func trainDemo(cmd *cobra.Command, dir string, plan demoPlan) (modelDir, runDir 
 	if err := checkpoints.WriteAtomic(dataPath, func(w io.Writer) error { _, err := w.Write(convs); return err }); err != nil {
 		return "", "", err
 	}
-	fmt.Fprintf(stdout, "2/3 fine-tuning it with LoRA on %s: %d three-turn conversations made from the 40 chats of examples/chat.jsonl\n", dataPath, bytes.Count(convs, []byte("\n")))
+	fmt.Fprintf(stdout, "2/3 fine-tuning it with LoRA on %s: %d conversations of up to three turns made from the 40 chats of examples/chat.jsonl\n", dataPath, bytes.Count(convs, []byte("\n")))
 	o := lora.DefaultOptions()
 	o.ModelDir, o.Data, o.Out, o.Train = modelDir, dataPath, runDir, plan.Train
 	return modelDir, runDir, trainLora(cmd, o)
@@ -116,11 +116,11 @@ func newDemoCmd() *cobra.Command {
 		Short: "Fine-tune a tiny model on the example chats and talk to it (about a minute on a CPU)",
 		Long: `demo runs the whole LoRA workflow on the embedded default: it writes a tiny random
 Qwen model, fine-tunes it with LoRA (and its embedding and lm_head in full, as Qwen's recipe
-does for a base model, which never saw ChatML) on three-turn conversations made from the 40
-chats of examples/chat.jsonl, saves
-the PEFT adapter, the metrics and a loss plot, and then holds a three-turn conversation with
-it through chat, with the model's own sampling settings: each reply is the trained one and
-stops at <|im_end|>. Nothing existing is overwritten: a taken --out gets a suffix.`,
+does for a base model, which never saw ChatML) on conversations of up to three turns made
+from the 40 chats of examples/chat.jsonl, saves the PEFT adapter, the metrics and a loss
+plot, and then holds a three-turn conversation with it as chat does, with the model's own
+sampling settings: each reply is the trained one and stops at <|im_end|>. Nothing existing
+is overwritten: a taken --out gets a suffix.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := freeDir(out)
