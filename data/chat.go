@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
@@ -48,9 +49,10 @@ const (
 //   - OpenAI-style JSONL: {"messages": [{"role": "system"|"user"|"assistant", "content"}]}
 //   - pre-tokenized JSONL: {"input_ids": [...], "labels": [...]}
 //
-// A conversation's first message is dropped when it is not from the user (as Qwen does);
-// after that, roles must alternate user, assistant, and at least one assistant turn must
-// exist. Malformed examples stop the load (BadError) or are skipped and listed (BadSkip).
+// The file must be UTF-8 (a byte-order mark at its start is accepted); an invalid byte is
+// an error naming the line and byte offset, never replaced. A conversation must start with
+// a user message and alternate user, assistant, with at least one assistant turn.
+// Malformed examples stop the load (BadError) or are skipped and listed (BadSkip).
 func Load(path string, onBad OnBad, vocab int) ([]Example, []error, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -74,28 +76,25 @@ func Parse(b []byte, file string, onBad OnBad, vocab int) ([]Example, []error, e
 		}
 		return err
 	}
-	trimmed := bytes.TrimLeft(b, " \t\r\n\ufeff")
-	if len(trimmed) > 0 && trimmed[0] == '[' {
-		var list []json.RawMessage
-		if err := json.Unmarshal(trimmed, &list); err != nil {
-			return nil, nil, &LineError{file, lineOf(b, err), "not a JSON list of conversations: " + err.Error()}
-		}
-		for i, raw := range list {
-			src := fmt.Sprintf("%s: item %d", file, i)
-			ex, err := parseExample(raw, src, vocab)
-			if err != nil {
-				err = fmt.Errorf("data: %s: %v", src, err)
-			}
-			if err := add(ex, err); err != nil {
-				return nil, nil, err
-			}
+	if err := checkEncoding(b, file); err != nil {
+		return nil, nil, err
+	}
+	body := bytes.TrimPrefix(b, bom)
+	head := int64(len(b) - len(body)) // the byte-order mark, if any
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '[' {
+		if err := parseList(b, head, file, vocab, add); err != nil {
+			return nil, nil, err
 		}
 	} else {
-		err := scanLines(bytes.NewReader(b), file, func(line int, text []byte) error {
+		err := scanLines(bytes.NewReader(b), file, func(line int, offset int64, text []byte) error {
 			if len(text) == 0 {
 				return nil // blank lines between JSONL records are harmless in a training set
 			}
-			ex, err := parseExample(text, fmt.Sprintf("%s:%d", file, line), vocab)
+			src := fmt.Sprintf("%s:%d", file, line)
+			if err := checkText(text, offset); err != nil {
+				return add(Example{}, &LineError{file, line, err.Error()})
+			}
+			ex, err := parseExample(text, src, vocab)
 			if err != nil {
 				err = &LineError{file, line, err.Error()}
 			}
@@ -114,13 +113,67 @@ func Parse(b []byte, file string, onBad OnBad, vocab int) ([]Example, []error, e
 	return out, skipped, nil
 }
 
-// lineOf finds the line of a JSON syntax error.
-func lineOf(b []byte, err error) int {
-	var se *json.SyntaxError
-	if errors.As(err, &se) && se.Offset <= int64(len(b)) {
-		return bytes.Count(b[:se.Offset], []byte("\n")) + 1
+// parseList reads a JSON list of examples from b (starting at offset head, past a
+// byte-order mark), naming each item by its index and the line it starts on.
+func parseList(b []byte, head int64, file string, vocab int, add func(Example, error) error) error {
+	body := b[head:]
+	if err := json.Unmarshal(body, new([]json.RawMessage)); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) && se.Offset <= int64(len(body)) {
+			at := head + se.Offset
+			line := lineAt(b, at)
+			if i := firstInvalid(b); i >= 0 && i <= at {
+				return &LineError{file, lineAt(b, i), checkUTF8(b, 0).Error()}
+			}
+			return &LineError{file, line, "not a JSON list of conversations: " + err.Error()}
+		}
+		return &LineError{file, 1, "not a JSON list of conversations: " + err.Error()}
 	}
-	return 1
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil { // the '[' just checked
+		return fmt.Errorf("data: %s: %w", file, err)
+	}
+	for i := 0; dec.More(); i++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return fmt.Errorf("data: %s: item %d: %w", file, i, err)
+		}
+		start := head + dec.InputOffset() - int64(len(raw))
+		line := lineAt(b, start)
+		src := fmt.Sprintf("%s:%d (item %d)", file, line, i)
+		var err error
+		ex := Example{}
+		if err = checkText(raw, start); err == nil {
+			ex, err = parseExample(raw, src, vocab)
+		}
+		if err != nil {
+			if bad := firstInvalid(raw); bad >= 0 {
+				line = lineAt(b, start+int64(bad))
+			}
+			err = &LineError{file, line, fmt.Sprintf("item %d: %v", i, err)}
+		}
+		if err := add(ex, err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lineAt is the line (from 1) holding byte offset of b.
+func lineAt(b []byte, offset int64) int {
+	return bytes.Count(b[:min(offset, int64(len(b)))], []byte("\n")) + 1
+}
+
+// firstInvalid is the offset of the first byte of b that is not UTF-8, or -1.
+func firstInvalid(b []byte) int64 {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return int64(i)
+		}
+		i += n
+	}
+	return -1
 }
 
 func parseExample(raw []byte, src string, vocab int) (Example, error) {
@@ -205,13 +258,15 @@ func parseMessages(raw []byte) (*Conversation, error) {
 	return c, c.check("messages")
 }
 
-// check drops a leading non-user message (as Qwen's script does) and validates the order.
+// check validates the order of the turns: user first, then alternating. Qwen's script drops
+// a leading assistant message silently; here it is an error, so no data goes missing
+// unannounced.
 func (c *Conversation) check(key string) error {
-	if len(c.Messages) > 0 && c.Messages[0].Role != "user" {
-		c.Messages = c.Messages[1:]
-	}
 	if len(c.Messages) == 0 {
 		return fmt.Errorf("%s: no user message", key)
+	}
+	if c.Messages[0].Role == "assistant" {
+		return fmt.Errorf("%s: the conversation starts with an assistant turn; it must start with the user's message (add the user turn it answers, or remove it)", key)
 	}
 	assistant := false
 	for i, m := range c.Messages {
@@ -228,6 +283,17 @@ func (c *Conversation) check(key string) error {
 		return fmt.Errorf("%s: no assistant turn, so nothing to learn", key)
 	}
 	return nil
+}
+
+// emptyReplies counts the assistant turns with no text.
+func (c *Conversation) emptyReplies() int {
+	n := 0
+	for _, m := range c.Messages {
+		if m.Role == "assistant" && strings.TrimSpace(m.Content) == "" {
+			n++
+		}
+	}
+	return n
 }
 
 // Mask chooses which tokens are trained.

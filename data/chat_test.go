@@ -5,12 +5,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
-func demoTokenizer(t *testing.T) *tokenizer.Tokenizer {
+func demoTokenizer(t testing.TB) *tokenizer.Tokenizer {
 	t.Helper()
 	vocab, err := tokenizer.DemoVocabulary(4096)
 	if err != nil {
@@ -113,7 +114,7 @@ func TestRenderIsInjectionSafe(t *testing.T) {
 }
 
 func TestParseFormats(t *testing.T) {
-	qwen := `[{"id": "a", "conversations": [{"from": "assistant", "value": "dropped"}, {"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]}]`
+	qwen := `[{"id": "a", "conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello"}]}]`
 	exs, _, err := Parse([]byte(qwen), "q.json", BadError, 0)
 	if err != nil || len(exs) != 1 || len(exs[0].Conv.Messages) != 2 || exs[0].Conv.System != tokenizer.DefaultSystem {
 		t.Fatalf("qwen list: %v %+v", err, exs)
@@ -173,11 +174,19 @@ func TestPrepareAndSplit(t *testing.T) {
 	}
 }
 
+// FuzzParse: whatever the input, Parse either refuses it or returns conversations that
+// start with the user, alternate and hold only valid UTF-8 (nothing replaced silently); a
+// leading byte-order mark changes nothing; and Prepare keeps every sequence within the
+// maximum length with aligned labels, dropping only examples the cut left untrained.
 func FuzzParse(f *testing.F) {
 	f.Add(`[{"conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "yo"}]}]`)
 	f.Add("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n{\"input_ids\": [1]}")
+	f.Add("\xef\xbb\xbf{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9\"}, {\"role\": \"assistant\", \"content\": \"\"}]}")
+	f.Add(`{"messages": [{"role": "user", "content": "\ud83d\ude00 \\ud800 \udc00"}, {"role": "assistant", "content": "b"}]}`)
+	f.Add("[\n{\"messages\": [{\"role\": \"assistant\", \"content\": \"b\"}]},\n{\"input_ids\": [1, 2], \"labels\": [-100, 2]}]")
+	tok := demoTokenizer(f)
 	f.Fuzz(func(t *testing.T, in string) {
-		exs, _, err := Parse([]byte(in), "fuzz", BadSkip, 100)
+		exs, skipped, err := Parse([]byte(in), "fuzz", BadSkip, 100)
 		if err != nil {
 			return
 		}
@@ -186,8 +195,35 @@ func FuzzParse(f *testing.F) {
 				if len(c.Messages) < 2 || c.Messages[0].Role != "user" || c.Messages[1].Role != "assistant" {
 					t.Fatalf("accepted %+v", c)
 				}
+				for _, m := range append(c.Messages, Message{Content: c.System}) {
+					if !utf8.ValidString(m.Content) || strings.ContainsRune(m.Content, utf8.RuneError) && !strings.Contains(in, "\ufffd") && !strings.Contains(strings.ToLower(in), `\ufffd`) {
+						t.Fatalf("content %q was altered on the way in", m.Content)
+					}
+				}
 			} else if ex.Tokens == nil {
 				t.Fatalf("empty example accepted")
+			}
+		}
+		if !strings.HasPrefix(in, "\xef\xbb\xbf") {
+			again, skippedAgain, err := Parse([]byte("\xef\xbb\xbf"+in), "fuzz", BadSkip, 100)
+			if err != nil || len(again) != len(exs) || len(skippedAgain) != len(skipped) {
+				t.Fatalf("a byte-order mark changed the result: %v, %d/%d examples, %d/%d skipped", err, len(again), len(exs), len(skippedAgain), len(skipped))
+			}
+		}
+		const maxLen = 12
+		seqs, st, err := Prepare(tok, exs, MaskQwen, maxLen)
+		if err != nil {
+			if len(st.Dropped) != len(exs) {
+				t.Fatalf("Prepare: %v", err)
+			}
+			return
+		}
+		if len(seqs)+len(st.Dropped) != len(exs) || st.Examples != len(seqs) || len(st.Dropped) > st.Truncated {
+			t.Fatalf("%d examples became %d sequences and %d dropped (%+v)", len(exs), len(seqs), len(st.Dropped), st)
+		}
+		for _, s := range seqs {
+			if len(s.IDs) > maxLen || len(s.Labels) != len(s.IDs) || s.Truncated && Targets(s.Labels) == 0 && s.FullLen > maxLen && st.MaxCut < s.FullLen-maxLen {
+				t.Fatalf("sequence %+v", s)
 			}
 		}
 	})

@@ -3,6 +3,7 @@ package data
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
@@ -20,11 +21,58 @@ type Sequence struct {
 
 // Stats describe a prepared dataset.
 type Stats struct {
-	Examples, Tokens, Trained, Truncated, Skipped int
+	Examples, Tokens, Trained int // the sequences kept, their tokens and trained tokens
+	// Truncated examples were longer than the maximum length and cut at the end, by up to
+	// MaxCut tokens; Dropped lists those that lost every trained token that way (left out).
+	Truncated, MaxCut int
+	Dropped           []string
+	// EmptyReplies counts assistant turns with no text (only their <|im_end|> is trained);
+	// Empty names the examples holding them.
+	EmptyReplies int
+	Empty        []string
+	Skipped      int // malformed examples left out (set by the caller)
+}
+
+// Summary describes the dataset in one line for a run's start, followed by one line per
+// dropped example.
+func (s Stats) Summary(maxLen int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d examples, %d tokens, %d trained; %d cut at --max-len %d", s.Examples, s.Tokens, s.Trained, s.Truncated, maxLen)
+	if s.Truncated > 0 {
+		fmt.Fprintf(&b, " (by up to %d tokens)", s.MaxCut)
+	}
+	if len(s.Dropped) > 0 {
+		fmt.Fprintf(&b, ", %d dropped because the cut left nothing to train", len(s.Dropped))
+	}
+	if s.EmptyReplies > 0 {
+		fmt.Fprintf(&b, "; %d empty assistant %s (%s)", s.EmptyReplies, plural(s.EmptyReplies, "reply", "replies"), list(s.Empty, 3))
+	}
+	fmt.Fprintf(&b, "; %d skipped", s.Skipped)
+	for _, d := range s.Dropped {
+		fmt.Fprintf(&b, "\n  dropped %s; raise --max-len to keep it", d)
+	}
+	return b.String()
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// list joins up to n items and says how many more there are.
+func list(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }
 
 // Prepare renders every example to a sequence of at most maxLen tokens (longer ones are cut
-// at the end, as Qwen's script does, and counted). Pre-tokenized records keep their labels.
+// at the end, as Qwen's script does, and counted; one whose trained tokens all lie past the
+// cut is dropped and listed in Stats). Pre-tokenized records keep their labels. It is an
+// error when every example is dropped.
 func Prepare(tok *tokenizer.Tokenizer, exs []Example, mask Mask, maxLen int) ([]Sequence, Stats, error) {
 	if maxLen < 2 {
 		return nil, Stats{}, fmt.Errorf("data: max length %d: need at least 2 tokens", maxLen)
@@ -40,18 +88,31 @@ func Prepare(tok *tokenizer.Tokenizer, exs []Example, mask Mask, maxLen int) ([]
 				return nil, st, fmt.Errorf("data: %s: conversations need the model's vocabulary (qwen.tiktoken)", ex.Source)
 			}
 			s.IDs, s.Labels = Render(tok, ex.Conv, mask)
+			if n := ex.Conv.emptyReplies(); n > 0 {
+				st.EmptyReplies += n
+				st.Empty = append(st.Empty, ex.Source)
+			}
 		case ex.Tokens != nil:
 			s.IDs, s.Labels = ex.Tokens.InputIDs, ex.Tokens.Labels
 		}
 		s.FullLen = len(s.IDs)
 		if len(s.IDs) > maxLen {
+			trained := Targets(s.Labels)
 			s.IDs, s.Labels, s.Truncated = s.IDs[:maxLen], s.Labels[:maxLen], true
 			st.Truncated++
+			st.MaxCut = max(st.MaxCut, s.FullLen-maxLen)
+			if trained > 0 && Targets(s.Labels) == 0 {
+				st.Dropped = append(st.Dropped, fmt.Sprintf("%s: %d tokens, all %d trained ones past --max-len %d", s.Source, s.FullLen, trained, maxLen))
+				continue
+			}
 		}
 		st.Examples++
 		st.Tokens += len(s.IDs)
 		st.Trained += Targets(s.Labels)
 		out = append(out, s)
+	}
+	if len(out) == 0 && len(st.Dropped) > 0 {
+		return nil, st, fmt.Errorf("data: all %d examples lose every trained token when cut at --max-len %d (the first: %s); raise --max-len", len(st.Dropped), maxLen, st.Dropped[0])
 	}
 	return out, st, nil
 }

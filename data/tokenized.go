@@ -3,8 +3,6 @@ package data
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
@@ -14,45 +12,11 @@ import (
 type Record struct {
 	InputIDs []int `json:"input_ids"`
 	Labels   []int `json:"labels,omitempty"`
-	Line     int   `json:"-"`
 }
 
-// ReadTokenized reads a JSONL file of {"input_ids": [...], "labels": [...]} records. Labels
-// are optional: without them every next token counts (labels = input_ids). vocab > 0 checks
-// that every id and label is below it.
-func ReadTokenized(path string, vocab int) ([]Record, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("data: %w", err)
-	}
-	defer f.Close()
-	return ParseTokenized(f, path, vocab)
-}
-
-// ParseTokenized is ReadTokenized on a reader; file names it in errors.
-func ParseTokenized(r io.Reader, file string, vocab int) ([]Record, error) {
-	var out []Record
-	err := scanLines(r, file, func(line int, text []byte) error {
-		if len(text) == 0 {
-			return &LineError{file, line, "empty line: every line must be one JSON record {\"input_ids\": [...]}; remove the blank line"}
-		}
-		rec, err := parseRecord(text, vocab)
-		if err != nil {
-			return &LineError{file, line, err.Error()}
-		}
-		rec.Line = line
-		out = append(out, rec)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("data: %s: no records (expected one JSON object per line)", file)
-	}
-	return out, nil
-}
-
+// parseRecord reads one {"input_ids": [...], "labels": [...]} record. Labels are optional:
+// without them every next token counts (labels = input_ids). vocab > 0 checks that every
+// id and label is below it.
 func parseRecord(text []byte, vocab int) (Record, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(text, &raw); err != nil {

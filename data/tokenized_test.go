@@ -4,34 +4,48 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
-func TestParseTokenized(t *testing.T) {
-	recs, err := ParseTokenized(strings.NewReader("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5], \"labels\": [-100, 5]}\n"), "d.jsonl", 10)
+// records parses a JSONL dataset of pre-tokenized records.
+func records(t *testing.T, in string) ([]*Record, error) {
+	t.Helper()
+	exs, _, err := Parse([]byte(in), "d.jsonl", BadError, 10)
+	var recs []*Record
+	for _, ex := range exs {
+		if ex.Tokens == nil {
+			t.Fatalf("%q: example %+v is not a record", in, ex)
+		}
+		recs = append(recs, ex.Tokens)
+	}
+	return recs, err
+}
+
+func TestParseRecords(t *testing.T) {
+	recs, err := records(t, "{\"input_ids\": [1, 2, 3]}\n\n{\"input_ids\": [4, 5], \"labels\": [-100, 5]}\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 2 || len(recs[0].Labels) != 3 || recs[0].Labels[2] != 3 || recs[1].Labels[0] != autograd.IgnoreIndex || recs[1].Line != 2 {
+	if len(recs) != 2 || len(recs[0].Labels) != 3 || recs[0].Labels[2] != 3 || recs[1].Labels[0] != autograd.IgnoreIndex {
 		t.Fatalf("records %+v", recs)
 	}
 	if Targets(recs[0].Labels) != 2 || Targets(recs[1].Labels) != 1 {
 		t.Errorf("targets %d %d, want 2 1", Targets(recs[0].Labels), Targets(recs[1].Labels))
 	}
 	bad := []struct{ in, want string }{
-		{"{\"input_ids\": [1]}\n\n{\"input_ids\": [2]}\n", "d.jsonl:2: empty line"},
 		{"{\"input_ids\": [1, 2], \"labels\": [1]}\n", "d.jsonl:1: labels has 1 entries but input_ids has 2"},
-		{"{\"input_ids\": [1, 99]}\n", "input_ids[1] = 99 is outside the vocabulary [0, 10)"},
+		{"{\"input_ids\": [1]}\n{\"input_ids\": [1, 99]}\n", "d.jsonl:2: input_ids[1] = 99 is outside the vocabulary [0, 10)"},
 		{"{\"input_ids\": [1, 2], \"labels\": [-1, 2]}\n", "labels[0] = -1 is neither -100"},
 		{"{\"input_ids\": []}\n", "input_ids is empty"},
-		{"{\"ids\": [1]}\n", "unknown key \"ids\""},
+		{"{\"input_ids\": [1], \"ids\": [1]}\n", "unknown key \"ids\""},
 		{"[1, 2]\n", "not a JSON object"},
 		{"{\"input_ids\": [1.5]}\n", "input_ids must be an array of integers"},
-		{"", "no records"},
+		{"", "no examples"},
 	}
 	for _, b := range bad {
-		_, err := ParseTokenized(strings.NewReader(b.in), "d.jsonl", 10)
+		_, err := records(t, b.in)
 		if err == nil || !strings.Contains(err.Error(), b.want) {
 			t.Errorf("%q: error %v, want it to contain %q", b.in, err, b.want)
 		}
@@ -81,16 +95,32 @@ func TestWindows(t *testing.T) {
 	}
 }
 
-func FuzzParseTokenized(f *testing.F) {
+// FuzzParseRecords: pre-tokenized records that Parse accepts hold ids and labels inside
+// the vocabulary, aligned, from UTF-8 input; a byte-order mark in front changes nothing.
+func FuzzParseRecords(f *testing.F) {
 	f.Add("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5], \"labels\": [-100, 5]}\n")
 	f.Add("{\"input_ids\": [1], \"labels\": null}")
 	f.Add("\n")
+	f.Add("\xef\xbb\xbf{\"input_ids\": [1, 2]}\n{\"input_ids\": [3], \"x\xff\": 1}")
 	f.Fuzz(func(t *testing.T, in string) {
-		recs, err := ParseTokenized(strings.NewReader(in), "fuzz.jsonl", 50)
+		exs, skipped, err := Parse([]byte(in), "fuzz.jsonl", BadSkip, 50)
+		if !strings.HasPrefix(in, "\xef\xbb\xbf") {
+			again, skippedAgain, errAgain := Parse([]byte("\xef\xbb\xbf"+in), "fuzz.jsonl", BadSkip, 50)
+			if (err == nil) != (errAgain == nil) || err == nil && (len(again) != len(exs) || len(skippedAgain) != len(skipped)) {
+				t.Fatalf("a byte-order mark changed the result: %v / %v, %d / %d examples", err, errAgain, len(exs), len(again))
+			}
+		}
 		if err != nil {
 			return
 		}
-		for _, r := range recs {
+		if len(skipped) == 0 && !utf8.ValidString(in) {
+			t.Fatalf("accepted every line of input that is not UTF-8")
+		}
+		for _, ex := range exs {
+			r := ex.Tokens
+			if r == nil {
+				continue
+			}
 			if len(r.InputIDs) == 0 || len(r.Labels) != len(r.InputIDs) {
 				t.Fatalf("accepted record %+v", r)
 			}

@@ -26,7 +26,7 @@ func quantizeDir(t *testing.T, src string) string {
 	defer m.Close()
 	o := quantize.DefaultOptions()
 	o.GroupSize = 16
-	layers, _, err := quantize.Calibrate(m, [][]int{{1, 2, 3, 4, 5, 6, 7, 8}}, o, quantize.MethodRTN, nil)
+	layers, _, err := quantize.Calibrate(context.Background(), m, [][]int{{1, 2, 3, 4, 5, 6, 7, 8}}, o, quantize.MethodRTN, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package lora
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -28,7 +29,7 @@ func quantizedTiny(t *testing.T, bits int) string {
 	defer m.Close()
 	o := quantize.DefaultOptions()
 	o.Bits, o.GroupSize = bits, 16
-	layers, _, err := quantize.Calibrate(m, tinybatch.Load(t).Rows()[:1], o, quantize.MethodRTN, nil)
+	layers, _, err := quantize.Calibrate(context.Background(), m, tinybatch.Load(t).Rows()[:1], o, quantize.MethodRTN, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

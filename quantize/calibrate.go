@@ -13,7 +13,9 @@ package quantize
 // layer's error, never the whole model's activations.
 
 import (
+	"context"
 	"fmt"
+	"strings"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -46,8 +48,9 @@ const (
 // samples (token ids; equal lengths are fastest) and returns the packed layers, named by
 // module. m's projections are replaced by the dequantized weights as it goes (as AutoGPTQ
 // writes them back), so after the call m computes what the quantized model computes.
-// progress is called after each Linear.
-func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+// progress is called after each Linear. A cancelled ctx stops the work between layers and
+// returns its error.
+func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err
 	}
@@ -63,7 +66,7 @@ func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progre
 		}
 	}
 	q := &quantizer{o: o, method: method, progress: progress, total: len(m.Projections())}
-	hs, err := run(m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
+	hs, err := run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,22 +82,28 @@ func Calibrate(m *model.Model, samples [][]int, o Options, method Method, progre
 			if len(group) == 0 {
 				break
 			}
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
 			in := newInputs(group[0].In.Of(c), method)
 			first := group[0].P
 			base := *first
 			*first = &recorder{Projection: base, sink: in.add}
-			_, err := run(m, nil, hs, b.Forward)
+			_, err := run(ctx, m, nil, hs, b.Forward)
 			*first = base
 			if err != nil {
 				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
 			}
 			for _, s := range group {
+				if err := ctx.Err(); err != nil {
+					return nil, nil, err
+				}
 				if err := q.quantize(s, in); err != nil {
 					return nil, nil, err
 				}
 			}
 		}
-		if hs, err = run(m, nil, hs, b.Forward); err != nil {
+		if hs, err = run(ctx, m, nil, hs, b.Forward); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -147,27 +156,103 @@ func (in *inputs) add(x []float32, rows, cols int) error {
 }
 
 // CheckShapes checks that every Linear of a model with config c can be quantized and packed
-// with o: input widths divisible by the group size, widths divisible by the codes per int32.
+// with o: bits the AutoGPTQ layout packs (a BitsError otherwise), input widths divisible by
+// the group size (a GroupSizeError naming the layers and the sizes that would work), widths
+// divisible by the codes per int32.
 func CheckShapes(c *checkpoints.Config, o Options) error {
+	if o.Bits != 2 && o.Bits != 4 && o.Bits != 8 {
+		return &BitsError{o.Bits}
+	}
+	if o.GroupSize > 0 {
+		if err := checkGroupSize(c, o.GroupSize); err != nil {
+			return err
+		}
+	}
 	if err := o.Validate(c.HiddenSize); err != nil {
 		return err
 	}
 	per := 32 / o.Bits
-	if o.Bits == 3 {
-		return fmt.Errorf("quantize: 3-bit codes cannot be written in the AutoGPTQ layout this program packs (use 2, 4 or 8)")
-	}
 	for _, d := range []struct {
 		what string
 		n    int
 	}{{"hidden_size", c.HiddenSize}, {"heads x head dim", c.ProjectionSize()}, {"MLP width (intermediate_size/2)", c.MLPWidth()}} {
-		if o.GroupSize > 0 && d.n%o.GroupSize != 0 {
-			return fmt.Errorf("quantize: %s %d is not a multiple of the group size %d; choose a group size that divides it, or -1", d.what, d.n, o.GroupSize)
-		}
 		if d.n%per != 0 {
 			return fmt.Errorf("quantize: %s %d is not a multiple of %d, as %d-bit packing needs", d.what, d.n, per, o.Bits)
 		}
 	}
 	return nil
+}
+
+// BitsError is a code width the AutoGPTQ layout cannot hold (3 bits quantize, but this
+// program does not pack them).
+type BitsError struct{ Bits int }
+
+func (e *BitsError) Error() string { return "quantize: bits " + e.Detail() }
+
+// Detail is the message without the package and option name.
+func (e *BitsError) Detail() string {
+	return fmt.Sprintf("%d: expected 2, 4 or 8 (the code widths packed into AutoGPTQ's int32 layout)", e.Bits)
+}
+
+// GroupSizeError is a group size that does not divide some layers' input widths.
+type GroupSizeError struct {
+	GroupSize int
+	Layers    string // the layers it does not divide, with their input widths
+	Valid     []int  // the group sizes that divide every layer's inputs, largest first
+}
+
+func (e *GroupSizeError) Error() string {
+	return fmt.Sprintf("quantize: group size %d: %s", e.GroupSize, e.Detail())
+}
+
+// Detail is the message without the package and option name.
+func (e *GroupSizeError) Detail() string {
+	valid := make([]string, len(e.Valid))
+	for i, v := range e.Valid {
+		valid[i] = fmt.Sprint(v)
+	}
+	return fmt.Sprintf("it must divide every quantized layer's input width; it does not divide %s. Group sizes that work for this model: %s or -1 (one group per row)", e.Layers, strings.Join(valid, ", "))
+}
+
+// checkGroupSize names the block Linears whose input width g does not divide.
+func checkGroupSize(c *checkpoints.Config, g int) error {
+	inputs := []struct {
+		name string
+		k    int
+	}{{"attn.c_attn", c.HiddenSize}, {"attn.c_proj", c.ProjectionSize()}, {"mlp.w1", c.HiddenSize}, {"mlp.w2", c.HiddenSize}, {"mlp.c_proj", c.MLPWidth()}}
+	var widths []int
+	names := map[int][]string{}
+	common := 0
+	for _, in := range inputs {
+		common = gcd(common, in.k)
+		if in.k%g != 0 {
+			if names[in.k] == nil {
+				widths = append(widths, in.k)
+			}
+			names[in.k] = append(names[in.k], in.name)
+		}
+	}
+	if len(widths) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, k := range widths {
+		parts = append(parts, fmt.Sprintf("%s (%d inputs)", strings.Join(names[k], ", "), k))
+	}
+	e := &GroupSizeError{GroupSize: g, Layers: strings.Join(parts, ", ")}
+	for d := common; d >= 2 && len(e.Valid) < 8; d-- {
+		if common%d == 0 {
+			e.Valid = append(e.Valid, d)
+		}
+	}
+	return e
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // quantizer packs layers one after the other and reports on each.
@@ -251,7 +336,7 @@ func float32Weights(t *tensor.Dense) ([]float32, error) {
 // at a time, and returns each sample's output [T, H]. f's input is the sample's hidden states
 // hs[i] [T, H]; with hs nil it is nil and the graph reads the sample's token ids (the
 // embedding). Graphs are built once per sequence length.
-func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) (_ [][]float32, err error) {
+func run(ctx context.Context, m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *G.Node) *G.Node) (_ [][]float32, err error) {
 	type compiled struct {
 		g   *model.Graph
 		in  *G.Node
@@ -273,6 +358,9 @@ func run(m *model.Model, ids [][]int, hs [][]float32, f func(g *model.Graph, x *
 	}
 	out := make([][]float32, n)
 	for i := range n {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		seq := 0
 		if hs == nil {
 			seq = len(ids[i])

@@ -1,6 +1,7 @@
 package quantize
 
 import (
+	"context"
 	"math"
 	"path/filepath"
 	"testing"
@@ -20,7 +21,7 @@ func quantizedLoss(t *testing.T, rows [][]int, method Method, o Options) (float6
 		t.Fatal(err)
 	}
 	defer m.Close()
-	layers, reports, err := Calibrate(m, rows, o, method, nil)
+	layers, reports, err := Calibrate(context.Background(), m, rows, o, method, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,13 +12,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
 func newChatCmd() *cobra.Command {
-	c := &chat{} // --system and --max-window set it directly
-	var prompt string
+	var prompt, system string
+	var maxWindow int
 	var flags genFlags
 	cmd := &cobra.Command{
 		Use:   "chat --model DIR [--system S] [--prompt P]",
@@ -41,13 +42,10 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
 				return err
 			}
 			defer in.close()
-			if !cmd.Flags().Changed("max-window") {
-				c.maxWindow = in.gen.MaxWindowSize
+			c := newChat(in, g, seed, system, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			if cmd.Flags().Changed("max-window") {
+				c.maxWindow = maxWindow
 			}
-			c.sampler = model.NewSampler(g, seed)
-			c.sampler.Limit = in.tok.Size()
-			c.in, c.maxNew, c.out, c.errw = in, g.MaxNewTokens, cmd.OutOrStdout(), cmd.ErrOrStderr()
-			c.session = in.m.NewSession(256)
 			defer c.session.Close()
 			stopSignals := c.handleInterrupts()
 			defer stopSignals()
@@ -59,11 +57,21 @@ Sampling follows the model's generation_config.json unless a flag overrides it.`
 	}
 	f := cmd.Flags()
 	f.StringVar(&flags.model, "model", "", "model directory (config.json, safetensors, qwen.tiktoken)")
-	f.StringVar(&c.system, "system", tokenizer.DefaultSystem, "system message")
+	f.StringVar(&system, "system", tokenizer.DefaultSystem, "system message")
 	f.StringVar(&prompt, "prompt", "", "answer this one message and exit")
-	f.IntVar(&c.maxWindow, "max-window", 0, "most prompt tokens kept from the conversation (default: generation_config.json max_window_size)")
+	f.IntVar(&maxWindow, "max-window", 0, "most prompt tokens kept from the conversation (default: generation_config.json max_window_size)")
 	flags.register(f)
 	return cmd
+}
+
+// newChat starts a conversation with in under the generation settings g: the chat
+// command's session, and the demo's.
+func newChat(in *inference, g checkpoints.GenerationConfig, seed uint64, system string, out, errw io.Writer) *chat {
+	c := &chat{in: in, system: system, maxWindow: in.gen.MaxWindowSize, maxNew: g.MaxNewTokens, out: out, errw: errw}
+	c.sampler = model.NewSampler(g, seed)
+	c.sampler.Limit = in.tok.Size()
+	c.session = in.m.NewSession(256)
+	return c
 }
 
 type chat struct {

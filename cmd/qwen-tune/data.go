@@ -65,8 +65,8 @@ trained tokens and examples cut at --max-len.`,
 			if err := data.Highlight(out, tok, s.IDs, s.Labels, isTerminal(out)); err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "\n%d examples, %d tokens, %d trained tokens, %d cut at --max-len %d, %d skipped\n",
-				st.Examples, st.Tokens, st.Trained, st.Truncated, maxLen, len(skipped))
+			st.Skipped = len(skipped)
+			fmt.Fprintf(out, "\n%s\n", st.Summary(maxLen))
 			return nil
 		},
 	}

@@ -83,10 +83,10 @@ func TestInferenceBadInput(t *testing.T) {
 		{"too long", "", []string{"generate", "--model", dir, "--prompt-ids", "1,2,3", "--max-new-tokens", "32765"}, "supports at most 32767", nil},
 		{"no model", "", []string{"generate", "--prompt-ids", "1"}, "--model DIR is required", nil},
 		{"tensors do not match config", "", []string{"generate", "--model", mismatched, "--prompt-ids", "1"}, "transformer.h.2.ln_1.weight", nil},
-		{"bad sampling flag", "", []string{"generate", "--model", dir, "--prompt-ids", "1", "--top-p", "1.5"}, "top_p", nil},
+		{"bad sampling flag", "", []string{"generate", "--model", dir, "--prompt-ids", "1", "--top-p", "1.5"}, "--top-p 1.5: must be in (0, 1]", nil},
 		{"chat needs a vocabulary", "", []string{"chat", "--model", golden.Path(t, "tiny-qwen"), "--prompt", "hi"}, "has no qwen.tiktoken", nil},
-		{"empty dataset line", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:2: empty line", func() {
-			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2]}\n\n"))
+		{"malformed dataset line", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:3: not a JSON object", func() {
+			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2]}\n\n{\"input_ids\": [1,\n"))
 		}},
 		{"labels of the wrong length", "", []string{"eval", "--model", dir, "--data", jsonl}, "d.jsonl:1: labels has 1 entries but input_ids has 2", func() {
 			tfile.Write(t, jsonl, []byte("{\"input_ids\": [1, 2], \"labels\": [2]}\n"))

@@ -13,11 +13,17 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// run executes one command line and returns the exit status: 0 on success, 1 for an error
-// the user can act on, 2 for an internal error (a bug, reported without a stack trace unless
-// QWEN_TUNE_DEBUG is set), and for a run interrupted by a signal after saving its state 128
-// + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) {
+// run is runContext with a context that is never cancelled (commands catch their signals
+// themselves).
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return runContext(context.Background(), args, stdin, stdout, stderr)
+}
+
+// runContext executes one command line under ctx and returns the exit status: 0 on success,
+// 1 for an error the user can act on, 2 for an internal error (a bug, reported without a
+// stack trace unless QWEN_TUNE_DEBUG is set), and for a command stopped by a signal 128 + the
+// signal's number (130 for Ctrl-C, 143 for SIGTERM; a `lora` run saves its state first).
+func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) {
 	defer func() {
 		if r := recover(); r != nil {
 			if os.Getenv("QWEN_TUNE_DEBUG") != "" {
@@ -32,10 +38,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) 
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	if err := root.ExecuteContext(context.WithValue(context.Background(), argsKey{}, args)); err != nil {
+	if err := root.ExecuteContext(context.WithValue(ctx, argsKey{}, args)); err != nil {
 		fmt.Fprintf(stderr, "qwen-tune: %v\n", err)
 		if ie := (*interrupted)(nil); errors.As(err, &ie) {
 			return ie.status()
+		}
+		if errors.As(err, new(stopped)) {
+			return 130
 		}
 		return 1
 	}
@@ -44,3 +53,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) 
 
 // argsKey holds the command line (without the program name) in the command's context.
 type argsKey struct{}
+
+// stopped is the error of a command (eval, quantize) that Ctrl-C stopped before it had a
+// result: it exits with status 130, as a shell reports a program ended by SIGINT.
+type stopped string
+
+func (e stopped) Error() string { return string(e) }

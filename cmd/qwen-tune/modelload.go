@@ -143,6 +143,9 @@ func (f *genFlags) register(fs *pflag.FlagSet) {
 
 // open loads --model (and --adapter) on --device and resolves the sampling settings.
 func (f *genFlags) open(cmd *cobra.Command, needTokenizer bool) (*inference, checkpoints.GenerationConfig, uint64, error) {
+	if err := f.check(cmd.Flags()); err != nil {
+		return nil, checkpoints.GenerationConfig{}, 0, err
+	}
 	in, err := openModel(cmd, f.model, openOptions{Adapter: f.adapter, NeedTokenizer: needTokenizer, OnDevice: true, Device: f.device})
 	if err != nil {
 		return nil, checkpoints.GenerationConfig{}, 0, err
@@ -153,6 +156,27 @@ func (f *genFlags) open(cmd *cobra.Command, needTokenizer bool) (*inference, che
 		return nil, g, 0, err
 	}
 	return in, g, seed, nil
+}
+
+// check refuses sampling flags out of range, naming the flag (the same ranges as
+// generation_config.json's keys, which GenerationConfig.Validate checks).
+func (f *genFlags) check(fs *pflag.FlagSet) error {
+	for _, c := range []struct {
+		flag string
+		ok   bool
+		want string
+	}{
+		{"temperature", f.temperature >= 0, "must be >= 0 (0 is greedy)"},
+		{"top-p", f.topP > 0 && f.topP <= 1, "must be in (0, 1]"},
+		{"top-k", f.topK >= 0, "must be >= 0 (0 turns it off)"},
+		{"repetition-penalty", f.repetitionPenalty > 0, "must be > 0 (1 turns it off)"},
+		{"max-new-tokens", f.maxNewTokens >= 0, "must be >= 0"},
+	} {
+		if fs.Changed(c.flag) && !c.ok {
+			return fmt.Errorf("--%s %s: %s", c.flag, fs.Lookup(c.flag).Value, c.want)
+		}
+	}
+	return nil
 }
 
 // settings merges the flags that were set into the model's generation config.

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"time"
@@ -13,6 +16,31 @@ import (
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
+
+// fitShapes checks o against the model, naming the flags at fault. Without --group-size, a
+// model whose layers the default group size does not divide (a small one) gets the largest
+// power of two below it that divides them all, and a message.
+func fitShapes(cmd *cobra.Command, c *checkpoints.Config, o *quantize.Options) error {
+	err := quantize.CheckShapes(c, *o)
+	var ge *quantize.GroupSizeError
+	if errors.As(err, &ge) && !cmd.Flags().Changed("group-size") {
+		for _, g := range ge.Valid {
+			if g&(g-1) == 0 && g < o.GroupSize {
+				fmt.Fprintf(cmd.ErrOrStderr(), "group size %d (the default %d does not divide %s)\n", g, o.GroupSize, ge.Layers)
+				o.GroupSize = g
+				return quantize.CheckShapes(c, *o)
+			}
+		}
+	}
+	var be *quantize.BitsError
+	switch {
+	case errors.As(err, &ge):
+		return fmt.Errorf("--group-size %d: %s", ge.GroupSize, ge.Detail())
+	case errors.As(err, &be):
+		return fmt.Errorf("--bits %s", be.Detail())
+	}
+	return err
+}
 
 func newQuantizeCmd() *cobra.Command {
 	var (
@@ -59,7 +87,7 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			if _, ok := in.m.Blocks[0].QKV.(*model.Int4); ok {
 				return fmt.Errorf("%s is already GPTQ-quantized; quantize the floating-point model", modelDir)
 			}
-			if err := quantize.CheckShapes(in.m.Config, o); err != nil {
+			if err := fitShapes(cmd, in.m.Config, &o); err != nil {
 				return err
 			}
 			var seqs []data.Sequence
@@ -83,6 +111,13 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			for _, s := range samples {
 				tokens += len(s)
 			}
+			if len(samples) < nsamples {
+				what := fmt.Sprintf("the data gives %d windows of --seq-len %d tokens (%d tokens in all)", len(samples), seqLen, tokens)
+				if cmd.Flags().Changed("nsamples") {
+					return fmt.Errorf("--nsamples %d: %s; lower --nsamples or --seq-len, or give more data", nsamples, what)
+				}
+				fmt.Fprintf(stderr, "%s, fewer than --nsamples %d: calibrating on all of them\n", what, nsamples)
+			}
 			if tokens < 16 {
 				return fmt.Errorf("only %d calibration tokens: GPTQ needs data to measure the layers' inputs; give more --data", tokens)
 			}
@@ -94,9 +129,13 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			bar := newBar(stderr, 5*len(in.m.Blocks), "quantizing")
 			terminal := isTerminal(stderr)
 			start := time.Now()
-			layers, reports, err := quantize.Calibrate(in.m, samples, o, quantize.Method(method), func(r quantize.LayerReport, done, total int) {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			finished := 0
+			layers, reports, err := quantize.Calibrate(ctx, in.m, samples, o, quantize.Method(method), func(r quantize.LayerReport, done, total int) {
 				bar.Describe(fmt.Sprintf("%s err %.4f (rtn %.4f)", r.Name, r.Error, r.RTNError))
 				bar.Set(done)
+				finished = done
 				if !terminal {
 					fmt.Fprintf(stderr, "[%d/%d] %-28s error %.4f  round-to-nearest %.4f\n", done, total, r.Name, r.Error, r.RTNError)
 				}
@@ -105,6 +144,9 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 				}
 			})
 			bar.Finish()
+			if err != nil && ctx.Err() != nil {
+				return stopped(fmt.Sprintf("quantize interrupted after %d of %d layers; nothing was written to %s", finished, 5*len(in.m.Blocks), out))
+			}
 			if err != nil {
 				return err
 			}
@@ -134,8 +176,8 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 	f.StringVar(&modelDir, "model", "", "floating-point model directory")
 	f.StringVar(&out, "out", "", "new directory for the quantized model")
 	src.register(f, "calibration data (conversations, messages or input_ids)", "calibration text file")
-	f.IntVar(&o.Bits, "bits", o.Bits, "bits per weight: 2, 4 or 8 (3 runs but cannot be packed)")
-	f.IntVar(&o.GroupSize, "group-size", o.GroupSize, "input columns per scale (-1 = one scale per output row)")
+	f.IntVar(&o.Bits, "bits", o.Bits, "bits per weight: 2, 4 or 8")
+	f.IntVar(&o.GroupSize, "group-size", o.GroupSize, "input columns per scale; must divide every layer's input width (-1 = one scale per output row; default 128, or the largest power of two below it that fits a small model)")
 	f.BoolVar(&o.DescAct, "desc-act", o.DescAct, "act-order: quantize columns by decreasing Hessian diagonal")
 	f.BoolVar(&o.Sym, "sym", o.Sym, "symmetric grid (zero point in the middle)")
 	f.BoolVar(&o.StaticGroups, "static-groups", o.StaticGroups, "group grids from the original weights")

@@ -12,8 +12,10 @@ func TestQuantizeCommand(t *testing.T) {
 	tmp := t.TempDir()
 	text := writeFile(t, filepath.Join(tmp, "calib.txt"), strings.Repeat("The quick brown fox jumps over the lazy dog; 0123456789. ", 40))
 	out := filepath.Join(tmp, "int4")
-	o, errs, st := qt(t, "", "quantize", "--model", dir, "--text", text, "--out", out, "--group-size", "16", "--nsamples", "4", "--seq-len", "128")
-	if st != 0 || !strings.Contains(o, "worst layers") {
+	// The tiny model's MLP width (176) is no multiple of the default group size 128: without
+	// --group-size the largest that works is used, and said.
+	o, errs, st := qt(t, "", "quantize", "--model", dir, "--text", text, "--out", out, "--nsamples", "4", "--seq-len", "128")
+	if st != 0 || !strings.Contains(o, "worst layers") || !strings.Contains(errs, "group size 16 (the default 128 does not divide") {
 		t.Fatalf("quantize: %d %s %s", st, o, errs)
 	}
 	for _, f := range []string{"config.json", "quantize_config.json", "model.safetensors", "qwen.tiktoken", "generation_config.json", "quantize_report.json"} {
@@ -38,11 +40,26 @@ func TestQuantizeCommand(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "a"), "--group-size", "128"}, "not a multiple of the group size 128"},
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "a"), "--group-size", "128"}, "--group-size 128: it must divide every quantized layer's input width; it does not divide attn.c_attn, attn.c_proj, mlp.w1, mlp.w2 (64 inputs), mlp.c_proj (176 inputs). Group sizes that work for this model: 16, 8, 4, 2 or -1"},
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "a"), "--nsamples", "100", "--seq-len", "128"}, "--nsamples 100: the data gives 10 windows of --seq-len 128 tokens (1241 tokens in all)"},
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "d"), "--bits", "3"}, "--bits 3: expected 2, 4 or 8"},
 		{[]string{"--model", out, "--text", text, "--out", filepath.Join(tmp, "b"), "--group-size", "16"}, "already GPTQ-quantized"},
 		{[]string{"--model", dir, "--text", writeFile(t, filepath.Join(tmp, "tiny.txt"), "hi"), "--out", filepath.Join(tmp, "c"), "--group-size", "16"}, "calibration tokens"},
 		{[]string{"--model", dir, "--text", text, "--out", out, "--group-size", "16"}, "already holds a model"},
-		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "d"), "--bits", "5"}, "bits must be 2, 3, 4 or 8"},
+		{[]string{"--model", dir, "--text", text, "--out", filepath.Join(tmp, "d"), "--bits", "5"}, "--bits 5: expected 2, 4 or 8"},
+	}
+	// An adapter trained on the bf16 model applies to the Int4 one (Q-LoRA layers wrap packed
+	// weights), with a note in words that it was trained on another base.
+	run := filepath.Join(tmp, "run")
+	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "1", "--lora-r", "4"); st != 0 {
+		t.Fatal(errs)
+	}
+	if _, errs, st := qt(t, "", "chat", "--model", out, "--adapter", run, "--prompt", "hi", "--max-new-tokens", "4"); st != 0 || !strings.Contains(errs, "trained on a floating-point model (bfloat16) and this model is a GPTQ 4-bit model") || strings.Contains(errs, "*model.") {
+		t.Errorf("adapter on Int4: %d %s", st, errs)
+	}
+	if help, _, _ := qt(t, "", "quantize", "--help"); !strings.Contains(help, "bits per weight: 2, 4 or 8") || strings.Contains(help, "3 runs") {
+		t.Errorf("--bits help:\n%s", help)
 	}
 	for _, b := range bad {
 		_, errs, st := qt(t, "", append([]string{"quantize"}, b.args...)...)

@@ -29,7 +29,7 @@ Hugging Face layout: safetensors weights, config.json, generation_config.json an
 qwen.tiktoken vocabulary, all read from a local directory (nothing is downloaded).
 
 Start with 'qwen-tune demo': it writes a tiny random model, fine-tunes it with LoRA on the
-example chats and talks to it, in about half a minute on a CPU. 'qwen-tune init --tiny
+example chats and holds a conversation with it, in about a minute on a CPU. 'qwen-tune init --tiny
 --out DIR' writes such a model for any command to use.
 
 The main job: 'lora' fine-tunes (PEFT adapters), 'merge' folds an adapter in, 'quantize'

@@ -173,8 +173,7 @@ func (p *trainReport) started(s lora.Start) {
 	if err != nil { // a setting JSON cannot hold (NaN): print it as Go does
 		resolved = fmt.Appendf(nil, "%+v", c)
 	}
-	fmt.Fprintf(p.w, "data: %d examples (%d for validation), %d tokens, %d trained, %d cut at --max-len %d, %d skipped\n",
-		s.Stats.Examples, s.Val, s.Stats.Tokens, s.Stats.Trained, s.Stats.Truncated, c.MaxLen, s.Stats.Skipped)
+	fmt.Fprintf(p.w, "data (%d held out for validation): %s\n", s.Val, s.Stats.Summary(c.MaxLen))
 	if s.Base.QuantMethod != "" {
 		fmt.Fprintf(p.w, "base: %s, frozen and kept packed (Q-LoRA: only the adapters train)\n", s.Base)
 	}

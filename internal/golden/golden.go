@@ -6,8 +6,11 @@ package golden
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -41,10 +44,51 @@ func Path(t testing.TB, rel string) string {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("reference file %s is missing (%v): CI must run with ../shared/testdata beside the project", p, err)
 		} else {
+			skips.Add(1)
 			t.Skipf("skipping: reference file %s is missing; put the shared test data at ../shared/testdata (or set QWEN_TUNE_TESTDATA) to run this test", p)
 		}
 	}
 	return p
+}
+
+// skips counts the tests of this binary skipped for a missing reference file.
+var skips atomic.Int64
+
+// Skipped is how many tests Path has skipped so far.
+func Skipped() int64 { return skips.Load() }
+
+// Summary is the line that says n tests were skipped and what is missing.
+func Summary(n int64) string {
+	tests := "tests"
+	if n == 1 {
+		tests = "test"
+	}
+	root := Root()
+	if _, err := os.Stat(root); err != nil {
+		return fmt.Sprintf("%d golden %s skipped: %s is missing (put the shared test data there or set QWEN_TUNE_TESTDATA)", n, tests, root)
+	}
+	return fmt.Sprintf("%d golden %s skipped: reference files are missing from %s", n, tests, root)
+}
+
+// Main runs a package's tests (call it from TestMain) and then, when some were skipped for
+// missing reference files, says how many in one line. go test shows a passing package's
+// output only under -v, so the line goes to the terminal (/dev/tty) when there is one, and
+// to stdout otherwise (shown by -v, by a failure, or when the test binary runs alone).
+func Main(m *testing.M) {
+	code := m.Run()
+	if n := skips.Load(); n > 0 {
+		line := Summary(n)
+		if pkg := strings.TrimSuffix(filepath.Base(os.Args[0]), ".test"); pkg != "" {
+			line = pkg + ": " + line
+		}
+		if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+			fmt.Fprintln(tty, line)
+			tty.Close()
+		} else {
+			fmt.Println(line)
+		}
+	}
+	os.Exit(code)
 }
 
 // Greedy is tiny-qwen/golden_greedy.json: the tokens transformers decodes greedily, with its
