@@ -104,8 +104,16 @@ func TestMaskMatchesBruteForce(t *testing.T) {
 	tok := newScripted(t).tok
 	v := vocabOf(tok)
 	recipe := mustSchema(t, recipeSchema)
-	for _, prefix := range []string{``, `{"na`, `{"name": "So`, `{"name": "Soup", "minutes": 2`, `{"name": "Soup", "course": "ma`, `{"name":"x","minutes":1,"course":"main"`} {
-		st := startState(recipe)
+	call := callState([]string{"get_weather", "get_time"}, []*schema{recipe, anySchema})
+	for _, c := range []struct {
+		start  state
+		prefix string
+	}{
+		{startState(recipe), ``}, {startState(recipe), `{"na`}, {startState(recipe), `{"name": "So`}, {startState(recipe), `{"name": "Soup", "minutes": 2`},
+		{startState(recipe), `{"name": "Soup", "course": "ma`}, {startState(recipe), `{"name":"x","minutes":1,"course":"main"`},
+		{call, ``}, {call, `Thought: I will`}, {call, "Thought: " + strings.Repeat("x", maxThoughtBytes-2)}, {call, "Thought: ok\nAction: get_"},
+	} {
+		st, prefix := c.start, c.prefix
 		for _, b := range []byte(prefix) {
 			st = st.advance(b)
 		}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
@@ -17,10 +18,16 @@ const maskCacheEntries = 256
 // vocab is a tokenizer's ordinary tokens sorted by their bytes, so that a walk over them
 // steps each shared prefix once and skips every token under a prefix the automaton refuses,
 // as a walk over a trie would.
+//
+// Inside a string (or the thought before a call) nearly every token is plain text that
+// leaves the automaton where it was; those are marked once (plainString, plainLine) and
+// allowed without a walk, which would otherwise step most of the vocabulary's bytes.
 type vocab struct {
-	toks [][]byte
-	ids  []int
-	size int // ids in all, special tokens included
+	toks        [][]byte
+	ids         []int
+	plainString []bool // complete UTF-8 without ", \ or control characters
+	plainLine   []bool // complete UTF-8 without control characters but tab
+	size        int    // ids in all, special tokens included
 }
 
 var vocabs sync.Map // *tokenizer.Tokenizer -> func() *vocab
@@ -47,17 +54,65 @@ func vocabOf(tok *tokenizer.Tokenizer) *vocab {
 			toks[i], ids[i] = v.toks[o], v.ids[o]
 		}
 		v.toks, v.ids = toks, ids
+		for _, t := range toks {
+			v.plainString = append(v.plainString, plain(t, func(b byte) bool { return b >= 0x20 && b != '"' && b != '\\' }))
+			v.plainLine = append(v.plainLine, plain(t, func(b byte) bool { return b >= 0x20 || b == '\t' }))
+		}
 		return v
 	}))
 	return f.(func() *vocab)()
 }
 
+// plain reports whether t is complete UTF-8 whose ASCII bytes all pass ok.
+func plain(t []byte, ok func(byte) bool) bool {
+	if !utf8.Valid(t) {
+		return false
+	}
+	for _, b := range t {
+		if b < utf8.RuneSelf && !ok(b) {
+			return false
+		}
+	}
+	return true
+}
+
+// plainRoom says whether st is inside a string (inString) or the thought line (room: the
+// bytes the line may still take) at a character boundary in every thread; room is -1
+// otherwise.
+func plainRoom(st state) (inString bool, room int) {
+	room = -1
+	for i, f := range st {
+		switch {
+		case f != nil && f.kind == fString && f.n == 0 && (i == 0 || inString):
+			inString = true
+		case f != nil && f.kind == fLine && f.n&(1<<24-1) == 0 && (i == 0 || room >= 0):
+			r := maxThoughtBytes - f.n>>24
+			if i > 0 {
+				r = min(r, room)
+			}
+			room = r
+		default:
+			return false, -1
+		}
+	}
+	if inString && room >= 0 {
+		return false, -1
+	}
+	return inString, room
+}
+
 // allowed sets in bits the ids whose bytes st can take.
 func (v *vocab) allowed(st state, bits []uint64) {
+	inString, room := plainRoom(st)
 	depth := []state{st} // depth[d]: the state after the first d bytes of the current token
 	var prev []byte
 	for i := 0; i < len(v.toks); {
 		t := v.toks[i]
+		if inString && v.plainString[i] || room >= 0 && v.plainLine[i] && len(t) <= room {
+			bits[v.ids[i]/64] |= 1 << (v.ids[i] % 64)
+			i++
+			continue
+		}
 		l := 0
 		for l < len(prev) && l < len(t) && l < len(depth)-1 && prev[l] == t[l] {
 			l++
