@@ -58,15 +58,24 @@ type state []*frame
 // startState is the state before the first byte of a value of s.
 func startState(s *schema) state { return state{{kind: fValue, s: s}} }
 
-// callState is the state before "Thought: ..." and a call of one of fns with arguments
-// matching each one's schema.
-func callState(names []string, params []*schema) state {
+// callState is the state before Qwen's ReAct reply: "Thought: " (unless the prompt ends
+// with it), a line of thought, then "Action: NAME\nAction Input: " and arguments matching
+// NAME's schema, or, when answer is set, "Final Answer: " and a value of answer.
+func callState(names []string, params []*schema, answer *schema, thoughtSaid bool) state {
 	var st state
+	add := func(after *frame) {
+		f := &frame{kind: fLine, next: after}
+		if !thoughtSaid {
+			f = &frame{kind: fLit, lit: "Thought: ", next: f}
+		}
+		st = append(st, f)
+	}
 	for i, name := range names {
 		args := &frame{kind: fValue, s: params[i]}
-		action := &frame{kind: fLit, lit: "Action: " + name + "\nAction Input: ", next: args}
-		line := &frame{kind: fLine, next: action}
-		st = append(st, &frame{kind: fLit, lit: "Thought: ", next: line})
+		add(&frame{kind: fLit, lit: "Action: " + name + "\nAction Input: ", next: args})
+	}
+	if answer != nil {
+		add(&frame{kind: fLit, lit: "Final Answer: ", next: &frame{kind: fValue, s: answer}})
 	}
 	return st
 }

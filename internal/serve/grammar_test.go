@@ -67,7 +67,7 @@ func TestGrammarAcceptsExactlyTheSchema(t *testing.T) {
 			t.Errorf("%s: accepted %v, want %v", c.text, got, c.ok)
 		}
 	}
-	call := callState([]string{"get_weather", "get_time"}, []*schema{mustSchema(t, `{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}`), anySchema})
+	call := callState([]string{"get_weather", "get_time"}, []*schema{mustSchema(t, `{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}`), anySchema}, nil, false)
 	for text, ok := range map[string]bool{
 		"Thought: I need the weather.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}": true,
 		"Thought: \nAction: get_time\nAction Input: {}":                                          true,
@@ -104,7 +104,7 @@ func TestMaskMatchesBruteForce(t *testing.T) {
 	tok := newScripted(t).tok
 	v := vocabOf(tok)
 	recipe := mustSchema(t, recipeSchema)
-	call := callState([]string{"get_weather", "get_time"}, []*schema{recipe, anySchema})
+	call := callState([]string{"get_weather", "get_time"}, []*schema{recipe, anySchema}, recipe, false)
 	for _, c := range []struct {
 		start  state
 		prefix string

@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -13,6 +14,8 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -35,8 +38,12 @@ const (
 	// DefaultMaxTokens is a reply's length when a request gives none (max_new_tokens of
 	// Qwen-7B's generation_config.json).
 	DefaultMaxTokens = 512
-	// maxStops is the most stop strings a chat request may give.
-	maxStops = 16
+	// maxStops is the most stop strings a request may give (OpenAI's limit).
+	maxStops = 4
+	// maxPenalty bounds presence_penalty and frequency_penalty (OpenAI's range, +-2).
+	maxPenalty = 2
+	// maxTopLogprobs is the most alternatives a token's log-probabilities may list.
+	maxTopLogprobs = 20
 	// streamBuffer is how many generated ids may wait for a handler to decode and send them
 	// before generation blocks.
 	streamBuffer = 256
@@ -60,6 +67,9 @@ type Options struct {
 	// MaxTokens is the default reply length when a request gives none (default
 	// DefaultMaxTokens).
 	MaxTokens int
+	// Aliases are other names requests may give for the model (its ID always works); any
+	// other name is answered 404 model_not_found.
+	Aliases []string
 	// Logf, when set, receives one line per request.
 	Logf func(format string, args ...any)
 }
@@ -79,7 +89,7 @@ type job struct {
 	ctx    context.Context
 	prompt []int
 	samp   Sampling
-	out    chan int // the ids as they are generated; closed when the generation ends
+	out    chan model.TokenLogprob // the ids as they are generated; closed when the generation ends
 	res    jobResult
 }
 
@@ -108,8 +118,15 @@ func New(eng Engine, opts Options) *Server {
 	s.mux.Handle("/", http.FileServerFS(static))
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /v1/models", s.auth(s.models))
+	s.mux.HandleFunc("GET /v1/models/{id}", s.auth(s.model))
 	s.mux.HandleFunc("POST /v1/chat/completions", s.auth(s.chat))
 	s.mux.HandleFunc("POST /v1/completions", s.auth(s.completions))
+	for path, allow := range map[string]string{"/v1/models": "GET", "/v1/models/{id}": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST", "/health": "GET"} {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			s.writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "", "method_not_allowed", fmt.Sprintf("%s %s is not supported: use %s", r.Method, r.URL.Path, allow))
+		})
+	}
 	s.mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url", fmt.Sprintf("no route %s %s (this server has /v1/chat/completions, /v1/completions and /v1/models)", r.Method, r.URL.Path))
 	}))
@@ -178,9 +195,9 @@ func (s *Server) run(j *job) {
 	}
 	s.busy.Store(true)
 	defer s.busy.Store(false)
-	ids, reason, err := s.eng.Generate(j.ctx, j.prompt, j.samp, func(id int) error {
+	ids, reason, err := s.eng.Generate(j.ctx, j.prompt, j.samp, func(t model.TokenLogprob) error {
 		select {
-		case j.out <- id:
+		case j.out <- t:
 		case <-j.ctx.Done():
 		}
 		return nil
@@ -202,8 +219,9 @@ func (s *Server) submit(j *job) bool {
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.APIKey != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIKey)) != 1 {
+			scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+			if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.opts.APIKey)) != 1 {
+				w.Header().Set("WWW-Authenticate", "Bearer")
 				s.writeError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key the server was started with (--api-key)")
 				return
 			}
@@ -217,7 +235,30 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) models(w http.ResponseWriter, r *http.Request) {
-	s.writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{{"id": s.eng.ModelID(), "object": "model", "created": s.created, "owned_by": "qwen-tune"}}})
+	s.writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{s.modelObject(s.eng.ModelID())}})
+}
+
+func (s *Server) modelObject(id string) map[string]any {
+	return map[string]any{"id": id, "object": "model", "created": s.created, "owned_by": "qwen-tune"}
+}
+
+// model answers GET /v1/models/{id} for the model's ID and aliases.
+func (s *Server) model(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.checkModel(id); err != nil {
+		s.requestFailed(w, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, s.modelObject(id))
+}
+
+// checkModel accepts the model's ID, its aliases, and no name at all.
+func (s *Server) checkModel(name string) error {
+	if name == "" || name == s.eng.ModelID() || slices.Contains(s.opts.Aliases, name) {
+		return nil
+	}
+	names := strings.Join(append([]string{s.eng.ModelID()}, s.opts.Aliases...), ", ")
+	return &requestError{status: http.StatusNotFound, param: "model", code: "model_not_found", msg: fmt.Sprintf("the model %q does not exist: this server serves %s", name, names)}
 }
 
 // writeJSON answers with v; a failed write (the client is gone) is logged.
@@ -257,23 +298,49 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
 		return false
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		msg := "the request body is not valid JSON: " + err.Error()
-		param := ""
-		if errors.As(err, &te) {
-			param = te.Field
-			msg = fmt.Sprintf("%s must be %s, not a JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
-		}
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", param, "", msg)
-		return false
-	}
-	if dec.More() {
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "the request body has data after its JSON object")
+	if err := decodeBody(body, v); err != nil {
+		s.requestFailed(w, err)
 		return false
 	}
 	return true
+}
+
+// decodeBody reads one JSON object into v: nothing but whitespace may follow it, and a type
+// error names the field and what it must be.
+func decodeBody(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			return badRequest("", "the request body is not valid JSON: %v", err)
+		}
+		// the field's JSON path, without the name of the embedded struct it sits in
+		te.Field = strings.ReplaceAll(te.Field, "RequestCommon.", "")
+		if te.Field == "" {
+			return badRequest("", "the request body must be a JSON object, not %s", jsonValueKind(te.Value))
+		}
+		if k := te.Type.Kind(); strings.HasPrefix(te.Value, "number") && k >= reflect.Int && k <= reflect.Int64 {
+			lo, hi := intRange(te.Type.Bits())
+			return badRequest(te.Field, "%s must be an integer from %d to %d, not %s", te.Field, lo, hi, strings.TrimPrefix(te.Value, "number "))
+		}
+		return badRequest(te.Field, "%s must be %s, not %s", te.Field, jsonKind(te.Type.String()), jsonValueKind(te.Value))
+	}
+	if rest := bytes.TrimSpace(body[dec.InputOffset():]); len(rest) > 0 {
+		return badRequest("", "the request body has data after its JSON object: %.20q", rest)
+	}
+	return nil
+}
+
+// jsonValueKind names the JSON value an UnmarshalTypeError describes ("array", "number 1.5").
+func jsonValueKind(v string) string {
+	if strings.HasPrefix(v, "array") || strings.HasPrefix(v, "object") {
+		return "an " + v
+	}
+	return "a JSON " + v
+}
+
+func intRange(bits int) (int64, int64) {
+	return -1 << (bits - 1), 1<<(bits-1) - 1
 }
 
 func jsonKind(goType string) string {
@@ -291,8 +358,33 @@ func jsonKind(goType string) string {
 }
 
 // settings checks the sampling fields shared by both endpoints.
-func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *int) (Sampling, error) {
+func (s *Server) settings(c *RequestCommon, maxTokens *int) (Sampling, error) {
+	temp, topP, seed, n := c.Temperature, c.TopP, c.Seed, c.N
 	var sp Sampling
+	if err := s.checkModel(c.Model); err != nil {
+		return sp, err
+	}
+	for _, p := range []struct {
+		name string
+		v    *float64
+		to   *float64
+	}{{"presence_penalty", c.PresencePenalty, &sp.PresencePenalty}, {"frequency_penalty", c.FrequencyPenalty, &sp.FrequencyPenalty}} {
+		if p.v == nil {
+			continue
+		}
+		if *p.v < -maxPenalty || *p.v > maxPenalty {
+			return sp, badRequest(p.name, "%s must be between -%d and %d, got %g", p.name, maxPenalty, maxPenalty, *p.v)
+		}
+		*p.to = *p.v
+	}
+	if len(c.Stop) > maxStops {
+		return sp, badRequest("stop", "at most %d stop strings, got %d", maxStops, len(c.Stop))
+	}
+	for i, st := range c.Stop {
+		if st == "" {
+			return sp, badRequest("stop", "stop[%d] is empty", i)
+		}
+	}
 	if n != nil && *n != 1 {
 		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
 	}
@@ -330,7 +422,11 @@ func (s *Server) fit(prompt []int, sp *Sampling, param string) error {
 func (s *Server) requestFailed(w http.ResponseWriter, err error) {
 	var re *requestError
 	if errors.As(err, &re) {
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", re.param, re.code, re.msg)
+		status := re.status
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		s.writeError(w, status, "invalid_request_error", re.param, re.code, re.msg)
 		return
 	}
 	s.writeError(w, http.StatusInternalServerError, "server_error", "", "", err.Error())
@@ -350,12 +446,13 @@ type reply struct {
 	dec    *tokenizer.StreamDecoder
 	stop   stopMatcher
 	text   strings.Builder
+	toks   []model.TokenLogprob
 }
 
 // start queues the generation; false (after answering 429) when the queue is full.
 func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp Sampling, stops []string) (*reply, bool) {
 	ctx, cancel := context.WithCancel(r.Context())
-	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan int, streamBuffer)}
+	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan model.TokenLogprob, streamBuffer)}
 	if !s.submit(j) {
 		cancel()
 		w.Header().Set("Retry-After", "1")
@@ -365,24 +462,31 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp 
 	return &reply{j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
 }
 
-// each calls f with every piece of text that may be shown, in order, and returns how the
-// reply ended: "stop", "length", or "cancelled" (the client left), with the ids generated.
-func (rp *reply) each(f func(text string) error) (string, []int, error) {
+// each calls f with every piece of text that may be shown, in order, with the tokens
+// generated since the last call (their log-probabilities when asked for), and returns how
+// the reply ended: "stop", "length", or "cancelled" (the client left), with the ids
+// generated. The tokens of the whole reply are in rp.toks.
+func (rp *reply) each(f func(text string, toks []model.TokenLogprob) error) (string, []int, error) {
 	defer rp.cancel()
 	var ferr error
+	pending := 0 // rp.toks[len(rp.toks)-pending:] have not been passed to f
 	emit := func(t string) {
 		if t == "" || ferr != nil {
 			return
 		}
 		rp.text.WriteString(t)
-		if ferr = f(t); ferr != nil {
+		if ferr = f(t, rp.toks[len(rp.toks)-pending:]); ferr != nil {
 			rp.cancel() // the client is gone: stop generating
 		}
+		pending = 0
 	}
-	for id := range rp.j.out {
+	for tl := range rp.j.out {
 		if rp.stop.hit {
 			continue
 		}
+		id := tl.ID
+		rp.toks = append(rp.toks, tl)
+		pending++
 		piece, err := rp.dec.Add(id)
 		if err != nil {
 			ferr = err
@@ -398,6 +502,9 @@ func (rp *reply) each(f func(text string) error) (string, []int, error) {
 	if !rp.stop.hit {
 		emit(rp.stop.push(rp.dec.Flush()))
 		emit(rp.stop.flush())
+	}
+	if pending > 0 && ferr == nil {
+		ferr = f("", rp.toks[len(rp.toks)-pending:])
 	}
 	switch {
 	case res.err != nil:
