@@ -328,12 +328,18 @@ func numberEnds(f *frame) bool {
 	return f.phase == nZero || f.phase == nInt || f.phase == nFrac || f.phase == nExp
 }
 
-// numberStep moves a number frame over b; false when b cannot continue the number.
+// numberStep moves a number frame over b; false when b cannot continue the number. The
+// frame's key is 1 once a minus sign is read.
 func numberStep(f *frame, b byte) (*frame, bool) {
 	digit := b >= '0' && b <= '9'
-	integer := f.s.kind == kInteger
+	s := f.s
+	integer := s.kind == kInteger
+	intDigits := s.posDigits
+	if f.key == 1 {
+		intDigits = s.negDigits
+	}
 	to := func(p uint8, digits int) (*frame, bool) {
-		if digits > maxDigits {
+		if digits > maxDigits || (p == nInt || p == nZero) && digits > max(intDigits, 1) || p == nInt && intDigits == 0 {
 			return nil, false
 		}
 		return with(f, func(c *frame) { c.phase, c.n = p, digits }), true
@@ -341,8 +347,12 @@ func numberStep(f *frame, b byte) (*frame, bool) {
 	switch f.phase {
 	case nStart, nMinus:
 		switch {
-		case b == '-' && f.phase == nStart:
-			return to(nMinus, 0)
+		case b == '-' && f.phase == nStart && s.negDigits > 0:
+			g, ok := to(nMinus, 0)
+			if ok {
+				g.key = 1
+			}
+			return g, ok
 		case b == '0':
 			return to(nZero, 1)
 		case digit:
@@ -354,14 +364,14 @@ func numberStep(f *frame, b byte) (*frame, bool) {
 			return to(nInt, f.n+1)
 		case b == '.' && !integer:
 			return to(nDot, 0)
-		case (b == 'e' || b == 'E') && !integer:
+		case (b == 'e' || b == 'E') && !integer && !s.noExp:
 			return to(nE, 0)
 		}
 	case nDot, nFrac:
 		switch {
 		case digit:
 			return to(nFrac, f.n+1)
-		case (b == 'e' || b == 'E') && f.phase == nFrac:
+		case (b == 'e' || b == 'E') && f.phase == nFrac && !s.noExp:
 			return to(nE, 0)
 		}
 	case nE, nESign, nExp:

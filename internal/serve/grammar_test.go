@@ -31,6 +31,8 @@ func mustSchema(t testing.TB, raw string) *schema {
 
 func TestGrammarAcceptsExactlyTheSchema(t *testing.T) {
 	recipe := mustSchema(t, recipeSchema)
+	zodInt := mustSchema(t, `{"type":"integer","minimum":-9007199254740991,"maximum":9007199254740991}`)
+	percent := mustSchema(t, `{"type":"number","minimum":0,"maximum":100}`)
 	cases := []struct {
 		s    *schema
 		text string
@@ -61,6 +63,13 @@ func TestGrammarAcceptsExactlyTheSchema(t *testing.T) {
 		{recipe, `{"name": "S", "minutes": 1, "course": "main", "ingredients": ["a","b","c","d"]}`, false}, // maxItems
 		{recipe, `{"name": "S", "minutes": 1, "course": "main", "note": {}}`, false},
 		{recipe, `{"name": "S", "minutes": 1, "course": "main", "rating": 4.5}`, true},
+		{zodInt, `-123456789012345`, true},
+		{zodInt, `1234567890123456`, false}, // 16 digits may exceed 2^53-1
+		{zodInt, `1e3`, false},
+		{percent, `99.5`, true},
+		{percent, `-1`, false},
+		{percent, `100`, false}, // inside the bounds, but three digits may exceed them
+		{percent, `1e1`, false},
 	}
 	for _, c := range cases {
 		if got := startState(c.s).accepts([]byte(c.text)); got != c.ok {
@@ -85,7 +94,8 @@ func TestSchemaRefusesWhatItCannotEnforce(t *testing.T) {
 	for raw, want := range map[string]string{
 		`{"type":"string","pattern":"^a"}`:                                    `$: unsupported schema keyword "pattern"`,
 		`{"type":"object","properties":{"a":{"$ref":"#/$defs/x"}}}`:           `$.properties.a: unsupported schema keyword "$ref"`,
-		`{"type":"object","properties":{"n":{"type":"integer","minimum":0}}}`: `$.properties.n: unsupported schema keyword "minimum"`,
+		`{"type":"object","properties":{"n":{"type":"integer","minimum":1}}}`: `$.properties.n.minimum: minimum 1 above 0 is not supported`,
+		`{"type":"string","minLength":1}`:                                     `$: unsupported schema keyword "minLength"`,
 		`{"type":"object","required":["b"],"properties":{"a":{}}}`:            `required property "b"`,
 		`{"type":"strin"}`: `unknown type "strin"`,
 		`[1]`:              `a schema must be an object`,
@@ -156,6 +166,7 @@ func FuzzSchemaGrammar(f *testing.F) {
 	f.Add(`{}`, `{"a":[1,{"b":null}]}`)
 	f.Add(`{"type":"array","items":{"enum":[1,"x",null]},"maxItems":2}`, `[1,"x"]`)
 	f.Add(`{"anyOf":[{"type":"integer"},{"type":"string"}]}`, `"1"`)
+	f.Add(`{"type":"number","minimum":-1000,"maximum":50}`, `-999.5`)
 	f.Fuzz(func(t *testing.T, raw, text string) {
 		s, err := compileSchema(json.RawMessage(raw))
 		if err != nil {
@@ -265,6 +276,20 @@ func validate(v any, sch any, path string) error {
 	case json.Number:
 		if !types["number"] && !(types["integer"] && integerRE.MatchString(x.String())) {
 			return errors.New(path + ": a number " + x.String())
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return err
+		}
+		if lo, ok := m["minimum"].(json.Number); ok {
+			if b, _ := lo.Float64(); f < b {
+				return errors.New(path + ": below the minimum")
+			}
+		}
+		if hi, ok := m["maximum"].(json.Number); ok {
+			if b, _ := hi.Float64(); f > b {
+				return errors.New(path + ": above the maximum")
+			}
 		}
 	case []any:
 		if !types["array"] {

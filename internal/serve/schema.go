@@ -11,8 +11,14 @@ import (
 // The JSON Schema subset that constrained decoding enforces (response_format json_schema and
 // the arguments of a required tool call): type (one or a list), properties, required,
 // additionalProperties (true or false), items, minItems, maxItems, enum, const, anyOf,
-// oneOf (as anyOf), nullable; annotations (title, description, default, examples, $schema,
-// $id, $comment) are ignored. Anything else is refused, naming the keyword and where it is.
+// oneOf (as anyOf), nullable, and minimum (at most 0) and maximum (at least 1) on numbers;
+// annotations (title, description, default, examples, $schema, $id, $comment) are ignored.
+// Anything else is refused, naming the keyword and where it is.
+//
+// Bounds are kept by limiting digits, which is sound but not complete: with maximum M the
+// integer part has at most floor(log10(M)) digits, with minimum m < 0 negative numbers at
+// most floor(log10(-m)), with minimum 0 there is no minus sign, and bounded numbers have no
+// exponent. Zod's integers (minimum -2^53+1, maximum 2^53-1) thus get 15 digits.
 const (
 	// maxSchemaProps is the most properties one object schema may name (a bit set tracks
 	// which were written).
@@ -50,6 +56,10 @@ type schema struct {
 	maxItems int // -1: unbounded
 	lits     []string
 	alts     []*schema
+	// numbers: the most integer digits of positive and negative values (0: no negative
+	// values), and whether an exponent may follow
+	posDigits, negDigits int
+	noExp                bool
 }
 
 // schemaProp is a named property: key is its name as JSON text (with quotes).
@@ -63,7 +73,7 @@ var (
 	anyObject    = &schema{id: -2, kind: kObject, open: true}
 	anyArray     = &schema{id: -3, kind: kArray, items: anySchema, maxItems: -1}
 	stringSchema = &schema{id: -4, kind: kString}
-	numberSchema = &schema{id: -5, kind: kNumber}
+	numberSchema = &schema{id: -5, kind: kNumber, posDigits: maxDigits, negDigits: maxDigits}
 	boolSchema   = &schema{id: -6, kind: kBool}
 	nullSchema   = &schema{id: -7, kind: kNull}
 )
@@ -121,10 +131,10 @@ func (c *schemaCompiler) node(v any, path string, depth int) (*schema, error) {
 	slices.Sort(keys)
 	for _, k := range keys {
 		switch k {
-		case "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "nullable":
+		case "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "nullable", "minimum", "maximum":
 		default:
 			if !schemaAnnotations[k] {
-				return nil, &SchemaError{path, fmt.Sprintf("unsupported schema keyword %q (constrained decoding supports type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf, oneOf, nullable)", k)}
+				return nil, &SchemaError{path, fmt.Sprintf("unsupported schema keyword %q (constrained decoding supports type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, anyOf, oneOf, nullable, minimum, maximum)", k)}
 			}
 		}
 	}
@@ -237,10 +247,8 @@ func (c *schemaCompiler) typed(m map[string]any, path string, depth int) (*schem
 			s, err = c.array(m, path, depth)
 		case "string":
 			s = stringSchema
-		case "number":
-			s = numberSchema
-		case "integer":
-			s = c.new(kInteger)
+		case "number", "integer":
+			s, err = c.number(m, path, t == "integer")
 		case "boolean":
 			s = boolSchema
 		case "null":
@@ -311,6 +319,49 @@ func (c *schemaCompiler) object(m map[string]any, path string, depth int) (*sche
 		return nil, &SchemaError{path + ".additionalProperties", "additionalProperties must be a boolean"}
 	}
 	return s, nil
+}
+
+// number compiles a number or integer schema with its bounds (see the package's note on
+// how they are kept).
+func (c *schemaCompiler) number(m map[string]any, path string, integer bool) (*schema, error) {
+	s := c.new(kNumber)
+	if integer {
+		s.kind = kInteger
+	}
+	s.posDigits, s.negDigits = maxDigits, maxDigits
+	for _, k := range []string{"minimum", "maximum"} {
+		v, ok := m[k]
+		if !ok {
+			continue
+		}
+		n, ok := v.(json.Number)
+		f, err := n.Float64()
+		if !ok || err != nil {
+			return nil, &SchemaError{path + "." + k, k + " must be a number"}
+		}
+		s.noExp = true
+		switch {
+		case k == "minimum" && f > 0:
+			return nil, &SchemaError{path + ".minimum", fmt.Sprintf("minimum %s above 0 is not supported", n)}
+		case k == "maximum" && f < 1:
+			return nil, &SchemaError{path + ".maximum", fmt.Sprintf("maximum %s below 1 is not supported", n)}
+		case k == "minimum":
+			s.negDigits = min(s.negDigits, digitsBelow(-f))
+		default:
+			s.posDigits = min(s.posDigits, digitsBelow(f))
+		}
+	}
+	return s, nil
+}
+
+// digitsBelow is the most integer digits d with 10^d <= x (x >= 0): every number with at
+// most d integer digits is below x in size.
+func digitsBelow(x float64) int {
+	d := 0
+	for p := 10.0; p <= x && d < maxDigits; p *= 10 {
+		d++
+	}
+	return d
 }
 
 func (c *schemaCompiler) array(m map[string]any, path string, depth int) (*schema, error) {
