@@ -236,6 +236,11 @@ func responseSchema(rf *ResponseFormat) (*schema, error) {
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
+	release, ok := s.admit(w)
+	if !ok {
+		return
+	}
+	defer release()
 	var req ChatRequest
 	if !s.decode(w, r, &req) {
 		return
@@ -245,17 +250,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		s.requestFailed(w, err)
 		return
 	}
-	rp, ok := s.start(w, r, p.prompt, p.samp, p.stops)
-	if !ok {
-		return
-	}
+	rp := s.start(r, p.prompt, p.samp, p.stops)
 	id, modelID := newID("chatcmpl-"), s.eng.ModelID()
 	if !p.stream {
 		finish, ids, err := rp.each(func(string, []model.TokenLogprob) error { return r.Context().Err() })
 		if err != nil {
-			if finish != "cancelled" {
-				s.requestFailed(w, err)
-			}
+			s.failed(w, nil, finish, err, nil)
 			return
 		}
 		msg, reason := s.answer(rp.text.String(), finish, p)
@@ -290,9 +290,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		return ev.send(chunk(&Delta{Content: &text}, nil, toks))
 	})
 	if err != nil {
-		if finish != "cancelled" {
-			ev.emit(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
-		}
+		s.failed(w, ev, finish, err, chunk(&Delta{}, strPtr("length"), nil))
 		return
 	}
 	if view != nil {
@@ -445,6 +443,11 @@ func (s *Server) answer(text, finish string, p *chatPlan) (*ReplyMessage, string
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
+	release, ok := s.admit(w)
+	if !ok {
+		return
+	}
+	defer release()
 	var req CompletionRequest
 	if !s.decode(w, r, &req) {
 		return
@@ -479,10 +482,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		s.requestFailed(w, err)
 		return
 	}
-	rp, ok := s.start(w, r, ids, sp, req.Stop)
-	if !ok {
-		return
-	}
+	rp := s.start(r, ids, sp, req.Stop)
 	id, modelID := newID("cmpl-"), s.eng.ModelID()
 	resp := func(text string, finish *string) CompletionResponse {
 		return CompletionResponse{ID: id, Object: "text_completion", Created: time.Now().Unix(), Model: modelID, Choices: []TextChoice{{Text: text, FinishReason: finish}}}
@@ -490,9 +490,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	if !req.Stream {
 		finish, gen, err := rp.each(func(string, []model.TokenLogprob) error { return r.Context().Err() })
 		if err != nil {
-			if finish != "cancelled" {
-				s.requestFailed(w, err)
-			}
+			s.failed(w, nil, finish, err, nil)
 			return
 		}
 		out := resp(rp.text.String(), &finish)
@@ -508,9 +506,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		return ev.send(resp(text, nil))
 	})
 	if err != nil {
-		if finish != "cancelled" {
-			ev.emit(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
-		}
+		s.failed(w, ev, finish, err, resp("", strPtr("length")))
 		return
 	}
 	ev.emit(resp("", &finish))
@@ -528,4 +524,24 @@ func textOf(p *string) string {
 		return ""
 	}
 	return *p
+}
+
+// failed ends a reply that did not complete. A client that left gets nothing; one whose
+// reply the shutdown ended gets 503, or on a stream the last chunk (last, with its
+// finish_reason), an error event and [DONE]; a failed generation gets 500 or an error event.
+func (s *Server) failed(w http.ResponseWriter, ev *sse, finish string, err error, last any) {
+	shutdown := finish == "cancelled" && s.stopping.Load()
+	switch {
+	case finish == "cancelled" && !shutdown:
+	case ev == nil && shutdown:
+		s.writeError(w, http.StatusServiceUnavailable, "server_error", "", "server_shutting_down", "the server is shutting down: the reply was cancelled; retry on another server or later")
+	case ev == nil:
+		s.requestFailed(w, err)
+	case shutdown:
+		ev.emit(last)
+		ev.emit(map[string]any{"error": APIError{Message: "the server is shutting down: the reply was cut short", Type: "server_error", Code: strPtr("server_shutting_down")}})
+		ev.done()
+	default:
+		ev.emit(map[string]any{"error": APIError{Message: err.Error(), Type: "server_error"}})
+	}
 }

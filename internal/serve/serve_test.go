@@ -509,7 +509,7 @@ func TestGracefulShutdown(t *testing.T) {
 	go func() {
 		// Run must own the worker: keep it on one goroutine, as the CUDA build needs
 		runtime.LockOSThread()
-		ran <- s.Run(ctx, ln, 10*time.Second, io.Discard)
+		ran <- s.Run(ctx, context.Background(), ln, 10*time.Second, io.Discard)
 	}()
 	got := make(chan string, 1)
 	go func() {

@@ -14,9 +14,11 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -33,8 +35,16 @@ const (
 	// DefaultMaxBody bounds a request body (1 MiB): room for a conversation far longer than
 	// a model's context, small enough that no body strains the server's memory.
 	DefaultMaxBody = 1 << 20
-	// DefaultQueue is how many requests may wait while one generates.
+	// DefaultQueue is how many requests are admitted at once (one generating, the others
+	// sending their bodies or waiting).
 	DefaultQueue = 16
+	// DefaultReadTimeout bounds how long a client may take to send its request body.
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultIdleTimeout is how long a kept-alive connection may stay idle before it is closed.
+	DefaultIdleTimeout = 2 * time.Minute
+	// cutShortTimeout is how long, after the shutdown's grace period, requests are given to
+	// send their last chunk before their connections are closed.
+	cutShortTimeout = 5 * time.Second
 	// DefaultMaxTokens is a reply's length when a request gives none (max_new_tokens of
 	// Qwen-7B's generation_config.json).
 	DefaultMaxTokens = 512
@@ -61,9 +71,16 @@ type Options struct {
 	APIKey string
 	// MaxBody bounds a request body in bytes (default DefaultMaxBody).
 	MaxBody int64
-	// Queue is how many requests may wait while one generates (default DefaultQueue); more
-	// get 429.
+	// Queue is how many requests are admitted at once, counting the one generating and
+	// those still sending their bodies (default DefaultQueue); more get 429 before their
+	// bodies are read, so at most Queue bodies are held in memory.
 	Queue int
+	// ReadTimeout bounds the time to send a request body (default DefaultReadTimeout); a
+	// slower client gets 408 and gives its slot back.
+	ReadTimeout time.Duration
+	// IdleTimeout closes kept-alive connections idle that long (default DefaultIdleTimeout;
+	// Run applies it).
+	IdleTimeout time.Duration
 	// MaxTokens is the default reply length when a request gives none (default
 	// DefaultMaxTokens).
 	MaxTokens int
@@ -76,13 +93,18 @@ type Options struct {
 
 // Server answers the API and serves the page; Work runs the generations.
 type Server struct {
-	eng     Engine
-	opts    Options
-	jobs    chan *job
-	busy    atomic.Bool
-	served  atomic.Int64
-	created int64
-	mux     *http.ServeMux
+	eng      Engine
+	opts     Options
+	slots    chan struct{} // one per admitted request
+	mu       sync.Mutex
+	waiting  []*job        // generations not yet started, oldest first
+	wake     chan struct{} // tells Work a job was queued
+	busy     atomic.Bool
+	served   atomic.Int64
+	inflight atomic.Int64 // requests being handled
+	stopping atomic.Bool  // the shutdown's grace period is over: requests are being ended
+	created  int64
+	mux      *http.ServeMux
 }
 
 type job struct {
@@ -110,7 +132,13 @@ func New(eng Engine, opts Options) *Server {
 	if opts.MaxTokens <= 0 {
 		opts.MaxTokens = DefaultMaxTokens
 	}
-	s := &Server{eng: eng, opts: opts, jobs: make(chan *job, opts.Queue), created: time.Now().Unix(), mux: http.NewServeMux()}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	s := &Server{eng: eng, opts: opts, slots: make(chan struct{}, opts.Queue), wake: make(chan struct{}, 1), created: time.Now().Unix(), mux: http.NewServeMux()}
 	static, err := fs.Sub(webFS, "web")
 	if err != nil {
 		panic(fmt.Sprintf("serve: the embedded page: %v", err)) // "web" is a valid name, embedded above
@@ -140,13 +168,23 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
-// Handler is the HTTP handler.
+// Handler is the HTTP handler. Its log line gives 499 for a request whose client left
+// before the answer was complete, as nginx does.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		s.mux.ServeHTTP(rec, r)
-		s.logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
+		status := fmt.Sprint(rec.status)
+		switch {
+		case r.Context().Err() != nil && s.stopping.Load():
+			status += " (ended by the shutdown)"
+		case r.Context().Err() != nil:
+			status = "499 (the client left)"
+		}
+		s.logf("%s %s %s %.3fs", r.Method, r.URL.Path, status, time.Since(start).Seconds())
 	})
 }
 
@@ -160,6 +198,9 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (read deadlines).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
@@ -170,19 +211,20 @@ func (r *statusRecorder) Flush() {
 // that owns the model (on a GPU, the one that opened the device).
 func (s *Server) Work(ctx context.Context) {
 	for {
+		if ctx.Err() != nil {
+			for j := s.take(); j != nil; j = s.take() { // whoever still waits gets a cancelled reply
+				j.res = jobResult{reason: model.StopCancelled}
+				close(j.out)
+			}
+			return
+		}
+		if j := s.take(); j != nil {
+			s.run(j)
+			continue
+		}
 		select {
 		case <-ctx.Done():
-			for { // whoever still waits gets a cancelled reply
-				select {
-				case j := <-s.jobs:
-					j.res = jobResult{reason: model.StopCancelled}
-					close(j.out)
-				default:
-					return
-				}
-			}
-		case j := <-s.jobs:
-			s.run(j)
+		case <-s.wake:
 		}
 	}
 }
@@ -206,13 +248,58 @@ func (s *Server) run(j *job) {
 	s.served.Add(1)
 }
 
-// submit queues a generation; false when the queue is full.
-func (s *Server) submit(j *job) bool {
+// submit queues a generation (its request holds a slot, so the queue is bounded).
+func (s *Server) submit(j *job) {
+	s.mu.Lock()
+	s.waiting = append(s.waiting, j)
+	s.mu.Unlock()
 	select {
-	case s.jobs <- j:
-		return true
+	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// take removes the oldest waiting generation; nil when none waits.
+func (s *Server) take() *job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.waiting) == 0 {
+		return nil
+	}
+	j := s.waiting[0]
+	s.waiting = slices.Delete(s.waiting, 0, 1)
+	return j
+}
+
+// withdraw removes j if it has not started; false when Work already took it.
+func (s *Server) withdraw(j *job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.Index(s.waiting, j)
+	if i < 0 {
 		return false
+	}
+	s.waiting = slices.Delete(s.waiting, i, i+1)
+	return true
+}
+
+// queued is how many generations wait.
+func (s *Server) queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waiting)
+}
+
+// admit takes a request's slot before anything of its body is read; false (after answering
+// 429) when all are taken. The slot is given back by release, when the request is done.
+func (s *Server) admit(w http.ResponseWriter) (release func(), ok bool) {
+	select {
+	case s.slots <- struct{}{}:
+		return func() { <-s.slots }, true
+	default:
+		w.Header().Set("Retry-After", "1")
+		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already admitted; retry later", cap(s.slots)))
+		return nil, false
 	}
 }
 
@@ -231,7 +318,7 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	s.writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "queued": len(s.jobs), "served": s.served.Load()})
+	s.writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "admitted": len(s.slots), "queued": s.queued(), "served": s.served.Load()})
 }
 
 func (s *Server) models(w http.ResponseWriter, r *http.Request) {
@@ -283,11 +370,23 @@ func (s *Server) writeError(w http.ResponseWriter, status int, typ, param, code,
 	s.writeJSON(w, status, map[string]any{"error": e})
 }
 
-// decode reads a JSON body: bounded, valid UTF-8, one object of the expected types.
+// decode reads a JSON body: bounded in size and in time, valid UTF-8, one object of the
+// expected types.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(s.opts.ReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBody))
+	if deadline == nil {
+		if derr := rc.SetReadDeadline(time.Time{}); derr != nil {
+			s.logf("clearing a request's read deadline: %v", derr)
+		}
+	}
 	var tooBig *http.MaxBytesError
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		w.Header().Set("Connection", "close")
+		s.writeError(w, http.StatusRequestTimeout, "invalid_request_error", "", "request_timeout", fmt.Sprintf("the request body did not arrive within %s", s.opts.ReadTimeout))
+		return false
 	case errors.As(err, &tooBig):
 		s.writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
 		return false
@@ -441,6 +540,7 @@ func newID(prefix string) string {
 // reply is one generation seen from its handler: text as it is decoded and cut at stop
 // strings.
 type reply struct {
+	s      *Server
 	j      *job
 	cancel context.CancelFunc
 	dec    *tokenizer.StreamDecoder
@@ -449,17 +549,12 @@ type reply struct {
 	toks   []model.TokenLogprob
 }
 
-// start queues the generation; false (after answering 429) when the queue is full.
-func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp Sampling, stops []string) (*reply, bool) {
+// start queues the generation of an admitted request.
+func (s *Server) start(r *http.Request, prompt []int, sp Sampling, stops []string) *reply {
 	ctx, cancel := context.WithCancel(r.Context())
 	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan model.TokenLogprob, streamBuffer)}
-	if !s.submit(j) {
-		cancel()
-		w.Header().Set("Retry-After", "1")
-		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
-		return nil, false
-	}
-	return &reply{j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
+	s.submit(j)
+	return &reply{s: s, j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}
 }
 
 // each calls f with every piece of text that may be shown, in order, with the tokens
@@ -480,7 +575,20 @@ func (rp *reply) each(f func(text string, toks []model.TokenLogprob) error) (str
 		}
 		pending = 0
 	}
-	for tl := range rp.j.out {
+	for {
+		var tl model.TokenLogprob
+		var ok bool
+		select {
+		case tl, ok = <-rp.j.out:
+		case <-rp.j.ctx.Done():
+			if rp.s.withdraw(rp.j) { // it never started: nothing to wait for
+				return "cancelled", nil, context.Canceled
+			}
+			tl, ok = <-rp.j.out // it runs, and ends at its next token
+		}
+		if !ok {
+			break
+		}
 		if rp.stop.hit {
 			continue
 		}
@@ -582,38 +690,53 @@ func usage(prompt, completion int) *Usage {
 }
 
 // Run serves on ln and runs the generations on the calling goroutine (which must own the
-// model and, on a GPU, the device) until ctx ends (the caller ties it to SIGINT and
-// SIGTERM); then it stops accepting, lets running requests finish for up to grace, and
-// cancels what is left.
-func (s *Server) Run(ctx context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
+// model and, on a GPU, the device) until stop ends (the caller ties it to SIGINT and
+// SIGTERM); then it stops accepting and lets running requests finish for up to grace. What
+// is still running then is ended: a stream gets its last chunk, an error event and [DONE], a
+// waiting request 503. If kill ends (a second signal), Run closes everything at once.
+func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
 	base, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
-	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base }, ReadHeaderTimeout: readHeaderTimeout}
+	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base },
+		ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: s.opts.IdleTimeout}
 	work, stopWork := context.WithCancel(context.Background())
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 	result := make(chan error, 1)
 	go func() {
+		defer stopWork()
 		var err error
 		select {
-		case <-ctx.Done():
-			fmt.Fprintln(logw, "shutting down: finishing running requests")
+		case <-stop.Done():
+			fmt.Fprintf(logw, "shutting down: running requests may finish within %s (a second signal stops at once)\n", grace)
+		case <-kill.Done():
 		case err = <-serveErr:
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
 		}
-		sctx, cancel := context.WithTimeout(context.Background(), grace)
+		sctx, cancel := context.WithTimeout(kill, grace)
 		defer cancel()
-		if hs.Shutdown(sctx) != nil {
-			fmt.Fprintf(logw, "requests still running after %s: cancelling them\n", grace)
-			cancelRequests()
-			if cerr := hs.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("serve: closing the listener: %w", cerr)
+		if hs.Shutdown(sctx) == nil {
+			result <- err
+			return
+		}
+		s.stopping.Store(true)
+		cancelRequests()
+		if kill.Err() == nil {
+			fmt.Fprintf(logw, "requests still running after %s: ending them\n", grace)
+			// the handlers send their last chunks, then what is left is closed
+			end := time.Now().Add(cutShortTimeout)
+			for s.inflight.Load() > 0 && kill.Err() == nil && time.Now().Before(end) {
+				time.Sleep(10 * time.Millisecond)
 			}
+		} else {
+			fmt.Fprintln(logw, "stopping now")
+		}
+		if cerr := hs.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("serve: closing the listener: %w", cerr)
 		}
 		result <- err
-		stopWork()
 	}()
 	s.Work(work)
 	return <-result
