@@ -65,6 +65,16 @@ func TestAdmissionBeforeTheBody(t *testing.T) {
 	if code != 429 || !strings.Contains(string(body), "queue_full") {
 		t.Fatalf("a third request while two bodies are being read: %d %s", code, body)
 	}
+	// a refused slow sender is answered at once, its body left unread
+	c := stalledBody(t, url)
+	if err := c.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || res.StatusCode != 429 {
+		t.Fatalf("a refused slow sender: %v %v", res, err)
+	}
+	res.Body.Close()
 	a.Close()
 	b.Close()
 	waitFor(t, 2*time.Second, "slots freed by closed connections", func() bool { return health(t, url)["admitted"] == 0.0 })

@@ -297,6 +297,9 @@ func (s *Server) admit(w http.ResponseWriter) (release func(), ok bool) {
 	case s.slots <- struct{}{}:
 		return func() { <-s.slots }, true
 	default:
+		// the body stays unread: closing the connection keeps the server from reading it
+		// after the answer, which a slow sender could hold up
+		w.Header().Set("Connection", "close")
 		w.Header().Set("Retry-After", "1")
 		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already admitted; retry later", cap(s.slots)))
 		return nil, false
@@ -698,7 +701,7 @@ func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Dur
 	base, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
 	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: s.opts.IdleTimeout}
+		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: s.opts.ReadTimeout, IdleTimeout: s.opts.IdleTimeout}
 	work, stopWork := context.WithCancel(context.Background())
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
