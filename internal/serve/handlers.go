@@ -236,7 +236,7 @@ func responseSchema(rf *ResponseFormat) (*schema, error) {
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
-	release, ok := s.admit(w)
+	release, ok := s.admit(w, r)
 	if !ok {
 		return
 	}
@@ -443,7 +443,7 @@ func (s *Server) answer(text, finish string, p *chatPlan) (*ReplyMessage, string
 }
 
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
-	release, ok := s.admit(w)
+	release, ok := s.admit(w, r)
 	if !ok {
 		return
 	}

@@ -38,8 +38,8 @@ type scripted struct {
 	tok       *tokenizer.Tokenizer
 	context   int
 	mu        sync.Mutex
-	prompts   [][]int
-	samplings []Sampling
+	prompt    []int // the last generation's (only the last is kept: a soak runs thousands)
+	sampling  Sampling
 	cancelled int
 	started   chan struct{} // receives when a generation starts (if not nil)
 }
@@ -52,13 +52,13 @@ func (e *scripted) MaxWindow() int                  { return 6144 }
 func (e *scripted) lastPrompt() []int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.prompts[len(e.prompts)-1]
+	return e.prompt
 }
 
 func (e *scripted) lastSampling() Sampling {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.samplings[len(e.samplings)-1]
+	return e.sampling
 }
 
 func (e *scripted) cancels() int {
@@ -99,8 +99,7 @@ func (e *scripted) reply(text string) (string, time.Duration) {
 
 func (e *scripted) Generate(ctx context.Context, prompt []int, s Sampling, emit func(model.TokenLogprob) error) ([]int, model.StopReason, error) {
 	e.mu.Lock()
-	e.prompts = append(e.prompts, prompt)
-	e.samplings = append(e.samplings, s)
+	e.prompt, e.sampling = prompt, s
 	e.mu.Unlock()
 	if e.started != nil {
 		select {

@@ -292,18 +292,30 @@ func (s *Server) queued() int {
 
 // admit takes a request's slot before anything of its body is read; false (after answering
 // 429) when all are taken. The slot is given back by release, when the request is done.
-func (s *Server) admit(w http.ResponseWriter) (release func(), ok bool) {
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
 	select {
 	case s.slots <- struct{}{}:
 		return func() { <-s.slots }, true
 	default:
-		// the body stays unread: closing the connection keeps the server from reading it
-		// after the answer, which a slow sender could hold up
-		w.Header().Set("Connection", "close")
-		w.Header().Set("Retry-After", "1")
-		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already admitted; retry later", cap(s.slots)))
+	}
+	// The answer goes out at once, before the body; then the body is drained (never held,
+	// bounded by MaxBody and ReadTimeout), so that closing the connection does not reset it
+	// before the client has read the answer.
+	rc := http.NewResponseController(w)
+	duplex := rc.EnableFullDuplex() == nil
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Retry-After", "1")
+	s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already admitted; retry later", cap(s.slots)))
+	if err := rc.Flush(); err != nil || !duplex {
 		return nil, false
 	}
+	if err := rc.SetReadDeadline(time.Now().Add(s.opts.ReadTimeout)); err != nil {
+		return nil, false
+	}
+	if _, err := io.Copy(io.Discard, io.LimitReader(r.Body, s.opts.MaxBody)); err != nil {
+		s.logf("draining a refused request's body: %v", err)
+	}
+	return nil, false
 }
 
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
