@@ -2,6 +2,7 @@ package serve
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -284,4 +287,64 @@ func TestCancelledRequestsAreLoggedSo(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestConcurrentBigBodiesAreBounded: 100 clients send 1 MiB bodies at once; only the
+// admitted ones are read, so the resident set grows by a few bodies, not by a hundred.
+func TestConcurrentBigBodiesAreBounded(t *testing.T) {
+	if rssBytes() == 0 {
+		t.Skip("no /proc/self/status to read the resident set from")
+	}
+	eng := newScripted(t)
+	_, url := startServer(t, eng, Options{Queue: 4})
+	filler := strings.Repeat("x", 1<<20-100)
+	body := []byte(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"user":"` + filler + `"}`)
+	debug.FreeOSMemory()
+	base := rssBytes()
+	var peak atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		for {
+			peak.Store(max(peak.Load(), rssBytes()))
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	statuses := make(chan int, 100)
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := http.Post(url+"/v1/chat/completions", "application/json", bytes.NewReader(body))
+			if err != nil {
+				statuses <- -1
+				return
+			}
+			defer res.Body.Close()
+			if _, err := io.Copy(io.Discard, res.Body); err != nil {
+				statuses <- -1
+				return
+			}
+			statuses <- res.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(done)
+	close(statuses)
+	counts := map[int]int{}
+	for c := range statuses {
+		counts[c]++
+	}
+	grew := peak.Load() - base
+	t.Logf("statuses %v; RSS %.1f MB, peak %.1f MB higher", counts, float64(base)/(1<<20), float64(grew)/(1<<20))
+	if counts[200]+counts[429] != 100 || counts[200] == 0 {
+		t.Fatalf("statuses %v: want 200 or 429 for all", counts)
+	}
+	if grew > 48<<20 {
+		t.Fatalf("the resident set grew by %d MB for 100 bodies of 1 MiB with 4 slots", grew>>20)
+	}
 }

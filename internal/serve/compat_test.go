@@ -260,6 +260,26 @@ func TestLogprobs(t *testing.T) {
 	if n != len(r.Choices[0].Logprobs.Content) {
 		t.Fatalf("the stream carried %d token logprobs, the response %d", n, len(r.Choices[0].Logprobs.Content))
 	}
+	// the legacy completions' format
+	code, b = post(t, strings.Replace(url, "chat/", "", 1), "", `{"prompt":"stop test","logprobs":2,"max_tokens":5}`)
+	var c struct {
+		Choices []struct {
+			Text     string
+			Logprobs struct {
+				Tokens        []string
+				TokenLogprobs []float64            `json:"token_logprobs"`
+				TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+				TextOffset    []int                `json:"text_offset"`
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &c); code != 200 || err != nil {
+		t.Fatalf("completions with logprobs: %d %s", code, b)
+	}
+	lp := c.Choices[0].Logprobs
+	if strings.Join(lp.Tokens, "") != c.Choices[0].Text || len(lp.TokenLogprobs) != 5 || len(lp.TopLogprobs[0]) != 2 || lp.TextOffset[1] != len(lp.Tokens[0]) {
+		t.Fatalf("completions logprobs %+v for %q", lp, c.Choices[0].Text)
+	}
 	for _, c := range []struct{ body, param string }{
 		{`{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}`, "top_logprobs"},
 		{`{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}`, "top_logprobs"},

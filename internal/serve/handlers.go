@@ -13,8 +13,12 @@ import (
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
-// minLogprob stands for a log-probability of -Inf, which JSON cannot hold (OpenAI's value).
-const minLogprob = -9999
+const (
+	// minLogprob stands for a log-probability of -Inf, which JSON cannot hold (OpenAI's value).
+	minLogprob = -9999
+	// maxCompletionLogprobs is the most alternatives the legacy completions' logprobs list.
+	maxCompletionLogprobs = 5
+)
 
 // chatPlan is a validated chat request: its prompt and how to answer.
 type chatPlan struct {
@@ -374,23 +378,43 @@ func callContent(text string) string {
 	return strings.TrimSpace(text)
 }
 
+// logprobEntry is a token's text, log-probability (finite, as JSON needs) and bytes.
+func (s *Server) logprobEntry(id int, lp float64) (string, float64, []int) {
+	b, err := s.eng.Tokenizer().TokenBytes(id)
+	if err != nil {
+		b = nil // an id the tokenizer does not have: no bytes
+	}
+	ints := make([]int, len(b))
+	for i, x := range b {
+		ints[i] = int(x)
+	}
+	if math.IsInf(lp, -1) || math.IsNaN(lp) {
+		lp = minLogprob
+	}
+	return string(b), lp, ints
+}
+
+// completionLogprobs are the legacy completions' logprobs for toks; offset is the reply's
+// bytes before them, advanced past them.
+func (s *Server) completionLogprobs(toks []model.TokenLogprob, offset *int) *CompletionLogprobs {
+	out := &CompletionLogprobs{Tokens: []string{}, TokenLogprobs: []float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
+	for _, t := range toks {
+		text, lp, b := s.logprobEntry(t.ID, t.Logprob)
+		top := map[string]float64{}
+		for _, a := range t.Top {
+			at, alp, _ := s.logprobEntry(a.ID, a.Logprob)
+			top[at] = alp
+		}
+		out.Tokens, out.TokenLogprobs = append(out.Tokens, text), append(out.TokenLogprobs, lp)
+		out.TopLogprobs, out.TextOffset = append(out.TopLogprobs, top), append(out.TextOffset, *offset)
+		*offset += len(b)
+	}
+	return out
+}
+
 // chatLogprobs are OpenAI's logprobs.content for toks.
 func (s *Server) chatLogprobs(toks []model.TokenLogprob) *ChatLogprobs {
-	tok := s.eng.Tokenizer()
-	entry := func(id int, lp float64) (string, float64, []int) {
-		b, err := tok.TokenBytes(id)
-		if err != nil {
-			b = nil // an id the tokenizer does not have: no bytes
-		}
-		ints := make([]int, len(b))
-		for i, x := range b {
-			ints[i] = int(x)
-		}
-		if math.IsInf(lp, -1) || math.IsNaN(lp) {
-			lp = minLogprob
-		}
-		return string(b), lp, ints
-	}
+	entry := s.logprobEntry
 	out := &ChatLogprobs{Content: make([]TokenLogprob, 0, len(toks))}
 	for _, t := range toks {
 		e := TokenLogprob{TopLogprobs: make([]TopLogprob, 0, len(t.Top))}
@@ -456,6 +480,12 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	if err == nil && req.Echo {
 		err = badRequest("echo", "echo is not supported")
 	}
+	if err == nil && req.Logprobs != nil {
+		if *req.Logprobs < 0 || *req.Logprobs > maxCompletionLogprobs {
+			err = badRequest("logprobs", "logprobs must be from 0 to %d, got %d", maxCompletionLogprobs, *req.Logprobs)
+		}
+		sp.Logprobs, sp.TopLogprobs = true, *req.Logprobs
+	}
 	var prompt string
 	if err == nil {
 		var list []string
@@ -484,8 +514,13 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	rp := s.start(r, ids, sp, req.Stop)
 	id, modelID := newID("cmpl-"), s.eng.ModelID()
-	resp := func(text string, finish *string) CompletionResponse {
-		return CompletionResponse{ID: id, Object: "text_completion", Created: time.Now().Unix(), Model: modelID, Choices: []TextChoice{{Text: text, FinishReason: finish}}}
+	offset := 0 // the text's bytes before the next token, for text_offset
+	resp := func(text string, finish *string, toks []model.TokenLogprob) CompletionResponse {
+		c := TextChoice{Text: text, FinishReason: finish}
+		if sp.Logprobs && toks != nil {
+			c.Logprobs = s.completionLogprobs(toks, &offset)
+		}
+		return CompletionResponse{ID: id, Object: "text_completion", Created: time.Now().Unix(), Model: modelID, Choices: []TextChoice{c}}
 	}
 	if !req.Stream {
 		finish, gen, err := rp.each(func(string, []model.TokenLogprob) error { return r.Context().Err() })
@@ -493,25 +528,25 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 			s.failed(w, nil, finish, err, nil)
 			return
 		}
-		out := resp(rp.text.String(), &finish)
+		out := resp(rp.text.String(), &finish, rp.toks)
 		out.Usage = usage(len(ids), len(gen))
 		s.writeJSON(w, http.StatusOK, out)
 		return
 	}
 	ev := s.startSSE(w)
-	finish, gen, err := rp.each(func(text string, _ []model.TokenLogprob) error {
-		if text == "" {
+	finish, gen, err := rp.each(func(text string, toks []model.TokenLogprob) error {
+		if text == "" && (!sp.Logprobs || len(toks) == 0) {
 			return nil
 		}
-		return ev.send(resp(text, nil))
+		return ev.send(resp(text, nil, toks))
 	})
 	if err != nil {
-		s.failed(w, ev, finish, err, resp("", strPtr("length")))
+		s.failed(w, ev, finish, err, resp("", strPtr("length"), nil))
 		return
 	}
-	ev.emit(resp("", &finish))
+	ev.emit(resp("", &finish, nil))
 	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
-		u := resp("", nil)
+		u := resp("", nil, nil)
 		u.Choices, u.Usage = []TextChoice{}, usage(len(ids), len(gen))
 		ev.emit(u)
 	}

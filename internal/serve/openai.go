@@ -149,8 +149,9 @@ type StreamOptions struct {
 // CompletionRequest is a POST /v1/completions body.
 type CompletionRequest struct {
 	RequestCommon
-	Prompt json.RawMessage `json:"prompt"` // a string or an array of one string
-	Echo   bool            `json:"echo"`
+	Prompt   json.RawMessage `json:"prompt"` // a string or an array of one string
+	Echo     bool            `json:"echo"`
+	Logprobs *int            `json:"logprobs"` // alternatives per token, 0 to 5
 }
 
 // Usage counts tokens.
@@ -224,10 +225,19 @@ type ChatResponse = Response[ChatChoice]
 
 // TextChoice is a choice of a text completion.
 type TextChoice struct {
-	Text         string    `json:"text"`
-	Index        int       `json:"index"`
-	Logprobs     *struct{} `json:"logprobs"`
-	FinishReason *string   `json:"finish_reason"`
+	Text         string              `json:"text"`
+	Index        int                 `json:"index"`
+	Logprobs     *CompletionLogprobs `json:"logprobs"`
+	FinishReason *string             `json:"finish_reason"`
+}
+
+// CompletionLogprobs are the legacy completions' log-probabilities: per token its text,
+// log-probability, alternatives and byte offset in the reply.
+type CompletionLogprobs struct {
+	Tokens        []string             `json:"tokens"`
+	TokenLogprobs []float64            `json:"token_logprobs"`
+	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+	TextOffset    []int                `json:"text_offset"`
 }
 
 // CompletionResponse is a text_completion (or a chunk of one).
