@@ -1,7 +1,9 @@
 package model
 
 import (
+	"context"
 	"math"
+	"slices"
 	"testing"
 )
 
@@ -69,5 +71,46 @@ func TestLogprobs(t *testing.T) {
 	}
 	if len(got.Top) != 2 || got.Top[0].ID != 1 || got.Top[1].ID != 2 || math.Abs(got.Top[1].Logprob-lp(2)) > 1e-12 {
 		t.Fatalf("top alternatives %+v, want ids 1 and 2", got.Top)
+	}
+}
+
+// TestExecutorSessionSamplesConstrainedOnHost: on an executor, a constrained or
+// log-probability sampler takes every token from host logits (the device sampler cannot
+// mask), and gives the CPU path's tokens.
+func TestExecutorSessionSamplesConstrainedOnHost(t *testing.T) {
+	m, err := RandomModel(TinyOptions{Seed: 3, VocabRanks: 512, Hidden: 64, Layers: 2, Heads: 4, MLPWidth: 48, SeqLength: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Exec = nil }()
+	prompt := []int{5, 99, 300, 7, 42, 42, 8}
+	for _, mk := range []func() *Sampler{
+		func() *Sampler { return &Sampler{Greedy: true, RepetitionPenalty: 1.1, Constraint: &evenOnly{}} },
+		func() *Sampler { return &Sampler{Greedy: true, RepetitionPenalty: 1, Logprobs: true, TopLogprobs: 2} },
+		func() *Sampler { return &Sampler{Greedy: true, RepetitionPenalty: 1, PresencePenalty: 1} },
+	} {
+		m.Exec = nil
+		cpu := m.NewSession(8)
+		want, _, err := cpu.Generate(context.Background(), prompt, GenerateOptions{MaxNewTokens: 12, Sampler: mk()}, nil)
+		if cerr := cpu.Close(); err != nil || cerr != nil {
+			t.Fatal(err, cerr)
+		}
+		e := &fakeExec{}
+		m.Exec = e
+		s := m.NewSession(8)
+		sampler := mk()
+		got, _, err := s.Generate(context.Background(), prompt, GenerateOptions{MaxNewTokens: 12, Sampler: sampler}, nil)
+		if cerr := s.Close(); err != nil || cerr != nil {
+			t.Fatal(err, cerr)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("executor path %v, CPU %v", got, want)
+		}
+		if e.sampled != 0 {
+			t.Errorf("%d tokens sampled on the device for a sampler that needs the host", e.sampled)
+		}
+		if c, ok := sampler.Constraint.(*evenOnly); ok && slices.ContainsFunc(got, func(id int) bool { return id%2 == 1 }) {
+			t.Errorf("the constraint was not kept on the executor path: %v (accepted %v)", got, c.accepted)
+		}
 	}
 }
