@@ -1,7 +1,6 @@
 package serve
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -12,16 +11,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
-	"os"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
@@ -105,20 +100,6 @@ type Server struct {
 	stopping atomic.Bool  // the shutdown's grace period is over: requests are being ended
 	created  int64
 	mux      *http.ServeMux
-}
-
-type job struct {
-	ctx    context.Context
-	prompt []int
-	samp   Sampling
-	out    chan model.TokenLogprob // the ids as they are generated; closed when the generation ends
-	res    jobResult
-}
-
-type jobResult struct {
-	ids    []int
-	reason model.StopReason
-	err    error
 }
 
 // New makes a server for eng.
@@ -207,117 +188,6 @@ func (r *statusRecorder) Flush() {
 	}
 }
 
-// Work runs queued generations one at a time until ctx ends; call it from the goroutine
-// that owns the model (on a GPU, the one that opened the device).
-func (s *Server) Work(ctx context.Context) {
-	for {
-		if ctx.Err() != nil {
-			for j := s.take(); j != nil; j = s.take() { // whoever still waits gets a cancelled reply
-				j.res = jobResult{reason: model.StopCancelled}
-				close(j.out)
-			}
-			return
-		}
-		if j := s.take(); j != nil {
-			s.run(j)
-			continue
-		}
-		select {
-		case <-ctx.Done():
-		case <-s.wake:
-		}
-	}
-}
-
-func (s *Server) run(j *job) {
-	defer close(j.out)
-	if j.ctx.Err() != nil { // the client left while it waited
-		j.res = jobResult{reason: model.StopCancelled}
-		return
-	}
-	s.busy.Store(true)
-	defer s.busy.Store(false)
-	ids, reason, err := s.eng.Generate(j.ctx, j.prompt, j.samp, func(t model.TokenLogprob) error {
-		select {
-		case j.out <- t:
-		case <-j.ctx.Done():
-		}
-		return nil
-	})
-	j.res = jobResult{ids: ids, reason: reason, err: err}
-	s.served.Add(1)
-}
-
-// submit queues a generation (its request holds a slot, so the queue is bounded).
-func (s *Server) submit(j *job) {
-	s.mu.Lock()
-	s.waiting = append(s.waiting, j)
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// take removes the oldest waiting generation; nil when none waits.
-func (s *Server) take() *job {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.waiting) == 0 {
-		return nil
-	}
-	j := s.waiting[0]
-	s.waiting = slices.Delete(s.waiting, 0, 1)
-	return j
-}
-
-// withdraw removes j if it has not started; false when Work already took it.
-func (s *Server) withdraw(j *job) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := slices.Index(s.waiting, j)
-	if i < 0 {
-		return false
-	}
-	s.waiting = slices.Delete(s.waiting, i, i+1)
-	return true
-}
-
-// queued is how many generations wait.
-func (s *Server) queued() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.waiting)
-}
-
-// admit takes a request's slot before anything of its body is read; false (after answering
-// 429) when all are taken. The slot is given back by release, when the request is done.
-func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
-	select {
-	case s.slots <- struct{}{}:
-		return func() { <-s.slots }, true
-	default:
-	}
-	// The answer goes out at once, before the body; then the body is drained (never held,
-	// bounded by MaxBody and ReadTimeout), so that closing the connection does not reset it
-	// before the client has read the answer.
-	rc := http.NewResponseController(w)
-	duplex := rc.EnableFullDuplex() == nil
-	w.Header().Set("Connection", "close")
-	w.Header().Set("Retry-After", "1")
-	s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already admitted; retry later", cap(s.slots)))
-	if err := rc.Flush(); err != nil || !duplex {
-		return nil, false
-	}
-	if err := rc.SetReadDeadline(time.Now().Add(s.opts.ReadTimeout)); err != nil {
-		return nil, false
-	}
-	if _, err := io.Copy(io.Discard, io.LimitReader(r.Body, s.opts.MaxBody)); err != nil {
-		s.logf("draining a refused request's body: %v", err)
-	}
-	return nil, false
-}
-
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.APIKey != "" {
@@ -383,154 +253,6 @@ func (s *Server) writeError(w http.ResponseWriter, status int, typ, param, code,
 		e.Code = &code
 	}
 	s.writeJSON(w, status, map[string]any{"error": e})
-}
-
-// decode reads a JSON body: bounded in size and in time, valid UTF-8, one object of the
-// expected types.
-func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	rc := http.NewResponseController(w)
-	deadline := rc.SetReadDeadline(time.Now().Add(s.opts.ReadTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBody))
-	if deadline == nil {
-		if derr := rc.SetReadDeadline(time.Time{}); derr != nil {
-			s.logf("clearing a request's read deadline: %v", derr)
-		}
-	}
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		w.Header().Set("Connection", "close")
-		s.writeError(w, http.StatusRequestTimeout, "invalid_request_error", "", "request_timeout", fmt.Sprintf("the request body did not arrive within %s", s.opts.ReadTimeout))
-		return false
-	case errors.As(err, &tooBig):
-		s.writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
-		return false
-	case err != nil:
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "reading the request body: "+err.Error())
-		return false
-	case !utf8.Valid(body):
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
-		return false
-	}
-	if err := decodeBody(body, v); err != nil {
-		s.requestFailed(w, err)
-		return false
-	}
-	return true
-}
-
-// decodeBody reads one JSON object into v: nothing but whitespace may follow it, and a type
-// error names the field and what it must be.
-func decodeBody(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if !errors.As(err, &te) {
-			return badRequest("", "the request body is not valid JSON: %v", err)
-		}
-		// the field's JSON path, without the name of the embedded struct it sits in
-		te.Field = strings.ReplaceAll(te.Field, "RequestCommon.", "")
-		if te.Field == "" {
-			return badRequest("", "the request body must be a JSON object, not %s", jsonValueKind(te.Value))
-		}
-		if k := te.Type.Kind(); strings.HasPrefix(te.Value, "number") && k >= reflect.Int && k <= reflect.Int64 {
-			lo, hi := intRange(te.Type.Bits())
-			return badRequest(te.Field, "%s must be an integer from %d to %d, not %s", te.Field, lo, hi, strings.TrimPrefix(te.Value, "number "))
-		}
-		return badRequest(te.Field, "%s must be %s, not %s", te.Field, jsonKind(te.Type.String()), jsonValueKind(te.Value))
-	}
-	if rest := bytes.TrimSpace(body[dec.InputOffset():]); len(rest) > 0 {
-		return badRequest("", "the request body has data after its JSON object: %.20q", rest)
-	}
-	return nil
-}
-
-// jsonValueKind names the JSON value an UnmarshalTypeError describes ("array", "number 1.5").
-func jsonValueKind(v string) string {
-	if strings.HasPrefix(v, "array") || strings.HasPrefix(v, "object") {
-		return "an " + v
-	}
-	return "a JSON " + v
-}
-
-func intRange(bits int) (int64, int64) {
-	return -1 << (bits - 1), 1<<(bits-1) - 1
-}
-
-func jsonKind(goType string) string {
-	switch {
-	case strings.Contains(goType, "string"):
-		return "a string"
-	case strings.Contains(goType, "float"), strings.Contains(goType, "int"):
-		return "a number"
-	case strings.Contains(goType, "bool"):
-		return "a boolean"
-	case strings.HasPrefix(goType, "[]"):
-		return "an array"
-	}
-	return "an object"
-}
-
-// settings checks the sampling fields shared by both endpoints.
-func (s *Server) settings(c *RequestCommon, maxTokens *int) (Sampling, error) {
-	temp, topP, seed, n := c.Temperature, c.TopP, c.Seed, c.N
-	var sp Sampling
-	if err := s.checkModel(c.Model); err != nil {
-		return sp, err
-	}
-	for _, p := range []struct {
-		name string
-		v    *float64
-		to   *float64
-	}{{"presence_penalty", c.PresencePenalty, &sp.PresencePenalty}, {"frequency_penalty", c.FrequencyPenalty, &sp.FrequencyPenalty}} {
-		if p.v == nil {
-			continue
-		}
-		if *p.v < -maxPenalty || *p.v > maxPenalty {
-			return sp, badRequest(p.name, "%s must be between -%d and %d, got %g", p.name, maxPenalty, maxPenalty, *p.v)
-		}
-		*p.to = *p.v
-	}
-	if len(c.Stop) > maxStops {
-		return sp, badRequest("stop", "at most %d stop strings, got %d", maxStops, len(c.Stop))
-	}
-	for i, st := range c.Stop {
-		if st == "" {
-			return sp, badRequest("stop", "stop[%d] is empty", i)
-		}
-	}
-	if n != nil && *n != 1 {
-		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
-	}
-	if temp != nil && (*temp < 0 || *temp > maxTemperature) {
-		return sp, badRequest("temperature", "temperature must be between 0 and %g, got %g", float64(maxTemperature), *temp)
-	}
-	if topP != nil && (*topP <= 0 || *topP > 1) {
-		return sp, badRequest("top_p", "top_p must be in (0, 1], got %g", *topP)
-	}
-	sp.Temperature, sp.TopP = temp, topP
-	sp.MaxTokens = s.opts.MaxTokens
-	if maxTokens != nil {
-		if *maxTokens < 1 {
-			return sp, badRequest("max_tokens", "max_tokens must be at least 1, got %d", *maxTokens)
-		}
-		sp.MaxTokens = *maxTokens
-	}
-	if seed != nil {
-		u := uint64(*seed)
-		sp.Seed = &u
-	}
-	return sp, nil
-}
-
-// fit checks the prompt against the context and caps the reply to what is left.
-func (s *Server) fit(prompt []int, sp *Sampling, param string) error {
-	ctxLen := s.eng.ContextLength()
-	if len(prompt) >= ctxLen {
-		return &requestError{param: param, code: "context_length_exceeded", msg: fmt.Sprintf("the prompt is %d tokens; this model's context is %d (prompt and reply together)", len(prompt), ctxLen)}
-	}
-	sp.MaxTokens = min(sp.MaxTokens, ctxLen-len(prompt))
-	return nil
 }
 
 func (s *Server) requestFailed(w http.ResponseWriter, err error) {
@@ -702,57 +424,4 @@ func strPtr(s string) *string { return &s }
 
 func usage(prompt, completion int) *Usage {
 	return &Usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
-}
-
-// Run serves on ln and runs the generations on the calling goroutine (which must own the
-// model and, on a GPU, the device) until stop ends (the caller ties it to SIGINT and
-// SIGTERM); then it stops accepting and lets running requests finish for up to grace. What
-// is still running then is ended: a stream gets its last chunk, an error event and [DONE], a
-// waiting request 503. If kill ends (a second signal), Run closes everything at once.
-func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
-	base, cancelRequests := context.WithCancel(context.Background())
-	defer cancelRequests()
-	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: s.opts.ReadTimeout, IdleTimeout: s.opts.IdleTimeout}
-	work, stopWork := context.WithCancel(context.Background())
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	result := make(chan error, 1)
-	go func() {
-		defer stopWork()
-		var err error
-		select {
-		case <-stop.Done():
-			fmt.Fprintf(logw, "shutting down: running requests may finish within %s (a second signal stops at once)\n", grace)
-		case <-kill.Done():
-		case err = <-serveErr:
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			}
-		}
-		sctx, cancel := context.WithTimeout(kill, grace)
-		defer cancel()
-		if hs.Shutdown(sctx) == nil {
-			result <- err
-			return
-		}
-		s.stopping.Store(true)
-		cancelRequests()
-		if kill.Err() == nil {
-			fmt.Fprintf(logw, "requests still running after %s: ending them\n", grace)
-			// the handlers send their last chunks, then what is left is closed
-			end := time.Now().Add(cutShortTimeout)
-			for s.inflight.Load() > 0 && kill.Err() == nil && time.Now().Before(end) {
-				time.Sleep(10 * time.Millisecond)
-			}
-		} else {
-			fmt.Fprintln(logw, "stopping now")
-		}
-		if cerr := hs.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("serve: closing the listener: %w", cerr)
-		}
-		result <- err
-	}()
-	s.Work(work)
-	return <-result
 }
