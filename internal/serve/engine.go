@@ -1,9 +1,3 @@
-// Package serve is qwen-tune's OpenAI-compatible HTTP API and web chat page:
-// /v1/chat/completions (streaming, stop strings, seed, tools and functions through Qwen's
-// ReAct prompt), /v1/completions, /v1/models, /health, and the page at /. Generations run
-// one at a time on the goroutine that calls Server.Work (the one that owns the model and,
-// on a GPU, the device's thread), fed by a bounded queue: a full queue answers 429, a client
-// that goes away cancels its generation.
 package serve
 
 import (
