@@ -233,11 +233,14 @@ func TestSecondSignalEndsAtOnce(t *testing.T) {
 	eng := newScripted(t)
 	eng.started = make(chan struct{}, 1)
 	url, stop, kill, ran := runServer(t, New(eng, Options{}), time.Minute)
+	ended := make(chan error, 1) // how the stream ended (cut: an error)
 	go func() {
-		if res, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`)); err == nil {
-			_, _ = io.Copy(io.Discard, res.Body) // the stream ends however it ends
+		res, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
+		if err == nil {
+			_, err = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
 		}
+		ended <- err
 	}()
 	<-eng.started
 	stop()
@@ -251,6 +254,12 @@ func TestSecondSignalEndsAtOnce(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after the second signal")
+	}
+	select {
+	case err := <-ended:
+		t.Logf("the stream ended: %v", err)
+	case <-time.After(time.Second):
+		t.Fatal("the stream's connection stayed open after the second signal")
 	}
 }
 
