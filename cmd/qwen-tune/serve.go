@@ -89,23 +89,26 @@ SIGTERM or Ctrl-C stops accepting requests and lets running ones finish (up to
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: listening on %s without --api-key: anyone who can reach it can use the model\n", ln.Addr())
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving %s at http://%s/ (API: http://%s/v1)\n", modelID, ln.Addr(), ln.Addr())
-			stopCtx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			// the first SIGINT or SIGTERM stops gracefully, the second at once
+			signals := make(chan os.Signal, 2)
+			signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(signals)
+			stopCtx, stop := context.WithCancel(cmd.Context())
 			defer stop()
 			killCtx, kill := context.WithCancel(cmd.Context())
 			defer kill()
-			go func() { // a second signal ends at once
-				select {
-				case <-stopCtx.Done():
-				case <-killCtx.Done():
-					return
-				}
-				again := make(chan os.Signal, 1)
-				signal.Notify(again, os.Interrupt, syscall.SIGTERM)
-				defer signal.Stop(again)
-				select {
-				case <-again:
-					kill()
-				case <-killCtx.Done():
+			go func() {
+				for n := 0; ; n++ {
+					select {
+					case <-signals:
+						if n > 0 {
+							kill()
+							return
+						}
+						stop()
+					case <-killCtx.Done():
+						return
+					}
 				}
 			}()
 			return srv.Run(stopCtx, killCtx, ln, shutdown, cmd.ErrOrStderr())

@@ -248,7 +248,10 @@ func TestSecondSignalEndsAtOnce(t *testing.T) {
 	start := time.Now()
 	kill()
 	select {
-	case <-ran:
+	case err := <-ran:
+		if err == nil || !strings.Contains(err.Error(), "second signal") {
+			t.Fatalf("Run returned %v, want the second signal named", err)
+		}
 		if d := time.Since(start); d > time.Second {
 			t.Fatalf("Run took %s after the second signal", d)
 		}

@@ -53,6 +53,7 @@ func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Dur
 			}
 		} else {
 			fmt.Fprintln(logw, "stopping now")
+			err = errors.Join(err, errors.New("serve: stopped at once by a second signal; running requests were cut"))
 		}
 		if cerr := hs.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("serve: closing the listener: %w", cerr)
