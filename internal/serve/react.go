@@ -26,12 +26,15 @@ func (s *Server) answer(text, finish string, p *chatPlan) (*ReplyMessage, string
 		name := strings.TrimSpace(text[i+len("\nAction:") : j])
 		args := strings.TrimSpace(text[j+len("\nAction Input:") : k])
 		if name != "" {
-			content := callContent(text[:i])
+			var content *string // null without a thought, as OpenAI's calls have
+			if c := callContent(text[:i]); c != "" {
+				content = &c
+			}
 			call := FunctionCall{Name: name, Arguments: args}
 			if p.tools {
-				return &ReplyMessage{Role: "assistant", Content: &content, ToolCalls: []ToolCall{{ID: newID("call_"), Type: "function", Function: call}}}, "tool_calls"
+				return &ReplyMessage{Role: "assistant", Content: content, ToolCalls: []ToolCall{{ID: newID("call_"), Type: "function", Function: call}}}, "tool_calls"
 			}
-			return &ReplyMessage{Role: "assistant", Content: &content, FunctionCall: &call}, "function_call"
+			return &ReplyMessage{Role: "assistant", Content: content, FunctionCall: &call}, "function_call"
 		}
 	}
 	if z := strings.LastIndex(text, "\nFinal Answer: "); z >= 0 {
