@@ -265,6 +265,7 @@ func (s *Session) Generate(ctx context.Context, prompt []int, opts GenerateOptio
 		return nil, "", err
 	}
 	seen := slices.Clone(prompt)
+	opts.Sampler.start = len(seen)
 	var out []int
 	s.stopID = -1
 	if opts.MaxNewTokens <= 0 {
@@ -296,9 +297,10 @@ func (s *Session) Generate(ctx context.Context, prompt []int, opts GenerateOptio
 }
 
 // next feeds id and chooses the token after it: on the executor's device when there is one
-// (only the id comes back), else from the logits on the host.
+// (only the id comes back), else, or when the sampler needs the logits (NeedsHost), from the
+// logits on the host.
 func (s *Session) next(id int, sampler *Sampler, seen []int) (int, error) {
-	if s.exec == nil {
+	if s.exec == nil || sampler.NeedsHost() {
 		logits, err := s.Feed([]int{id})
 		if err != nil {
 			return 0, err

@@ -14,19 +14,63 @@ import (
 // repetition penalty over every id already in prompt and output (logit / p when positive,
 // logit * p when negative), then temperature, top-k (0 = off) and top-p, then a draw from the
 // softmax with a seeded generator. Greedy takes the arg-max after the penalty.
+//
+// OpenAI's presence and frequency penalties, a Constraint and log-probabilities are
+// optional; a sampler that uses any of them needs the logits on the host (NeedsHost), so an
+// executor's on-device sampler is used only without them.
 type Sampler struct {
 	Greedy            bool
 	Temperature       float64
 	TopK              int
 	TopP              float64
 	RepetitionPenalty float64
+	// PresencePenalty and FrequencyPenalty are OpenAI's: the score of id j drops by
+	// c[j]*FrequencyPenalty + (c[j] > 0)*PresencePenalty, c[j] counting j among the generated
+	// ids (not the prompt's).
+	PresencePenalty  float64
+	FrequencyPenalty float64
 	// Limit, when positive, is the number of ids that may be chosen: the embedding has
 	// padding rows beyond the vocabulary (151,936 rows for 151,851 tokens) that no tokenizer
 	// can decode.
-	Limit  int
-	rng    *rand.Rand
-	scores []float64
-	order  []int
+	Limit int
+	// Constraint, when set, limits the ids that may come next (grammar-constrained decoding).
+	Constraint Constraint
+	// Logprobs asks for Last: the chosen id's log-probability and the TopLogprobs most likely
+	// ids, under the model's distribution (the log-softmax of the logits, before penalties,
+	// temperature and constraint).
+	Logprobs    bool
+	TopLogprobs int
+	Last        TokenLogprob
+	start       int // ids of seen before it are the prompt's (Session.Generate sets it)
+	rng         *rand.Rand
+	scores      []float64
+	order       []int
+}
+
+// Constraint limits which ids a generation may choose. Mask sets the score of every id that
+// may not come next to -Inf and leaves at least one; Accept moves past the id chosen.
+type Constraint interface {
+	Mask(scores []float64)
+	Accept(id int)
+}
+
+// TokenLogprob is a chosen id's log-probability and the most likely alternatives, best first.
+type TokenLogprob struct {
+	ID      int
+	Logprob float64
+	Top     []IDLogprob
+}
+
+// IDLogprob is one id's log-probability.
+type IDLogprob struct {
+	ID      int
+	Logprob float64
+}
+
+// NeedsHost reports whether choosing needs the logits on the host: a constraint, penalties
+// an on-device sampler does not apply, or log-probabilities.
+func (s *Sampler) NeedsHost() bool {
+	return s.Constraint != nil || s.Logprobs || s.PresencePenalty != 0 || s.FrequencyPenalty != 0
 }
 
 // NewSampler takes the settings of a generation_config.json; greedy also follows do_sample.
@@ -45,8 +89,25 @@ func (s *Sampler) DeviceParams() autograd.SampleParams {
 	return autograd.SampleParams{Greedy: s.Greedy, Temperature: s.Temperature, TopK: s.TopK, TopP: s.TopP, RepetitionPenalty: s.RepetitionPenalty}
 }
 
-// Penalize applies the repetition penalty to scores in place.
+// Penalize applies the repetition penalty, then the presence and frequency penalties, to
+// scores in place.
 func (s *Sampler) Penalize(scores []float64, seen []int) {
+	s.repetition(scores, seen)
+	if s.PresencePenalty == 0 && s.FrequencyPenalty == 0 {
+		return
+	}
+	count := map[int]int{}
+	for _, id := range seen[min(s.start, len(seen)):] {
+		if id >= 0 && id < len(scores) {
+			count[id]++
+		}
+	}
+	for id, c := range count {
+		scores[id] -= float64(c)*s.FrequencyPenalty + s.PresencePenalty
+	}
+}
+
+func (s *Sampler) repetition(scores []float64, seen []int) {
 	if s.RepetitionPenalty == 1 || s.RepetitionPenalty == 0 {
 		return
 	}
@@ -119,17 +180,63 @@ func (s *Sampler) NextWith(logits []float32, seen []int, u float64) int {
 	if s.Limit > 0 && s.Limit < len(s.scores) {
 		s.scores = s.scores[:s.Limit]
 	}
+	if s.Logprobs {
+		s.Last = logprobs(s.scores, s.TopLogprobs)
+	}
 	s.Penalize(s.scores, seen)
+	if s.Constraint != nil {
+		s.Constraint.Mask(s.scores)
+	}
+	var id int
 	if s.Greedy {
-		best := 0
 		for i, v := range s.scores {
-			if v > s.scores[best] {
-				best = i
+			if v > s.scores[id] {
+				id = i
 			}
 		}
-		return best
+	} else {
+		id = s.draw(u)
 	}
-	return s.draw(u)
+	if s.Logprobs {
+		s.Last.ID, s.Last.Logprob = id, s.Last.Logprob+float64(logits[id])
+	}
+	if s.Constraint != nil {
+		s.Constraint.Accept(id)
+	}
+	return id
+}
+
+// logprobs returns the n best ids of the log-softmax of scores, and in Logprob minus the
+// log of the partition function (the chosen id's logit is added once it is known).
+func logprobs(scores []float64, n int) TokenLogprob {
+	m := math.Inf(-1)
+	for _, v := range scores {
+		m = max(m, v)
+	}
+	var z float64
+	for _, v := range scores {
+		z += math.Exp(v - m)
+	}
+	logZ := m + math.Log(z)
+	var top []IDLogprob
+	for i, v := range scores {
+		if len(top) == n && (n == 0 || v <= top[n-1].Logprob) {
+			continue
+		}
+		at := len(top)
+		for at > 0 && top[at-1].Logprob < v {
+			at--
+		}
+		if len(top) < n {
+			top = append(top, IDLogprob{})
+		}
+		copy(top[at+1:], top[at:len(top)-1])
+		top[at] = IDLogprob{ID: i, Logprob: v}
+	}
+	for i := range top {
+		top[i].Logprob -= logZ
+	}
+	return TokenLogprob{Logprob: -logZ, Top: top}
 }
 
 // draw filters s.scores and picks by u in index order.

@@ -1,9 +1,3 @@
-// Package serve is qwen-tune's OpenAI-compatible HTTP API and web chat page:
-// /v1/chat/completions (streaming, stop strings, seed, tools and functions through Qwen's
-// ReAct prompt), /v1/completions, /v1/models, /health, and the page at /. Generations run
-// one at a time on the goroutine that calls Server.Work (the one that owns the model and,
-// on a GPU, the device's thread), fed by a bounded queue: a full queue answers 429, a client
-// that goes away cancels its generation.
 package serve
 
 import (
@@ -29,11 +23,18 @@ const (
 // Sampling are a request's generation settings; nil fields keep the model's
 // generation_config.json values.
 type Sampling struct {
-	MaxTokens   int
-	Temperature *float64
-	TopP        *float64
-	Seed        *uint64
-	Stop        []int // ids that end the reply (not part of it)
+	MaxTokens        int
+	Temperature      *float64
+	TopP             *float64
+	Seed             *uint64
+	Stop             []int // ids that end the reply (not part of it)
+	PresencePenalty  float64
+	FrequencyPenalty float64
+	// Constraint, when set, limits each next token (response_format, a required tool call).
+	Constraint model.Constraint
+	// Logprobs asks the engine for each token's log-probability and TopLogprobs alternatives.
+	Logprobs    bool
+	TopLogprobs int
 }
 
 // Engine generates tokens; the server builds prompts and decodes text around it. The real
@@ -45,9 +46,10 @@ type Engine interface {
 	// Qwen's max_window_size, within which older chat turns are kept.
 	ContextLength() int
 	MaxWindow() int
-	// Generate continues prompt, calling emit with each new id; it stops at a stop id, after
-	// s.MaxTokens ids, or when ctx ends. It returns the new ids (without the stop id).
-	Generate(ctx context.Context, prompt []int, s Sampling, emit func(id int) error) ([]int, model.StopReason, error)
+	// Generate continues prompt, calling emit with each new id (and, when s.Logprobs, its
+	// log-probabilities); it stops at a stop id, after s.MaxTokens ids, or when ctx ends. It
+	// returns the new ids (without the stop id).
+	Generate(ctx context.Context, prompt []int, s Sampling, emit func(model.TokenLogprob) error) ([]int, model.StopReason, error)
 }
 
 // ModelEngine runs a loaded model: one Session kept across requests, so a conversation's
@@ -67,8 +69,9 @@ func (e *ModelEngine) ContextLength() int              { return e.Context }
 func (e *ModelEngine) MaxWindow() int                  { return e.Gen.MaxWindowSize }
 
 // Generate samples with the model's generation settings overridden by s (temperature 0 or
-// below 0.01 is greedy, as Qwen's API does).
-func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, emit func(int) error) ([]int, model.StopReason, error) {
+// below 0.01 is greedy, as Qwen's API does). A constraint, penalties or log-probabilities
+// make the session sample on the host (model.Sampler.NeedsHost).
+func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, emit func(model.TokenLogprob) error) ([]int, model.StopReason, error) {
 	if e.session == nil {
 		e.session = e.Model.NewSession(sessionStart)
 	}
@@ -91,10 +94,18 @@ func (e *ModelEngine) Generate(ctx context.Context, prompt []int, s Sampling, em
 	}
 	sampler := model.NewSampler(g, seed)
 	sampler.Limit = e.Tok.Size()
+	sampler.PresencePenalty, sampler.FrequencyPenalty = s.PresencePenalty, s.FrequencyPenalty
+	sampler.Constraint, sampler.Logprobs, sampler.TopLogprobs = s.Constraint, s.Logprobs, s.TopLogprobs
 	if len(prompt)+s.MaxTokens > model.MaxPositions {
 		return nil, "", fmt.Errorf("%d positions exceed the %d the model supports", len(prompt)+s.MaxTokens, model.MaxPositions)
 	}
-	return e.session.Generate(ctx, prompt, model.GenerateOptions{MaxNewTokens: s.MaxTokens, Stop: s.Stop, Sampler: sampler}, emit)
+	return e.session.Generate(ctx, prompt, model.GenerateOptions{MaxNewTokens: s.MaxTokens, Stop: s.Stop, Sampler: sampler}, func(id int) error {
+		t := model.TokenLogprob{ID: id}
+		if sampler.Logprobs {
+			t = sampler.Last
+		}
+		return emit(t)
+	})
 }
 
 // Close releases the session.

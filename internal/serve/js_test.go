@@ -25,8 +25,8 @@ func need(t *testing.T, what, hint string, err error) {
 	t.Skip(msg)
 }
 
-// jsDeps installs the test client's npm packages (openai, playwright-core) from the lock
-// file when they are missing.
+// jsDeps installs the test clients' npm packages (openai, ai, @ai-sdk/openai,
+// @langchain/openai, zod, playwright-core) from the lock file when any is missing.
 func jsDeps(t *testing.T) string {
 	t.Helper()
 	_, err := exec.LookPath("node")
@@ -35,7 +35,13 @@ func jsDeps(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai", "package.json")); err != nil {
+	missing := false
+	for _, pkg := range []string{"openai", "ai", "@ai-sdk/openai", "@langchain/openai", "@langchain/core", "zod", "playwright-core"} {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
+			missing = true
+		}
+	}
+	if missing {
 		{
 			cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
 			cmd.Dir = dir
@@ -74,6 +80,21 @@ func TestOpenAINodeClient(t *testing.T) {
 	}
 	if eng.cancels() == 0 {
 		t.Fatal("the aborted stream did not cancel its generation")
+	}
+}
+
+// TestAISDKAndLangChain drives the server with the Vercel AI SDK and LangChain as their
+// documentation uses them: text and streams, required and named tool calls, objects from
+// Zod schemas (generateObject, withStructuredOutput by JSON schema, function calling and JSON
+// mode), tools bound with tool_choice, and log-probabilities.
+func TestAISDKAndLangChain(t *testing.T) {
+	dir := jsDeps(t)
+	eng := newScripted(t)
+	_, url := startServer(t, eng, Options{APIKey: "sdk-key"})
+	out := runNode(t, dir, []string{"QT_BASE_URL=" + url, "QT_API_KEY=sdk-key"}, "--test", "sdks.test.mjs")
+	t.Log(out)
+	if !strings.Contains(out, "# fail 0") || !strings.Contains(out, "# pass 7") {
+		t.Fatalf("the SDK tests did not all pass:\n%s", out)
 	}
 }
 

@@ -103,19 +103,21 @@ func (s *Stop) UnmarshalJSON(b []byte) error {
 // RequestCommon is what chat and completion requests share: the model, the sampling
 // settings, stop strings and streaming.
 type RequestCommon struct {
-	Model         string         `json:"model"`
-	Temperature   *float64       `json:"temperature"`
-	TopP          *float64       `json:"top_p"`
-	MaxTokens     *int           `json:"max_tokens"`
-	Stop          Stop           `json:"stop"`
-	Seed          *int64         `json:"seed"`
-	N             *int           `json:"n"`
-	Stream        bool           `json:"stream"`
-	StreamOptions *StreamOptions `json:"stream_options"`
+	Model            string         `json:"model"`
+	Temperature      *float64       `json:"temperature"`
+	TopP             *float64       `json:"top_p"`
+	MaxTokens        *int           `json:"max_tokens"`
+	Stop             Stop           `json:"stop"`
+	Seed             *int64         `json:"seed"`
+	N                *int           `json:"n"`
+	PresencePenalty  *float64       `json:"presence_penalty"`
+	FrequencyPenalty *float64       `json:"frequency_penalty"`
+	Stream           bool           `json:"stream"`
+	StreamOptions    *StreamOptions `json:"stream_options"`
 }
 
 // ChatRequest is a POST /v1/chat/completions body (fields this server does not use, such as
-// presence_penalty or user, are accepted and ignored).
+// user or parallel_tool_calls, are accepted and ignored).
 type ChatRequest struct {
 	RequestCommon
 	Messages            []Message       `json:"messages"`
@@ -124,6 +126,19 @@ type ChatRequest struct {
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	Functions           []Function      `json:"functions"`
 	FunctionCallMode    json.RawMessage `json:"function_call"`
+	ResponseFormat      *ResponseFormat `json:"response_format"`
+	Logprobs            *bool           `json:"logprobs"`
+	TopLogprobs         *int            `json:"top_logprobs"`
+}
+
+// ResponseFormat asks for text, any JSON object, or JSON matching a schema.
+type ResponseFormat struct {
+	Type       string `json:"type"`
+	JSONSchema *struct {
+		Name   string          `json:"name"`
+		Schema json.RawMessage `json:"schema"`
+		Strict *bool           `json:"strict"`
+	} `json:"json_schema"`
 }
 
 // StreamOptions asks for usage in the last chunk.
@@ -134,8 +149,9 @@ type StreamOptions struct {
 // CompletionRequest is a POST /v1/completions body.
 type CompletionRequest struct {
 	RequestCommon
-	Prompt json.RawMessage `json:"prompt"` // a string or an array of one string
-	Echo   bool            `json:"echo"`
+	Prompt   json.RawMessage `json:"prompt"` // a string or an array of one string
+	Echo     bool            `json:"echo"`
+	Logprobs *int            `json:"logprobs"` // alternatives per token, 0 to 5
 }
 
 // Usage counts tokens.
@@ -153,13 +169,42 @@ type ReplyMessage struct {
 	ToolCalls    []ToolCall    `json:"tool_calls,omitempty"`
 }
 
+// Delta is what a chunk adds to the message; the last chunk's is {}.
+type Delta struct {
+	Role         string        `json:"role,omitempty"`
+	Content      *string       `json:"content,omitempty"`
+	FunctionCall *FunctionCall `json:"function_call,omitempty"`
+	ToolCalls    []ToolCall    `json:"tool_calls,omitempty"`
+}
+
 // ChatChoice is a choice of a response (Message) or of a chunk (Delta).
 type ChatChoice struct {
 	Index        int           `json:"index"`
 	Message      *ReplyMessage `json:"message,omitempty"`
-	Delta        *ReplyMessage `json:"delta,omitempty"`
+	Delta        *Delta        `json:"delta,omitempty"`
 	FinishReason *string       `json:"finish_reason"`
-	Logprobs     *struct{}     `json:"logprobs"`
+	Logprobs     *ChatLogprobs `json:"logprobs"`
+}
+
+// ChatLogprobs are the log-probabilities of a reply's tokens.
+type ChatLogprobs struct {
+	Content []TokenLogprob `json:"content"`
+}
+
+// TokenLogprob is one token of a reply: its text, bytes (a token may hold part of a
+// character), log-probability and the most likely alternatives.
+type TokenLogprob struct {
+	Token       string       `json:"token"`
+	Logprob     float64      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []TopLogprob `json:"top_logprobs"`
+}
+
+// TopLogprob is an alternative token.
+type TopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float64 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
 }
 
 // Response is the body of a response or of one chunk of a stream: Choice is ChatChoice or
@@ -180,10 +225,19 @@ type ChatResponse = Response[ChatChoice]
 
 // TextChoice is a choice of a text completion.
 type TextChoice struct {
-	Text         string    `json:"text"`
-	Index        int       `json:"index"`
-	Logprobs     *struct{} `json:"logprobs"`
-	FinishReason *string   `json:"finish_reason"`
+	Text         string              `json:"text"`
+	Index        int                 `json:"index"`
+	Logprobs     *CompletionLogprobs `json:"logprobs"`
+	FinishReason *string             `json:"finish_reason"`
+}
+
+// CompletionLogprobs are the legacy completions' log-probabilities: per token its text,
+// log-probability, alternatives and byte offset in the reply.
+type CompletionLogprobs struct {
+	Tokens        []string             `json:"tokens"`
+	TokenLogprobs []float64            `json:"token_logprobs"`
+	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+	TextOffset    []int                `json:"text_offset"`
 }
 
 // CompletionResponse is a text_completion (or a chunk of one).

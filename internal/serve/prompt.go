@@ -47,9 +47,10 @@ var dummyThought = map[bool]string{
 
 var hanRE = regexp.MustCompile(`[\x{4e00}-\x{9fff}]+`)
 
-// requestError is a 400 naming the offending parameter; code, when set, is OpenAI's error
-// code for it (context_length_exceeded).
+// requestError is a 400 (or status, when set) naming the offending parameter; code, when
+// set, is OpenAI's error code for it (context_length_exceeded, model_not_found).
 type requestError struct {
+	status           int
 	param, code, msg string
 }
 
@@ -66,13 +67,17 @@ type conversation struct {
 	system  string
 	history []tokenizer.Turn
 	query   string
-	// continuation, when the conversation ends with a tool result, is the last assistant
-	// turn so far ("...\nObservation: result\nThought:"), which the reply continues
+	// continuation, when the conversation ends with a tool result or an assistant message,
+	// is the last assistant turn so far ("...\nObservation: result\nThought:", or the text
+	// the reply must start with), which the reply continues
 	continuation string
 }
 
 // buildConversation turns OpenAI messages into a ChatML system message, history and query.
-// Without functions a system message is the ChatML system prompt (Qwen's default otherwise).
+// Without functions a system (or developer) message is the ChatML system prompt (Qwen's
+// default otherwise). Consecutive user messages, or assistant messages, are joined with a
+// newline (ChatML alternates the two); a last assistant message is a prefix the reply
+// continues.
 // With functions it follows Qwen's API exactly: the ChatML system stays the default, the
 // system text and the ReAct instruction go before the last user question ("...\n\nQuestion:
 // q"), assistant function calls become "Thought/Action/Action Input" and function or tool
@@ -84,9 +89,9 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 	hasUser := false
 	for i, m := range msgs {
 		switch m.Role {
-		case "system", "user", "assistant", "function", "tool":
+		case "system", "developer", "user", "assistant", "function", "tool":
 		default:
-			return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: unknown role %q (use system, user, assistant, tool or function)", i, m.Role)
+			return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: unknown role %q (use system, developer, user, assistant, tool or function)", i, m.Role)
 		}
 		if m.Role == "user" {
 			hasUser = true
@@ -96,16 +101,21 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 		return nil, badRequest("messages", "messages has no user message")
 	}
 	c := &conversation{system: tokenizer.DefaultSystem}
-	if msgs[0].Role == "system" {
+	var system []string
+	first := 0 // the index of msgs[0] in the request
+	for len(msgs) > 0 && (msgs[0].Role == "system" || msgs[0].Role == "developer") {
 		if s := trim(msgs[0].text()); s != "" {
-			c.system = s
+			system = append(system, s)
 		}
-		msgs = msgs[1:]
+		msgs, first = msgs[1:], first+1
 	}
-	prefix := "" // Qwen's API: the system text and ReAct instruction, before the last question
+	if len(system) > 0 {
+		c.system = strings.Join(system, "\n")
+	}
+	react := "" // Qwen's API: the system text and ReAct instruction, before the last question
 	if len(funcs) > 0 {
 		if c.system != tokenizer.DefaultSystem {
-			prefix = c.system
+			react = c.system
 		}
 		c.system = tokenizer.DefaultSystem
 		var descs, names []string
@@ -127,21 +137,24 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 			descs = append(descs, fmt.Sprintf(toolDesc, nm, nh, nh, dm, params))
 			names = append(names, nm)
 		}
-		prefix = trim(prefix + "\n\n" + fmt.Sprintf(reactInstruction, strings.Join(descs, "\n\n"), strings.Join(names, ", ")))
+		react = trim(react + "\n\n" + fmt.Sprintf(reactInstruction, strings.Join(descs, "\n\n"), strings.Join(names, ", ")))
 	}
 	type turn struct{ role, content string }
 	var turns []turn
-	for i, m := range msgs {
+	prefix := "" // a last assistant message, as the reply must start
+	for k, m := range msgs {
+		i := first + k
 		content := trim(m.text())
+		last := k == len(msgs)-1
 		switch m.Role {
-		case "system":
-			return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: a system message must come first", i)
+		case "system", "developer":
+			return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: a %s message must come before the conversation", i, m.Role)
 		case "function", "tool":
 			if len(turns) == 0 || turns[len(turns)-1].role != "assistant" {
 				return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: a %s result must follow the assistant message that called it", i, m.Role)
 			}
 			turns[len(turns)-1].content += "\nObservation: " + content
-			if i == len(msgs)-1 {
+			if last {
 				turns[len(turns)-1].content += "\nThought:"
 			}
 		case "assistant":
@@ -150,11 +163,17 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 			}
 			zh := hanRE.MatchString(turns[len(turns)-1].content)
 			call := m.call()
-			if call == nil {
-				if len(funcs) > 0 {
+			switch {
+			case call == nil:
+				if last {
+					prefix = strings.TrimLeft(m.text(), "\n")
+				} else if len(funcs) > 0 {
 					content = dummyThought[zh] + content
 				}
-			} else {
+				if turns[len(turns)-1].role == "assistant" {
+					content = "\n" + content
+				}
+			default:
 				if content == "" {
 					if zh {
 						content = fmt.Sprintf("Thought: 我可以使用 %s API。", call.Name)
@@ -174,15 +193,17 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 				return nil, badRequest(fmt.Sprintf("messages[%d].content", i), "messages[%d]: the user message is empty", i)
 			}
 			if len(turns) > 0 && turns[len(turns)-1].role == "user" {
-				return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d]: two user messages in a row (Qwen's chat format alternates user and assistant)", i)
+				turns[len(turns)-1].content += "\n" + content
+				continue
 			}
 			turns = append(turns, turn{"user", content})
 		}
 	}
 	last := turns[len(turns)-1]
-	continuing := last.role != "user" // after a tool result the model continues its turn
-	if continuing && !strings.HasSuffix(last.content, "\nThought:") {
-		return nil, badRequest("messages", "the last message must be from the user, or a tool or function result")
+	// after a tool result or an assistant message the model continues its turn
+	continuing := last.role != "user"
+	if continuing && prefix == "" && !strings.HasSuffix(last.content, "\nThought:") {
+		return nil, badRequest("messages", "the last message must be from the user or the assistant, or a tool or function result")
 	}
 	if !continuing {
 		c.query = last.content
@@ -193,9 +214,9 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 	}
 	for i := 0; i < len(turns); i += 2 {
 		u, a := trim(turns[i].content), trim(turns[i+1].content)
-		if prefix != "" && continuing && i == len(turns)-2 {
-			u = prefix + "\n\nQuestion: " + u
-			prefix = ""
+		if react != "" && continuing && i == len(turns)-2 {
+			u = react + "\n\nQuestion: " + u
+			react = ""
 		}
 		for _, t := range dummyThought {
 			t = strings.TrimLeft(t, "\n")
@@ -212,8 +233,11 @@ func buildConversation(msgs []Message, funcs []Function) (*conversation, error) 
 		c.history = c.history[:len(c.history)-1]
 		c.query = h.User
 		c.continuation = h.Assistant
-	} else if prefix != "" {
-		c.query = prefix + "\n\nQuestion: " + c.query
+		if prefix != "" { // as the client wrote it, trailing blanks included
+			c.continuation += prefix[len(strings.TrimRight(prefix, " \t\r\n")):]
+		}
+	} else if react != "" {
+		c.query = react + "\n\nQuestion: " + c.query
 	}
 	return c, nil
 }

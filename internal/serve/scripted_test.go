@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,20 +15,31 @@ import (
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
+// recipeJSON is the scripted reply to a request for a recipe (valid under recipeSchema).
+const recipeJSON = `{"name": "Pancakes", "minutes": 20, "course": "dessert", "ingredients": ["flour", "milk"]}`
+
 // scripted is a test double of Engine, used only by these tests: it answers by rules on the
 // prompt's text, token by token through the real tokenizer, so the server's streaming, stop
 // strings, function calling, queueing and cancellation can be checked exactly.
 //
 //	a tool result in the prompt ("Observation:" then "Thought:")  -> a ReAct final answer
+//	"chat only"                                                   -> an echo, even with tools
 //	tools offered ("You have access to the following APIs")      -> a ReAct action
+//	"recipe"                                                      -> recipeJSON
 //	"long" in the prompt ("slow": 30 ms per token)               -> 400 words
 //	"stop test"                                                  -> "alpha beta END gamma delta"
 //	otherwise                                                    -> an echo with Markdown
+//
+// It chooses each token as a model would, through model.Sampler (greedy): the script's next
+// token scores highest, so a request's constraint and log-probabilities act on it. Once a
+// constraint forbids the script, it prefers tokens that end what is open (a newline ends the
+// thought before a call; then ", }, ], {, 0, t), and otherwise the lowest id allowed.
 type scripted struct {
 	tok       *tokenizer.Tokenizer
 	context   int
 	mu        sync.Mutex
-	prompts   [][]int
+	prompt    []int // the last generation's (only the last is kept: a soak runs thousands)
+	sampling  Sampling
 	cancelled int
 	started   chan struct{} // receives when a generation starts (if not nil)
 }
@@ -40,7 +52,13 @@ func (e *scripted) MaxWindow() int                  { return 6144 }
 func (e *scripted) lastPrompt() []int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.prompts[len(e.prompts)-1]
+	return e.prompt
+}
+
+func (e *scripted) lastSampling() Sampling {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sampling
 }
 
 func (e *scripted) cancels() int {
@@ -49,9 +67,39 @@ func (e *scripted) cancels() int {
 	return e.cancelled
 }
 
-func (e *scripted) Generate(ctx context.Context, prompt []int, s Sampling, emit func(int) error) ([]int, model.StopReason, error) {
+// reply is the script for a prompt and how long each token takes.
+func (e *scripted) reply(text string) (string, time.Duration) {
+	last := text // a raw completion prompt, or the last user message of a chat
+	if i := strings.LastIndex(text, "<|im_start|>user\n"); i >= 0 {
+		last = text[i+len("<|im_start|>user\n"):]
+		last = last[:max(strings.Index(last, "<|im_end|>"), 0)]
+	}
+	if i := strings.LastIndex(last, "\n\nQuestion: "); i >= 0 {
+		last = last[i+len("\n\nQuestion: "):]
+	}
+	switch {
+	case strings.HasSuffix(text, "\nThought:") && strings.Contains(text, "\nObservation: "):
+		return " I now know the final answer\nFinal Answer: It is sunny in Paris, 22 degrees.", 0
+	case strings.Contains(last, "chat only"):
+	case strings.Contains(text, "You have access to the following APIs"):
+		return "Thought: I should call the weather API.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\nObservation: (the model would invent this)", 0
+	case strings.Contains(last, "recipe"):
+		return recipeJSON, 0
+	case strings.Contains(last, "slow"), strings.Contains(last, "long"):
+		delay := time.Duration(0)
+		if strings.Contains(last, "slow") {
+			delay = 30 * time.Millisecond
+		}
+		return strings.Repeat("word ", 400), delay
+	case strings.Contains(last, "stop test"):
+		return "alpha beta END gamma delta", 0
+	}
+	return fmt.Sprintf("You said: %s\n\n**Hello** from the `scripted` engine.\n\n```go\nfmt.Println(42)\n```", last), 0
+}
+
+func (e *scripted) Generate(ctx context.Context, prompt []int, s Sampling, emit func(model.TokenLogprob) error) ([]int, model.StopReason, error) {
 	e.mu.Lock()
-	e.prompts = append(e.prompts, prompt)
+	e.prompt, e.sampling = prompt, s
 	e.mu.Unlock()
 	if e.started != nil {
 		select {
@@ -63,40 +111,37 @@ func (e *scripted) Generate(ctx context.Context, prompt []int, s Sampling, emit 
 	if err != nil {
 		return nil, "", err
 	}
-	last := text // a raw completion prompt, or the last user message of a chat
-	if i := strings.LastIndex(text, "<|im_start|>user\n"); i >= 0 {
-		last = text[i+len("<|im_start|>user\n"):]
-		last = last[:max(strings.Index(last, "<|im_end|>"), 0)]
-	}
-	var reply string
-	delay := time.Duration(0)
-	switch {
-	case strings.HasSuffix(text, "\nThought:") && strings.Contains(text, "\nObservation: "):
-		reply = " I now know the final answer\nFinal Answer: It is sunny in Paris, 22 degrees."
-	case strings.Contains(text, "You have access to the following APIs"):
-		reply = "Thought: I should call the weather API.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\nObservation: (the model would invent this)"
-	case strings.Contains(last, "slow"), strings.Contains(last, "long"):
-		reply = strings.Repeat("word ", 400)
-		if strings.Contains(last, "slow") {
-			delay = 30 * time.Millisecond
-		}
-	case strings.Contains(last, "stop test"):
-		reply = "alpha beta END gamma delta"
-	default:
-		reply = fmt.Sprintf("You said: %s\n\n**Hello** from the `scripted` engine.\n\n```go\nfmt.Println(42)\n```", last)
-	}
+	reply, delay := e.reply(text)
+	script := append(e.tok.EncodeOrdinary(reply), e.tok.IMEndID())
+	react := strings.Contains(text, "You have access to the following APIs")
+	sampler := &model.Sampler{Greedy: true, RepetitionPenalty: 1, Constraint: s.Constraint, Logprobs: s.Logprobs, TopLogprobs: s.TopLogprobs}
+	logits := make([]float32, e.tok.Size())
+	seen := slices.Clone(prompt)
 	var out []int
-	for _, id := range append(e.tok.EncodeOrdinary(reply), e.tok.IMEndID()) {
+	var said strings.Builder
+	onScript := true
+	for {
 		if ctx.Err() != nil {
 			e.mu.Lock()
 			e.cancelled++
 			e.mu.Unlock()
 			return out, model.StopCancelled, nil
 		}
-		for _, stop := range s.Stop {
-			if id == stop {
-				return out, model.StopToken, nil
-			}
+		clear(logits)
+		if onScript && len(out) < len(script) {
+			logits[script[len(out)]] = 20
+		}
+		prefs := `"}]{0t`
+		if react && !strings.Contains(said.String(), "\n") {
+			prefs = "\n"
+		}
+		for k := range len(prefs) {
+			logits[e.tok.EncodeOrdinary(prefs[k : k+1])[0]] += float32(len(prefs) - k)
+		}
+		id := sampler.NextWith(logits, seen, 0)
+		onScript = onScript && len(out) < len(script) && id == script[len(out)]
+		if slices.Contains(s.Stop, id) {
+			return out, model.StopToken, nil
 		}
 		if len(out) == s.MaxTokens {
 			return out, model.StopLength, nil
@@ -107,12 +152,20 @@ func (e *scripted) Generate(ctx context.Context, prompt []int, s Sampling, emit 
 			case <-ctx.Done():
 			}
 		}
-		out = append(out, id)
-		if err := emit(id); err != nil {
+		out, seen = append(out, id), append(seen, id)
+		piece, err := e.tok.TokenBytes(id)
+		if err != nil {
+			return out, "", err
+		}
+		said.Write(piece)
+		t := model.TokenLogprob{ID: id}
+		if s.Logprobs {
+			t = sampler.Last
+		}
+		if err := emit(t); err != nil {
 			return out, "", err
 		}
 	}
-	return out, model.StopToken, nil
 }
 
 var (

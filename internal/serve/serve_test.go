@@ -293,7 +293,8 @@ func TestBadInput(t *testing.T) {
 		{`{"messages":[{"role":"user"}]}`, 400, "the user message is empty"},
 		{`{"messages":[{"role":"user","content":"  \n"}]}`, 400, "the user message is empty"},
 		{`{"messages":[{"role":"system","content":"x"}]}`, 400, "no user message"},
-		{`{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}`, 400, "two user messages in a row"},
+		{`{"messages":[{"role":"user","content":"a"},{"role":"system","content":"b"}]}`, 400, "a system message must come before the conversation"},
+		{`{"model":"gpt-5","messages":[{"role":"user","content":"a"}]}`, 404, "model_not_found"},
 		{`{"messages":[{"role":"tool","content":"x"},{"role":"user","content":"b"}]}`, 400, "must follow the assistant"},
 		{`{"messages":[{"role":"user","content":"hi"}],"n":2}`, 400, "n must be 1"},
 		{`{"messages":[{"role":"user","content":"hi"}],"max_tokens":0}`, 400, "max_tokens must be at least 1"},
@@ -508,7 +509,7 @@ func TestGracefulShutdown(t *testing.T) {
 	go func() {
 		// Run must own the worker: keep it on one goroutine, as the CUDA build needs
 		runtime.LockOSThread()
-		ran <- s.Run(ctx, ln, 10*time.Second, io.Discard)
+		ran <- s.Run(ctx, context.Background(), ln, 10*time.Second, io.Discard)
 	}()
 	got := make(chan string, 1)
 	go func() {

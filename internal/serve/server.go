@@ -11,12 +11,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
@@ -30,13 +30,25 @@ const (
 	// DefaultMaxBody bounds a request body (1 MiB): room for a conversation far longer than
 	// a model's context, small enough that no body strains the server's memory.
 	DefaultMaxBody = 1 << 20
-	// DefaultQueue is how many requests may wait while one generates.
+	// DefaultQueue is how many requests are admitted at once (one generating, the others
+	// sending their bodies or waiting).
 	DefaultQueue = 16
+	// DefaultReadTimeout bounds how long a client may take to send its request body.
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultIdleTimeout is how long a kept-alive connection may stay idle before it is closed.
+	DefaultIdleTimeout = 2 * time.Minute
+	// cutShortTimeout is how long, after the shutdown's grace period, requests are given to
+	// send their last chunk before their connections are closed.
+	cutShortTimeout = 5 * time.Second
 	// DefaultMaxTokens is a reply's length when a request gives none (max_new_tokens of
 	// Qwen-7B's generation_config.json).
 	DefaultMaxTokens = 512
-	// maxStops is the most stop strings a chat request may give.
-	maxStops = 16
+	// maxStops is the most stop strings a request may give (OpenAI's limit).
+	maxStops = 4
+	// maxPenalty bounds presence_penalty and frequency_penalty (OpenAI's range, +-2).
+	maxPenalty = 2
+	// maxTopLogprobs is the most alternatives a token's log-probabilities may list.
+	maxTopLogprobs = 20
 	// streamBuffer is how many generated ids may wait for a handler to decode and send them
 	// before generation blocks.
 	streamBuffer = 256
@@ -54,39 +66,40 @@ type Options struct {
 	APIKey string
 	// MaxBody bounds a request body in bytes (default DefaultMaxBody).
 	MaxBody int64
-	// Queue is how many requests may wait while one generates (default DefaultQueue); more
-	// get 429.
+	// Queue is how many requests are admitted at once, counting the one generating and
+	// those still sending their bodies (default DefaultQueue); more get 429 before their
+	// bodies are read, so at most Queue bodies are held in memory.
 	Queue int
+	// ReadTimeout bounds the time to send a request body (default DefaultReadTimeout); a
+	// slower client gets 408 and gives its slot back.
+	ReadTimeout time.Duration
+	// IdleTimeout closes kept-alive connections idle that long (default DefaultIdleTimeout;
+	// Run applies it).
+	IdleTimeout time.Duration
 	// MaxTokens is the default reply length when a request gives none (default
 	// DefaultMaxTokens).
 	MaxTokens int
+	// Aliases are other names requests may give for the model (its ID always works); any
+	// other name is answered 404 model_not_found.
+	Aliases []string
 	// Logf, when set, receives one line per request.
 	Logf func(format string, args ...any)
 }
 
 // Server answers the API and serves the page; Work runs the generations.
 type Server struct {
-	eng     Engine
-	opts    Options
-	jobs    chan *job
-	busy    atomic.Bool
-	served  atomic.Int64
-	created int64
-	mux     *http.ServeMux
-}
-
-type job struct {
-	ctx    context.Context
-	prompt []int
-	samp   Sampling
-	out    chan int // the ids as they are generated; closed when the generation ends
-	res    jobResult
-}
-
-type jobResult struct {
-	ids    []int
-	reason model.StopReason
-	err    error
+	eng      Engine
+	opts     Options
+	slots    chan struct{} // one per admitted request
+	mu       sync.Mutex
+	waiting  []*job        // generations not yet started, oldest first
+	wake     chan struct{} // tells Work a job was queued
+	busy     atomic.Bool
+	served   atomic.Int64
+	inflight atomic.Int64 // requests being handled
+	stopping atomic.Bool  // the shutdown's grace period is over: requests are being ended
+	created  int64
+	mux      *http.ServeMux
 }
 
 // New makes a server for eng.
@@ -100,7 +113,13 @@ func New(eng Engine, opts Options) *Server {
 	if opts.MaxTokens <= 0 {
 		opts.MaxTokens = DefaultMaxTokens
 	}
-	s := &Server{eng: eng, opts: opts, jobs: make(chan *job, opts.Queue), created: time.Now().Unix(), mux: http.NewServeMux()}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	s := &Server{eng: eng, opts: opts, slots: make(chan struct{}, opts.Queue), wake: make(chan struct{}, 1), created: time.Now().Unix(), mux: http.NewServeMux()}
 	static, err := fs.Sub(webFS, "web")
 	if err != nil {
 		panic(fmt.Sprintf("serve: the embedded page: %v", err)) // "web" is a valid name, embedded above
@@ -108,8 +127,15 @@ func New(eng Engine, opts Options) *Server {
 	s.mux.Handle("/", http.FileServerFS(static))
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("GET /v1/models", s.auth(s.models))
+	s.mux.HandleFunc("GET /v1/models/{id}", s.auth(s.model))
 	s.mux.HandleFunc("POST /v1/chat/completions", s.auth(s.chat))
 	s.mux.HandleFunc("POST /v1/completions", s.auth(s.completions))
+	for path, allow := range map[string]string{"/v1/models": "GET", "/v1/models/{id}": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST", "/health": "GET"} {
+		s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			s.writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "", "method_not_allowed", fmt.Sprintf("%s %s is not supported: use %s", r.Method, r.URL.Path, allow))
+		})
+	}
 	s.mux.HandleFunc("/v1/", s.auth(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusNotFound, "invalid_request_error", "", "unknown_url", fmt.Sprintf("no route %s %s (this server has /v1/chat/completions, /v1/completions and /v1/models)", r.Method, r.URL.Path))
 	}))
@@ -123,13 +149,23 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
-// Handler is the HTTP handler.
+// Handler is the HTTP handler. Its log line gives 499 for a request whose client left
+// before the answer was complete, as nginx does.
 func (s *Server) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		s.mux.ServeHTTP(rec, r)
-		s.logf("%s %s %d %.3fs", r.Method, r.URL.Path, rec.status, time.Since(start).Seconds())
+		status := fmt.Sprint(rec.status)
+		switch {
+		case r.Context().Err() != nil && s.stopping.Load():
+			status += " (ended by the shutdown)"
+		case r.Context().Err() != nil:
+			status = "499 (the client left)"
+		}
+		s.logf("%s %s %s %.3fs", r.Method, r.URL.Path, status, time.Since(start).Seconds())
 	})
 }
 
@@ -143,67 +179,21 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (read deadlines).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
-// Work runs queued generations one at a time until ctx ends; call it from the goroutine
-// that owns the model (on a GPU, the one that opened the device).
-func (s *Server) Work(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			for { // whoever still waits gets a cancelled reply
-				select {
-				case j := <-s.jobs:
-					j.res = jobResult{reason: model.StopCancelled}
-					close(j.out)
-				default:
-					return
-				}
-			}
-		case j := <-s.jobs:
-			s.run(j)
-		}
-	}
-}
-
-func (s *Server) run(j *job) {
-	defer close(j.out)
-	if j.ctx.Err() != nil { // the client left while it waited
-		j.res = jobResult{reason: model.StopCancelled}
-		return
-	}
-	s.busy.Store(true)
-	defer s.busy.Store(false)
-	ids, reason, err := s.eng.Generate(j.ctx, j.prompt, j.samp, func(id int) error {
-		select {
-		case j.out <- id:
-		case <-j.ctx.Done():
-		}
-		return nil
-	})
-	j.res = jobResult{ids: ids, reason: reason, err: err}
-	s.served.Add(1)
-}
-
-// submit queues a generation; false when the queue is full.
-func (s *Server) submit(j *job) bool {
-	select {
-	case s.jobs <- j:
-		return true
-	default:
-		return false
-	}
-}
-
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.APIKey != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.opts.APIKey)) != 1 {
+			scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+			if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(s.opts.APIKey)) != 1 {
+				w.Header().Set("WWW-Authenticate", "Bearer")
 				s.writeError(w, http.StatusUnauthorized, "invalid_request_error", "", "invalid_api_key", "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key the server was started with (--api-key)")
 				return
 			}
@@ -213,11 +203,34 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	s.writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "queued": len(s.jobs), "served": s.served.Load()})
+	s.writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "model": s.eng.ModelID(), "busy": s.busy.Load(), "admitted": len(s.slots), "queued": s.queued(), "served": s.served.Load()})
 }
 
 func (s *Server) models(w http.ResponseWriter, r *http.Request) {
-	s.writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{{"id": s.eng.ModelID(), "object": "model", "created": s.created, "owned_by": "qwen-tune"}}})
+	s.writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []map[string]any{s.modelObject(s.eng.ModelID())}})
+}
+
+func (s *Server) modelObject(id string) map[string]any {
+	return map[string]any{"id": id, "object": "model", "created": s.created, "owned_by": "qwen-tune"}
+}
+
+// model answers GET /v1/models/{id} for the model's ID and aliases.
+func (s *Server) model(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.checkModel(id); err != nil {
+		s.requestFailed(w, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, s.modelObject(id))
+}
+
+// checkModel accepts the model's ID, its aliases, and no name at all.
+func (s *Server) checkModel(name string) error {
+	if name == "" || name == s.eng.ModelID() || slices.Contains(s.opts.Aliases, name) {
+		return nil
+	}
+	names := strings.Join(append([]string{s.eng.ModelID()}, s.opts.Aliases...), ", ")
+	return &requestError{status: http.StatusNotFound, param: "model", code: "model_not_found", msg: fmt.Sprintf("the model %q does not exist: this server serves %s", name, names)}
 }
 
 // writeJSON answers with v; a failed write (the client is gone) is logged.
@@ -242,95 +255,14 @@ func (s *Server) writeError(w http.ResponseWriter, status int, typ, param, code,
 	s.writeJSON(w, status, map[string]any{"error": e})
 }
 
-// decode reads a JSON body: bounded, valid UTF-8, one object of the expected types.
-func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBody))
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		s.writeError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", "request_too_large", fmt.Sprintf("the request body is over %d bytes", s.opts.MaxBody))
-		return false
-	case err != nil:
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "reading the request body: "+err.Error())
-		return false
-	case !utf8.Valid(body):
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "invalid_encoding", "the request body is not valid UTF-8")
-		return false
-	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		msg := "the request body is not valid JSON: " + err.Error()
-		param := ""
-		if errors.As(err, &te) {
-			param = te.Field
-			msg = fmt.Sprintf("%s must be %s, not a JSON %s", te.Field, jsonKind(te.Type.String()), te.Value)
-		}
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", param, "", msg)
-		return false
-	}
-	if dec.More() {
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", "", "", "the request body has data after its JSON object")
-		return false
-	}
-	return true
-}
-
-func jsonKind(goType string) string {
-	switch {
-	case strings.Contains(goType, "string"):
-		return "a string"
-	case strings.Contains(goType, "float"), strings.Contains(goType, "int"):
-		return "a number"
-	case strings.Contains(goType, "bool"):
-		return "a boolean"
-	case strings.HasPrefix(goType, "[]"):
-		return "an array"
-	}
-	return "an object"
-}
-
-// settings checks the sampling fields shared by both endpoints.
-func (s *Server) settings(temp, topP *float64, maxTokens *int, seed *int64, n *int) (Sampling, error) {
-	var sp Sampling
-	if n != nil && *n != 1 {
-		return sp, badRequest("n", "n must be 1 (this server returns one choice)")
-	}
-	if temp != nil && (*temp < 0 || *temp > maxTemperature) {
-		return sp, badRequest("temperature", "temperature must be between 0 and %g, got %g", float64(maxTemperature), *temp)
-	}
-	if topP != nil && (*topP <= 0 || *topP > 1) {
-		return sp, badRequest("top_p", "top_p must be in (0, 1], got %g", *topP)
-	}
-	sp.Temperature, sp.TopP = temp, topP
-	sp.MaxTokens = s.opts.MaxTokens
-	if maxTokens != nil {
-		if *maxTokens < 1 {
-			return sp, badRequest("max_tokens", "max_tokens must be at least 1, got %d", *maxTokens)
-		}
-		sp.MaxTokens = *maxTokens
-	}
-	if seed != nil {
-		u := uint64(*seed)
-		sp.Seed = &u
-	}
-	return sp, nil
-}
-
-// fit checks the prompt against the context and caps the reply to what is left.
-func (s *Server) fit(prompt []int, sp *Sampling, param string) error {
-	ctxLen := s.eng.ContextLength()
-	if len(prompt) >= ctxLen {
-		return &requestError{param: param, code: "context_length_exceeded", msg: fmt.Sprintf("the prompt is %d tokens; this model's context is %d (prompt and reply together)", len(prompt), ctxLen)}
-	}
-	sp.MaxTokens = min(sp.MaxTokens, ctxLen-len(prompt))
-	return nil
-}
-
 func (s *Server) requestFailed(w http.ResponseWriter, err error) {
 	var re *requestError
 	if errors.As(err, &re) {
-		s.writeError(w, http.StatusBadRequest, "invalid_request_error", re.param, re.code, re.msg)
+		status := re.status
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		s.writeError(w, status, "invalid_request_error", re.param, re.code, re.msg)
 		return
 	}
 	s.writeError(w, http.StatusInternalServerError, "server_error", "", "", err.Error())
@@ -345,44 +277,61 @@ func newID(prefix string) string {
 // reply is one generation seen from its handler: text as it is decoded and cut at stop
 // strings.
 type reply struct {
+	s      *Server
 	j      *job
 	cancel context.CancelFunc
 	dec    *tokenizer.StreamDecoder
 	stop   stopMatcher
 	text   strings.Builder
+	toks   []model.TokenLogprob
 }
 
-// start queues the generation; false (after answering 429) when the queue is full.
-func (s *Server) start(w http.ResponseWriter, r *http.Request, prompt []int, sp Sampling, stops []string) (*reply, bool) {
+// start queues the generation of an admitted request.
+func (s *Server) start(r *http.Request, prompt []int, sp Sampling, stops []string) *reply {
 	ctx, cancel := context.WithCancel(r.Context())
-	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan int, streamBuffer)}
-	if !s.submit(j) {
-		cancel()
-		w.Header().Set("Retry-After", "1")
-		s.writeError(w, http.StatusTooManyRequests, "rate_limit_error", "", "queue_full", fmt.Sprintf("the server is busy: %d requests are already waiting; retry later", cap(s.jobs)))
-		return nil, false
-	}
-	return &reply{j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}, true
+	j := &job{ctx: ctx, prompt: prompt, samp: sp, out: make(chan model.TokenLogprob, streamBuffer)}
+	s.submit(j)
+	return &reply{s: s, j: j, cancel: cancel, dec: s.eng.Tokenizer().NewStreamDecoder(), stop: stopMatcher{stops: stops}}
 }
 
-// each calls f with every piece of text that may be shown, in order, and returns how the
-// reply ended: "stop", "length", or "cancelled" (the client left), with the ids generated.
-func (rp *reply) each(f func(text string) error) (string, []int, error) {
+// each calls f with every piece of text that may be shown, in order, with the tokens
+// generated since the last call (their log-probabilities when asked for), and returns how
+// the reply ended: "stop", "length", or "cancelled" (the client left), with the ids
+// generated. The tokens of the whole reply are in rp.toks.
+func (rp *reply) each(f func(text string, toks []model.TokenLogprob) error) (string, []int, error) {
 	defer rp.cancel()
 	var ferr error
+	pending := 0 // rp.toks[len(rp.toks)-pending:] have not been passed to f
 	emit := func(t string) {
 		if t == "" || ferr != nil {
 			return
 		}
 		rp.text.WriteString(t)
-		if ferr = f(t); ferr != nil {
+		if ferr = f(t, rp.toks[len(rp.toks)-pending:]); ferr != nil {
 			rp.cancel() // the client is gone: stop generating
 		}
+		pending = 0
 	}
-	for id := range rp.j.out {
+	for {
+		var tl model.TokenLogprob
+		var ok bool
+		select {
+		case tl, ok = <-rp.j.out:
+		case <-rp.j.ctx.Done():
+			if rp.s.withdraw(rp.j) { // it never started: nothing to wait for
+				return "cancelled", nil, context.Canceled
+			}
+			tl, ok = <-rp.j.out // it runs, and ends at its next token
+		}
+		if !ok {
+			break
+		}
 		if rp.stop.hit {
 			continue
 		}
+		id := tl.ID
+		rp.toks = append(rp.toks, tl)
+		pending++
 		piece, err := rp.dec.Add(id)
 		if err != nil {
 			ferr = err
@@ -398,6 +347,9 @@ func (rp *reply) each(f func(text string) error) (string, []int, error) {
 	if !rp.stop.hit {
 		emit(rp.stop.push(rp.dec.Flush()))
 		emit(rp.stop.flush())
+	}
+	if pending > 0 && ferr == nil {
+		ferr = f("", rp.toks[len(rp.toks)-pending:])
 	}
 	switch {
 	case res.err != nil:
@@ -472,42 +424,4 @@ func strPtr(s string) *string { return &s }
 
 func usage(prompt, completion int) *Usage {
 	return &Usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
-}
-
-// Run serves on ln and runs the generations on the calling goroutine (which must own the
-// model and, on a GPU, the device) until ctx ends (the caller ties it to SIGINT and
-// SIGTERM); then it stops accepting, lets running requests finish for up to grace, and
-// cancels what is left.
-func (s *Server) Run(ctx context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
-	base, cancelRequests := context.WithCancel(context.Background())
-	defer cancelRequests()
-	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base }, ReadHeaderTimeout: readHeaderTimeout}
-	work, stopWork := context.WithCancel(context.Background())
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	result := make(chan error, 1)
-	go func() {
-		var err error
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(logw, "shutting down: finishing running requests")
-		case err = <-serveErr:
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			}
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), grace)
-		defer cancel()
-		if hs.Shutdown(sctx) != nil {
-			fmt.Fprintf(logw, "requests still running after %s: cancelling them\n", grace)
-			cancelRequests()
-			if cerr := hs.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("serve: closing the listener: %w", cerr)
-			}
-		}
-		result <- err
-		stopWork()
-	}()
-	s.Work(work)
-	return <-result
 }

@@ -49,7 +49,9 @@ async function send(text) {
   addMessage("user", text);
   const out = addMessage("assistant", "");
   out.classList.add("streaming");
-  const body = { model: $("model").dataset.id || "qwen", stream: true, stream_options: { include_usage: true }, messages: [] };
+  // no model until /v1/models has named it: the server then answers with the one it serves
+  const body = { stream: true, stream_options: { include_usage: true }, messages: [] };
+  if ($("model").dataset.id) body.model = $("model").dataset.id;
   if ($("system").value.trim()) body.messages.push({ role: "system", content: $("system").value });
   body.messages.push(...history);
   for (const [f, parse] of [["temperature", parseFloat], ["top_p", parseFloat], ["max_tokens", (v) => parseInt(v, 10)], ["seed", (v) => parseInt(v, 10)]]) {

@@ -102,7 +102,7 @@ test("errors: 400, 401 and the OpenAI error body", async () => {
 });
 
 test("429 when the queue is full", async () => {
-  // the server runs with a queue of 2: one slow reply generating, two waiting, more refused
+  // the server admits 2 requests at once: one slow reply generating, one waiting, more refused
   const slow = () => client.chat.completions.create({ model: "scripted", max_tokens: 15, messages: [{ role: "user", content: "slow" }] });
   const results = await Promise.allSettled(Array.from({ length: 8 }, slow));
   const refused = results.filter((r) => r.status === "rejected");
