@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -31,20 +30,6 @@ func stalledBody(t *testing.T, url string) net.Conn {
 		t.Fatal(err)
 	}
 	return conn
-}
-
-func health(t *testing.T, url string) map[string]any {
-	t.Helper()
-	res, err := http.Get(url + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var h map[string]any
-	if err := json.NewDecoder(res.Body).Decode(&h); err != nil {
-		t.Fatal(err)
-	}
-	return h
 }
 
 // waitFor polls cond for up to limit.
@@ -171,6 +156,46 @@ func runServer(t *testing.T, s *Server, grace time.Duration) (url string, stop, 
 	return "http://" + ln.Addr().String(), stop, kill, ran
 }
 
+// runReturned fails unless Run returns nil within limit.
+func runReturned(t *testing.T, ran chan error, limit time.Duration) {
+	t.Helper()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(limit):
+		t.Fatal("Run did not return")
+	}
+}
+
+// TestGracefulShutdown: after the stop signal a running request still finishes, new
+// connections are refused, and Run returns.
+func TestGracefulShutdown(t *testing.T) {
+	eng := newScripted(t)
+	eng.started = make(chan struct{}, 1)
+	url, stop, _, ran := runServer(t, New(eng, Options{}), 10*time.Second)
+	got := make(chan string, 1)
+	go func() {
+		_, b := post(t, url+"/v1/chat/completions", "", `{"messages":[{"role":"user","content":"slow"}],"max_tokens":30}`)
+		got <- string(b)
+	}()
+	<-eng.started
+	stop() // SIGTERM
+	select {
+	case b := <-got:
+		if !strings.Contains(b, `"finish_reason":"length"`) {
+			t.Fatalf("the running request ended with %s", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the running request did not finish")
+	}
+	runReturned(t, ran, 10*time.Second)
+	if _, err := http.Get(url + "/health"); err == nil {
+		t.Fatal("the server still accepts connections")
+	}
+}
+
 // TestShutdownEndsStreamsCleanly: a stream still running when the grace period ends gets a
 // finish_reason, an error event and [DONE]; a non-streamed request gets 503.
 func TestShutdownEndsStreamsCleanly(t *testing.T) {
@@ -218,14 +243,7 @@ func TestShutdownEndsStreamsCleanly(t *testing.T) {
 			t.Fatal("requests still running 5 s after a 300 ms grace period")
 		}
 	}
-	select {
-	case err := <-ran:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return")
-	}
+	runReturned(t, ran, 5*time.Second)
 }
 
 // TestSecondSignalEndsAtOnce: a second signal does not wait for the grace period.
@@ -277,12 +295,7 @@ func TestCancelledRequestsAreLoggedSo(t *testing.T) {
 		defer mu.Unlock()
 		lines = append(lines, fmt.Sprintf(format, args...))
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.DefaultClient.Do(req)
+	res, cancel, err := slowStream(http.DefaultClient, url)
 	if err != nil {
 		t.Fatal(err)
 	}

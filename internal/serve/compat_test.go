@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/qwen-tune/qwen-tune/lora"
 )
 
 const (
@@ -33,6 +31,22 @@ func str(p *string) string {
 		return "<nil>"
 	}
 	return *p
+}
+
+// refusal is a request the server must refuse with 400: the param its error names ("" for
+// none) and what its message says.
+type refusal struct{ body, param, want string }
+
+// wantRefused posts each request with key and checks its 400 error.
+func wantRefused(t *testing.T, url, key string, refusals []refusal) {
+	t.Helper()
+	for _, c := range refusals {
+		code, b := post(t, url, key, c.body)
+		e := apiError(t, b)
+		if code != 400 || c.param != "" && str(e.Param) != c.param || c.param == "" && e.Param != nil || !strings.Contains(e.Message, c.want) {
+			t.Errorf("%s: %d %s, want 400 on %q with %q", c.body, code, b, c.param, c.want)
+		}
+	}
 }
 
 func postStream(t *testing.T, url, body string) ([]map[string]any, bool) {
@@ -143,18 +157,12 @@ func TestToolChoice(t *testing.T) {
 	if text != "I should call the weather API." {
 		t.Fatalf("streamed content %q, want the thought without its label", text)
 	}
-	for _, c := range []struct{ body, param, want string }{
+	wantRefused(t, url, "", []refusal{
 		{`{"messages":[{"role":"user","content":"x"}],"tool_choice":"required"}`, "tool_choice", "only allowed when tools are given"},
 		{`{` + chatOnly + `,"tool_choice":{"type":"function","function":{"name":"nope"}}}`, "tool_choice", `no tool named "nope"`},
 		{`{` + chatOnly + `,"tool_choice":"sometimes"}`, "tool_choice", `"none", "auto", "required"`},
 		{`{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string","pattern":"x"}}}}}],"tool_choice":"required"}`, "tools[0].function.parameters", `"pattern"`},
-	} {
-		code, b := post(t, url, "", c.body)
-		e := apiError(t, b)
-		if code != 400 || str(e.Param) != c.param || !strings.Contains(e.Message, c.want) {
-			t.Errorf("%s: %d %s, want 400 on %s with %q", c.body, code, b, c.param, c.want)
-		}
-	}
+	})
 }
 
 func TestResponseFormat(t *testing.T) {
@@ -194,17 +202,12 @@ func TestResponseFormat(t *testing.T) {
 			t.Fatalf("streamed %q, not streamed %q", text, content)
 		}
 	}
-	for _, c := range []struct{ format, param, want string }{
-		{`{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","format":"email"}}}`, "response_format.json_schema.schema", `unsupported schema keyword "format"`},
-		{`{"type":"json_schema"}`, "response_format.json_schema", "json_schema"},
-		{`{"type":"yaml"}`, "response_format.type", `"text", "json_object" or "json_schema"`},
-	} {
-		code, b := post(t, url, "", `{"messages":[{"role":"user","content":"x"}],"response_format":`+c.format+`}`)
-		e := apiError(t, b)
-		if code != 400 || str(e.Param) != c.param || !strings.Contains(e.Message, c.want) {
-			t.Errorf("%s: %d %s, want 400 on %s with %q", c.format, code, b, c.param, c.want)
-		}
-	}
+	const ask = `{"messages":[{"role":"user","content":"x"}],"response_format":`
+	wantRefused(t, url, "", []refusal{
+		{ask + `{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","format":"email"}}}}`, "response_format.json_schema.schema", `unsupported schema keyword "format"`},
+		{ask + `{"type":"json_schema"}}`, "response_format.json_schema", "json_schema"},
+		{ask + `{"type":"yaml"}}`, "response_format.type", `"text", "json_object" or "json_schema"`},
+	})
 }
 
 func TestLogprobs(t *testing.T) {
@@ -280,15 +283,10 @@ func TestLogprobs(t *testing.T) {
 	if strings.Join(lp.Tokens, "") != c.Choices[0].Text || len(lp.TokenLogprobs) != 5 || len(lp.TopLogprobs[0]) != 2 || lp.TextOffset[1] != len(lp.Tokens[0]) {
 		t.Fatalf("completions logprobs %+v for %q", lp, c.Choices[0].Text)
 	}
-	for _, c := range []struct{ body, param string }{
-		{`{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}`, "top_logprobs"},
-		{`{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}`, "top_logprobs"},
-	} {
-		code, b := post(t, url, "", c.body)
-		if e := apiError(t, b); code != 400 || str(e.Param) != c.param {
-			t.Errorf("%s: %d %s", c.body, code, b)
-		}
-	}
+	wantRefused(t, url, "", []refusal{
+		{`{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}`, "top_logprobs", ""},
+		{`{"messages":[{"role":"user","content":"x"}],"top_logprobs":2}`, "top_logprobs", ""},
+	})
 }
 
 func TestMessagesAsClientsSendThem(t *testing.T) {
@@ -346,7 +344,7 @@ func TestValidationAsOpenAI(t *testing.T) {
 	_, url := startServer(t, eng, Options{APIKey: "k"})
 	chat := url + "/v1/chat/completions"
 	msgs := `"messages":[{"role":"user","content":"hi"}]`
-	for _, c := range []struct{ body, param, want string }{
+	wantRefused(t, chat, "k", []refusal{
 		{`{` + msgs + `,"presence_penalty":2.5}`, "presence_penalty", "between -2 and 2"},
 		{`{` + msgs + `,"frequency_penalty":-3}`, "frequency_penalty", "between -2 and 2"},
 		{`{` + msgs + `,"stop":["a","b","c","d","e"]}`, "stop", "at most 4"},
@@ -354,13 +352,7 @@ func TestValidationAsOpenAI(t *testing.T) {
 		{`{` + msgs + `,"max_tokens":1e30}`, "max_tokens", "max_tokens must be an integer"},
 		{`{` + msgs + `}]garbage`, "", "data after its JSON object"},
 		{`[{` + msgs + `}]`, "", "the request body must be a JSON object, not an array"},
-	} {
-		code, b := post(t, chat, "k", c.body)
-		e := apiError(t, b)
-		if code != 400 || str(e.Param) != c.param && c.param != "" || c.param == "" && e.Param != nil || !strings.Contains(e.Message, c.want) {
-			t.Errorf("%s: %d %s, want 400 on %q with %q", c.body, code, b, c.param, c.want)
-		}
-	}
+	})
 	code, b := post(t, chat, "k", `{`+msgs+`,"presence_penalty":1.5,"frequency_penalty":-0.5}`)
 	if s := eng.lastSampling(); code != 200 || s.PresencePenalty != 1.5 || s.FrequencyPenalty != -0.5 {
 		t.Fatalf("penalties did not reach the engine: %d %s %+v", code, b, s)
@@ -416,16 +408,7 @@ func TestValidationAsOpenAI(t *testing.T) {
 // gives one log-probability per token. The schemas have no free strings, so every reply
 // ends well within max_tokens.
 func TestModelEngineConstrained(t *testing.T) {
-	dir := tinyModelDir(t)
-	op, err := lora.Open(dir, lora.OpenOptions{NeedTokenizer: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer op.Close()
-	eng := &ModelEngine{ID: "tiny", Model: op.Model, Gen: *op.Gen, Tok: op.Tok, Context: 2048}
-	defer eng.Close()
-	_, url := startServer(t, eng, Options{})
-	url += "/v1/chat/completions"
+	url := serveTiny(t) + "/v1/chat/completions"
 	const bounded = `{"type":"object","properties":{"ok":{"type":"boolean"},"color":{"enum":["red","green"]},"n":{"type":"integer"},"tags":{"type":"array","items":{"type":["boolean","null"]},"maxItems":3}},"required":["ok","color","n","tags"],"additionalProperties":false}`
 	for seed := range 3 {
 		body := fmt.Sprintf(`{"messages":[{"role":"user","content":"Describe a thing"}],"max_tokens":600,"seed":%d,"temperature":1,"logprobs":true,"top_logprobs":2,"response_format":{"type":"json_schema","json_schema":{"name":"thing","schema":%s}}}`, seed, bounded)

@@ -220,8 +220,13 @@ type Response[Choice any] struct {
 	Usage             *Usage   `json:"usage,omitempty"`
 }
 
-// ChatResponse is a chat.completion or a chat.completion.chunk.
-type ChatResponse = Response[ChatChoice]
+// The two instantiations of Response.
+type (
+	// ChatResponse is a chat.completion or a chat.completion.chunk.
+	ChatResponse = Response[ChatChoice]
+	// CompletionResponse is a text_completion (or a chunk of one).
+	CompletionResponse = Response[TextChoice]
+)
 
 // TextChoice is a choice of a text completion.
 type TextChoice struct {
@@ -239,9 +244,6 @@ type CompletionLogprobs struct {
 	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 	TextOffset    []int                `json:"text_offset"`
 }
-
-// CompletionResponse is a text_completion (or a chunk of one).
-type CompletionResponse = Response[TextChoice]
 
 // APIError is OpenAI's error body.
 type APIError struct {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
@@ -192,6 +193,21 @@ func tinyModelDir(t *testing.T) string {
 		t.Fatal(tinyErr)
 	}
 	return tinyDir
+}
+
+// serveTiny serves the real tiny model (tinyModelDir) as startServer does and returns the
+// server's URL; the model is closed when the test ends.
+func serveTiny(t *testing.T) string {
+	t.Helper()
+	op, err := lora.Open(tinyModelDir(t), lora.OpenOptions{NeedTokenizer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { op.Close() })
+	eng := &ModelEngine{ID: "tiny", Model: op.Model, Gen: *op.Gen, Tok: op.Tok, Context: 2048}
+	t.Cleanup(func() { eng.Close() })
+	_, url := startServer(t, eng, Options{})
+	return url
 }
 
 func newScripted(t *testing.T) *scripted {

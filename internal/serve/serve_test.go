@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/tokenizer"
 )
 
@@ -57,6 +55,38 @@ func post(t *testing.T, url, key, body string) (int, []byte) {
 		t.Fatalf("reading the response to %s: %v", url, err)
 	}
 	return res.StatusCode, b
+}
+
+// slowStream starts a streamed request for the scripted slow reply with client; cancel
+// leaves it as a client that goes away does.
+func slowStream(client *http.Client, url string) (*http.Response, context.CancelFunc, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return res, cancel, nil
+}
+
+// health is the server's /health answer.
+func health(t *testing.T, url string) map[string]any {
+	t.Helper()
+	res, err := http.Get(url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var h map[string]any
+	if err := json.NewDecoder(res.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 func chatJSON(t *testing.T, b []byte) ChatResponse {
@@ -403,12 +433,7 @@ func TestAPIKey(t *testing.T) {
 func TestCancellation(t *testing.T) {
 	eng := newScripted(t)
 	_, url := startServer(t, eng, Options{})
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(`{"stream":true,"messages":[{"role":"user","content":"slow"}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.DefaultClient.Do(req)
+	res, cancel, err := slowStream(http.DefaultClient, url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,64 +518,10 @@ func TestBurst(t *testing.T) {
 	t.Logf("statuses %v, heap %d -> %d KB", counts, before.HeapAlloc>>10, after.HeapAlloc>>10)
 }
 
-// TestGracefulShutdown: after the stop signal a running request still finishes, new
-// connections are refused, and Run returns.
-func TestGracefulShutdown(t *testing.T) {
-	eng := newScripted(t)
-	eng.started = make(chan struct{}, 1)
-	s := New(eng, Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + ln.Addr().String()
-	ctx, stop := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() {
-		// Run must own the worker: keep it on one goroutine, as the CUDA build needs
-		runtime.LockOSThread()
-		ran <- s.Run(ctx, context.Background(), ln, 10*time.Second, io.Discard)
-	}()
-	got := make(chan string, 1)
-	go func() {
-		_, b := post(t, url+"/v1/chat/completions", "", `{"messages":[{"role":"user","content":"slow"}],"max_tokens":30}`)
-		got <- string(b)
-	}()
-	<-eng.started
-	stop() // SIGTERM
-	select {
-	case b := <-got:
-		if !strings.Contains(b, `"finish_reason":"length"`) {
-			t.Fatalf("the running request ended with %s", b)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the running request did not finish")
-	}
-	select {
-	case err := <-ran:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return")
-	}
-	if _, err := http.Get(url + "/health"); err == nil {
-		t.Fatal("the server still accepts connections")
-	}
-}
-
 // TestModelEngine serves the real tiny model: the same seed gives the same reply, streaming
 // or not, and the reply ends as the model decides.
 func TestModelEngine(t *testing.T) {
-	dir := tinyModelDir(t)
-	op, err := lora.Open(dir, lora.OpenOptions{NeedTokenizer: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer op.Close()
-	eng := &ModelEngine{ID: "tiny", Model: op.Model, Gen: *op.Gen, Tok: op.Tok, Context: 2048}
-	defer eng.Close()
-	_, url := startServer(t, eng, Options{})
+	url := serveTiny(t)
 	body := `{"messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":24,"seed":7,"temperature":0.9}`
 	code, b := post(t, url+"/v1/chat/completions", "", body)
 	if code != 200 {

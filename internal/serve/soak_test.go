@@ -3,7 +3,6 @@ package serve
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -92,16 +91,11 @@ func soakOne(client *http.Client, url string, i int) (int, int, error) {
 	case "unknown model":
 		body = strings.Replace(msg("hi")+`}`, `"scripted"`, `"gpt-9"`, 1)
 	case "cancelled stream":
-		ctx, cancel := context.WithCancel(context.Background())
+		res, cancel, err := slowStream(client, url)
+		if err != nil {
+			return kind, -1, err
+		}
 		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, "POST", url+"/v1/chat/completions", strings.NewReader(msg("slow")+`,"stream":true}`))
-		if err != nil {
-			return kind, -1, err
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			return kind, -1, err
-		}
 		defer res.Body.Close()
 		if res.StatusCode == 429 {
 			return kind, 429, drain(res.Body)
