@@ -316,6 +316,22 @@ func ParseMask(s string) (Mask, error) {
 	return "", fmt.Errorf("data: mask %q: expected qwen or assistant", s)
 }
 
+// Set parses a --mask value (ParseMask); with String and Type it makes a Mask a command-line
+// flag.
+func (m *Mask) Set(s string) error {
+	v, err := ParseMask(s)
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+func (m *Mask) String() string { return string(*m) }
+
+// Type is how flag usage names the value.
+func (m *Mask) Type() string { return "string" }
+
 // Render turns a conversation into Qwen's training sequence:
 //
 //	<|im_start|>system\n{system}<|im_end|>\n <|im_start|>user\n{q}<|im_end|>\n <|im_start|>assistant\n{a}<|im_end|>\n ...

@@ -20,8 +20,9 @@ func newDataCmd() *cobra.Command {
 
 func newDataInspectCmd() *cobra.Command {
 	var (
-		modelDir, dataPath, mask, onBad string
-		maxLen, example                 int
+		modelDir, dataPath, onBad string
+		mask                      = data.MaskQwen
+		maxLen, example           int
 	)
 	cmd := &cobra.Command{
 		Use:   "inspect --model DIR --data FILE",
@@ -37,10 +38,6 @@ trained tokens and examples cut at --max-len.`,
 			if err != nil {
 				return err
 			}
-			m, err := data.ParseMask(mask)
-			if err != nil {
-				return err
-			}
 			exs, skipped, err := data.Load(dataPath, data.OnBad(onBad), 0)
 			for _, s := range skipped {
 				fmt.Fprintf(cmd.ErrOrStderr(), "skipped: %v\n", s)
@@ -48,7 +45,7 @@ trained tokens and examples cut at --max-len.`,
 			if err != nil {
 				return err
 			}
-			seqs, st, err := data.Prepare(tok, exs, m, maxLen)
+			seqs, st, err := data.Prepare(tok, exs, mask, maxLen)
 			if err != nil {
 				return err
 			}
@@ -73,7 +70,7 @@ trained tokens and examples cut at --max-len.`,
 	f := cmd.Flags()
 	f.StringVar(&modelDir, "model", "", "model directory (for its qwen.tiktoken)")
 	f.StringVar(&dataPath, "data", "", "dataset file")
-	f.StringVar(&mask, "mask", string(data.MaskQwen), "trained tokens: qwen or assistant")
+	f.Var(&mask, "mask", "trained tokens: qwen or assistant")
 	f.StringVar(&onBad, "on-bad-example", "error", "malformed example: error or skip")
 	f.IntVar(&maxLen, "max-len", 512, "longest sequence in tokens")
 	f.IntVar(&example, "example", 0, "which example to show (0-based)")

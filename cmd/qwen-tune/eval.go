@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"os/signal"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,10 +15,11 @@ import (
 
 func newEvalCmd() *cobra.Command {
 	var (
-		modelDir, adapterDir, mask string
-		src                        textInput
-		seqLen, stride             int
-		asJSON                     bool
+		modelDir, adapterDir string
+		mask                 = data.MaskQwen
+		src                  textInput
+		seqLen, stride       int
+		asJSON               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "eval --model DIR (--data FILE | --text FILE --seq-len N --stride S)",
@@ -48,10 +47,6 @@ Ctrl-C stops with exit status 130.`,
 			if !src.one() {
 				return fmt.Errorf("give exactly one of --data FILE and --text FILE")
 			}
-			m, err := data.ParseMask(mask)
-			if err != nil {
-				return fmt.Errorf("--mask: %w", err)
-			}
 			in, err := openModel(cmd, modelDir, openOptions{Adapter: adapterDir, NeedTokenizer: src.text != ""})
 			if err != nil {
 				return err
@@ -63,7 +58,7 @@ Ctrl-C stops with exit status 130.`,
 				if err != nil {
 					return err
 				}
-				if seqs, _, err = data.Prepare(in.tok, exs, m, math.MaxInt); err != nil {
+				if seqs, _, err = data.Prepare(in.tok, exs, mask, math.MaxInt); err != nil {
 					return err
 				}
 			} else {
@@ -85,7 +80,7 @@ Ctrl-C stops with exit status 130.`,
 					seqs = append(seqs, data.Sequence{IDs: r.InputIDs, Labels: r.Labels, Source: fmt.Sprintf("%s: window %d", src.text, i+1)})
 				}
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			res, err := score(ctx, in, seqs, cmd.ErrOrStderr())
 			if err != nil {
@@ -107,7 +102,7 @@ Ctrl-C stops with exit status 130.`,
 	f.StringVar(&adapterDir, "adapter", "", "PEFT LoRA adapter directory applied on top of the model (not merged)")
 	f.StringVar(&modelDir, "model", "", "model directory")
 	src.register(f, "dataset: conversations JSON/JSONL, messages JSONL or input_ids JSONL", "plain text file scored in sliding windows")
-	f.StringVar(&mask, "mask", string(data.MaskQwen), "scored tokens of conversations, as lora trains them: qwen or assistant")
+	f.Var(&mask, "mask", "scored tokens of conversations, as lora trains them: qwen or assistant")
 	f.IntVar(&seqLen, "seq-len", 0, "window length in tokens for --text (default: the model's seq_length)")
 	f.IntVar(&stride, "stride", 0, "window advance in tokens for --text (default: seq-len/2)")
 	f.BoolVar(&asJSON, "json", false, "print {\"loss\", \"ppl\", \"tokens\"} as JSON")

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 
@@ -56,7 +54,7 @@ directory without a vocabulary. Output streams as text, or with --json as one ob
 			if n := len(ids) + g.MaxNewTokens; n > model.MaxPositions {
 				return fmt.Errorf("the prompt (%d tokens) plus --max-new-tokens %d is %d positions; Qwen-7B supports at most %d", len(ids), g.MaxNewTokens, n, model.MaxPositions)
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			sampler := model.NewSampler(g, seed)
 			if in.tok != nil {

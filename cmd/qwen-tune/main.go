@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 )
 
 func main() {
@@ -53,6 +54,12 @@ func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 
 // argsKey holds the command line (without the program name) in the command's context.
 type argsKey struct{}
+
+// interruptible is ctx, cancelled by Ctrl-C (SIGINT): eval, generate and quantize stop early
+// with it (those without a result yet return stopped).
+func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt)
+}
 
 // stopped is the error of a command (eval, quantize) that Ctrl-C stopped before it had a
 // result: it exits with status 130, as a shell reports a program ended by SIGINT.

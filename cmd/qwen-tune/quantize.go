@@ -3,8 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"time"
@@ -129,7 +127,7 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			bar := newBar(stderr, 5*len(in.m.Blocks), "quantizing")
 			terminal := isTerminal(stderr)
 			start := time.Now()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			finished := 0
 			layers, reports, err := quantize.Calibrate(ctx, in.m, samples, o, quantize.Method(method), func(r quantize.LayerReport, done, total int) {
