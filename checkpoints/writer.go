@@ -65,8 +65,13 @@ func WriteJSON(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("checkpoints: encoding %s: %w", path, err)
 	}
+	return WriteBytes(path, append(b, '\n'))
+}
+
+// WriteBytes writes b to path atomically (WriteAtomic).
+func WriteBytes(path string, b []byte) error {
 	return WriteAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(append(b, '\n'))
+		_, err := w.Write(b)
 		return err
 	})
 }

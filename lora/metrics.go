@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -57,20 +56,17 @@ func truncateMetrics(path string, step int) error {
 	if err != nil {
 		return err
 	}
-	var b strings.Builder
+	var b []byte
 	for _, h := range hist {
 		if h.Step < step {
 			line, err := json.Marshal(metricLine(h))
 			if err != nil {
 				return err
 			}
-			b.Write(append(line, '\n'))
+			b = append(append(b, line...), '\n')
 		}
 	}
-	return checkpoints.WriteAtomic(path, func(w io.Writer) error {
-		_, err := io.WriteString(w, b.String())
-		return err
-	})
+	return checkpoints.WriteBytes(path, b)
 }
 
 // metricsWriter appends one JSON line per step, each in one write; a write that fails

@@ -1,12 +1,9 @@
 package lora
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -56,20 +53,6 @@ func RunSettings(out string) (cfg TrainConfig, ok bool, err error) {
 		return TrainConfig{}, false, err
 	}
 	return rec.Cfg, true, nil
-}
-
-// fileSHA256 is the hex sha256 of a file's content.
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // resumePoint is where a run starts: a checkpoint or step 0, and what was found on the way.

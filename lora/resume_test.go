@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/lora"
 )
 
@@ -51,19 +52,8 @@ func resumeAndCompare(t *testing.T, o lora.Options, out, straight string) lora.S
 			t.Errorf("%s of the resumed run differs from the uninterrupted one (%v, %v)\n%s\n%s", name, errA, errB, a, b)
 		}
 	}
-	noDebris(t, out)
+	tfile.NoneLeft(t, out, checkpoints.IsTemp)
 	return start
-}
-
-// noDebris fails when a temporary file or directory is left under dir.
-func noDebris(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err == nil && checkpoints.IsTemp(d.Name()) {
-			t.Errorf("left behind: %s", path)
-		}
-		return err
-	})
 }
 
 // TestRunSurvivesFaults fails a 4-step run at several points (before any checkpoint, with
@@ -115,7 +105,7 @@ func TestRunSurvivesFaults(t *testing.T) {
 			if err == nil {
 				t.Fatal("the faulted run succeeded")
 			}
-			noDebris(t, k.Out)
+			tfile.NoneLeft(t, k.Out, checkpoints.IsTemp)
 			if b, err := os.ReadFile(filepath.Join(k.Out, "metrics.jsonl")); err != nil || len(b) > 0 && b[len(b)-1] != '\n' {
 				t.Fatalf("metrics after the fault (%v): %q", err, b)
 			}

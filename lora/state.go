@@ -22,14 +22,11 @@ const (
 	CheckpointPrefix = "checkpoint-"
 )
 
-// TrainerState is trainer_state.json: where the run stands.
+// TrainerState is trainer_state.json: where the run stands (checkpoints.TrainerState) and
+// the run's settings.
 type TrainerState struct {
-	Format     string      `json:"format"`
-	Version    int         `json:"version"`
-	Step       int         `json:"step"`
-	TotalSteps int         `json:"total_steps"`
-	AdamStep   int         `json:"adam_step"`
-	Config     TrainConfig `json:"config"`
+	checkpoints.TrainerState
+	Config TrainConfig `json:"config"`
 }
 
 // SaveCheckpoint writes a resumable checkpoint as out/checkpoint-<step>: the PEFT adapter
@@ -68,7 +65,7 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 	if err := checkpoints.WriteFile(filepath.Join(tmp, optimizerFile), moments, meta); err != nil {
 		return "", err
 	}
-	st := TrainerState{Format: checkpoints.TrainerFormat, Version: 1, Step: t.Step, TotalSteps: t.Sched.Total, AdamStep: t.Opt.Step, Config: t.Cfg}
+	st := TrainerState{checkpoints.TrainerState{Format: checkpoints.TrainerFormat, Version: 1, Step: t.Step, TotalSteps: t.Sched.Total, AdamStep: t.Opt.Step}, t.Cfg}
 	if err := checkpoints.WriteJSON(filepath.Join(tmp, stateFile), st); err != nil {
 		return "", err
 	}

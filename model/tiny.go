@@ -3,7 +3,6 @@ package model
 import (
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -99,7 +98,7 @@ func WriteTiny(dir string, o TinyOptions) (*checkpoints.Config, error) {
 	if _, err := checkpoints.WriteSharded(dir, "model", tensors, meta, 0); err != nil {
 		return nil, err
 	}
-	if err := writeBytes(filepath.Join(dir, tokenizer.VocabFile), vocab); err != nil {
+	if err := checkpoints.WriteBytes(filepath.Join(dir, tokenizer.VocabFile), vocab); err != nil {
 		return nil, err
 	}
 	gen := checkpoints.ChatGenerationConfig()
@@ -203,11 +202,4 @@ func randomBF16(seed, tensor uint64, ones bool, std func(element int64) float64)
 		}
 		wg.Wait()
 	}
-}
-
-func writeBytes(path string, b []byte) error {
-	return checkpoints.WriteAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	})
 }

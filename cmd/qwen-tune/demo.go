@@ -97,7 +97,7 @@ func trainDemo(cmd *cobra.Command, dir string, plan demoPlan) (modelDir, runDir 
 	if err != nil {
 		return "", "", err
 	}
-	if err := checkpoints.WriteAtomic(dataPath, func(w io.Writer) error { _, err := w.Write(convs); return err }); err != nil {
+	if err := checkpoints.WriteBytes(dataPath, convs); err != nil {
 		return "", "", err
 	}
 	fmt.Fprintf(stdout, "2/3 fine-tuning it with LoRA on %s: %d conversations of up to three turns made from the 40 chats of examples/chat.jsonl\n", dataPath, bytes.Count(convs, []byte("\n")))

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/tfile"
 )
 
 // TestMain lets a test run qwen-tune as a process of its own: with QWEN_TUNE_AS_MAIN=1 the
@@ -93,17 +94,6 @@ func (p *process) wait(t *testing.T) (int, string) {
 	return p.cmd.ProcessState.ExitCode(), p.stderr.String()
 }
 
-// noDebris fails when a temporary file or directory is left under dir.
-func noDebris(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err == nil && checkpoints.IsTemp(d.Name()) {
-			t.Errorf("left behind: %s", path)
-		}
-		return err
-	})
-}
-
 func sameFile(t *testing.T, a, b string) {
 	t.Helper()
 	x, errA := os.ReadFile(a)
@@ -127,7 +117,7 @@ func newFaultRun(t *testing.T) *faultRun {
 	if _, errs, st := qt(t, "", append(f.args, "--out", f.straight, "--save-every", "3")...); st != 0 {
 		t.Fatal(errs)
 	}
-	noDebris(t, f.straight)
+	tfile.NoneLeft(t, f.straight, checkpoints.IsTemp)
 	return f
 }
 
@@ -144,7 +134,7 @@ func (f *faultRun) finish(t *testing.T, out string, extra ...string) {
 	}
 	sameFile(t, filepath.Join(f.straight, "adapter_model.safetensors"), filepath.Join(out, "adapter_model.safetensors"))
 	sameFile(t, filepath.Join(f.straight, "metrics.jsonl"), filepath.Join(out, "metrics.jsonl"))
-	noDebris(t, out)
+	tfile.NoneLeft(t, out, checkpoints.IsTemp)
 }
 
 // TestKilledRunsResume kills the command (SIGKILL: nothing can be tidied) at several
@@ -173,7 +163,7 @@ func TestKilledRunsResume(t *testing.T) {
 		if st, errs := p.wait(t); st != 1 || !strings.Contains(errs, c.failing) || !strings.Contains(errs, "file too large") {
 			t.Fatalf("full disk at %s bytes: status %d, %s", c.limit, st, errs)
 		}
-		noDebris(t, out)
+		tfile.NoneLeft(t, out, checkpoints.IsTemp)
 		b, err := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
 		if err != nil || len(b) == 0 || b[len(b)-1] != '\n' {
 			t.Fatalf("metrics after a full disk (%v): %q", err, b)
@@ -216,7 +206,7 @@ func TestSignalsStopWithCheckpoint(t *testing.T) {
 		if len(cks) != 1 {
 			t.Errorf("checkpoints after %s: %v", c.name, cks)
 		}
-		noDebris(t, out)
+		tfile.NoneLeft(t, out, checkpoints.IsTemp)
 		if _, errs, st := qt(t, "", strings.Fields(resume)[1:]...); st != 0 {
 			t.Fatalf("%s: %s", resume, errs)
 		}
@@ -226,6 +216,6 @@ func TestSignalsStopWithCheckpoint(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(out, "adapter_model.safetensors")); err != nil {
 			t.Error(err)
 		}
-		noDebris(t, out)
+		tfile.NoneLeft(t, out, checkpoints.IsTemp)
 	}
 }

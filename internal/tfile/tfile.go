@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -32,5 +33,20 @@ func Remove(t testing.TB, path string) {
 	t.Helper()
 	if err := os.RemoveAll(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
+	}
+}
+
+// NoneLeft fails the test for each file or directory under dir whose name temp matches: one
+// that a writer left behind. A missing dir holds none.
+func NoneLeft(t testing.TB, dir string, temp func(name string) bool) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && temp(d.Name()) {
+			t.Errorf("left behind: %s", path)
+		}
+		return err
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Error(err)
 	}
 }
