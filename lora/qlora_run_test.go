@@ -10,32 +10,11 @@ import (
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
+	"github.com/qwen-tune/qwen-tune/internal/tquant"
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
-
-// quantizeDir writes src quantized to 4 bits with group size 16 (round-to-nearest) into a
-// new directory and returns it.
-func quantizeDir(t *testing.T, src string) string {
-	t.Helper()
-	m, err := model.Load(src, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	o := quantize.DefaultOptions()
-	o.GroupSize = 16
-	layers, _, err := quantize.Calibrate(context.Background(), m, [][]int{{1, 2, 3, 4, 5, 6, 7, 8}}, o, quantize.MethodRTN, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), "int4")
-	if err := quantize.Save(out, src, layers, o); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // lastLogits feeds ids to a fresh session of m and returns the last position's logits.
 func lastLogits(t *testing.T, m *model.Model, ids []int) []float32 {
@@ -58,7 +37,9 @@ func TestQLoRARun(t *testing.T) {
 	tmp := t.TempDir()
 	o := fourSteps(t, filepath.Join(tmp, "run"))
 	float := o.ModelDir
-	o.ModelDir = quantizeDir(t, float)
+	q := quantize.DefaultOptions()
+	q.GroupSize = 16
+	o.ModelDir, _ = tquant.Save(t, float, [][]int{{1, 2, 3, 4, 5, 6, 7, 8}}, quantize.MethodRTN, q)
 	o.Train.Steps, o.Train.TrainSpecialTokens = 8, true
 	res, err := lora.Run(context.Background(), o, lora.Hooks{})
 	if err != nil {

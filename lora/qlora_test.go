@@ -1,11 +1,9 @@
 package lora
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,32 +11,10 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
+	"github.com/qwen-tune/qwen-tune/internal/tquant"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
-
-// quantizedTiny writes tiny-qwen quantized to bits (round-to-nearest, group size 16) in the
-// AutoGPTQ layout and returns the directory.
-func quantizedTiny(t *testing.T, bits int) string {
-	t.Helper()
-	src := golden.Path(t, "tiny-qwen")
-	m, err := model.Load(src, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	o := quantize.DefaultOptions()
-	o.Bits, o.GroupSize = bits, 16
-	layers, _, err := quantize.Calibrate(context.Background(), m, tinybatch.Load(t).Rows()[:1], o, quantize.MethodRTN, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), fmt.Sprintf("int%d", bits))
-	if err := quantize.Save(dir, src, layers, o); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
 
 // dequantized replaces every GPTQ projection of m by a float32 Dense layer holding
 // Int4.Dequantize() and the bias: the float model that computes what the packed one does.
@@ -97,7 +73,9 @@ func TestQLoRAGradientsMatchDequantized(t *testing.T) {
 	b := &Batch{Batch: ref.Batch, Seq: ref.Seq, IDs: ref.IDs, Labels: ref.Labels, Mask: ref.Mask}
 	for _, bits := range []int{2, 4, 8} {
 		t.Run(fmt.Sprintf("%d-bit", bits), func(t *testing.T) {
-			dir := quantizedTiny(t, bits)
+			o := quantize.DefaultOptions()
+			o.Bits, o.GroupSize = bits, 16 // round-to-nearest on the first golden row
+			dir, _ := tquant.Save(t, golden.Path(t, "tiny-qwen"), ref.Rows()[:1], quantize.MethodRTN, o)
 			run := func(float bool) (float64, []float32, [][]float32, []*model.Param) {
 				m, err := model.Load(dir, model.LoadOptions{})
 				if err != nil {

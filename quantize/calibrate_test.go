@@ -1,34 +1,21 @@
-package quantize
+package quantize_test
 
 import (
-	"context"
 	"math"
-	"path/filepath"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
+	"github.com/qwen-tune/qwen-tune/internal/tquant"
 	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
 // quantizedLoss quantizes tiny-qwen with method, saves it in the AutoGPTQ layout, loads it
 // back through the Int4 kernels and returns the pooled loss on the golden rows.
-func quantizedLoss(t *testing.T, rows [][]int, method Method, o Options) (float64, []float32, []LayerReport) {
+func quantizedLoss(t *testing.T, rows [][]int, method quantize.Method, o quantize.Options) (float64, []float32, []quantize.LayerReport) {
 	t.Helper()
-	src := golden.Path(t, "tiny-qwen")
-	m, err := model.Load(src, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	layers, reports, err := Calibrate(context.Background(), m, rows, o, method, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(t.TempDir(), string(method))
-	if err := Save(out, src, layers, o); err != nil {
-		t.Fatal(err)
-	}
+	out, reports := tquant.Save(t, golden.Path(t, "tiny-qwen"), rows, method, o)
 	q, err := model.Load(out, model.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -122,10 +109,10 @@ func TestQuantizeTinyGolden(t *testing.T) {
 	}
 	before, ref := loss(t, base, rows), logits(t, base, rows)
 	base.Close()
-	o := DefaultOptions()
+	o := quantize.DefaultOptions()
 	o.GroupSize = 16
-	gptq, gl, reports := quantizedLoss(t, rows, MethodGPTQ, o)
-	rtn, rl, _ := quantizedLoss(t, rows, MethodRTN, o)
+	gptq, gl, reports := quantizedLoss(t, rows, quantize.MethodGPTQ, o)
+	rtn, rl, _ := quantizedLoss(t, rows, quantize.MethodRTN, o)
 	eg, er := relDiff32(gl, ref), relDiff32(rl, ref)
 	kg, kr := meanKL(ref, gl, 512), meanKL(ref, rl, 512)
 	t.Logf("loss on the golden rows: float %.5f, GPTQ %.5f (%+.5f), RTN %.5f (%+.5f)", before, gptq, gptq-before, rtn, rtn-before)
