@@ -11,11 +11,9 @@ import (
 // assistant are refused with that reason, and the summary counts empty replies, examples
 // cut at --max-len and those dropped because the cut left nothing to train.
 func TestDataReport(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
 	long := `{"messages": [{"role": "user", "content": "` + strings.Repeat("word ", 60) + `"}, {"role": "assistant", "content": "ok"}]}` + "\n"
 	empty := `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}` + "\n"
-	chats := writeFile(t, filepath.Join(tmp, "c.jsonl"), "\xef\xbb\xbf"+twoChats+long+empty)
+	dir, tmp, chats := tinyWith(t, "c.jsonl", "\xef\xbb\xbf"+twoChats+long+empty)
 	o, errs, st := qt(t, "", "data", "inspect", "--model", dir, "--data", chats, "--max-len", "40", "--mask", "assistant")
 	if st != 0 {
 		t.Fatalf("data inspect: %d %s", st, errs)

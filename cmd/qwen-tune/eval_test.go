@@ -32,9 +32,7 @@ func evalJSON(t *testing.T, args ...string) (loss float64, tokens int) {
 // TestEvalFormats: eval --data reads every format lora reads and scores the tokens lora
 // trains (the same label mask), so an adapter can be measured on held-out chats.
 func TestEvalFormats(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	msgs := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, msgs := tinyChats(t)
 	convs := writeFile(t, filepath.Join(tmp, "chats.json"), `[
  {"id": "a", "conversations": [{"from": "user", "value": "hi"}, {"from": "assistant", "value": "hello there"}]},
  {"id": "b", "conversations": [{"from": "user", "value": "bye"}, {"from": "assistant", "value": "see you"}]}
@@ -72,8 +70,7 @@ func TestEvalFormats(t *testing.T) {
 
 // TestEvalProgress: a long input reports progress on a non-terminal too.
 func TestEvalProgress(t *testing.T) {
-	dir := tinyModel(t)
-	text := writeFile(t, filepath.Join(t.TempDir(), "t.txt"), strings.Repeat("The quick brown fox jumps over the lazy dog. ", 60))
+	dir, _, text := tinyWith(t, "t.txt", strings.Repeat("The quick brown fox jumps over the lazy dog. ", 60))
 	_, errs, st := qt(t, "", "eval", "--model", dir, "--text", text, "--seq-len", "32", "--stride", "16")
 	if st != 0 || !strings.Contains(errs, "scored 10%") || !strings.Contains(errs, "scored 100%") {
 		t.Fatalf("eval progress: %d %s", st, errs)
@@ -83,9 +80,7 @@ func TestEvalProgress(t *testing.T) {
 // TestInterrupt: Ctrl-C (a cancelled context) stops eval and quantize with a message and
 // exit status 130, and quantize leaves no model behind.
 func TestInterrupt(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	text := writeFile(t, filepath.Join(tmp, "t.txt"), strings.Repeat("The quick brown fox jumps over the lazy dog. ", 20))
+	dir, tmp, text := tinyWith(t, "t.txt", strings.Repeat("The quick brown fox jumps over the lazy dog. ", 20))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var errb strings.Builder

@@ -110,9 +110,7 @@ type faultRun struct {
 }
 
 func newFaultRun(t *testing.T) *faultRun {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	f := &faultRun{args: []string{"lora", "--model", dir, "--data", chats, "--steps", "12", "--lora-r", "4", "--lr", "1e-2", "--lora-dropout", "0.1", "--log-every", "1"}, straight: filepath.Join(tmp, "straight")}
 	if _, errs, st := qt(t, "", append(f.args, "--out", f.straight, "--save-every", "3")...); st != 0 {
 		t.Fatal(errs)
@@ -177,9 +175,7 @@ func TestKilledRunsResume(t *testing.T) {
 // then finishes the run. (The run is long enough not to end before the signal lands;
 // TestKilledRunsResume compares resumed runs with an uninterrupted one.)
 func TestSignalsStopWithCheckpoint(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	common := []string{"lora", "--model", dir, "--data", chats, "--steps", "60", "--lora-r", "4", "--log-every", "1"}
 	for _, c := range []struct {
 		sig    syscall.Signal

@@ -37,13 +37,7 @@ func TestInspectGoldenDirectories(t *testing.T) {
 // TestInspectCheckpointAndTokens: inspect lists an adapter's trained special-token rows, and
 // validates every file of a training checkpoint, the optimizer state included.
 func TestInspectCheckpointAndTokens(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
-	run := filepath.Join(tmp, "run")
-	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "2", "--lora-r", "4", "--train-special-tokens"); st != 0 {
-		t.Fatal(errs)
-	}
+	_, _, _, run := tinyRun(t, "--steps", "2", "--lora-r", "4", "--train-special-tokens")
 	o, errs, st := qt(t, "", "inspect", run)
 	if st != 0 || !strings.Contains(o, "  tokens     lm_head: 208 trained rows, ids 4096-4303") || !strings.Contains(o, "  tokens     wte: 208 trained rows") {
 		t.Fatalf("inspect adapter: %d %s %s", st, o, errs)

@@ -8,32 +8,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/examples"
 	"github.com/qwen-tune/qwen-tune/internal/tfile"
 	"github.com/qwen-tune/qwen-tune/lora"
 )
 
-func writeFile(t *testing.T, path, content string) string {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-const twoChats = `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
-{"conversations": [{"from": "user", "value": "bye"}, {"from": "assistant", "value": "see you"}]}
-`
-
 func TestLoraTrainsResumesAndRefuses(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	out := filepath.Join(tmp, "run")
 	args := []string{"lora", "--model", dir, "--data", chats, "--out", out, "--steps", "4", "--lora-r", "4", "--lr", "1e-2", "--save-every", "2"}
 	if o, errs, st := qt(t, "", args...); st != 0 {
@@ -111,62 +94,8 @@ func TestLoraBadInput(t *testing.T) {
 	}
 }
 
-// TestDemo runs the README's first command and then the chat it suggests, as a user would:
-// `chat --model ... --adapter ...` with the model's own sampling settings, three-turn
-// conversations over questions from the data. At least 9 turns in 10 must be answered with
-// the trained reply, later turns of a conversation included.
-func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("trains for about a minute")
-	}
-	out := filepath.Join(t.TempDir(), "demo")
-	o, errs, st := qt(t, "", "demo", "--out", out, "--seed", "1")
-	if st != 0 {
-		t.Fatalf("demo: %s", errs)
-	}
-	suggested := regexp.MustCompile(`qwen-tune (chat --model \S+ --adapter \S+)\n`).FindStringSubmatch(o)
-	if suggested == nil || !strings.Contains(o, "of 3 replies were the trained ones") {
-		t.Fatalf("demo output:\n%s", o)
-	}
-	qs, err := demoQuestions(examples.Chat)
-	if err != nil {
-		t.Fatal(err)
-	}
-	right, turns := 0, 0
-	for k := 1; k <= 4; k++ {
-		conv := qs[3*k : 3*k+3]
-		var stdin strings.Builder
-		for _, q := range conv {
-			stdin.WriteString(q.Q + "\n")
-		}
-		args := append(strings.Fields(suggested[1]), "--seed", strconv.Itoa(k))
-		replies, errs, st := qt(t, stdin.String(), args...)
-		if st != 0 {
-			t.Fatalf("chat: %d %s", st, errs)
-		}
-		// Each reply is one line of stdout; a wrong one may span several, so the trained
-		// answers are looked for in order.
-		rest := replies
-		for i, q := range conv {
-			turns++
-			if j := strings.Index(rest, q.A); j >= 0 {
-				right++
-				rest = rest[j+len(q.A):]
-			} else {
-				t.Logf("conversation %d, turn %d: %q was not answered %q:\n%s", k, i+1, q.Q, q.A, replies)
-			}
-		}
-	}
-	t.Logf("%d of %d turns answered with the trained reply", right, turns)
-	if right*10 < turns*9 {
-		t.Fatalf("only %d of %d turns were answered with the trained reply", right, turns)
-	}
-}
-
 func TestDataInspectAndMerge(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	o, errs, st := qt(t, "", "data", "inspect", "--model", dir, "--data", chats, "--example", "1", "--mask", "assistant")
 	if st != 0 || !strings.Contains(o, "assistant\n[[see you<|im_end|>\n]]") || !strings.Contains(o, "2 examples") {
 		t.Fatalf("data inspect: %d %s %s", st, o, errs)
@@ -195,13 +124,7 @@ func TestDataInspectAndMerge(t *testing.T) {
 // TestModulesToSave trains wte and lm_head in full, saves them as PEFT modules_to_save, and
 // the adapter gives the same continuation applied or merged.
 func TestModulesToSave(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
-	run := filepath.Join(tmp, "run")
-	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--modules-to-save", "wte,lm_head"); st != 0 {
-		t.Fatal(errs)
-	}
+	dir, tmp, chats, run := tinyRun(t, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--modules-to-save", "wte,lm_head")
 	b := tfile.Read(t, filepath.Join(run, "adapter_config.json"))
 	if !strings.Contains(string(b), `"modules_to_save": [`) {
 		t.Fatalf("adapter_config.json lacks modules_to_save: %s", b)
@@ -224,9 +147,7 @@ func TestModulesToSave(t *testing.T) {
 // TestLoraInterruptAndResume: a run interrupted after 2 of 4 steps saves a checkpoint, and
 // --resume finishes with the same adapter, byte for byte, as an uninterrupted run.
 func TestLoraInterruptAndResume(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	common := []string{"lora", "--model", dir, "--data", chats, "--steps", "4", "--lora-r", "4", "--lr", "1e-2", "--batch-size", "2", "--lora-dropout", "0.1"}
 	straight, resumed := filepath.Join(tmp, "straight"), filepath.Join(tmp, "resumed")
 	if _, errs, st := qt(t, "", append(common, "--out", straight)...); st != 0 {
@@ -278,9 +199,7 @@ func TestLoraInterruptAndResume(t *testing.T) {
 // out; a flag that changes the run is refused with its value and the run's; a longer run is
 // allowed and said; a directory with no checkpoint starts again from step 0.
 func TestLoraResumeChecksFlags(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
+	dir, tmp, chats := tinyChats(t)
 	out := filepath.Join(tmp, "run")
 	base := []string{"lora", "--model", dir, "--data", chats, "--out", out}
 	if _, errs, st := qt(t, "", append(base, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--save-every", "0")...); st != 0 {
@@ -295,7 +214,7 @@ func TestLoraResumeChecksFlags(t *testing.T) {
 	if _, errs, st := qt(t, "", append(base, "--resume", "--steps", "5")...); st != 0 || !strings.Contains(errs, "resume: --steps changed from 3 to 5") || !strings.Contains(errs, "at step 3 of 5") {
 		t.Fatalf("a longer run: %d %s", st, errs)
 	}
-	os.RemoveAll(filepath.Join(out, "checkpoint-5"))
+	tfile.Remove(t, filepath.Join(out, "checkpoint-5"))
 	if _, errs, st := qt(t, "", append(base, "--resume")...); st != 0 || !strings.Contains(errs, "holds no checkpoint (the run stopped before its first one): starting again from step 0") {
 		t.Fatalf("no checkpoint: %d %s", st, errs)
 	}

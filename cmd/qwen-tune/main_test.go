@@ -28,6 +28,42 @@ func tinyModel(t *testing.T) string {
 	return dir
 }
 
+// writeFile writes content to path and returns path.
+func writeFile(t *testing.T, path, content string) string {
+	t.Helper()
+	tfile.Write(t, path, []byte(content))
+	return path
+}
+
+// twoChats is a dataset of two conversations, one in each chat format lora reads.
+const twoChats = `{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+{"conversations": [{"from": "user", "value": "bye"}, {"from": "assistant", "value": "see you"}]}
+`
+
+// tinyWith makes the tiny model and a scratch directory holding content as the file name.
+func tinyWith(t *testing.T, name, content string) (dir, tmp, path string) {
+	t.Helper()
+	dir, tmp = tinyModel(t), t.TempDir()
+	return dir, tmp, writeFile(t, filepath.Join(tmp, name), content)
+}
+
+// tinyChats is tinyWith twoChats as chats.jsonl.
+func tinyChats(t *testing.T) (dir, tmp, chats string) {
+	t.Helper()
+	return tinyWith(t, "chats.jsonl", twoChats)
+}
+
+// tinyRun trains the tiny model on tinyChats' data into tmp/run with lora's flags.
+func tinyRun(t *testing.T, flags ...string) (dir, tmp, chats, run string) {
+	t.Helper()
+	dir, tmp, chats = tinyChats(t)
+	run = filepath.Join(tmp, "run")
+	if _, errs, st := qt(t, "", append([]string{"lora", "--model", dir, "--data", chats, "--out", run}, flags...)...); st != 0 {
+		t.Fatal(errs)
+	}
+	return dir, tmp, chats, run
+}
+
 func TestInitInspectTokenize(t *testing.T) {
 	dir := tinyModel(t)
 	out, errs, st := qt(t, "", "inspect", "--json", dir)

@@ -11,13 +11,7 @@ import (
 // holds anything (an unrelated folder, a half-written model), names what it holds and
 // leaves it as it was; an empty directory is used.
 func TestOutputDirectoriesMustBeEmpty(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
-	run := filepath.Join(tmp, "run")
-	if _, errs, st := qt(t, "", "lora", "--model", dir, "--data", chats, "--out", run, "--steps", "1", "--lora-r", "4"); st != 0 {
-		t.Fatal(errs)
-	}
+	dir, tmp, chats, run := tinyRun(t, "--steps", "1", "--lora-r", "4")
 	unrelated := filepath.Join(tmp, "photos")
 	os.MkdirAll(unrelated, 0o755)
 	writeFile(t, filepath.Join(unrelated, "holiday.jpg"), "jpeg")

@@ -26,10 +26,8 @@ func int4Model(t *testing.T, dir string) string {
 // of the other base applies with a notice, and what cannot work is refused in words:
 // --device cuda, merging into packed weights, and 3-bit codes.
 func TestQLoRACommand(t *testing.T) {
-	dir := tinyModel(t)
+	dir, tmp, chats := tinyChats(t)
 	int4 := int4Model(t, dir)
-	tmp := t.TempDir()
-	chats := writeFile(t, filepath.Join(tmp, "chats.jsonl"), twoChats)
 	run := filepath.Join(tmp, "run")
 	if _, errs, st := qt(t, "", "lora", "--model", int4, "--data", chats, "--out", run, "--steps", "3", "--lora-r", "4", "--lr", "1e-2", "--train-special-tokens"); st != 0 || !strings.Contains(errs, "base: a GPTQ 4-bit model (group size 16), frozen and kept packed") {
 		t.Fatalf("lora on the Int4 model: %d %s", st, errs)

@@ -8,9 +8,7 @@ import (
 )
 
 func TestQuantizeCommand(t *testing.T) {
-	dir := tinyModel(t)
-	tmp := t.TempDir()
-	text := writeFile(t, filepath.Join(tmp, "calib.txt"), strings.Repeat("The quick brown fox jumps over the lazy dog; 0123456789. ", 40))
+	dir, tmp, text := tinyWith(t, "calib.txt", strings.Repeat("The quick brown fox jumps over the lazy dog; 0123456789. ", 40))
 	out := filepath.Join(tmp, "int4")
 	// The tiny model's MLP width (176) is no multiple of the default group size 128: without
 	// --group-size the largest that works is used, and said.
