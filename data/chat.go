@@ -327,6 +327,7 @@ func (m *Mask) Set(s string) error {
 	return nil
 }
 
+// String is the mask's name, as Set takes it.
 func (m *Mask) String() string { return string(*m) }
 
 // Type is how flag usage names the value.
