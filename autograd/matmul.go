@@ -12,6 +12,8 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
 	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/internal/matmul"
 )
 
 var impl gonum.Implementation
@@ -21,17 +23,17 @@ func gemm[T Float](transA, transB bool, m, n, k int, alpha T, a []T, lda int, b 
 	if m == 0 || n == 0 {
 		return
 	}
-	tA, tB := blas.NoTrans, blas.NoTrans
-	if transA {
-		tA = blas.Trans
-	}
-	if transB {
-		tB = blas.Trans
-	}
 	switch a := any(a).(type) {
 	case []float32:
-		impl.Sgemm(tA, tB, m, n, k, float32(alpha), a, lda, any(b).([]float32), ldb, float32(beta), any(c).([]float32), ldc)
+		matmul.Float32(threads(), transA, m, n, k, float32(alpha), a, lda, matmul.Matrix{F32: any(b).([]float32), Stride: ldb, Trans: transB}, float32(beta), any(c).([]float32), ldc)
 	case []float64:
+		tA, tB := blas.NoTrans, blas.NoTrans
+		if transA {
+			tA = blas.Trans
+		}
+		if transB {
+			tB = blas.Trans
+		}
 		impl.Dgemm(tA, tB, m, n, k, float64(alpha), a, lda, any(b).([]float64), ldb, float64(beta), any(c).([]float64), ldc)
 	}
 }

@@ -1,0 +1,53 @@
+//go:build amd64
+
+package matmul
+
+import "golang.org/x/sys/cpu"
+
+func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
+func kernel14x32AVX512(k int, a, b, c *float32, ldc int)
+func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
+func fmaLoopAVX512(n int)
+func fmaLoopAVX2(n int)
+
+var (
+	avx512Kernel = &microKernel{name: "avx512", mr: 12, nr: 32, mc: 120, kc: 256, nc: 4096,
+		run: func(k int, a, b, c []float32, ldc int) {
+			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31] // the assembly reads and writes these
+			kernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc)
+		}}
+	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 256, nc: 4096,
+		run: func(k int, a, b, c []float32, ldc int) {
+			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
+			kernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc)
+		}}
+)
+
+// bestKernel is the widest micro-kernel this CPU runs.
+func bestKernel() *microKernel { return gemmKernels()[0] }
+
+// fmaLoop runs n rounds of independent multiply-adds on the widest vectors the CPU has and
+// returns the float32 operations done (0 without AVX2 and FMA).
+func fmaLoop(n int) float64 {
+	switch {
+	case cpu.X86.HasAVX512F:
+		fmaLoopAVX512(n)
+		return float64(n) * 16 * 32
+	case cpu.X86.HasAVX2 && cpu.X86.HasFMA:
+		fmaLoopAVX2(n)
+		return float64(n) * 12 * 16
+	}
+	return 0
+}
+
+// gemmKernels are the micro-kernels this CPU runs, fastest first.
+func gemmKernels() []*microKernel {
+	var ks []*microKernel
+	if cpu.X86.HasAVX512F {
+		ks = append(ks, avx512Kernel)
+	}
+	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
+		ks = append(ks, avx2Kernel)
+	}
+	return append(ks, goKernel)
+}
