@@ -35,13 +35,35 @@ type microKernel struct {
 	mr, nr     int
 	mc, kc, nc int // cache blocking: A blocks mc x kc (L2), B blocks kc x nc
 	run        func(k int, a, b, c []float32, ldc int)
+	// dots sets out[r] to the dot product of x[:k] with row r of w (not transposed), r < 4
+	dots func(k int, x []float32, w Matrix, out *[4]float32)
 }
 
 // gemmKernel is the micro-kernel in use: the fastest this CPU runs (tests swap it).
 var gemmKernel = bestKernel()
 
 // goKernel is the portable micro-kernel, 4 x 4 in plain Go.
-var goKernel = &microKernel{name: "pure Go", mr: 4, nr: 4, mc: 64, kc: 256, nc: 1024, run: kernel4x4}
+var goKernel = &microKernel{name: "pure Go", mr: 4, nr: 4, mc: 64, kc: 256, nc: 1024, run: kernel4x4,
+	dots: func(k int, x []float32, w Matrix, out *[4]float32) { dotsGo(k, x, w, out[:]) }}
+
+// dotsGo sets out[r] to the dot product of x[:k] with row r of w, r < len(out).
+func dotsGo(k int, x []float32, w Matrix, out []float32) {
+	x = x[:k]
+	for r := range out {
+		var s float32
+		i := r * w.Stride
+		if w.F32 != nil {
+			for p, v := range w.F32[i : i+k] {
+				s += x[p] * v
+			}
+		} else {
+			for p, v := range w.BF16[i : i+k] {
+				s += x[p] * bf16(v)
+			}
+		}
+		out[r] = s
+	}
+}
 
 // kernel4x4 is C[:4, :4] += A B with sixteen scalar accumulators.
 func kernel4x4(k int, a, b, c []float32, ldc int) {
@@ -97,10 +119,17 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 		return
 	}
 	kn := gemmKernel
+	// A few rows of A against a transposed B (a decoding step through a Linear): dot
+	// products of A's rows with B's stored rows, where packing B would cost more than it saves.
+	dots := !transA && b.Trans && m <= dotRows
 	parts, splitN := split(kn, threads, m, n, k)
 	dim, unit := m, kn.mr
 	if splitN {
 		dim, unit = n, kn.nr
+	}
+	if dots {
+		parts, splitN = min(threads, (n+63)/64), true
+		dim, unit = n, 4
 	}
 	step := ((dim+parts-1)/parts + unit - 1) / unit * unit
 	run := func(i int) {
@@ -113,6 +142,10 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 			return
 		}
 		cs := c[m0*ldc+n0:]
+		if dots {
+			kn.dotProduct(m, n1-n0, k, alpha, a, lda, b.offset(n0, 0), beta, cs, ldc)
+			return
+		}
 		scaleC(m1-m0, n1-n0, beta, cs, ldc)
 		if k == 0 || alpha == 0 {
 			return
@@ -139,6 +172,34 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 	}
 	run(0)
 	wg.Wait()
+}
+
+// dotRows is the most rows of A taken by dot products (Float32).
+const dotRows = 4
+
+// dotProduct is C[:m, :n] = alpha A B^T + beta C for B stored n x k, by dot products.
+func (kn *microKernel) dotProduct(m, n, k int, alpha float32, a []float32, lda int, b Matrix, beta float32, c []float32, ldc int) {
+	var out [4]float32
+	for j := 0; j < n; j += 4 {
+		w := b.offset(j, 0)
+		h := min(4, n-j)
+		for i := 0; i < m; i++ {
+			x := a[i*lda : i*lda+k]
+			if h == 4 {
+				kn.dots(k, x, w, &out)
+			} else {
+				dotsGo(k, x, w, out[:h])
+			}
+			row := c[i*ldc+j : i*ldc+j+h]
+			for r := range row {
+				v := alpha * out[r]
+				if beta != 0 {
+					v += beta * row[r]
+				}
+				row[r] = v
+			}
+		}
+	}
 }
 
 // split says into how many parts a product is cut for the threads, along n or along m.

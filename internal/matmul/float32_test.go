@@ -139,6 +139,12 @@ func gemmCases(r *rand.Rand, kn *microKernel) []gemmCase {
 		add(pick(small), pick(small), v)
 		add(pick(ms), pick(small), v)
 	}
+	for i, k := range []int{1, 7, 8, 9, 15, 16, 17, 33, 300} { // dot products: few rows of A, B transposed
+		for _, bf := range []bool{false, true} {
+			m, n := 1+i%dotRows, []int{1, 3, 4, 5, 7, 9, 130}[i%7]
+			cases = append(cases, gemmCase{m: m, n: n, k: k, transB: true, bf16: bf, alpha: ab[i%len(ab)][0], beta: ab[i%len(ab)][1]})
+		}
+	}
 	add(3, kn.nc+kn.nr+1, 5) // more than one nc block
 	add(kn.mc+kn.mr+1, 2*kn.nr+3, kn.kc+2)
 	add(200, 300, 70) // large enough to be split over the workers

@@ -7,6 +7,10 @@ import "golang.org/x/sys/cpu"
 func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
 func kernel14x32AVX512(k int, a, b, c *float32, ldc int)
 func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
+func dot4F32AVX512(k int, x, w *float32, ldw int, out *float32)
+func dot4BF16AVX512(k int, x *float32, w *uint16, ldw int, out *float32)
+func dot4F32AVX2(k int, x, w *float32, ldw int, out *float32)
+func dot4BF16AVX2(k int, x *float32, w *uint16, ldw int, out *float32)
 func fmaLoopAVX512(n int)
 func fmaLoopAVX2(n int)
 
@@ -15,11 +19,17 @@ var (
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31] // the assembly reads and writes these
 			kernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc)
+		},
+		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
+			dots4(k, 16, x, w, out, dot4F32AVX512, dot4BF16AVX512)
 		}}
 	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 256, nc: 4096,
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
 			kernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc)
+		},
+		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
+			dots4(k, 8, x, w, out, dot4F32AVX2, dot4BF16AVX2)
 		}}
 )
 
@@ -50,4 +60,30 @@ func gemmKernels() []*microKernel {
 		ks = append(ks, avx2Kernel)
 	}
 	return append(ks, goKernel)
+}
+
+// dots4 runs a dot-product kernel on the first k - k%lanes columns of four rows of w and
+// adds the rest in Go.
+func dots4(k, lanes int, x []float32, w Matrix, out *[4]float32,
+	f32 func(int, *float32, *float32, int, *float32), bf func(int, *float32, *uint16, int, *float32)) {
+	kv := k - k%lanes
+	if kv > 0 {
+		_ = x[kv-1]
+		if w.F32 != nil {
+			_ = w.F32[3*w.Stride+kv-1] // the assembly reads these
+			f32(kv, &x[0], &w.F32[0], w.Stride, &out[0])
+		} else {
+			_ = w.BF16[3*w.Stride+kv-1]
+			bf(kv, &x[0], &w.BF16[0], w.Stride, &out[0])
+		}
+	} else {
+		*out = [4]float32{}
+	}
+	if kv < k {
+		var tail [4]float32
+		dotsGo(k-kv, x[kv:], w.offset(0, kv), tail[:])
+		for r := range out {
+			out[r] += tail[r]
+		}
+	}
 }
