@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // gemmCase is one product checked against the float64 reference.
@@ -66,14 +67,16 @@ func randF32(r *rand.Rand, n int) []float32 {
 }
 
 // worstError runs the case with kn and returns the largest |got - want| over each element's
-// scale sum_p |alpha a_ip b_pj| + |beta c_ij| (the float64 reference computes want).
-func (in *gemmInputs) worstError(tc gemmCase, kn *microKernel) (float64, []float32) {
+// scale sum_p |alpha a_ip b_pj| + |beta c_ij| (the float64 reference computes want), C as
+// computed and the scales.
+func (in *gemmInputs) worstError(tc gemmCase, kn *microKernel) (float64, []float32, []float64) {
 	c := append([]float32(nil), in.c...)
 	saved := gemmKernel
 	gemmKernel = kn
 	Float32(runtime.GOMAXPROCS(0), tc.transA, tc.m, tc.n, tc.k, tc.alpha, in.a, in.lda, in.b, tc.beta, c, in.ldc)
 	gemmKernel = saved
 	worst := 0.0
+	scales := make([]float64, len(c))
 	for i := 0; i < tc.m; i++ {
 		for j := 0; j < tc.n; j++ {
 			var sum, scale float64
@@ -96,6 +99,7 @@ func (in *gemmInputs) worstError(tc gemmCase, kn *microKernel) (float64, []float
 				want += float64(tc.beta) * c0
 				scale += math.Abs(float64(tc.beta) * c0)
 			}
+			scales[i*in.ldc+j] = scale
 			got := float64(c[i*in.ldc+j])
 			e := math.Abs(got-want) / max(scale, 1e-30)
 			if math.IsNaN(got) {
@@ -104,7 +108,7 @@ func (in *gemmInputs) worstError(tc gemmCase, kn *microKernel) (float64, []float
 			worst = max(worst, e)
 		}
 	}
-	return worst, c
+	return worst, c, scales
 }
 
 // gemmCases covers every edge of kn's blocking in each of m, n and k, paired with random
@@ -165,7 +169,7 @@ func TestFloat32(t *testing.T) {
 			worst := 0.0
 			for _, tc := range gemmCases(r, kn) {
 				in := newGemmInputs(r, tc)
-				e, got := in.worstError(tc, kn)
+				e, got, scales := in.worstError(tc, kn)
 				worst = max(worst, e)
 				if e > tol {
 					t.Errorf("%+v: error %.3g of the scale (tolerance %g)", tc, e, tol)
@@ -173,8 +177,8 @@ func TestFloat32(t *testing.T) {
 				if kn == goKernel {
 					continue
 				}
-				_, ref := in.worstError(tc, goKernel)
-				if d := maxScaledDiff(got, ref); d > 1e-5 {
+				_, ref, _ := in.worstError(tc, goKernel)
+				if d := maxScaledDiff(got, ref, scales); d > 2*tol {
 					t.Errorf("%+v: %s differs from pure Go by %.3g", tc, kn.name, d)
 				}
 			}
@@ -183,18 +187,22 @@ func TestFloat32(t *testing.T) {
 	}
 }
 
-// maxScaledDiff is max |a-b| / (1 + |b|).
-func maxScaledDiff(a, b []float32) float64 {
+// maxScaledDiff is max |a-b| / scale over the elements with a scale (C's, not its padding).
+func maxScaledDiff(a, b []float32, scale []float64) float64 {
 	d := 0.0
 	for i := range a {
-		d = max(d, math.Abs(float64(a[i])-float64(b[i]))/(1+math.Abs(float64(b[i]))))
+		if scale[i] > 0 {
+			d = max(d, math.Abs(float64(a[i])-float64(b[i]))/scale[i])
+		}
 	}
 	return d
 }
 
-// BenchmarkGEMM reports GFLOP/s of C = A B and the fraction of the machine's FMA peak
-// measured with the same number of threads, on square sizes and Qwen-7B shapes (prefill of
-// 512 tokens: x [512, 4096] W^T with W bf16 [4096, 4096] and [11008, 4096]).
+// BenchmarkGEMM reports GFLOP/s of C = A op(B) on square sizes and Qwen-7B shapes (a prefill
+// of 128 or 512 tokens: x [tokens, 4096] W^T with W bf16 [4096, 4096] or [11008, 4096]),
+// with 1 and 2 threads, and its fraction of the FMA peak (FMAPeak) of as many threads. On a
+// shared machine the mean (ns/op) carries the other loads: GFLOP/s is the fastest run's and
+// the peak the highest measured so far (before and after each size).
 func BenchmarkGEMM(b *testing.B) {
 	type shape struct {
 		name       string
@@ -205,6 +213,7 @@ func BenchmarkGEMM(b *testing.B) {
 		{"512", 512, 512, 512, false, false},
 		{"1024", 1024, 1024, 1024, false, false},
 		{"2048", 2048, 2048, 2048, false, false},
+		{"qwen-128x4096x4096-bf16", 128, 4096, 4096, true, true},
 		{"qwen-512x4096x4096-bf16", 512, 4096, 4096, true, true},
 		{"qwen-512x11008x4096-bf16", 512, 11008, 4096, true, true},
 	}
@@ -215,13 +224,17 @@ func BenchmarkGEMM(b *testing.B) {
 				r := rand.New(rand.NewPCG(1, 1))
 				tc := gemmCase{m: s.m, n: s.n, k: s.k, transB: s.transB, bf16: s.bf, alpha: 1}
 				in := newGemmInputs(r, tc)
+				fastest := math.Inf(1)
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
+					start := time.Now()
 					Float32(threads, false, s.m, s.n, s.k, 1, in.a, in.lda, in.b, 0, in.c, in.ldc)
+					fastest = min(fastest, time.Since(start).Seconds())
 				}
-				gflops := 2 * float64(s.m) * float64(s.n) * float64(s.k) * float64(b.N) / b.Elapsed().Seconds() / 1e9
+				b.StopTimer()
+				gflops := 2 * float64(s.m) * float64(s.n) * float64(s.k) / fastest / 1e9
 				b.ReportMetric(gflops, "GFLOP/s")
-				if peak > 0 {
+				if peak = max(peak, FMAPeak(threads)); peak > 0 {
 					b.ReportMetric(gflops/peak, "of-peak")
 					b.ReportMetric(peak, "peak-GFLOP/s")
 				}

@@ -7,7 +7,7 @@ import (
 
 // FMAPeak measures the float32 multiply-add throughput of threads goroutines running at once
 // (independent accumulators on the widest vectors, the upper bound of any matrix product), in
-// GFLOP/s, the best of three runs of about 30 ms. It is 0 where there is no vector loop (the
+// GFLOP/s, the best of five runs of about 20 ms. It is 0 where there is no vector loop (the
 // pure-Go path).
 func FMAPeak(threads int) float64 {
 	const rounds = 1 << 16
@@ -15,7 +15,7 @@ func FMAPeak(threads int) float64 {
 		return 0
 	}
 	best := 0.0
-	for try := 0; try < 3; try++ {
+	for try := 0; try < 5; try++ {
 		var wg sync.WaitGroup
 		flops := make([]float64, threads)
 		start := time.Now()
@@ -23,7 +23,7 @@ func FMAPeak(threads int) float64 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for time.Since(start) < 30*time.Millisecond {
+				for time.Since(start) < 20*time.Millisecond {
 					flops[t] += fmaLoop(rounds)
 				}
 			}()
