@@ -37,6 +37,9 @@ type microKernel struct {
 	run        func(k int, a, b, c []float32, ldc int)
 	// dots sets out[r] to the dot product of x[:k] with row r of w (not transposed), r < 4
 	dots func(k int, x []float32, w Matrix, out *[4]float32)
+	// trans8, if not nil, sets dst[p*dstride+r] = b[r, p] for r < 8, p < kb (kb a multiple
+	// of 8), widening bf16: packing a transposed B
+	trans8 func(kb int, b Matrix, dst []float32, dstride int)
 }
 
 // gemmKernel is the micro-kernel in use: the fastest this CPU runs (tests swap it).
@@ -261,10 +264,10 @@ func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []floa
 		nb := min(ncb, n-jc)
 		for pc := 0; pc < k; pc += kcb {
 			kb := min(kcb, k-pc)
-			packB(buf.b, b, pc, kb, jc, nb, nr)
+			kn.packB(buf.b, b, pc, kb, jc, nb)
 			for ic := 0; ic < m; ic += mcb {
 				mb := min(mcb, m-ic)
-				packA(buf.a, transA, a, lda, ic, mb, pc, kb, mr, alpha)
+				kn.packA(buf.a, transA, a, lda, ic, mb, pc, kb, alpha)
 				for jr := 0; jr < nb; jr += nr {
 					bp := buf.b[jr*kb:]
 					w := min(nr, nb-jr)
@@ -301,7 +304,8 @@ func grow(s []float32, n int) []float32 {
 
 // packA writes alpha op(A)[i0:i0+mb, p0:p0+kb] as panels of mr rows, each kb x mr (row p
 // holds the panel's mr values of column p), the last panel padded with zeros.
-func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int, alpha float32) {
+func (kn *microKernel) packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb int, alpha float32) {
+	mr := kn.mr
 	for ir := 0; ir < mb; ir += mr {
 		panel := dst[ir*kb : (ir+mr)*kb]
 		h := min(mr, mb-ir)
@@ -310,19 +314,45 @@ func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int,
 		}
 		if transA { // op(A)[i][p] = a[p*lda+i]: rows of a are contiguous along i
 			for p := 0; p < kb; p++ {
-				src := a[(p0+p)*lda+i0+ir:][:h]
-				d := panel[p*mr : p*mr+h]
-				for i, v := range src {
-					d[i] = alpha * v
-				}
+				copy(panel[p*mr:p*mr+h], a[(p0+p)*lda+i0+ir:][:h])
 			}
-			continue
+		} else {
+			kn.transpose(kb, h, Matrix{F32: a[(i0+ir)*lda+p0:], Stride: lda}, panel, mr)
 		}
-		for i := 0; i < h; i++ {
-			src := a[(i0+ir+i)*lda+p0:][:kb]
-			d := panel[i:]
-			for p, v := range src {
-				d[p*mr] = alpha * v
+		if alpha != 1 {
+			for i := range panel {
+				panel[i] *= alpha
+			}
+		}
+	}
+}
+
+// transpose sets dst[p*dstride+r] = src[r, p] for r < h, p < kb, widening bf16: blocks of 8
+// rows x 8 columns in registers where the kernel can (the last block of rows overlapping the
+// one before it), the rest here.
+func (kn *microKernel) transpose(kb, h int, src Matrix, dst []float32, dstride int) {
+	done, cols := 0, kb&^7
+	if kn.trans8 != nil && cols > 0 && h >= 8 {
+		for r := 0; r < h; r += 8 {
+			r = min(r, h-8)
+			kn.trans8(cols, src.offset(r, 0), dst[r:], dstride)
+		}
+		done = h
+	}
+	for r := 0; r < h; r++ {
+		start := 0
+		if r < done {
+			start = cols
+		}
+		i := r * src.Stride
+		d := dst[r:]
+		if src.F32 != nil {
+			for p, v := range src.F32[i+start : i+kb] {
+				d[(start+p)*dstride] = v
+			}
+		} else {
+			for p, v := range src.BF16[i+start : i+kb] {
+				d[(start+p)*dstride] = bf16(v)
 			}
 		}
 	}
@@ -330,7 +360,8 @@ func packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb, mr int,
 
 // packB writes op(B)[p0:p0+kb, j0:j0+nb] as panels of nr columns, each kb x nr, the last
 // panel padded with zeros; bf16 elements are widened here.
-func packB(dst []float32, b Matrix, p0, kb, j0, nb, nr int) {
+func (kn *microKernel) packB(dst []float32, b Matrix, p0, kb, j0, nb int) {
+	nr := kn.nr
 	for jr := 0; jr < nb; jr += nr {
 		panel := dst[jr*kb : (jr+nr)*kb]
 		w := min(nr, nb-jr)
@@ -338,19 +369,7 @@ func packB(dst []float32, b Matrix, p0, kb, j0, nb, nr int) {
 			clear(panel)
 		}
 		if b.Trans { // op(B)[p][j] = b[j*ld+p]: a row of b is a column of the panel
-			for j := 0; j < w; j++ {
-				i := (j0+jr+j)*b.Stride + p0
-				d := panel[j:]
-				if b.F32 != nil {
-					for p, v := range b.F32[i : i+kb] {
-						d[p*nr] = v
-					}
-				} else {
-					for p, v := range b.BF16[i : i+kb] {
-						d[p*nr] = bf16(v)
-					}
-				}
-			}
+			kn.transpose(kb, w, b.offset(j0+jr, p0), panel, nr)
 			continue
 		}
 		for p := 0; p < kb; p++ {

@@ -11,6 +11,8 @@ func dot4F32AVX512(k int, x, w *float32, ldw int, out *float32)
 func dot4BF16AVX512(k int, x *float32, w *uint16, ldw int, out *float32)
 func dot4F32AVX2(k int, x, w *float32, ldw int, out *float32)
 func dot4BF16AVX2(k int, x *float32, w *uint16, ldw int, out *float32)
+func trans8F32AVX2(kb int, src *float32, ld int, dst *float32, dstride int)
+func trans8BF16AVX2(kb int, src *uint16, ld int, dst *float32, dstride int)
 func fmaLoopAVX512(n int)
 func fmaLoopAVX2(n int)
 
@@ -22,7 +24,8 @@ var (
 		},
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 16, x, w, out, dot4F32AVX512, dot4BF16AVX512)
-		}}
+		},
+		trans8: trans8AVX2}
 	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 384, nc: 4096,
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
@@ -30,7 +33,8 @@ var (
 		},
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 8, x, w, out, dot4F32AVX2, dot4BF16AVX2)
-		}}
+		},
+		trans8: trans8AVX2}
 )
 
 // bestKernel is the widest micro-kernel this CPU runs.
@@ -85,5 +89,17 @@ func dots4(k, lanes int, x []float32, w Matrix, out *[4]float32,
 		for r := range out {
 			out[r] += tail[r]
 		}
+	}
+}
+
+// trans8AVX2 is microKernel.trans8 by 8 x 8 transposes in registers.
+func trans8AVX2(kb int, b Matrix, dst []float32, dstride int) {
+	_ = dst[(kb-1)*dstride+7] // the assembly reads and writes these
+	if b.F32 != nil {
+		_ = b.F32[7*b.Stride+kb-1]
+		trans8F32AVX2(kb, &b.F32[0], b.Stride, &dst[0], dstride)
+	} else {
+		_ = b.BF16[7*b.Stride+kb-1]
+		trans8BF16AVX2(kb, &b.BF16[0], b.Stride, &dst[0], dstride)
 	}
 }
