@@ -2,8 +2,9 @@ package autograd
 
 // Matrix products of activations with weights that may be stored as bf16 (uint16), float32
 // or float64. Float32 products run on internal/matmul, which widens a bf16 weight while it
-// packs it, so a 7B model keeps 2 bytes per weight in memory; float64 ones (gradient checks)
-// run on gonum.
+// packs it, so a 7B model keeps 2 bytes per weight in memory (its assembly kernels live in
+// their own package because a package using cgo, as this one does under qtcuda, cannot hold
+// Go assembly); float64 ones (gradient checks) run on gonum.
 
 import (
 	"fmt"
