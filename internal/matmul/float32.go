@@ -249,9 +249,7 @@ func scaleC(m, n int, beta float32, c []float32, ldc int) {
 // product is C[:m, :n] += alpha op(A) op(B) on one goroutine.
 func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []float32, lda int, b Matrix, c []float32, ldc int) {
 	mr, nr := kn.mr, kn.nr
-	ncb := min(kn.nc, (n+nr-1)/nr*nr)
-	kcb := min(kn.kc, k)
-	mcb := min(kn.mc, (m+mr-1)/mr*mr)
+	mcb, kcb, ncb := balance(m, kn.mc, mr), balance(k, kn.kc, 1), balance(n, kn.nc, nr)
 	buf, _ := gemmPool.Get().(*gemmBuffers)
 	if buf == nil {
 		buf = &gemmBuffers{}
@@ -293,6 +291,14 @@ func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []floa
 			}
 		}
 	}
+}
+
+// balance is the block size that cuts n into as few blocks of at most size as it can, all
+// about equal (the last one no smaller than the others by more than unit), a multiple of unit.
+func balance(n, size, unit int) int {
+	parts := (n + size - 1) / size
+	b := (n + parts - 1) / parts
+	return (b + unit - 1) / unit * unit
 }
 
 func grow(s []float32, n int) []float32 {
