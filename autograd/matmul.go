@@ -9,7 +9,6 @@ package autograd
 import (
 	"fmt"
 	"math"
-	"sync"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -85,18 +84,6 @@ func weightVector[T Float](w *tensor.Dense) ([]T, error) {
 	out := make([]T, w.Size())
 	return out, weightRows(w, w.Size(), 0, 1, out)
 }
-
-// tilePool recycles Int4's dequantized weight tiles (one per worker, about 1 MiB each).
-var tilePool sync.Pool
-
-func getTile[T Float](n int) []T {
-	if b, ok := tilePool.Get().([]T); ok && cap(b) >= n {
-		return b[:n]
-	}
-	return make([]T, n)
-}
-
-func putTile[T Float](b []T) { tilePool.Put(b) }
 
 // weightMatrix is w [rows, cols] as the float32 product's operand (bf16 or float32
 // storage, used as it is); ok is false for other storage.
