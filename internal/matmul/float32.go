@@ -145,14 +145,15 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 			return
 		}
 		cs := c[m0*ldc+n0:]
+		if k == 0 || alpha == 0 {
+			scaleC(m1-m0, n1-n0, beta, cs, ldc)
+			return
+		}
 		if dots {
 			kn.dotProduct(m, n1-n0, k, alpha, a, lda, b.offset(n0, 0), beta, cs, ldc)
 			return
 		}
 		scaleC(m1-m0, n1-n0, beta, cs, ldc)
-		if k == 0 || alpha == 0 {
-			return
-		}
 		bs := b
 		if b.Trans {
 			bs = b.offset(n0, 0)

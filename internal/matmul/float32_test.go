@@ -154,6 +154,7 @@ func gemmCases(r *rand.Rand, kn *microKernel) []gemmCase {
 	add(200, 300, 70) // large enough to be split over the workers
 	add(301, 150, 90)
 	add(4, 5, 0) // k 0: C = beta C
+	cases = append(cases, gemmCase{m: 2, n: 5, k: 0, transB: true, alpha: 1, beta: 0.5})
 	return cases
 }
 
