@@ -9,8 +9,9 @@ package matmul
 //	      for jr over nc in nr, ir over mc in mr:
 //	        micro-kernel: C[mr x nr tile] += A panel (kc x mr) B panel (kc x nr)
 //
-// A B micro-panel (kc x nr) is reused by every A panel of the mc block (L1 and L2), the A
-// block stays in L2 and the B block in L3.
+// A B micro-panel (kc x nr) is reused by every A panel of the mc block; both it and the A
+// block stay in L2, the B block in L3. (On a Zen 4 core kc 1024 ran 5-15% faster than an
+// L1-sized 384: fewer passes over C, and longer runs along each weight row while packing.)
 // The micro-kernel keeps its whole C tile in registers; it is Go assembly for AVX-512 and
 // AVX2+FMA on amd64 and plain Go elsewhere (gemmKernel picks it at start-up). B may be bf16:
 // it is widened while it is packed, so weights stay bf16 in memory. Tiles at the right and

@@ -19,7 +19,7 @@ func fmaLoopAVX2(n int)
 // broadcasts in the 32 registers (14 x 32, with 28 accumulators, measured no faster on a
 // Zen 4 core, which issues one 512-bit multiply-add a cycle); AVX2's is 6 x 16 in 16.
 var (
-	avx512Kernel = &microKernel{name: "avx512", mr: 12, nr: 32, mc: 120, kc: 384, nc: 4096,
+	avx512Kernel = &microKernel{name: "avx512", mr: 12, nr: 32, mc: 120, kc: 1024, nc: 1024,
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31] // the assembly reads and writes these
 			kernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc)
@@ -28,7 +28,7 @@ var (
 			dots4(k, 16, x, w, out, dot4F32AVX512, dot4BF16AVX512)
 		},
 		trans8: trans8AVX2}
-	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 384, nc: 4096,
+	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 1024, nc: 1024,
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
 			kernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc)
