@@ -26,7 +26,8 @@ func gemm[T Float](transA, transB bool, m, n, k int, alpha T, a []T, lda int, b 
 	}
 	switch a := any(a).(type) {
 	case []float32:
-		matmul.Float32(threads(), transA, m, n, k, float32(alpha), a, lda, matmul.Matrix{F32: any(b).([]float32), Stride: ldb, Trans: transB}, float32(beta), any(c).([]float32), ldc)
+		bm := matmul.Matrix{F32: any(b).([]float32), Stride: ldb, Trans: transB}
+		matmul.Float32(threads(), transA, m, n, k, float32(alpha), a, lda, bm, float32(beta), any(c).([]float32), ldc)
 	case []float64:
 		tA, tB := blas.NoTrans, blas.NoTrans
 		if transA {

@@ -91,7 +91,7 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 			switch {
 			case res.CPUKernel == "":
 			case res.FMAPeakGFs == 0:
-				fmt.Fprintf(out, "matmul     %s: this CPU has no AVX2+FMA, the matrix products run the portable loops\n", res.CPUKernel)
+				fmt.Fprintf(out, "matmul     %s: no assembly kernel for this CPU (they need amd64 with AVX-512 or AVX2+FMA); the matrix products run portable Go loops, several times slower\n", res.CPUKernel)
 			default:
 				fmt.Fprintf(out, "matmul     %s micro-kernel; FMA peak %.0f GFLOP/s on %d threads\n", res.CPUKernel, res.FMAPeakGFs, runtime.GOMAXPROCS(0))
 			}
