@@ -13,7 +13,8 @@
 // SymDiff; an op that needs several gradients from one pass (attention) packs them and picks
 // them apart. Frozen weights (bf16 always) get no gradient node.
 //
-// Ops are plain parameter structs whose Do runs the pure-Go CPU code. A graph is built once
+// Ops are plain parameter structs whose Do runs the CPU code; their float32 matrix products run
+// on internal/matmul (AVX-512 or AVX2 assembly where the CPU has it, plain Go elsewhere). A graph is built once
 // per shape and run again for every Step, which the ops read through a pointer. The GPU
 // executor (cuda_exec.go, under the qtcuda build tag) walks the same graph and turns each
 // node, by its op type, into launches of the kernels in kernels/ (cuda.go: the runtime and

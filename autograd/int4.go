@@ -14,6 +14,7 @@ package autograd
 import (
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -98,6 +99,18 @@ type int4Op struct {
 	w        *Int4
 	backward bool // dy [M, N] -> dx [M, K]
 }
+
+// tilePool recycles Int4's dequantized weight tiles (one per worker, about 1 MiB each).
+var tilePool sync.Pool
+
+func getTile[T Float](n int) []T {
+	if b, ok := tilePool.Get().([]T); ok && cap(b) >= n {
+		return b[:n]
+	}
+	return make([]T, n)
+}
+
+func putTile[T Float](b []T) { tilePool.Put(b) }
 
 // Int4Linear applies a packed GPTQ weight to x [M, K].
 func Int4Linear(x *G.Node, w *Int4) (*G.Node, error) {

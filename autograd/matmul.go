@@ -1,17 +1,20 @@
 package autograd
 
 // Matrix products of activations with weights that may be stored as bf16 (uint16), float32
-// or float64. A bf16 weight is never widened as a whole: it is converted a tile of rows at a
-// time into a small buffer, so a 7B model keeps 2 bytes per weight in memory.
+// or float64. Float32 products run on internal/matmul, which widens a bf16 weight while it
+// packs it, so a 7B model keeps 2 bytes per weight in memory (its assembly kernels live in
+// their own package because a package using cgo, as this one does under qtcuda, cannot hold
+// Go assembly); float64 ones (gradient checks) run on gonum.
 
 import (
 	"fmt"
 	"math"
-	"sync"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
 	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/internal/matmul"
 )
 
 var impl gonum.Implementation
@@ -21,39 +24,24 @@ func gemm[T Float](transA, transB bool, m, n, k int, alpha T, a []T, lda int, b 
 	if m == 0 || n == 0 {
 		return
 	}
-	tA, tB := blas.NoTrans, blas.NoTrans
-	if transA {
-		tA = blas.Trans
-	}
-	if transB {
-		tB = blas.Trans
-	}
 	switch a := any(a).(type) {
 	case []float32:
-		impl.Sgemm(tA, tB, m, n, k, float32(alpha), a, lda, any(b).([]float32), ldb, float32(beta), any(c).([]float32), ldc)
+		bm := matmul.Matrix{F32: any(b).([]float32), Stride: ldb, Trans: transB}
+		matmul.Float32(threads(), transA, m, n, k, float32(alpha), a, lda, bm, float32(beta), any(c).([]float32), ldc)
 	case []float64:
+		tA, tB := blas.NoTrans, blas.NoTrans
+		if transA {
+			tA = blas.Trans
+		}
+		if transB {
+			tB = blas.Trans
+		}
 		impl.Dgemm(tA, tB, m, n, k, float64(alpha), a, lda, any(b).([]float64), ldb, float64(beta), any(c).([]float64), ldc)
 	}
 }
 
 // bf16 widens a bfloat16 bit pattern.
 func bf16(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
-
-// widenBF16 writes the float32 value of each bf16 in src to dst (same length): the bits
-// shifted into the high half, four at a time (twice the speed of the plain loop).
-func widenBF16(dst []float32, src []uint16) {
-	n := len(src) &^ 3
-	for i := 0; i < n; i += 4 {
-		s, o := src[i:i+4:i+4], dst[i:i+4:i+4]
-		o[0] = math.Float32frombits(uint32(s[0]) << 16)
-		o[1] = math.Float32frombits(uint32(s[1]) << 16)
-		o[2] = math.Float32frombits(uint32(s[2]) << 16)
-		o[3] = math.Float32frombits(uint32(s[3]) << 16)
-	}
-	for i := n; i < len(src); i++ {
-		dst[i] = bf16(src[i])
-	}
-}
 
 // weightData returns w's elements as []T when it already has element type T.
 func weightData[T Float](w *tensor.Dense) ([]T, bool) {
@@ -67,7 +55,7 @@ func weightRows[T Float](w *tensor.Dense, cols, r0, r1 int, dst []T) error {
 	case []uint16:
 		src := d[r0*cols : r1*cols]
 		if f, ok := any(dst).([]float32); ok {
-			widenBF16(f[:len(src)], src)
+			matmul.WidenBF16(f[:len(src)], src)
 			return nil
 		}
 		for i, b := range src {
@@ -98,66 +86,57 @@ func weightVector[T Float](w *tensor.Dense) ([]T, error) {
 	return out, weightRows(w, w.Size(), 0, 1, out)
 }
 
-// tilePool recycles the widened weight tiles (one per worker, about 1 MiB each).
-var tilePool sync.Pool
-
-func getTile[T Float](n int) []T {
-	if b, ok := tilePool.Get().([]T); ok && cap(b) >= n {
-		return b[:n]
+// weightMatrix is w [rows, cols] as the float32 product's operand (bf16 or float32
+// storage, used as it is); ok is false for other storage.
+func weightMatrix(w *tensor.Dense, cols int, trans bool) (matmul.Matrix, bool) {
+	switch d := w.Data().(type) {
+	case []uint16:
+		return matmul.Matrix{BF16: d, Stride: cols, Trans: trans}, true
+	case []float32:
+		return matmul.Matrix{F32: d, Stride: cols, Trans: trans}, true
 	}
-	return make([]T, n)
+	return matmul.Matrix{}, false
 }
 
-func putTile[T Float](b []T) { tilePool.Put(b) }
+// weightAs is w's rows x cols elements as []T: w's own storage when it already is T, else a
+// widened copy (float64 gradient checks, float64 weights under float32 activations).
+func weightAs[T Float](w *tensor.Dense, rows, cols int) ([]T, error) {
+	if d, ok := weightData[T](w); ok {
+		return d, nil
+	}
+	d := make([]T, rows*cols)
+	return d, weightRows(w, cols, 0, rows, d)
+}
 
-// tileRows is how many weight rows are widened at once: about 1 MiB of float32.
-func tileRows(cols int) int { return max(1, (1<<18)/max(cols, 1)) }
-
-// matmulNT is out[n, m] = x[n, k] W[m, k]^T (PyTorch's Linear layout).
+// matmulNT is out[n, m] = x[n, k] W[m, k]^T (PyTorch's Linear layout). Float32 activations
+// take a bf16 weight as it is: it is widened while the product packs it.
 func matmulNT[T Float](x []T, n, k int, w *tensor.Dense, m int, out []T) error {
-	if wd, ok := weightData[T](w); ok {
-		gemm(false, true, n, m, k, 1, x, k, wd, k, 0, out, m)
-		return nil
-	}
-	rows := tileRows(k)
-	tiles := (m + rows - 1) / rows
-	errs := make([]error, tiles)
-	parallel(tiles, func(t int) {
-		r0 := t * rows
-		r1 := min(m, r0+rows)
-		buf := getTile[T](rows * k)
-		defer putTile(buf)
-		if errs[t] = weightRows(w, k, r0, r1, buf); errs[t] == nil {
-			gemm(false, true, n, r1-r0, k, 1, x, k, buf, k, 0, out[r0:], m)
-		}
-	})
-	for _, err := range errs {
-		if err != nil {
-			return err
+	if xf, ok := any(x).([]float32); ok {
+		if b, ok := weightMatrix(w, k, true); ok {
+			matmul.Float32(threads(), false, n, m, k, 1, xf, k, b, 0, any(out).([]float32), m)
+			return nil
 		}
 	}
+	wd, err := weightAs[T](w, m, k)
+	if err != nil {
+		return err
+	}
+	gemm(false, true, n, m, k, 1, x, k, wd, k, 0, out, m)
 	return nil
 }
 
 // matmulNN is out[n, k] = g[n, m] W[m, k]: the input gradient of matmulNT.
 func matmulNN[T Float](g []T, n, m int, w *tensor.Dense, k int, out []T) error {
-	if wd, ok := weightData[T](w); ok {
-		gemm(false, false, n, k, m, 1, g, m, wd, k, 0, out, k)
-		return nil
-	}
-	rows := tileRows(k)
-	buf := getTile[T](rows * k)
-	defer putTile(buf)
-	for r0 := 0; r0 < m; r0 += rows {
-		r1 := min(m, r0+rows)
-		if err := weightRows(w, k, r0, r1, buf); err != nil {
-			return err
+	if gf, ok := any(g).([]float32); ok {
+		if b, ok := weightMatrix(w, k, false); ok {
+			matmul.Float32(threads(), false, n, k, m, 1, gf, m, b, 0, any(out).([]float32), k)
+			return nil
 		}
-		beta := T(1)
-		if r0 == 0 {
-			beta = 0
-		}
-		gemm(false, false, n, k, r1-r0, 1, g[r0:], m, buf, k, beta, out, k)
 	}
+	wd, err := weightAs[T](w, m, k)
+	if err != nil {
+		return err
+	}
+	gemm(false, false, n, k, m, 1, g, m, wd, k, 0, out, k)
 	return nil
 }

@@ -118,6 +118,18 @@ func wantDims(op string, s tensor.Shape, dims int, what string) error {
 	return nil
 }
 
+// nested counts the parallel regions running: a matrix product started inside one runs on
+// its caller's goroutine instead of splitting again.
+var nested atomic.Int32
+
+// threads is how many goroutines a matrix product may use here.
+func threads() int {
+	if nested.Load() > 0 {
+		return 1
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
 // parallel runs fn(i) for i in [0, n) on up to GOMAXPROCS goroutines.
 func parallel(n int, fn func(i int)) {
 	workers := min(runtime.GOMAXPROCS(0), n)
@@ -127,6 +139,8 @@ func parallel(n int, fn func(i int)) {
 		}
 		return
 	}
+	nested.Add(1)
+	defer nested.Add(-1)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	wg.Add(workers)

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/matmul"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -45,7 +46,11 @@ type Throughput struct {
 	LoadSec         float64 `json:"load_s,omitempty"`
 	LoadRSSBytes    int64   `json:"load_peak_rss_bytes,omitempty"`
 	PrefillRounds   int     `json:"prefill_rounds"`
-	DecodeStats     string  `json:"decode_program,omitempty"`
+	// on the CPU: the matrix product's micro-kernel (avx512, avx2 or pure Go) and the
+	// multiply-add peak of all threads it is measured against
+	CPUKernel   string  `json:"cpu_kernel,omitempty"`
+	FMAPeakGFs  float64 `json:"cpu_fma_peak_gflops,omitempty"`
+	DecodeStats string  `json:"decode_program,omitempty"`
 	// GPU time per kind of instruction (Profile): of the prefill and of one decode step
 	PrefillProfile []autograd.OpTime `json:"prefill_profile,omitempty"`
 	DecodeProfile  []autograd.OpTime `json:"decode_profile,omitempty"`
@@ -150,6 +155,7 @@ func MeasureThroughput(m *Model, o BenchOptions) (_ Throughput, err error) {
 		res.CopyGBs = bw
 	} else {
 		res.CopyGBs = HostCopyBandwidth()
+		res.CPUKernel, res.FMAPeakGFs = matmul.Kernel(), matmul.FMAPeak(runtime.GOMAXPROCS(0))
 	}
 	res.FloorTokS = res.CopyGBs * 1e9 / float64(res.WeightsBytes)
 	if res.FloorTokS > 0 && res.DecodeTokS > 0 {

@@ -88,6 +88,13 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 			gib := func(b int64) float64 { return float64(b) / (1 << 30) }
 			fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d, %.2f GB of weights\n", name, c.NumHiddenLayers, c.HiddenSize, c.VocabSize, float64(res.WeightsBytes)/1e9)
 			fmt.Fprintf(out, "device     %s\n", res.Device)
+			switch {
+			case res.CPUKernel == "":
+			case res.FMAPeakGFs == 0:
+				fmt.Fprintf(out, "matmul     %s: no assembly kernel for this CPU (they need amd64 with AVX-512 or AVX2+FMA); the matrix products run portable Go loops, several times slower\n", res.CPUKernel)
+			default:
+				fmt.Fprintf(out, "matmul     %s micro-kernel; FMA peak %.0f GFLOP/s on %d threads\n", res.CPUKernel, res.FMAPeakGFs, runtime.GOMAXPROCS(0))
+			}
 			fmt.Fprintf(out, "load       %.2f s, peak RSS after loading %.2f GiB\n", res.LoadSec, gib(res.LoadRSSBytes))
 			if res.PromptTokens > 0 {
 				fmt.Fprintf(out, "prefill    %d tokens in %.4f s: %.1f tokens/s\n", res.PromptTokens, res.PrefillSec, res.PrefillTokS)

@@ -1,0 +1,84 @@
+package matmul
+
+// The micro-kernel interface and the portable kernel in plain Go; the assembly ones are in
+// kernel_amd64.go and kernel_amd64.s.
+
+// microKernel computes C[:mr, :nr] += A B for packed panels A (k x mr) and B (k x nr).
+type microKernel struct {
+	name       string
+	mr, nr     int
+	mc, kc, nc int // cache blocking: A blocks mc x kc (L2), B blocks kc x nc
+	run        func(k int, a, b, c []float32, ldc int)
+	// dots sets out[r] to the dot product of x[:k] with row r of w (not transposed), r < 4
+	dots func(k int, x []float32, w Matrix, out *[4]float32)
+	// trans8, if not nil, sets dst[p*dstride+r] = b[r, p] for r < 8, p < kb (kb a multiple
+	// of 8), widening bf16: packing a transposed B
+	trans8 func(kb int, b Matrix, dst []float32, dstride int)
+}
+
+// gemmKernel is the micro-kernel in use: the fastest this CPU runs (tests swap it).
+var gemmKernel = bestKernel()
+
+// goKernel is the portable micro-kernel, 4 x 4 in plain Go.
+var goKernel = &microKernel{name: "pure Go", mr: 4, nr: 4, mc: 64, kc: 256, nc: 1024, run: kernel4x4,
+	dots: func(k int, x []float32, w Matrix, out *[4]float32) { dotsGo(k, x, w, out[:]) }}
+
+// dotsGo sets out[r] to the dot product of x[:k] with row r of w, r < len(out).
+func dotsGo(k int, x []float32, w Matrix, out []float32) {
+	x = x[:k]
+	for r := range out {
+		var s float32
+		i := r * w.Stride
+		if w.F32 != nil {
+			for p, v := range w.F32[i : i+k] {
+				s += x[p] * v
+			}
+		} else {
+			for p, v := range w.BF16[i : i+k] {
+				s += x[p] * bf16(v)
+			}
+		}
+		out[r] = s
+	}
+}
+
+// kernel4x4 is C[:4, :4] += A B with sixteen scalar accumulators.
+func kernel4x4(k int, a, b, c []float32, ldc int) {
+	var c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 float32
+	a, b = a[:4*k], b[:4*k]
+	for p := 0; p < k; p++ {
+		ap, bp := a[4*p:4*p+4:4*p+4], b[4*p:4*p+4:4*p+4]
+		b0, b1, b2, b3 := bp[0], bp[1], bp[2], bp[3]
+		a0 := ap[0]
+		c00 += a0 * b0
+		c01 += a0 * b1
+		c02 += a0 * b2
+		c03 += a0 * b3
+		a1 := ap[1]
+		c10 += a1 * b0
+		c11 += a1 * b1
+		c12 += a1 * b2
+		c13 += a1 * b3
+		a2 := ap[2]
+		c20 += a2 * b0
+		c21 += a2 * b1
+		c22 += a2 * b2
+		c23 += a2 * b3
+		a3 := ap[3]
+		c30 += a3 * b0
+		c31 += a3 * b1
+		c32 += a3 * b2
+		c33 += a3 * b3
+	}
+	r := c[0:4:4]
+	r[0], r[1], r[2], r[3] = r[0]+c00, r[1]+c01, r[2]+c02, r[3]+c03
+	r = c[ldc : ldc+4 : ldc+4]
+	r[0], r[1], r[2], r[3] = r[0]+c10, r[1]+c11, r[2]+c12, r[3]+c13
+	r = c[2*ldc : 2*ldc+4 : 2*ldc+4]
+	r[0], r[1], r[2], r[3] = r[0]+c20, r[1]+c21, r[2]+c22, r[3]+c23
+	r = c[3*ldc : 3*ldc+4 : 3*ldc+4]
+	r[0], r[1], r[2], r[3] = r[0]+c30, r[1]+c31, r[2]+c32, r[3]+c33
+}
+
+// Kernel names the micro-kernel the products run on: "avx512", "avx2" or "pure Go".
+func Kernel() string { return gemmKernel.name }
