@@ -88,9 +88,9 @@ func (o *attentionOp) Do(v ...G.Value) (G.Value, error) {
 	var out *tensor.Dense
 	switch q.Dtype() {
 	case tensor.Float32:
-		out, o.lse, err = attnForward[float32](q, k, val, o.layer, o.step)
+		out, o.lse, err = attnForward[float32](q, k, val, o.layer, o.step, o.pool)
 	case tensor.Float64:
-		out, o.lse, err = attnForward[float64](q, k, val, o.layer, o.step)
+		out, o.lse, err = attnForward[float64](q, k, val, o.layer, o.step, o.pool)
 	default:
 		err = fmt.Errorf("autograd: Attention of type %v", q.Dtype())
 	}
@@ -180,9 +180,9 @@ func (o *attnGradOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch q.Dtype() {
 	case tensor.Float32:
-		return attnBackward[float32](q, k, val, out, g, o.fwd.lse, st)
+		return attnBackward[float32](q, k, val, out, g, o.fwd.lse, st, o.pool)
 	case tensor.Float64:
-		return attnBackward[float64](q, k, val, out, g, o.fwd.lse, st)
+		return attnBackward[float64](q, k, val, out, g, o.fwd.lse, st, o.pool)
 	}
 	return nil, fmt.Errorf("autograd: AttentionGrad of type %v", q.Dtype())
 }
@@ -208,7 +208,7 @@ func (o *pickOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	s := x.Shape()
-	out := newLike(x, s[1:]...)
+	out := o.result(x.Dtype(), s[1:]...)
 	n := out.Size()
 	switch x.Dtype() {
 	case tensor.Float32:

@@ -34,13 +34,12 @@ const (
 // [B, ., H, D] with the keys and values strided by stride positions per row (the cache's
 // capacity, or T).
 type flash[T Float] struct {
-	st          *Step
-	nt, nh, d   int
-	hd, stride  int
-	q, k, v     []T
-	masked      bool // a key mask or packed segments: causality is not the only rule
-	scale       float64
-	scratchPool sync.Pool
+	st         *Step
+	nt, nh, d  int
+	hd, stride int
+	q, k, v    []T
+	masked     bool // a key mask or packed segments: causality is not the only rule
+	scale      float64
 }
 
 func newFlash[T Float](q []T, k, v []T, nt, nh, d, stride int, st *Step) *flash[T] {
@@ -122,23 +121,28 @@ func (f *flash[T]) mask(s []T, b, t0, t1, j0, j1 int) {
 	}
 }
 
-// flashScratch is one task's working memory.
+// flashScratch is one task's working memory, recycled across tasks and calls. rows is the
+// number of queries it holds (a block in the forward, all of a head's in the backward).
 type flashScratch[T Float] struct {
-	qs, c, s, acc, m, l []T
+	qs, c, acc, m, l []T // [rows, D], [rows], [rows, D], [rows], [rows]
+	s, dp            []T // [flashRows, flashKeys]
 }
 
-func (f *flash[T]) scratch() *flashScratch[T] {
-	if w, ok := f.scratchPool.Get().(*flashScratch[T]); ok {
-		return w
+var flashScratchPool sync.Pool
+
+func getScratch[T Float](rows, d int) *flashScratch[T] {
+	w, ok := flashScratchPool.Get().(*flashScratch[T])
+	if !ok || len(w.qs) < rows*d || len(w.c) < rows {
+		w = &flashScratch[T]{qs: make([]T, rows*d), c: make([]T, rows), acc: make([]T, rows*d), m: make([]T, rows),
+			l: make([]T, rows), s: make([]T, flashRows*flashKeys), dp: make([]T, flashRows*flashKeys)}
 	}
-	return &flashScratch[T]{qs: make([]T, flashRows*f.d), c: make([]T, flashRows), s: make([]T, flashRows*flashKeys),
-		acc: make([]T, flashRows*f.d), m: make([]T, flashRows), l: make([]T, flashRows)}
+	return w
 }
 
 // forward computes queries [t0, t1) of (b, h): their rows of out and their lse.
 func (f *flash[T]) forward(b, h, t0, t1 int, out, lse []T) {
-	w := f.scratch()
-	defer f.scratchPool.Put(w)
+	w := getScratch[T](flashRows, f.d)
+	defer flashScratchPool.Put(w)
 	rows, d := t1-t0, f.d
 	f.scaled(b, h, t0, t1, w.qs, w.c)
 	acc, m, l := w.acc[:rows*d], w.m[:rows], w.l[:rows]
@@ -249,7 +253,7 @@ func exp32(x float32) float32 {
 
 // attnForward runs the blocked forward over every (b, h, query block) in parallel; it
 // returns the merged-head output [B*T, H*D] and the lse [B, H, T].
-func attnForward[T Float](q, k, v *tensor.Dense, layer int, st *Step) (*tensor.Dense, []T, error) {
+func attnForward[T Float](q, k, v *tensor.Dense, layer int, st *Step, p *pool) (*tensor.Dense, []T, error) {
 	s := q.Shape()
 	nb, nt, nh, d := s[0], s[1], s[2], s[3]
 	kd, vd, stride, err := kvSource[T](k, v, layer, st)
@@ -257,7 +261,7 @@ func attnForward[T Float](q, k, v *tensor.Dense, layer int, st *Step) (*tensor.D
 		return nil, nil, err
 	}
 	f := newFlash(q.Data().([]T), kd, vd, nt, nh, d, stride, st)
-	out := newLike(q, nb*nt, nh*d)
+	out := p.get(q.Dtype(), nb*nt, nh*d)
 	od := out.Data().([]T)
 	lse := make([]T, nb*nh*nt)
 	blocks := (nt + flashRows - 1) / flashRows
@@ -273,7 +277,7 @@ func attnForward[T Float](q, k, v *tensor.Dense, layer int, st *Step) (*tensor.D
 
 // attnBackward returns dq, dk, dv packed as [3, B, T, H, D] from the forward's out and lse
 // and the output gradient g [B*T, H*D]; one task per (b, h) owns that head's slices.
-func attnBackward[T Float](q, k, v, out, g *tensor.Dense, saved any, st *Step) (*tensor.Dense, error) {
+func attnBackward[T Float](q, k, v, out, g *tensor.Dense, saved any, st *Step, p *pool) (*tensor.Dense, error) {
 	s := q.Shape()
 	nb, nt, nh, d := s[0], s[1], s[2], s[3]
 	lse, ok := saved.([]T)
@@ -281,16 +285,17 @@ func attnBackward[T Float](q, k, v, out, g *tensor.Dense, saved any, st *Step) (
 		return nil, fmt.Errorf("autograd: AttentionGrad runs before its forward (no log-sum-exp for %v)", s)
 	}
 	n := nb * nt * nh * d
-	grads := newLike(q, 3, nb, nt, nh, d)
+	grads := p.get(q.Dtype(), 3, nb, nt, nh, d)
 	all := grads.Data().([]T)
 	dq, dk, dv := all[:n], all[n:2*n], all[2*n:]
 	f := newFlash(q.Data().([]T), k.Data().([]T), v.Data().([]T), nt, nh, d, nt, st)
 	od, gd := out.Data().([]T), g.Data().([]T)
 	parallel(nb*nh, func(bh int) {
 		b, h := bh/nh, bh%nh
-		qs, c := make([]T, nt*d), make([]T, nt)
-		dqs, dd := make([]T, nt*d), make([]T, nt)
-		sb, dp := make([]T, flashRows*flashKeys), make([]T, flashRows*flashKeys)
+		w := getScratch[T](nt, d)
+		defer flashScratchPool.Put(w)
+		qs, c, dqs, dd, sb, dp := w.qs, w.c, w.acc[:nt*d], w.m, w.s, w.dp
+		clear(dqs)
 		for t0 := 0; t0 < nt; t0 += flashRows {
 			t1 := min(nt, t0+flashRows)
 			f.scaled(b, h, t0, t1, qs[t0*d:], c[t0:])

@@ -44,7 +44,7 @@ func TestAttentionCacheMatchesFull(t *testing.T) {
 		return tensor.New(tensor.WithShape(batch, t1-t0, heads, dim), tensor.WithBacking(out))
 	}
 	full, _, err := attnForward[float32](chunk(q, 0, total), chunk(k, 0, total), chunk(v, 0, total), 0,
-		&Step{Batch: batch, Seq: total, KeyMask: mask(total)})
+		&Step{Batch: batch, Seq: total, KeyMask: mask(total)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestAttentionCacheMatchesFull(t *testing.T) {
 	var got *tensor.Dense
 	for _, c := range [][2]int{{0, first}, {first, total}} {
 		st := &Step{Batch: batch, Seq: c[1] - c[0], Past: c[0], Cache: cache, KeyMask: mask(c[1])}
-		if got, _, err = attnForward[float32](chunk(q, c[0], c[1]), chunk(k, c[0], c[1]), chunk(v, c[0], c[1]), 0, st); err != nil {
+		if got, _, err = attnForward[float32](chunk(q, c[0], c[1]), chunk(k, c[0], c[1]), chunk(v, c[0], c[1]), 0, st, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -86,7 +86,7 @@ func BenchmarkAttention(b *testing.B) {
 		flops := float64(2*t*t*heads*dim) * 2 / 2 // QK^T and PV, half under the causal mask
 		b.Run(fmt.Sprintf("forward/T=%d", t), func(b *testing.B) {
 			for b.Loop() {
-				if _, _, err := attnForward[float32](q, k, v, 0, st); err != nil {
+				if _, _, err := attnForward[float32](q, k, v, 0, st, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -95,12 +95,12 @@ func BenchmarkAttention(b *testing.B) {
 			b.ReportMetric(flops/sec/1e9, "GFLOP/s")
 		})
 		b.Run(fmt.Sprintf("backward/T=%d", t), func(b *testing.B) {
-			out, lse, err := attnForward[float32](q, k, v, 0, st)
+			out, lse, err := attnForward[float32](q, k, v, 0, st, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
 			for b.Loop() {
-				if _, err := attnBackward[float32](q, k, v, out, out, lse, st); err != nil {
+				if _, err := attnBackward[float32](q, k, v, out, out, lse, st, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -35,7 +35,7 @@ func TestReferencesMatchAttentionOp(t *testing.T) {
 		dense := func(x []float32) *tensor.Dense {
 			return tensor.New(tensor.WithShape(1, c.t, c.heads, c.dim), tensor.WithBacking(x))
 		}
-		got, _, err := attnForward[float32](dense(q), dense(k), dense(v), 0, st)
+		got, _, err := attnForward[float32](dense(q), dense(k), dense(v), 0, st, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
