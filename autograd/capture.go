@@ -49,7 +49,7 @@ func (o *captureOp) Do(v ...G.Value) (G.Value, error) {
 	if err := o.sink(d, x.Shape()[0], x.Shape()[1]); err != nil {
 		return nil, err
 	}
-	out := newLike(x, x.Shape()...)
+	out := o.result(x.Dtype(), x.Shape()...)
 	copy(out.Data().([]float32), d)
 	return out, nil
 }

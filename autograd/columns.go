@@ -50,7 +50,7 @@ func (o *columnsOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	n := x.Shape()[0]
 	if o.take {
-		out := newLike(x, n, o.s)
+		out := o.result(x.Dtype(), n, o.s)
 		switch x.Dtype() {
 		case tensor.Float32:
 			copyCols(x.Data().([]float32), o.width, o.off, out.Data().([]float32), o.s, 0, o.s, n)
@@ -59,7 +59,7 @@ func (o *columnsOp) Do(v ...G.Value) (G.Value, error) {
 		}
 		return out, nil
 	}
-	out := newLike(x, n, o.width)
+	out := o.result(x.Dtype(), n, o.width)
 	switch x.Dtype() {
 	case tensor.Float32:
 		copyCols(x.Data().([]float32), o.s, 0, out.Data().([]float32), o.width, o.off, o.s, n)

@@ -93,13 +93,13 @@ func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		loss, grad := crossEntropy[float32](x, st, o.backward, dloss)
+		loss, grad := crossEntropy[float32](x, st, o.backward, dloss, o.gradOut(x, o.backward))
 		if o.backward {
 			return grad, nil
 		}
 		return G.NewF32(float32(loss)), nil
 	case tensor.Float64:
-		loss, grad := crossEntropy[float64](x, st, o.backward, dloss)
+		loss, grad := crossEntropy[float64](x, st, o.backward, dloss, o.gradOut(x, o.backward))
 		if o.backward {
 			return grad, nil
 		}
@@ -108,23 +108,44 @@ func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 	return nil, fmt.Errorf("autograd: CrossEntropy of type %v", x.Dtype())
 }
 
-func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float64) (float64, *tensor.Dense) {
+// gradOut is the backward's output: a zeroed tensor, or x itself when the Machine lets this
+// op overwrite its logits (nothing reads them afterwards); nil for the forward.
+func (o *crossEntropyOp) gradOut(x *tensor.Dense, backward bool) *tensor.Dense {
+	switch {
+	case !backward:
+		return nil
+	case o.inPlace:
+		return x
+	}
+	return o.result(x.Dtype(), x.Shape()...)
+}
+
+// overwrites: the backward may write its gradient over the logits, row by row (each row is
+// read whole before it is written).
+func (o *crossEntropyOp) overwrites() int {
+	if o.backward {
+		return 0
+	}
+	return -1
+}
+
+// crossEntropy returns the mean loss and, when out is not nil, writes its gradient there
+// (out may be x itself).
+func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float64, out *tensor.Dense) (float64, *tensor.Dense) {
 	vocab := x.Shape()[1]
 	xd := x.Data().([]T)
 	n := Targets(st.Labels, st.Batch, st.Seq)
 	var grad []T
-	var out *tensor.Dense
 	if backward {
-		out = newLike(x, x.Shape()...)
 		grad = out.Data().([]T)
-	}
-	if n == 0 {
-		return 0, out
 	}
 	losses := make([]float64, st.Batch*st.Seq)
 	parallel(st.Batch*st.Seq, func(i int) {
 		b, t := i/st.Seq, i%st.Seq
-		if t+1 >= st.Seq || st.Labels[b*st.Seq+t+1] == IgnoreIndex {
+		if n == 0 || t+1 >= st.Seq || st.Labels[b*st.Seq+t+1] == IgnoreIndex {
+			if backward {
+				clear(grad[i*vocab : (i+1)*vocab])
+			}
 			return
 		}
 		target := int(st.Labels[b*st.Seq+t+1])
@@ -148,6 +169,9 @@ func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float
 			g[target] -= T(scale)
 		}
 	})
+	if n == 0 {
+		return 0, out
+	}
 	var total float64
 	for _, l := range losses {
 		total += l

@@ -131,7 +131,7 @@ func (g *gpuCase) result(op, shape string, tol float64, launch func() error, out
 // cpuRMSNorm is the CPU op's RMSNorm of x [n, h] with a bf16 weight, the kernels' twin (shapes
 // that do not match are a bug in the selftest itself).
 func cpuRMSNorm(x []float32, w []uint16, n, h int) []float32 {
-	y, err := rmsNormForward[float32](tensor.New(tensor.WithShape(n, h), tensor.WithBacking(x)), tensor.New(tensor.WithShape(h), tensor.WithBacking(w)), 1e-6)
+	y, err := rmsNormForward[float32](tensor.New(tensor.WithShape(n, h), tensor.WithBacking(x)), tensor.New(tensor.WithShape(h), tensor.WithBacking(w)), 1e-6, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -153,7 +153,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 	}
 	for _, n := range []int{11008 * 3, 1000} { // SwiGLU
 		a, gt := randF32(r, n), randF32(r, n)
-		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(a)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gt))}, 0)
+		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(a)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gt))}, 0, nil)
 		g := &gpuCase{d: d}
 		ab, gb, yb := g.up(a, "a"), g.up(gt, "g"), g.out(n, "y")
 		checks = append(checks, g.result("swiglu", fmt.Sprintf("[%d]", n), 1e-5, func() error { return d.SwiGLU(yb, ab, gb, int64(n)) }, yb, want.Data().([]float32)))
@@ -167,7 +167,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 			copy(view[i*stride+width:], x[i*width:(i+1)*width])
 		}
 		bases := []float64{10000, 10000 * math.Pow(3, 128.0/126)}
-		want := rotate[float32](tensor.New(tensor.WithShape(b, t, h, dim), tensor.WithBacking(x)), &Step{Batch: b, Seq: t, Past: past, Base: bases}, false)
+		want := rotate[float32](tensor.New(tensor.WithShape(b, t, h, dim), tensor.WithBacking(x)), &Step{Batch: b, Seq: t, Past: past, Base: bases}, false, nil)
 		g := &gpuCase{d: d}
 		xb, bb, yb := g.up(view, "x"), g.up(bases, "base"), g.out(b*t*width, "y")
 		checks = append(checks, g.result("rotary", fmt.Sprintf("[%d, %d, %d, %d] at %d, stride %d", b, t, h, dim, past, stride), 1e-5, func() error {
@@ -306,7 +306,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		up, gate := make([]float32, n), make([]float32, n)
 		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w1)), n, up)
 		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w2)), n, gate)
-		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(up)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gate))}, 0).Data().([]float32)
+		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(up)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gate))}, 0, nil).Data().([]float32)
 		g := &gpuCase{d: d}
 		xb, ab, bb, yb := g.up(x, "x"), g.up(w1, "w1"), g.up(w2, "w2"), g.out(n, "y")
 		checks = append(checks, g.result("gemv_swiglu_bf16", fmt.Sprintf("2 x [%d, %d]", n, k), 1e-5, func() error { return d.GemvSwiGLU(yb, xb, ab, bb, n, k) }, yb, want))
@@ -335,7 +335,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		checks = append(checks, g.result("add_rmsnorm_bf16_out", fmt.Sprintf("[%d, %d]", n, h), 4e-3, func() error { return d.AddRMSNormBF16Out(yb, xb, rb, wb, n, h, 1e-6) }, yb, round(want)))
 		m := 11008 * 2
 		a, gt := randF32(r, m), randF32(r, m)
-		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(m), tensor.WithBacking(a)), tensor.New(tensor.WithShape(m), tensor.WithBacking(gt))}, 0).Data().([]float32)
+		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(m), tensor.WithBacking(a)), tensor.New(tensor.WithShape(m), tensor.WithBacking(gt))}, 0, nil).Data().([]float32)
 		g = &gpuCase{d: d, bf16Out: true}
 		ab, gb, sb := g.up(a, "a"), g.up(gt, "g"), g.outBF16(m, "y")
 		checks = append(checks, g.result("swiglu_bf16_out", fmt.Sprintf("[%d]", m), 4e-3, func() error { return d.SwiGLUBF16Out(sb, ab, gb, int64(m)) }, sb, round(wantS)))
@@ -351,8 +351,8 @@ func SelfTest(d *Device, seed uint64) []Check {
 		}
 		base := []float64{10000 * math.Pow(7, 128.0/126)}
 		st := &Step{Batch: 1, Seq: t, Past: past, Base: base}
-		rq := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(q)), st, false).Data().([]float32)
-		rk := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(k)), st, false).Data().([]float32)
+		rq := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(q)), st, false, nil).Data().([]float32)
+		rk := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(k)), st, false, nil).Data().([]float32)
 		kc, vc := randBF16(r, maxLen*width, 1), randBF16(r, maxLen*width, 1)
 		wantQ := slices.Clone(qkv)
 		wantK, wantV := widen(kc), widen(vc)
@@ -393,7 +393,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		checks = append(checks, g.result("cublasGemmEx bf16 out", fmt.Sprintf("[%d, %d] x [%d, %d]^T", m, k, n, k), 4e-3, func() error { return d.GemmBF16Out(yb, xb, wb, m, n, k, n) }, yb, want))
 		cnt := 11008
 		a, gt := randBF16(r, cnt, 1), randBF16(r, cnt, 1)
-		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(a))), tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(gt)))}, 0).Data().([]float32)
+		wantS := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(a))), tensor.New(tensor.WithShape(cnt), tensor.WithBacking(widen(gt)))}, 0, nil).Data().([]float32)
 		for i, f := range wantS {
 			wantS[i] = bf16(bf16Round(f))
 		}

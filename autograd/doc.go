@@ -4,7 +4,9 @@
 // In: gorgonia nodes (activations float32, or float64 in gradient checks; weights float32 or
 // bf16 kept as uint16) and a Step with the run-time data (token ids, labels, positions, key
 // mask, rotary bases, KV cache). Out: nodes whose gradients gorgonia's symbolic Grad can
-// take, executed by a TapeMachine.
+// take, executed by a Machine (machine.go: gorgonia's TapeMachine order, but each value
+// dropped after its last reader and the ops' buffers recycled through a pool) or by
+// gorgonia's TapeMachine.
 //
 // One file per op, math and shapes in its header comment, forward and backward side by side:
 // RMSNorm, Rotary, Attention, SwiGLU, Embedding, EmbeddingRows and SelectRows (gather),

@@ -45,7 +45,7 @@ func (o *dropoutOp) Do(v ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := newLike(x, x.Shape()...)
+	out := o.result(x.Dtype(), x.Shape()...)
 	switch x.Dtype() {
 	case tensor.Float32:
 		dropout(x.Data().([]float32), out.Data().([]float32), o.p, o.step.Seed, o.key)

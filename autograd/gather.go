@@ -96,7 +96,7 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 			return nil, fmt.Errorf("autograd: %s: %s %d at position %d is outside [0, %d)", o.name, o.what, id, i, rows)
 		}
 	}
-	out := tensor.New(tensor.Of(o.out), tensor.WithShape(o.n, h))
+	out := o.result(o.out, o.n, h)
 	switch o.out {
 	case tensor.Float32:
 		err = gatherRows(w, idx, h, out.Data().([]float32))
@@ -145,7 +145,7 @@ func (o *scatterOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	idx := o.gather.index()
-	out := newLike(g, w.Shape()...)
+	out := o.result(g.Dtype(), w.Shape()...)
 	h := w.Shape()[1]
 	switch g.Dtype() {
 	case tensor.Float32:

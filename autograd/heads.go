@@ -43,7 +43,7 @@ func (o *splitHeadsOp) Do(v ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := newLike(x, o.batch, o.seq, o.heads, o.dim)
+	out := o.result(x.Dtype(), o.batch, o.seq, o.heads, o.dim)
 	p := o.heads * o.dim
 	n := o.batch * o.seq
 	switch x.Dtype() {
@@ -90,7 +90,7 @@ func (o *mergePartOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	s := o.split
 	p, n := s.heads*s.dim, s.batch*s.seq
-	out := newLike(g, n, 3*p)
+	out := o.result(g.Dtype(), n, 3*p)
 	switch g.Dtype() {
 	case tensor.Float32:
 		copyCols(g.Data().([]float32), p, 0, out.Data().([]float32), 3*p, s.part*p, p, n)

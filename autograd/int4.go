@@ -148,7 +148,7 @@ func (o *int4Op) Do(v ...G.Value) (G.Value, error) {
 	cols := max(1, (1<<18)/max(w.K, 1))
 	tiles := (w.N + cols - 1) / cols
 	if o.backward {
-		out := tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(m, w.K))
+		out := o.result(tensor.Float32, m, w.K)
 		dx := out.Data().([]float32)
 		buf := make([]float32, w.K*cols)
 		for t := 0; t < tiles; t++ { // dx += dy[:, tile] W[:, tile]^T
@@ -162,7 +162,7 @@ func (o *int4Op) Do(v ...G.Value) (G.Value, error) {
 		}
 		return out, nil
 	}
-	out := tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(m, w.N))
+	out := o.result(tensor.Float32, m, w.N)
 	y := out.Data().([]float32)
 	parallel(tiles, func(t int) {
 		n0, n1 := t*cols, min(w.N, (t+1)*cols)

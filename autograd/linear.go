@@ -100,16 +100,16 @@ func (o *linearOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		return linearForward[float32](x, w, b, o.scale)
+		return linearForward[float32](x, w, b, o.scale, o.pool)
 	case tensor.Float64:
-		return linearForward[float64](x, w, b, o.scale)
+		return linearForward[float64](x, w, b, o.scale, o.pool)
 	}
 	return nil, fmt.Errorf("autograd: Linear: activations of type %v", x.Dtype())
 }
 
-func linearForward[T Float](x, w, b *tensor.Dense, scale float64) (*tensor.Dense, error) {
+func linearForward[T Float](x, w, b *tensor.Dense, scale float64, p *pool) (*tensor.Dense, error) {
 	n, k, m := x.Shape()[0], x.Shape()[1], w.Shape()[0]
-	out := newLike(x, n, m)
+	out := p.get(x.Dtype(), n, m)
 	y := out.Data().([]T)
 	if err := matmulNT(x.Data().([]T), n, k, w, m, y); err != nil {
 		return nil, err
@@ -185,7 +185,7 @@ func (o *linearGradXOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	n, m, k := g.Shape()[0], g.Shape()[1], w.Shape()[1]
-	out := newLike(g, n, k)
+	out := o.result(g.Dtype(), n, k)
 	switch g.Dtype() {
 	case tensor.Float32:
 		err = matmulNN(g.Data().([]float32), n, m, w, k, out.Data().([]float32))
@@ -242,7 +242,7 @@ func (o *linearGradWOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	n, m, k := g.Shape()[0], g.Shape()[1], x.Shape()[1]
-	out := newLike(g, m, k)
+	out := o.result(g.Dtype(), m, k)
 	switch g.Dtype() {
 	case tensor.Float32:
 		gemm(true, false, m, k, n, 1, g.Data().([]float32), m, x.Data().([]float32), k, 0, out.Data().([]float32), k)

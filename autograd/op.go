@@ -25,7 +25,24 @@ var opIDs atomic.Uint64
 type base struct {
 	name string
 	id   uint64
+	pool *pool // set when a Machine runs the op
+	// inPlace is set by a Machine for the run it is about to make when the op may write its
+	// result over the input it names in overwrites (that input dies here).
+	inPlace bool
 }
+
+func (b *base) usePool(p *pool)      { b.pool = p }
+func (b *base) allowInPlace(ok bool) { b.inPlace = ok }
+
+// overwriter is an op that can write its result over one of its inputs (overwrites: its
+// index, or -1), told by allowInPlace whether it may this time.
+type overwriter interface {
+	overwrites() int
+	allowInPlace(bool)
+}
+
+// result is a zeroed output tensor of type dt, from the running Machine's pool if any.
+func (b *base) result(dt tensor.Dtype, shape ...int) *tensor.Dense { return b.pool.get(dt, shape...) }
 
 func newBase(name string) base { return base{name: name, id: opIDs.Add(1)} }
 

@@ -105,7 +105,7 @@ func opCases() []opCase {
 	labels := &Step{Batch: 2, Seq: 4, Labels: []int32{-100, 2, 4, -100, 1, -100, 0, 5}}
 	sel := &Step{Batch: 2, Seq: 3, Rows: []int32{2, 0}}
 	packed := &Step{Batch: 1, Seq: 6, RotaryBase: 10000, Segments: []int32{0, 0, 0, 1, 1, 2}, Positions: []int32{0, 1, 2, 0, 1, 0}}
-	return []opCase{
+	cases := []opCase{
 		{name: "RMSNorm", shapes: [][]int{{3, 8}, {8}}, wrt: []int{0, 1},
 			apply: func(in []*G.Node, _ *Step, _ tensor.Dtype) (*G.Node, error) { return RMSNorm(in[0], in[1], 1e-6, true) },
 			ref:   refRMSNorm},
@@ -220,6 +220,40 @@ func opCases() []opCase {
 			apply: func(in []*G.Node, st *Step, dt tensor.Dtype) (*G.Node, error) { return CrossEntropy(in[0], st) },
 			ref:   refCrossEntropy},
 	}
+	return append(cases, attentionEdgeCases()...)
+}
+
+// attentionEdgeCases put the block edges of the blocked attention (64 queries by 64 keys)
+// under the op table: lengths around a block, padding that empties whole key blocks, packed
+// segments and LogN's start across block boundaries.
+func attentionEdgeCases() []opCase {
+	attn := func(in []*G.Node, st *Step, _ tensor.Dtype) (*G.Node, error) {
+		return Attention(in[0], in[1], in[2], 0, st)
+	}
+	var cases []opCase
+	add := func(name string, heads int, st *Step) {
+		s := []int{st.Batch, st.Seq, heads, 4}
+		cases = append(cases, opCase{name: name, shapes: [][]int{s, s, s}, wrt: []int{0, 1, 2}, step: st, apply: attn, ref: refAttention})
+	}
+	for _, t := range []int{1, 63, 64, 65, 129} {
+		add(fmt.Sprintf("Attention/T=%d", t), 1+t%2, &Step{Batch: 1, Seq: t})
+	}
+	// Row 0 is padded on the left over 70 keys (its first key block is all padding, queries
+	// 0..69 see nothing); row 1 on the right from key 100.
+	const t = 129
+	mask := make([]bool, 2*t)
+	for j := range t {
+		mask[j], mask[t+j] = j >= 70, j < 100
+	}
+	add("Attention/padded-blocks", 1, &Step{Batch: 2, Seq: t, KeyMask: mask})
+	// Segments of 50, 40 and 40 tokens: the second crosses key 64, the third key 128.
+	seg := make([]int32, 130)
+	for i := range seg {
+		seg[i] = int32(min(2, max(0, (i-10)/40)))
+	}
+	add("Attention/packed-blocks", 1, &Step{Batch: 1, Seq: 130, Segments: seg})
+	add("Attention/LogN-blocks", 1, &Step{Batch: 1, Seq: t, LogNSeq: 70})
+	return cases
 }
 
 func withPast(s *Step, past int) *Step {

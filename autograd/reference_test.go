@@ -12,9 +12,10 @@ import (
 
 // TestReferencesMatchAttentionOp: the float64 references the GPU selftest compares the
 // attention kernels with equal the CPU Attention op over a KV cache (a chunk of queries after
-// cached positions, LogN on; one decode query).
+// cached positions, LogN on; one decode query), also where the cached positions and the
+// chunk end inside a block of the blocked attention.
 func TestReferencesMatchAttentionOp(t *testing.T) {
-	for i, c := range []struct{ heads, dim, past, t, lognSeq int }{{2, 8, 5, 4, 6}, {3, 16, 9, 1, 0}} {
+	for i, c := range []struct{ heads, dim, past, t, lognSeq int }{{2, 8, 5, 4, 6}, {3, 16, 9, 1, 0}, {2, 8, 70, 65, 100}, {1, 8, 63, 129, 0}, {2, 8, 130, 1, 0}} {
 		r := rand.New(rand.NewPCG(1, uint64(i)))
 		maxLen := c.past + c.t + 2
 		width := c.heads * c.dim
@@ -26,7 +27,7 @@ func TestReferencesMatchAttentionOp(t *testing.T) {
 		dense := func(x []float32) *tensor.Dense {
 			return tensor.New(tensor.WithShape(1, c.t, c.heads, c.dim), tensor.WithBacking(x))
 		}
-		got, err := attnForward[float32](dense(q), dense(k), dense(v), 0, st)
+		got, _, err := attnForward[float32](dense(q), dense(k), dense(v), 0, st, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -59,9 +59,9 @@ func (o *rmsNormOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		return rmsNormForward[float32](x, w, o.eps)
+		return rmsNormForward[float32](x, w, o.eps, o.pool)
 	case tensor.Float64:
-		return rmsNormForward[float64](x, w, o.eps)
+		return rmsNormForward[float64](x, w, o.eps, o.pool)
 	}
 	return nil, fmt.Errorf("autograd: RMSNorm of type %v", x.Dtype())
 }
@@ -75,13 +75,13 @@ func rmsScale[T Float](row []T, eps float64) T {
 	return T(1 / math.Sqrt(ss/float64(len(row))+eps))
 }
 
-func rmsNormForward[T Float](x, w *tensor.Dense, eps float64) (*tensor.Dense, error) {
+func rmsNormForward[T Float](x, w *tensor.Dense, eps float64, p *pool) (*tensor.Dense, error) {
 	n, h := x.Shape()[0], x.Shape()[1]
 	wv, err := weightVector[T](w)
 	if err != nil {
 		return nil, err
 	}
-	out := newLike(x, n, h)
+	out := p.get(x.Dtype(), n, h)
 	xd, yd := x.Data().([]T), out.Data().([]T)
 	parallel(n, func(i int) {
 		row, y := xd[i*h:(i+1)*h], yd[i*h:(i+1)*h]
@@ -128,20 +128,20 @@ func (o *rmsNormGradXOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		return rmsNormGradX[float32](x, w, g, o.eps)
+		return rmsNormGradX[float32](x, w, g, o.eps, o.pool)
 	case tensor.Float64:
-		return rmsNormGradX[float64](x, w, g, o.eps)
+		return rmsNormGradX[float64](x, w, g, o.eps, o.pool)
 	}
 	return nil, fmt.Errorf("autograd: RMSNormGradX of type %v", x.Dtype())
 }
 
-func rmsNormGradX[T Float](x, w, g *tensor.Dense, eps float64) (*tensor.Dense, error) {
+func rmsNormGradX[T Float](x, w, g *tensor.Dense, eps float64, p *pool) (*tensor.Dense, error) {
 	n, h := x.Shape()[0], x.Shape()[1]
 	wv, err := weightVector[T](w)
 	if err != nil {
 		return nil, err
 	}
-	out := newLike(x, n, h)
+	out := p.get(x.Dtype(), n, h)
 	xd, gd, dd := x.Data().([]T), g.Data().([]T), out.Data().([]T)
 	parallel(n, func(i int) {
 		row, gr, dx := xd[i*h:(i+1)*h], gd[i*h:(i+1)*h], dd[i*h:(i+1)*h]

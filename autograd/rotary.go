@@ -58,9 +58,9 @@ func (o *rotaryOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		return rotate[float32](x, o.step, o.inverse), nil
+		return rotate[float32](x, o.step, o.inverse, o.pool), nil
 	case tensor.Float64:
-		return rotate[float64](x, o.step, o.inverse), nil
+		return rotate[float64](x, o.step, o.inverse, o.pool), nil
 	}
 	return nil, fmt.Errorf("autograd: Rotary of type %v", x.Dtype())
 }
@@ -77,19 +77,27 @@ func InvFreq(base float64, dim int) []float32 {
 // RotaryAngle is the float32 angle of position p at inverse frequency f, as torch computes it.
 func RotaryAngle(p int, f float32) float64 { return float64(float32(p) * f) }
 
-func rotate[T Float](x *tensor.Dense, st *Step, inverse bool) *tensor.Dense {
+func rotate[T Float](x *tensor.Dense, st *Step, inverse bool, p *pool) *tensor.Dense {
 	s := x.Shape()
 	nb, nt, nh, d := s[0], s[1], s[2], s[3]
 	half := d / 2
-	out := newLike(x, s...)
+	out := p.get(x.Dtype(), s...)
 	xd, yd := x.Data().([]T), out.Data().([]T)
 	sign := 1.0
 	if inverse {
 		sign = -1
 	}
+	freqs := make([][]float32, nb)
+	for b := range freqs {
+		if b == 0 || st.base(b) != st.base(b-1) {
+			freqs[b] = InvFreq(st.base(b), d)
+		} else {
+			freqs[b] = freqs[b-1]
+		}
+	}
 	parallel(nb*nt, func(bt int) {
 		b, t := bt/nt, bt%nt
-		freq := InvFreq(st.base(b), d)
+		freq := freqs[b]
 		cos, sin := make([]T, half), make([]T, half)
 		for i, f := range freq {
 			a := RotaryAngle(st.position(b, t), f)

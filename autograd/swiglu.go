@@ -64,15 +64,15 @@ func (o *swigluOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch ins[0].Dtype() {
 	case tensor.Float32:
-		return swiglu[float32](ins, o.grad), nil
+		return swiglu[float32](ins, o.grad, o.pool), nil
 	case tensor.Float64:
-		return swiglu[float64](ins, o.grad), nil
+		return swiglu[float64](ins, o.grad, o.pool), nil
 	}
 	return nil, fmt.Errorf("autograd: SwiGLU of type %v", ins[0].Dtype())
 }
 
-func swiglu[T Float](ins []*tensor.Dense, grad int) *tensor.Dense {
-	out := newLike(ins[0], ins[0].Shape()...)
+func swiglu[T Float](ins []*tensor.Dense, grad int, p *pool) *tensor.Dense {
+	out := p.get(ins[0].Dtype(), ins[0].Shape()...)
 	y, a, g := out.Data().([]T), ins[0].Data().([]T), ins[1].Data().([]T)
 	var dy []T
 	if grad != 0 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,11 +96,22 @@ func TestQLoRAGradientsMatchDequantized(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return loss, gg.Logits(), grads, params
+				// The training graph writes the loss gradient over its logits: an evaluation
+				// runner computes them (without dropout, in both runs alike).
+				ev, err := m.NewRunner(b.Batch, b.Seq, model.Evaluation, false, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ev.Close() })
+				ev.SetBatch(b.IDs, nil, b.Mask)
+				if err := ev.Run(); err != nil {
+					t.Fatal(err)
+				}
+				return loss, slices.Clone(ev.Logits()), grads, params
 			}
 			ql, qlogits, qgrads, params := run(false)
 			fl, flogits, fgrads, _ := run(true)
-			if e := relDiff(qlogits, flogits); e > 3e-6 { // measured 2.7e-7 to 2.9e-7
+			if e := relDiff(qlogits, flogits); e > 3e-6 { // measured 0: both graphs run the same packed product on the same float32 weights; 3e-6 allows another summation order
 				t.Errorf("logits differ by %.3g relative", e)
 			}
 			if d := math.Abs(ql-fl) / fl; d > 1e-6 { // measured 0 (the same float32 value); 1e-6 is a few float32 steps
@@ -108,7 +120,7 @@ func TestQLoRAGradientsMatchDequantized(t *testing.T) {
 			worst := 0.0
 			for i, p := range params {
 				e := relDiff(qgrads[i], fgrads[i])
-				if e > 7e-6 || math.IsNaN(e) { // measured 5.8e-7 to 6.5e-7 at worst (2, 4 and 8 bits)
+				if e > 7e-6 || math.IsNaN(e) { // measured 0, as the logits; 7e-6 allows another summation order
 					t.Errorf("d loss / d %s differs by %.3g relative", p.Name, e)
 				}
 				worst = max(worst, e)

@@ -38,7 +38,7 @@ func (b *Batch) Targets() int {
 type GradGraph struct {
 	runner *model.Runner
 	params []*model.Param
-	wrt    G.Nodes
+	grads  G.Nodes // d loss / d params, in order
 }
 
 // NewGradGraph builds the graph of m for batch x seq with gradients for params.
@@ -60,14 +60,15 @@ func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradG
 		}
 		wrt[i] = n
 	}
-	if _, err := G.Grad(loss, wrt...); err != nil {
+	grads, err := G.Grad(loss, wrt...)
+	if err != nil {
 		return nil, fmt.Errorf("lora: differentiating the loss: %w", err)
 	}
-	r, err := model.NewRunnerFromGraph(g, logits, loss)
+	r, err := model.NewRunnerFromGraph(g, loss, grads...)
 	if err != nil {
 		return nil, err
 	}
-	return &GradGraph{runner: r, params: params, wrt: wrt}, nil
+	return &GradGraph{runner: r, params: params, grads: grads}, nil
 }
 
 // Run computes the mean loss of b and the gradients (one slice per parameter, owned by the
@@ -84,9 +85,9 @@ func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	grads := make([][]float32, len(gg.wrt))
-	for i, n := range gg.wrt {
-		v, err := n.Grad()
+	grads := make([][]float32, len(gg.grads))
+	for i, n := range gg.grads {
+		v, err := r.Value(n)
 		if err != nil {
 			return 0, nil, fmt.Errorf("lora: gradient of %s: %w", gg.params[i].Name, err)
 		}
@@ -94,9 +95,6 @@ func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
 	}
 	return loss, grads, nil
 }
-
-// Logits of the last Run.
-func (gg *GradGraph) Logits() []float32 { return gg.runner.Logits() }
 
 // Close releases the graph.
 func (gg *GradGraph) Close() error { return gg.runner.Close() }

@@ -130,6 +130,7 @@ type Trainer struct {
 	Special *SpecialTokens
 	graphs  map[[2]int]*GradGraph
 	order   map[int][]int
+	sum     [][]float32 // the step's pooled gradients, reused from step to step
 }
 
 // StepResult is what one optimizer step measured.
@@ -254,7 +255,10 @@ func (t *Trainer) dropoutSeed(step, micro int) uint64 {
 // tokens), clipped, then AdamW at the scheduled learning rate.
 func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	res := StepResult{Step: t.Step, LR: t.Sched.LR(t.Step)}
-	var sum [][]float32
+	sum := t.sum
+	for _, g := range sum {
+		clear(g)
+	}
 	var lossSum float64
 	for k := 0; k < t.Cfg.GradAccum; k++ {
 		if err := ctx.Err(); err != nil {
@@ -283,6 +287,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 			for i, gr := range grads {
 				sum[i] = make([]float32, len(gr))
 			}
+			t.sum = sum
 		}
 		for i, gr := range grads {
 			for j, v := range gr {

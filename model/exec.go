@@ -6,7 +6,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
-// Executor runs the model's inference graphs somewhere other than gorgonia's TapeMachine on
+// Executor runs the model's inference graphs somewhere other than autograd's Machine on
 // the CPU: the cuda build's GPU executor compiles the same graph Forward builds into kernel
 // launches. A Model with a nil Exec runs on the CPU.
 type Executor interface {

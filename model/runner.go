@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 // Runner is the model's graph for one batch x seq shape, compiled once and executed for each
@@ -11,8 +13,7 @@ import (
 type Runner struct {
 	*Graph
 	logits, loss *G.Node
-	vm           G.VM
-	ran          bool
+	vm           *autograd.Machine
 	prog         Program   // set when the model's executor runs the graph
 	host         []float32 // the program's logits, downloaded after a run
 	skipLogits   bool      // the next run keeps its logits on the device (sampling there)
@@ -37,17 +38,40 @@ func (m *Model) NewRunner(batch, seq int, mode Mode, last, withLoss bool) (*Runn
 			return nil, err
 		}
 	}
-	r.vm = G.NewTapeMachine(g.ExprGraph)
+	if r.vm, err = autograd.NewMachine(g.ExprGraph, r.kept()...); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
-// NewRunnerFromGraph compiles a graph built elsewhere (a training graph with gradients).
-func NewRunnerFromGraph(g *Graph, logits, loss *G.Node) (*Runner, error) {
+// NewRunnerFromGraph compiles a training graph built elsewhere: its loss, and keep, further
+// nodes whose values the caller reads with Value (the gradients). The logits are not kept,
+// so the loss's backward may write its gradient over them.
+func NewRunnerFromGraph(g *Graph, loss *G.Node, keep ...*G.Node) (*Runner, error) {
 	if g.Err() != nil {
 		return nil, g.Err()
 	}
-	return &Runner{Graph: g, logits: logits, loss: loss, vm: G.NewTapeMachine(g.ExprGraph)}, nil
+	r := &Runner{Graph: g, loss: loss}
+	var err error
+	if r.vm, err = autograd.NewMachine(g.ExprGraph, append(r.kept(), keep...)...); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
+
+// kept are the nodes whose values outlive a run: the logits and the loss, where there are.
+func (r *Runner) kept() []*G.Node {
+	var k []*G.Node
+	for _, n := range []*G.Node{r.logits, r.loss} {
+		if n != nil {
+			k = append(k, n)
+		}
+	}
+	return k
+}
+
+// Value is the last run's value of a node kept by NewRunnerFromGraph, valid until the next run.
+func (r *Runner) Value(n *G.Node) (G.Value, error) { return r.vm.Value(n) }
 
 // Run executes the graph on the current Step.
 func (r *Runner) Run() error {
@@ -70,11 +94,7 @@ func (r *Runner) Run() error {
 		}
 		return nil
 	}
-	if r.ran {
-		r.vm.Reset()
-	}
-	r.ran = true
-	if err := r.vm.RunAll(); err != nil {
+	if err := r.vm.Run(); err != nil {
 		return fmt.Errorf("model: %w", err)
 	}
 	return nil
@@ -86,7 +106,14 @@ func (r *Runner) Logits() []float32 {
 	if r.prog != nil {
 		return r.host
 	}
-	return r.logits.Value().Data().([]float32)
+	if r.logits == nil {
+		return nil
+	}
+	v, err := r.vm.Value(r.logits)
+	if err != nil {
+		return nil
+	}
+	return v.Data().([]float32)
 }
 
 // Loss is the last run's mean cross-entropy.
@@ -94,13 +121,17 @@ func (r *Runner) Loss() (float64, error) {
 	if r.loss == nil {
 		return 0, fmt.Errorf("model: the runner was built without a loss")
 	}
-	switch v := r.loss.Value().(type) {
+	lv, err := r.vm.Value(r.loss)
+	if err != nil {
+		return 0, fmt.Errorf("model: %w", err)
+	}
+	switch v := lv.(type) {
 	case *G.F32:
 		return float64(*v), nil
 	case *G.F64:
 		return float64(*v), nil
 	}
-	return 0, fmt.Errorf("model: loss of type %T", r.loss.Value())
+	return 0, fmt.Errorf("model: loss of type %T", lv)
 }
 
 // Close releases the compiled graph.
@@ -108,7 +139,7 @@ func (r *Runner) Close() error {
 	if r.prog != nil {
 		return r.prog.Close()
 	}
-	return r.vm.Close()
+	return nil
 }
 
 // SetBatch fills the Step with ids, labels (nil for none) and a key mask (nil: all real).
