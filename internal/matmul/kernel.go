@@ -49,35 +49,26 @@ func kernel4x4(k int, a, b, c []float32, ldc int) {
 	for p := 0; p < k; p++ {
 		ap, bp := a[4*p:4*p+4:4*p+4], b[4*p:4*p+4:4*p+4]
 		b0, b1, b2, b3 := bp[0], bp[1], bp[2], bp[3]
-		a0 := ap[0]
-		c00 += a0 * b0
-		c01 += a0 * b1
-		c02 += a0 * b2
-		c03 += a0 * b3
-		a1 := ap[1]
-		c10 += a1 * b0
-		c11 += a1 * b1
-		c12 += a1 * b2
-		c13 += a1 * b3
-		a2 := ap[2]
-		c20 += a2 * b0
-		c21 += a2 * b1
-		c22 += a2 * b2
-		c23 += a2 * b3
-		a3 := ap[3]
-		c30 += a3 * b0
-		c31 += a3 * b1
-		c32 += a3 * b2
-		c33 += a3 * b3
+		c00, c01, c02, c03 = mulAdd4(ap[0], b0, b1, b2, b3, c00, c01, c02, c03)
+		c10, c11, c12, c13 = mulAdd4(ap[1], b0, b1, b2, b3, c10, c11, c12, c13)
+		c20, c21, c22, c23 = mulAdd4(ap[2], b0, b1, b2, b3, c20, c21, c22, c23)
+		c30, c31, c32, c33 = mulAdd4(ap[3], b0, b1, b2, b3, c30, c31, c32, c33)
 	}
-	r := c[0:4:4]
-	r[0], r[1], r[2], r[3] = r[0]+c00, r[1]+c01, r[2]+c02, r[3]+c03
-	r = c[ldc : ldc+4 : ldc+4]
-	r[0], r[1], r[2], r[3] = r[0]+c10, r[1]+c11, r[2]+c12, r[3]+c13
-	r = c[2*ldc : 2*ldc+4 : 2*ldc+4]
-	r[0], r[1], r[2], r[3] = r[0]+c20, r[1]+c21, r[2]+c22, r[3]+c23
-	r = c[3*ldc : 3*ldc+4 : 3*ldc+4]
-	r[0], r[1], r[2], r[3] = r[0]+c30, r[1]+c31, r[2]+c32, r[3]+c33
+	add4(c, c00, c01, c02, c03)
+	add4(c[ldc:], c10, c11, c12, c13)
+	add4(c[2*ldc:], c20, c21, c22, c23)
+	add4(c[3*ldc:], c30, c31, c32, c33)
+}
+
+// mulAdd4 returns one row of kernel4x4's accumulators, c0-c3, plus a times b0-b3 (inlined).
+func mulAdd4(a, b0, b1, b2, b3, c0, c1, c2, c3 float32) (float32, float32, float32, float32) {
+	return c0 + a*b0, c1 + a*b1, c2 + a*b2, c3 + a*b3
+}
+
+// add4 adds c0-c3 to r[:4].
+func add4(r []float32, c0, c1, c2, c3 float32) {
+	r = r[:4:4]
+	r[0], r[1], r[2], r[3] = r[0]+c0, r[1]+c1, r[2]+c2, r[3]+c3
 }
 
 // Kernel names the micro-kernel the products run on: "avx512", "avx2" or "pure Go".

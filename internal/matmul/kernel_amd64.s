@@ -2,269 +2,298 @@
 
 #include "textflag.h"
 
+// The macros below are shared by the AVX-512 (Z registers) and AVX2 (Y registers) functions;
+// each expands to exactly the instructions it lists, in order. Labels are function scoped,
+// so the ones inside a macro belong to the function that expands it.
+
+// ARGS5 loads the five word-sized arguments n0-n4 (at 0, 8, ..., 32(FP)) into r0-r4.
+#define ARGS5(n0, r0, n1, r1, n2, r2, n3, r3, n4, r4) \
+	MOVQ n0+0(FP), r0; \
+	MOVQ n1+8(FP), r1; \
+	MOVQ n2+16(FP), r2; \
+	MOVQ n3+24(FP), r3; \
+	MOVQ n4+32(FP), r4
+
+// ZERO2, ZERO4 and ZERO12 clear registers with op (VPXORD for Z, VXORPS for Y).
+#define ZERO2(op, r0, r1) \
+	op r0, r0, r0; \
+	op r1, r1, r1
+
+#define ZERO4(op, r0, r1, r2, r3) \
+	ZERO2(op, r0, r1); \
+	ZERO2(op, r2, r3)
+
+#define ZERO12(op, r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11) \
+	ZERO4(op, r0, r1, r2, r3); \
+	ZERO4(op, r4, r5, r6, r7); \
+	ZERO4(op, r8, r9, r10, r11)
+
+// FMA4 and FMA12 add u times v to each accumulator.
+#define FMA4(u, v, c0, c1, c2, c3) \
+	VFMADD231PS u, v, c0; \
+	VFMADD231PS u, v, c1; \
+	VFMADD231PS u, v, c2; \
+	VFMADD231PS u, v, c3
+
+#define FMA12(u, v, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) \
+	FMA4(u, v, c0, c1, c2, c3); \
+	FMA4(u, v, c4, c5, c6, c7); \
+	FMA4(u, v, c8, c9, c10, c11)
+
+// KROW accumulates one row of a micro-kernel's tile: t = the float32 at off(SI) broadcast,
+// c0 += t b0 and c1 += t b1 (b0, b1 the two B vectors of this step).
+#define KROW(off, b0, b1, t, c0, c1) \
+	VBROADCASTSS off(SI), t; \
+	VFMADD231PS b0, t, c0; \
+	VFMADD231PS b1, t, c1
+
+// KROWS6 accumulates six rows, A's values from off(SI) on, the broadcasts alternating between
+// t0 and t1; row r goes to c(2r), c(2r+1).
+#define KROWS6(off, b0, b1, t0, t1, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) \
+	KROW(off+0, b0, b1, t0, c0, c1); \
+	KROW(off+4, b0, b1, t1, c2, c3); \
+	KROW(off+8, b0, b1, t0, c4, c5); \
+	KROW(off+12, b0, b1, t1, c6, c7); \
+	KROW(off+16, b0, b1, t0, c8, c9); \
+	KROW(off+20, b0, b1, t1, c10, c11)
+
+// CROW adds the accumulators c0, c1 of one row to C's row at DX (c1's half w bytes in) and
+// stores the sums there; CROWNEXT then moves DX on to the next row (R8 bytes on).
+#define CROW(w, c0, c1) \
+	VADDPS (DX), c0, c0; \
+	VMOVUPS c0, (DX); \
+	VADDPS w(DX), c1, c1; \
+	VMOVUPS c1, w(DX)
+
+#define CROWNEXT(w, c0, c1) \
+	CROW(w, c0, c1); \
+	ADDQ R8, DX
+
+// CROWS6 is CROW for six rows, row r's accumulators c(2r), c(2r+1), DX left on the last.
+#define CROWS6(w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) \
+	CROWNEXT(w, c0, c1); \
+	CROWNEXT(w, c2, c3); \
+	CROWNEXT(w, c4, c5); \
+	CROWNEXT(w, c6, c7); \
+	CROWNEXT(w, c8, c9); \
+	CROW(w, c10, c11)
+
+// KERNEL is the body of the micro-kernels: zero clears the tile's accumulators, b0 and b1
+// receive a step's two B vectors (the second bw bytes on), rows adds A's values of the step
+// times them to the accumulators, a step reads astep bytes of A and bstep of B, and store
+// adds the accumulators to C.
+#define KERNEL(zero, b0, b1, bw, rows, astep, bstep, store) \
+	ARGS5(k, CX, a, SI, b, DI, c, DX, ldc, R8); \
+	SHLQ $2, R8; \
+	zero; \
+	TESTQ CX, CX; \
+	JEQ acc; \
+loop: \
+	VMOVUPS (DI), b0; \
+	VMOVUPS bw(DI), b1; \
+	rows; \
+	ADDQ $astep, SI; \
+	ADDQ $bstep, DI; \
+	DECQ CX; \
+	JNE loop; \
+acc: \
+	store; \
+	VZEROUPPER; \
+	RET
+
+// The 12 x 32 tile (AVX-512) accumulates row r in Z(8+2r), Z(9+2r); B's vectors go to Z0, Z1
+// and A's broadcasts to Z2, Z3.
+#define ZERO12x32 \
+	ZERO12(VPXORD, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
+	ZERO12(VPXORD, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
+
+#define ROWS12x32 \
+	KROWS6(0, Z0, Z1, Z2, Z3, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
+	KROWS6(24, Z0, Z1, Z2, Z3, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
+
+#define STORE12x32 \
+	CROWS6(64, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
+	ADDQ R8, DX; \
+	CROWS6(64, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
+
+// The 6 x 16 tile (AVX2) accumulates row r in Y(4+2r), Y(5+2r); B's vectors go to Y0, Y1 and
+// A's broadcasts to Y2, Y3.
+#define ZERO6x16 ZERO12(VXORPS, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
+#define ROWS6x16 KROWS6(0, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
+#define STORE6x16 CROWS6(32, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
+
+// DOTF32 and DOTBF16 add u times the vector of w at mem to acc; DOTBF16 widens the bf16
+// values into t first (zero-extended to 32 bits, shifted into the high half).
+#define DOTF32(mem, t, u, acc) \
+	VFMADD231PS mem, u, acc
+
+#define DOTBF16(mem, t, u, acc) \
+	VPMOVZXWD mem, t; \
+	VPSLLD $16, t, t; \
+	VFMADD231PS t, u, acc
+
+// HALF512 adds the upper 256 bits of z to y (its lower half) through Y8; HALF256 the upper
+// 128 bits of y to x through X8.
+#define HALF512(z, y) \
+	VEXTRACTF64X4 $1, z, Y8; \
+	VADDPS Y8, y, y
+
+#define HALF256(y, x) \
+	VEXTRACTF128 $1, y, X8; \
+	VADDPS X8, x, x
+
+// DOT4OUT stores the four horizontal sums of X4, X5, X6, X7 to out (DX).
+#define DOT4OUT \
+	VHADDPS X5, X4, X4; \
+	VHADDPS X7, X6, X6; \
+	VHADDPS X6, X4, X4; \
+	VMOVUPS X4, (DX)
+
+// DOT4SUM256 and DOT4SUM512 are DOT4OUT for accumulators Y4-Y7 and Z4-Z7.
+#define DOT4SUM256 \
+	HALF256(Y4, X4); \
+	HALF256(Y5, X5); \
+	HALF256(Y6, X6); \
+	HALF256(Y7, X7); \
+	DOT4OUT
+
+#define DOT4SUM512 \
+	HALF512(Z4, Y4); \
+	HALF256(Y4, X4); \
+	HALF512(Z5, Y5); \
+	HALF256(Y5, X5); \
+	HALF512(Z6, Y6); \
+	HALF256(Y6, X6); \
+	HALF512(Z7, Y7); \
+	HALF256(Y7, X7); \
+	DOT4OUT
+
+// DOT4 is the body of the dot4 functions. Rows 0 and 2 of w are at DI and R9, rows 1 and 3
+// R8 bytes further; eshift is log2 of the size of w's elements, lshift log2 of the lanes,
+// zero clears the accumulators c0-c3, row is DOTF32 or DOTBF16 (temporaries t0-t2), u holds
+// x's vector, a step reads xstep bytes of x and wstep of each row of w, and sum is DOT4SUM256
+// or DOT4SUM512.
+#define DOT4(eshift, lshift, zero, row, u, t0, t1, t2, c0, c1, c2, c3, xstep, wstep, sum) \
+	ARGS5(k, CX, x, SI, w, DI, ldw, R8, out, DX); \
+	SHLQ $eshift, R8; \
+	LEAQ (DI)(R8*2), R9; \
+	ZERO4(zero, c0, c1, c2, c3); \
+	SHRQ $lshift, CX; \
+	JEQ reduce; \
+loop: \
+	VMOVUPS (SI), u; \
+	row((DI), t0, u, c0); \
+	row((DI)(R8*1), t1, u, c1); \
+	row((R9), t2, u, c2); \
+	row((R9)(R8*1), t0, u, c3); \
+	ADDQ $xstep, SI; \
+	ADDQ $wstep, DI; \
+	ADDQ $wstep, R9; \
+	DECQ CX; \
+	JNE loop; \
+reduce: \
+	sum; \
+	VZEROUPPER; \
+	RET
+
+// LOADF32 and LOADBF16 load 8 elements at mem into the float32 lanes of y (bf16 widened).
+#define LOADF32(mem, y) \
+	VMOVUPS mem, y
+
+#define LOADBF16(mem, y) \
+	VPMOVZXWD mem, y; \
+	VPSLLD $16, y, y
+
+// TRANS8X8 transposes the 8 x 8 float32 block in Y0-Y7 (row r in Yr) through Y8-Y15 and
+// stores column p of it to (DI) + p R11, leaving DI 8 R11 further on (R12 = 3 R11).
+#define TRANS8X8 \
+	VUNPCKLPS Y1, Y0, Y8; \
+	VUNPCKHPS Y1, Y0, Y9; \
+	VUNPCKLPS Y3, Y2, Y10; \
+	VUNPCKHPS Y3, Y2, Y11; \
+	VUNPCKLPS Y5, Y4, Y12; \
+	VUNPCKHPS Y5, Y4, Y13; \
+	VUNPCKLPS Y7, Y6, Y14; \
+	VUNPCKHPS Y7, Y6, Y15; \
+	VSHUFPS $0x44, Y10, Y8, Y0; \
+	VSHUFPS $0xee, Y10, Y8, Y1; \
+	VSHUFPS $0x44, Y11, Y9, Y2; \
+	VSHUFPS $0xee, Y11, Y9, Y3; \
+	VSHUFPS $0x44, Y14, Y12, Y4; \
+	VSHUFPS $0xee, Y14, Y12, Y5; \
+	VSHUFPS $0x44, Y15, Y13, Y6; \
+	VSHUFPS $0xee, Y15, Y13, Y7; \
+	VPERM2F128 $0x20, Y4, Y0, Y8; \
+	VPERM2F128 $0x20, Y5, Y1, Y9; \
+	VPERM2F128 $0x20, Y6, Y2, Y10; \
+	VPERM2F128 $0x20, Y7, Y3, Y11; \
+	VPERM2F128 $0x31, Y4, Y0, Y12; \
+	VPERM2F128 $0x31, Y5, Y1, Y13; \
+	VPERM2F128 $0x31, Y6, Y2, Y14; \
+	VPERM2F128 $0x31, Y7, Y3, Y15; \
+	VMOVUPS Y8, (DI); \
+	VMOVUPS Y9, (DI)(R11*1); \
+	VMOVUPS Y10, (DI)(R11*2); \
+	VMOVUPS Y11, (DI)(R12*1); \
+	LEAQ (DI)(R11*4), DI; \
+	VMOVUPS Y12, (DI); \
+	VMOVUPS Y13, (DI)(R11*1); \
+	VMOVUPS Y14, (DI)(R11*2); \
+	VMOVUPS Y15, (DI)(R12*1); \
+	LEAQ (DI)(R11*4), DI
+
+// TRANS8 is the body of the trans8 functions: eshift is log2 of the size of src's elements,
+// load is LOADF32 or LOADBF16, and a step reads step bytes of each of the 8 rows (rows 0-3
+// from SI, 4-7 from R10, R8 bytes apart, R9 = 3 R8).
+#define TRANS8(eshift, load, step) \
+	ARGS5(kb, CX, src, SI, ld, R8, dst, DI, dstride, R11); \
+	SHLQ $eshift, R8; \
+	SHLQ $2, R11; \
+	LEAQ (R8)(R8*2), R9; \
+	LEAQ (SI)(R8*4), R10; \
+	LEAQ (R11)(R11*2), R12; \
+	SHRQ $3, CX; \
+	JEQ done; \
+loop: \
+	load((SI), Y0); \
+	load((SI)(R8*1), Y1); \
+	load((SI)(R8*2), Y2); \
+	load((SI)(R9*1), Y3); \
+	load((R10), Y4); \
+	load((R10)(R8*1), Y5); \
+	load((R10)(R8*2), Y6); \
+	load((R10)(R9*1), Y7); \
+	TRANS8X8; \
+	ADDQ $step, SI; \
+	ADDQ $step, R10; \
+	DECQ CX; \
+	JNE loop; \
+done: \
+	VZEROUPPER; \
+	RET
+
 // func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
 // C[0:12, 0:32] += A B: A is k x 12 (one row of 12 per step), B is k x 32, C has row stride ldc.
 TEXT ·kernel12x32AVX512(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ a+8(FP), SI
-	MOVQ b+16(FP), DI
-	MOVQ c+24(FP), DX
-	MOVQ ldc+32(FP), R8
-	SHLQ $2, R8
-	VPXORD Z8, Z8, Z8
-	VPXORD Z9, Z9, Z9
-	VPXORD Z10, Z10, Z10
-	VPXORD Z11, Z11, Z11
-	VPXORD Z12, Z12, Z12
-	VPXORD Z13, Z13, Z13
-	VPXORD Z14, Z14, Z14
-	VPXORD Z15, Z15, Z15
-	VPXORD Z16, Z16, Z16
-	VPXORD Z17, Z17, Z17
-	VPXORD Z18, Z18, Z18
-	VPXORD Z19, Z19, Z19
-	VPXORD Z20, Z20, Z20
-	VPXORD Z21, Z21, Z21
-	VPXORD Z22, Z22, Z22
-	VPXORD Z23, Z23, Z23
-	VPXORD Z24, Z24, Z24
-	VPXORD Z25, Z25, Z25
-	VPXORD Z26, Z26, Z26
-	VPXORD Z27, Z27, Z27
-	VPXORD Z28, Z28, Z28
-	VPXORD Z29, Z29, Z29
-	VPXORD Z30, Z30, Z30
-	VPXORD Z31, Z31, Z31
-	TESTQ CX, CX
-	JEQ store12
-loop12:
-	VMOVUPS (DI), Z0
-	VMOVUPS 64(DI), Z1
-	VBROADCASTSS 0(SI), Z2
-	VFMADD231PS Z0, Z2, Z8
-	VFMADD231PS Z1, Z2, Z9
-	VBROADCASTSS 4(SI), Z3
-	VFMADD231PS Z0, Z3, Z10
-	VFMADD231PS Z1, Z3, Z11
-	VBROADCASTSS 8(SI), Z2
-	VFMADD231PS Z0, Z2, Z12
-	VFMADD231PS Z1, Z2, Z13
-	VBROADCASTSS 12(SI), Z3
-	VFMADD231PS Z0, Z3, Z14
-	VFMADD231PS Z1, Z3, Z15
-	VBROADCASTSS 16(SI), Z2
-	VFMADD231PS Z0, Z2, Z16
-	VFMADD231PS Z1, Z2, Z17
-	VBROADCASTSS 20(SI), Z3
-	VFMADD231PS Z0, Z3, Z18
-	VFMADD231PS Z1, Z3, Z19
-	VBROADCASTSS 24(SI), Z2
-	VFMADD231PS Z0, Z2, Z20
-	VFMADD231PS Z1, Z2, Z21
-	VBROADCASTSS 28(SI), Z3
-	VFMADD231PS Z0, Z3, Z22
-	VFMADD231PS Z1, Z3, Z23
-	VBROADCASTSS 32(SI), Z2
-	VFMADD231PS Z0, Z2, Z24
-	VFMADD231PS Z1, Z2, Z25
-	VBROADCASTSS 36(SI), Z3
-	VFMADD231PS Z0, Z3, Z26
-	VFMADD231PS Z1, Z3, Z27
-	VBROADCASTSS 40(SI), Z2
-	VFMADD231PS Z0, Z2, Z28
-	VFMADD231PS Z1, Z2, Z29
-	VBROADCASTSS 44(SI), Z3
-	VFMADD231PS Z0, Z3, Z30
-	VFMADD231PS Z1, Z3, Z31
-	ADDQ $48, SI
-	ADDQ $128, DI
-	DECQ CX
-	JNE loop12
-store12:
-	VADDPS (DX), Z8, Z8
-	VMOVUPS Z8, (DX)
-	VADDPS 64(DX), Z9, Z9
-	VMOVUPS Z9, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z10, Z10
-	VMOVUPS Z10, (DX)
-	VADDPS 64(DX), Z11, Z11
-	VMOVUPS Z11, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z12, Z12
-	VMOVUPS Z12, (DX)
-	VADDPS 64(DX), Z13, Z13
-	VMOVUPS Z13, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z14, Z14
-	VMOVUPS Z14, (DX)
-	VADDPS 64(DX), Z15, Z15
-	VMOVUPS Z15, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z16, Z16
-	VMOVUPS Z16, (DX)
-	VADDPS 64(DX), Z17, Z17
-	VMOVUPS Z17, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z18, Z18
-	VMOVUPS Z18, (DX)
-	VADDPS 64(DX), Z19, Z19
-	VMOVUPS Z19, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z20, Z20
-	VMOVUPS Z20, (DX)
-	VADDPS 64(DX), Z21, Z21
-	VMOVUPS Z21, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z22, Z22
-	VMOVUPS Z22, (DX)
-	VADDPS 64(DX), Z23, Z23
-	VMOVUPS Z23, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z24, Z24
-	VMOVUPS Z24, (DX)
-	VADDPS 64(DX), Z25, Z25
-	VMOVUPS Z25, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z26, Z26
-	VMOVUPS Z26, (DX)
-	VADDPS 64(DX), Z27, Z27
-	VMOVUPS Z27, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z28, Z28
-	VMOVUPS Z28, (DX)
-	VADDPS 64(DX), Z29, Z29
-	VMOVUPS Z29, 64(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Z30, Z30
-	VMOVUPS Z30, (DX)
-	VADDPS 64(DX), Z31, Z31
-	VMOVUPS Z31, 64(DX)
-	VZEROUPPER
-	RET
+	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32)
 
 // func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
 // C[0:6, 0:16] += A B: A is k x 6, B is k x 16, C has row stride ldc.
 TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ a+8(FP), SI
-	MOVQ b+16(FP), DI
-	MOVQ c+24(FP), DX
-	MOVQ ldc+32(FP), R8
-	SHLQ $2, R8
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	VXORPS Y8, Y8, Y8
-	VXORPS Y9, Y9, Y9
-	VXORPS Y10, Y10, Y10
-	VXORPS Y11, Y11, Y11
-	VXORPS Y12, Y12, Y12
-	VXORPS Y13, Y13, Y13
-	VXORPS Y14, Y14, Y14
-	VXORPS Y15, Y15, Y15
-	TESTQ CX, CX
-	JEQ store6
-loop6:
-	VMOVUPS (DI), Y0
-	VMOVUPS 32(DI), Y1
-	VBROADCASTSS 0(SI), Y2
-	VFMADD231PS Y0, Y2, Y4
-	VFMADD231PS Y1, Y2, Y5
-	VBROADCASTSS 4(SI), Y3
-	VFMADD231PS Y0, Y3, Y6
-	VFMADD231PS Y1, Y3, Y7
-	VBROADCASTSS 8(SI), Y2
-	VFMADD231PS Y0, Y2, Y8
-	VFMADD231PS Y1, Y2, Y9
-	VBROADCASTSS 12(SI), Y3
-	VFMADD231PS Y0, Y3, Y10
-	VFMADD231PS Y1, Y3, Y11
-	VBROADCASTSS 16(SI), Y2
-	VFMADD231PS Y0, Y2, Y12
-	VFMADD231PS Y1, Y2, Y13
-	VBROADCASTSS 20(SI), Y3
-	VFMADD231PS Y0, Y3, Y14
-	VFMADD231PS Y1, Y3, Y15
-	ADDQ $24, SI
-	ADDQ $64, DI
-	DECQ CX
-	JNE loop6
-store6:
-	VADDPS (DX), Y4, Y4
-	VMOVUPS Y4, (DX)
-	VADDPS 32(DX), Y5, Y5
-	VMOVUPS Y5, 32(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Y6, Y6
-	VMOVUPS Y6, (DX)
-	VADDPS 32(DX), Y7, Y7
-	VMOVUPS Y7, 32(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Y8, Y8
-	VMOVUPS Y8, (DX)
-	VADDPS 32(DX), Y9, Y9
-	VMOVUPS Y9, 32(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Y10, Y10
-	VMOVUPS Y10, (DX)
-	VADDPS 32(DX), Y11, Y11
-	VMOVUPS Y11, 32(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Y12, Y12
-	VMOVUPS Y12, (DX)
-	VADDPS 32(DX), Y13, Y13
-	VMOVUPS Y13, 32(DX)
-	ADDQ R8, DX
-	VADDPS (DX), Y14, Y14
-	VMOVUPS Y14, (DX)
-	VADDPS 32(DX), Y15, Y15
-	VMOVUPS Y15, 32(DX)
-	VZEROUPPER
-	RET
+	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16)
 
 // func fmaLoopAVX512(n int): n rounds of 16 independent ZMM multiply-adds
 // (1024 float32 operations a round).
 TEXT ·fmaLoopAVX512(SB), NOSPLIT, $0-8
 	MOVQ n+0(FP), CX
-	VPXORD Z16, Z16, Z16
-	VPXORD Z17, Z17, Z17
-	VPXORD Z18, Z18, Z18
-	VPXORD Z19, Z19, Z19
-	VPXORD Z20, Z20, Z20
-	VPXORD Z21, Z21, Z21
-	VPXORD Z22, Z22, Z22
-	VPXORD Z23, Z23, Z23
-	VPXORD Z24, Z24, Z24
-	VPXORD Z25, Z25, Z25
-	VPXORD Z26, Z26, Z26
-	VPXORD Z27, Z27, Z27
-	VPXORD Z28, Z28, Z28
-	VPXORD Z29, Z29, Z29
-	VPXORD Z30, Z30, Z30
-	VPXORD Z31, Z31, Z31
-	VPXORD Z0, Z0, Z0
-	VPXORD Z1, Z1, Z1
-fmaAVX512:
-	VFMADD231PS Z0, Z1, Z16
-	VFMADD231PS Z0, Z1, Z17
-	VFMADD231PS Z0, Z1, Z18
-	VFMADD231PS Z0, Z1, Z19
-	VFMADD231PS Z0, Z1, Z20
-	VFMADD231PS Z0, Z1, Z21
-	VFMADD231PS Z0, Z1, Z22
-	VFMADD231PS Z0, Z1, Z23
-	VFMADD231PS Z0, Z1, Z24
-	VFMADD231PS Z0, Z1, Z25
-	VFMADD231PS Z0, Z1, Z26
-	VFMADD231PS Z0, Z1, Z27
-	VFMADD231PS Z0, Z1, Z28
-	VFMADD231PS Z0, Z1, Z29
-	VFMADD231PS Z0, Z1, Z30
-	VFMADD231PS Z0, Z1, Z31
+	ZERO12(VPXORD, Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27)
+	ZERO4(VPXORD, Z28, Z29, Z30, Z31)
+	ZERO2(VPXORD, Z0, Z1)
+loop:
+	FMA12(Z0, Z1, Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27)
+	FMA4(Z0, Z1, Z28, Z29, Z30, Z31)
 	DECQ CX
-	JNE fmaAVX512
+	JNE loop
 	VZEROUPPER
 	RET
 
@@ -272,378 +301,41 @@ fmaAVX512:
 // (384 float32 operations a round).
 TEXT ·fmaLoopAVX2(SB), NOSPLIT, $0-8
 	MOVQ n+0(FP), CX
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	VXORPS Y8, Y8, Y8
-	VXORPS Y9, Y9, Y9
-	VXORPS Y10, Y10, Y10
-	VXORPS Y11, Y11, Y11
-	VXORPS Y12, Y12, Y12
-	VXORPS Y13, Y13, Y13
-	VXORPS Y14, Y14, Y14
-	VXORPS Y15, Y15, Y15
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-fmaAVX2:
-	VFMADD231PS Y0, Y1, Y4
-	VFMADD231PS Y0, Y1, Y5
-	VFMADD231PS Y0, Y1, Y6
-	VFMADD231PS Y0, Y1, Y7
-	VFMADD231PS Y0, Y1, Y8
-	VFMADD231PS Y0, Y1, Y9
-	VFMADD231PS Y0, Y1, Y10
-	VFMADD231PS Y0, Y1, Y11
-	VFMADD231PS Y0, Y1, Y12
-	VFMADD231PS Y0, Y1, Y13
-	VFMADD231PS Y0, Y1, Y14
-	VFMADD231PS Y0, Y1, Y15
+	ZERO12(VXORPS, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
+	ZERO2(VXORPS, Y0, Y1)
+loop:
+	FMA12(Y0, Y1, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
 	DECQ CX
-	JNE fmaAVX2
+	JNE loop
 	VZEROUPPER
 	RET
 
 // func dot4F32AVX512(k int, x *float32, w *float32, ldw int, out *float32)
 // out[r] = sum over p < k of x[p] w[r*ldw+p] for r < 4; k a multiple of 16.
 TEXT ·dot4F32AVX512(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ x+8(FP), SI
-	MOVQ w+16(FP), DI
-	MOVQ ldw+24(FP), R8
-	MOVQ out+32(FP), DX
-	SHLQ $2, R8
-	LEAQ (DI)(R8*2), R9
-	VPXORD Z4, Z4, Z4
-	VPXORD Z5, Z5, Z5
-	VPXORD Z6, Z6, Z6
-	VPXORD Z7, Z7, Z7
-	SHRQ $4, CX
-	JEQ reducedot4F32AVX512
-loopdot4F32AVX512:
-	VMOVUPS (SI), Z0
-	VFMADD231PS (DI), Z0, Z4
-	VFMADD231PS (DI)(R8*1), Z0, Z5
-	VFMADD231PS (R9), Z0, Z6
-	VFMADD231PS (R9)(R8*1), Z0, Z7
-	ADDQ $64, SI
-	ADDQ $64, DI
-	ADDQ $64, R9
-	DECQ CX
-	JNE loopdot4F32AVX512
-reducedot4F32AVX512:
-	VEXTRACTF64X4 $1, Z4, Y8
-	VADDPS Y8, Y4, Y4
-	VEXTRACTF128 $1, Y4, X8
-	VADDPS X8, X4, X4
-	VEXTRACTF64X4 $1, Z5, Y8
-	VADDPS Y8, Y5, Y5
-	VEXTRACTF128 $1, Y5, X8
-	VADDPS X8, X5, X5
-	VEXTRACTF64X4 $1, Z6, Y8
-	VADDPS Y8, Y6, Y6
-	VEXTRACTF128 $1, Y6, X8
-	VADDPS X8, X6, X6
-	VEXTRACTF64X4 $1, Z7, Y8
-	VADDPS Y8, Y7, Y7
-	VEXTRACTF128 $1, Y7, X8
-	VADDPS X8, X7, X7
-	VHADDPS X5, X4, X4
-	VHADDPS X7, X6, X6
-	VHADDPS X6, X4, X4
-	VMOVUPS X4, (DX)
-	VZEROUPPER
-	RET
+	DOT4(2, 4, VPXORD, DOTF32, Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, 64, 64, DOT4SUM512)
 
 // func dot4BF16AVX512(k int, x *float32, w *uint16, ldw int, out *float32)
 // out[r] = sum over p < k of x[p] w[r*ldw+p] for r < 4 (w bf16); k a multiple of 16.
 TEXT ·dot4BF16AVX512(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ x+8(FP), SI
-	MOVQ w+16(FP), DI
-	MOVQ ldw+24(FP), R8
-	MOVQ out+32(FP), DX
-	SHLQ $1, R8
-	LEAQ (DI)(R8*2), R9
-	VPXORD Z4, Z4, Z4
-	VPXORD Z5, Z5, Z5
-	VPXORD Z6, Z6, Z6
-	VPXORD Z7, Z7, Z7
-	SHRQ $4, CX
-	JEQ reducedot4BF16AVX512
-loopdot4BF16AVX512:
-	VMOVUPS (SI), Z0
-	VPMOVZXWD (DI), Z1
-	VPSLLD $16, Z1, Z1
-	VFMADD231PS Z1, Z0, Z4
-	VPMOVZXWD (DI)(R8*1), Z2
-	VPSLLD $16, Z2, Z2
-	VFMADD231PS Z2, Z0, Z5
-	VPMOVZXWD (R9), Z3
-	VPSLLD $16, Z3, Z3
-	VFMADD231PS Z3, Z0, Z6
-	VPMOVZXWD (R9)(R8*1), Z1
-	VPSLLD $16, Z1, Z1
-	VFMADD231PS Z1, Z0, Z7
-	ADDQ $64, SI
-	ADDQ $32, DI
-	ADDQ $32, R9
-	DECQ CX
-	JNE loopdot4BF16AVX512
-reducedot4BF16AVX512:
-	VEXTRACTF64X4 $1, Z4, Y8
-	VADDPS Y8, Y4, Y4
-	VEXTRACTF128 $1, Y4, X8
-	VADDPS X8, X4, X4
-	VEXTRACTF64X4 $1, Z5, Y8
-	VADDPS Y8, Y5, Y5
-	VEXTRACTF128 $1, Y5, X8
-	VADDPS X8, X5, X5
-	VEXTRACTF64X4 $1, Z6, Y8
-	VADDPS Y8, Y6, Y6
-	VEXTRACTF128 $1, Y6, X8
-	VADDPS X8, X6, X6
-	VEXTRACTF64X4 $1, Z7, Y8
-	VADDPS Y8, Y7, Y7
-	VEXTRACTF128 $1, Y7, X8
-	VADDPS X8, X7, X7
-	VHADDPS X5, X4, X4
-	VHADDPS X7, X6, X6
-	VHADDPS X6, X4, X4
-	VMOVUPS X4, (DX)
-	VZEROUPPER
-	RET
+	DOT4(1, 4, VPXORD, DOTBF16, Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, 64, 32, DOT4SUM512)
 
 // func dot4F32AVX2(k int, x *float32, w *float32, ldw int, out *float32)
-// out[r] = sum over p < k of x[p] w[r*ldw+p] for r < 4; k a multiple of 8.
+// dot4F32AVX512's out[r] for k a multiple of 8.
 TEXT ·dot4F32AVX2(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ x+8(FP), SI
-	MOVQ w+16(FP), DI
-	MOVQ ldw+24(FP), R8
-	MOVQ out+32(FP), DX
-	SHLQ $2, R8
-	LEAQ (DI)(R8*2), R9
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	SHRQ $3, CX
-	JEQ reducedot4F32AVX2
-loopdot4F32AVX2:
-	VMOVUPS (SI), Y0
-	VFMADD231PS (DI), Y0, Y4
-	VFMADD231PS (DI)(R8*1), Y0, Y5
-	VFMADD231PS (R9), Y0, Y6
-	VFMADD231PS (R9)(R8*1), Y0, Y7
-	ADDQ $32, SI
-	ADDQ $32, DI
-	ADDQ $32, R9
-	DECQ CX
-	JNE loopdot4F32AVX2
-reducedot4F32AVX2:
-	VEXTRACTF128 $1, Y4, X8
-	VADDPS X8, X4, X4
-	VEXTRACTF128 $1, Y5, X8
-	VADDPS X8, X5, X5
-	VEXTRACTF128 $1, Y6, X8
-	VADDPS X8, X6, X6
-	VEXTRACTF128 $1, Y7, X8
-	VADDPS X8, X7, X7
-	VHADDPS X5, X4, X4
-	VHADDPS X7, X6, X6
-	VHADDPS X6, X4, X4
-	VMOVUPS X4, (DX)
-	VZEROUPPER
-	RET
+	DOT4(2, 3, VXORPS, DOTF32, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, 32, 32, DOT4SUM256)
 
 // func dot4BF16AVX2(k int, x *float32, w *uint16, ldw int, out *float32)
-// out[r] = sum over p < k of x[p] w[r*ldw+p] for r < 4 (w bf16); k a multiple of 8.
+// dot4BF16AVX512's out[r] (w bf16) for k a multiple of 8.
 TEXT ·dot4BF16AVX2(SB), NOSPLIT, $0-40
-	MOVQ k+0(FP), CX
-	MOVQ x+8(FP), SI
-	MOVQ w+16(FP), DI
-	MOVQ ldw+24(FP), R8
-	MOVQ out+32(FP), DX
-	SHLQ $1, R8
-	LEAQ (DI)(R8*2), R9
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
-	SHRQ $3, CX
-	JEQ reducedot4BF16AVX2
-loopdot4BF16AVX2:
-	VMOVUPS (SI), Y0
-	VPMOVZXWD (DI), Y1
-	VPSLLD $16, Y1, Y1
-	VFMADD231PS Y1, Y0, Y4
-	VPMOVZXWD (DI)(R8*1), Y2
-	VPSLLD $16, Y2, Y2
-	VFMADD231PS Y2, Y0, Y5
-	VPMOVZXWD (R9), Y3
-	VPSLLD $16, Y3, Y3
-	VFMADD231PS Y3, Y0, Y6
-	VPMOVZXWD (R9)(R8*1), Y1
-	VPSLLD $16, Y1, Y1
-	VFMADD231PS Y1, Y0, Y7
-	ADDQ $32, SI
-	ADDQ $16, DI
-	ADDQ $16, R9
-	DECQ CX
-	JNE loopdot4BF16AVX2
-reducedot4BF16AVX2:
-	VEXTRACTF128 $1, Y4, X8
-	VADDPS X8, X4, X4
-	VEXTRACTF128 $1, Y5, X8
-	VADDPS X8, X5, X5
-	VEXTRACTF128 $1, Y6, X8
-	VADDPS X8, X6, X6
-	VEXTRACTF128 $1, Y7, X8
-	VADDPS X8, X7, X7
-	VHADDPS X5, X4, X4
-	VHADDPS X7, X6, X6
-	VHADDPS X6, X4, X4
-	VMOVUPS X4, (DX)
-	VZEROUPPER
-	RET
+	DOT4(1, 3, VXORPS, DOTBF16, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, 32, 16, DOT4SUM256)
 
 // func trans8F32AVX2(kb int, src *float32, ld int, dst *float32, dstride int)
 // dst[p*dstride+r] = src[r*ld+p] for r < 8, p < kb; kb a multiple of 8 (AVX2).
 TEXT ·trans8F32AVX2(SB), NOSPLIT, $0-40
-	MOVQ kb+0(FP), CX
-	MOVQ src+8(FP), SI
-	MOVQ ld+16(FP), R8
-	MOVQ dst+24(FP), DI
-	MOVQ dstride+32(FP), R11
-	SHLQ $2, R8
-	SHLQ $2, R11
-	LEAQ (R8)(R8*2), R9
-	LEAQ (SI)(R8*4), R10
-	LEAQ (R11)(R11*2), R12
-	SHRQ $3, CX
-	JEQ donetrans8F32AVX2
-looptrans8F32AVX2:
-	VMOVUPS (SI), Y0
-	VMOVUPS (SI)(R8*1), Y1
-	VMOVUPS (SI)(R8*2), Y2
-	VMOVUPS (SI)(R9*1), Y3
-	VMOVUPS (R10), Y4
-	VMOVUPS (R10)(R8*1), Y5
-	VMOVUPS (R10)(R8*2), Y6
-	VMOVUPS (R10)(R9*1), Y7
-	VUNPCKLPS Y1, Y0, Y8
-	VUNPCKHPS Y1, Y0, Y9
-	VUNPCKLPS Y3, Y2, Y10
-	VUNPCKHPS Y3, Y2, Y11
-	VUNPCKLPS Y5, Y4, Y12
-	VUNPCKHPS Y5, Y4, Y13
-	VUNPCKLPS Y7, Y6, Y14
-	VUNPCKHPS Y7, Y6, Y15
-	VSHUFPS $0x44, Y10, Y8, Y0
-	VSHUFPS $0xee, Y10, Y8, Y1
-	VSHUFPS $0x44, Y11, Y9, Y2
-	VSHUFPS $0xee, Y11, Y9, Y3
-	VSHUFPS $0x44, Y14, Y12, Y4
-	VSHUFPS $0xee, Y14, Y12, Y5
-	VSHUFPS $0x44, Y15, Y13, Y6
-	VSHUFPS $0xee, Y15, Y13, Y7
-	VPERM2F128 $0x20, Y4, Y0, Y8
-	VPERM2F128 $0x20, Y5, Y1, Y9
-	VPERM2F128 $0x20, Y6, Y2, Y10
-	VPERM2F128 $0x20, Y7, Y3, Y11
-	VPERM2F128 $0x31, Y4, Y0, Y12
-	VPERM2F128 $0x31, Y5, Y1, Y13
-	VPERM2F128 $0x31, Y6, Y2, Y14
-	VPERM2F128 $0x31, Y7, Y3, Y15
-	VMOVUPS Y8, (DI)
-	VMOVUPS Y9, (DI)(R11*1)
-	VMOVUPS Y10, (DI)(R11*2)
-	VMOVUPS Y11, (DI)(R12*1)
-	LEAQ (DI)(R11*4), DI
-	VMOVUPS Y12, (DI)
-	VMOVUPS Y13, (DI)(R11*1)
-	VMOVUPS Y14, (DI)(R11*2)
-	VMOVUPS Y15, (DI)(R12*1)
-	LEAQ (DI)(R11*4), DI
-	ADDQ $32, SI
-	ADDQ $32, R10
-	DECQ CX
-	JNE looptrans8F32AVX2
-donetrans8F32AVX2:
-	VZEROUPPER
-	RET
+	TRANS8(2, LOADF32, 32)
 
 // func trans8BF16AVX2(kb int, src *uint16, ld int, dst *float32, dstride int)
 // dst[p*dstride+r] = bf16 widened src[r*ld+p] for r < 8, p < kb; kb a multiple of 8 (AVX2).
 TEXT ·trans8BF16AVX2(SB), NOSPLIT, $0-40
-	MOVQ kb+0(FP), CX
-	MOVQ src+8(FP), SI
-	MOVQ ld+16(FP), R8
-	MOVQ dst+24(FP), DI
-	MOVQ dstride+32(FP), R11
-	SHLQ $1, R8
-	SHLQ $2, R11
-	LEAQ (R8)(R8*2), R9
-	LEAQ (SI)(R8*4), R10
-	LEAQ (R11)(R11*2), R12
-	SHRQ $3, CX
-	JEQ donetrans8BF16AVX2
-looptrans8BF16AVX2:
-	VPMOVZXWD (SI), Y0
-	VPSLLD $16, Y0, Y0
-	VPMOVZXWD (SI)(R8*1), Y1
-	VPSLLD $16, Y1, Y1
-	VPMOVZXWD (SI)(R8*2), Y2
-	VPSLLD $16, Y2, Y2
-	VPMOVZXWD (SI)(R9*1), Y3
-	VPSLLD $16, Y3, Y3
-	VPMOVZXWD (R10), Y4
-	VPSLLD $16, Y4, Y4
-	VPMOVZXWD (R10)(R8*1), Y5
-	VPSLLD $16, Y5, Y5
-	VPMOVZXWD (R10)(R8*2), Y6
-	VPSLLD $16, Y6, Y6
-	VPMOVZXWD (R10)(R9*1), Y7
-	VPSLLD $16, Y7, Y7
-	VUNPCKLPS Y1, Y0, Y8
-	VUNPCKHPS Y1, Y0, Y9
-	VUNPCKLPS Y3, Y2, Y10
-	VUNPCKHPS Y3, Y2, Y11
-	VUNPCKLPS Y5, Y4, Y12
-	VUNPCKHPS Y5, Y4, Y13
-	VUNPCKLPS Y7, Y6, Y14
-	VUNPCKHPS Y7, Y6, Y15
-	VSHUFPS $0x44, Y10, Y8, Y0
-	VSHUFPS $0xee, Y10, Y8, Y1
-	VSHUFPS $0x44, Y11, Y9, Y2
-	VSHUFPS $0xee, Y11, Y9, Y3
-	VSHUFPS $0x44, Y14, Y12, Y4
-	VSHUFPS $0xee, Y14, Y12, Y5
-	VSHUFPS $0x44, Y15, Y13, Y6
-	VSHUFPS $0xee, Y15, Y13, Y7
-	VPERM2F128 $0x20, Y4, Y0, Y8
-	VPERM2F128 $0x20, Y5, Y1, Y9
-	VPERM2F128 $0x20, Y6, Y2, Y10
-	VPERM2F128 $0x20, Y7, Y3, Y11
-	VPERM2F128 $0x31, Y4, Y0, Y12
-	VPERM2F128 $0x31, Y5, Y1, Y13
-	VPERM2F128 $0x31, Y6, Y2, Y14
-	VPERM2F128 $0x31, Y7, Y3, Y15
-	VMOVUPS Y8, (DI)
-	VMOVUPS Y9, (DI)(R11*1)
-	VMOVUPS Y10, (DI)(R11*2)
-	VMOVUPS Y11, (DI)(R12*1)
-	LEAQ (DI)(R11*4), DI
-	VMOVUPS Y12, (DI)
-	VMOVUPS Y13, (DI)(R11*1)
-	VMOVUPS Y14, (DI)(R11*2)
-	VMOVUPS Y15, (DI)(R12*1)
-	LEAQ (DI)(R11*4), DI
-	ADDQ $16, SI
-	ADDQ $16, R10
-	DECQ CX
-	JNE looptrans8BF16AVX2
-donetrans8BF16AVX2:
-	VZEROUPPER
-	RET
+	TRANS8(1, LOADBF16, 16)

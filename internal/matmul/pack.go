@@ -8,12 +8,7 @@ import "math"
 // holds the panel's mr values of column p), the last panel padded with zeros.
 func (kn *microKernel) packA(dst []float32, transA bool, a []float32, lda, i0, mb, p0, kb int, alpha float32) {
 	mr := kn.mr
-	for ir := 0; ir < mb; ir += mr {
-		panel := dst[ir*kb : (ir+mr)*kb]
-		h := min(mr, mb-ir)
-		if h < mr {
-			clear(panel)
-		}
+	panels(dst, mb, mr, kb, func(ir, h int, panel []float32) {
 		if transA { // op(A)[i][p] = a[p*lda+i]: rows of a are contiguous along i
 			for p := 0; p < kb; p++ {
 				copy(panel[p*mr:p*mr+h], a[(p0+p)*lda+i0+ir:][:h])
@@ -26,6 +21,20 @@ func (kn *microKernel) packA(dst []float32, transA bool, a []float32, lda, i0, m
 				panel[i] *= alpha
 			}
 		}
+	})
+}
+
+// panels calls f(i, h, panel) for the panels of w rows (or columns) that n of them make, each
+// kb x w in dst: panel is dst[i*kb : (i+w)*kb] and holds rows i to i+h; h < w only for the
+// last, whose panel is cleared first so that its padding is zero.
+func panels(dst []float32, n, w, kb int, f func(i, h int, panel []float32)) {
+	for i := 0; i < n; i += w {
+		panel := dst[i*kb : (i+w)*kb]
+		h := min(w, n-i)
+		if h < w {
+			clear(panel)
+		}
+		f(i, h, panel)
 	}
 }
 
@@ -64,15 +73,10 @@ func (kn *microKernel) transpose(kb, h int, src Matrix, dst []float32, dstride i
 // panel padded with zeros; bf16 elements are widened here.
 func (kn *microKernel) packB(dst []float32, b Matrix, p0, kb, j0, nb int) {
 	nr := kn.nr
-	for jr := 0; jr < nb; jr += nr {
-		panel := dst[jr*kb : (jr+nr)*kb]
-		w := min(nr, nb-jr)
-		if w < nr {
-			clear(panel)
-		}
+	panels(dst, nb, nr, kb, func(jr, w int, panel []float32) {
 		if b.Trans { // op(B)[p][j] = b[j*ld+p]: a row of b is a column of the panel
 			kn.transpose(kb, w, b.offset(j0+jr, p0), panel, nr)
-			continue
+			return
 		}
 		for p := 0; p < kb; p++ {
 			i := (p0+p)*b.Stride + j0 + jr
@@ -83,7 +87,7 @@ func (kn *microKernel) packB(dst []float32, b Matrix, p0, kb, j0, nb int) {
 				WidenBF16(d, b.BF16[i:i+w])
 			}
 		}
-	}
+	})
 }
 
 func bf16(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
