@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -137,18 +138,18 @@ func (s *SpecialTokens) SaveConfig(dir string) error {
 	path := filepath.Join(dir, ConfigFile)
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("lora: %w", err)
 	}
 	var cfg map[string]any
 	if err := json.Unmarshal(b, &cfg); err != nil {
-		return err
+		return fmt.Errorf("lora: %s: %w", path, err)
 	}
 	cfg["trainable_token_indices"] = map[string][]int{"wte": s.indices(), "lm_head": s.indices()}
 	return checkpoints.WriteJSON(path, cfg)
 }
 
 // loadSpecialTokens installs saved deltas found among an adapter's extra tensors.
-func loadSpecialTokens(m *model.Model, extra map[string]checkpoints.Tensor, offset int) (*SpecialTokens, error) {
+func loadSpecialTokens(m *model.Model, extra map[string]checkpoints.Tensor, offset, count int) (*SpecialTokens, error) {
 	e, okE := extra[keyPrefix+embedModule+".token_adapter.trainable_tokens_delta"]
 	hd, okH := extra[keyPrefix+headModule+".token_adapter.trainable_tokens_delta"]
 	if !okE && !okH {
@@ -157,12 +158,15 @@ func loadSpecialTokens(m *model.Model, extra map[string]checkpoints.Tensor, offs
 	if !okE || !okH {
 		return nil, fmt.Errorf("lora: the adapter has trainable-token rows for only one of wte and lm_head")
 	}
-	s := &SpecialTokens{Offset: offset, Count: int(e.Shape[0])}
+	s := &SpecialTokens{Offset: offset, Count: count}
 	h := m.Config.HiddenSize
 	for _, t := range []checkpoints.Tensor{e, hd} {
-		if len(t.Shape) != 2 || t.Shape[1] != int64(h) || t.Shape[0] != int64(s.Count) || offset+s.Count > m.Config.VocabSize {
-			return nil, fmt.Errorf("lora: tensor %q has shape %v; this model needs [%d, %d]", t.Name, t.Shape, s.Count, h)
+		if len(t.Shape) != 2 || t.Shape[1] != int64(h) || t.Shape[0] != int64(s.Count) {
+			return nil, fmt.Errorf("lora: tensor %q has shape %v; trainable_token_indices and this model need [%d, %d]", t.Name, t.Shape, s.Count, h)
 		}
+	}
+	if offset+s.Count > m.Config.VocabSize {
+		return nil, fmt.Errorf("lora: the adapter's trainable-token rows are ids %d..%d, beyond this model's %d embedding rows: it was trained for another model", offset, offset+s.Count-1, m.Config.VocabSize)
 	}
 	ev, err := e.Float32()
 	if err != nil {
@@ -191,11 +195,11 @@ func Attach(dir string, m *model.Model) (*Adapter, error) {
 	if len(extra) == 0 {
 		return a, nil
 	}
-	offset, err := tokenOffset(dir)
+	offset, count, err := tokenOffset(dir)
 	if err != nil {
 		return nil, err
 	}
-	s, err := loadSpecialTokens(m, extra, offset)
+	s, err := loadSpecialTokens(m, extra, offset, count)
 	if err != nil {
 		return nil, err
 	}
@@ -207,25 +211,31 @@ func Attach(dir string, m *model.Model) (*Adapter, error) {
 	return a, nil
 }
 
-func tokenOffset(dir string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+// tokenOffset reads the first id and the count of the trainable-token rows from dir's
+// adapter_config.json: consecutive ids, the same for wte and lm_head.
+func tokenOffset(dir string) (offset, count int, err error) {
+	path := filepath.Join(dir, ConfigFile)
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return 0, 0, fmt.Errorf("lora: %w", err)
 	}
 	var cfg struct {
 		Indices map[string][]int `json:"trainable_token_indices"`
 	}
 	if err := json.Unmarshal(b, &cfg); err != nil {
-		return 0, err
+		return 0, 0, fmt.Errorf("lora: %s: trainable_token_indices: %w (expected {\"wte\": [ids], \"lm_head\": [ids]})", path, err)
 	}
 	ids := cfg.Indices["wte"]
 	if len(ids) == 0 {
-		return 0, fmt.Errorf("lora: %s has trainable-token rows but no trainable_token_indices", dir)
+		return 0, 0, fmt.Errorf("lora: %s has trainable-token rows but no trainable_token_indices", dir)
+	}
+	if head, ok := cfg.Indices["lm_head"]; ok && !slices.Equal(head, ids) {
+		return 0, 0, fmt.Errorf("lora: %s: trainable_token_indices lists other ids for lm_head than for wte; the rows are trained alike in both", path)
 	}
 	for i, id := range ids {
-		if id != ids[0]+i {
-			return 0, fmt.Errorf("lora: %s: trainable_token_indices must be consecutive ids", dir)
+		if id < 0 || id != ids[0]+i {
+			return 0, 0, fmt.Errorf("lora: %s: trainable_token_indices must be consecutive ids from 0 up", dir)
 		}
 	}
-	return ids[0], nil
+	return ids[0], len(ids), nil
 }

@@ -47,8 +47,8 @@ const (
 // samples (token ids; equal lengths are fastest) and returns the packed layers, named by
 // module. m's projections are replaced by the dequantized weights as it goes (as AutoGPTQ
 // writes them back), so after the call m computes what the quantized model computes.
-// progress is called after each Linear. A cancelled ctx stops the work between layers and
-// returns its error.
+// progress is called after each Linear. A cancelled ctx stops the work between layers or
+// calibration samples and returns its error.
 func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err

@@ -37,6 +37,7 @@ var gemmPool sync.Pool
 // m x k, op(B) k x n, on up to threads goroutines. beta 0 overwrites C (NaN in C is
 // ignored, as in BLAS).
 func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, lda int, b Matrix, beta float32, c []float32, ldc int) {
+	threads = max(threads, 1)
 	if m <= 0 || n <= 0 {
 		return
 	}

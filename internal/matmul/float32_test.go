@@ -158,7 +158,7 @@ func gemmCases(r *rand.Rand, kn *microKernel) []gemmCase {
 	return cases
 }
 
-// TestSgemm checks each micro-kernel this CPU runs against the float64 reference on sizes
+// TestFloat32 checks each micro-kernel this CPU runs against the float64 reference on sizes
 // around every edge of its blocking, and the assembly kernels against the pure-Go one.
 func TestFloat32(t *testing.T) {
 	// The worst error measured over these cases is 3.2e-7 of the element's scale (sum of
@@ -240,6 +240,29 @@ func BenchmarkGEMM(b *testing.B) {
 					b.ReportMetric(peak, "peak-GFLOP/s")
 				}
 			})
+		}
+	}
+}
+
+// TestThreadsBelowOne: a thread count below one runs on one thread, on the dot-product path
+// (a few rows against a transposed B) as on the packed one.
+func TestThreadsBelowOne(t *testing.T) {
+	a := []float32{1, 2, 3, 4}                                      // 2 x 2
+	b := Matrix{F32: []float32{1, 0, 1, 1}, Stride: 2, Trans: true} // B^T = [[1 0] [1 1]]
+	for _, threads := range []int{0, -1} {
+		for _, trans := range []bool{true, false} {
+			b.Trans = trans
+			c := []float32{9, 9, 9, 9}
+			Float32(threads, false, 2, 2, 2, 1, a, 2, b, 0, c, 2)
+			want := []float32{1, 3, 3, 7} // A B with B = [[1 1] [0 1]]
+			if !trans {
+				want = []float32{3, 2, 7, 4} // A B with B = [[1 0] [1 1]]
+			}
+			for i := range c {
+				if c[i] != want[i] {
+					t.Fatalf("threads %d, B transposed %v: C = %v, want %v", threads, trans, c, want)
+				}
+			}
 		}
 	}
 }

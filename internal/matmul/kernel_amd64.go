@@ -42,11 +42,15 @@ var (
 // bestKernel is the widest micro-kernel this CPU runs.
 func bestKernel() *microKernel { return gemmKernels()[0] }
 
+// hasAVX512 reports the AVX-512 subsets the kernels use: F, and BW for widening bf16 words
+// into a ZMM register (VPMOVZXWD), which AVX512F alone lacks.
+func hasAVX512() bool { return cpu.X86.HasAVX512F && cpu.X86.HasAVX512BW }
+
 // fmaLoop runs n rounds of independent multiply-adds on the widest vectors the CPU has and
 // returns the float32 operations done (0 without AVX2 and FMA).
 func fmaLoop(n int) float64 {
 	switch {
-	case cpu.X86.HasAVX512F:
+	case hasAVX512():
 		fmaLoopAVX512(n)
 		return float64(n) * 16 * 32
 	case cpu.X86.HasAVX2 && cpu.X86.HasFMA:
@@ -59,7 +63,7 @@ func fmaLoop(n int) float64 {
 // gemmKernels are the micro-kernels this CPU runs, fastest first.
 func gemmKernels() []*microKernel {
 	var ks []*microKernel
-	if cpu.X86.HasAVX512F {
+	if hasAVX512() {
 		ks = append(ks, avx512Kernel)
 	}
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {

@@ -283,7 +283,7 @@ TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-40
 	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16)
 
 // func fmaLoopAVX512(n int): n rounds of 16 independent ZMM multiply-adds
-// (1024 float32 operations a round).
+// (512 float32 operations a round: 16 lanes, a multiply and an add each).
 TEXT ·fmaLoopAVX512(SB), NOSPLIT, $0-8
 	MOVQ n+0(FP), CX
 	ZERO12(VPXORD, Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27)
@@ -298,7 +298,7 @@ loop:
 	RET
 
 // func fmaLoopAVX2(n int): n rounds of 12 independent YMM multiply-adds
-// (384 float32 operations a round).
+// (192 float32 operations a round: 8 lanes, a multiply and an add each).
 TEXT ·fmaLoopAVX2(SB), NOSPLIT, $0-8
 	MOVQ n+0(FP), CX
 	ZERO12(VXORPS, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)

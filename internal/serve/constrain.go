@@ -56,6 +56,13 @@ func (p *chatPlan) constraint(choice toolChoice, answer *schema, continuation st
 	if forced {
 		answer = nil
 	}
+	if choices := len(names) + btoi(answer != nil); choices > maxAlternatives {
+		param := "functions"
+		if tools {
+			param = "tools"
+		}
+		return nil, badRequest(param, "%d functions to choose among under tool_choice or response_format; constrained decoding takes at most %d (name one with tool_choice)", choices, maxAlternatives)
+	}
 	return callState(names, params, answer, p.thought), nil
 }
 
@@ -133,4 +140,11 @@ func responseSchema(rf *ResponseFormat) (*schema, error) {
 		return sch, nil
 	}
 	return nil, badRequest("response_format.type", `response_format.type must be "text", "json_object" or "json_schema", got %q`, rf.Type)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -15,8 +15,12 @@ const (
 	maxDigits = 16
 	// maxThoughtBytes is the most bytes of the thought before a constrained tool call.
 	maxThoughtBytes = 256
-	// maxThreads bounds a state's threads (alternatives still open).
-	maxThreads = 64
+	// maxThreads bounds a state's threads (alternatives still open); with maxAlternatives it
+	// is only reached by alternatives nested in alternatives.
+	maxThreads = 4096
+	// maxAlternatives is the most alternatives of one anyOf or oneOf and the most choices of a
+	// constrained reply (functions, and the final answer): more are refused.
+	maxAlternatives = 64
 )
 
 type frameKind uint8
@@ -46,7 +50,7 @@ type frame struct {
 	depth uint8 // objects and arrays open below this frame
 	s     *schema
 	seen  uint64 // object: bit i set once props[i] is written
-	key   int    // object: the property whose value comes next (-1: an extra key)
+	key   int    // object: the property whose value comes next (-1: an extra key); string: extraKey for an extra key beside declared ones
 	n     int    // array: items so far; string and line: escape/UTF-8 state and length
 	lit   string // what must come next
 	next  *frame
@@ -78,6 +82,20 @@ func callState(names []string, params []*schema, answer *schema, thoughtSaid boo
 		add(&frame{kind: fLit, lit: "Final Answer: ", next: &frame{kind: fValue, s: answer}})
 	}
 	return st
+}
+
+// extraKey marks the string frame of an extra key in an object with declared properties: it
+// keeps the key's bytes in lit and refuses escapes and the declared names.
+const extraKey = -2
+
+// declared reports whether the key text (without quotes) is a property s declares.
+func declared(s *schema, key string) bool {
+	for _, p := range s.props {
+		if p.key == `"`+key+`"` {
+			return true
+		}
+	}
+	return false
 }
 
 // advance steps every thread of st over b; an empty result means b cannot come next.
@@ -159,8 +177,18 @@ func step(f *frame, b byte, out state) state {
 		switch {
 		case !ok:
 			return out
+		case f.key == extraKey && closed:
+			if declared(f.s, f.lit) {
+				return out
+			}
+			return append(out, f.next)
 		case closed:
 			return append(out, f.next)
+		case f.key == extraKey:
+			if b == '\\' && f.n == 0 { // an escape could spell a declared name
+				return out
+			}
+			return append(out, with(f, func(c *frame) { c.n, c.lit = n, f.lit+string(b) }))
 		}
 		return append(out, with(f, func(c *frame) { c.n = n }))
 	case fLine:
@@ -278,7 +306,11 @@ func objectStep(f *frame, b byte, out state) state {
 		}
 		if s.open {
 			obj := with(f, func(c *frame) { c.phase, c.key = pColon, -1 })
-			out = append(out, &frame{kind: fString, next: obj})
+			key := &frame{kind: fString, next: obj}
+			if len(s.props) > 0 { // an extra key must not repeat a declared one
+				key.key, key.s = extraKey, s
+			}
+			out = append(out, key)
 		}
 	}
 	return out

@@ -192,6 +192,9 @@ func (c *schemaCompiler) union(m map[string]any, path string, depth int) (*schem
 	if !ok || len(list) == 0 {
 		return nil, &SchemaError{path + "." + key, key + " must be a non-empty array"}
 	}
+	if len(list) > maxAlternatives {
+		return nil, &SchemaError{path + "." + key, fmt.Sprintf("%s has %d alternatives; constrained decoding takes at most %d", key, len(list), maxAlternatives)}
+	}
 	if m["type"] != nil || m["properties"] != nil || m["items"] != nil {
 		return nil, &SchemaError{path, key + " beside type, properties or items is not supported: put them in each alternative"}
 	}
