@@ -7,7 +7,7 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // TestAttentionCacheMatchesFull: a prompt attended in two chunks through the KV cache (the
@@ -62,7 +62,7 @@ func TestAttentionCacheMatchesFull(t *testing.T) {
 		want := fd[(b*total+first)*width:][:n]
 		// measured 0: the chunk's queries see the same key blocks in the same order; 1e-6
 		// leaves room for another blocking of the keys
-		if d := tinybatch.RelDiff(want, gd[b*n:][:n]); d > 1e-6 {
+		if d := refmath.RelDiff[float32, float32](want, gd[b*n:][:n]); d > 1e-6 {
 			t.Errorf("row %d: the cached chunk differs from the whole prompt by %.3g", b, d)
 		}
 	}

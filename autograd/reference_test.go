@@ -7,7 +7,7 @@ import (
 
 	"gorgonia.org/tensor"
 
-	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // TestReferencesMatchAttentionOp: the float64 references the GPU selftest compares the
@@ -34,12 +34,12 @@ func TestReferencesMatchAttentionOp(t *testing.T) {
 		op := got.Data().([]float32)
 		scale := 1 / math.Sqrt(float64(c.dim))
 		want := refPrefill(q, cache.K[0], cache.V[0], c.heads, c.dim, c.past, c.t, scale, st)
-		if d := tinybatch.RelDiff(want, op); d > 9e-7 { // measured 8.6e-8
+		if d := refmath.RelDiff[float32, float32](want, op); d > 9e-7 { // measured 8.6e-8
 			t.Errorf("%+v: refPrefill differs from the Attention op by %.3g", c, d)
 		}
 		if c.t == 1 && c.lognSeq == 0 {
 			dec := refDecode(q, cache.K[0], cache.V[0], 1, c.heads, c.dim, maxLen, c.past+1, scale)
-			if d := tinybatch.RelDiff(dec, op); d > 8e-7 { // measured 7.2e-8
+			if d := refmath.RelDiff[float32, float32](dec, op); d > 8e-7 { // measured 7.2e-8
 				t.Errorf("%+v: refDecode differs from the Attention op by %.3g", c, d)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/optim"
@@ -49,7 +50,7 @@ func loadGolden(t *testing.T) *goldenData {
 	return &goldenData{m: m, a: a, batch: b, ref: ref}
 }
 
-var relDiff = tinybatch.RelDiff
+var relDiff = refmath.RelDiff[float32, float32]
 
 // TestGoldenLoRAGradients: logits, loss and d loss / d every A and B match the reference.
 func TestGoldenLoRAGradients(t *testing.T) {

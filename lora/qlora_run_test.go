@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/internal/tfile"
-	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/internal/tquant"
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -101,8 +101,8 @@ func TestQLoRARun(t *testing.T) {
 		t.Fatalf("c_attn under the adapter is %T", model.Unwrap(op.Model.Blocks[0].QKV))
 	}
 	after := lastLogits(t, op.Model, prompt)
-	if tinybatch.RelDiff(after, before) < 1e-3 {
-		t.Errorf("the adapter changes the Int4 model's logits by only %.3g", tinybatch.RelDiff(after, before))
+	if refmath.RelDiff[float32, float32](after, before) < 1e-3 {
+		t.Errorf("the adapter changes the Int4 model's logits by only %.3g", refmath.RelDiff[float32, float32](after, before))
 	}
 	if _, err := lora.Fold(op.Model); err == nil || !strings.Contains(err.Error(), "cannot be folded into packed weights") {
 		t.Errorf("folding onto GPTQ layers: %v", err)

@@ -77,7 +77,7 @@ func (o *Options) resume(rp *resumePoint) error {
 		return err
 	}
 	cks, err := Checkpoints(o.Out)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err != nil {
 		return fmt.Errorf("lora: %w", err)
 	}
 	var saved *TrainConfig
@@ -138,7 +138,11 @@ func (o *Options) checkFresh() error {
 	if _, err := os.Stat(filepath.Join(o.Out, RunFile)); err == nil {
 		return fmt.Errorf("--out %s already holds a run (%s): add --resume to continue it (or to start it again when it has no checkpoint), or choose a new --out (nothing was written)", o.Out, RunFile)
 	}
-	if cks, _ := Checkpoints(o.Out); len(cks) > 0 {
+	cks, err := Checkpoints(o.Out)
+	if err != nil {
+		return fmt.Errorf("lora: %w", err)
+	}
+	if len(cks) > 0 {
 		return fmt.Errorf("--out %s already holds checkpoints of a run: add --resume to continue it, or choose a new --out (nothing was written)", o.Out)
 	}
 	if _, err := checkpoints.CheckOutDir(o.Out, "--out"); err != nil {

@@ -99,6 +99,9 @@ func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tens
 // Checkpoints lists out's checkpoint directories, oldest first.
 func Checkpoints(out string) ([]string, error) {
 	entries, err := os.ReadDir(out)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // a directory not made yet holds none
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 )
 
@@ -21,7 +22,7 @@ func loadGolden(t *testing.T) (*Model, *tinybatch.Batch) {
 	return m, tinybatch.Load(t)
 }
 
-var relDiff = tinybatch.RelDiff
+var relDiff = refmath.RelDiff[float32, float32]
 
 // TestGoldenLogits runs the padded golden batch through the bf16 model and compares logits
 // (each row separately) and the loss with transformers' outputs.

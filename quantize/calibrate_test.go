@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/internal/tquant"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -78,7 +79,7 @@ func meanKL(p, q []float32, v int) float64 {
 	return total / float64(rows)
 }
 
-var relDiff32 = tinybatch.RelDiff
+var relDiff32 = refmath.RelDiff[float32, float32]
 
 func loss(t *testing.T, m *model.Model, rows [][]int) float64 {
 	t.Helper()

@@ -56,7 +56,11 @@ func (p *chatPlan) constraint(choice toolChoice, answer *schema, continuation st
 	if forced {
 		answer = nil
 	}
-	if choices := len(names) + btoi(answer != nil); choices > maxAlternatives {
+	choices := len(names)
+	if answer != nil {
+		choices++
+	}
+	if choices > maxAlternatives {
 		param := "functions"
 		if tools {
 			param = "tools"
@@ -140,11 +144,4 @@ func responseSchema(rf *ResponseFormat) (*schema, error) {
 		return sch, nil
 	}
 	return nil, badRequest("response_format.type", `response_format.type must be "text", "json_object" or "json_schema", got %q`, rf.Type)
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

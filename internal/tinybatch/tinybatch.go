@@ -9,7 +9,6 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
-	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // Batch is the golden batch: [Batch, Seq] ids, labels and mask, and the open reference file.
@@ -79,6 +78,3 @@ func (b *Batch) Rows() [][]int {
 	}
 	return rows
 }
-
-// RelDiff is ||a - b|| / ||b|| of float32 outputs (refmath.RelDiff).
-var RelDiff = refmath.RelDiff[float32, float32]
