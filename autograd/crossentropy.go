@@ -11,6 +11,9 @@ package autograd
 import (
 	"fmt"
 	"math"
+	"slices"
+
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -21,6 +24,13 @@ type crossEntropyOp struct {
 	base
 	step     *Step
 	backward bool // inputs logits, dloss -> dlogits
+	// fwd is the backward's forward op. The forward keeps every row's log-sum-exp in lse
+	// (lseOf: the logits it was taken of); the backward, which gorgonia runs after the
+	// forward in the same pass, reads it when it is given the same logits instead of a
+	// second pass over the vocabulary.
+	fwd   *crossEntropyOp
+	lse   []float64
+	lseOf any
 }
 
 // CrossEntropy is the shifted next-token loss of logits [batch*seq, V] against step.Labels.
@@ -93,13 +103,13 @@ func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	switch x.Dtype() {
 	case tensor.Float32:
-		loss, grad := crossEntropy[float32](x, st, o.backward, dloss, o.gradOut(x, o.backward))
+		loss, grad := crossEntropy[float32](x, st, o.backward, dloss, o.gradOut(x, o.backward), o.rowLSE(x))
 		if o.backward {
 			return grad, nil
 		}
 		return G.NewF32(float32(loss)), nil
 	case tensor.Float64:
-		loss, grad := crossEntropy[float64](x, st, o.backward, dloss, o.gradOut(x, o.backward))
+		loss, grad := crossEntropy[float64](x, st, o.backward, dloss, o.gradOut(x, o.backward), o.rowLSE(x))
 		if o.backward {
 			return grad, nil
 		}
@@ -129,9 +139,30 @@ func (o *crossEntropyOp) overwrites() int {
 	return -1
 }
 
+// rowLSE is where the op's rows' log-sum-exps go (the forward) or come from (the
+// backward): nil when the backward is given other logits than its forward saw.
+func (o *crossEntropyOp) rowLSE(x *tensor.Dense) *rowLSE {
+	rows, data := x.Shape()[0], first(x.Data())
+	if !o.backward {
+		o.lse, o.lseOf = slices.Grow(o.lse[:0], rows)[:rows], data
+		return &rowLSE{lse: o.lse}
+	}
+	if f := o.fwd; f != nil && f.lseOf == data && len(f.lse) == rows {
+		return &rowLSE{lse: f.lse, known: true}
+	}
+	return nil
+}
+
+// rowLSE is the log-sum-exp of every row of logits: known ones are read, others written.
+type rowLSE struct {
+	lse   []float64
+	known bool
+}
+
 // crossEntropy returns the mean loss and, when out is not nil, writes its gradient there
-// (out may be x itself).
-func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float64, out *tensor.Dense) (float64, *tensor.Dense) {
+// (out may be x itself). Rows' log-sum-exps are read from rl when it knows them and written
+// to it otherwise (rl may be nil).
+func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float64, out *tensor.Dense, rl *rowLSE) (float64, *tensor.Dense) {
 	vocab := x.Shape()[1]
 	xd := x.Data().([]T)
 	n := Targets(st.Labels, st.Batch, st.Seq)
@@ -150,22 +181,20 @@ func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float
 		}
 		target := int(st.Labels[b*st.Seq+t+1])
 		row := xd[i*vocab : (i+1)*vocab]
-		m := math.Inf(-1)
-		for _, v := range row {
-			m = max(m, float64(v))
+		var lse float64
+		if rl != nil && rl.known {
+			lse = rl.lse[i]
+		} else {
+			lse = logSumExp(row)
+			if rl != nil {
+				rl.lse[i] = lse
+			}
 		}
-		var sum float64
-		for _, v := range row {
-			sum += math.Exp(float64(v) - m)
-		}
-		lse := m + math.Log(sum)
 		losses[i] = lse - float64(row[target])
 		if backward {
 			g := grad[i*vocab : (i+1)*vocab]
 			scale := dloss / float64(n)
-			for j, v := range row {
-				g[j] = T(math.Exp(float64(v)-lse) * scale)
-			}
+			expScaled(g, row, lse, scale)
 			g[target] -= T(scale)
 		}
 	})
@@ -182,6 +211,49 @@ func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float
 func (o *crossEntropyOp) DiffWRT(int) []bool { return []bool{true} }
 
 func (o *crossEntropyOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	d, err := G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropyGrad"), step: o.step, backward: true}, in[0], grad)
+	d, err := G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropyGrad"), step: o.step, backward: true, fwd: o}, in[0], grad)
 	return G.Nodes{d}, err
+}
+
+// logSumExp is log sum_j exp(row[j]), the sum in float64 of exponentials taken at the
+// precision of T (vecmath's for float32: within 2 ulp, as the float32 softmax of PyTorch is).
+func logSumExp[T Float](row []T) float64 {
+	m := math.Inf(-1)
+	for _, v := range row {
+		m = max(m, float64(v))
+	}
+	var sum float64
+	switch r := any(row).(type) {
+	case []float32:
+		var buf [1024]float32
+		for len(r) > 0 {
+			e := buf[:min(len(buf), len(r))]
+			vecmath.Exp(e, r[:len(e)], float32(m), 1)
+			for _, v := range e {
+				sum += float64(v)
+			}
+			r = r[len(e):]
+		}
+	case []float64:
+		for _, v := range r {
+			sum += math.Exp(v - m)
+		}
+	}
+	return m + math.Log(sum)
+}
+
+// expScaled sets g[j] = exp(row[j] - lse) * scale. For float32, lse is split into its
+// float32 part hi and the rest, which goes into the scale: exp(row[j] - hi) * (scale e^(hi -
+// lse)), so that rounding lse to float32 costs no precision.
+func expScaled[T Float](g, row []T, lse, scale float64) {
+	switch r := any(row).(type) {
+	case []float32:
+		hi := float32(lse)
+		vecmath.Exp(any(g).([]float32), r, hi, float32(scale*math.Exp(float64(hi)-lse)))
+	case []float64:
+		gs := any(g).([]float64)
+		for j, v := range r {
+			gs[j] = math.Exp(v-lse) * scale
+		}
+	}
 }

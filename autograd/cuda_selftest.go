@@ -188,7 +188,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		n, k := s[0], s[1]
 		x, w, bias := randF32(r, k), randBF16(r, n*k, 0.02), randBF16(r, n, 0.1)
 		want := make([]float32, n)
-		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, want)
+		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, want, 1)
 		for i := range want {
 			want[i] += bf16(bias[i])
 		}
@@ -277,7 +277,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		m, n, k := s[0], s[1], s[2]
 		x, w := randBF16(r, m*k, 1), randBF16(r, n*k, 0.02)
 		want := make([]float32, m*n)
-		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, want)
+		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, want, 1)
 		g := &gpuCase{d: d}
 		xb, wb, yb := g.up(x, "x"), g.up(w, "w"), g.out(m*n, "y")
 		checks = append(checks, g.result("cublasGemmEx bf16", fmt.Sprintf("[%d, %d] x [%d, %d]^T", m, k, n, k), 1e-5, func() error { return d.GemmBF16(yb, xb, wb, m, n, k, n, false) }, yb, want))
@@ -304,8 +304,8 @@ func SelfTest(d *Device, seed uint64) []Check {
 		n, k := s[0], s[1]
 		x, w1, w2 := randF32(r, k), randBF16(r, n*k, 0.05), randBF16(r, n*k, 0.05)
 		up, gate := make([]float32, n), make([]float32, n)
-		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w1)), n, up)
-		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w2)), n, gate)
+		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w1)), n, up, 1)
+		matmulNT(x, 1, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w2)), n, gate, 1)
 		want := swiglu[float32]([]*tensor.Dense{tensor.New(tensor.WithShape(n), tensor.WithBacking(up)), tensor.New(tensor.WithShape(n), tensor.WithBacking(gate))}, 0, nil).Data().([]float32)
 		g := &gpuCase{d: d}
 		xb, ab, bb, yb := g.up(x, "x"), g.up(w1, "w1"), g.up(w2, "w2"), g.out(n, "y")
@@ -383,7 +383,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 		m, n, k := 5, 688, 256
 		x, w := randBF16(r, m*k, 1), randBF16(r, n*k, 0.05)
 		full := make([]float32, m*n)
-		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, full)
+		matmulNT(widen(x), m, k, tensor.New(tensor.WithShape(n, k), tensor.WithBacking(w)), n, full, 1)
 		want := make([]float32, m*n)
 		for i, f := range full {
 			want[i] = bf16(bf16Round(f))

@@ -5,9 +5,12 @@ package autograd
 //	x [N, K] -> y [N, K], y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 //	dx = dy * keep / (1 - p)
 //
-// The mask comes from a PCG stream seeded by (Step.Seed, key): the same step and key give
+// The mask comes from PCG streams seeded by (Step.Seed, key): the same step and key give
 // the same mask, so backward regenerates it instead of storing it, and a resumed run draws
-// the same masks as an uninterrupted one.
+// the same masks as an uninterrupted one. Element i belongs to block c = i / chunk (16,384
+// elements) and is kept when the (i mod chunk)-th Float64 of the stream seeded
+// (Step.Seed, key XOR c * 0x9E3779B97F4A7C15) is at least p; blocks are drawn in parallel,
+// and the mask does not depend on how many goroutines draw it.
 
 import (
 	"fmt"
@@ -45,7 +48,7 @@ func (o *dropoutOp) Do(v ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := o.result(x.Dtype(), x.Shape()...)
+	out := o.pool.overwrite(x.Dtype(), x.Shape()...)
 	switch x.Dtype() {
 	case tensor.Float32:
 		dropout(x.Data().([]float32), out.Data().([]float32), o.p, o.step.Seed, o.key)
@@ -58,14 +61,23 @@ func (o *dropoutOp) Do(v ...G.Value) (G.Value, error) {
 }
 
 func dropout[T Float](x, y []T, p float64, seed, key uint64) {
-	r := rand.New(rand.NewPCG(seed, key))
 	scale := T(1 / (1 - p))
-	for i, v := range x {
-		if r.Float64() >= p {
-			y[i] = v * scale
+	// r.Float64() >= p, with Float64 = (Uint64 mod 2^53) / 2^53 (math/rand/v2), exactly.
+	threshold := p * (1 << 53)
+	parallelRange(len(x), func(lo, hi int) {
+		r := rand.NewPCG(seed, key^uint64(lo/chunk)*blockStream)
+		for i := lo; i < hi; i++ {
+			if float64(r.Uint64()&(1<<53-1)) >= threshold {
+				y[i] = x[i] * scale
+			} else {
+				y[i] = 0
+			}
 		}
-	}
+	})
 }
+
+// blockStream spreads the blocks' PCG streams apart (the 64-bit golden ratio).
+const blockStream = 0x9E3779B97F4A7C15
 
 func (o *dropoutOp) DiffWRT(int) []bool { return []bool{true} }
 

@@ -21,6 +21,8 @@ import (
 	"math"
 	"sync"
 
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
+
 	"gorgonia.org/tensor"
 )
 
@@ -216,10 +218,9 @@ func expSub[T Float](row []T, m T) T {
 }
 
 func expSub32(row []float32, m float32) float32 {
+	vecmath.Exp(row, row, m, 1)
 	var sum float32
-	for i, x := range row {
-		e := exp32(x - m)
-		row[i] = e
+	for _, e := range row {
 		sum += e
 	}
 	return sum
@@ -228,27 +229,9 @@ func expSub32(row []float32, m float32) float32 {
 // expOne is exp(x) at the precision of T.
 func expOne[T Float](x T) T {
 	if _, ok := any(x).(float32); ok {
-		return T(exp32(float32(x)))
+		return T(vecmath.Exp32(float32(x)))
 	}
 	return T(math.Exp(float64(x)))
-}
-
-// exp32 is e^x for x <= 0 in float32 (within 2 ulp; 0 below -87.3, where e^x is no longer
-// a normal float32): x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes' expf polynomial,
-// 2^n placed in the exponent bits. Scores minus their running maximum are never positive.
-func exp32(x float32) float32 {
-	if !(x >= -87.3) { // also -inf and NaN
-		if x != x {
-			return x
-		}
-		return 0
-	}
-	const log2e, ln2hi, ln2lo = 1.44269504088896341, 0.693359375, -2.12194440e-4
-	n := float32(int32(x*log2e - 0.5))
-	r := x - n*ln2hi - n*ln2lo
-	p := ((((1.9875691500e-4*r+1.3981999507e-3)*r+8.3334519073e-3)*r+4.1665795894e-2)*r+1.6666665459e-1)*r + 5.0000001201e-1
-	p = p*r*r + r + 1
-	return p * math.Float32frombits(uint32(int32(n)+127)<<23)
 }
 
 // attnForward runs the blocked forward over every (b, h, query block) in parallel; it

@@ -109,15 +109,10 @@ func (o *linearOp) Do(v ...G.Value) (G.Value, error) {
 
 func linearForward[T Float](x, w, b *tensor.Dense, scale float64, p *pool) (*tensor.Dense, error) {
 	n, k, m := x.Shape()[0], x.Shape()[1], w.Shape()[0]
-	out := p.get(x.Dtype(), n, m)
+	out := p.overwrite(x.Dtype(), n, m) // the product's beta 0 sets every element
 	y := out.Data().([]T)
-	if err := matmulNT(x.Data().([]T), n, k, w, m, y); err != nil {
+	if err := matmulNT(x.Data().([]T), n, k, w, m, y, T(gain(scale))); err != nil {
 		return nil, err
-	}
-	if scale != 0 && scale != 1 {
-		for i := range y {
-			y[i] *= T(scale)
-		}
 	}
 	if b != nil {
 		bias, err := weightVector[T](b)
@@ -185,36 +180,24 @@ func (o *linearGradXOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	n, m, k := g.Shape()[0], g.Shape()[1], w.Shape()[1]
-	out := o.result(g.Dtype(), n, k)
+	out := o.pool.overwrite(g.Dtype(), n, k) // the product's beta 0 sets every element
 	switch g.Dtype() {
 	case tensor.Float32:
-		err = matmulNN(g.Data().([]float32), n, m, w, k, out.Data().([]float32))
+		err = matmulNN(g.Data().([]float32), n, m, w, k, out.Data().([]float32), float32(gain(o.scale)))
 	case tensor.Float64:
-		err = matmulNN(g.Data().([]float64), n, m, w, k, out.Data().([]float64))
+		err = matmulNN(g.Data().([]float64), n, m, w, k, out.Data().([]float64), gain(o.scale))
 	default:
 		err = fmt.Errorf("autograd: LinearGradX: gradient of type %v", g.Dtype())
-	}
-	if err == nil {
-		scaleInPlace(out, o.scale)
 	}
 	return out, err
 }
 
-// scaleInPlace multiplies a float tensor by s (0 and 1 leave it).
-func scaleInPlace(t *tensor.Dense, s float64) {
-	if s == 0 || s == 1 {
-		return
+// gain is a linear op's scale as a factor (its 0 means 1).
+func gain(scale float64) float64 {
+	if scale == 0 {
+		return 1
 	}
-	switch d := t.Data().(type) {
-	case []float32:
-		for i := range d {
-			d[i] *= float32(s)
-		}
-	case []float64:
-		for i := range d {
-			d[i] *= s
-		}
-	}
+	return scale
 }
 
 // linearGradWOp: dW [M, K] = scale dy^T [M, N] x [N, K].
@@ -242,16 +225,15 @@ func (o *linearGradWOp) Do(v ...G.Value) (G.Value, error) {
 		return nil, err
 	}
 	n, m, k := g.Shape()[0], g.Shape()[1], x.Shape()[1]
-	out := o.result(g.Dtype(), m, k)
+	out := o.pool.overwrite(g.Dtype(), m, k) // the product's beta 0 sets every element
 	switch g.Dtype() {
 	case tensor.Float32:
-		gemm(true, false, m, k, n, 1, g.Data().([]float32), m, x.Data().([]float32), k, 0, out.Data().([]float32), k)
+		gemm(true, false, m, k, n, float32(gain(o.scale)), g.Data().([]float32), m, x.Data().([]float32), k, 0, out.Data().([]float32), k)
 	case tensor.Float64:
-		gemm(true, false, m, k, n, 1, g.Data().([]float64), m, x.Data().([]float64), k, 0, out.Data().([]float64), k)
+		gemm(true, false, m, k, n, gain(o.scale), g.Data().([]float64), m, x.Data().([]float64), k, 0, out.Data().([]float64), k)
 	default:
 		return nil, fmt.Errorf("autograd: LinearGradW: gradient of type %v", g.Dtype())
 	}
-	scaleInPlace(out, o.scale)
 	return out, nil
 }
 

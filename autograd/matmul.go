@@ -110,10 +110,10 @@ func weightAs[T Float](w *tensor.Dense, rows, cols int) ([]T, error) {
 
 // matmulNT is out[n, m] = x[n, k] W[m, k]^T (PyTorch's Linear layout). Float32 activations
 // take a bf16 weight as it is: it is widened while the product packs it.
-func matmulNT[T Float](x []T, n, k int, w *tensor.Dense, m int, out []T) error {
+func matmulNT[T Float](x []T, n, k int, w *tensor.Dense, m int, out []T, alpha T) error {
 	if xf, ok := any(x).([]float32); ok {
 		if b, ok := weightMatrix(w, k, true); ok {
-			matmul.Float32(threads(), false, n, m, k, 1, xf, k, b, 0, any(out).([]float32), m)
+			matmul.Float32(threads(), false, n, m, k, float32(alpha), xf, k, b, 0, any(out).([]float32), m)
 			return nil
 		}
 	}
@@ -121,15 +121,15 @@ func matmulNT[T Float](x []T, n, k int, w *tensor.Dense, m int, out []T) error {
 	if err != nil {
 		return err
 	}
-	gemm(false, true, n, m, k, 1, x, k, wd, k, 0, out, m)
+	gemm(false, true, n, m, k, alpha, x, k, wd, k, 0, out, m)
 	return nil
 }
 
 // matmulNN is out[n, k] = g[n, m] W[m, k]: the input gradient of matmulNT.
-func matmulNN[T Float](g []T, n, m int, w *tensor.Dense, k int, out []T) error {
+func matmulNN[T Float](g []T, n, m int, w *tensor.Dense, k int, out []T, alpha T) error {
 	if gf, ok := any(g).([]float32); ok {
 		if b, ok := weightMatrix(w, k, false); ok {
-			matmul.Float32(threads(), false, n, k, m, 1, gf, m, b, 0, any(out).([]float32), k)
+			matmul.Float32(threads(), false, n, k, m, float32(alpha), gf, m, b, 0, any(out).([]float32), k)
 			return nil
 		}
 	}
@@ -137,6 +137,6 @@ func matmulNN[T Float](g []T, n, m int, w *tensor.Dense, k int, out []T) error {
 	if err != nil {
 		return err
 	}
-	gemm(false, false, n, k, m, 1, g, m, wd, k, 0, out, k)
+	gemm(false, false, n, k, m, alpha, g, m, wd, k, 0, out, k)
 	return nil
 }

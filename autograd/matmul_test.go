@@ -41,17 +41,17 @@ func TestMatmulWeights(t *testing.T) {
 				g[i] = float32(r.NormFloat64())
 			}
 			y, dx := make([]float32, n*m), make([]float32, n*k)
-			if err := matmulNT(x, n, k, w, m, y); err != nil {
+			if err := matmulNT(x, n, k, w, m, y, 1); err != nil {
 				t.Fatal(err)
 			}
-			if err := matmulNN(g, n, m, w, k, dx); err != nil {
+			if err := matmulNN(g, n, m, w, k, dx, 1); err != nil {
 				t.Fatal(err)
 			}
 			y64, dx64 := make([]float64, n*m), make([]float64, n*k)
-			if err := matmulNT(widen64(x), n, k, wd64, m, y64); err != nil {
+			if err := matmulNT(widen64(x), n, k, wd64, m, y64, 1); err != nil {
 				t.Fatal(err)
 			}
-			if err := matmulNN(widen64(g), n, m, wd64, k, dx64); err != nil {
+			if err := matmulNN(widen64(g), n, m, wd64, k, dx64, 1); err != nil {
 				t.Fatal(err)
 			}
 			if d := relToMax(y, y64); d > tol {

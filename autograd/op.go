@@ -147,6 +147,15 @@ func threads() int {
 	return runtime.GOMAXPROCS(0)
 }
 
+// chunk is how many elements an element-wise op hands a goroutine at a time.
+const chunk = 1 << 14
+
+// parallelRange runs fn(lo, hi) over [0, n) cut into ranges of chunk elements, on up to
+// GOMAXPROCS goroutines; the cut does not depend on the number of goroutines.
+func parallelRange(n int, fn func(lo, hi int)) {
+	parallel((n+chunk-1)/chunk, func(i int) { fn(i*chunk, min(n, (i+1)*chunk)) })
+}
+
 // parallel runs fn(i) for i in [0, n) on up to GOMAXPROCS goroutines.
 func parallel(n int, fn func(i int)) {
 	workers := min(runtime.GOMAXPROCS(0), n)

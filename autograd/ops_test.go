@@ -502,12 +502,17 @@ func refAttention(in [][]float64, st *Step) []float64 {
 	return out
 }
 
-// refDropout is dropout.go's header: element i of x, in order, is kept when the i-th
-// Float64 of the PCG stream seeded (seed, key) is >= p, and scaled by 1/(1-p).
+// refDropout is dropout.go's header: element i of x is kept when the (i mod 16384)-th
+// Float64 of the PCG stream seeded (seed, key XOR (i / 16384) * 0x9E3779B97F4A7C15) is >= p,
+// and scaled by 1/(1-p).
 func refDropout(x []float64, p float64, seed, key uint64) []float64 {
-	r := rand.New(rand.NewPCG(seed, key))
+	const block = 16384
+	var r *rand.Rand
 	out := make([]float64, len(x))
 	for i, v := range x {
+		if i%block == 0 {
+			r = rand.New(rand.NewPCG(seed, key^uint64(i/block)*0x9E3779B97F4A7C15))
+		}
 		if r.Float64() >= p {
 			out[i] = v / (1 - p)
 		}

@@ -7,6 +7,7 @@ package autograd
 // is nil and results are ordinary allocations.
 
 import (
+	"math"
 	"unsafe"
 
 	G "gorgonia.org/gorgonia"
@@ -30,8 +31,26 @@ func newPool() *pool {
 // pooled is an op whose results can come from a pool.
 type pooled interface{ usePool(*pool) }
 
+// poisonOverwritten fills a reused buffer handed out by overwrite with NaN (for tests: an
+// element the op forgets to write shows).
+var poisonOverwritten bool
+
+func fill[T Float](d []T, v T) {
+	for i := range d {
+		d[i] = v
+	}
+}
+
 // get is a zeroed tensor of type dt and the given shape.
-func (p *pool) get(dt tensor.Dtype, shape ...int) *tensor.Dense {
+func (p *pool) get(dt tensor.Dtype, shape ...int) *tensor.Dense { return p.take(true, dt, shape) }
+
+// overwrite is a tensor of type dt and the given shape for an op that writes every element
+// of it: a reused buffer keeps what it held.
+func (p *pool) overwrite(dt tensor.Dtype, shape ...int) *tensor.Dense {
+	return p.take(false, dt, shape)
+}
+
+func (p *pool) take(zero bool, dt tensor.Dtype, shape []int) *tensor.Dense {
 	k := poolKey{dt, tensor.Shape(shape).TotalSize()}
 	if p == nil || k.n == 0 || (dt != tensor.Float32 && dt != tensor.Float64) {
 		return tensor.New(tensor.Of(dt), tensor.WithShape(shape...))
@@ -41,9 +60,17 @@ func (p *pool) get(dt tensor.Dtype, shape ...int) *tensor.Dense {
 		data, p.free[k] = l[len(l)-1], l[:len(l)-1]
 		switch d := data.(type) {
 		case []float32:
-			clear(d)
+			if zero {
+				clear(d)
+			} else if poisonOverwritten {
+				fill(d, float32(math.NaN()))
+			}
 		case []float64:
-			clear(d)
+			if zero {
+				clear(d)
+			} else if poisonOverwritten {
+				fill(d, math.NaN())
+			}
 		}
 	} else if dt == tensor.Float32 {
 		data = make([]float32, k.n)

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
+
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -72,25 +74,45 @@ func (o *swigluOp) Do(v ...G.Value) (G.Value, error) {
 }
 
 func swiglu[T Float](ins []*tensor.Dense, grad int, p *pool) *tensor.Dense {
-	out := p.get(ins[0].Dtype(), ins[0].Shape()...)
+	out := p.overwrite(ins[0].Dtype(), ins[0].Shape()...)
 	y, a, g := out.Data().([]T), ins[0].Data().([]T), ins[1].Data().([]T)
 	var dy []T
 	if grad != 0 {
 		dy = ins[2].Data().([]T)
 	}
-	for i := range y {
-		gv := float64(g[i])
-		s := 1 / (1 + math.Exp(-gv))
-		switch grad {
-		case 0:
-			y[i] = a[i] * T(gv*s)
-		case 1:
-			y[i] = dy[i] * T(gv*s)
-		case 2:
-			y[i] = dy[i] * a[i] * T(s*(1+gv*(1-s)))
+	parallelRange(len(y), func(lo, hi int) {
+		var buf [1024]T
+		for i0 := lo; i0 < hi; i0 += len(buf) {
+			n := min(len(buf), hi-i0)
+			s := buf[:n]
+			sigmoids(s, g[i0:i0+n])
+			for j, sv := range s {
+				i := i0 + j
+				gv := g[i]
+				switch grad {
+				case 0:
+					y[i] = a[i] * gv * sv
+				case 1:
+					y[i] = dy[i] * gv * sv
+				case 2:
+					y[i] = dy[i] * a[i] * sv * (1 + gv*(1-sv))
+				}
+			}
+		}
+	})
+	return out
+}
+
+// sigmoids sets s[i] = 1 / (1 + e^-x[i]) at the precision of T.
+func sigmoids[T Float](s, x []T) {
+	switch xs := any(x).(type) {
+	case []float32:
+		vecmath.Sigmoid(any(s).([]float32), xs)
+	case []float64:
+		for i, v := range xs {
+			s[i] = T(1 / (1 + math.Exp(-v)))
 		}
 	}
-	return out
 }
 
 func (o *swigluOp) DiffWRT(int) []bool { return []bool{true, true} }

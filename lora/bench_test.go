@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/data"
@@ -13,8 +14,9 @@ import (
 )
 
 // BenchmarkTrainStep times LoRA optimizer steps with Qwen's recipe (r 64 on every target,
-// batch 4) on the example chats: $QWEN_TUNE_BENCH_MODEL, or the tiny default model.
-// tokens/s counts the real tokens processed.
+// batch 4) of $QWEN_TUNE_BENCH_MODEL (or the tiny default model) on $QWEN_TUNE_BENCH_DATA
+// (any file lora reads; the example chats when unset), cut to $QWEN_TUNE_BENCH_MAX_LEN tokens
+// (512 when unset). tokens/s counts the real tokens processed.
 func BenchmarkTrainStep(b *testing.B) {
 	dir := os.Getenv("QWEN_TUNE_BENCH_MODEL")
 	if dir == "" {
@@ -32,11 +34,24 @@ func BenchmarkTrainStep(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	exs, _, err := data.Parse(examples.Chat, "chat.jsonl", data.BadError, 0)
+	raw, name := examples.Chat, "chat.jsonl"
+	if f := os.Getenv("QWEN_TUNE_BENCH_DATA"); f != "" {
+		name = f
+		if raw, err = os.ReadFile(name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	maxLen := 512
+	if s := os.Getenv("QWEN_TUNE_BENCH_MAX_LEN"); s != "" {
+		if maxLen, err = strconv.Atoi(s); err != nil {
+			b.Fatalf("QWEN_TUNE_BENCH_MAX_LEN: %v", err)
+		}
+	}
+	exs, _, err := data.Parse(raw, name, data.BadError, m.Config.VocabSize)
 	if err != nil {
 		b.Fatal(err)
 	}
-	seqs, _, err := data.Prepare(tok, exs, data.MaskQwen, 512)
+	seqs, _, err := data.Prepare(tok, exs, data.MaskQwen, maxLen)
 	if err != nil {
 		b.Fatal(err)
 	}
