@@ -218,28 +218,22 @@ func (o *crossEntropyOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 // logSumExp is log sum_j exp(row[j]), the sum in float64 of exponentials taken at the
 // precision of T (vecmath's for float32: within 2 ulp, as the float32 softmax of PyTorch is).
 func logSumExp[T Float](row []T) float64 {
-	m := math.Inf(-1)
-	for _, v := range row {
-		m = max(m, float64(v))
-	}
-	var sum float64
 	switch r := any(row).(type) {
 	case []float32:
-		var buf [1024]float32
-		for len(r) > 0 {
-			e := buf[:min(len(buf), len(r))]
-			vecmath.Exp(e, r[:len(e)], float32(m), 1)
-			for _, v := range e {
-				sum += float64(v)
-			}
-			r = r[len(e):]
-		}
+		m := vecmath.Max(r)
+		return float64(m) + math.Log(vecmath.SumExp(r, m))
 	case []float64:
+		m := math.Inf(-1)
+		for _, v := range r {
+			m = max(m, v)
+		}
+		var sum float64
 		for _, v := range r {
 			sum += math.Exp(v - m)
 		}
+		return m + math.Log(sum)
 	}
-	return m + math.Log(sum)
+	panic("unreachable")
 }
 
 // expScaled sets g[j] = exp(row[j] - lse) * scale. For float32, lse is split into its

@@ -696,7 +696,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 				return d.SwiGLU(y.buf, a.ptr(), gt.ptr(), cnt)
 			})
 		default:
-			if fmt.Sprintf("%T", n.Op()) == "gorgonia.elemBinOp" && strings.HasPrefix(n.Op().String(), "+ ") {
+			if isAdd(n.Op()) {
 				a, b := in[0], in[1]
 				if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
 					return nil, fmt.Errorf("autograd: add of %v and %v", kids[n][0].Shape(), kids[n][1].Shape())

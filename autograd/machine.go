@@ -11,6 +11,7 @@ package autograd
 
 import (
 	"fmt"
+	"strings"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -135,6 +136,11 @@ func (m *Machine) do(n *G.Node, in []G.Value) (G.Value, error) {
 	if _, ours := op.(pooled); ours {
 		return op.Do(in...)
 	}
+	if isAdd(op) && len(in) == 2 {
+		if v := m.add(in[0], in[1]); v != nil {
+			return v, nil
+		}
+	}
 	pd, ok := op.(G.UsePreallocDoer)
 	if !ok || n.IsScalar() || n.Shape().TotalSize() == 0 {
 		v, err := op.Do(in...)
@@ -148,6 +154,35 @@ func (m *Machine) do(n *G.Node, in []G.Value) (G.Value, error) {
 	}
 	m.unpoolViews(v, in)
 	return v, err
+}
+
+// isAdd reports gorgonia's element-wise sum (the gradients of a node with several consumers
+// are added up by it).
+func isAdd(op G.Op) bool {
+	return fmt.Sprintf("%T", op) == "gorgonia.elemBinOp" && strings.HasPrefix(op.String(), "+ ")
+}
+
+// add is a + b for two float32 tensors of one shape, summed in parallel into a pooled buffer;
+// nil for anything else (gorgonia's op then runs).
+func (m *Machine) add(a, b G.Value) G.Value {
+	x, ok1 := a.(*tensor.Dense)
+	y, ok2 := b.(*tensor.Dense)
+	if !ok1 || !ok2 || x.Dtype() != tensor.Float32 || y.Dtype() != tensor.Float32 || !x.Shape().Eq(y.Shape()) ||
+		x.Shape().IsScalar() || !x.IsNativelyAccessible() || x.DataOrder().IsColMajor() || y.DataOrder().IsColMajor() {
+		return nil
+	}
+	out := m.pool.overwrite(tensor.Float32, x.Shape()...)
+	o, xs, ys := out.Data().([]float32), x.Data().([]float32), y.Data().([]float32)
+	if len(xs) != len(o) || len(ys) != len(o) { // views
+		m.pool.put(out)
+		return nil
+	}
+	parallelRange(len(o), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			o[i] = xs[i] + ys[i]
+		}
+	})
+	return out
 }
 
 // unpoolViews gives up the pooled backing of every input that the output v of an op from

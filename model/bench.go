@@ -5,6 +5,7 @@ import (
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/internal/matmul"
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -48,9 +49,11 @@ type Throughput struct {
 	PrefillRounds   int     `json:"prefill_rounds"`
 	// on the CPU: the matrix product's micro-kernel (avx512, avx2 or pure Go) and the
 	// multiply-add peak of all threads it is measured against
-	CPUKernel   string  `json:"cpu_kernel,omitempty"`
-	FMAPeakGFs  float64 `json:"cpu_fma_peak_gflops,omitempty"`
-	DecodeStats string  `json:"decode_program,omitempty"`
+	CPUKernel  string  `json:"cpu_kernel,omitempty"`
+	FMAPeakGFs float64 `json:"cpu_fma_peak_gflops,omitempty"`
+	// on the CPU: the code of the vector exponential and sigmoid (avx2 or pure Go)
+	CPUVectorMath string `json:"cpu_vector_math,omitempty"`
+	DecodeStats   string `json:"decode_program,omitempty"`
 	// GPU time per kind of instruction (Profile): of the prefill and of one decode step
 	PrefillProfile []autograd.OpTime `json:"prefill_profile,omitempty"`
 	DecodeProfile  []autograd.OpTime `json:"decode_profile,omitempty"`
@@ -156,6 +159,7 @@ func MeasureThroughput(m *Model, o BenchOptions) (_ Throughput, err error) {
 	} else {
 		res.CopyGBs = HostCopyBandwidth()
 		res.CPUKernel, res.FMAPeakGFs = matmul.Kernel(), matmul.FMAPeak(runtime.GOMAXPROCS(0))
+		res.CPUVectorMath = vecmath.Kernel()
 	}
 	res.FloorTokS = res.CopyGBs * 1e9 / float64(res.WeightsBytes)
 	if res.FloorTokS > 0 && res.DecodeTokS > 0 {

@@ -95,6 +95,13 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 			default:
 				fmt.Fprintf(out, "matmul     %s micro-kernel; FMA peak %.0f GFLOP/s on %d threads\n", res.CPUKernel, res.FMAPeakGFs, runtime.GOMAXPROCS(0))
 			}
+			switch res.CPUVectorMath {
+			case "":
+			case "pure Go":
+				fmt.Fprintf(out, "vector     pure Go: no AVX2+FMA on this CPU; exponentials and sigmoids run one at a time\n")
+			default:
+				fmt.Fprintf(out, "vector     %s exponential and sigmoid\n", res.CPUVectorMath)
+			}
 			fmt.Fprintf(out, "load       %.2f s, peak RSS after loading %.2f GiB\n", res.LoadSec, gib(res.LoadRSSBytes))
 			if res.PromptTokens > 0 {
 				fmt.Fprintf(out, "prefill    %d tokens in %.4f s: %.1f tokens/s\n", res.PromptTokens, res.PrefillSec, res.PrefillTokS)

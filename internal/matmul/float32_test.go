@@ -266,3 +266,31 @@ func TestThreadsBelowOne(t *testing.T) {
 		}
 	}
 }
+
+// TestWidenBF16: every length to 40 (the eight-wide blocks and the tails) and every bf16 bit
+// pattern widen to the float32 with those bits in its high half; nothing past the end is
+// written.
+func TestWidenBF16(t *testing.T) {
+	all := make([]uint16, 1<<16)
+	for i := range all {
+		all[i] = uint16(i)
+	}
+	check := func(src []uint16) {
+		t.Helper()
+		dst := make([]float32, len(src)+1)
+		dst[len(src)] = 42
+		WidenBF16(dst[:len(src)], src)
+		for i, b := range src {
+			if got := math.Float32bits(dst[i]); got != uint32(b)<<16 {
+				t.Fatalf("length %d: element %d of bits %#04x widened to %#08x", len(src), i, b, got)
+			}
+		}
+		if dst[len(src)] != 42 {
+			t.Fatalf("length %d: wrote past the end", len(src))
+		}
+	}
+	for n := 0; n <= 40; n++ {
+		check(all[1000 : 1000+n])
+	}
+	check(all)
+}

@@ -12,6 +12,7 @@ func dot4F32AVX2(k int, x, w *float32, ldw int, out *float32)
 func dot4BF16AVX2(k int, x *float32, w *uint16, ldw int, out *float32)
 func trans8F32AVX2(kb int, src *float32, ld int, dst *float32, dstride int)
 func trans8BF16AVX2(kb int, src *uint16, ld int, dst *float32, dstride int)
+func widenBF16AVX2(n int, dst *float32, src *uint16)
 func fmaLoopAVX512(n int)
 func fmaLoopAVX2(n int)
 
@@ -108,4 +109,15 @@ func trans8AVX2(kb int, b Matrix, dst []float32, dstride int) {
 		_ = b.BF16[7*b.Stride+kb-1]
 		trans8BF16AVX2(kb, &b.BF16[0], b.Stride, &dst[0], dstride)
 	}
+}
+
+// widenVec widens the first multiple of 8 elements of src into dst by AVX2 and returns how
+// many (0 without AVX2).
+func widenVec(dst []float32, src []uint16) int {
+	n := len(src) &^ 7
+	if n == 0 || !cpu.X86.HasAVX2 {
+		return 0
+	}
+	widenBF16AVX2(n, &dst[0], &src[0])
+	return n
 }

@@ -339,3 +339,20 @@ TEXT ·trans8F32AVX2(SB), NOSPLIT, $0-40
 // dst[p*dstride+r] = bf16 widened src[r*ld+p] for r < 8, p < kb; kb a multiple of 8 (AVX2).
 TEXT ·trans8BF16AVX2(SB), NOSPLIT, $0-40
 	TRANS8(1, LOADBF16, 16)
+
+// func widenBF16AVX2(n int, dst *float32, src *uint16)
+// dst[i] = the float32 of bf16 src[i] for i < n, n a positive multiple of 8.
+TEXT ·widenBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ n+0(FP), CX
+	MOVQ dst+8(FP), DI
+	MOVQ src+16(FP), SI
+
+widenloop:
+	LOADBF16((SI), Y0)
+	VMOVUPS Y0, (DI)
+	ADDQ $16, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JNZ widenloop
+	VZEROUPPER
+	RET

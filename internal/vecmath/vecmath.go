@@ -18,6 +18,27 @@ func Exp(dst, src []float32, shift, scale float32) {
 	}
 }
 
+// SumExp is sum_i e^(src[i] - shift), each exponential as Exp's, summed in float64.
+func SumExp(src []float32, shift float32) float64 {
+	sum, done := sumExpVec(src, shift)
+	for _, v := range src[done:] {
+		sum += float64(Exp32(v - shift))
+	}
+	return sum
+}
+
+// Max is the largest element of x: NaN if there is one, -Inf for an empty x.
+func Max(x []float32) float32 {
+	m, done := maxVec(x)
+	for _, v := range x[done:] {
+		if v != v {
+			return v
+		}
+		m = max(m, v)
+	}
+	return m
+}
+
 // Sigmoid sets dst[i] = 1 / (1 + e^-src[i]) for every i (dst and src the same length; they
 // may be the same slice), through an exponential of -|src[i]|, which never overflows.
 func Sigmoid(dst, src []float32) {

@@ -10,6 +10,8 @@ import (
 
 func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32)
 func sigmoidAVX2(n int, dst, src *float32, k *[kLen][8]float32)
+func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
+func maxAVX2(n int, src *float32) (m float32, nan bool)
 
 var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
@@ -74,3 +76,25 @@ func sigmoidVec(dst, src []float32) int {
 
 // bitsOf is the float32 whose bits are i (an integer constant in the table).
 func bitsOf(i int32) float32 { return math.Float32frombits(uint32(i)) }
+
+func sumExpVec(src []float32, shift float32) (float64, int) {
+	n := len(src) &^ 7
+	if !hasAVX2 || n == 0 {
+		return 0, 0
+	}
+	return sumExpAVX2(n, &src[0], shift, &consts), n
+}
+
+// maxVec is the largest of the first multiple of 8 elements and how many it saw (-Inf, 0
+// when none); NaN if one of them is.
+func maxVec(x []float32) (float32, int) {
+	n := len(x) &^ 7
+	if !hasAVX2 || n == 0 {
+		return float32(math.Inf(-1)), 0
+	}
+	m, nan := maxAVX2(n, &x[0])
+	if nan {
+		return float32(math.NaN()), len(x)
+	}
+	return m, n
+}

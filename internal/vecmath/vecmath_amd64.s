@@ -98,3 +98,69 @@ sigloop:
 	JNZ sigloop
 	VZEROUPPER
 	RET
+
+// func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
+// The sum of e^(src[i] - shift) for i < n, n a positive multiple of 8, in float64: each
+// group of eight widened and added to two four-lane accumulators.
+TEXT ·sumExpAVX2(SB), NOSPLIT, $0-40
+	MOVQ n+0(FP), CX
+	MOVQ src+8(FP), SI
+	VBROADCASTSS shift+16(FP), Y15
+	MOVQ k+24(FP), R8
+	VMOVUPS KMAX(R8), Y13
+	VXORPD Y11, Y11, Y11
+	VXORPD Y12, Y12, Y12
+
+sumloop:
+	VMOVUPS (SI), Y0
+	VSUBPS Y15, Y0, Y0
+	EXP8
+	VCVTPS2PD X6, Y8
+	VEXTRACTF128 $1, Y6, X7
+	VCVTPS2PD X7, Y9
+	VADDPD Y8, Y11, Y11
+	VADDPD Y9, Y12, Y12
+	ADDQ $32, SI
+	SUBQ $8, CX
+	JNZ sumloop
+	VADDPD Y12, Y11, Y11
+	VEXTRACTF128 $1, Y11, X12
+	VADDPD X12, X11, X11
+	VHADDPD X11, X11, X11
+	VZEROUPPER
+	MOVSD X11, ret+32(FP)
+	RET
+
+// func maxAVX2(n int, src *float32) (m float32, nan bool)
+// The largest of src[:n], n a positive multiple of 8, and whether one of them is NaN.
+TEXT ·maxAVX2(SB), NOSPLIT, $0-21
+	MOVQ n+0(FP), CX
+	MOVQ src+8(FP), SI
+	VMOVUPS (SI), Y0
+	VCMPPS $3, Y0, Y0, Y1
+	ADDQ $32, SI
+	SUBQ $8, CX
+	JZ maxdone
+
+maxloop:
+	VMOVUPS (SI), Y2
+	VMAXPS Y2, Y0, Y0
+	VCMPPS $3, Y2, Y2, Y3
+	VORPS Y3, Y1, Y1
+	ADDQ $32, SI
+	SUBQ $8, CX
+	JNZ maxloop
+
+maxdone:
+	VEXTRACTF128 $1, Y0, X2
+	VMAXPS X2, X0, X0
+	VPERMILPS $0x4E, X0, X2
+	VMAXPS X2, X0, X0
+	VPERMILPS $0xB1, X0, X2
+	VMAXPS X2, X0, X0
+	VMOVMSKPS Y1, AX
+	VZEROUPPER
+	MOVSS X0, m+16(FP)
+	TESTL AX, AX
+	SETNE nan+20(FP)
+	RET
