@@ -165,10 +165,7 @@ func (f *flash[T]) forward(b, h, t0, t1 int, out, lse []T) {
 		f.mask(s, b, t0, t1, j0, j1)
 		for r := range rows {
 			row := s[r*nk : (r+1)*nk]
-			mx := m[r]
-			for _, x := range row {
-				mx = max(mx, x)
-			}
+			mx := max(m[r], rowMax(row))
 			if math.IsInf(float64(mx), -1) { // nothing visible yet: contributes nothing
 				clear(row)
 				continue
@@ -217,13 +214,18 @@ func expSub[T Float](row []T, m T) T {
 	return 0
 }
 
-func expSub32(row []float32, m float32) float32 {
-	vecmath.Exp(row, row, m, 1)
-	var sum float32
-	for _, e := range row {
-		sum += e
+func expSub32(row []float32, m float32) float32 { return float32(vecmath.ExpSum(row, row, m)) }
+
+// rowMax is the largest element of row (NaN if there is one; -Inf for none).
+func rowMax[T Float](row []T) T {
+	if r, ok := any(row).([]float32); ok {
+		return T(vecmath.Max(r))
 	}
-	return sum
+	m := T(math.Inf(-1))
+	for _, x := range row {
+		m = max(m, x)
+	}
+	return m
 }
 
 // expOne is exp(x) at the precision of T.

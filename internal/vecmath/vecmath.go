@@ -18,6 +18,18 @@ func Exp(dst, src []float32, shift, scale float32) {
 	}
 }
 
+// ExpSum sets dst[i] = e^(src[i] - shift) as Exp does (dst and src the same length; they may
+// be the same slice) and returns their sum, added up in float64.
+func ExpSum(dst, src []float32, shift float32) float64 {
+	_ = dst[:len(src)]
+	sum, done := expSumVec(dst, src, shift)
+	for i := done; i < len(src); i++ {
+		dst[i] = Exp32(src[i] - shift)
+		sum += float64(dst[i])
+	}
+	return sum
+}
+
 // SumExp is sum_i e^(src[i] - shift), each exponential as Exp's, summed in float64.
 func SumExp(src []float32, shift float32) float64 {
 	sum, done := sumExpVec(src, shift)

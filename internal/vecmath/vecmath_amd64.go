@@ -11,6 +11,7 @@ import (
 func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32)
 func sigmoidAVX2(n int, dst, src *float32, k *[kLen][8]float32)
 func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
+func expSumAVX2(n int, dst, src *float32, shift float32, k *[kLen][8]float32) float64
 func maxAVX2(n int, src *float32) (m float32, nan bool)
 
 var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
@@ -83,6 +84,14 @@ func sumExpVec(src []float32, shift float32) (float64, int) {
 		return 0, 0
 	}
 	return sumExpAVX2(n, &src[0], shift, &consts), n
+}
+
+func expSumVec(dst, src []float32, shift float32) (float64, int) {
+	n := len(src) &^ 7
+	if !hasAVX2 || n == 0 {
+		return 0, 0
+	}
+	return expSumAVX2(n, &dst[0], &src[0], shift, &consts), n
 }
 
 // maxVec is the largest of the first multiple of 8 elements and how many it saw (-Inf, 0

@@ -99,6 +99,22 @@ sigloop:
 	VZEROUPPER
 	RET
 
+// SUM8 adds the eight float32 lanes of Y6, widened, to the float64 accumulators Y11 and Y12
+// (Y7-Y9 scratch).
+#define SUM8 \
+	VCVTPS2PD X6, Y8; \
+	VEXTRACTF128 $1, Y6, X7; \
+	VCVTPS2PD X7, Y9; \
+	VADDPD Y8, Y11, Y11; \
+	VADDPD Y9, Y12, Y12
+
+// SUMOUT adds up Y11 and Y12 into the low float64 of X11.
+#define SUMOUT \
+	VADDPD Y12, Y11, Y11; \
+	VEXTRACTF128 $1, Y11, X12; \
+	VADDPD X12, X11, X11; \
+	VHADDPD X11, X11, X11
+
 // func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
 // The sum of e^(src[i] - shift) for i < n, n a positive multiple of 8, in float64: each
 // group of eight widened and added to two four-lane accumulators.
@@ -115,20 +131,41 @@ sumloop:
 	VMOVUPS (SI), Y0
 	VSUBPS Y15, Y0, Y0
 	EXP8
-	VCVTPS2PD X6, Y8
-	VEXTRACTF128 $1, Y6, X7
-	VCVTPS2PD X7, Y9
-	VADDPD Y8, Y11, Y11
-	VADDPD Y9, Y12, Y12
+	SUM8
 	ADDQ $32, SI
 	SUBQ $8, CX
 	JNZ sumloop
-	VADDPD Y12, Y11, Y11
-	VEXTRACTF128 $1, Y11, X12
-	VADDPD X12, X11, X11
-	VHADDPD X11, X11, X11
+	SUMOUT
 	VZEROUPPER
 	MOVSD X11, ret+32(FP)
+	RET
+
+// func expSumAVX2(n int, dst, src *float32, shift float32, k *[kLen][8]float32) float64
+// dst[i] = e^(src[i] - shift) for i < n, n a positive multiple of 8, and their sum as
+// sumExpAVX2 adds it.
+TEXT ·expSumAVX2(SB), NOSPLIT, $0-48
+	MOVQ n+0(FP), CX
+	MOVQ dst+8(FP), DI
+	MOVQ src+16(FP), SI
+	VBROADCASTSS shift+24(FP), Y15
+	MOVQ k+32(FP), R8
+	VMOVUPS KMAX(R8), Y13
+	VXORPD Y11, Y11, Y11
+	VXORPD Y12, Y12, Y12
+
+expsumloop:
+	VMOVUPS (SI), Y0
+	VSUBPS Y15, Y0, Y0
+	EXP8
+	VMOVUPS Y6, (DI)
+	SUM8
+	ADDQ $32, SI
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JNZ expsumloop
+	SUMOUT
+	VZEROUPPER
+	MOVSD X11, ret+40(FP)
 	RET
 
 // func maxAVX2(n int, src *float32) (m float32, nan bool)

@@ -178,3 +178,23 @@ func TestMax(t *testing.T) {
 		}
 	}
 }
+
+// TestExpSum: ExpSum writes what Exp writes and returns what SumExp returns, on every length
+// to 40, in place too.
+func TestExpSum(t *testing.T) {
+	x := inputs(-30, 5)[11:]
+	for n := 0; n <= 40; n++ {
+		want := make([]float32, n)
+		Exp(want, x[:n], 1.5, 1)
+		got := append([]float32(nil), x[:n]...)
+		sum := ExpSum(got, got, 1.5)
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("length %d: element %d is %v, Exp gives %v", n, i, got[i], want[i])
+			}
+		}
+		if s := SumExp(x[:n], 1.5); sum != s {
+			t.Fatalf("length %d: ExpSum's sum %v, SumExp's %v", n, sum, s)
+		}
+	}
+}
