@@ -5,16 +5,18 @@ package autograd
 //	x [N, K] -> y [N, K], y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 //	dx = dy * keep / (1 - p)
 //
-// The mask comes from PCG streams seeded by (Step.Seed, key): the same step and key give
-// the same mask, so backward regenerates it instead of storing it, and a resumed run draws
-// the same masks as an uninterrupted one. Element i belongs to block c = i / chunk (16,384
-// elements) and is kept when the (i mod chunk)-th Float64 of the stream seeded
-// (Step.Seed, key XOR c * 0x9E3779B97F4A7C15) is at least p; blocks are drawn in parallel,
-// and the mask does not depend on how many goroutines draw it.
+// The mask comes from the counter-based Philox4x32-10 generator (internal/philox) keyed by
+// Step.Seed, with the op's key as the stream: element i (row-major) is kept when the i-th
+// 32-bit word u of that stream has u / 2^32 >= p. The same step and key give the same mask,
+// so backward regenerates it instead of storing it, a resumed run draws the same masks as an
+// uninterrupted one, and any thread (or device) draws any element on its own: the mask does
+// not depend on how many goroutines draw it.
 
 import (
 	"fmt"
-	"math/rand/v2"
+	"math"
+
+	"github.com/qwen-tune/qwen-tune/internal/philox"
 
 	"github.com/chewxy/hm"
 	G "gorgonia.org/gorgonia"
@@ -62,22 +64,26 @@ func (o *dropoutOp) Do(v ...G.Value) (G.Value, error) {
 
 func dropout[T Float](x, y []T, p float64, seed, key uint64) {
 	scale := T(1 / (1 - p))
-	// r.Float64() >= p, with Float64 = (Uint64 mod 2^53) / 2^53 (math/rand/v2), exactly.
-	threshold := p * (1 << 53)
+	threshold := keepThreshold(p)
 	parallelRange(len(x), func(lo, hi int) {
-		r := rand.NewPCG(seed, key^uint64(lo/chunk)*blockStream)
-		for i := lo; i < hi; i++ {
-			if float64(r.Uint64()&(1<<53-1)) >= threshold {
-				y[i] = x[i] * scale
-			} else {
-				y[i] = 0
+		var words [256]uint32
+		for i0 := lo; i0 < hi; i0 += len(words) {
+			w := words[:min(len(words), hi-i0)]
+			philox.Words(w, uint64(i0), seed, key)
+			for j, u := range w {
+				if uint64(u) >= threshold {
+					y[i0+j] = x[i0+j] * scale
+				} else {
+					y[i0+j] = 0
+				}
 			}
 		}
 	})
 }
 
-// blockStream spreads the blocks' PCG streams apart (the 64-bit golden ratio).
-const blockStream = 0x9E3779B97F4A7C15
+// keepThreshold is the least 32-bit word u with u / 2^32 >= p (2^32, beyond every word, when
+// none is).
+func keepThreshold(p float64) uint64 { return uint64(math.Ceil(p * (1 << 32))) }
 
 func (o *dropoutOp) DiffWRT(int) []bool { return []bool{true} }
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// TestDropoutBlocks: a mask over several blocks of the stream equals the header's, whatever
+// TestDropoutBlocks: a mask over several of the goroutines' ranges equals the header's, whatever
 // the number of goroutines drawing it, and keeps about 1 - p of the elements.
 func TestDropoutBlocks(t *testing.T) {
 	const n, p = 3*16384 + 77, 0.3

@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/internal/philox"
+
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -502,18 +504,15 @@ func refAttention(in [][]float64, st *Step) []float64 {
 	return out
 }
 
-// refDropout is dropout.go's header: element i of x is kept when the (i mod 16384)-th
-// Float64 of the PCG stream seeded (seed, key XOR (i / 16384) * 0x9E3779B97F4A7C15) is >= p,
-// and scaled by 1/(1-p).
+// refDropout is dropout.go's header: element i of x is kept when the i-th 32-bit word u of
+// the Philox stream (seed, key) has u / 2^32 >= p, and scaled by 1/(1-p); word i is word i
+// mod 4 of Philox4x32-10 of the counter (i/4, key) under seed, built here from philox.Block.
 func refDropout(x []float64, p float64, seed, key uint64) []float64 {
-	const block = 16384
-	var r *rand.Rand
 	out := make([]float64, len(x))
 	for i, v := range x {
-		if i%block == 0 {
-			r = rand.New(rand.NewPCG(seed, key^uint64(i/block)*0x9E3779B97F4A7C15))
-		}
-		if r.Float64() >= p {
+		g := uint64(i / 4)
+		b := philox.Block([4]uint32{uint32(g), uint32(g >> 32), uint32(key), uint32(key >> 32)}, [2]uint32{uint32(seed), uint32(seed >> 32)})
+		if float64(b[i%4])/(1<<32) >= p {
 			out[i] = v / (1 - p)
 		}
 	}
