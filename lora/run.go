@@ -272,6 +272,15 @@ func (r *run) train(ctx context.Context) (*Result, error) {
 		err = cerr
 	}
 	stopped := errors.Is(err, ErrStop) || ctx.Err() != nil && errors.Is(err, ctx.Err())
+	if nf := (*NonFiniteError)(nil); errors.As(err, &nf) {
+		// the state is the last good step's: keep it
+		dir, cerr := r.checkpoint()
+		if cerr != nil {
+			return nil, errors.Join(err, cerr)
+		}
+		nf.Checkpoint = dir
+		return nil, nf
+	}
 	if err != nil && !stopped {
 		return nil, err
 	}

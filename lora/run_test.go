@@ -3,8 +3,12 @@ package lora_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -81,6 +85,53 @@ func TestRunStopsAndResumes(t *testing.T) {
 		b, errB := os.ReadFile(filepath.Join(o.Out, name))
 		if errA != nil || errB != nil || len(a) == 0 || !bytes.Equal(a, b) {
 			t.Errorf("%s of the resumed run differs from the uninterrupted one (%v, %v)", name, errA, errB)
+		}
+	}
+}
+
+// TestRunStopsAtNonFiniteLoss: a run whose weights blow up (a learning rate of 1e38) stops at
+// the first step whose loss or gradient norm is not finite, without taking it: it saves the
+// last good step as a checkpoint with finite weights, writes no adapter, and says what to do.
+func TestRunStopsAtNonFiniteLoss(t *testing.T) {
+	o := fourSteps(t, filepath.Join(t.TempDir(), "out"))
+	o.Train.LR = 1e38
+	var steps []lora.StepResult
+	res, err := lora.Run(context.Background(), o, lora.Hooks{OnStep: func(r lora.StepResult) error {
+		steps = append(steps, r)
+		return nil
+	}})
+	var nf *lora.NonFiniteError
+	if !errors.As(err, &nf) {
+		t.Fatalf("run with a learning rate of 1e38: result %+v, error %v; want a NonFiniteError", res, err)
+	}
+	if nf.Step != len(steps) || nf.Step == 0 {
+		t.Errorf("stopped at step %d after %d good steps", nf.Step, len(steps))
+	}
+	if want := filepath.Join(o.Out, lora.CheckpointPrefix+strconv.Itoa(nf.Step)); nf.Checkpoint != want {
+		t.Errorf("checkpoint %q, want %q (the last good step)", nf.Checkpoint, want)
+	}
+	for _, s := range []string{"--lr", "--init-adapter " + nf.Checkpoint, fmt.Sprintf("step %d", nf.Step+1)} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("the error does not say %q: %v", s, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(o.Out, "adapter_model.safetensors")); !os.IsNotExist(err) {
+		t.Errorf("an adapter was written after the run failed (stat: %v)", err)
+	}
+	m, err := model.Load(o.ModelDir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	a, _, err := lora.Load(nf.Checkpoint, m)
+	if err != nil {
+		t.Fatalf("the saved checkpoint does not load as an adapter: %v", err)
+	}
+	for _, p := range a.Params() {
+		for _, v := range p.Value.Data().([]float32) {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("%s holds %v in the saved checkpoint", p.Name, v)
+			}
 		}
 	}
 }

@@ -312,6 +312,9 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	}
 	res.Loss = lossSum / float64(res.Tokens)
 	res.GradNorm = optim.ClipGradNorm(sum, t.Cfg.MaxGradNorm)
+	if !finite(res.Loss) || !finite(res.GradNorm) {
+		return res, &NonFiniteError{Step: t.Step, Loss: res.Loss, GradNorm: res.GradNorm}
+	}
 	values := make([][]float32, len(t.Params))
 	for i, p := range t.Params {
 		values[i] = p.Value.Data().([]float32)
@@ -322,6 +325,34 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	t.Step++
 	return res, nil
 }
+
+// NonFiniteError stops training at a step whose loss or gradient norm is NaN or infinite,
+// before the optimizer takes it: the adapter and the optimizer's moments are still those of
+// the last good step.
+type NonFiniteError struct {
+	Step           int // the step that failed, counted from 0 as StepResult.Step
+	Loss, GradNorm float64
+	// Checkpoint is where Run saved the last good step ("" when nothing was saved).
+	Checkpoint string
+}
+
+func (e *NonFiniteError) Error() string {
+	msg := fmt.Sprintf("lora: step %d: the loss is %g and the gradients' norm %g; the step was not taken", e.Step+1, e.Loss, e.GradNorm)
+	if e.Checkpoint != "" {
+		msg += fmt.Sprintf("; the adapter and optimizer state of the last good step are in %s", e.Checkpoint)
+	}
+	return msg + ". Usually the learning rate is too high for this data: run again with a lower --lr or a longer warm-up" +
+		ifSaved(e.Checkpoint, ", starting from those weights with --init-adapter "+e.Checkpoint)
+}
+
+func ifSaved(dir, s string) string {
+	if dir == "" {
+		return ""
+	}
+	return s
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
 func (t *Trainer) Evaluate() (loss float64, err error) {
