@@ -73,7 +73,11 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 			kn.dotProduct(m, n1-n0, k, alpha, a, lda, b.offset(n0, 0), beta, cs, ldc)
 			return
 		}
-		scaleC(m1-m0, n1-n0, beta, cs, ldc)
+		// beta 0: the first block of k stores its products over C instead of adding them
+		set := beta == 0
+		if !set {
+			scaleC(m1-m0, n1-n0, beta, cs, ldc)
+		}
 		bs := b
 		if b.Trans {
 			bs = b.offset(n0, 0)
@@ -84,7 +88,7 @@ func Float32(threads int, transA bool, m, n, k int, alpha float32, a []float32, 
 		if transA {
 			ai = m0
 		}
-		kn.product(transA, m1-m0, n1-n0, k, alpha, a[ai:], lda, bs, cs, ldc)
+		kn.product(transA, m1-m0, n1-n0, k, alpha, a[ai:], lda, bs, cs, ldc, set)
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < parts; i++ {
@@ -167,8 +171,9 @@ func scaleC(m, n int, beta float32, c []float32, ldc int) {
 	}
 }
 
-// product is C[:m, :n] += alpha op(A) op(B) on one goroutine.
-func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []float32, lda int, b Matrix, c []float32, ldc int) {
+// product is C[:m, :n] += alpha op(A) op(B) on one goroutine, or C[:m, :n] = alpha op(A)
+// op(B) when set (C is then not read: NaN there does not matter).
+func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []float32, lda int, b Matrix, c []float32, ldc int, set bool) {
 	mr, nr := kn.mr, kn.nr
 	mcb, kcb, ncb := balance(m, kn.mc, mr), balance(k, kn.kc, 1), balance(n, kn.nc, nr)
 	buf, _ := gemmPool.Get().(*gemmBuffers)
@@ -183,6 +188,11 @@ func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []floa
 		nb := min(ncb, n-jc)
 		for pc := 0; pc < k; pc += kcb {
 			kb := min(kcb, k-pc)
+			first := set && pc == 0
+			run := kn.run
+			if first {
+				run = kn.set
+			}
 			kn.packB(buf.b, b, pc, kb, jc, nb)
 			for ic := 0; ic < m; ic += mcb {
 				mb := min(mcb, m-ic)
@@ -195,14 +205,17 @@ func (kn *microKernel) product(transA bool, m, n, k int, alpha float32, a []floa
 						h := min(mr, mb-ir)
 						ct := c[(ic+ir)*ldc+jc+jr:]
 						if h == mr && w == nr {
-							kn.run(kb, ap, bp, ct, ldc)
+							run(kb, ap, bp, ct, ldc)
 							continue
 						}
 						t := buf.tile
-						clear(t)
-						kn.run(kb, ap, bp, t, nr)
+						kn.set(kb, ap, bp, t, nr)
 						for i := 0; i < h; i++ {
 							row := ct[i*ldc : i*ldc+w]
+							if first {
+								copy(row, t[i*nr:i*nr+w])
+								continue
+							}
 							for j, v := range t[i*nr : i*nr+w] {
 								row[j] += v
 							}

@@ -9,6 +9,8 @@ type microKernel struct {
 	mr, nr     int
 	mc, kc, nc int // cache blocking: A blocks mc x kc (L2), B blocks kc x nc
 	run        func(k int, a, b, c []float32, ldc int)
+	// set is run storing A B over C instead of adding it (C is not read)
+	set func(k int, a, b, c []float32, ldc int)
 	// dots sets out[r] to the dot product of x[:k] with row r of w (not transposed), r < 4
 	dots func(k int, x []float32, w Matrix, out *[4]float32)
 	// trans8, if not nil, sets dst[p*dstride+r] = b[r, p] for r < 8, p < kb (kb a multiple
@@ -20,7 +22,7 @@ type microKernel struct {
 var gemmKernel = bestKernel()
 
 // goKernel is the portable micro-kernel, 4 x 4 in plain Go.
-var goKernel = &microKernel{name: "pure Go", mr: 4, nr: 4, mc: 64, kc: 256, nc: 1024, run: kernel4x4,
+var goKernel = &microKernel{name: "pure Go", mr: 4, nr: 4, mc: 64, kc: 256, nc: 1024, run: kernel4x4, set: kernel4x4Set,
 	dots: func(k int, x []float32, w Matrix, out *[4]float32) { dotsGo(k, x, w, out[:]) }}
 
 // dotsGo sets out[r] to the dot product of x[:k] with row r of w, r < len(out).
@@ -58,6 +60,14 @@ func kernel4x4(k int, a, b, c []float32, ldc int) {
 	add4(c[ldc:], c10, c11, c12, c13)
 	add4(c[2*ldc:], c20, c21, c22, c23)
 	add4(c[3*ldc:], c30, c31, c32, c33)
+}
+
+// kernel4x4Set is C[:4, :4] = A B.
+func kernel4x4Set(k int, a, b, c []float32, ldc int) {
+	for i := 0; i < 4; i++ {
+		clear(c[i*ldc : i*ldc+4])
+	}
+	kernel4x4(k, a, b, c, ldc)
 }
 
 // mulAdd4 returns one row of kernel4x4's accumulators, c0-c3, plus a times b0-b3 (inlined).

@@ -5,7 +5,9 @@ package matmul
 import "golang.org/x/sys/cpu"
 
 func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
+func kernel12x32SetAVX512(k int, a, b, c *float32, ldc int)
 func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
+func kernel6x16SetAVX2(k int, a, b, c *float32, ldc int)
 func dot4F32AVX512(k int, x, w *float32, ldw int, out *float32)
 func dot4BF16AVX512(k int, x *float32, w *uint16, ldw int, out *float32)
 func dot4F32AVX2(k int, x, w *float32, ldw int, out *float32)
@@ -25,6 +27,10 @@ var (
 			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31] // the assembly reads and writes these
 			kernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc)
 		},
+		set: func(k int, a, b, c []float32, ldc int) {
+			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31]
+			kernel12x32SetAVX512(k, &a[0], &b[0], &c[0], ldc)
+		},
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 16, x, w, out, dot4F32AVX512, dot4BF16AVX512)
 		},
@@ -33,6 +39,10 @@ var (
 		run: func(k int, a, b, c []float32, ldc int) {
 			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
 			kernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc)
+		},
+		set: func(k int, a, b, c []float32, ldc int) {
+			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
+			kernel6x16SetAVX2(k, &a[0], &b[0], &c[0], ldc)
 		},
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 8, x, w, out, dot4F32AVX2, dot4BF16AVX2)

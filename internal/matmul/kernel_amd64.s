@@ -58,25 +58,31 @@
 	KROW(off+20, b0, b1, t1, c10, c11)
 
 // CROW adds the accumulators c0, c1 of one row to C's row at DX (c1's half w bytes in) and
-// stores the sums there; CROWNEXT then moves DX on to the next row (R8 bytes on).
+// stores the sums there; CSET stores them over it. CROWNEXT then moves DX on to the next row
+// (R8 bytes on).
 #define CROW(w, c0, c1) \
 	VADDPS (DX), c0, c0; \
 	VMOVUPS c0, (DX); \
 	VADDPS w(DX), c1, c1; \
 	VMOVUPS c1, w(DX)
 
-#define CROWNEXT(w, c0, c1) \
-	CROW(w, c0, c1); \
+#define CSET(w, c0, c1) \
+	VMOVUPS c0, (DX); \
+	VMOVUPS c1, w(DX)
+
+#define CROWNEXT(row, w, c0, c1) \
+	row(w, c0, c1); \
 	ADDQ R8, DX
 
-// CROWS6 is CROW for six rows, row r's accumulators c(2r), c(2r+1), DX left on the last.
-#define CROWS6(w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) \
-	CROWNEXT(w, c0, c1); \
-	CROWNEXT(w, c2, c3); \
-	CROWNEXT(w, c4, c5); \
-	CROWNEXT(w, c6, c7); \
-	CROWNEXT(w, c8, c9); \
-	CROW(w, c10, c11)
+// CROWS6 is row (CROW or CSET) for six rows, row r's accumulators c(2r), c(2r+1), DX left on
+// the last.
+#define CROWS6(row, w, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11) \
+	CROWNEXT(row, w, c0, c1); \
+	CROWNEXT(row, w, c2, c3); \
+	CROWNEXT(row, w, c4, c5); \
+	CROWNEXT(row, w, c6, c7); \
+	CROWNEXT(row, w, c8, c9); \
+	row(w, c10, c11)
 
 // KERNEL is the body of the micro-kernels: zero clears the tile's accumulators, b0 and b1
 // receive a step's two B vectors (the second bw bytes on), rows adds A's values of the step
@@ -111,16 +117,16 @@ acc: \
 	KROWS6(0, Z0, Z1, Z2, Z3, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
 	KROWS6(24, Z0, Z1, Z2, Z3, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
 
-#define STORE12x32 \
-	CROWS6(64, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
+#define STORE12x32(row) \
+	CROWS6(row, 64, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15, Z16, Z17, Z18, Z19); \
 	ADDQ R8, DX; \
-	CROWS6(64, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
+	CROWS6(row, 64, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31)
 
 // The 6 x 16 tile (AVX2) accumulates row r in Y(4+2r), Y(5+2r); B's vectors go to Y0, Y1 and
 // A's broadcasts to Y2, Y3.
 #define ZERO6x16 ZERO12(VXORPS, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
 #define ROWS6x16 KROWS6(0, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
-#define STORE6x16 CROWS6(32, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
+#define STORE6x16(row) CROWS6(row, 32, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
 
 // DOTF32 and DOTBF16 add u times the vector of w at mem to acc; DOTBF16 widens the bf16
 // values into t first (zero-extended to 32 bits, shifted into the high half).
@@ -275,12 +281,22 @@ done: \
 // func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
 // C[0:12, 0:32] += A B: A is k x 12 (one row of 12 per step), B is k x 32, C has row stride ldc.
 TEXT ·kernel12x32AVX512(SB), NOSPLIT, $0-40
-	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32)
+	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32(CROW))
+
+// func kernel12x32SetAVX512(k int, a, b, c *float32, ldc int)
+// C[0:12, 0:32] = A B, C not read.
+TEXT ·kernel12x32SetAVX512(SB), NOSPLIT, $0-40
+	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32(CSET))
 
 // func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
 // C[0:6, 0:16] += A B: A is k x 6, B is k x 16, C has row stride ldc.
 TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-40
-	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16)
+	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16(CROW))
+
+// func kernel6x16SetAVX2(k int, a, b, c *float32, ldc int)
+// C[0:6, 0:16] = A B, C not read.
+TEXT ·kernel6x16SetAVX2(SB), NOSPLIT, $0-40
+	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16(CSET))
 
 // func fmaLoopAVX512(n int): n rounds of 16 independent ZMM multiply-adds
 // (512 float32 operations a round: 16 lanes, a multiply and an add each).
