@@ -2,6 +2,7 @@ package lora
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -76,4 +77,37 @@ func BenchmarkTrainStep(b *testing.B) {
 		seen += r.Seen
 	}
 	b.ReportMetric(float64(seen)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+// TestMeasureTraining: a short benchmark on the tiny model trains every LoRA matrix of the
+// four targets (r 8: 8 (in + out) per projection and layer), counts their state as values,
+// gradients and two moments in float32, and reports a finite loss and a positive speed.
+func TestMeasureTraining(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tiny")
+	if _, err := model.WriteTiny(dir, model.DefaultTiny()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cfg := DefaultConfig()
+	cfg.R = 8
+	res, err := MeasureTraining(context.Background(), m, TrainBenchOptions{Batch: 2, Seq: 16, Steps: 2, LoRA: cfg, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := m.Config
+	h, p, mlp := c.HiddenSize, c.ProjectionSize(), c.MLPWidth()
+	want := c.NumHiddenLayers * 8 * ((h + 3*p) + (p + h) + 2*(h+mlp) + (mlp + h))
+	if res.LoRAParams != want || res.StateBytes != int64(16*want) {
+		t.Errorf("%d LoRA parameters and %d state bytes, want %d and %d", res.LoRAParams, res.StateBytes, want, 16*want)
+	}
+	if math.IsNaN(res.Loss) || res.Loss <= 0 || res.TokensPerSec <= 0 || res.StepSec <= 0 || res.GFLOPs <= 0 {
+		t.Errorf("implausible result %+v", res)
+	}
+	if _, err := MeasureTraining(context.Background(), m, TrainBenchOptions{Batch: 1, Seq: 1, Steps: 1, LoRA: cfg}); err == nil {
+		t.Error("a one-token sequence was accepted")
+	}
 }

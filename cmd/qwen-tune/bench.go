@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/matmul"
+	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -16,7 +19,9 @@ func newBenchCmd() *cobra.Command {
 	var (
 		modelDir, shape, device string
 		opts                    = model.BenchOptions{Seed: 1}
-		asJSON                  bool
+		asJSON, train           bool
+		topts                   = lora.TrainBenchOptions{Batch: 1, Seq: 512, Steps: 3, LoRA: lora.DefaultConfig(), Seed: 1}
+		targets                 string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench (--model DIR | --shape qwen-7b)",
@@ -30,10 +35,16 @@ decode floor), and the decode speed is reported as a fraction of it.
 
 --model DIR benchmarks a checkpoint (bf16 weights stay bf16, memory-mapped); --shape qwen-7b
 benchmarks random bf16 weights of Qwen-7B's exact configuration generated in memory (15.4 GB).
---cache sets the KV cache capacity (e.g. 8192 to see the memory of a long context).`,
+--cache sets the KV cache capacity (e.g. 8192 to see the memory of a long context).
+
+--train measures LoRA training instead: --steps optimizer steps (after one warm-up step) of
+--batch-size random sequences of --max-len tokens, every token trained, Qwen's recipe (r 64
+on c_attn, c_proj, w1, w2, AdamW), and reports tokens per second, the step time, the
+trained parameters and their optimizer state, the matrix FLOPs of a step and peak memory.`,
 		Example: `  qwen-tune bench --shape qwen-7b --device cuda --cache 8192 --json
   qwen-tune init --tiny --shape qwen-7b --layers 2 --out qwen7b-2layers
-  qwen-tune bench --model qwen7b-2layers --prompt-len 128 --new-tokens 16`,
+  qwen-tune bench --model qwen7b-2layers --prompt-len 128 --new-tokens 16
+  qwen-tune bench --train --model qwen7b-2layers --batch-size 1 --max-len 256`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (modelDir == "") == (shape == "") {
@@ -60,6 +71,9 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 				m = in.m
 			}
 			defer m.Close()
+			if train {
+				return benchTrain(cmd, m, name, device, topts, targets, asJSON)
+			}
 			release, err := useDevice(cmd, m, device)
 			if err != nil {
 				return err
@@ -148,6 +162,56 @@ benchmarks random bf16 weights of Qwen-7B's exact configuration generated in mem
 	f.IntVar(&opts.Cache, "cache", 0, "KV cache capacity in positions (default: what the runs need)")
 	f.BoolVar(&asJSON, "json", false, "print the results as one JSON object")
 	f.BoolVar(&opts.Profile, "profile", false, "on a GPU, also time every kind of instruction of the prefill and of a decode step")
+	f.BoolVar(&train, "train", false, "measure LoRA training steps instead of prefill and decoding")
+	f.IntVar(&topts.Batch, "batch-size", topts.Batch, "with --train: sequences per step")
+	f.IntVar(&topts.Seq, "max-len", topts.Seq, "with --train: tokens per sequence")
+	f.IntVar(&topts.Steps, "steps", topts.Steps, "with --train: steps timed after one warm-up step")
+	f.IntVar(&topts.LoRA.R, "lora-r", topts.LoRA.R, "with --train: LoRA rank")
+	f.StringVar(&targets, "targets", "", "with --train: comma-separated target modules (default: "+strings.Join(topts.LoRA.Targets, ",")+")")
 	registerDevice(f, &device)
 	return cmd
+}
+
+// benchTrain runs and prints bench --train.
+func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.TrainBenchOptions, targets string, asJSON bool) error {
+	if device == "cuda" && cmd.Flags().Changed("device") {
+		return fmt.Errorf("bench --train --device cuda: training runs on the CPU; the GPU runs inference")
+	}
+	if targets != "" {
+		o.LoRA.Targets = strings.Split(targets, ",")
+	}
+	res, err := lora.MeasureTraining(cmd.Context(), m, o)
+	if err != nil {
+		return err
+	}
+	peak := matmul.FMAPeak(runtime.GOMAXPROCS(0))
+	out := cmd.OutOrStdout()
+	if asJSON {
+		b, err := json.Marshal(struct {
+			lora.TrainThroughput
+			Model      string  `json:"model"`
+			Device     string  `json:"device"`
+			Threads    int     `json:"threads"`
+			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops"`
+		}{res, name, "cpu", runtime.GOMAXPROCS(0), peak})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(out, string(b))
+		return err
+	}
+	c := m.Config
+	fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d\n", name, c.NumHiddenLayers, c.HiddenSize, c.VocabSize)
+	fmt.Fprintf(out, "device     cpu, %d threads\n", runtime.GOMAXPROCS(0))
+	fmt.Fprintf(out, "lora       r %d on %s: %d parameters, %.1f MiB with gradients and AdamW moments (float32)\n",
+		o.LoRA.R, strings.Join(o.LoRA.Targets, ","), res.LoRAParams, float64(res.StateBytes)/(1<<20))
+	fmt.Fprintf(out, "step       batch %d x %d tokens: %.3f s (mean of %d after a warm-up), %.1f tokens/s, last loss %.4f\n",
+		res.Batch, res.Seq, res.StepSec, res.Steps, res.TokensPerSec, res.Loss)
+	fmt.Fprintf(out, "flops      %.3g a token: %.1f GFLOP/s", res.FLOPsPerToken, res.GFLOPs)
+	if peak > 0 {
+		fmt.Fprintf(out, ", %.0f%% of the %.0f GFLOP/s multiply-add peak", 100*res.GFLOPs/peak, peak)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "peak RSS   %.2f GiB\n", float64(res.PeakRSSBytes)/(1<<30))
+	return nil
 }

@@ -42,3 +42,30 @@ func TestBenchJSON(t *testing.T) {
 		t.Fatalf("bench --shape qwen-3: code %d, stderr %q", code, errOut)
 	}
 }
+
+// TestBenchTrain: bench --train reports the shape asked for, a speed, the trained parameters
+// and their state, and refuses a sequence too short to train on.
+func TestBenchTrain(t *testing.T) {
+	dir := tinyModel(t)
+	out, errOut, code := qt(t, "", "bench", "--train", "--model", dir, "--batch-size", "2", "--max-len", "16", "--steps", "1", "--lora-r", "4", "--targets", "c_attn", "--json")
+	if code != 0 {
+		t.Fatalf("bench --train: code %d, stderr %q", code, errOut)
+	}
+	var res struct {
+		Batch, Seq, Steps int
+		Tokens            float64 `json:"tokens_per_s"`
+		Params            int     `json:"lora_params"`
+		State             int64   `json:"optimizer_state_bytes"`
+		Device            string  `json:"device"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench --train --json printed %q: %v", out, err)
+	}
+	// c_attn only: r (hidden + 3 hidden) per layer, 2 layers of hidden 64
+	if res.Batch != 2 || res.Seq != 16 || res.Steps != 1 || res.Tokens <= 0 || res.Params != 2*4*(64+3*64) || res.State != 16*int64(res.Params) || res.Device != "cpu" {
+		t.Fatalf("bench --train result %+v", res)
+	}
+	if _, errOut, code := qt(t, "", "bench", "--train", "--model", dir, "--max-len", "1"); code == 0 || !strings.Contains(errOut, "sequence 1") {
+		t.Fatalf("bench --train --max-len 1: code %d, stderr %q", code, errOut)
+	}
+}
