@@ -1,13 +1,15 @@
-//go:build qtcuda
+//go:build qtcuda || cudaemu
 
 package autograd
 
 // The CUDA runtime: one GPU driven from one goroutine locked to its OS thread (a CUDA context
 // is current per thread), the device's primary context (shared with cuBLAS), the kernels of
 // kernels/*.cu compiled to PTX and embedded, a pool of device buffers reused across steps,
-// and one launcher per kernel that checks its preconditions. Built only with -tags qtcuda:
+// and one launcher per kernel that checks its preconditions. Every call into CUDA goes
+// through a driver: with -tags qtcuda the CUDA driver API and cuBLAS (cuda_driver.go;
 // gorgonia.org/cu initialises the driver in its package init and exits the process when
-// there is no GPU.
+// there is no GPU), with -tags cudaemu alone their emulation on the CPU (cuda_emu.go: the
+// kernels run by autograd/kernels/emu, the products by internal/hostblas).
 
 import (
 	"embed"
@@ -20,25 +22,81 @@ import (
 	"strings"
 	"time"
 	"unsafe"
-
-	"gorgonia.org/cu"
 )
 
 //go:embed kernels/*.ptx
 var ptxFS embed.FS
 
+// devPtr is a device address (CUdeviceptr).
+type devPtr uintptr
+
+// driver is what the backend asks of CUDA: the driver API and cuBLAS (cuDriver,
+// cuda_driver.go) or their emulation on the CPU (emuDriver, cuda_emu.go). Each method is
+// the one call named beside it; errors are the call's own, the callers name the call. A
+// driver owns one context and one stream: launches, the asynchronous copy, event records,
+// graph launches and the cuBLAS products go on that stream in call order (so a stream
+// capture records them all); the other copies, the memsets and synchronize are synchronous.
+// devModule, devFunction and devEvent are each driver's handles.
+type driver interface {
+	loadModule(ptx string) (devModule, error)                     // cuModuleLoadData
+	moduleFunction(m devModule, name string) (devFunction, error) // cuModuleGetFunction
+	memInfo() (free, total int64, err error)                      // cuMemGetInfo
+	memAlloc(bytes int64) (devPtr, error)                         // cuMemAlloc
+	memFree(p devPtr) error                                       // cuMemFree
+	memcpyHtoD(dst devPtr, src unsafe.Pointer, bytes int64) error // cuMemcpyHtoD
+	memcpyDtoH(dst unsafe.Pointer, src devPtr, bytes int64) error // cuMemcpyDtoH
+	memcpyDtoD(dst, src devPtr, bytes int64) error                // cuMemcpyDtoD
+	memcpyDtoDAsync(dst, src devPtr, bytes int64) error           // cuMemcpyDtoDAsync on the stream
+	memsetD8(p devPtr, v byte, n int64) error                     // cuMemsetD8
+	memsetD32(p devPtr, v uint32, n int64) error                  // cuMemsetD32
+	synchronize() error                                           // cuCtxSynchronize
+	// launch is cuLaunchKernel on the stream: grid x 1 x 1 blocks of block x 1 x 1 threads,
+	// shared bytes of dynamic shared memory, params one 64-bit slot per kernel parameter.
+	launch(fn devFunction, grid, block, shared int, params []uint64) error
+	eventCreate() (devEvent, error)                           // cuEventCreate (CU_EVENT_DEFAULT)
+	eventDestroy(e *devEvent) error                           // cuEventDestroy
+	eventRecord(e devEvent) error                             // cuEventRecord on the stream
+	eventSynchronize(e devEvent) error                        // cuEventSynchronize
+	eventElapsed(start, end devEvent) (ms float64, err error) // cuEventElapsedTime
+	beginCapture() error                                      // cuStreamBeginCapture (CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+	endCapture() (devGraph, error)                            // cuStreamEndCapture
+	instantiate(g devGraph) (devGraphExec, error)             // cuGraphInstantiateWithFlags (flags 0)
+	graphLaunch(e devGraphExec) error                         // cuGraphLaunch on the stream
+	graphDestroy(g devGraph, e devGraphExec)                  // cuGraphExecDestroy, cuGraphDestroy (of those not 0)
+	// blasOpen loads cuBLAS, creates its handle and sets its stream to the driver's (error
+	// messages complete); it returns the library's name.
+	blasOpen() (lib string, err error)
+	blasClose() // cublasDestroy, if blasOpen succeeded
+	// gemmEx is cublasGemmEx with alpha 1, CUBLAS_COMPUTE_32F and CUBLAS_GEMM_DEFAULT;
+	// gemmStridedBatchedEx is cublasGemmStridedBatchedEx likewise, with beta 0. Their errors
+	// are blasStatus values.
+	gemmEx(transa, transb, m, n, k int, a devPtr, atype, lda int, b devPtr, btype, ldb int, beta float32, c devPtr, ctype, ldc int) error
+	gemmStridedBatchedEx(transa, transb, m, n, k int, a devPtr, atype, lda int, sa int64, b devPtr, btype, ldb int, sb int64,
+		c devPtr, ctype, ldc int, sc int64, count int) error
+	streamDestroy() error // cuStreamDestroy
+	ctxRelease() error    // cuDevicePrimaryCtxRelease
+}
+
+// devGraph and devGraphExec are a CUgraph and a CUgraphExec (0: none).
+type (
+	devGraph     uintptr
+	devGraphExec uintptr
+)
+
+// cudaStatus is a CUresult other than CUDA_SUCCESS.
+type cudaStatus int
+
+func (s cudaStatus) Error() string { return fmt.Sprintf("CUDA error %d", int(s)) }
+
 // Device is an open GPU. Every method must be called from the goroutine that opened it.
 type Device struct {
-	Name   string
-	Memory int64
-	dev    cu.Device
-	ctx    cu.CUContext
-	fns    map[string]cu.Function
-	pool   map[int64][]cu.DevicePtr
-	stream cu.Stream        // every launch and cuBLAS call; capturable into CUDA graphs
-	params []uint64         // argument slots of the launch in progress
-	ptrs   []unsafe.Pointer // their addresses
-	blas   *cublas
+	Name    string
+	Memory  int64
+	drv     driver
+	fns     map[string]devFunction
+	pool    map[int64][]devPtr
+	params  []uint64 // argument slots of the launch in progress
+	blasLib string   // the loaded cuBLAS ("" until Blas)
 	// Allocated is the device memory held by this process's buffers (pooled ones included),
 	// Peak its highest value since the device was opened.
 	Allocated, Peak int64
@@ -65,24 +123,12 @@ func cudaErr(call string, err error) error {
 // context current and loads the kernels.
 func OpenDevice(ordinal int) (*Device, error) {
 	runtime.LockOSThread()
-	dev, err := cu.GetDevice(ordinal)
+	drv, name, err := openDriver(ordinal)
 	if err != nil {
-		return nil, cudaErr("cuDeviceGet", err)
+		return nil, err
 	}
-	d := &Device{dev: dev, fns: map[string]cu.Function{}, pool: map[int64][]cu.DevicePtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}}
-	if d.Name, err = dev.Name(); err != nil {
-		return nil, cudaErr("cuDeviceGetName", err)
-	}
-	if d.ctx, err = dev.RetainPrimaryCtx(); err != nil {
-		return nil, cudaErr("cuDevicePrimaryCtxRetain", err)
-	}
-	if err := cu.SetCurrentContext(d.ctx); err != nil {
-		return nil, cudaErr("cuCtxSetCurrent", err)
-	}
-	if d.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
-		return nil, cudaErr("cuStreamCreate", err)
-	}
-	if _, d.Memory, err = cu.MemInfo(); err != nil {
+	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}}
+	if _, d.Memory, err = d.drv.memInfo(); err != nil {
 		return nil, cudaErr("cuMemGetInfo", err)
 	}
 	files, err := fs.Glob(ptxFS, "kernels/*.ptx")
@@ -95,14 +141,14 @@ func OpenDevice(ordinal int) (*Device, error) {
 		if err != nil {
 			return nil, err
 		}
-		mod, err := cu.LoadData(string(ptx))
+		mod, err := d.drv.loadModule(string(ptx))
 		if err != nil {
 			return nil, cudaErr("cuModuleLoadData("+f+")", err)
 		}
 		for _, line := range strings.Split(string(ptx), "\n") {
 			if name, ok := strings.CutPrefix(line, ".visible .entry "); ok {
 				name = strings.TrimSuffix(name, "(")
-				fn, err := mod.Function(name)
+				fn, err := d.drv.moduleFunction(mod, name)
 				if err != nil {
 					return nil, cudaErr("cuModuleGetFunction("+name+")", err)
 				}
@@ -115,7 +161,7 @@ func OpenDevice(ordinal int) (*Device, error) {
 
 // Close frees pooled buffers and releases the primary context.
 func (d *Device) Close() error {
-	d.blas.close()
+	d.drv.blasClose()
 	for _, c := range d.caches {
 		c.free(d)
 	}
@@ -125,16 +171,16 @@ func (d *Device) Close() error {
 	var errs []error
 	for _, ptrs := range d.pool {
 		for _, p := range ptrs {
-			if err := cu.MemFree(p); err != nil {
+			if err := d.drv.memFree(p); err != nil {
 				errs = append(errs, cudaErr("cuMemFree", err))
 			}
 		}
 	}
 	d.pool = nil
-	if err := d.stream.Destroy(); err != nil {
+	if err := d.drv.streamDestroy(); err != nil {
 		errs = append(errs, cudaErr("cuStreamDestroy", err))
 	}
-	if err := d.dev.ReleasePrimaryCtx(); err != nil {
+	if err := d.drv.ctxRelease(); err != nil {
 		errs = append(errs, cudaErr("cuDevicePrimaryCtxRelease", err))
 	}
 	runtime.UnlockOSThread()
@@ -143,7 +189,7 @@ func (d *Device) Close() error {
 
 // Buffer is device memory.
 type Buffer struct {
-	Ptr   cu.DevicePtr
+	Ptr   devPtr
 	Bytes int64
 }
 
@@ -154,15 +200,15 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 		d.pool[bytes] = ptrs[:len(ptrs)-1]
 		return &Buffer{ptrs[len(ptrs)-1], bytes}, nil
 	}
-	p, err := cu.MemAlloc(max(bytes, 4))
+	p, err := d.drv.memAlloc(max(bytes, 4))
 	if err != nil && len(d.pool) > 0 { // give the pooled buffers back and try again
 		if terr := d.Trim(); terr != nil {
 			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; freeing the pooled buffers: %w", what, float64(bytes)/(1<<20), d.Name, err, terr)
 		}
-		p, err = cu.MemAlloc(max(bytes, 4))
+		p, err = d.drv.memAlloc(max(bytes, 4))
 	}
 	if err != nil {
-		free, total, ierr := cu.MemInfo()
+		free, total, ierr := d.drv.memInfo()
 		if ierr != nil {
 			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v (free memory unknown: %v)", what, float64(bytes)/(1<<20), d.Name, err, ierr)
 		}
@@ -177,7 +223,7 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 func (d *Device) Trim() error {
 	for size, ptrs := range d.pool {
 		for len(ptrs) > 0 {
-			if err := cu.MemFree(ptrs[len(ptrs)-1]); err != nil {
+			if err := d.drv.memFree(ptrs[len(ptrs)-1]); err != nil {
 				d.pool[size] = ptrs
 				return cudaErr("cuMemFree", err)
 			}
@@ -204,7 +250,7 @@ func Upload[T any](d *Device, src []T, what string) (*Buffer, error) {
 	if err != nil || len(src) == 0 {
 		return b, err
 	}
-	return b, cudaErr("cuMemcpyHtoD("+what+")", cu.MemcpyHtoD(b.Ptr, unsafe.Pointer(&src[0]), bytes))
+	return b, cudaErr("cuMemcpyHtoD("+what+")", d.drv.memcpyHtoD(b.Ptr, unsafe.Pointer(&src[0]), bytes))
 }
 
 // Download copies a buffer into dst.
@@ -217,21 +263,21 @@ func Download[T any](d *Device, dst []T, b *Buffer) error {
 	if len(dst) == 0 {
 		return nil
 	}
-	return cudaErr("cuMemcpyDtoH", cu.MemcpyDtoH(unsafe.Pointer(&dst[0]), b.Ptr, bytes))
+	return cudaErr("cuMemcpyDtoH", d.drv.memcpyDtoH(unsafe.Pointer(&dst[0]), b.Ptr, bytes))
 }
 
 // Poison fills a buffer with NaN (0x7fc07fc0 is NaN as one float32 and as two bf16), so
 // elements a kernel fails to write show up.
 func (d *Device) Poison(b *Buffer) error {
-	return cudaErr("cuMemsetD32", cu.MemsetD32(b.Ptr, 0x7fc07fc0, b.Bytes/4))
+	return cudaErr("cuMemsetD32", d.drv.memsetD32(b.Ptr, 0x7fc07fc0, b.Bytes/4))
 }
 
 // Sync waits for the device.
-func (d *Device) Sync() error { return cudaErr("cuCtxSynchronize", cu.Synchronize()) }
+func (d *Device) Sync() error { return cudaErr("cuCtxSynchronize", d.drv.synchronize()) }
 
 // copyDtoD is an asynchronous device copy on the device's stream (capturable).
-func (d *Device) copyDtoD(dst, src cu.DevicePtr, bytes int64) error {
-	return cudaErr("cuMemcpyDtoDAsync", cu.MemcpyDtoDAsync(dst, src, bytes, d.stream))
+func (d *Device) copyDtoD(dst, src devPtr, bytes int64) error {
+	return cudaErr("cuMemcpyDtoDAsync", d.drv.memcpyDtoDAsync(dst, src, bytes))
 }
 
 // launch runs kernel name; args are *Buffer, int, float32 or int64 (each in a 64-bit slot).
@@ -261,11 +307,7 @@ func (d *Device) launch(name string, grid, block, shared int, args ...any) error
 			return fmt.Errorf("autograd: kernel %s: argument of type %T", name, a)
 		}
 	}
-	d.ptrs = d.ptrs[:0]
-	for i := range d.params {
-		d.ptrs = append(d.ptrs, unsafe.Pointer(&d.params[i]))
-	}
-	if err := fn.Launch(grid, 1, 1, block, 1, 1, shared, d.stream, d.ptrs); err != nil {
+	if err := d.drv.launch(fn, grid, block, shared, d.params); err != nil {
 		return fmt.Errorf("autograd: launching %s (grid %d, block %d, shared %d): %v", name, grid, block, shared, err)
 	}
 	return nil
@@ -511,7 +553,8 @@ func (d *Device) SampleToken(out, work, logits, seen *Buffer, n int, p SamplePar
 }
 
 // CopyBandwidth times device-to-device copies of 1 GiB and returns GB/s with bytes read and
-// written both counted (the best of five).
+// written both counted (the best of five). On the emulated driver it times the host's memory
+// copy, which says nothing of a GPU.
 func (d *Device) CopyBandwidth() (float64, error) {
 	const size = 1 << 30
 	src, err := d.Alloc(size, "copy bandwidth source")
@@ -530,7 +573,7 @@ func (d *Device) CopyBandwidth() (float64, error) {
 			return 0, err
 		}
 		start := time.Now()
-		if err := cudaErr("cuMemcpyDtoD", cu.MemcpyDtoD(dst.Ptr, src.Ptr, size)); err != nil {
+		if err := cudaErr("cuMemcpyDtoD", d.drv.memcpyDtoD(dst.Ptr, src.Ptr, size)); err != nil {
 			return 0, err
 		}
 		if err := d.Sync(); err != nil {
@@ -545,5 +588,5 @@ func (d *Device) CopyBandwidth() (float64, error) {
 
 // Slice is a view of bytes [off, off+n) of b.
 func (b *Buffer) Slice(off, n int64) *Buffer {
-	return &Buffer{Ptr: b.Ptr + cu.DevicePtr(off), Bytes: n}
+	return &Buffer{Ptr: b.Ptr + devPtr(off), Bytes: n}
 }

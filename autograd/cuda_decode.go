@@ -1,4 +1,4 @@
-//go:build qtcuda
+//go:build qtcuda || cudaemu
 
 package autograd
 
@@ -15,8 +15,6 @@ import (
 	"math/rand/v2"
 	"time"
 	"unsafe"
-
-	"gorgonia.org/cu"
 )
 
 // DecodeShape is the part of a model's config the step needs.
@@ -134,7 +132,7 @@ func DecodeBench(d *Device, s DecodeShape, ctx, tokens int) (DecodeResult, error
 	step := func(pos int) error {
 		launches := 0
 		p32 := []int32{int32(pos)}
-		if err := cudaErr("cuMemcpyHtoD(position)", cu.MemcpyHtoD(posBuf.Ptr, unsafe.Pointer(&p32[0]), 4)); err != nil {
+		if err := cudaErr("cuMemcpyHtoD(position)", d.drv.memcpyHtoD(posBuf.Ptr, unsafe.Pointer(&p32[0]), 4)); err != nil {
 			return err
 		}
 		if err := d.RMSNormBF16(xn, x, layers[0].ln1, 1, h, 1e-6); err != nil {

@@ -1,4 +1,4 @@
-//go:build qtcuda
+//go:build qtcuda || cudaemu
 
 package autograd
 
@@ -22,7 +22,6 @@ import (
 	"strings"
 	"unsafe"
 
-	"gorgonia.org/cu"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -61,10 +60,10 @@ func (d *Device) cacheFor(c *KVCache) (*deviceCache, error) {
 		}
 		if dc != nil {
 			n := int64(dc.max * width * 2)
-			if err := cudaErr("cuMemcpyDtoD(KV cache)", cu.MemcpyDtoD(next.k[l].Ptr, dc.k[l].Ptr, n)); err != nil {
+			if err := cudaErr("cuMemcpyDtoD(KV cache)", d.drv.memcpyDtoD(next.k[l].Ptr, dc.k[l].Ptr, n)); err != nil {
 				return nil, err
 			}
-			if err := cudaErr("cuMemcpyDtoD(KV cache)", cu.MemcpyDtoD(next.v[l].Ptr, dc.v[l].Ptr, n)); err != nil {
+			if err := cudaErr("cuMemcpyDtoD(KV cache)", d.drv.memcpyDtoD(next.v[l].Ptr, dc.v[l].Ptr, n)); err != nil {
 				return nil, err
 			}
 		}
@@ -153,7 +152,7 @@ const (
 )
 
 func (v value) ptr() *Buffer {
-	return &Buffer{Ptr: v.buf.Ptr + cu.DevicePtr(v.off), Bytes: v.buf.Bytes - v.off}
+	return &Buffer{Ptr: v.buf.Ptr + devPtr(v.off), Bytes: v.buf.Bytes - v.off}
 }
 
 // Program is a compiled graph: run it after updating its Step.
@@ -247,7 +246,7 @@ func (p *planner) place(d *Device, last int) error {
 		return err
 	}
 	for i, b := range p.bufs {
-		b.Ptr = p.arena.Ptr + cu.DevicePtr(offsets[i])
+		b.Ptr = p.arena.Ptr + devPtr(offsets[i])
 	}
 	return nil
 }
@@ -442,8 +441,8 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 						if r < 0 {
 							return fmt.Errorf("autograd: SelectRows: row %d selects no position", b)
 						}
-						src := x.ptr().Ptr + cu.DevicePtr(int64(r)*int64(x.stride)*4)
-						if err := d.copyDtoD(y.buf.Ptr+cu.DevicePtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
+						src := x.ptr().Ptr + devPtr(int64(r)*int64(x.stride)*4)
+						if err := d.copyDtoD(y.buf.Ptr+devPtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
 							return err
 						}
 					}
@@ -797,18 +796,18 @@ func (p *Program) Run() error {
 		return fmt.Errorf("autograd: the GPU executor runs batch 1")
 	}
 	base := []float64{st.base(0)}
-	if err := cudaErr("cuMemcpyHtoD(rotary base)", cu.MemcpyHtoD(p.base.Ptr, unsafe.Pointer(&base[0]), 8)); err != nil {
+	if err := cudaErr("cuMemcpyHtoD(rotary base)", d.drv.memcpyHtoD(p.base.Ptr, unsafe.Pointer(&base[0]), 8)); err != nil {
 		return err
 	}
 	if b := st.base(0); p.invFreq != nil && b != p.freqBase {
 		f := InvFreq(b, p.freqDim)
-		if err := cudaErr("cuMemcpyHtoD(inverse frequencies)", cu.MemcpyHtoD(p.invFreq.Ptr, unsafe.Pointer(&f[0]), int64(len(f))*4)); err != nil {
+		if err := cudaErr("cuMemcpyHtoD(inverse frequencies)", d.drv.memcpyHtoD(p.invFreq.Ptr, unsafe.Pointer(&f[0]), int64(len(f))*4)); err != nil {
 			return err
 		}
 		p.freqBase = b
 	}
 	pos := []int32{int32(st.Past)}
-	if err := cudaErr("cuMemcpyHtoD(position)", cu.MemcpyHtoD(p.pos.Ptr, unsafe.Pointer(&pos[0]), 4)); err != nil {
+	if err := cudaErr("cuMemcpyHtoD(position)", d.drv.memcpyHtoD(p.pos.Ptr, unsafe.Pointer(&pos[0]), 4)); err != nil {
 		return err
 	}
 	if len(st.IDs) > 0 {
@@ -816,7 +815,7 @@ func (p *Program) Run() error {
 			return fmt.Errorf("autograd: %d ids for a program of %d", len(st.IDs), p.ids.Bytes/4)
 		}
 		p.idsBuf = append(p.idsBuf[:0], st.IDs...)
-		if err := cudaErr("cuMemcpyHtoD(ids)", cu.MemcpyHtoD(p.ids.Ptr, unsafe.Pointer(&p.idsBuf[0]), int64(len(p.idsBuf))*4)); err != nil {
+		if err := cudaErr("cuMemcpyHtoD(ids)", d.drv.memcpyHtoD(p.ids.Ptr, unsafe.Pointer(&p.idsBuf[0]), int64(len(p.idsBuf))*4)); err != nil {
 			return err
 		}
 	}
@@ -898,7 +897,7 @@ func (p *Program) Sample(sp SampleParams, u float64, seen []int, limit int) (int
 		}
 		p.owned = append(p.owned, p.sampleOut, p.work, p.seen)
 		p.seenHost = make([]bool, p.out.cols)
-		if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
+		if err := cudaErr("cuMemsetD8", d.drv.memsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
 			return 0, err
 		}
 	}
@@ -906,14 +905,14 @@ func (p *Program) Sample(sp SampleParams, u float64, seen []int, limit int) (int
 	if len(seen) < len(p.seenIDs) || !slices.Equal(seen[:len(p.seenIDs)], p.seenIDs) {
 		clear(p.seenHost)
 		p.seenIDs = p.seenIDs[:0]
-		if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
+		if err := cudaErr("cuMemsetD8", d.drv.memsetD8(p.seen.Ptr, 0, int64(p.out.cols))); err != nil {
 			return 0, err
 		}
 	}
 	for _, id := range seen[len(p.seenIDs):] {
 		if id >= 0 && id < len(p.seenHost) && !p.seenHost[id] {
 			p.seenHost[id] = true
-			if err := cudaErr("cuMemsetD8", cu.MemsetD8(p.seen.Ptr+cu.DevicePtr(id), 1, 1)); err != nil {
+			if err := cudaErr("cuMemsetD8", d.drv.memsetD8(p.seen.Ptr+devPtr(id), 1, 1)); err != nil {
 				return 0, err
 			}
 		}
@@ -940,16 +939,16 @@ func (p *Program) Profile(reps int) (times []OpTime, err error) {
 	if err := p.Run(); err != nil { // uploads, cache
 		return nil, err
 	}
-	evs := make([]cu.Event, len(p.ins)+1)
+	evs := make([]devEvent, len(p.ins)+1)
 	for i := range evs {
 		var err error
-		if evs[i], err = cu.MakeEvent(cu.DefaultEvent); err != nil {
+		if evs[i], err = p.d.drv.eventCreate(); err != nil {
 			return nil, cudaErr("cuEventCreate", err)
 		}
 	}
 	defer func() {
 		for i := range evs {
-			if derr := cu.DestroyEvent(&evs[i]); derr != nil && err == nil {
+			if derr := p.d.drv.eventDestroy(&evs[i]); derr != nil && err == nil {
 				times, err = nil, cudaErr("cuEventDestroy", derr)
 			}
 		}
@@ -958,21 +957,21 @@ func (p *Program) Profile(reps int) (times []OpTime, err error) {
 	var order []string
 	for r := 0; r < reps; r++ {
 		for i, f := range p.ins {
-			if err := evs[i].Record(p.d.stream); err != nil {
+			if err := p.d.drv.eventRecord(evs[i]); err != nil {
 				return nil, cudaErr("cuEventRecord", err)
 			}
 			if err := f(); err != nil {
 				return nil, err
 			}
 		}
-		if err := evs[len(p.ins)].Record(p.d.stream); err != nil {
+		if err := p.d.drv.eventRecord(evs[len(p.ins)]); err != nil {
 			return nil, cudaErr("cuEventRecord", err)
 		}
-		if err := evs[len(p.ins)].Synchronize(); err != nil {
+		if err := p.d.drv.eventSynchronize(evs[len(p.ins)]); err != nil {
 			return nil, cudaErr("cuEventSynchronize", err)
 		}
 		for i := range p.ins {
-			ms, err := evs[i].Elapsed(evs[i+1])
+			ms, err := p.d.drv.eventElapsed(evs[i], evs[i+1])
 			if err != nil {
 				return nil, cudaErr("cuEventElapsedTime", err)
 			}

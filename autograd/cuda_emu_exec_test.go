@@ -1,0 +1,121 @@
+//go:build cudaemu && !qtcuda
+
+package autograd_test
+
+// The GPU executor on the emulated driver: a random model's prefill and decode logits
+// against the CPU graph (as qwen-tune selftest checks them on a GPU), with the decode steps
+// replayed from a CUDA graph and profiled with events; and the kernel self-test.
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// emulatedExec is model.CUDA's executor over the emulated device.
+type emulatedExec struct{ d *autograd.Device }
+
+func (e *emulatedExec) Name() string { return "cuda (" + e.d.Name + ")" }
+
+func (e *emulatedExec) Compile(g *model.Graph, out *G.Node) (model.Program, error) {
+	if g.Batch != 1 {
+		return nil, fmt.Errorf("the GPU executor runs batch 1 (graph of %d rows)", g.Batch)
+	}
+	return e.d.Compile(g.ExprGraph, out, g.Step)
+}
+
+func (e *emulatedExec) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
+	return autograd.NewDeviceKVCache(layers, 1, capacity, heads, headDim)
+}
+
+func (e *emulatedExec) ReleaseCache(kv *autograd.KVCache) { e.d.ReleaseCache(kv) }
+
+func (e *emulatedExec) Memory() (int64, int64) { return e.d.Allocated, e.d.Peak }
+
+func (e *emulatedExec) CopyBandwidth() (float64, error) { return e.d.CopyBandwidth() }
+
+func (e *emulatedExec) Close() error { return e.d.Close() }
+
+func TestEmulatedExecutor(t *testing.T) {
+	d, err := autograd.OpenDevice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec := &emulatedExec{d}
+	defer exec.Close()
+	o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048}
+	m, err := model.RandomModel(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	r := rand.New(rand.NewPCG(9, 9))
+	prompt := make([]int, 20)
+	for i := range prompt {
+		prompt[i] = r.IntN(m.Config.VocabSize)
+	}
+	cpu := m.NewSession(len(prompt) + 8)
+	defer cpu.Close()
+	want, err := cpu.Feed(prompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = slices.Clone(want)
+	m.Exec = exec
+	defer func() { m.Exec = nil; d.ReleaseWeights() }()
+	dev := m.NewSession(len(prompt) + 8)
+	defer dev.Close()
+	got, err := dev.Feed(prompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	worst := refmath.RelDiff(got, want)
+	for step := 0; step < 5; step++ {
+		id := 0
+		for i, v := range want {
+			if v > want[id] {
+				id = i
+			}
+		}
+		m.Exec = nil
+		if want, err = cpu.Feed([]int{id}); err != nil {
+			t.Fatal(err)
+		}
+		want = slices.Clone(want)
+		m.Exec = exec
+		if got, err = dev.Feed([]int{id}); err != nil {
+			t.Fatal(err)
+		}
+		worst = max(worst, refmath.RelDiff(got, want))
+	}
+	t.Logf("largest relative difference of the logits: %.2e; decode: %s", worst, dev.DecodeStats())
+	if !(worst <= 2e-2) {
+		t.Errorf("logits differ from the CPU graph's by %.2e", worst)
+	}
+	if _, err := dev.Profile(false, 2); err != nil {
+		t.Errorf("profiling the decode step: %v", err)
+	}
+}
+
+func TestEmulatedSelfTest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the kernel self-test at Qwen-7B's widths is slow on the emulator")
+	}
+	d, err := autograd.OpenDevice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, c := range autograd.SelfTest(d, 1) {
+		if !c.OK() {
+			t.Errorf("%s %s: relative error %.2e (tolerance %.0e), %d unwritten, %v", c.Op, c.Shape, c.RelErr, c.Tol, c.Unwritten, c.Err)
+		}
+	}
+}
