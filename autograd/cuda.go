@@ -94,6 +94,7 @@ type Device struct {
 	Memory  int64
 	drv     driver
 	fns     map[string]devFunction
+	lazy    map[string]string // kernels of modules not loaded yet, by name: their PTX file
 	pool    map[int64][]devPtr
 	params  []uint64 // argument slots of the launch in progress
 	blasLib string   // the loaded cuBLAS ("" until Blas)
@@ -136,27 +137,59 @@ func OpenDevice(ordinal int) (*Device, error) {
 		return nil, err
 	}
 	sort.Strings(files)
+	d.lazy = map[string]string{}
 	for _, f := range files {
+		if !lazyModules[f] {
+			if err := d.loadPTX(f); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		ptx, err := ptxFS.ReadFile(f)
 		if err != nil {
 			return nil, err
 		}
-		mod, err := d.drv.loadModule(string(ptx))
-		if err != nil {
-			return nil, cudaErr("cuModuleLoadData("+f+")", err)
-		}
-		for _, line := range strings.Split(string(ptx), "\n") {
-			if name, ok := strings.CutPrefix(line, ".visible .entry "); ok {
-				name = strings.TrimSuffix(name, "(")
-				fn, err := d.drv.moduleFunction(mod, name)
-				if err != nil {
-					return nil, cudaErr("cuModuleGetFunction("+name+")", err)
-				}
-				d.fns[name] = fn
-			}
+		for _, name := range ptxEntries(string(ptx)) {
+			d.lazy[name] = f
 		}
 	}
 	return d, nil
+}
+
+// lazyModules are the PTX files loaded when one of their kernels is first launched instead
+// of when the device opens: the training and Int4 kernels, which inference on dense weights
+// never needs.
+var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true}
+
+// loadPTX loads the embedded module f and registers its kernels.
+func (d *Device) loadPTX(f string) error {
+	ptx, err := ptxFS.ReadFile(f)
+	if err != nil {
+		return err
+	}
+	mod, err := d.drv.loadModule(string(ptx))
+	if err != nil {
+		return cudaErr("cuModuleLoadData("+f+")", err)
+	}
+	for _, name := range ptxEntries(string(ptx)) {
+		fn, err := d.drv.moduleFunction(mod, name)
+		if err != nil {
+			return cudaErr("cuModuleGetFunction("+name+")", err)
+		}
+		d.fns[name] = fn
+	}
+	return nil
+}
+
+// ptxEntries are the kernel names a PTX module defines.
+func ptxEntries(ptx string) []string {
+	var names []string
+	for _, line := range strings.Split(ptx, "\n") {
+		if name, ok := strings.CutPrefix(line, ".visible .entry "); ok {
+			names = append(names, strings.TrimSuffix(name, "("))
+		}
+	}
+	return names
 }
 
 // Close frees pooled buffers and releases the primary context.
@@ -282,6 +315,14 @@ func (d *Device) copyDtoD(dst, src devPtr, bytes int64) error {
 
 // launch runs kernel name; args are *Buffer, int, float32 or int64 (each in a 64-bit slot).
 func (d *Device) launch(name string, grid, block, shared int, args ...any) error {
+	if f, ok := d.lazy[name]; ok {
+		delete(d.lazy, name)
+		if _, loaded := d.fns[name]; !loaded {
+			if err := d.loadPTX(f); err != nil {
+				return err
+			}
+		}
+	}
 	fn, ok := d.fns[name]
 	if !ok {
 		return fmt.Errorf("autograd: kernel %s is not in the embedded PTX", name)
