@@ -82,9 +82,10 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
     return cuda_emu::shuffle(v, (l & (width - 1)) + (int)delta < width ? l + (int)delta : l);
 }
 
-// atomicAdd returns the old value; relaxed ordering, as on the device.
+// atomicAdd returns the old value; relaxed ordering, as on the device. The value converts to
+// the pointer's type, as with CUDA's overloads.
 template <class T>
-inline T atomicAdd(T* p, T v) {
+inline T atomicAdd(T* p, std::type_identity_t<T> v) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, int> || std::is_same_v<T, unsigned int> ||
                   std::is_same_v<T, unsigned long long>);
     return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_relaxed);
