@@ -1,0 +1,13 @@
+//go:build cudaemu
+
+// gather.cu compiled for the emulator in a namespace of its own (helpers of different .cu files
+// never meet), its kernels registered by name.
+
+#include "cuda_emu.h"
+#include "registry.h"
+
+namespace k_gather {
+#include "../gather.cu"
+}
+
+EMU_KERNEL(k_gather, gather_bf16)

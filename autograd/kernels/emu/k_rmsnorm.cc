@@ -1,0 +1,14 @@
+//go:build cudaemu
+
+// rmsnorm.cu compiled for the emulator in a namespace of its own (helpers of different .cu files
+// never meet), its kernels registered by name.
+
+#include "cuda_emu.h"
+#include "registry.h"
+
+namespace k_rmsnorm {
+#include "../rmsnorm.cu"
+}
+
+EMU_KERNEL(k_rmsnorm, rmsnorm_bf16)
+EMU_KERNEL(k_rmsnorm, rmsnorm_bf16_out)
