@@ -223,15 +223,7 @@ func logSumExp[T Float](row []T) float64 {
 		m := vecmath.Max(r)
 		return float64(m) + math.Log(vecmath.SumExp(r, m))
 	case []float64:
-		m := math.Inf(-1)
-		for _, v := range r {
-			m = max(m, v)
-		}
-		var sum float64
-		for _, v := range r {
-			sum += math.Exp(v - m)
-		}
-		return m + math.Log(sum)
+		return vecmath.LogSumExp64(r)
 	}
 	panic("unreachable")
 }

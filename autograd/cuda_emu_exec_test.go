@@ -9,13 +9,11 @@ package autograd_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
 	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
-	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -61,39 +59,13 @@ func TestEmulatedExecutor(t *testing.T) {
 	for i := range prompt {
 		prompt[i] = r.IntN(m.Config.VocabSize)
 	}
-	cpu := m.NewSession(len(prompt) + 8)
-	defer cpu.Close()
-	want, err := cpu.Feed(prompt)
+	defer d.ReleaseWeights()
+	worst, dev, err := model.CompareExecutor(m, exec, prompt, 5)
+	if dev != nil {
+		defer dev.Close()
+	}
 	if err != nil {
 		t.Fatal(err)
-	}
-	want = slices.Clone(want)
-	m.Exec = exec
-	defer func() { m.Exec = nil; d.ReleaseWeights() }()
-	dev := m.NewSession(len(prompt) + 8)
-	defer dev.Close()
-	got, err := dev.Feed(prompt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	worst := refmath.RelDiff(got, want)
-	for step := 0; step < 5; step++ {
-		id := 0
-		for i, v := range want {
-			if v > want[id] {
-				id = i
-			}
-		}
-		m.Exec = nil
-		if want, err = cpu.Feed([]int{id}); err != nil {
-			t.Fatal(err)
-		}
-		want = slices.Clone(want)
-		m.Exec = exec
-		if got, err = dev.Feed([]int{id}); err != nil {
-			t.Fatal(err)
-		}
-		worst = max(worst, refmath.RelDiff(got, want))
 	}
 	t.Logf("largest relative difference of the logits: %.2e; decode: %s", worst, dev.DecodeStats())
 	if !(worst <= 2e-2) {

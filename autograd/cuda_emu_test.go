@@ -8,6 +8,7 @@ package autograd
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -41,14 +42,14 @@ func TestEmulatedDriverMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make([]float32, len(src))
-	if err := Download(d, got, b); err != nil || !equalF32(got, src) {
+	if err := Download(d, got, b); err != nil || !slices.Equal(got, src) {
 		t.Fatalf("round trip: %v %v", got, err)
 	}
 	// a device copy between views, then the poisoning
 	if err := d.copyDtoD(b.Ptr, b.Slice(16, 12).Ptr, 12); err != nil {
 		t.Fatal(err)
 	}
-	if err := Download(d, got, b); err != nil || !equalF32(got, []float32{5, 6, 7, 4, 5, 6, 7}) {
+	if err := Download(d, got, b); err != nil || !slices.Equal(got, []float32{5, 6, 7, 4, 5, 6, 7}) {
 		t.Fatalf("after the copy: %v %v", got, err)
 	}
 	if err := d.Poison(b); err != nil {
@@ -81,18 +82,6 @@ func TestEmulatedDriverMemory(t *testing.T) {
 	if err := d.Trim(); err != nil || d.Allocated != 0 {
 		t.Errorf("trimmed to %d: %v", d.Allocated, err)
 	}
-}
-
-func equalF32(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // colMajor is a column-major matrix of bf16 or float32 values kept in float64 too.
@@ -338,10 +327,10 @@ func TestEmulatedDriverGraph(t *testing.T) {
 	}
 	defer g.destroy()
 	got := make([]float32, 4)
-	if err := Download(d, got, dst); err != nil || !equalF32(got, []float32{0, 0, 0, 0}) {
+	if err := Download(d, got, dst); err != nil || !slices.Equal(got, []float32{0, 0, 0, 0}) {
 		t.Fatalf("the capture ran the copy: %v %v", got, err)
 	}
-	if err := Download(d, got, y); err != nil || !equalF32(got, []float32{0, 0, 0, 0}) {
+	if err := Download(d, got, y); err != nil || !slices.Equal(got, []float32{0, 0, 0, 0}) {
 		t.Fatalf("the capture ran the product: %v %v", got, err)
 	}
 	for run, v := range []float32{1, 10} {
@@ -351,10 +340,10 @@ func TestEmulatedDriverGraph(t *testing.T) {
 		if err := d.launchGraph(g); err != nil {
 			t.Fatal(err)
 		}
-		if err := Download(d, got, dst); err != nil || !equalF32(got, []float32{v, v, v, v}) {
+		if err := Download(d, got, dst); err != nil || !slices.Equal(got, []float32{v, v, v, v}) {
 			t.Fatalf("replay %d copied %v %v", run, got, err)
 		}
-		if err := Download(d, got, y); err != nil || !equalF32(got, []float32{1, 2, 3, 4}) {
+		if err := Download(d, got, y); err != nil || !slices.Equal(got, []float32{1, 2, 3, 4}) {
 			t.Fatalf("replay %d: product %v %v", run, got, err)
 		}
 	}
@@ -433,7 +422,7 @@ func TestEmulatedDriverKernelGraph(t *testing.T) {
 		}
 	}
 	got := make([]float32, 3)
-	if err := Download(d, got, y); err != nil || !equalF32(got, []float32{11, 22, 33}) {
+	if err := Download(d, got, y); err != nil || !slices.Equal(got, []float32{11, 22, 33}) {
 		t.Fatalf("replayed add: %v %v", got, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -185,7 +186,7 @@ func (c *Checkpoint) Float32(name string, shape ...int64) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	if shape != nil && !equalShape(t.Shape, shape) {
+	if shape != nil && !slices.Equal(t.Shape, shape) {
 		return nil, fmt.Errorf("checkpoints: %s: tensor %q has shape %s, expected %s", c.Dir, name, shapeString(t.Shape), shapeString(shape))
 	}
 	return t.Float32()
@@ -200,18 +201,6 @@ func (c *Checkpoint) TotalBytes() int64 {
 		}
 	}
 	return n
-}
-
-func equalShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func sortedKeys[V any](m map[string]V) []string {

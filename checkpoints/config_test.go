@@ -201,7 +201,7 @@ func TestGPTQTableOfQwen7BInt4(t *testing.T) {
 	for _, s := range specs {
 		if w, ok := want[s.Name]; ok {
 			found++
-			if !equalShape(s.Shape, w) {
+			if !slices.Equal(s.Shape, w) {
 				t.Errorf("%s: %v, want %v", s.Name, s.Shape, w)
 			}
 		}

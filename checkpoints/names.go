@@ -153,7 +153,7 @@ func CheckTensors(c *Config, g *GPTQConfig, ck *Checkpoint) error {
 		if !ok {
 			return fmt.Errorf("checkpoints: %s: tensor %q is missing (%s has it, shape %s)", ck.Dir, s.Name, kind, shapeString(s.Shape))
 		}
-		if !equalShape(info.Shape, s.Shape) {
+		if !slices.Equal(info.Shape, s.Shape) {
 			return fmt.Errorf("checkpoints: %s: tensor %q has shape %s but the config implies %s", f.Path, s.Name, shapeString(info.Shape), shapeString(s.Shape))
 		}
 		if s.DType != "" && info.DType != s.DType {

@@ -92,7 +92,7 @@ func inspectTraining(dir string, r *Report) error {
 			if !ok {
 				return fmt.Errorf("checkpoints: %s lacks %q, the optimizer state of %q", filepath.Join(dir, OptimizerFile), moment+name, name)
 			}
-			if mi.DType != F32 || !equalShape(mi.Shape, info.Shape) {
+			if mi.DType != F32 || !slices.Equal(mi.Shape, info.Shape) {
 				return fmt.Errorf("checkpoints: %s: %q is %s %s, expected F32 %s as its parameter", filepath.Join(dir, OptimizerFile), moment+name, mi.DType, shapeString(mi.Shape), shapeString(info.Shape))
 			}
 		}

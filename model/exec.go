@@ -1,9 +1,12 @@
 package model
 
 import (
+	"slices"
+
 	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // Executor runs the model's inference graphs somewhere other than autograd's Machine on
@@ -34,4 +37,50 @@ type Program interface {
 	// capture failed (nil if it did not).
 	Stats() (launches, graphed int, graphErr error)
 	Close() error
+}
+
+// CompareExecutor runs prompt and then steps greedy decoding steps through m on the CPU and
+// through exec, teacher-forced with the CPU's choices, and returns the largest relative
+// difference of the logits (||exec - cpu|| / ||cpu|| of a position) and the executor's
+// session, still open for the caller to inspect and close. m.Exec is nil again on return.
+func CompareExecutor(m *Model, exec Executor, prompt []int, steps int) (worst float64, dev *Session, err error) {
+	m.Exec = nil
+	cpu := m.NewSession(len(prompt) + steps)
+	defer func() {
+		m.Exec = nil
+		if cerr := cpu.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	on := func(e Executor, s *Session, ids []int) ([]float32, error) {
+		m.Exec = e
+		out, err := s.Feed(ids)
+		return slices.Clone(out), err
+	}
+	m.Exec = exec
+	dev = m.NewSession(len(prompt) + steps)
+	ids := prompt
+	for step := 0; step <= steps; step++ {
+		want, err := on(nil, cpu, ids)
+		if err != nil {
+			return worst, dev, err
+		}
+		got, err := on(exec, dev, ids)
+		if err != nil {
+			return worst, dev, err
+		}
+		worst = max(worst, refmath.RelDiff(got, want))
+		ids = []int{argmax(want)}
+	}
+	return worst, dev, nil
+}
+
+func argmax(v []float32) int {
+	id := 0
+	for i, x := range v {
+		if x > v[id] {
+			id = i
+		}
+	}
+	return id
 }

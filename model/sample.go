@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 )
@@ -209,15 +211,7 @@ func (s *Sampler) NextWith(logits []float32, seen []int, u float64) int {
 // logprobs returns the n best ids of the log-softmax of scores, and in Logprob minus the
 // log of the partition function (the chosen id's logit is added once it is known).
 func logprobs(scores []float64, n int) TokenLogprob {
-	m := math.Inf(-1)
-	for _, v := range scores {
-		m = max(m, v)
-	}
-	var z float64
-	for _, v := range scores {
-		z += math.Exp(v - m)
-	}
-	logZ := m + math.Log(z)
+	logZ := vecmath.LogSumExp64(scores)
 	var top []IDLogprob
 	for i, v := range scores {
 		if len(top) == n && (n == 0 || v <= top[n-1].Logprob) {

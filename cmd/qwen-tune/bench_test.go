@@ -11,10 +11,6 @@ import (
 // bandwidth and the decode floor it implies.
 func TestBenchJSON(t *testing.T) {
 	dir := tinyModel(t)
-	out, errOut, code := qt(t, "", "bench", "--model", dir, "--prompt-len", "64", "--new-tokens", "8", "--json")
-	if code != 0 {
-		t.Fatalf("bench: code %d, stderr %q", code, errOut)
-	}
 	var res struct {
 		Device      string  `json:"device"`
 		Prompt      int     `json:"prompt_tokens"`
@@ -27,9 +23,7 @@ func TestBenchJSON(t *testing.T) {
 		Fraction    float64 `json:"decode_fraction_of_floor"`
 		WeightBytes int64   `json:"weights_bytes"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Fatalf("bench --json printed %q: %v", out, err)
-	}
+	runJSON(t, &res, "bench", "--model", dir, "--prompt-len", "64", "--new-tokens", "8", "--json")
 	if res.Device != "cpu" || res.Prompt != 64 || res.New != 8 || res.After != 1 || res.Prefill <= 0 || res.Decode <= 0 || res.Copy <= 0 {
 		t.Fatalf("bench result %+v", res)
 	}
@@ -47,10 +41,6 @@ func TestBenchJSON(t *testing.T) {
 // and their state, and refuses a sequence too short to train on.
 func TestBenchTrain(t *testing.T) {
 	dir := tinyModel(t)
-	out, errOut, code := qt(t, "", "bench", "--train", "--model", dir, "--batch-size", "2", "--max-len", "16", "--steps", "1", "--lora-r", "4", "--targets", "c_attn", "--json")
-	if code != 0 {
-		t.Fatalf("bench --train: code %d, stderr %q", code, errOut)
-	}
 	var res struct {
 		Batch, Seq, Steps int
 		Tokens            float64 `json:"tokens_per_s"`
@@ -58,14 +48,24 @@ func TestBenchTrain(t *testing.T) {
 		State             int64   `json:"optimizer_state_bytes"`
 		Device            string  `json:"device"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Fatalf("bench --train --json printed %q: %v", out, err)
-	}
+	runJSON(t, &res, "bench", "--train", "--model", dir, "--batch-size", "2", "--max-len", "16", "--steps", "1", "--lora-r", "4", "--targets", "c_attn", "--json")
 	// c_attn only: r (hidden + 3 hidden) per layer, 2 layers of hidden 64
 	if res.Batch != 2 || res.Seq != 16 || res.Steps != 1 || res.Tokens <= 0 || res.Params != 2*4*(64+3*64) || res.State != 16*int64(res.Params) || res.Device != "cpu" {
 		t.Fatalf("bench --train result %+v", res)
 	}
 	if _, errOut, code := qt(t, "", "bench", "--train", "--model", dir, "--max-len", "1"); code == 0 || !strings.Contains(errOut, "sequence 1") {
 		t.Fatalf("bench --train --max-len 1: code %d, stderr %q", code, errOut)
+	}
+}
+
+// runJSON runs the command, which must succeed, and decodes the JSON it prints into v.
+func runJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	out, errOut, code := qt(t, "", args...)
+	if code != 0 {
+		t.Fatalf("%v: code %d, stderr %q", args, code, errOut)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("%v printed %q: %v", args, out, err)
 	}
 }

@@ -201,39 +201,14 @@ func executorChecks(exec *model.CUDA) []autograd.Check {
 			for i := range prompt {
 				prompt[i] = r.IntN(m.Config.VocabSize)
 			}
-			cpu := m.NewSession(c.prompt + 16)
-			defer cpu.Close()
-			want, err := cpu.Feed(prompt)
+			defer exec.Device.ReleaseWeights()
+			worst, gpu, err := model.CompareExecutor(m, exec, prompt, 12)
+			if gpu != nil {
+				defer gpu.Close()
+			}
+			chk.RelErr = worst
 			if err != nil {
 				return err
-			}
-			want = slices.Clone(want)
-			m.Exec = exec
-			defer func() { m.Exec = nil; exec.Device.ReleaseWeights() }()
-			gpu := m.NewSession(c.prompt + 16)
-			defer gpu.Close()
-			got, err := gpu.Feed(prompt)
-			if err != nil {
-				return err
-			}
-			chk.RelErr = refmath.RelDiff(got, want)
-			for step := 0; step < 12; step++ {
-				id := 0
-				for i, v := range want {
-					if v > want[id] {
-						id = i
-					}
-				}
-				m.Exec = nil
-				if want, err = cpu.Feed([]int{id}); err != nil {
-					return err
-				}
-				want = slices.Clone(want)
-				m.Exec = exec
-				if got, err = gpu.Feed([]int{id}); err != nil {
-					return err
-				}
-				chk.RelErr = max(chk.RelErr, refmath.RelDiff(got, want))
 			}
 			return nil
 		}()

@@ -23,32 +23,27 @@ func fmaLoopAVX2(n int)
 // Zen 4 core, which issues one 512-bit multiply-add a cycle); AVX2's is 6 x 16 in 16.
 var (
 	avx512Kernel = &microKernel{name: "avx512", mr: 12, nr: 32, mc: 120, kc: 1024, nc: 1024,
-		run: func(k int, a, b, c []float32, ldc int) {
-			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31] // the assembly reads and writes these
-			kernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc)
-		},
-		set: func(k int, a, b, c []float32, ldc int) {
-			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31]
-			kernel12x32SetAVX512(k, &a[0], &b[0], &c[0], ldc)
-		},
+		run: tile(12, 32, kernel12x32AVX512), set: tile(12, 32, kernel12x32SetAVX512),
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 16, x, w, out, dot4F32AVX512, dot4BF16AVX512)
 		},
 		trans8: trans8AVX2}
 	avx2Kernel = &microKernel{name: "avx2", mr: 6, nr: 16, mc: 120, kc: 1024, nc: 1024,
-		run: func(k int, a, b, c []float32, ldc int) {
-			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
-			kernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc)
-		},
-		set: func(k int, a, b, c []float32, ldc int) {
-			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
-			kernel6x16SetAVX2(k, &a[0], &b[0], &c[0], ldc)
-		},
+		run: tile(6, 16, kernel6x16AVX2), set: tile(6, 16, kernel6x16SetAVX2),
 		dots: func(k int, x []float32, w Matrix, out *[4]float32) {
 			dots4(k, 8, x, w, out, dot4F32AVX2, dot4BF16AVX2)
 		},
 		trans8: trans8AVX2}
 )
+
+// tile wraps an assembly micro-kernel of an mr x nr tile, checking the bounds of what it
+// reads and writes first.
+func tile(mr, nr int, f func(k int, a, b, c *float32, ldc int)) func(k int, a, b, c []float32, ldc int) {
+	return func(k int, a, b, c []float32, ldc int) {
+		_, _, _ = a[mr*k-1], b[nr*k-1], c[(mr-1)*ldc+nr-1]
+		f(k, &a[0], &b[0], &c[0], ldc)
+	}
+}
 
 // bestKernel is the widest micro-kernel this CPU runs.
 func bestKernel() *microKernel { return gemmKernels()[0] }

@@ -128,6 +128,10 @@ acc: \
 #define ROWS6x16 KROWS6(0, Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
 #define STORE6x16(row) CROWS6(row, 32, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15)
 
+// TILE12x32 and TILE6x16 are the two micro-kernels, row CROW (C += A B) or CSET (C = A B).
+#define TILE12x32(row) KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32(row))
+#define TILE6x16(row) KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16(row))
+
 // DOTF32 and DOTBF16 add u times the vector of w at mem to acc; DOTBF16 widens the bf16
 // values into t first (zero-extended to 32 bits, shifted into the high half).
 #define DOTF32(mem, t, u, acc) \
@@ -278,25 +282,20 @@ done: \
 	VZEROUPPER; \
 	RET
 
-// func kernel12x32AVX512(k int, a, b, c *float32, ldc int)
-// C[0:12, 0:32] += A B: A is k x 12 (one row of 12 per step), B is k x 32, C has row stride ldc.
+// func kernel12x32AVX512(k int, a, b, c *float32, ldc int): C[0:12, 0:32] += A B, A k x 12
+// (one row of 12 per step), B k x 32, C of row stride ldc; kernel12x32SetAVX512 stores C = A B
+// (C not read). kernel6x16AVX2 and kernel6x16SetAVX2 are the same for a 6 x 16 tile.
 TEXT ·kernel12x32AVX512(SB), NOSPLIT, $0-40
-	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32(CROW))
+	TILE12x32(CROW)
 
-// func kernel12x32SetAVX512(k int, a, b, c *float32, ldc int)
-// C[0:12, 0:32] = A B, C not read.
 TEXT ·kernel12x32SetAVX512(SB), NOSPLIT, $0-40
-	KERNEL(ZERO12x32, Z0, Z1, 64, ROWS12x32, 48, 128, STORE12x32(CSET))
+	TILE12x32(CSET)
 
-// func kernel6x16AVX2(k int, a, b, c *float32, ldc int)
-// C[0:6, 0:16] += A B: A is k x 6, B is k x 16, C has row stride ldc.
 TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-40
-	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16(CROW))
+	TILE6x16(CROW)
 
-// func kernel6x16SetAVX2(k int, a, b, c *float32, ldc int)
-// C[0:6, 0:16] = A B, C not read.
 TEXT ·kernel6x16SetAVX2(SB), NOSPLIT, $0-40
-	KERNEL(ZERO6x16, Y0, Y1, 32, ROWS6x16, 24, 64, STORE6x16(CSET))
+	TILE6x16(CSET)
 
 // func fmaLoopAVX512(n int): n rounds of 16 independent ZMM multiply-adds
 // (512 float32 operations a round: 16 lanes, a multiply and an add each).

@@ -11,32 +11,49 @@ import "math"
 // give 0, arguments above 88 give e^88 (a softmax's shifted scores are never above 0), and
 // NaN stays NaN.
 func Exp(dst, src []float32, shift, scale float32) {
-	_ = dst[:len(src)]
-	done := expVec(dst, src, shift, scale)
-	for i := done; i < len(src); i++ {
-		dst[i] = Exp32(src[i]-shift) * scale
-	}
+	expSum(dst, src, shift, scale)
 }
 
-// ExpSum sets dst[i] = e^(src[i] - shift) as Exp does (dst and src the same length; they may
-// be the same slice) and returns their sum, added up in float64.
-func ExpSum(dst, src []float32, shift float32) float64 {
+// expSum is Exp returning the sum of what it wrote, added up in float64.
+func expSum(dst, src []float32, shift, scale float32) float64 {
 	_ = dst[:len(src)]
-	sum, done := expSumVec(dst, src, shift)
+	sum, done := expVec(dst, src, shift, scale)
 	for i := done; i < len(src); i++ {
-		dst[i] = Exp32(src[i] - shift)
+		dst[i] = Exp32(src[i]-shift) * scale
 		sum += float64(dst[i])
 	}
 	return sum
 }
 
-// SumExp is sum_i e^(src[i] - shift), each exponential as Exp's, summed in float64.
+// ExpSum sets dst[i] = e^(src[i] - shift) as Exp does (dst and src the same length; they may
+// be the same slice) and returns their sum, added up in float64.
+func ExpSum(dst, src []float32, shift float32) float64 { return expSum(dst, src, shift, 1) }
+
+// SumExp is sum_i e^(src[i] - shift), each exponential as Exp's, summed in float64 as
+// ExpSum sums them.
 func SumExp(src []float32, shift float32) float64 {
-	sum, done := sumExpVec(src, shift)
-	for _, v := range src[done:] {
-		sum += float64(Exp32(v - shift))
+	var buf [256]float32
+	var sum float64
+	for len(src) > 0 {
+		n := min(len(buf), len(src))
+		sum += ExpSum(buf[:n], src[:n], shift)
+		src = src[n:]
 	}
 	return sum
+}
+
+// LogSumExp64 is log sum_i e^x[i] in float64 (-Inf for an empty x), shifted by the largest
+// element so that no exponential overflows.
+func LogSumExp64(x []float64) float64 {
+	m := math.Inf(-1)
+	for _, v := range x {
+		m = max(m, v)
+	}
+	var sum float64
+	for _, v := range x {
+		sum += math.Exp(v - m)
+	}
+	return m + math.Log(sum)
 }
 
 // Max is the largest element of x: NaN if there is one, -Inf for an empty x.

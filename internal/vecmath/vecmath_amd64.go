@@ -8,10 +8,8 @@ import (
 	"golang.org/x/sys/cpu"
 )
 
-func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32)
+func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32) float64
 func sigmoidAVX2(n int, dst, src *float32, k *[kLen][8]float32)
-func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
-func expSumAVX2(n int, dst, src *float32, shift float32, k *[kLen][8]float32) float64
 func maxAVX2(n int, src *float32) (m float32, nan bool)
 
 var hasAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
@@ -56,14 +54,14 @@ var consts = func() (k [kLen][8]float32) {
 	return k
 }()
 
-// expVec runs the assembly over the first multiple of 8 elements and returns how many.
-func expVec(dst, src []float32, shift, scale float32) int {
+// expVec runs the assembly over the first multiple of 8 elements and returns the sum of
+// what it wrote and how many.
+func expVec(dst, src []float32, shift, scale float32) (float64, int) {
 	n := len(src) &^ 7
 	if !hasAVX2 || n == 0 {
-		return 0
+		return 0, 0
 	}
-	expAVX2(n, &dst[0], &src[0], shift, scale, &consts)
-	return n
+	return expAVX2(n, &dst[0], &src[0], shift, scale, &consts), n
 }
 
 func sigmoidVec(dst, src []float32) int {
@@ -77,22 +75,6 @@ func sigmoidVec(dst, src []float32) int {
 
 // bitsOf is the float32 whose bits are i (an integer constant in the table).
 func bitsOf(i int32) float32 { return math.Float32frombits(uint32(i)) }
-
-func sumExpVec(src []float32, shift float32) (float64, int) {
-	n := len(src) &^ 7
-	if !hasAVX2 || n == 0 {
-		return 0, 0
-	}
-	return sumExpAVX2(n, &src[0], shift, &consts), n
-}
-
-func expSumVec(dst, src []float32, shift float32) (float64, int) {
-	n := len(src) &^ 7
-	if !hasAVX2 || n == 0 {
-		return 0, 0
-	}
-	return expSumAVX2(n, &dst[0], &src[0], shift, &consts), n
-}
 
 // maxVec is the largest of the first multiple of 8 elements and how many it saw (-Inf, 0
 // when none); NaN if one of them is.

@@ -17,6 +17,12 @@
 #define KONE 352
 #define KBIAS 384
 
+// ARGS loads the first three arguments, n, dst and src, into CX, DI and SI.
+#define ARGS \
+	MOVQ n+0(FP), CX; \
+	MOVQ dst+8(FP), DI; \
+	MOVQ src+16(FP), SI
+
 // EXP8 sets Y6 = e^Y0 in eight lanes, step for step as Exp32 (Y1-Y5, Y7 scratch; Y13 holds
 // the upper clamp): lanes below the lower bound give 0, NaN lanes stay NaN.
 #define EXP8 \
@@ -45,37 +51,11 @@
 	VANDPS Y2, Y0, Y2; \
 	VORPS Y2, Y6, Y6
 
-// func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32)
-// dst[i] = e^(src[i] - shift) * scale for i < n, n a positive multiple of 8.
-TEXT ·expAVX2(SB), NOSPLIT, $0-40
-	MOVQ n+0(FP), CX
-	MOVQ dst+8(FP), DI
-	MOVQ src+16(FP), SI
-	VBROADCASTSS shift+24(FP), Y15
-	VBROADCASTSS scale+28(FP), Y14
-	MOVQ k+32(FP), R8
-	VMOVUPS KMAX(R8), Y13
-
-exploop:
-	VMOVUPS (SI), Y0
-	VSUBPS Y15, Y0, Y0
-	EXP8
-	VMULPS Y14, Y6, Y6
-	VMOVUPS Y6, (DI)
-	ADDQ $32, SI
-	ADDQ $32, DI
-	SUBQ $8, CX
-	JNZ exploop
-	VZEROUPPER
-	RET
-
 // func sigmoidAVX2(n int, dst, src *float32, k *[kLen][8]float32)
 // dst[i] = 1 / (1 + e^-src[i]) for i < n, n a positive multiple of 8, as Sigmoid32: with
 // e = e^-|x|, 1 / (1 + e) where x >= 0 and e / (1 + e) elsewhere.
 TEXT ·sigmoidAVX2(SB), NOSPLIT, $0-32
-	MOVQ n+0(FP), CX
-	MOVQ dst+8(FP), DI
-	MOVQ src+16(FP), SI
+	ARGS
 	MOVQ k+24(FP), R8
 	VMOVUPS KMAX(R8), Y13
 	VXORPS Y12, Y12, Y12
@@ -115,54 +95,29 @@ sigloop:
 	VADDPD X12, X11, X11; \
 	VHADDPD X11, X11, X11
 
-// func sumExpAVX2(n int, src *float32, shift float32, k *[kLen][8]float32) float64
-// The sum of e^(src[i] - shift) for i < n, n a positive multiple of 8, in float64: each
-// group of eight widened and added to two four-lane accumulators.
-TEXT ·sumExpAVX2(SB), NOSPLIT, $0-40
-	MOVQ n+0(FP), CX
-	MOVQ src+8(FP), SI
-	VBROADCASTSS shift+16(FP), Y15
-	MOVQ k+24(FP), R8
-	VMOVUPS KMAX(R8), Y13
-	VXORPD Y11, Y11, Y11
-	VXORPD Y12, Y12, Y12
-
-sumloop:
-	VMOVUPS (SI), Y0
-	VSUBPS Y15, Y0, Y0
-	EXP8
-	SUM8
-	ADDQ $32, SI
-	SUBQ $8, CX
-	JNZ sumloop
-	SUMOUT
-	VZEROUPPER
-	MOVSD X11, ret+32(FP)
-	RET
-
-// func expSumAVX2(n int, dst, src *float32, shift float32, k *[kLen][8]float32) float64
-// dst[i] = e^(src[i] - shift) for i < n, n a positive multiple of 8, and their sum as
-// sumExpAVX2 adds it.
-TEXT ·expSumAVX2(SB), NOSPLIT, $0-48
-	MOVQ n+0(FP), CX
-	MOVQ dst+8(FP), DI
-	MOVQ src+16(FP), SI
+// func expAVX2(n int, dst, src *float32, shift, scale float32, k *[kLen][8]float32) float64
+// dst[i] = e^(src[i] - shift) * scale for i < n, n a positive multiple of 8, and their sum:
+// each group of eight widened to float64 and added to two four-lane accumulators.
+TEXT ·expAVX2(SB), NOSPLIT, $0-48
+	ARGS
 	VBROADCASTSS shift+24(FP), Y15
+	VBROADCASTSS scale+28(FP), Y14
 	MOVQ k+32(FP), R8
 	VMOVUPS KMAX(R8), Y13
 	VXORPD Y11, Y11, Y11
 	VXORPD Y12, Y12, Y12
 
-expsumloop:
+exploop:
 	VMOVUPS (SI), Y0
 	VSUBPS Y15, Y0, Y0
 	EXP8
+	VMULPS Y14, Y6, Y6
 	VMOVUPS Y6, (DI)
 	SUM8
 	ADDQ $32, SI
 	ADDQ $32, DI
 	SUBQ $8, CX
-	JNZ expsumloop
+	JNZ exploop
 	SUMOUT
 	VZEROUPPER
 	MOVSD X11, ret+40(FP)
