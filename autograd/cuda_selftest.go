@@ -143,6 +143,18 @@ func cpuRMSNorm(x []float32, w []uint16, n, h int) []float32 {
 func SelfTest(d *Device, seed uint64) []Check {
 	r := rand.New(rand.NewPCG(seed, 99))
 	var checks []Check
+	for _, group := range checkGroups {
+		checks = append(checks, group(d, r)...)
+	}
+	return checks
+}
+
+// checkGroups are the self-test's groups of kernel checks, run in this order.
+var checkGroups = []func(d *Device, r *rand.Rand) []Check{inferenceChecks}
+
+// inferenceChecks are the kernels and products of inference on dense weights.
+func inferenceChecks(d *Device, r *rand.Rand) []Check {
+	var checks []Check
 	for _, s := range [][2]int{{3, 4096}, {5, 100}} { // RMSNorm
 		n, h := s[0], s[1]
 		x, w := randF32(r, n*h), randBF16(r, h, 1)
