@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -18,8 +19,10 @@ import (
 func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Duration, logw io.Writer) error {
 	base, cancelRequests := context.WithCancel(context.Background())
 	defer cancelRequests()
+	var conns activeConns
 	hs := &http.Server{Handler: s.Handler(), BaseContext: func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: s.opts.ReadTimeout, IdleTimeout: s.opts.IdleTimeout}
+		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: s.opts.ReadTimeout, IdleTimeout: s.opts.IdleTimeout,
+		ConnState: conns.track}
 	work, stopWork := context.WithCancel(context.Background())
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
@@ -46,9 +49,10 @@ func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Dur
 		cancelRequests()
 		if kill.Err() == nil {
 			fmt.Fprintf(logw, "requests still running after %s: ending them\n", grace)
-			// the handlers send their last chunks, then what is left is closed
+			// the handlers send their last chunks (or a 503), the server writes them out, and
+			// then what is left is closed
 			end := time.Now().Add(cutShortTimeout)
-			for s.inflight.Load() > 0 && kill.Err() == nil && time.Now().Before(end) {
+			for (s.inflight.Load() > 0 || conns.count() > 0) && kill.Err() == nil && time.Now().Before(end) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		} else {
@@ -62,4 +66,31 @@ func (s *Server) Run(stop, kill context.Context, ln net.Listener, grace time.Dur
 	}()
 	s.Work(work)
 	return <-result
+}
+
+// activeConns counts the connections with a request being answered (http.StateActive): a
+// connection stays active after its handler returns until the server has written the whole
+// response out.
+type activeConns struct {
+	mu     sync.Mutex
+	active map[net.Conn]bool
+}
+
+func (a *activeConns) track(c net.Conn, st http.ConnState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.active == nil {
+		a.active = map[net.Conn]bool{}
+	}
+	if st == http.StateActive {
+		a.active[c] = true
+	} else {
+		delete(a.active, c)
+	}
+}
+
+func (a *activeConns) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.active)
 }
