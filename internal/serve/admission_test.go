@@ -32,11 +32,11 @@ func stalledBody(t *testing.T, url string) net.Conn {
 	return conn
 }
 
-// waitFor polls cond for up to limit.
 // settle bounds waitFor: the conditions are polled every 10 ms, so only a machine under heavy
 // load comes near it.
 const settle = 15 * time.Second
 
+// waitFor polls cond for up to settle.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for start := time.Now(); !cond(); time.Sleep(10 * time.Millisecond) {
