@@ -3,13 +3,17 @@
 package autograd
 
 // The executor: a gorgonia graph of this package's ops compiled into a list of kernel
-// launches on one GPU. Compile walks the graph in topological order and turns every node
-// into device work by its op type; parameters are uploaded once (bf16, shared between the
-// programs of one Device); activations get buffers planned from the graph's liveness, so a
-// buffer is reused as soon as the last node reading it has run, and a run allocates nothing.
-// SplitHeads becomes a view (offset and row stride into the fused qkv projection), the
-// residual adds run in place, an add followed by an RMSNorm is one fused launch. The KV cache
-// of the Step lives on the device in bf16.
+// launches on one GPU. Compile runs a plan pass (topological order, every node's inputs and
+// readers, views, each buffer's last reader), then hands every node to the emitter
+// registered for its op type (emitters), which places its value and appends its launches;
+// parameters are uploaded once (bf16, shared between the programs of one Device);
+// activations get buffers planned from the graph's liveness (planner), so a buffer is reused
+// as soon as the last node reading it has run, and a run allocates nothing. SplitHeads
+// becomes a view (offset and row stride into the fused qkv projection), the residual adds
+// run in place, and three fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
+// KV-cache append" (deferIntoAttention) and "up and gate projections + SwiGLU"
+// (deferIntoSwiGLU). The KV cache of the Step lives on the device in bf16. A new op is one
+// emitter and one row of emitters.
 //
 // Inference graphs only (no gradients, no dropout); batch 1 with no padding mask; the
 // projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA or Int4:
@@ -18,6 +22,7 @@ package autograd
 import (
 	"fmt"
 	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"unsafe"
@@ -251,493 +256,615 @@ func (p *planner) place(d *Device, last int) error {
 	return nil
 }
 
-// Compile turns the graph that computes out into a Program reading step.
+// compiler is the state of one Compile: the plan of the graph (order, readers, liveness,
+// views), the values placed so far, the activation planner and the program being built.
+type compiler struct {
+	d      *Device
+	step   *Step
+	out    *G.Node
+	sorted []*G.Node
+	pos    map[*G.Node]int       // a node's place in sorted
+	kids   map[*G.Node][]*G.Node // a node's inputs
+	users  map[*G.Node][]*G.Node // the nodes reading it
+	vals   map[*G.Node]*value
+	// lastUse is, for a buffer's owner, the place of the last node reading it or its views;
+	// rootOf maps a view (and a fused, deferred node) to the owner of what it reads.
+	lastUse  map[*G.Node]int
+	rootOf   map[*G.Node]*G.Node
+	released map[*G.Node]bool
+	pl       *planner
+	p        *Program
+	i        int     // the place of the node being compiled
+	cur      *G.Node // the node being compiled
+	lastAdd  addInfo // the last residual add, which the next RMSNorm may absorb
+	scale    float32 // attention's 1/sqrt(head dim)
+}
+
+type addInfo struct {
+	node  *G.Node
+	index int
+	x, r  *value
+}
+
+// emitter compiles node n, whose inputs are in, into the program: it places n's value and
+// emits its launches. view reports that n's value only names (part of) another one, or is
+// deferred into its reader (a fusion): n then releases no input.
+type emitter func(c *compiler, n *G.Node, in []*value) (view bool, err error)
+
+// emitters are the compilers of this package's ops, by op type; gorgonia's element-wise add
+// (isAdd) is the one foreign op the executor runs.
+var emitters = map[reflect.Type]emitter{
+	reflect.TypeOf(&gatherOp{}):     (*compiler).gather,
+	reflect.TypeOf(&rmsNormOp{}):    (*compiler).rmsNorm,
+	reflect.TypeOf(&linearOp{}):     (*compiler).linear,
+	reflect.TypeOf(&splitHeadsOp{}): (*compiler).splitHeads,
+	reflect.TypeOf(&rotaryOp{}):     (*compiler).rotary,
+	reflect.TypeOf(&attentionOp{}):  (*compiler).attention,
+	reflect.TypeOf(&swigluOp{}):     (*compiler).swiGLU,
+}
+
+// Compile turns the graph that computes out into a Program reading step: a plan pass, then
+// every node through the emitter of its op type, then the arena.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program, err error) {
-	sorted, err := G.Sort(g)
-	if err != nil {
-		return nil, err
-	}
-	slices.Reverse(sorted)
-	pos := map[*G.Node]int{}
-	kids := map[*G.Node][]*G.Node{}
-	users := map[*G.Node][]*G.Node{}
-	for i, n := range sorted {
-		pos[n] = i
-		kids[n] = children(g, n)
-		for _, c := range kids[n] {
-			users[c] = append(users[c], n)
-		}
-	}
-	vals := map[*G.Node]*value{}
-	lastUse := map[*G.Node]int{} // of a buffer's owner: the last node reading it or its views
-	pl := &planner{index: map[*Buffer]int{}}
-	p := &Program{d: d, step: step}
+	c := &compiler{d: d, step: step, out: out, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}}}
+	p := c.p
 	defer func() {
 		if err != nil {
 			for _, b := range p.owned {
 				d.Free(b)
 			}
-			if pl.arena != nil {
-				d.Free(pl.arena)
+			if c.pl.arena != nil {
+				d.Free(c.pl.arena)
 			}
 		}
 	}()
-	n0 := step.Batch * step.Seq
-	if p.ids, err = d.Alloc(int64(max(n0, 1))*4, "token ids"); err != nil {
+	if err := c.plan(g); err != nil {
 		return nil, err
 	}
-	p.owned = append(p.owned, p.ids)
-	if p.base, err = d.Alloc(8, "rotary base"); err != nil {
+	if err := c.stepBuffers(); err != nil {
 		return nil, err
 	}
-	p.owned = append(p.owned, p.base)
-	if p.pos, err = d.Alloc(4, "position"); err != nil {
-		return nil, err
-	}
-	p.owned = append(p.owned, p.pos)
-	p.graphable = step.Batch == 1 && step.Seq == 1
-	rootOf := map[*G.Node]*G.Node{}
-	root := func(n *G.Node) *G.Node {
-		if r, ok := rootOf[n]; ok {
-			return r
-		}
-		return n
-	}
-	for i, n := range sorted {
-		if _, ok := n.Op().(*splitHeadsOp); ok {
-			rootOf[n] = root(kids[n][0])
-		}
-		for _, c := range kids[n] {
-			lastUse[root(c)] = i
-		}
-	}
-	lastUse[out] = len(sorted)
-	isLinear := func(n *G.Node) (*linearOp, bool) {
-		o, ok := n.Op().(*linearOp)
-		return o, ok && (o.scale == 0 || o.scale == 1)
-	}
-	rowsOf := func(n *G.Node) int {
-		s := n.Shape()
-		if len(s) == 2 {
-			return s[0]
-		}
-		return s[0] * s[1]
-	}
-	// feedsGEMMs: every reader of n is a projection taking it as input with more than one
-	// row, so n can be produced in bf16 directly (no float32 copy, no conversion pass).
-	feedsGEMMs := func(n *G.Node) bool {
-		if n == out || rowsOf(n) < 2 || len(users[n]) == 0 {
-			return false
-		}
-		for _, u := range users[n] {
-			if _, ok := isLinear(u); !ok || kids[u][0] != n {
-				return false
-			}
-		}
-		return true
-	}
-	// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill): the up and
-	// gate GEMMs then write bf16 as transformers does, halving the MLP's largest buffers.
-	feedsSwiGLU := func(n *G.Node) bool {
-		if rowsOf(n) < 2 || len(users[n]) != 1 {
-			return false
-		}
-		sw, ok := users[n][0].Op().(*swigluOp)
-		return ok && sw.grad == 0 && feedsGEMMs(users[n][0])
-	}
-	alloc := func(n *G.Node, rows, cols int, bf bool) (*value, error) {
-		elem := int64(4)
-		if bf {
-			elem = 2
-		}
-		b := pl.get(int64(rows*cols) * elem)
-		v := &value{buf: b, rows: rows, cols: cols, stride: cols, root: n, bf16: bf}
-		vals[n] = v
-		return v, nil
-	}
-	released := map[*G.Node]bool{}
-	// dies reports whether input c of node i is a float32 activation nobody reads later,
-	// whose buffer the node may overwrite.
-	dies := func(i int, c *G.Node) bool {
-		v := vals[c]
-		return v != nil && !v.param && v.lazy == 0 && !v.bf16 && v.off == 0 && v.root == c && lastUse[c] == i && c != out
-	}
-	// inPlace makes n's result live in c's buffer.
-	inPlace := func(n, c *G.Node) *value {
-		v := vals[c]
-		released[c] = true // n owns the buffer now
-		nv := &value{buf: v.buf, rows: v.rows, cols: v.cols, stride: v.cols, root: n}
-		vals[n] = nv
-		return nv
-	}
-	release := func(i int, n *G.Node) {
-		for _, c := range kids[n] {
-			r := root(c)
-			if v := vals[r]; v != nil && !v.param && v.lazy == 0 && lastUse[r] == i && r != out && !released[r] {
-				released[r] = true // the closures keep v.buf: later nodes may write it
-				pl.put(v.buf)
-			}
-		}
-	}
-	var cur *G.Node
-	emit := func(name string, f func() error) {
-		p.ins = append(p.ins, f)
-		p.names = append(p.names, name)
-		p.kinds = append(p.kinds, fmt.Sprintf("%s -> %v", strings.TrimSuffix(name, fmt.Sprintf(" (%s)", cur.Name())), cur.Shape()))
-	}
-	type addInfo struct {
-		node  *G.Node
-		index int
-		x, r  *value
-	}
-	var lastAdd addInfo
-	scale := float32(0)
-	for i, n := range sorted {
-		pl.at = i
+	for i, n := range c.sorted {
+		c.i, c.pl.at, c.cur = i, i, n
 		if n.Op() == nil {
-			if n.Value() == nil {
-				return nil, fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
-			}
-			b, err := d.weight(n)
-			if err != nil {
+			if err := c.parameter(n); err != nil {
 				return nil, err
 			}
-			s := n.Shape()
-			rows, cols := 1, s[len(s)-1]
-			if len(s) == 2 {
-				rows = s[0]
-			}
-			vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, bf16: true, root: n, param: true}
 			continue
 		}
-		in := make([]*value, len(kids[n]))
-		for j, c := range kids[n] {
-			if in[j] = vals[c]; in[j] == nil {
-				return nil, fmt.Errorf("autograd: node %s reads %s, which the GPU executor did not place", n.Name(), c.Name())
+		in := make([]*value, len(c.kids[n]))
+		for j, k := range c.kids[n] {
+			if in[j] = c.vals[k]; in[j] == nil {
+				return nil, fmt.Errorf("autograd: node %s reads %s, which the GPU executor did not place", n.Name(), k.Name())
 			}
 		}
-		what := fmt.Sprintf("%s (%s)", n.Op(), n.Name())
-		cur = n
-		switch o := n.Op().(type) {
-		case *gatherOp:
-			switch o.name {
-			case "Embedding":
-				w := in[0]
-				y, err := alloc(n, o.n, w.cols, false)
-				if err != nil {
-					return nil, err
-				}
-				vocab, h := w.rows, w.cols
-				cnt := o.n
-				emit(what, func() error { return d.GatherBF16(y.buf, w.buf, p.ids, cnt, h, vocab) })
-			case "SelectRows":
-				x := in[0]
-				y, err := alloc(n, o.n, x.cols, false)
-				if err != nil {
-					return nil, err
-				}
-				emit(what, func() error {
-					for b, r := range o.index() {
-						if r < 0 {
-							return fmt.Errorf("autograd: SelectRows: row %d selects no position", b)
-						}
-						src := x.ptr().Ptr + devPtr(int64(r)*int64(x.stride)*4)
-						if err := d.copyDtoD(y.buf.Ptr+devPtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
-							return err
-						}
-					}
-					return nil
-				})
-			default:
-				return nil, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter first)", o.name)
-			}
-		case *rmsNormOp:
-			x, w := in[0], in[1]
-			if x.bf16 || x.stride != x.cols {
-				return nil, fmt.Errorf("autograd: RMSNorm of a bf16 or strided input")
-			}
-			eps := float32(o.eps)
-			bf := feedsGEMMs(n)
-			y, err := alloc(n, x.rows, x.cols, bf)
-			if err != nil {
-				return nil, err
-			}
-			rows, h := x.rows, x.cols
-			if la := lastAdd; la.node == kids[n][0] && la.index == len(p.ins)-1 {
-				// the residual add just emitted (in place into la.x) fused with this norm
-				p.ins, p.names, p.kinds = p.ins[:la.index], p.names[:la.index], p.kinds[:la.index]
-				pl.touch(la.r.buf) // the add now runs here: its addend lives until here
-				emit(what+" with the residual add", func() error {
-					if bf {
-						return d.AddRMSNormBF16Out(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
-					}
-					return d.AddRMSNormBF16(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
-				})
-				break
-			}
-			emit(what, func() error {
-				if bf {
-					return d.RMSNormBF16Out(y.buf, x.ptr(), w.buf, rows, h, eps)
-				}
-				return d.RMSNormBF16(y.buf, x.ptr(), w.buf, rows, h, eps)
-			})
-		case *linearOp:
-			if o.scale != 0 && o.scale != 1 {
-				return nil, fmt.Errorf("autograd: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
-			}
-			x, w := in[0], in[1]
-			var bias *value
-			if len(in) == 3 {
-				bias = in[2]
-			}
-			rows, k, nOut := x.rows, x.cols, w.rows
-			if rows == 1 && bias == nil && len(users[n]) == 1 {
-				// up or gate projection of a one-token step: fused into the SwiGLU GEMV
-				if sw, ok := users[n][0].Op().(*swigluOp); ok && sw.grad == 0 {
-					pair := kids[users[n][0]]
-					if len(pair) == 2 && pair[0] != pair[1] {
-						if o1, ok1 := isLinear(pair[0]); ok1 && !o1.bias {
-							if o2, ok2 := isLinear(pair[1]); ok2 && !o2.bias && kids[pair[0]][0] == kids[pair[1]][0] {
-								r := root(kids[n][0])
-								vals[n] = &value{rows: 1, cols: nOut, root: r, lazy: lazyLinear, x: x, w: w}
-								rootOf[n] = r // its input is read where the SwiGLU runs
-								lastUse[r] = max(lastUse[r], pos[users[n][0]])
-								continue
-							}
-						}
-					}
-				}
-			}
-			y, err := alloc(n, rows, nOut, feedsGEMMs(n) || bias == nil && feedsSwiGLU(n))
-			if err != nil {
-				return nil, err
-			}
-			if rows == 1 {
-				if x.bf16 {
-					return nil, fmt.Errorf("autograd: GEMV of a bf16 input")
-				}
-				var bb *Buffer
-				if bias != nil {
-					bb = bias.buf
-				}
-				emit(what, func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
-				break
-			}
-			if y.bf16 && bias != nil {
-				return nil, fmt.Errorf("autograd: a bf16 projection output with a bias")
-			}
-			xb := x.buf
-			if !x.bf16 {
-				xb = pl.get(int64(rows*k) * 2)
-				pl.put(xb) // only used inside this node's launches
-			}
-			conv, stride := !x.bf16, x.stride
-			emit(what, func() error {
-				if conv {
-					if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
-						return err
-					}
-				}
-				if y.bf16 {
-					return d.GemmBF16Out(y.buf, xb, w.buf, rows, nOut, k, nOut)
-				}
-				if err := d.GemmBF16(y.buf, xb, w.buf, rows, nOut, k, nOut, false); err != nil {
-					return err
-				}
-				if bias != nil {
-					return d.BiasBF16(y.buf, bias.buf, rows, nOut)
-				}
-				return nil
-			})
-		case *splitHeadsOp:
-			x := in[0]
-			width := o.heads * o.dim
-			vals[n] = &value{buf: x.buf, off: x.off + int64(o.part*width*4), rows: x.rows, cols: width, stride: x.stride, root: x.root}
-			continue
-		case *rotaryOp:
-			x := in[0]
-			s := n.Shape() // [B, T, H, D]
-			if s[0] != 1 {
-				return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (rotary of %v)", s)
-			}
-			allAttn := len(users[n]) > 0
-			for _, u := range users[n] {
-				if _, ok := u.Op().(*attentionOp); !ok {
-					allAttn = false
-				}
-			}
-			if allAttn && x.root != kids[n][0] && !x.bf16 {
-				v := *x
-				v.lazy = lazyRotary
-				vals[n] = &v
-				rootOf[n] = x.root // rotated in place where the attention runs
-				for _, u := range users[n] {
-					lastUse[x.root] = max(lastUse[x.root], pos[u])
-				}
-				continue
-			}
-			y, err := alloc(n, s[1], s[2]*s[3], false)
-			if err != nil {
-				return nil, err
-			}
-			t, heads, dim, xs := s[1], s[2], s[3], x.stride
-			p.graphable = false // its position is a launch argument
-			emit(what, func() error {
-				if step.Positions != nil {
-					return fmt.Errorf("autograd: packed positions have no GPU kernel")
-				}
-				return d.Rotary(y.buf, x.ptr(), p.base, 1, t, heads, dim, step.Past, xs, heads*dim)
-			})
-		case *attentionOp:
-			q, k, v := in[0], in[1], in[2]
-			s := kids[n][0].Shape() // [B, T, H, D]
-			if s[0] != 1 {
-				return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (attention of %v)", s)
-			}
-			t, heads, dim := s[1], s[2], s[3]
-			width := heads * dim
-			fused := q.lazy == lazyRotary && k.lazy == lazyRotary && q.buf == k.buf && k.buf == v.buf && q.stride == k.stride && k.stride == v.stride
-			if !fused && (q.lazy != 0 || k.lazy != 0) {
-				return nil, fmt.Errorf("autograd: attention of q, k and v from different buffers")
-			}
-			if !fused {
-				p.graphable = false // the cache append takes the position as a launch argument
-			}
-			p.hasAttention = true
-			if fused && p.invFreq == nil {
-				if p.invFreq, err = d.Alloc(int64(dim/2*4), "rotary inverse frequencies"); err != nil {
-					return nil, err
-				}
-				p.owned = append(p.owned, p.invFreq)
-				p.freqDim, p.freqBase = dim, math.NaN()
-			}
-			bf := feedsGEMMs(n)
-			y, err := alloc(n, t, width, bf)
-			if err != nil {
-				return nil, err
-			}
-			layer := o.layer
-			scale = float32(1 / math.Sqrt(float64(dim)))
-			pre := &prefillScratch{}
-			if t > 1 {
-				pre.chunk = min(t, PrefillChunk)
-				pre.elems = PrefillScoreElems(heads, t)
-				pre.q = pl.get(int64(t*width) * 2)
-				pre.s = pl.get(pre.elems * 4)
-				pl.put(pre.q) // scratch of this node only: later nodes may reuse it
-				pl.put(pre.s)
-			}
-			sc := scale
-			emit(what, func() error {
-				st := step
-				if st.Cache == nil || st.KeyMask != nil || st.Segments != nil || st.Positions != nil {
-					return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache without padding or packing")
-				}
-				dc := d.caches[st.Cache] // allocated by Run before the launches
-				if fused {
-					if err := d.RotaryQKV(q.buf, dc.k[layer], dc.v[layer], p.invFreq, p.pos, t, heads, dim, st.Past, q.stride, int(q.off/4), int(k.off/4), int(v.off/4), dc.max); err != nil {
-						return err
-					}
-				} else if err := d.KVAppend(dc.k[layer], dc.v[layer], k.ptr(), v.ptr(), 1, t, width, k.stride, v.stride, dc.max, st.Past); err != nil {
-					return err
-				}
-				if t == 1 {
-					return d.AttentionDecode(y.buf, q.ptr(), dc.k[layer], dc.v[layer], p.parts, 1, heads, dim, dc.max, p.pos, sc, st.LogNSeq)
-				}
-				if err := d.ToBF16Rows(pre.q, q.ptr(), t, width, q.stride); err != nil {
-					return err
-				}
-				return d.attentionPrefill(y.buf, bf, pre, dc.k[layer], dc.v[layer], heads, dim, st.Past, t, sc, st.LogNSeq)
-			})
-		case *swigluOp:
-			if o.grad != 0 {
-				return nil, fmt.Errorf("autograd: gradients do not run on the GPU executor")
-			}
-			a, gt := in[0], in[1]
-			if a.lazy == lazyLinear && gt.lazy == lazyLinear {
-				y, err := alloc(n, 1, a.cols, false)
-				if err != nil {
-					return nil, err
-				}
-				x, w1, w2, rows, k := a.x, a.w, gt.w, a.cols, a.x.cols
-				emit(what+" with the up and gate projections", func() error { return d.GemvSwiGLU(y.buf, x.ptr(), w1.buf, w2.buf, rows, k) })
-				break
-			}
-			cnt := int64(a.rows * a.cols)
-			if a.bf16 || gt.bf16 {
-				if !a.bf16 || !gt.bf16 || !feedsGEMMs(n) {
-					return nil, fmt.Errorf("autograd: SwiGLU of bf16 inputs must feed GEMMs")
-				}
-				y, err := alloc(n, a.rows, a.cols, true)
-				if err != nil {
-					return nil, err
-				}
-				emit(what, func() error { return d.SwiGLUBF16(y.buf, a.buf, gt.buf, cnt) })
-				break
-			}
-			var y *value
-			switch {
-			case feedsGEMMs(n):
-				if y, err = alloc(n, a.rows, a.cols, true); err != nil {
-					return nil, err
-				}
-			case dies(i, kids[n][0]):
-				y = inPlace(n, kids[n][0])
-			default:
-				if y, err = alloc(n, a.rows, a.cols, false); err != nil {
-					return nil, err
-				}
-			}
-			emit(what, func() error {
-				if y.bf16 {
-					return d.SwiGLUBF16Out(y.buf, a.ptr(), gt.ptr(), cnt)
-				}
-				return d.SwiGLU(y.buf, a.ptr(), gt.ptr(), cnt)
-			})
-		default:
-			if isAdd(n.Op()) {
-				a, b := in[0], in[1]
-				if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
-					return nil, fmt.Errorf("autograd: add of %v and %v", kids[n][0].Shape(), kids[n][1].Shape())
-				}
-				cnt := int64(a.rows * a.cols)
-				var y *value
-				x, r := a, b
-				switch {
-				case dies(i, kids[n][0]):
-					y = inPlace(n, kids[n][0])
-				case dies(i, kids[n][1]):
-					y = inPlace(n, kids[n][1])
-					x, r = b, a
-				default:
-					if y, err = alloc(n, a.rows, a.cols, false); err != nil {
-						return nil, err
-					}
-				}
-				emit(what, func() error { return d.Add(y.buf, a.ptr(), b.ptr(), cnt) })
-				if y.buf == x.buf {
-					lastAdd = addInfo{node: n, index: len(p.ins) - 1, x: x, r: r}
-				}
-				break
-			}
+		emit, ok := emitters[reflect.TypeOf(n.Op())]
+		if isAdd(n.Op()) {
+			emit, ok = (*compiler).add, true
+		}
+		if !ok {
 			return nil, fmt.Errorf("autograd: %s (%T) has no GPU kernel", n.Op(), n.Op())
 		}
-		release(i, n)
+		view, err := emit(c, n, in)
+		if err != nil {
+			return nil, err
+		}
+		if !view {
+			c.release(n)
+		}
 	}
-	ov := vals[out]
+	ov := c.vals[out]
 	if ov == nil || ov.param || ov.lazy != 0 || ov.bf16 {
 		return nil, fmt.Errorf("autograd: the graph's output %s was not computed", out.Name())
 	}
 	p.out = *ov
-	if err := pl.place(d, len(sorted)); err != nil {
+	if err := c.pl.place(d, len(c.sorted)); err != nil {
 		return nil, err
 	}
-	if pl.arena != nil {
-		p.owned = append(p.owned, pl.arena)
-		p.activations = pl.arena.Bytes
+	if c.pl.arena != nil {
+		p.owned = append(p.owned, c.pl.arena)
+		p.activations = c.pl.arena.Bytes
 	}
 	p.Launches = len(p.ins)
 	return p, nil
+}
+
+// plan orders the graph, records every node's inputs and readers, makes SplitHeads a view of
+// its input and finds each buffer's last reader.
+func (c *compiler) plan(g *G.ExprGraph) error {
+	sorted, err := G.Sort(g)
+	if err != nil {
+		return err
+	}
+	slices.Reverse(sorted)
+	c.sorted = sorted
+	c.pos, c.kids, c.users = map[*G.Node]int{}, map[*G.Node][]*G.Node{}, map[*G.Node][]*G.Node{}
+	c.vals, c.lastUse, c.rootOf, c.released = map[*G.Node]*value{}, map[*G.Node]int{}, map[*G.Node]*G.Node{}, map[*G.Node]bool{}
+	for i, n := range sorted {
+		c.pos[n] = i
+		c.kids[n] = children(g, n)
+		for _, k := range c.kids[n] {
+			c.users[k] = append(c.users[k], n)
+		}
+	}
+	for i, n := range sorted {
+		if _, ok := n.Op().(*splitHeadsOp); ok {
+			c.rootOf[n] = c.root(c.kids[n][0])
+		}
+		for _, k := range c.kids[n] {
+			c.lastUse[c.root(k)] = i
+		}
+	}
+	c.lastUse[c.out] = len(sorted)
+	return nil
+}
+
+// stepBuffers allocates the buffers the Step's host data goes to before a run.
+func (c *compiler) stepBuffers() error {
+	d, p, step := c.d, c.p, c.step
+	var err error
+	if p.ids, err = d.Alloc(int64(max(step.Batch*step.Seq, 1))*4, "token ids"); err != nil {
+		return err
+	}
+	p.owned = append(p.owned, p.ids)
+	if p.base, err = d.Alloc(8, "rotary base"); err != nil {
+		return err
+	}
+	p.owned = append(p.owned, p.base)
+	if p.pos, err = d.Alloc(4, "position"); err != nil {
+		return err
+	}
+	p.owned = append(p.owned, p.pos)
+	p.graphable = step.Batch == 1 && step.Seq == 1
+	return nil
+}
+
+// root is the owner of n's buffer (n itself unless a view).
+func (c *compiler) root(n *G.Node) *G.Node {
+	if r, ok := c.rootOf[n]; ok {
+		return r
+	}
+	return n
+}
+
+// isLinear reports a projection without a scale (not a LoRA branch).
+func isLinear(n *G.Node) (*linearOp, bool) {
+	o, ok := n.Op().(*linearOp)
+	return o, ok && (o.scale == 0 || o.scale == 1)
+}
+
+// rowsOf is the number of rows of a [rows, cols] or [B, T, ...] value.
+func rowsOf(n *G.Node) int {
+	s := n.Shape()
+	if len(s) == 2 {
+		return s[0]
+	}
+	return s[0] * s[1]
+}
+
+// feedsGEMMs: every reader of n is a projection taking it as input with more than one row,
+// so n can be produced in bf16 directly (no float32 copy, no conversion pass).
+func (c *compiler) feedsGEMMs(n *G.Node) bool {
+	if n == c.out || rowsOf(n) < 2 || len(c.users[n]) == 0 {
+		return false
+	}
+	for _, u := range c.users[n] {
+		if _, ok := isLinear(u); !ok || c.kids[u][0] != n {
+			return false
+		}
+	}
+	return true
+}
+
+// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill): the up and
+// gate GEMMs then write bf16 as transformers does, halving the MLP's largest buffers.
+func (c *compiler) feedsSwiGLU(n *G.Node) bool {
+	if rowsOf(n) < 2 || len(c.users[n]) != 1 {
+		return false
+	}
+	sw, ok := c.users[n][0].Op().(*swigluOp)
+	return ok && sw.grad == 0 && c.feedsGEMMs(c.users[n][0])
+}
+
+// alloc places n's value in a new activation buffer of rows x cols (bf16 when bf).
+func (c *compiler) alloc(n *G.Node, rows, cols int, bf bool) *value {
+	elem := int64(4)
+	if bf {
+		elem = 2
+	}
+	v := &value{buf: c.pl.get(int64(rows*cols) * elem), rows: rows, cols: cols, stride: cols, root: n, bf16: bf}
+	c.vals[n] = v
+	return v
+}
+
+// dies reports whether input k of the current node is a float32 activation nobody reads
+// later, whose buffer the node may overwrite.
+func (c *compiler) dies(k *G.Node) bool {
+	v := c.vals[k]
+	return v != nil && !v.param && v.lazy == 0 && !v.bf16 && v.off == 0 && v.root == k && c.lastUse[k] == c.i && k != c.out
+}
+
+// inPlace makes n's result live in k's buffer.
+func (c *compiler) inPlace(n, k *G.Node) *value {
+	v := c.vals[k]
+	c.released[k] = true // n owns the buffer now
+	nv := &value{buf: v.buf, rows: v.rows, cols: v.cols, stride: v.cols, root: n}
+	c.vals[n] = nv
+	return nv
+}
+
+// release ends the buffers whose last reader is n.
+func (c *compiler) release(n *G.Node) {
+	for _, k := range c.kids[n] {
+		r := c.root(k)
+		if v := c.vals[r]; v != nil && !v.param && v.lazy == 0 && c.lastUse[r] == c.i && r != c.out && !c.released[r] {
+			c.released[r] = true // the closures keep v.buf: later nodes may write it
+			c.pl.put(v.buf)
+		}
+	}
+}
+
+// emit appends one instruction of the current node.
+func (c *compiler) emit(f func() error) { c.emitNamed(c.what(), f) }
+
+// emitNamed is emit with the name extended (a fused instruction says what it absorbed).
+func (c *compiler) emitNamed(name string, f func() error) {
+	p, n := c.p, c.cur
+	p.ins = append(p.ins, f)
+	p.names = append(p.names, name)
+	p.kinds = append(p.kinds, fmt.Sprintf("%s -> %v", strings.TrimSuffix(name, fmt.Sprintf(" (%s)", n.Name())), n.Shape()))
+}
+
+// what names the current node as its instructions are named.
+func (c *compiler) what() string { return fmt.Sprintf("%s (%s)", c.cur.Op(), c.cur.Name()) }
+
+// parameter uploads a weight (bf16, once per Device).
+func (c *compiler) parameter(n *G.Node) error {
+	if n.Value() == nil {
+		return fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
+	}
+	b, err := c.d.weight(n)
+	if err != nil {
+		return err
+	}
+	s := n.Shape()
+	rows, cols := 1, s[len(s)-1]
+	if len(s) == 2 {
+		rows = s[0]
+	}
+	c.vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, bf16: true, root: n, param: true}
+	return nil
+}
+
+func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {
+	o, d, p := n.Op().(*gatherOp), c.d, c.p
+	switch o.name {
+	case "Embedding":
+		w := in[0]
+		y := c.alloc(n, o.n, w.cols, false)
+		vocab, h, cnt := w.rows, w.cols, o.n
+		c.emit(func() error { return d.GatherBF16(y.buf, w.buf, p.ids, cnt, h, vocab) })
+	case "SelectRows":
+		x := in[0]
+		y := c.alloc(n, o.n, x.cols, false)
+		c.emit(func() error {
+			for b, r := range o.index() {
+				if r < 0 {
+					return fmt.Errorf("autograd: SelectRows: row %d selects no position", b)
+				}
+				src := x.ptr().Ptr + devPtr(int64(r)*int64(x.stride)*4)
+				if err := d.copyDtoD(y.buf.Ptr+devPtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	default:
+		return false, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter first)", o.name)
+	}
+	return false, nil
+}
+
+func (c *compiler) rmsNorm(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*rmsNormOp), c.d
+	x, w := in[0], in[1]
+	if x.bf16 || x.stride != x.cols {
+		return false, fmt.Errorf("autograd: RMSNorm of a bf16 or strided input")
+	}
+	eps := float32(o.eps)
+	bf := c.feedsGEMMs(n)
+	y := c.alloc(n, x.rows, x.cols, bf)
+	rows, h := x.rows, x.cols
+	if la, ok := c.fuseResidualAdd(n); ok {
+		c.emitNamed(c.what()+" with the residual add", func() error {
+			if bf {
+				return d.AddRMSNormBF16Out(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
+			}
+			return d.AddRMSNormBF16(y.buf, la.x.buf, la.r.ptr(), w.buf, rows, h, eps)
+		})
+		return false, nil
+	}
+	c.emit(func() error {
+		if bf {
+			return d.RMSNormBF16Out(y.buf, x.ptr(), w.buf, rows, h, eps)
+		}
+		return d.RMSNormBF16(y.buf, x.ptr(), w.buf, rows, h, eps)
+	})
+	return false, nil
+}
+
+// fuseResidualAdd (fusion "add + RMSNorm"): when the norm n reads the residual add emitted
+// just before it (in place into its x), that add's instruction is taken back for the norm
+// to run both in one launch.
+func (c *compiler) fuseResidualAdd(n *G.Node) (addInfo, bool) {
+	p, la := c.p, c.lastAdd
+	if la.node != c.kids[n][0] || la.index != len(p.ins)-1 {
+		return la, false
+	}
+	p.ins, p.names, p.kinds = p.ins[:la.index], p.names[:la.index], p.kinds[:la.index]
+	c.pl.touch(la.r.buf) // the add now runs here: its addend lives until here
+	return la, true
+}
+
+func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*linearOp), c.d
+	if o.scale != 0 && o.scale != 1 {
+		return false, fmt.Errorf("autograd: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
+	}
+	x, w := in[0], in[1]
+	var bias *value
+	if len(in) == 3 {
+		bias = in[2]
+	}
+	rows, k, nOut := x.rows, x.cols, w.rows
+	if c.deferIntoSwiGLU(n, x, w, bias) {
+		return true, nil
+	}
+	y := c.alloc(n, rows, nOut, c.feedsGEMMs(n) || bias == nil && c.feedsSwiGLU(n))
+	if rows == 1 {
+		if x.bf16 {
+			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
+		}
+		var bb *Buffer
+		if bias != nil {
+			bb = bias.buf
+		}
+		c.emit(func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
+		return false, nil
+	}
+	if y.bf16 && bias != nil {
+		return false, fmt.Errorf("autograd: a bf16 projection output with a bias")
+	}
+	xb := x.buf
+	if !x.bf16 {
+		xb = c.pl.get(int64(rows*k) * 2)
+		c.pl.put(xb) // only used inside this node's launches
+	}
+	conv, stride := !x.bf16, x.stride
+	c.emit(func() error {
+		if conv {
+			if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
+				return err
+			}
+		}
+		if y.bf16 {
+			return d.GemmBF16Out(y.buf, xb, w.buf, rows, nOut, k, nOut)
+		}
+		if err := d.GemmBF16(y.buf, xb, w.buf, rows, nOut, k, nOut, false); err != nil {
+			return err
+		}
+		if bias != nil {
+			return d.BiasBF16(y.buf, bias.buf, rows, nOut)
+		}
+		return nil
+	})
+	return false, nil
+}
+
+// deferIntoSwiGLU (fusion "up and gate projections + SwiGLU"): the up or gate projection of
+// a one-token step without bias, both reading the same input, runs inside the SwiGLU's GEMV;
+// n gets a lazy value that the SwiGLU emitter reads.
+func (c *compiler) deferIntoSwiGLU(n *G.Node, x, w, bias *value) bool {
+	if x.rows != 1 || bias != nil || len(c.users[n]) != 1 {
+		return false
+	}
+	u := c.users[n][0]
+	if sw, ok := u.Op().(*swigluOp); !ok || sw.grad != 0 {
+		return false
+	}
+	pair := c.kids[u]
+	if len(pair) != 2 || pair[0] == pair[1] {
+		return false
+	}
+	o1, ok1 := isLinear(pair[0])
+	o2, ok2 := isLinear(pair[1])
+	if !ok1 || o1.bias || !ok2 || o2.bias || c.kids[pair[0]][0] != c.kids[pair[1]][0] {
+		return false
+	}
+	r := c.root(c.kids[n][0])
+	c.vals[n] = &value{rows: 1, cols: w.rows, root: r, lazy: lazyLinear, x: x, w: w}
+	c.rootOf[n] = r // its input is read where the SwiGLU runs
+	c.lastUse[r] = max(c.lastUse[r], c.pos[u])
+	return true
+}
+
+func (c *compiler) splitHeads(n *G.Node, in []*value) (bool, error) {
+	o, x := n.Op().(*splitHeadsOp), in[0]
+	width := o.heads * o.dim
+	c.vals[n] = &value{buf: x.buf, off: x.off + int64(o.part*width*4), rows: x.rows, cols: width, stride: x.stride, root: x.root}
+	return true, nil
+}
+
+func (c *compiler) rotary(n *G.Node, in []*value) (bool, error) {
+	d, p, step, x := c.d, c.p, c.step, in[0]
+	s := n.Shape() // [B, T, H, D]
+	if s[0] != 1 {
+		return false, fmt.Errorf("autograd: the GPU executor runs batch 1 (rotary of %v)", s)
+	}
+	if c.deferIntoAttention(n, x) {
+		return true, nil
+	}
+	y := c.alloc(n, s[1], s[2]*s[3], false)
+	t, heads, dim, xs := s[1], s[2], s[3], x.stride
+	p.graphable = false // its position is a launch argument
+	c.emit(func() error {
+		if step.Positions != nil {
+			return fmt.Errorf("autograd: packed positions have no GPU kernel")
+		}
+		return d.Rotary(y.buf, x.ptr(), p.base, 1, t, heads, dim, step.Past, xs, heads*dim)
+	})
+	return false, nil
+}
+
+// deferIntoAttention (fusion "rotary + KV-cache append"): a rotary of q or k read only by
+// attention is applied in place where the attention appends to the KV cache; n gets a lazy
+// view of its input.
+func (c *compiler) deferIntoAttention(n *G.Node, x *value) bool {
+	if len(c.users[n]) == 0 || x.root == c.kids[n][0] || x.bf16 {
+		return false
+	}
+	for _, u := range c.users[n] {
+		if _, ok := u.Op().(*attentionOp); !ok {
+			return false
+		}
+	}
+	v := *x
+	v.lazy = lazyRotary
+	c.vals[n] = &v
+	c.rootOf[n] = x.root // rotated in place where the attention runs
+	for _, u := range c.users[n] {
+		c.lastUse[x.root] = max(c.lastUse[x.root], c.pos[u])
+	}
+	return true
+}
+
+func (c *compiler) attention(n *G.Node, in []*value) (bool, error) {
+	o, d, p, step := n.Op().(*attentionOp), c.d, c.p, c.step
+	q, k, v := in[0], in[1], in[2]
+	s := c.kids[n][0].Shape() // [B, T, H, D]
+	if s[0] != 1 {
+		return false, fmt.Errorf("autograd: the GPU executor runs batch 1 (attention of %v)", s)
+	}
+	t, heads, dim := s[1], s[2], s[3]
+	width := heads * dim
+	fused := q.lazy == lazyRotary && k.lazy == lazyRotary && q.buf == k.buf && k.buf == v.buf && q.stride == k.stride && k.stride == v.stride
+	if !fused && (q.lazy != 0 || k.lazy != 0) {
+		return false, fmt.Errorf("autograd: attention of q, k and v from different buffers")
+	}
+	if !fused {
+		p.graphable = false // the cache append takes the position as a launch argument
+	}
+	p.hasAttention = true
+	if fused && p.invFreq == nil {
+		var err error
+		if p.invFreq, err = d.Alloc(int64(dim/2*4), "rotary inverse frequencies"); err != nil {
+			return false, err
+		}
+		p.owned = append(p.owned, p.invFreq)
+		p.freqDim, p.freqBase = dim, math.NaN()
+	}
+	bf := c.feedsGEMMs(n)
+	y := c.alloc(n, t, width, bf)
+	layer := o.layer
+	c.scale = float32(1 / math.Sqrt(float64(dim)))
+	pre := &prefillScratch{}
+	if t > 1 {
+		pre.chunk = min(t, PrefillChunk)
+		pre.elems = PrefillScoreElems(heads, t)
+		pre.q = c.pl.get(int64(t*width) * 2)
+		pre.s = c.pl.get(pre.elems * 4)
+		c.pl.put(pre.q) // scratch of this node only: later nodes may reuse it
+		c.pl.put(pre.s)
+	}
+	sc := c.scale
+	c.emit(func() error {
+		st := step
+		if st.Cache == nil || st.KeyMask != nil || st.Segments != nil || st.Positions != nil {
+			return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache without padding or packing")
+		}
+		dc := d.caches[st.Cache] // allocated by Run before the launches
+		if fused {
+			if err := d.RotaryQKV(q.buf, dc.k[layer], dc.v[layer], p.invFreq, p.pos, t, heads, dim, st.Past, q.stride, int(q.off/4), int(k.off/4), int(v.off/4), dc.max); err != nil {
+				return err
+			}
+		} else if err := d.KVAppend(dc.k[layer], dc.v[layer], k.ptr(), v.ptr(), 1, t, width, k.stride, v.stride, dc.max, st.Past); err != nil {
+			return err
+		}
+		if t == 1 {
+			return d.AttentionDecode(y.buf, q.ptr(), dc.k[layer], dc.v[layer], p.parts, 1, heads, dim, dc.max, p.pos, sc, st.LogNSeq)
+		}
+		if err := d.ToBF16Rows(pre.q, q.ptr(), t, width, q.stride); err != nil {
+			return err
+		}
+		return d.attentionPrefill(y.buf, bf, pre, dc.k[layer], dc.v[layer], heads, dim, st.Past, t, sc, st.LogNSeq)
+	})
+	return false, nil
+}
+
+func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*swigluOp), c.d
+	if o.grad != 0 {
+		return false, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+	}
+	a, gt := in[0], in[1]
+	if a.lazy == lazyLinear && gt.lazy == lazyLinear {
+		y := c.alloc(n, 1, a.cols, false)
+		x, w1, w2, rows, k := a.x, a.w, gt.w, a.cols, a.x.cols
+		c.emitNamed(c.what()+" with the up and gate projections", func() error { return d.GemvSwiGLU(y.buf, x.ptr(), w1.buf, w2.buf, rows, k) })
+		return false, nil
+	}
+	cnt := int64(a.rows * a.cols)
+	if a.bf16 || gt.bf16 {
+		if !a.bf16 || !gt.bf16 || !c.feedsGEMMs(n) {
+			return false, fmt.Errorf("autograd: SwiGLU of bf16 inputs must feed GEMMs")
+		}
+		y := c.alloc(n, a.rows, a.cols, true)
+		c.emit(func() error { return d.SwiGLUBF16(y.buf, a.buf, gt.buf, cnt) })
+		return false, nil
+	}
+	var y *value
+	switch {
+	case c.feedsGEMMs(n):
+		y = c.alloc(n, a.rows, a.cols, true)
+	case c.dies(c.kids[n][0]):
+		y = c.inPlace(n, c.kids[n][0])
+	default:
+		y = c.alloc(n, a.rows, a.cols, false)
+	}
+	c.emit(func() error {
+		if y.bf16 {
+			return d.SwiGLUBF16Out(y.buf, a.ptr(), gt.ptr(), cnt)
+		}
+		return d.SwiGLU(y.buf, a.ptr(), gt.ptr(), cnt)
+	})
+	return false, nil
+}
+
+// add is a residual add, in place into an input that dies here; it is remembered for the
+// next RMSNorm to absorb (fuseResidualAdd).
+func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
+	d := c.d
+	a, b := in[0], in[1]
+	if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
+		return false, fmt.Errorf("autograd: add of %v and %v", c.kids[n][0].Shape(), c.kids[n][1].Shape())
+	}
+	cnt := int64(a.rows * a.cols)
+	var y *value
+	x, r := a, b
+	switch {
+	case c.dies(c.kids[n][0]):
+		y = c.inPlace(n, c.kids[n][0])
+	case c.dies(c.kids[n][1]):
+		y = c.inPlace(n, c.kids[n][1])
+		x, r = b, a
+	default:
+		y = c.alloc(n, a.rows, a.cols, false)
+	}
+	c.emit(func() error { return d.Add(y.buf, a.ptr(), b.ptr(), cnt) })
+	if y.buf == x.buf {
+		c.lastAdd = addInfo{node: n, index: len(c.p.ins) - 1, x: x, r: r}
+	}
+	return false, nil
 }
 
 type prefillScratch struct {
