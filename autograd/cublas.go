@@ -86,11 +86,12 @@ func (d *Device) gemm(y *Buffer, yt int, x, w *Buffer, m, n, k, ldy int, accumul
 		d.drv.gemmEx(blasOpT, blasOpN, n, m, k, w.Ptr, dtypeBF16, k, x.Ptr, dtypeBF16, k, beta, y.Ptr, yt, ldy))
 }
 
-// gemmBatched is cublasGemmStridedBatchedEx in cuBLAS's column-major terms.
-func (d *Device) gemmBatched(ta, tb, m, n, k int, a *Buffer, at, lda int, sa int64, b *Buffer, bt, ldb int, sb int64, c *Buffer, ct, ldc int, sc int64, count int) error {
+// gemmBatched is cublasGemmStridedBatchedEx in cuBLAS's column-major terms: C = op(A) op(B)
+// + beta C for each of count matrices (beta 0: C is only written).
+func (d *Device) gemmBatched(ta, tb, m, n, k int, a *Buffer, at, lda int, sa int64, b *Buffer, bt, ldb int, sb int64, beta float32, c *Buffer, ct, ldc int, sc int64, count int) error {
 	if _, err := d.Blas(); err != nil {
 		return err
 	}
 	return blasErr(fmt.Sprintf("cublasGemmStridedBatchedEx [%d, %d, %d] x %d", m, n, k, count),
-		d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, a.Ptr, at, lda, sa, b.Ptr, bt, ldb, sb, c.Ptr, ct, ldc, sc, count))
+		d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, a.Ptr, at, lda, sa, b.Ptr, bt, ldb, sb, beta, c.Ptr, ct, ldc, sc, count))
 }

@@ -68,11 +68,11 @@ type driver interface {
 	blasOpen() (lib string, err error)
 	blasClose() // cublasDestroy, if blasOpen succeeded
 	// gemmEx is cublasGemmEx with alpha 1, CUBLAS_COMPUTE_32F and CUBLAS_GEMM_DEFAULT;
-	// gemmStridedBatchedEx is cublasGemmStridedBatchedEx likewise, with beta 0. Their errors
-	// are blasStatus values.
+	// gemmStridedBatchedEx is cublasGemmStridedBatchedEx likewise. Their errors are
+	// blasStatus values.
 	gemmEx(transa, transb, m, n, k int, a devPtr, atype, lda int, b devPtr, btype, ldb int, beta float32, c devPtr, ctype, ldc int) error
 	gemmStridedBatchedEx(transa, transb, m, n, k int, a devPtr, atype, lda int, sa int64, b devPtr, btype, ldb int, sb int64,
-		c devPtr, ctype, ldc int, sc int64, count int) error
+		beta float32, c devPtr, ctype, ldc int, sc int64, count int) error
 	streamDestroy() error // cuStreamDestroy
 	ctxRelease() error    // cuDevicePrimaryCtxRelease
 }

@@ -74,8 +74,9 @@ static int qt_gemm(uintptr_t h, int ta, int tb, int m, int n, int k, uintptr_t a
 }
 
 static int qt_gemm_batched(uintptr_t h, int ta, int tb, int m, int n, int k, uintptr_t a, int at, int lda, long long sa,
-                           uintptr_t b, int bt, int ldb, long long sb, uintptr_t c, int ct, int ldc, long long sc, int count) {
-	float alpha = 1.f, beta = 0.f;
+                           uintptr_t b, int bt, int ldb, long long sb, float beta, uintptr_t c, int ct, int ldc, long long sc,
+                           int count) {
+	float alpha = 1.f;
 	return qt_gemm_batched_fn((void*)h, ta, tb, m, n, k, &alpha, (const void*)a, at, lda, sa, (const void*)b, bt, ldb, sb,
 	                          &beta, (void*)c, ct, ldc, sc, count, 68, -1);
 }
@@ -274,9 +275,9 @@ func (c *cuDriver) gemmEx(ta, tb, m, n, k int, a devPtr, at, lda int, b devPtr, 
 }
 
 func (c *cuDriver) gemmStridedBatchedEx(ta, tb, m, n, k int, a devPtr, at, lda int, sa int64, b devPtr, bt, ldb int, sb int64,
-	y devPtr, yt, ldy int, sy int64, count int) error {
+	beta float32, y devPtr, yt, ldy int, sy int64, count int) error {
 	return blasResult(C.qt_gemm_batched(c.blas.handle, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.uintptr_t(a), C.int(at), C.int(lda), C.longlong(sa),
-		C.uintptr_t(b), C.int(bt), C.int(ldb), C.longlong(sb), C.uintptr_t(y), C.int(yt), C.int(ldy), C.longlong(sy), C.int(count)))
+		C.uintptr_t(b), C.int(bt), C.int(ldb), C.longlong(sb), C.float(beta), C.uintptr_t(y), C.int(yt), C.int(ldy), C.longlong(sy), C.int(count)))
 }
 
 func (c *cuDriver) streamDestroy() error { return c.stream.Destroy() }

@@ -331,8 +331,8 @@ func (e *emuDriver) gemmEx(ta, tb, m, n, k int, a devPtr, at, lda int, b devPtr,
 }
 
 func (e *emuDriver) gemmStridedBatchedEx(ta, tb, m, n, k int, a devPtr, at, lda int, sa int64, b devPtr, bt, ldb int, sb int64,
-	c devPtr, ct, ldc int, sc int64, count int) error {
-	return e.gemm(ta, tb, m, n, k, a, at, lda, sa, b, bt, ldb, sb, 0, c, ct, ldc, sc, count)
+	beta float32, c devPtr, ct, ldc int, sc int64, count int) error {
+	return e.gemm(ta, tb, m, n, k, a, at, lda, sa, b, bt, ldb, sb, beta, c, ct, ldc, sc, count)
 }
 
 // gemm is cublasGemmStridedBatchedEx with alpha 1: the arguments are checked when it is

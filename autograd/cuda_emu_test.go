@@ -196,10 +196,8 @@ func TestEmulatedDriverGemm(t *testing.T) {
 							var err error
 							if count == 1 {
 								err = blasErr("cublasGemmEx", d.drv.gemmEx(ta, tb, m, n, k, ab.Ptr, dtypeBF16, lda, bb.Ptr, dtypeBF16, ldb, beta, cb.Ptr, ct, ldc))
-							} else if beta == 0 {
-								err = blasErr("cublasGemmStridedBatchedEx", d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, ab.Ptr, dtypeBF16, lda, int64(sa), bb.Ptr, dtypeBF16, ldb, int64(sb), cb.Ptr, ct, ldc, int64(sc), count))
 							} else {
-								continue // the batched product has beta 0
+								err = blasErr("cublasGemmStridedBatchedEx", d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, ab.Ptr, dtypeBF16, lda, int64(sa), bb.Ptr, dtypeBF16, ldb, int64(sb), beta, cb.Ptr, ct, ldc, int64(sc), count))
 							}
 							if err != nil {
 								t.Fatal(err)

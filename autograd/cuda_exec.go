@@ -897,7 +897,7 @@ func (d *Device) attentionPrefill(out *Buffer, outBF16 bool, pre *prefillScratch
 		// scores^T per head: [l, tc] = K_h [l, dim] . q_h^T
 		if err := d.gemmBatched(blasOpT, blasOpN, l, tc, dim, kc, dtypeBF16, width, int64(dim),
 			pre.q.Slice(int64(t0*width*2), int64((t-t0)*width*2)), dtypeBF16, width, int64(dim),
-			pre.s, dtypeF32, l, int64(tc*l), heads); err != nil {
+			0, pre.s, dtypeF32, l, int64(tc*l), heads); err != nil {
 			return err
 		}
 		if err := d.CausalSoftmax(pre.s, heads, tc, l, past+t0, scale, lognSeq, keys); err != nil {
@@ -906,7 +906,7 @@ func (d *Device) attentionPrefill(out *Buffer, outBF16 bool, pre *prefillScratch
 		// out^T per head: [dim, tc] = V_h^T [dim, l] . p_h^T [l, tc] (p rows 2l bf16 apart)
 		if err := d.gemmBatched(blasOpN, blasOpN, dim, tc, l, vc, dtypeBF16, width, int64(dim),
 			pre.s, dtypeBF16, 2*l, int64(tc*2*l),
-			out.Slice(int64(t0*width)*elem, int64((t-t0)*width)*elem), ct, width, int64(dim), heads); err != nil {
+			0, out.Slice(int64(t0*width)*elem, int64((t-t0)*width)*elem), ct, width, int64(dim), heads); err != nil {
 			return err
 		}
 		t0 += tc

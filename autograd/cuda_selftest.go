@@ -42,6 +42,9 @@ func compare(gpu, cpu []float32) (float64, int) {
 			nan++
 			continue
 		}
+		if math.IsInf(float64(cpu[i]), 0) && gpu[i] == cpu[i] { // an infinite value both agree on (-inf lse)
+			continue
+		}
 		d := float64(gpu[i]) - float64(cpu[i])
 		num += d * d
 		den += float64(cpu[i]) * float64(cpu[i])
@@ -77,6 +80,8 @@ func (g *gpuCase) up(v any, what string) *Buffer {
 		b, g.err = Upload(g.d, s, what)
 	case []float64:
 		b, g.err = Upload(g.d, s, what)
+	case []byte:
+		b, g.err = Upload(g.d, s, what)
 	}
 	g.bufs = append(g.bufs, b)
 	return b
@@ -98,34 +103,68 @@ func (g *gpuCase) poisoned(bytes int64, what string) *Buffer {
 }
 
 func (g *gpuCase) result(op, shape string, tol float64, launch func() error, out *Buffer, want []float32) Check {
-	c := Check{Op: op, Shape: shape, Tol: tol}
+	return g.results(op, shape, launch, output{buf: out, want: want, tol: tol, bf16: g.bf16Out})[0]
+}
+
+// output is one output buffer of a launch and its CPU value.
+type output struct {
+	what string // appended to the check's op ("" for none)
+	buf  *Buffer
+	want []float32
+	tol  float64
+	bf16 bool // the buffer holds bf16
+	// cols > 0: want is [rows, cols] read from rows stride elements apart, from element off
+	cols, stride, off int
+}
+
+// results launches, then checks every output; it frees the case's buffers.
+func (g *gpuCase) results(op, shape string, launch func() error, outs ...output) []Check {
 	defer func() {
 		for _, b := range g.bufs {
 			g.d.Free(b)
 		}
 	}()
-	if g.err != nil {
-		c.Err = g.err
-		return c
-	}
-	if c.Err = launch(); c.Err != nil {
-		return c
-	}
-	if c.Err = g.d.Sync(); c.Err != nil {
-		return c
-	}
-	got := make([]float32, len(want))
-	if g.bf16Out {
-		bits := make([]uint16, len(want))
-		if c.Err = Download(g.d, bits, out); c.Err != nil {
-			return c
+	checks := make([]Check, len(outs))
+	for i, o := range outs {
+		checks[i] = Check{Op: op, Shape: shape, Tol: o.tol}
+		if o.what != "" {
+			checks[i].Op += " (" + o.what + ")"
 		}
-		got = widen(bits)
-	} else if c.Err = Download(g.d, got, out); c.Err != nil {
-		return c
 	}
-	c.RelErr, c.Unwritten = compare(got, want)
-	return c
+	err := g.err
+	if err == nil {
+		err = launch()
+	}
+	if err == nil {
+		err = g.d.Sync()
+	}
+	for i, o := range outs {
+		if err != nil {
+			checks[i].Err = err
+			continue
+		}
+		n := len(o.want)
+		if o.cols > 0 {
+			n = (n/o.cols-1)*o.stride + o.off + o.cols
+		}
+		got := make([]float32, n)
+		if o.bf16 {
+			bits := make([]uint16, n)
+			checks[i].Err = Download(g.d, bits, o.buf)
+			got = widen(bits)
+		} else {
+			checks[i].Err = Download(g.d, got, o.buf)
+		}
+		if o.cols > 0 {
+			view := make([]float32, 0, len(o.want))
+			for r := 0; r < len(o.want)/o.cols; r++ {
+				view = append(view, got[r*o.stride+o.off:][:o.cols]...)
+			}
+			got = view
+		}
+		checks[i].RelErr, checks[i].Unwritten = compare(got, o.want)
+	}
+	return checks
 }
 
 // cpuRMSNorm is the CPU op's RMSNorm of x [n, h] with a bf16 weight, the kernels' twin (shapes
@@ -150,7 +189,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 }
 
 // checkGroups are the self-test's groups of kernel checks, run in this order.
-var checkGroups = []func(d *Device, r *rand.Rand) []Check{inferenceChecks}
+var checkGroups = []func(d *Device, r *rand.Rand) []Check{inferenceChecks, trainChecks}
 
 // inferenceChecks are the kernels and products of inference on dense weights.
 func inferenceChecks(d *Device, r *rand.Rand) []Check {
@@ -353,28 +392,9 @@ func inferenceChecks(d *Device, r *rand.Rand) []Check {
 		checks = append(checks, g.result("swiglu_bf16_out", fmt.Sprintf("[%d]", m), 4e-3, func() error { return d.SwiGLUBF16Out(sb, ab, gb, int64(m)) }, sb, round(wantS)))
 	}
 	{ // rotary of q and k fused with the bf16 cache append, on a fused qkv buffer
-		t, h, dim, past, maxLen := 3, 4, 128, 70, 80
-		width, stride := h*dim, 3*h*dim
-		qkv := randF32(r, t*stride)
-		q, k := make([]float32, t*width), make([]float32, t*width)
-		for i := 0; i < t; i++ {
-			copy(q[i*width:], qkv[i*stride:i*stride+width])
-			copy(k[i*width:], qkv[i*stride+width:i*stride+2*width])
-		}
-		base := []float64{10000 * math.Pow(7, 128.0/126)}
-		st := &Step{Batch: 1, Seq: t, Past: past, Base: base}
-		rq := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(q)), st, false, nil).Data().([]float32)
-		rk := rotate[float32](tensor.New(tensor.WithShape(1, t, h, dim), tensor.WithBacking(k)), st, false, nil).Data().([]float32)
-		kc, vc := randBF16(r, maxLen*width, 1), randBF16(r, maxLen*width, 1)
-		wantQ := slices.Clone(qkv)
-		wantK, wantV := widen(kc), widen(vc)
-		for i := 0; i < t; i++ {
-			copy(wantQ[i*stride:], rq[i*width:(i+1)*width])
-			for j := 0; j < width; j++ {
-				wantK[(past+i)*width+j] = bf16(bf16Round(rk[i*width+j]))
-				wantV[(past+i)*width+j] = bf16(bf16Round(qkv[i*stride+2*width+j]))
-			}
-		}
+		c := newRotaryQKVCase(r)
+		t, h, dim, past, maxLen, width, stride := c.t, c.heads, c.dim, c.past, c.maxLen, c.width, c.stride
+		qkv, kc, vc, base, wantQ, wantK, wantV := c.qkv, c.kc, c.vc, c.base, c.wantQ, c.wantK, c.wantV
 		// One launch per output, on fresh buffers; row i checks buffer i: q rotated in place
 		// in the float32 qkv buffer, then k rotated and v copied into the bf16 caches.
 		for out, c := range []struct {
@@ -459,4 +479,41 @@ func GemvBandwidth(d *Device, n, k, reps int) (float64, error) {
 	}
 	sec := time.Since(start).Seconds() / float64(reps)
 	return float64(n) * float64(k) * 2 / sec / 1e9, nil
+}
+
+// rotaryQKVCase is the rotary_qkv case of the self-test and the emulator's test: three tokens
+// of 4 heads of 128 at position 70 of caches of 80, in c_attn's fused qkv [t, 3 width], and
+// what the kernel must leave in qkv (q rotated in place) and the bf16 caches (k rotated, v).
+type rotaryQKVCase struct {
+	t, heads, dim, past, maxLen, width, stride int
+	base                                       []float64
+	qkv                                        []float32
+	kc, vc                                     []uint16
+	wantQ, wantK, wantV                        []float32
+}
+
+func newRotaryQKVCase(r *rand.Rand) rotaryQKVCase {
+	c := rotaryQKVCase{t: 3, heads: 4, dim: 128, past: 70, maxLen: 80, base: []float64{10000 * math.Pow(7, 128.0/126)}}
+	c.width, c.stride = c.heads*c.dim, 3*c.heads*c.dim
+	t, width, stride := c.t, c.width, c.stride
+	c.qkv = randF32(r, t*stride)
+	q, k := make([]float32, t*width), make([]float32, t*width)
+	for i := 0; i < t; i++ {
+		copy(q[i*width:], c.qkv[i*stride:i*stride+width])
+		copy(k[i*width:], c.qkv[i*stride+width:i*stride+2*width])
+	}
+	st := &Step{Batch: 1, Seq: t, Past: c.past, Base: c.base}
+	rq := rotate[float32](tensor.New(tensor.WithShape(1, t, c.heads, c.dim), tensor.WithBacking(q)), st, false, nil).Data().([]float32)
+	rk := rotate[float32](tensor.New(tensor.WithShape(1, t, c.heads, c.dim), tensor.WithBacking(k)), st, false, nil).Data().([]float32)
+	c.kc, c.vc = randBF16(r, c.maxLen*width, 1), randBF16(r, c.maxLen*width, 1)
+	c.wantQ = slices.Clone(c.qkv)
+	c.wantK, c.wantV = widen(c.kc), widen(c.vc)
+	for i := 0; i < t; i++ {
+		copy(c.wantQ[i*stride:], rq[i*width:(i+1)*width])
+		for j := 0; j < width; j++ {
+			c.wantK[(c.past+i)*width+j] = bf16(bf16Round(rk[i*width+j]))
+			c.wantV[(c.past+i)*width+j] = bf16(bf16Round(c.qkv[i*stride+2*width+j]))
+		}
+	}
+	return c
 }

@@ -108,21 +108,7 @@ func emuLaunch(t *testing.T, name string, grid, block, shared int, args ...any) 
 // at most tol, and no output may be left NaN from the poisoning.
 func emuCheck(t *testing.T, what string, got, want []float32, tol float64) {
 	t.Helper()
-	var num, den float64
-	unwritten := 0
-	for i := range want {
-		if math.IsNaN(float64(got[i])) {
-			unwritten++
-			continue
-		}
-		d := float64(got[i]) - float64(want[i])
-		num += d * d
-		den += float64(want[i]) * float64(want[i])
-	}
-	rel := math.Sqrt(num)
-	if den > 0 {
-		rel = math.Sqrt(num / den)
-	}
+	rel, unwritten := compare(got, want)
 	t.Logf("%s: relative error %.3g (tolerance %g)", what, rel, tol)
 	if unwritten > 0 {
 		t.Errorf("%s: %d of %d outputs unwritten", what, unwritten, len(want))
@@ -174,16 +160,6 @@ func emuMatVec(t *testing.T, x []float32, w []uint16, n, k int) []float32 {
 	return y
 }
 
-// emuRandBF16 is n normal bf16 values of deviation std.
-func emuRandBF16(r *rand.Rand, n int, std float64) []uint16 {
-	v := make([]uint16, n)
-	for i := range v {
-		b := math.Float32bits(float32(std * r.NormFloat64()))
-		v[i] = uint16((b + 0x7fff + (b>>16)&1) >> 16)
-	}
-	return v
-}
-
 // emuGrid is grid of cuda.go: blocks of 256 threads for n elements, at most 65535.
 func emuGrid(n int64) int { return int(min((n+255)/256, 65535)) }
 
@@ -199,7 +175,7 @@ func TestEmuRMSNorm(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 99))
 	for _, s := range [][2]int{{3, 4096}, {5, 100}} {
 		n, h := s[0], s[1]
-		x, w := randF32(r, n*h), emuRandBF16(r, h, 1)
+		x, w := randF32(r, n*h), randBF16(r, h, 1)
 		m := newEmuMem(t)
 		xb, wb, yb := emuUp(m, x), emuUp(m, w), m.poisoned(int64(n*h*4))
 		emuLaunch(t, "rmsnorm_bf16", n, 256, 0, yb, xb, wb, h, float32(1e-6))
@@ -243,7 +219,7 @@ func TestEmuRotary(t *testing.T) {
 func TestEmuGather(t *testing.T) {
 	r := rand.New(rand.NewPCG(4, 99))
 	vocab, h := 1000, 4096
-	w := emuRandBF16(r, vocab*h, 0.02)
+	w := randBF16(r, vocab*h, 0.02)
 	ids := []int32{0, 999, 17, 17, 512}
 	want := make([]float32, len(ids)*h)
 	if err := gatherRows(tensor.New(tensor.WithShape(vocab, h), tensor.WithBacking(w)), ids, h, want); err != nil {
@@ -272,7 +248,7 @@ func TestEmuGemv(t *testing.T) {
 		if split == 0 {
 			split = emuGemvSplit(n, k)
 		}
-		x, w, bias := randF32(r, k), emuRandBF16(r, n*k, 0.02), emuRandBF16(r, n, 0.1)
+		x, w, bias := randF32(r, k), randBF16(r, n*k, 0.02), randBF16(r, n, 0.1)
 		want := emuMatVec(t, x, w, n, k)
 		for i := range want {
 			want[i] += bf16(bias[i])
@@ -286,7 +262,7 @@ func TestEmuGemv(t *testing.T) {
 	}
 	// without a bias
 	n, k := 100, 256
-	x, w := randF32(r, k), emuRandBF16(r, n*k, 0.02)
+	x, w := randF32(r, k), randBF16(r, n*k, 0.02)
 	m := newEmuMem(t)
 	xb, wb, yb := emuUp(m, x), emuUp(m, w), m.poisoned(int64(n*4))
 	emuLaunch(t, "gemv_bf16", (n+7)/8, 256, 0, yb, xb, wb, emuPtr(0), n, k, 1)
@@ -297,7 +273,7 @@ func TestEmuGemvSwiGLU(t *testing.T) {
 	r := rand.New(rand.NewPCG(6, 99))
 	for _, s := range [][2]int{{11008, 4096}, {176, 64}} {
 		n, k := s[0], s[1]
-		x, w1, w2 := randF32(r, k), emuRandBF16(r, n*k, 0.05), emuRandBF16(r, n*k, 0.05)
+		x, w1, w2 := randF32(r, k), randBF16(r, n*k, 0.05), randBF16(r, n*k, 0.05)
 		want := emuSwiGLU(emuMatVec(t, x, w1, n, k), emuMatVec(t, x, w2, n, k))
 		m := newEmuMem(t)
 		xb, ab, bb, yb := emuUp(m, x), emuUp(m, w1), emuUp(m, w2), m.poisoned(int64(n*4))
@@ -315,7 +291,7 @@ func TestEmuAttentionDecode(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 99))
 	for _, c := range []struct{ L, lognSeq int }{{1, 0}, {300, 0}, {4000, 0}, {256, 0}, {700, 256}} {
 		b, h, dim, maxLen := 2, 4, 128, 4096
-		q, kc, vc := randF32(r, b*h*dim), emuRandBF16(r, b*maxLen*h*dim, 1), emuRandBF16(r, b*maxLen*h*dim, 1)
+		q, kc, vc := randF32(r, b*h*dim), randBF16(r, b*maxLen*h*dim, 1), randBF16(r, b*maxLen*h*dim, 1)
 		scale := float32(1.3 / math.Sqrt(float64(dim)))
 		ref := float64(scale)
 		if c.lognSeq > 0 && c.L > c.lognSeq {
@@ -336,7 +312,7 @@ func TestEmuAttentionDecode(t *testing.T) {
 func TestEmuAddRMSNorm(t *testing.T) {
 	r := rand.New(rand.NewPCG(8, 99))
 	n, h := 2, 4096
-	x, res, w := randF32(r, n*h), randF32(r, n*h), emuRandBF16(r, h, 1)
+	x, res, w := randF32(r, n*h), randF32(r, n*h), randBF16(r, h, 1)
 	sum := make([]float32, n*h)
 	for i := range sum {
 		sum[i] = x[i] + res[i]
@@ -354,7 +330,7 @@ func TestEmuAddRMSNorm(t *testing.T) {
 func TestEmuBF16Out(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 99))
 	n, h := 3, 4096
-	x, res, w := randF32(r, n*h), randF32(r, n*h), emuRandBF16(r, h, 1)
+	x, res, w := randF32(r, n*h), randF32(r, n*h), randBF16(r, h, 1)
 	m := newEmuMem(t)
 	xb, wb, yb := emuUp(m, x), emuUp(m, w), m.poisoned(int64(n*h*2))
 	emuLaunch(t, "rmsnorm_bf16_out", n, 256, 0, yb, xb, wb, h, float32(1e-6))
@@ -376,7 +352,7 @@ func TestEmuBF16Out(t *testing.T) {
 	emuCheck(t, "swiglu_bf16_out", widen(emuDown[uint16](sb, cnt)), emuRoundAll(emuSwiGLU(a, g)), 1e-4)
 
 	cnt = 11008
-	a16, g16 := emuRandBF16(r, cnt, 1), emuRandBF16(r, cnt, 1)
+	a16, g16 := randBF16(r, cnt, 1), randBF16(r, cnt, 1)
 	ab, gb, sb = emuUp(m, a16), emuUp(m, g16), m.poisoned(int64(cnt*2))
 	emuLaunch(t, "swiglu_bf16", emuGrid(int64(cnt)), 256, 0, sb, ab, gb, int64(cnt))
 	emuCheck(t, "swiglu_bf16", widen(emuDown[uint16](sb, cnt)), emuRoundAll(emuSwiGLU(widen(a16), widen(g16))), 1e-4)
@@ -388,7 +364,7 @@ func TestEmuKVAppend(t *testing.T) {
 	r := rand.New(rand.NewPCG(10, 99))
 	b, width, maxLen, pos := 2, 256, 16, 5
 	qkv := randF32(r, b*3*width)
-	cache := emuRandBF16(r, b*maxLen*width, 1)
+	cache := randBF16(r, b*maxLen*width, 1)
 	wantK, wantV := widen(cache), widen(cache)
 	for bi := 0; bi < b; bi++ {
 		for i := 0; i < width; i++ {
@@ -433,7 +409,7 @@ func TestEmuElementwise(t *testing.T) {
 	emuLaunch(t, "to_bf16_rows", emuGrid(int64(rows*cols)), 256, 0, ob, xb, rows, cols, stride)
 	emuCheck(t, "to_bf16_rows", widen(emuDown[uint16](ob, rows*cols)), wantB, 0)
 
-	y0, bias := randF32(r, rows*cols), emuRandBF16(r, cols, 1)
+	y0, bias := randF32(r, rows*cols), randBF16(r, cols, 1)
 	wantBias := make([]float32, rows*cols)
 	for i := range wantBias {
 		wantBias[i] = y0[i] + bf16(bias[i%cols])
@@ -451,7 +427,7 @@ func TestEmuCausalSoftmax(t *testing.T) {
 	r := rand.New(rand.NewPCG(12, 99))
 	for _, c := range []struct{ heads, t, past, lognSeq int }{{4, 37, 0, 0}, {2, 600, 100, 0}, {2, 9, 40, 16}} {
 		h, dim, l := c.heads, 128, c.past+c.t
-		q, k := widen(emuRandBF16(r, c.t*h*dim, 1)), widen(emuRandBF16(r, l*h*dim, 1))
+		q, k := widen(randBF16(r, c.t*h*dim, 1)), widen(randBF16(r, l*h*dim, 1))
 		scale := float32(1 / math.Sqrt(float64(dim)))
 		s := make([]float32, h*c.t*l) // [h, t, l] as the scores GEMM writes them
 		want := make([]float32, h*c.t*l)
@@ -499,28 +475,9 @@ func TestEmuCausalSoftmax(t *testing.T) {
 // the bf16 caches at the position read from device memory.
 func TestEmuRotaryQKV(t *testing.T) {
 	r := rand.New(rand.NewPCG(13, 99))
-	tl, h, dim, past, maxLen := 3, 4, 128, 70, 80
-	width, stride := h*dim, 3*h*dim
-	qkv := randF32(r, tl*stride)
-	q, k := make([]float32, tl*width), make([]float32, tl*width)
-	for i := 0; i < tl; i++ {
-		copy(q[i*width:], qkv[i*stride:i*stride+width])
-		copy(k[i*width:], qkv[i*stride+width:i*stride+2*width])
-	}
-	base := []float64{10000 * math.Pow(7, 128.0/126)}
-	st := &Step{Batch: 1, Seq: tl, Past: past, Base: base}
-	rq := rotate[float32](tensor.New(tensor.WithShape(1, tl, h, dim), tensor.WithBacking(q)), st, false, nil).Data().([]float32)
-	rk := rotate[float32](tensor.New(tensor.WithShape(1, tl, h, dim), tensor.WithBacking(k)), st, false, nil).Data().([]float32)
-	kc, vc := emuRandBF16(r, maxLen*width, 1), emuRandBF16(r, maxLen*width, 1)
-	wantQ := slices.Clone(qkv)
-	wantK, wantV := widen(kc), widen(vc)
-	for i := 0; i < tl; i++ {
-		copy(wantQ[i*stride:], rq[i*width:(i+1)*width])
-		for j := 0; j < width; j++ {
-			wantK[(past+i)*width+j] = emuRound(rk[i*width+j])
-			wantV[(past+i)*width+j] = emuRound(qkv[i*stride+2*width+j])
-		}
-	}
+	c := newRotaryQKVCase(r)
+	tl, h, dim, past, maxLen, width, stride := c.t, c.heads, c.dim, c.past, c.maxLen, c.width, c.stride
+	qkv, kc, vc, base, wantQ, wantK, wantV := c.qkv, c.kc, c.vc, c.base, c.wantQ, c.wantK, c.wantV
 	m := newEmuMem(t)
 	qkvb, kb, vb := emuUp(m, qkv), emuUp(m, kc), emuUp(m, vc)
 	fb, pb := emuUp(m, InvFreq(base[0], dim)), emuUp(m, []int32{int32(past)})

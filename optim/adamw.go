@@ -31,10 +31,7 @@ func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
 		return fmt.Errorf("optim: %d parameters and %d gradients for an optimizer of %d", len(params), len(grads), len(o.M))
 	}
 	o.Step++
-	bc1 := 1 - math.Pow(o.Beta1, float64(o.Step))
-	bc2 := math.Sqrt(1 - math.Pow(o.Beta2, float64(o.Step)))
-	stepSize := lr / bc1
-	decay := 1 - lr*o.WeightDecay
+	stepSize, decay, bc2 := o.Scalars(o.Step, lr)
 	for i, p := range params {
 		g, m, v := grads[i], o.M[i], o.V[i]
 		if len(p) != len(m) || len(g) != len(m) {
@@ -52,6 +49,14 @@ func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
 	return nil
 }
 
+// Scalars are the factors that every element of update number step (1 for the first) at
+// learning rate lr shares: stepSize = lr / (1 - beta1^step), decay = 1 - lr weightDecay and
+// bc2 = sqrt(1 - beta2^step).
+func (o *AdamW) Scalars(step int, lr float64) (stepSize, decay, bc2 float64) {
+	bc1 := 1 - math.Pow(o.Beta1, float64(step))
+	return lr / bc1, 1 - lr*o.WeightDecay, math.Sqrt(1 - math.Pow(o.Beta2, float64(step)))
+}
+
 // ClipGradNorm scales grads so their global L2 norm is at most maxNorm, as
 // torch.nn.utils.clip_grad_norm_ (factor maxNorm / (norm + 1e-6), capped at 1). It returns the
 // norm before clipping. maxNorm <= 0 only measures.
@@ -66,8 +71,7 @@ func ClipGradNorm(grads [][]float32, maxNorm float64) float64 {
 	if maxNorm <= 0 {
 		return norm
 	}
-	coef := min(maxNorm/(norm+1e-6), 1)
-	if coef < 1 {
+	if coef := ClipCoef(norm, maxNorm); coef < 1 {
 		for _, g := range grads {
 			for j := range g {
 				g[j] = float32(float64(g[j]) * coef)
@@ -76,3 +80,6 @@ func ClipGradNorm(grads [][]float32, maxNorm float64) float64 {
 	}
 	return norm
 }
+
+// ClipCoef is the factor ClipGradNorm scales gradients of global norm norm by (1: none).
+func ClipCoef(norm, maxNorm float64) float64 { return min(maxNorm/(norm+1e-6), 1) }

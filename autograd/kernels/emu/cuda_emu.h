@@ -8,6 +8,10 @@
 // as CUDA requires; a thread that has returned no longer counts.
 #pragma once
 
+// No fused multiply-adds in the kernels, even where the host has FMA instructions: every
+// product and sum rounds on its own.
+#pragma GCC optimize("fp-contract=off")
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -114,6 +118,13 @@ inline float __fdividef(float x, float y) {
     return x * (1.f / y);
 }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+
+// __umulhi is the high 32 bits of the 64-bit product.
+inline unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((uint64_t)a * b) >> 32); }
+
+// The rounded double operations nvcc never fuses into multiply-adds.
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
 
 // min and max of CUDA's global namespace (same-type overloads).
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -18,7 +18,8 @@
 // (extern __shared__) is not supported; memory is plain C memory with no bounds checks (a bad
 // address kills the process with SIGSEGV); a fiber's stack is 64 KiB; the fibers need
 // ucontext (glibc). The arithmetic is the host's: float operations round as on the
-// device but no fused multiply-adds are formed (nvcc forms them), double math functions come
+// device but no fused multiply-adds are formed (cuda_emu.h turns contraction off, even for a
+// host with FMA; nvcc forms them, except with the _rn intrinsics), double math functions come
 // from the C library, and the fast intrinsics (__expf, __logf, __fdividef, rsqrtf) follow the
 // device's approximations only in their main error.
 //
