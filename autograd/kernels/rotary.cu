@@ -6,11 +6,23 @@
 // o[i+D/2] = x[i+D/2] cos + x[i] sin. One block per (b, t), threads over (h, i < D/2).
 // base [B] (double) per row: dynamic NTK.
 #include "common.cuh"
-#include "rotary.cuh"
 
 extern "C" __global__ void rotary(float* y, const float* x, const double* base, int t_len, int heads, int dim, int past,
                                   int x_stride, int y_stride) {
     int bt = blockIdx.x;
     int b = bt / t_len, t = bt % t_len;
-    rotary_heads(y + (size_t)bt * y_stride, x + (size_t)bt * x_stride, base[b], (float)(past + t), heads, dim, 1.f);
+    int half = dim / 2;
+    float p = (float)(past + t);
+    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+        int h = k / half, i = k % half;
+        float f = (float)(1.0 / pow(base[b], (2.0 * i) / dim));
+        float a = p * f;
+        double s, c;
+        sincos((double)a, &s, &c);
+        const float* v = x + (size_t)bt * x_stride + h * dim;
+        float* o = y + (size_t)bt * y_stride + h * dim;
+        float x1 = v[i], x2 = v[i + half];
+        o[i] = x1 * (float)c - x2 * (float)s;
+        o[i + half] = x2 * (float)c + x1 * (float)s;
+    }
 }

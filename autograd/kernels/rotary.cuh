@@ -1,4 +1,4 @@
-// The NeoX rotation of one (b, t) row of rotary.cu and train.cu's rotary_pos.
+// The NeoX rotation of one (b, t) row as rotary.cu computes it, for train.cu's rotary_pos.
 #pragma once
 
 // rotary_heads: o = v rotated, both one row of heads x dim floats (o may be v). Position p,

@@ -23,7 +23,9 @@
 // from the C library, and the fast intrinsics (__expf, __logf, __fdividef, rsqrtf) follow the
 // device's approximations only in their main error.
 //
-// The package builds only with -tags cudaemu.
+// The package builds only with -tags cudaemu. Each k_<name>.cc includes ../<name>.cu, a file
+// outside this package that Go's build cache does not watch: after editing a .cu, run
+// `go clean -cache` (or touch its k_<name>.cc) before testing, or the old kernel runs.
 package emu
 
 /*
