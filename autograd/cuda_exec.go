@@ -12,8 +12,9 @@ package autograd
 // of the Step lives on the device in bf16.
 //
 // Inference graphs only (no gradients, no dropout); batch 1 with no padding mask; the
-// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA or Int4:
-// merge adapters first (qwen-tune merge).
+// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA (merge
+// adapters first: qwen-tune merge), or GPTQ layers (Int4Linear: packed words uploaded once,
+// gemv_int4 for one row, dequantized to bf16 scratch for the GEMM of several rows).
 
 import (
 	"fmt"
@@ -114,11 +115,15 @@ func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	return b, nil
 }
 
-// ReleaseWeights frees every uploaded parameter.
+// ReleaseWeights frees every uploaded parameter, GPTQ layers included.
 func (d *Device) ReleaseWeights() {
 	for k, b := range d.weights {
 		d.Free(b)
 		delete(d.weights, k)
+	}
+	for k, w := range d.int4 {
+		w.Free(d)
+		delete(d.int4, k)
 	}
 }
 
@@ -323,27 +328,80 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 		}
 		return s[0] * s[1]
 	}
-	// feedsGEMMs: every reader of n is a projection taking it as input with more than one
-	// row, so n can be produced in bf16 directly (no float32 copy, no conversion pass).
+	// feedsGEMMs: every reader of n is a projection (dense or GPTQ) taking it as input with
+	// more than one row, so n can be produced in bf16 directly (no float32 copy, no conversion
+	// pass).
 	feedsGEMMs := func(n *G.Node) bool {
 		if n == out || rowsOf(n) < 2 || len(users[n]) == 0 {
 			return false
 		}
 		for _, u := range users[n] {
-			if _, ok := isLinear(u); !ok || kids[u][0] != n {
+			_, dense := isLinear(u)
+			o4, packed := u.Op().(*int4Op)
+			if !dense && !(packed && !o4.backward) || kids[u][0] != n {
 				return false
 			}
 		}
 		return true
 	}
-	// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill): the up and
-	// gate GEMMs then write bf16 as transformers does, halving the MLP's largest buffers.
+	// unbiased: n is a projection without a bias (a GPTQ layer's all-zero bias is none).
+	unbiased := func(n *G.Node) bool {
+		if o, ok := isLinear(n); ok {
+			return !o.bias
+		}
+		o4, ok := n.Op().(*int4Op)
+		return ok && !o4.w.HasBias()
+	}
+	// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill) and whose
+	// inputs are both projections without a bias: the up and gate GEMMs then write bf16 as
+	// transformers does, halving the MLP's largest buffers.
 	feedsSwiGLU := func(n *G.Node) bool {
 		if rowsOf(n) < 2 || len(users[n]) != 1 {
 			return false
 		}
 		sw, ok := users[n][0].Op().(*swigluOp)
-		return ok && sw.grad == 0 && feedsGEMMs(users[n][0])
+		if !ok || sw.grad != 0 || !feedsGEMMs(users[n][0]) {
+			return false
+		}
+		for _, c := range kids[users[n][0]] {
+			if !unbiased(c) {
+				return false
+			}
+		}
+		return true
+	}
+	// gemmRows is the launches of a projection of several rows: x converted to bf16 (unless
+	// it is bf16 already) into scratch of this node, the bf16 weight W [nOut, k] from weight
+	// (a parameter, or a GPTQ layer dequantized), one cuBLAS GEMM into y (float32 or bf16),
+	// then bias (nil: none).
+	gemmRows := func(x, y *value, nOut int, weight func() (*Buffer, error), bias func() error) func() error {
+		rows, k, stride, xb := x.rows, x.cols, x.stride, x.buf
+		conv := !x.bf16
+		if conv {
+			xb = pl.get(int64(rows*k) * 2)
+			pl.put(xb) // only used inside this node's launches
+		}
+		return func() error {
+			if conv {
+				if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
+					return err
+				}
+			}
+			w, err := weight()
+			if err != nil {
+				return err
+			}
+			if y.bf16 {
+				return d.GemmBF16Out(y.buf, xb, w, rows, nOut, k, nOut)
+			}
+			if err := d.GemmBF16(y.buf, xb, w, rows, nOut, k, nOut, false); err != nil {
+				return err
+			}
+			if bias != nil {
+				return bias()
+			}
+			return nil
+		}
 	}
 	alloc := func(n *G.Node, rows, cols int, bf bool) (*value, error) {
 		elem := int64(4)
@@ -508,7 +566,7 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 					}
 				}
 			}
-			y, err := alloc(n, rows, nOut, feedsGEMMs(n) || bias == nil && feedsSwiGLU(n))
+			y, err := alloc(n, rows, nOut, feedsGEMMs(n) || feedsSwiGLU(n))
 			if err != nil {
 				return nil, err
 			}
@@ -526,29 +584,52 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			if y.bf16 && bias != nil {
 				return nil, fmt.Errorf("autograd: a bf16 projection output with a bias")
 			}
-			xb := x.buf
-			if !x.bf16 {
-				xb = pl.get(int64(rows*k) * 2)
-				pl.put(xb) // only used inside this node's launches
+			var addBias func() error
+			if bias != nil {
+				addBias = func() error { return d.BiasBF16(y.buf, bias.buf, rows, nOut) }
 			}
-			conv, stride := !x.bf16, x.stride
-			emit(what, func() error {
-				if conv {
-					if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
-						return err
-					}
+			emit(what, gemmRows(x, y, nOut, func() (*Buffer, error) { return w.buf, nil }, addBias))
+		case *int4Op:
+			if o.backward {
+				return nil, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+			}
+			x := in[0]
+			if x.cols != o.w.K {
+				return nil, fmt.Errorf("autograd: %s: input of %d columns for %d inputs", what, x.cols, o.w.K)
+			}
+			w, err := d.int4Weights(o.w)
+			if err != nil {
+				return nil, err
+			}
+			rows, nOut := x.rows, o.w.N
+			if rows == 1 { // decoding: the packed words read once, the bias added by the same launch
+				if x.bf16 {
+					return nil, fmt.Errorf("autograd: GEMV of a bf16 input")
 				}
-				if y.bf16 {
-					return d.GemmBF16Out(y.buf, xb, w.buf, rows, nOut, k, nOut)
+				if _, err := d.function("gemv_int4"); err != nil { // loaded now, not during a graph capture
+					return nil, err
 				}
-				if err := d.GemmBF16(y.buf, xb, w.buf, rows, nOut, k, nOut, false); err != nil {
-					return err
+				y, err := alloc(n, 1, nOut, false)
+				if err != nil {
+					return nil, err
 				}
-				if bias != nil {
-					return d.BiasBF16(y.buf, bias.buf, rows, nOut)
-				}
-				return nil
-			})
+				emit(what, func() error { return d.GemvInt4(y.buf, x.ptr(), w) })
+				break
+			}
+			// prefill: W^T dequantized to bf16 into scratch of this node (the arena gives the
+			// layers' scratch the same bytes, as their lifetimes never overlap), then the GEMM
+			// of dense weights
+			y, err := alloc(n, rows, nOut, w.Bias == nil && (feedsGEMMs(n) || feedsSwiGLU(n)))
+			if err != nil {
+				return nil, err
+			}
+			wt := pl.get(int64(nOut) * int64(o.w.K) * 2)
+			pl.put(wt)
+			var addBias func() error
+			if w.Bias != nil {
+				addBias = func() error { return d.BiasF32(y.buf, w.Bias, rows, nOut) }
+			}
+			emit(what, gemmRows(x, y, nOut, func() (*Buffer, error) { return wt, d.DequantInt4BF16(wt, w) }, addBias))
 		case *splitHeadsOp:
 			x := in[0]
 			width := o.heads * o.dim
