@@ -103,6 +103,7 @@ type Device struct {
 	Allocated, Peak int64
 	caches          map[*KVCache]*deviceCache
 	weights         map[uintptr]*Buffer
+	int4            map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
 }
 
 // CUDAError names the CUDA call that failed.
@@ -128,7 +129,7 @@ func OpenDevice(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}}
+	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}, int4: map[*Int4]*Int4Weights{}}
 	if _, d.Memory, err = d.drv.memInfo(); err != nil {
 		return nil, cudaErr("cuMemGetInfo", err)
 	}
@@ -198,9 +199,7 @@ func (d *Device) Close() error {
 	for _, c := range d.caches {
 		c.free(d)
 	}
-	for _, w := range d.weights {
-		d.Free(w)
-	}
+	d.ReleaseWeights()
 	var errs []error
 	for _, ptrs := range d.pool {
 		for _, p := range ptrs {
@@ -313,19 +312,31 @@ func (d *Device) copyDtoD(dst, src devPtr, bytes int64) error {
 	return cudaErr("cuMemcpyDtoDAsync", d.drv.memcpyDtoDAsync(dst, src, bytes))
 }
 
-// launch runs kernel name; args are *Buffer, int, float32 or int64 (each in a 64-bit slot).
-func (d *Device) launch(name string, grid, block, shared int, args ...any) error {
+// function is kernel name, its module loaded first if it is a lazy one. A program that will
+// be captured in a CUDA graph asks for its lazy kernels when it is compiled: no module is
+// loaded during a capture.
+func (d *Device) function(name string) (devFunction, error) {
 	if f, ok := d.lazy[name]; ok {
 		delete(d.lazy, name)
 		if _, loaded := d.fns[name]; !loaded {
 			if err := d.loadPTX(f); err != nil {
-				return err
+				var none devFunction
+				return none, err
 			}
 		}
 	}
 	fn, ok := d.fns[name]
 	if !ok {
-		return fmt.Errorf("autograd: kernel %s is not in the embedded PTX", name)
+		return fn, fmt.Errorf("autograd: kernel %s is not in the embedded PTX", name)
+	}
+	return fn, nil
+}
+
+// launch runs kernel name; args are *Buffer, int, float32 or int64 (each in a 64-bit slot).
+func (d *Device) launch(name string, grid, block, shared int, args ...any) error {
+	fn, err := d.function(name)
+	if err != nil {
+		return err
 	}
 	d.params = d.params[:0]
 	for _, a := range args {

@@ -16,8 +16,9 @@ package autograd
 // emitter and one row of emitters.
 //
 // Inference graphs only (no gradients, no dropout); batch 1 with no padding mask; the
-// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA or Int4:
-// merge adapters first (qwen-tune merge).
+// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA (merge
+// adapters first: qwen-tune merge), or GPTQ layers (Int4Linear: packed words uploaded once,
+// gemv_int4 for one row, dequantized to bf16 scratch for the GEMM of several rows).
 
 import (
 	"fmt"
@@ -119,11 +120,15 @@ func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	return b, nil
 }
 
-// ReleaseWeights frees every uploaded parameter.
+// ReleaseWeights frees every uploaded parameter, GPTQ layers included.
 func (d *Device) ReleaseWeights() {
 	for k, b := range d.weights {
 		d.Free(b)
 		delete(d.weights, k)
+	}
+	for k, w := range d.int4 {
+		w.Free(d)
+		delete(d.int4, k)
 	}
 }
 
@@ -301,6 +306,7 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&rotaryOp{}):     (*compiler).rotary,
 	reflect.TypeOf(&attentionOp{}):  (*compiler).attention,
 	reflect.TypeOf(&swigluOp{}):     (*compiler).swiGLU,
+	reflect.TypeOf(&int4Op{}):       (*compiler).int4,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
@@ -442,28 +448,83 @@ func rowsOf(n *G.Node) int {
 	return s[0] * s[1]
 }
 
-// feedsGEMMs: every reader of n is a projection taking it as input with more than one row,
-// so n can be produced in bf16 directly (no float32 copy, no conversion pass).
+// feedsGEMMs: every reader of n is a projection (dense or GPTQ) taking it as input with more
+// than one row, so n can be produced in bf16 directly (no float32 copy, no conversion pass).
 func (c *compiler) feedsGEMMs(n *G.Node) bool {
 	if n == c.out || rowsOf(n) < 2 || len(c.users[n]) == 0 {
 		return false
 	}
 	for _, u := range c.users[n] {
-		if _, ok := isLinear(u); !ok || c.kids[u][0] != n {
+		_, dense := isLinear(u)
+		o4, packed := u.Op().(*int4Op)
+		if !dense && !(packed && !o4.backward) || c.kids[u][0] != n {
 			return false
 		}
 	}
 	return true
 }
 
-// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill): the up and
-// gate GEMMs then write bf16 as transformers does, halving the MLP's largest buffers.
+// unbiased: n is a projection without a bias (a GPTQ layer's all-zero bias is none).
+func unbiased(n *G.Node) bool {
+	if o, ok := isLinear(n); ok {
+		return !o.bias
+	}
+	o4, ok := n.Op().(*int4Op)
+	return ok && !o4.w.HasBias()
+}
+
+// feedsSwiGLU: n's only reader is a SwiGLU whose result feeds GEMMs (prefill) and whose
+// inputs are both projections without a bias: the up and gate GEMMs then write bf16 as
+// transformers does, halving the MLP's largest buffers.
 func (c *compiler) feedsSwiGLU(n *G.Node) bool {
 	if rowsOf(n) < 2 || len(c.users[n]) != 1 {
 		return false
 	}
 	sw, ok := c.users[n][0].Op().(*swigluOp)
-	return ok && sw.grad == 0 && c.feedsGEMMs(c.users[n][0])
+	if !ok || sw.grad != 0 || !c.feedsGEMMs(c.users[n][0]) {
+		return false
+	}
+	for _, k := range c.kids[c.users[n][0]] {
+		if !unbiased(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// gemmRows is the launches of a projection of several rows: x converted to bf16 (unless it
+// is bf16 already) into scratch of this node, the bf16 weight W [nOut, k] from weight (a
+// parameter, or a GPTQ layer dequantized), one cuBLAS GEMM into y (float32 or bf16), then
+// bias (nil: none).
+func (c *compiler) gemmRows(x, y *value, nOut int, weight func() (*Buffer, error), bias func() error) func() error {
+	d := c.d
+	rows, k, stride, xb := x.rows, x.cols, x.stride, x.buf
+	conv := !x.bf16
+	if conv {
+		xb = c.pl.get(int64(rows*k) * 2)
+		c.pl.put(xb) // only used inside this node's launches
+	}
+	return func() error {
+		if conv {
+			if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
+				return err
+			}
+		}
+		w, err := weight()
+		if err != nil {
+			return err
+		}
+		if y.bf16 {
+			return d.GemmBF16Out(y.buf, xb, w, rows, nOut, k, nOut)
+		}
+		if err := d.GemmBF16(y.buf, xb, w, rows, nOut, k, nOut, false); err != nil {
+			return err
+		}
+		if bias != nil {
+			return bias()
+		}
+		return nil
+	}
 }
 
 // alloc places n's value in a new activation buffer of rows x cols (bf16 when bf).
@@ -620,7 +681,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	if c.deferIntoSwiGLU(n, x, w, bias) {
 		return true, nil
 	}
-	y := c.alloc(n, rows, nOut, c.feedsGEMMs(n) || bias == nil && c.feedsSwiGLU(n))
+	y := c.alloc(n, rows, nOut, c.feedsGEMMs(n) || c.feedsSwiGLU(n))
 	if rows == 1 {
 		if x.bf16 {
 			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
@@ -635,29 +696,51 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	if y.bf16 && bias != nil {
 		return false, fmt.Errorf("autograd: a bf16 projection output with a bias")
 	}
-	xb := x.buf
-	if !x.bf16 {
-		xb = c.pl.get(int64(rows*k) * 2)
-		c.pl.put(xb) // only used inside this node's launches
+	var addBias func() error
+	if bias != nil {
+		addBias = func() error { return d.BiasBF16(y.buf, bias.buf, rows, nOut) }
 	}
-	conv, stride := !x.bf16, x.stride
-	c.emit(func() error {
-		if conv {
-			if err := d.ToBF16Rows(xb, x.ptr(), rows, k, stride); err != nil {
-				return err
-			}
+	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return w.buf, nil }, addBias))
+	return false, nil
+}
+
+// int4 is a GPTQ layer: for one row gemv_int4 reads the packed words once (and adds the
+// bias); for several, W^T is dequantized to bf16 scratch of this node (the arena gives the
+// layers' scratch the same bytes, as their lifetimes never overlap) for the GEMM of dense
+// weights.
+func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*int4Op), c.d
+	if o.backward {
+		return false, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+	}
+	x := in[0]
+	if x.cols != o.w.K {
+		return false, fmt.Errorf("autograd: %s: input of %d columns for %d inputs", c.what(), x.cols, o.w.K)
+	}
+	w, err := d.int4Weights(o.w)
+	if err != nil {
+		return false, err
+	}
+	rows, nOut := x.rows, o.w.N
+	if rows == 1 {
+		if x.bf16 {
+			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
 		}
-		if y.bf16 {
-			return d.GemmBF16Out(y.buf, xb, w.buf, rows, nOut, k, nOut)
+		if _, err := d.function("gemv_int4"); err != nil { // loaded now, not during a graph capture
+			return false, err
 		}
-		if err := d.GemmBF16(y.buf, xb, w.buf, rows, nOut, k, nOut, false); err != nil {
-			return err
-		}
-		if bias != nil {
-			return d.BiasBF16(y.buf, bias.buf, rows, nOut)
-		}
-		return nil
-	})
+		y := c.alloc(n, 1, nOut, false)
+		c.emit(func() error { return d.GemvInt4(y.buf, x.ptr(), w) })
+		return false, nil
+	}
+	y := c.alloc(n, rows, nOut, w.Bias == nil && (c.feedsGEMMs(n) || c.feedsSwiGLU(n)))
+	wt := c.pl.get(int64(nOut) * int64(o.w.K) * 2)
+	c.pl.put(wt)
+	var addBias func() error
+	if w.Bias != nil {
+		addBias = func() error { return d.BiasF32(y.buf, w.Bias, rows, nOut) }
+	}
+	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return wt, d.DequantInt4BF16(wt, w) }, addBias))
 	return false, nil
 }
 

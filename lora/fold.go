@@ -26,7 +26,7 @@ func Fold(m *model.Model) (int, error) {
 		case *model.Dense:
 			base = b
 		case *model.Int4:
-			return folded, fmt.Errorf("lora: %s is a GPTQ layer: an adapter cannot be folded into packed weights, so a GPTQ model with an adapter runs on the CPU (the GPU has no GPTQ kernels yet)", l.Module)
+			return folded, fmt.Errorf("lora: %s is a GPTQ layer: an adapter cannot be folded into packed weights, so a GPTQ model with an adapter runs on the CPU", l.Module)
 		default:
 			return folded, fmt.Errorf("lora: %s: only a LoRA layer over a dense weight can be folded", l.Module)
 		}

@@ -3,7 +3,8 @@
 // Hessian and runs GPTQ (or round-to-nearest, the baseline it is compared with). Out: each
 // Linear's codes, per-group scales and zeros and g_idx packed in AutoGPTQ's v1 "gptq" layout
 // (qweight, qzeros, scales, g_idx) as Qwen-7B-Chat-Int4 stores them, a report of each
-// layer's output error, and, through Save, a GPTQ model directory. Packed.Dequantize is the
+// layer's output error, and, through Save, a GPTQ model directory. autograd.Int4.Dequantize is the
 // reference unpacking the layout is tested with; a packed model runs through
-// autograd.Int4Linear, on the CPU only (there is no GPU Int4 kernel).
+// autograd.Int4Linear, on the CPU or through the GPU executor (autograd/cuda_int4.go).
+// WriteTiny writes a tiny random GPTQ model for the tests and the GPU self-test.
 package quantize

@@ -21,13 +21,15 @@ func useDevice(cmd *cobra.Command, m *model.Model, name string) (func(), error) 
 	default:
 		return nil, fmt.Errorf("--device %q: use cpu or cuda", name)
 	}
-	if m.Quantized() && name != "cuda" {
-		// no Int4 kernels on the GPU yet: a GPTQ model runs on the CPU unless cuda is demanded
-		fmt.Fprintln(cmd.ErrOrStderr(), "device: cpu (GPTQ Int4 layers have no GPU kernels; --device cuda would fail)")
-		return func() {}, nil
-	}
-	if m.Quantized() {
-		return nil, fmt.Errorf("--device cuda: this model is GPTQ Int4, which runs on the CPU only (use --device cpu)")
+	if cudaBuild {
+		cpu, err := adapterOnGPTQ(m, name)
+		if err != nil {
+			return nil, err
+		}
+		if cpu != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "device: cpu (%s)\n", cpu)
+			return func() {}, nil
+		}
 	}
 	exec, err := openExecutor(name)
 	if err != nil {
@@ -43,6 +45,27 @@ func useDevice(cmd *cobra.Command, m *model.Model, name string) (func(), error) 
 		m.Exec = nil
 		exec.Close()
 	}, nil
+}
+
+// adapterOnGPTQ decides where a GPTQ model with an adapter on its packed layers runs in a
+// CUDA build: the GPU runs an adapter by folding it into the weights, which packed weights
+// cannot take, so --device cuda is refused and the default device is the CPU (cpu says why).
+// Any other model gives "" and nil.
+func adapterOnGPTQ(m *model.Model, device string) (cpu string, err error) {
+	if device == "cpu" {
+		return "", nil
+	}
+	for _, s := range m.Projections() {
+		if _, packed := model.Unwrap(*s.P).(*model.Int4); !packed || *s.P == model.Unwrap(*s.P) {
+			continue
+		}
+		why := fmt.Sprintf("the adapter applies to %s, a GPTQ layer, and the GPU executor cannot fold an adapter into packed weights", s.Name)
+		if device == "cuda" {
+			return "", fmt.Errorf("--device cuda: %s; run it with --device cpu (the CPU applies the adapter to the packed layers), or merge the adapter into the floating-point model and quantize the result", why)
+		}
+		return why, nil
+	}
+	return "", nil
 }
 
 // registerCPUDevice is --device on commands that run on the CPU only (training, calibration,

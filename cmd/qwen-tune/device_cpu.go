@@ -8,6 +8,9 @@ import (
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
+// cudaBuild: this binary has no GPU code.
+const cudaBuild = false
+
 // openExecutor: this binary has no GPU code.
 func openExecutor(name string) (model.Executor, error) {
 	if name == "cuda" {

@@ -8,6 +8,9 @@ import (
 	_ "github.com/qwen-tune/qwen-tune/internal/cudaprobe" // a clear message when there is no GPU
 )
 
+// cudaBuild: this binary has the GPU executor.
+const cudaBuild = true
+
 // openExecutor opens GPU 0 unless the CPU is asked for.
 func openExecutor(name string) (model.Executor, error) {
 	if name == "cpu" {

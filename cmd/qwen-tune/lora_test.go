@@ -222,3 +222,39 @@ func TestLoraResumeChecksFlags(t *testing.T) {
 		t.Fatalf("--resume of nothing: %d %s", st, errs)
 	}
 }
+
+// TestAdapterOnGPTQ: a CUDA build runs a GPTQ model whose packed layers carry an adapter on
+// the CPU by default, saying why, and refuses --device cuda (the GPU executor folds adapters
+// into the weights, which packed weights cannot take); the same model without its adapter,
+// or --device cpu, is left alone.
+func TestAdapterOnGPTQ(t *testing.T) {
+	dir, tmp, chats := tinyChats(t)
+	int4 := int4Model(t, dir)
+	run := filepath.Join(tmp, "run")
+	if _, errs, st := qt(t, "", "lora", "--model", int4, "--data", chats, "--out", run, "--steps", "1", "--lora-r", "4"); st != 0 {
+		t.Fatal(errs)
+	}
+	for _, adapter := range []string{run, ""} {
+		op, err := lora.Open(int4, lora.OpenOptions{Adapter: adapter})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer op.Model.Close()
+		cpu, err := adapterOnGPTQ(op.Model, "")
+		if adapter == "" {
+			if cpu != "" || err != nil {
+				t.Errorf("without the adapter: %q %v", cpu, err)
+			}
+			continue
+		}
+		if err != nil || !strings.Contains(cpu, "a GPTQ layer, and the GPU executor cannot fold an adapter into packed weights") {
+			t.Errorf("default device: %q %v", cpu, err)
+		}
+		if _, err := adapterOnGPTQ(op.Model, "cuda"); err == nil || !strings.Contains(err.Error(), "--device cuda: the adapter applies to transformer.h.0.attn.c_attn") || !strings.Contains(err.Error(), "run it with --device cpu") {
+			t.Errorf("--device cuda: %v", err)
+		}
+		if cpu, err := adapterOnGPTQ(op.Model, "cpu"); cpu != "" || err != nil {
+			t.Errorf("--device cpu: %q %v", cpu, err)
+		}
+	}
+}

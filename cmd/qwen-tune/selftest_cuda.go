@@ -18,6 +18,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
 func runSelftest(cmd *cobra.Command, o selftestOpts) error {
@@ -180,18 +181,49 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 // executorChecks runs a random model (head size 128 as Qwen-7B) on the CPU graph and through
 // the GPU executor with the same token sequence: prefill logits, then each decode step's
 // logits (teacher-forced with the CPU's greedy choices), within bf16 rounding of the
-// activations the GPU keeps (KV cache, GEMM inputs, attention probabilities).
+// activations the GPU keeps (KV cache, GEMM inputs, attention probabilities). The GPTQ cases
+// quantize such a model, write it and read it back as model.Load reads Qwen-7B-Chat-Int4:
+// gemv_int4 decodes, the prefill dequantizes to bf16 for the GEMMs.
 func executorChecks(exec *model.CUDA) []autograd.Check {
 	var checks []autograd.Check
+	tiny := func(seqLength int) model.TinyOptions {
+		return model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: seqLength}
+	}
+	random := func(seqLength int) func() (*model.Model, error) {
+		return func() (*model.Model, error) { return model.RandomModel(tiny(seqLength)) }
+	}
+	gptq := func(o quantize.Options, method quantize.Method) func() (*model.Model, error) {
+		return func() (*model.Model, error) {
+			dir, err := os.MkdirTemp("", "qwen-tune-selftest-")
+			if err != nil {
+				return nil, err
+			}
+			defer os.RemoveAll(dir) // the loaded model keeps its files open: removing them is safe
+			t := tiny(2048)
+			t.MLPWidth = 384 // group sizes 32 and 64 divide every layer's inputs
+			src, err := quantize.WriteTiny(dir, t, o, method)
+			if err != nil {
+				return nil, err
+			}
+			return model.Load(src, model.LoadOptions{})
+		}
+	}
+	q := func(group int, actOrder bool) quantize.Options {
+		return quantize.Options{Bits: 4, GroupSize: group, Sym: true, DescAct: actOrder, Damp: 0.01, BlockSize: 128}
+	}
 	for _, c := range []struct {
-		name      string
-		seqLength int
-		prompt    int
-	}{{"prefill 40 + decode", 2048, 40}, {"dynamic NTK + LogN: prefill 80 past seq_length 32 + decode", 32, 80}} {
+		name   string
+		prompt int
+		load   func() (*model.Model, error)
+	}{
+		{"prefill 40 + decode", 40, random(2048)},
+		{"dynamic NTK + LogN: prefill 80 past seq_length 32 + decode", 80, random(32)},
+		{"GPTQ 4-bit, group 64 (round-to-nearest): prefill 40 + decode", 40, gptq(q(64, false), quantize.MethodRTN)},
+		{"GPTQ 4-bit, act-order, group 32: prefill 40 + decode", 40, gptq(q(32, true), quantize.MethodGPTQ)},
+	} {
 		chk := autograd.Check{Op: "executor vs CPU graph", Shape: c.name, Tol: 2e-2}
 		chk.Err = func() error {
-			o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: c.seqLength}
-			m, err := model.RandomModel(o)
+			m, err := c.load()
 			if err != nil {
 				return err
 			}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
@@ -17,17 +16,9 @@ import (
 // directory and returns that directory and each layer's report.
 func Save(t testing.TB, src string, rows [][]int, method quantize.Method, o quantize.Options) (string, []quantize.LayerReport) {
 	t.Helper()
-	m, err := model.Load(src, model.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	layers, reports, err := quantize.Calibrate(context.Background(), m, rows, o, method, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := filepath.Join(t.TempDir(), fmt.Sprintf("int%d", o.Bits))
-	if err := quantize.Save(out, src, layers, o); err != nil {
+	reports, err := quantize.Dir(context.Background(), src, out, rows, o, method)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out, reports

@@ -20,7 +20,7 @@ func TestKernelsRegistered(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no .cu files (%v)", err)
 	}
-	decl := regexp.MustCompile(`extern "C" __global__ void (\w+)\(`)
+	decl := regexp.MustCompile(`extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(`)
 	var want []string
 	for _, f := range files {
 		src, err := os.ReadFile(f)
