@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math"
 	"runtime"
 	"sort"
@@ -172,13 +173,15 @@ func (d *Device) loadPTX(f string) error {
 	if err != nil {
 		return cudaErr("cuModuleLoadData("+f+")", err)
 	}
+	fns := map[string]devFunction{}
 	for _, name := range ptxEntries(string(ptx)) {
 		fn, err := d.drv.moduleFunction(mod, name)
 		if err != nil {
 			return cudaErr("cuModuleGetFunction("+name+")", err)
 		}
-		d.fns[name] = fn
+		fns[name] = fn
 	}
+	maps.Copy(d.fns, fns) // all of the module's kernels, or none
 	return nil
 }
 
@@ -317,11 +320,13 @@ func (d *Device) copyDtoD(dst, src devPtr, bytes int64) error {
 // loaded during a capture.
 func (d *Device) function(name string) (devFunction, error) {
 	if f, ok := d.lazy[name]; ok {
-		delete(d.lazy, name)
-		if _, loaded := d.fns[name]; !loaded {
-			if err := d.loadPTX(f); err != nil {
-				var none devFunction
-				return none, err
+		if err := d.loadPTX(f); err != nil {
+			var none devFunction
+			return none, err
+		}
+		for k, file := range d.lazy { // every kernel of that module is loaded now
+			if file == f {
+				delete(d.lazy, k)
 			}
 		}
 	}

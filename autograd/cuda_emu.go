@@ -104,7 +104,11 @@ func (e *emuDriver) bytes(p devPtr, n int64) ([]byte, error) {
 	return nil, &emuError{"CUDA_ERROR_INVALID_VALUE", fmt.Sprintf("%d bytes at %#x are not in one allocation", n, uintptr(p))}
 }
 
-func (e *emuDriver) loadModule(string) (devModule, error) { return devModule{}, nil }
+// loadModule refuses during a stream capture, as a synchronous driver call would end it: a
+// program that is captured must load its lazy modules when it is compiled.
+func (e *emuDriver) loadModule(string) (devModule, error) {
+	return devModule{}, e.synchronous("cuModuleLoadData")
+}
 
 func (e *emuDriver) moduleFunction(_ devModule, name string) (string, error) { return name, nil }
 
