@@ -25,12 +25,14 @@ type crossEntropyOp struct {
 	step     *Step
 	backward bool // inputs logits, dloss -> dlogits
 	// fwd is the backward's forward op. The forward keeps every row's log-sum-exp in lse
-	// (lseOf: the logits it was taken of); the backward, which gorgonia runs after the
-	// forward in the same pass, reads it when it is given the same logits instead of a
-	// second pass over the vocabulary.
-	fwd   *crossEntropyOp
-	lse   []float64
-	lseOf any
+	// (lseOf: the address of the logits it was taken of; fresh until a backward reads it);
+	// the backward, which runs after the forward in the same pass, reads it when it is given
+	// the same logits instead of a second pass over the vocabulary, and recomputes otherwise
+	// (a backward run without its forward finds the lse already read).
+	fwd      *crossEntropyOp
+	lse      []float64
+	lseOf    uintptr
+	lseFresh bool
 }
 
 // CrossEntropy is the shifted next-token loss of logits [batch*seq, V] against step.Labels.
@@ -142,12 +144,13 @@ func (o *crossEntropyOp) overwrites() int {
 // rowLSE is where the op's rows' log-sum-exps go (the forward) or come from (the
 // backward): nil when the backward is given other logits than its forward saw.
 func (o *crossEntropyOp) rowLSE(x *tensor.Dense) *rowLSE {
-	rows, data := x.Shape()[0], first(x.Data())
+	rows, data := x.Shape()[0], uintptr(first(x.Data()))
 	if !o.backward {
-		o.lse, o.lseOf = slices.Grow(o.lse[:0], rows)[:rows], data
+		o.lse, o.lseOf, o.lseFresh = slices.Grow(o.lse[:0], rows)[:rows], data, true
 		return &rowLSE{lse: o.lse}
 	}
-	if f := o.fwd; f != nil && f.lseOf == data && len(f.lse) == rows {
+	if f := o.fwd; f != nil && f.lseFresh && f.lseOf == data && len(f.lse) == rows {
+		f.lseFresh = false
 		return &rowLSE{lse: f.lse, known: true}
 	}
 	return nil

@@ -86,3 +86,41 @@ func TestCrossEntropyGrad32(t *testing.T) {
 	}
 	check("alone", out.Data().([]float32))
 }
+
+// TestCrossEntropyGradNotStale: the backward reads its forward's log-sum-exps once; run again
+// on the same buffer holding other logits without the forward, it computes them afresh.
+func TestCrossEntropyGradNotStale(t *testing.T) {
+	const rows, vocab = 4, 50
+	st := &Step{Batch: 1, Seq: rows, Labels: []int32{0, 3, 7, 11}}
+	x := make([]float32, rows*vocab)
+	for i := range x {
+		x[i] = float32(i%13) * 0.1
+	}
+	logits := tensor.New(tensor.WithShape(rows, vocab), tensor.WithBacking(x))
+	fwd := &crossEntropyOp{base: newBase("CrossEntropy"), step: st}
+	bwd := &crossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true, fwd: fwd}
+	if _, err := fwd.Do(logits); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bwd.Do(logits, G.NewF32(1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range x { // other logits in the same buffer, and no forward this time
+		x[i] = float32(i%7) * 0.3
+	}
+	got, err := bwd.Do(logits, G.NewF32(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := &crossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true}
+	want, err := fresh.Do(tensor.New(tensor.WithShape(rows, vocab), tensor.WithBacking(append([]float32(nil), x...))), G.NewF32(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, w := got.Data().([]float32), want.Data().([]float32)
+	for i := range w {
+		if g[i] != w[i] {
+			t.Fatalf("element %d: %v from a stale log-sum-exp, %v computed afresh", i, g[i], w[i])
+		}
+	}
+}

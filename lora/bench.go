@@ -21,10 +21,12 @@ type TrainBenchOptions struct {
 
 // TrainThroughput is what MeasureTraining reports.
 type TrainThroughput struct {
-	Batch        int     `json:"batch"`
-	Seq          int     `json:"seq"`
-	Steps        int     `json:"steps"`
-	StepSec      float64 `json:"step_s"` // mean of the timed steps
+	Batch   int     `json:"batch"`
+	Seq     int     `json:"seq"`
+	Steps   int     `json:"steps"`
+	StepSec float64 `json:"step_s"` // mean of the timed steps
+	// TokensPerSec counts the tokens a step processes, Batch x Seq (Batch x (Seq - 1) of
+	// them are predicted)
 	TokensPerSec float64 `json:"tokens_per_s"`
 	// the trained parameters and their float32 state: values, gradients, two AdamW moments
 	LoRAParams int   `json:"lora_params"`
@@ -42,8 +44,8 @@ type TrainThroughput struct {
 // MeasureTraining times LoRA steps of m with Qwen's optimizer settings on random token ids.
 // The adapter is applied to m for the measurement and the model is left adapted: measure on a
 // model opened for it.
-func MeasureTraining(ctx context.Context, m *model.Model, o TrainBenchOptions) (TrainThroughput, error) {
-	res := TrainThroughput{Batch: o.Batch, Seq: o.Seq, Steps: o.Steps}
+func MeasureTraining(ctx context.Context, m *model.Model, o TrainBenchOptions) (res TrainThroughput, err error) {
+	res = TrainThroughput{Batch: o.Batch, Seq: o.Seq, Steps: o.Steps}
 	if o.Batch < 1 || o.Seq < 2 || o.Steps < 1 {
 		return res, fmt.Errorf("lora: benchmark of batch %d, sequence %d, %d steps: need at least 1, 2 and 1", o.Batch, o.Seq, o.Steps)
 	}
@@ -66,6 +68,11 @@ func MeasureTraining(ctx context.Context, m *model.Model, o TrainBenchOptions) (
 	if err != nil {
 		return res, err
 	}
+	defer func() {
+		if cerr := tr.Close(); err == nil {
+			err = cerr
+		}
+	}()
 	for _, p := range a.Params() {
 		res.LoRAParams += p.Value.Size()
 	}

@@ -273,12 +273,12 @@ func (r *run) train(ctx context.Context) (*Result, error) {
 	}
 	stopped := errors.Is(err, ErrStop) || ctx.Err() != nil && errors.Is(err, ctx.Err())
 	if nf := (*NonFiniteError)(nil); errors.As(err, &nf) {
-		// the state is the last good step's: keep it
+		// the trainer went back to the state its last finite step started from: keep it
 		dir, cerr := r.checkpoint()
 		if cerr != nil {
 			return nil, errors.Join(err, cerr)
 		}
-		nf.Checkpoint = dir
+		nf.Checkpoint, nf.InitAdapter = dir, len(r.extra()) == 0
 		return nil, nf
 	}
 	if err != nil && !stopped {

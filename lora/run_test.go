@@ -90,8 +90,10 @@ func TestRunStopsAndResumes(t *testing.T) {
 }
 
 // TestRunStopsAtNonFiniteLoss: a run whose weights blow up (a learning rate of 1e38) stops at
-// the first step whose loss or gradient norm is not finite, without taking it: it saves the
-// last good step as a checkpoint with finite weights, writes no adapter, and says what to do.
+// the first step whose loss or gradient norm is not finite, without taking it, and goes back
+// to before the update that made those weights: it saves that state as a checkpoint, writes
+// no adapter, says what to do, and a new run from that checkpoint at a sane learning rate
+// trains with finite losses.
 func TestRunStopsAtNonFiniteLoss(t *testing.T) {
 	o := fourSteps(t, filepath.Join(t.TempDir(), "out"))
 	o.Train.LR = 1e38
@@ -104,11 +106,13 @@ func TestRunStopsAtNonFiniteLoss(t *testing.T) {
 	if !errors.As(err, &nf) {
 		t.Fatalf("run with a learning rate of 1e38: result %+v, error %v; want a NonFiniteError", res, err)
 	}
-	if nf.Step != len(steps) || nf.Step == 0 {
-		t.Errorf("stopped at step %d after %d good steps", nf.Step, len(steps))
+	if nf.Step != len(steps) || nf.Step == 0 || !nf.WentBack {
+		t.Fatalf("stopped at step %d after %d good steps (went back: %v)", nf.Step, len(steps), nf.WentBack)
 	}
-	if want := filepath.Join(o.Out, lora.CheckpointPrefix+strconv.Itoa(nf.Step)); nf.Checkpoint != want {
-		t.Errorf("checkpoint %q, want %q (the last good step)", nf.Checkpoint, want)
+	// the weights of step nf.Step came from step nf.Step-1's update: the state saved is the
+	// one before it
+	if want := filepath.Join(o.Out, lora.CheckpointPrefix+strconv.Itoa(nf.Step-1)); nf.Checkpoint != want {
+		t.Errorf("checkpoint %q, want %q (before the last update)", nf.Checkpoint, want)
 	}
 	for _, s := range []string{"--lr", "--init-adapter " + nf.Checkpoint, fmt.Sprintf("step %d", nf.Step+1)} {
 		if !strings.Contains(err.Error(), s) {
@@ -118,20 +122,15 @@ func TestRunStopsAtNonFiniteLoss(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(o.Out, "adapter_model.safetensors")); !os.IsNotExist(err) {
 		t.Errorf("an adapter was written after the run failed (stat: %v)", err)
 	}
-	m, err := model.Load(o.ModelDir, model.LoadOptions{})
+	again := o
+	again.Out, again.InitAdapter, again.Train.LR = filepath.Join(t.TempDir(), "again"), nf.Checkpoint, 1e-4
+	res, err = lora.Run(context.Background(), again, lora.Hooks{})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("a run from the saved checkpoint at lr 1e-4: %v", err)
 	}
-	defer m.Close()
-	a, _, err := lora.Load(nf.Checkpoint, m)
-	if err != nil {
-		t.Fatalf("the saved checkpoint does not load as an adapter: %v", err)
-	}
-	for _, p := range a.Params() {
-		for _, v := range p.Value.Data().([]float32) {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				t.Fatalf("%s holds %v in the saved checkpoint", p.Name, v)
-			}
+	for _, r := range res.History {
+		if math.IsNaN(r.Loss) || math.IsInf(r.Loss, 0) {
+			t.Fatalf("step %d of the run from the checkpoint: loss %v", r.Step, r.Loss)
 		}
 	}
 }

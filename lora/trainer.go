@@ -131,6 +131,42 @@ type Trainer struct {
 	graphs  map[[2]int]*GradGraph
 	order   map[int][]int
 	sum     [][]float32 // the step's pooled gradients, reused from step to step
+	// before is the state the last update started from: the weights that gave that step its
+	// finite loss, and the optimizer's moments then (a non-finite step goes back to it).
+	before *trainState
+}
+
+// trainState is a copy of the trained values and the optimizer's moments and step count.
+type trainState struct {
+	values, m, v [][]float32
+	optStep      int
+}
+
+// keep copies the trained values and the optimizer's state into s (allocated once).
+func (s *trainState) keep(values [][]float32, o *optim.AdamW) {
+	if s.values == nil {
+		for i := range values {
+			s.values = append(s.values, make([]float32, len(values[i])))
+			s.m = append(s.m, make([]float32, len(o.M[i])))
+			s.v = append(s.v, make([]float32, len(o.V[i])))
+		}
+	}
+	for i := range values {
+		copy(s.values[i], values[i])
+		copy(s.m[i], o.M[i])
+		copy(s.v[i], o.V[i])
+	}
+	s.optStep = o.Step
+}
+
+// restore puts s back.
+func (s *trainState) restore(values [][]float32, o *optim.AdamW) {
+	for i := range values {
+		copy(values[i], s.values[i])
+		copy(o.M[i], s.m[i])
+		copy(o.V[i], s.v[i])
+	}
+	o.Step = s.optStep
 }
 
 // StepResult is what one optimizer step measured.
@@ -312,13 +348,24 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	}
 	res.Loss = lossSum / float64(res.Tokens)
 	res.GradNorm = optim.ClipGradNorm(sum, t.Cfg.MaxGradNorm)
-	if !finite(res.Loss) || !finite(res.GradNorm) {
-		return res, &NonFiniteError{Step: t.Step, Loss: res.Loss, GradNorm: res.GradNorm}
-	}
 	values := make([][]float32, len(t.Params))
 	for i, p := range t.Params {
 		values[i] = p.Value.Data().([]float32)
 	}
+	if !finite(res.Loss) || !finite(res.GradNorm) {
+		nf := &NonFiniteError{Step: t.Step, Loss: res.Loss, GradNorm: res.GradNorm}
+		if t.before != nil { // these weights came from the last update: go back to before it
+			t.before.restore(values, t.Opt)
+			t.before = nil
+			t.Step--
+			nf.WentBack = true
+		}
+		return res, nf
+	}
+	if t.before == nil {
+		t.before = &trainState{}
+	}
+	t.before.keep(values, t.Opt)
 	if err := t.Opt.Update(values, sum, res.LR); err != nil {
 		return res, err
 	}
@@ -326,30 +373,34 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	return res, nil
 }
 
-// NonFiniteError stops training at a step whose loss or gradient norm is NaN or infinite,
-// before the optimizer takes it: the adapter and the optimizer's moments are still those of
-// the last good step.
+// NonFiniteError stops training at a step whose loss or gradient norm is NaN or infinite.
+// The step is not taken, and since the weights it ran on came from the update before it, the
+// trainer goes back to before that update (WentBack): its weights, which gave their step a
+// finite loss, and the optimizer's state then, one step earlier.
 type NonFiniteError struct {
 	Step           int // the step that failed, counted from 0 as StepResult.Step
 	Loss, GradNorm float64
-	// Checkpoint is where Run saved the last good step ("" when nothing was saved).
-	Checkpoint string
+	WentBack       bool // the trainer is back at the state before the last update
+	// Checkpoint is where Run saved that state ("" when nothing was saved); InitAdapter says
+	// that the checkpoint can start a new run (--init-adapter: LoRA tensors only).
+	Checkpoint  string
+	InitAdapter bool
 }
 
 func (e *NonFiniteError) Error() string {
 	msg := fmt.Sprintf("lora: step %d: the loss is %g and the gradients' norm %g; the step was not taken", e.Step+1, e.Loss, e.GradNorm)
+	if !e.WentBack {
+		return msg + "; the model's own weights give a non-finite loss on this data: check the model directory and the data"
+	}
+	msg += fmt.Sprintf(". Step %d's update gave those weights, so training went back to before it", e.Step)
 	if e.Checkpoint != "" {
-		msg += fmt.Sprintf("; the adapter and optimizer state of the last good step are in %s", e.Checkpoint)
+		msg += fmt.Sprintf(": the adapter and optimizer state after step %d, whose weights trained step %d with a finite loss, are in %s", e.Step-1, e.Step, e.Checkpoint)
 	}
-	return msg + ". Usually the learning rate is too high for this data: run again with a lower --lr or a longer warm-up" +
-		ifSaved(e.Checkpoint, ", starting from those weights with --init-adapter "+e.Checkpoint)
-}
-
-func ifSaved(dir, s string) string {
-	if dir == "" {
-		return ""
+	msg += ". Usually the learning rate is too high for this data: run again with a lower --lr or a longer warm-up"
+	if e.Checkpoint != "" && e.InitAdapter {
+		msg += ", starting from those weights with --init-adapter " + e.Checkpoint
 	}
-	return s
+	return msg
 }
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }

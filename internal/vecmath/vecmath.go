@@ -42,12 +42,16 @@ func SumExp(src []float32, shift float32) float64 {
 	return sum
 }
 
-// LogSumExp64 is log sum_i e^x[i] in float64 (-Inf for an empty x), shifted by the largest
-// element so that no exponential overflows.
+// LogSumExp64 is log sum_i e^x[i] in float64 (-Inf for an empty x or one of only -Inf, +Inf
+// when an element is +Inf, NaN when one is NaN), shifted by the largest element so that no
+// exponential overflows.
 func LogSumExp64(x []float64) float64 {
 	m := math.Inf(-1)
 	for _, v := range x {
 		m = max(m, v)
+	}
+	if math.IsInf(m, 0) {
+		return m
 	}
 	var sum float64
 	for _, v := range x {

@@ -200,7 +200,7 @@ func TestExpSum(t *testing.T) {
 }
 
 // TestLogSumExp64: log sum e^x for values whose exponentials overflow float64 unshifted, for
-// none (-Inf), and NaN.
+// none (-Inf), -Inf only, +Inf and NaN.
 func TestLogSumExp64(t *testing.T) {
 	if got, want := LogSumExp64([]float64{1000, 1000 + math.Log(3)}), 1000+math.Log(4); math.Abs(got-want) > 1e-12 {
 		t.Errorf("LogSumExp64 of 1000 and 1000 + ln 3 = %v, want %v", got, want)
@@ -210,5 +210,11 @@ func TestLogSumExp64(t *testing.T) {
 	}
 	if got := LogSumExp64([]float64{1, math.NaN()}); !math.IsNaN(got) {
 		t.Errorf("LogSumExp64 with a NaN = %v", got)
+	}
+	if got := LogSumExp64([]float64{1, math.Inf(1)}); !math.IsInf(got, 1) {
+		t.Errorf("LogSumExp64 with +Inf = %v, want +Inf", got)
+	}
+	if got := LogSumExp64([]float64{math.Inf(-1), math.Inf(-1)}); !math.IsInf(got, -1) {
+		t.Errorf("LogSumExp64 of -Inf only = %v, want -Inf", got)
 	}
 }
