@@ -15,8 +15,9 @@ package autograd
 // (deferIntoSwiGLU). The KV cache of the Step lives on the device in bf16. A new op is one
 // emitter and one row of emitters.
 //
-// Inference graphs only (no gradients, no dropout); batch 1 with no padding mask; the
-// projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA (merge
+// Inference graphs (batch 1, no padding mask, a KV cache) and loss programs (cuda_loss.go:
+// the forward of a training graph, a batch with padding and packing, dropout, LoRA branches);
+// no gradients yet. The projections must be bf16 (or float32, rounded to bf16 at upload) without LoRA (merge
 // adapters first: qwen-tune merge), or GPTQ layers (Int4Linear: packed words uploaded once,
 // gemv_int4 for one row, dequantized to bf16 scratch for the GEMM of several rows).
 
@@ -167,8 +168,11 @@ func (v value) ptr() *Buffer {
 
 // Program is a compiled graph: run it after updating its Step.
 type Program struct {
-	d     *Device
-	step  *Step
+	d    *Device
+	step *Step
+	// loss is set for a program whose output is the loss of a training graph (see loss.go's
+	// header in cuda_loss.go): its Step has labels and no KV cache.
+	loss  *lossProgram
 	ins   []func() error
 	names []string
 	kinds []string // op and output shape, for Profile
@@ -299,14 +303,16 @@ type emitter func(c *compiler, n *G.Node, in []*value) (view bool, err error)
 // emitters are the compilers of this package's ops, by op type; gorgonia's element-wise add
 // (isAdd) is the one foreign op the executor runs.
 var emitters = map[reflect.Type]emitter{
-	reflect.TypeOf(&gatherOp{}):     (*compiler).gather,
-	reflect.TypeOf(&rmsNormOp{}):    (*compiler).rmsNorm,
-	reflect.TypeOf(&linearOp{}):     (*compiler).linear,
-	reflect.TypeOf(&splitHeadsOp{}): (*compiler).splitHeads,
-	reflect.TypeOf(&rotaryOp{}):     (*compiler).rotary,
-	reflect.TypeOf(&attentionOp{}):  (*compiler).attention,
-	reflect.TypeOf(&swigluOp{}):     (*compiler).swiGLU,
-	reflect.TypeOf(&int4Op{}):       (*compiler).int4,
+	reflect.TypeOf(&gatherOp{}):       (*compiler).gather,
+	reflect.TypeOf(&rmsNormOp{}):      (*compiler).rmsNorm,
+	reflect.TypeOf(&linearOp{}):       (*compiler).linear,
+	reflect.TypeOf(&splitHeadsOp{}):   (*compiler).splitHeads,
+	reflect.TypeOf(&rotaryOp{}):       (*compiler).rotary,
+	reflect.TypeOf(&attentionOp{}):    (*compiler).attention,
+	reflect.TypeOf(&swigluOp{}):       (*compiler).swiGLU,
+	reflect.TypeOf(&int4Op{}):         (*compiler).int4,
+	reflect.TypeOf(&dropoutOp{}):      (*compiler).dropout,
+	reflect.TypeOf(&crossEntropyOp{}): (*compiler).crossEntropy,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
@@ -422,6 +428,9 @@ func (c *compiler) stepBuffers() error {
 	}
 	p.owned = append(p.owned, p.pos)
 	p.graphable = step.Batch == 1 && step.Seq == 1
+	if c.isLoss() {
+		return c.lossBuffers()
+	}
 	return nil
 }
 
@@ -669,7 +678,8 @@ func (c *compiler) fuseResidualAdd(n *G.Node) (addInfo, bool) {
 
 func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*linearOp), c.d
-	if o.scale != 0 && o.scale != 1 {
+	scale := gain(o.scale)
+	if scale != 1 && !c.isLoss() {
 		return false, fmt.Errorf("autograd: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
 	}
 	x, w := in[0], in[1]
@@ -681,7 +691,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	if c.deferIntoSwiGLU(n, x, w, bias) {
 		return true, nil
 	}
-	y := c.alloc(n, rows, nOut, c.feedsGEMMs(n) || c.feedsSwiGLU(n))
+	y := c.alloc(n, rows, nOut, scale == 1 && (c.feedsGEMMs(n) || c.feedsSwiGLU(n)))
 	if rows == 1 {
 		if x.bf16 {
 			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
@@ -691,6 +701,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 			bb = bias.buf
 		}
 		c.emit(func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
+		c.scaled(y, scale)
 		return false, nil
 	}
 	if y.bf16 && bias != nil {
@@ -701,7 +712,17 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 		addBias = func() error { return d.BiasBF16(y.buf, bias.buf, rows, nOut) }
 	}
 	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return w.buf, nil }, addBias))
+	c.scaled(y, scale)
 	return false, nil
+}
+
+// scaled multiplies a projection's float32 output by a LoRA branch's scale (nothing for 1).
+func (c *compiler) scaled(y *value, scale float64) {
+	if scale == 1 {
+		return
+	}
+	d, cnt := c.d, int64(y.rows*y.cols)
+	c.emitNamed(c.what()+" scaled", func() error { return d.ScaleF32(y.buf, cnt, scale) })
 }
 
 // int4 is a GPTQ layer: for one row gemv_int4 reads the packed words once (and adds the
@@ -779,6 +800,9 @@ func (c *compiler) splitHeads(n *G.Node, in []*value) (bool, error) {
 }
 
 func (c *compiler) rotary(n *G.Node, in []*value) (bool, error) {
+	if c.isLoss() {
+		return c.rotaryLoss(n, in)
+	}
 	d, p, step, x := c.d, c.p, c.step, in[0]
 	s := n.Shape() // [B, T, H, D]
 	if s[0] != 1 {
@@ -822,6 +846,9 @@ func (c *compiler) deferIntoAttention(n *G.Node, x *value) bool {
 }
 
 func (c *compiler) attention(n *G.Node, in []*value) (bool, error) {
+	if c.isLoss() {
+		return c.attentionLoss(n, in)
+	}
 	o, d, p, step := n.Op().(*attentionOp), c.d, c.p, c.step
 	q, k, v := in[0], in[1], in[2]
 	s := c.kids[n][0].Shape() // [B, T, H, D]
@@ -1001,6 +1028,9 @@ func (d *Device) attentionPrefill(out *Buffer, outBF16 bool, pre *prefillScratch
 // position are uploaded, the KV cache (and decode scratch) allocated or grown, then the
 // launches run, replayed from a CUDA graph for a one-token program.
 func (p *Program) Run() error {
+	if p.loss != nil {
+		return p.runLoss()
+	}
 	st, d := p.step, p.d
 	if st.Batch != 1 {
 		return fmt.Errorf("autograd: the GPU executor runs batch 1")
@@ -1220,6 +1250,12 @@ func (p *Program) ActivationBytes() int64 { return p.activations }
 func (p *Program) Close() error {
 	p.graph.destroy()
 	p.graph = nil
+	if p.loss != nil {
+		for _, sc := range p.loss.scratch {
+			sc.Free(p.d)
+		}
+		p.loss.scratch = nil
+	}
 	if p.parts != nil {
 		p.parts.Free(p.d)
 		p.parts = nil

@@ -43,12 +43,7 @@ type GradGraph struct {
 
 // NewGradGraph builds the graph of m for batch x seq with gradients for params.
 func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradGraph, error) {
-	g := model.NewGraph(m, batch, seq, model.Training, false)
-	logits, err := m.Forward(g)
-	if err != nil {
-		return nil, err
-	}
-	loss, err := g.Loss(logits)
+	g, loss, err := m.LossGraph(batch, seq, model.Training)
 	if err != nil {
 		return nil, err
 	}

@@ -142,6 +142,18 @@ func (g *Graph) SelectRows(x *G.Node) *G.Node {
 	return g.keep(n, err, "last positions")
 }
 
+// LossGraph builds m's graph of batch x seq positions in mode through to the loss: the
+// graph and its loss node (the training graph before its gradients).
+func (m *Model) LossGraph(batch, seq int, mode Mode) (*Graph, *G.Node, error) {
+	g := NewGraph(m, batch, seq, mode, false)
+	logits, err := m.Forward(g)
+	if err != nil {
+		return nil, nil, err
+	}
+	loss, err := g.Loss(logits)
+	return g, loss, err
+}
+
 // Loss is the shifted next-token cross-entropy of logits against Step.Labels.
 func (g *Graph) Loss(logits *G.Node) (*G.Node, error) {
 	if g.err != nil {

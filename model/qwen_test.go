@@ -73,12 +73,7 @@ func TestGoldenGradients(t *testing.T) {
 	}
 	defer m.Close()
 	_, gb := loadGolden(t)
-	g := NewGraph(m, gb.Batch, gb.Seq, Training, false)
-	logits, err := m.Forward(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	loss, err := g.Loss(logits)
+	g, loss, err := m.LossGraph(gb.Batch, gb.Seq, Training)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,243 @@
+//go:build qtcuda || cudaemu
+
+package autograd
+
+// Loss programs: a graph whose output is CrossEntropy (the forward of a training graph, or an
+// evaluation) compiled for the device. Its Step carries a batch of rows with labels, and
+// may have a key mask (padding), packed segments and positions, and a dropout seed; there is
+// no KV cache. Rotary runs at the rows' positions, in place inside the fused qkv projection
+// (Rotary's input is a view nobody else reads), attention runs by chunks of queries
+// (AttentionTrainForward), dropout draws the CPU's Philox masks, a LoRA branch's scale follows
+// its product, and the loss is one value per row, summed on the host in row order (Loss).
+// Weights are uploaded once, in bf16, as for inference: a program sees the values its
+// parameters had when it first ran. No LogN (training and validation graphs have none).
+
+import (
+	"fmt"
+	"unsafe"
+
+	G "gorgonia.org/gorgonia"
+)
+
+// lossProgram holds a loss program's per-run inputs on the device.
+type lossProgram struct {
+	labels, pos, keyMask, segments *Buffer // [N] int32, int32, bytes, int32
+	maskBytes                      []byte
+	lse                            *Buffer // the attention's log-sum-exps, [B, heads, T] per layer in turn
+	scratch                        []*AttnTrainScratch
+}
+
+// isLoss reports a program whose output is the loss.
+func (c *compiler) isLoss() bool {
+	o, ok := c.out.Op().(*crossEntropyOp)
+	return ok && !o.backward
+}
+
+// lossBuffers allocates the Step's per-run data of a loss program (and a rotary base per row).
+func (c *compiler) lossBuffers() error {
+	d, p, st := c.d, c.p, c.step
+	n := int64(max(st.Batch*st.Seq, 1))
+	lp := &lossProgram{}
+	p.loss = lp
+	for _, b := range []struct {
+		dst   **Buffer
+		bytes int64
+		what  string
+	}{{&lp.labels, n * 4, "labels"}, {&lp.pos, n * 4, "positions"}, {&lp.keyMask, n, "key mask"}, {&lp.segments, n * 4, "segments"}, {&p.base, int64(max(st.Batch, 1)) * 8, "rotary bases"}} {
+		buf, err := d.Alloc(b.bytes, b.what)
+		if err != nil {
+			return err
+		}
+		*b.dst = buf
+		p.owned = append(p.owned, buf)
+	}
+	return nil
+}
+
+// rotaryLoss rotates q or k at the rows' positions, in place when its input is a view (of
+// the fused qkv projection) that only this node reads.
+func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
+	d, p, st, x := c.d, c.p, c.step, in[0]
+	s := n.Shape() // [B, T, H, D]
+	if x.bf16 {
+		return false, fmt.Errorf("autograd: rotary of a bf16 input")
+	}
+	b, t, heads, dim := s[0], s[1], s[2], s[3]
+	var y *value
+	view := false
+	if k := c.kids[n][0]; x.root != k && len(c.users[k]) == 1 {
+		v := *x
+		c.vals[n], c.rootOf[n], y, view = &v, x.root, &v, true
+		for _, u := range c.users[n] {
+			c.lastUse[x.root] = max(c.lastUse[x.root], c.pos[u])
+		}
+	} else {
+		y = c.alloc(n, b*t, heads*dim, false)
+	}
+	c.emit(func() error {
+		var pos *Buffer
+		if st.Positions != nil {
+			pos = p.loss.pos
+		}
+		return d.RotaryPositions(y.ptr(), x.ptr(), pos, p.base, b, t, heads, dim, x.stride, y.stride, false)
+	})
+	return view, nil
+}
+
+// attentionLoss is attention over each row's own positions (no cache), by chunks of queries.
+func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
+	d, p, st := c.d, c.p, c.step
+	q, k, v := in[0], in[1], in[2]
+	s := c.kids[n][0].Shape() // [B, T, H, D]
+	b, t, heads, dim := s[0], s[1], s[2], s[3]
+	if q.buf != k.buf || k.buf != v.buf || q.stride != k.stride || k.stride != v.stride || q.bf16 || k.bf16 || v.bf16 {
+		return false, fmt.Errorf("autograd: attention of a loss program reads q, k and v from one fused projection")
+	}
+	width := heads * dim
+	y := c.alloc(n, b*t, width, false)
+	sc, err := d.NewAttnTrainScratch(t, heads, dim, min(t, PrefillChunk))
+	if err != nil {
+		return false, err
+	}
+	p.loss.scratch = append(p.loss.scratch, sc)
+	if p.loss.lse == nil {
+		if p.loss.lse, err = d.Alloc(int64(b*heads*t)*4, "attention log-sum-exps"); err != nil {
+			return false, err
+		}
+		p.owned = append(p.owned, p.loss.lse)
+	}
+	stride, rowBytes := q.stride, int64(t*q.stride*4)
+	c.emit(func() error {
+		if st.LogNSeq > 0 {
+			return fmt.Errorf("autograd: a loss program has no LogN attention")
+		}
+		for r := 0; r < b; r++ {
+			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,
+				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
+			if st.KeyMask != nil {
+				row.KeyMask = p.loss.keyMask.Slice(int64(r*t), int64(t))
+			}
+			if st.Segments != nil {
+				row.Segments = p.loss.segments.Slice(int64(r*t)*4, int64(t)*4)
+			}
+			out := y.buf.Slice(int64(r*t*width)*4, int64(t*width)*4)
+			if err := d.AttentionTrainForward(out, p.loss.lse.Slice(int64(r*heads*t)*4, int64(heads*t)*4), row, sc); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return false, nil
+}
+
+// dropout draws the CPU's masks (Step.Seed, the op's key), in place when its input dies here.
+func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
+	o, d, st, x := n.Op().(*dropoutOp), c.d, c.step, in[0]
+	if o.step != st {
+		return false, fmt.Errorf("autograd: %s belongs to another Step", c.what())
+	}
+	if x.bf16 || x.stride != x.cols {
+		return false, fmt.Errorf("autograd: dropout of a bf16 or strided input")
+	}
+	var y *value
+	if c.dies(c.kids[n][0]) {
+		y = c.inPlace(n, c.kids[n][0])
+	} else {
+		y = c.alloc(n, x.rows, x.cols, false)
+	}
+	cnt := int64(x.rows * x.cols)
+	c.emit(func() error { return d.Dropout(y.buf, x.ptr(), cnt, o.p, st.Seed, o.key) })
+	return false, nil
+}
+
+// crossEntropy is the loss of every row (0 for rows without a target), the program's output.
+func (c *compiler) crossEntropy(n *G.Node, in []*value) (bool, error) {
+	o, d, p, st, x := n.Op().(*crossEntropyOp), c.d, c.p, c.step, in[0]
+	if o.backward || n != c.out || p.loss == nil {
+		return false, fmt.Errorf("autograd: the cross-entropy of the GPU executor is a loss program's output")
+	}
+	if x.bf16 || x.stride != x.cols {
+		return false, fmt.Errorf("autograd: cross-entropy of bf16 or strided logits")
+	}
+	rows, vocab := x.rows, x.cols
+	y := c.alloc(n, 1, rows, false)
+	lse := c.pl.get(int64(rows) * 4)
+	c.pl.put(lse)
+	c.emit(func() error { return d.CrossEntropyRows(y.buf, lse, x.ptr(), p.loss.labels, rows, st.Seq, vocab) })
+	return false, nil
+}
+
+// runLoss uploads a loss program's Step (ids, labels, rotary bases, and positions, key mask
+// and segments when the Step has them) and runs its launches.
+func (p *Program) runLoss() error {
+	st, d := p.step, p.d
+	n := st.Batch * st.Seq
+	if st.Cache != nil || len(st.IDs) != n || len(st.Labels) != n {
+		return fmt.Errorf("autograd: a loss program runs a Step of %d ids and labels without a cache", n)
+	}
+	bases := make([]float64, st.Batch)
+	for b := range bases {
+		bases[b] = st.base(b)
+	}
+	up := func(dst *Buffer, src unsafe.Pointer, bytes int64, what string) error {
+		return cudaErr("cuMemcpyHtoD("+what+")", d.drv.memcpyHtoD(dst.Ptr, src, bytes))
+	}
+	if err := up(p.ids, unsafe.Pointer(&st.IDs[0]), int64(n)*4, "ids"); err != nil {
+		return err
+	}
+	if err := up(p.loss.labels, unsafe.Pointer(&st.Labels[0]), int64(n)*4, "labels"); err != nil {
+		return err
+	}
+	if err := up(p.base, unsafe.Pointer(&bases[0]), int64(len(bases))*8, "rotary bases"); err != nil {
+		return err
+	}
+	if st.Positions != nil {
+		if err := up(p.loss.pos, unsafe.Pointer(&st.Positions[0]), int64(n)*4, "positions"); err != nil {
+			return err
+		}
+	}
+	if st.Segments != nil {
+		if err := up(p.loss.segments, unsafe.Pointer(&st.Segments[0]), int64(n)*4, "segments"); err != nil {
+			return err
+		}
+	}
+	if st.KeyMask != nil {
+		if len(st.KeyMask) != n {
+			return fmt.Errorf("autograd: a key mask of %d for %d positions", len(st.KeyMask), n)
+		}
+		p.loss.maskBytes = p.loss.maskBytes[:0]
+		for _, k := range st.KeyMask {
+			v := byte(0)
+			if k {
+				v = 1
+			}
+			p.loss.maskBytes = append(p.loss.maskBytes, v)
+		}
+		if err := up(p.loss.keyMask, unsafe.Pointer(&p.loss.maskBytes[0]), int64(n), "key mask"); err != nil {
+			return err
+		}
+	}
+	return p.launches()
+}
+
+// Loss is a loss program's last run's mean loss over the labels that count (0 when none do),
+// the rows' losses added in row order.
+func (p *Program) Loss() (float64, error) {
+	if p.loss == nil {
+		return 0, fmt.Errorf("autograd: the program's output is not a loss")
+	}
+	rows := make([]float32, p.out.cols)
+	if err := Download(p.d, rows, p.out.buf); err != nil {
+		return 0, err
+	}
+	st := p.step
+	targets := Targets(st.Labels, st.Batch, st.Seq)
+	if targets == 0 {
+		return 0, nil
+	}
+	var sum float64
+	for _, l := range rows {
+		sum += float64(l)
+	}
+	return sum / float64(targets), nil
+}
