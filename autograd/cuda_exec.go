@@ -155,6 +155,9 @@ type value struct {
 	param      bool
 	lazy       int
 	x, w       *value // a lazy projection's input and weight
+	// parts, for a gradient of the fused qkv projection, are the parts (bit i: q, k, v) its
+	// buffer holds so far; 0 for an ordinary value
+	parts uint8
 }
 
 const (
@@ -170,9 +173,10 @@ func (v value) ptr() *Buffer {
 type Program struct {
 	d    *Device
 	step *Step
-	// loss is set for a program whose output is the loss of a training graph (see loss.go's
-	// header in cuda_loss.go): its Step has labels and no KV cache.
+	// loss is set for a program whose output is the loss of a training graph (see
+	// cuda_loss.go): its Step has labels and no KV cache; keep are the values Grads reads.
 	loss  *lossProgram
+	keep  []value
 	ins   []func() error
 	names []string
 	kinds []string // op and output shape, for Profile
@@ -287,6 +291,20 @@ type compiler struct {
 	cur      *G.Node // the node being compiled
 	lastAdd  addInfo // the last residual add, which the next RMSNorm may absorb
 	scale    float32 // attention's 1/sqrt(head dim)
+	// of gradient programs (cuda_grad.go): the nodes kept for Grads, the graph's constants,
+	// what a forward leaves its backward, and the nodes an earlier launch computed
+	keep        []*G.Node
+	consts      map[*G.Node]float64
+	ceLSE       map[*crossEntropyOp]*Buffer
+	attn        map[*attentionOp]attnSaved
+	precomputed map[*G.Node]bool
+}
+
+// attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
+// the chunks' scratch.
+type attnSaved struct {
+	lse     *Buffer
+	scratch *AttnTrainScratch
 }
 
 type addInfo struct {
@@ -313,12 +331,23 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&int4Op{}):         (*compiler).int4,
 	reflect.TypeOf(&dropoutOp{}):      (*compiler).dropout,
 	reflect.TypeOf(&crossEntropyOp{}): (*compiler).crossEntropy,
+	reflect.TypeOf(&linearGradXOp{}):  (*compiler).linearGradX,
+	reflect.TypeOf(&linearGradWOp{}):  (*compiler).linearGradW,
+	reflect.TypeOf(&rmsNormGradXOp{}): (*compiler).rmsNormGradX,
+	reflect.TypeOf(&attnGradOp{}):     (*compiler).attentionGrad,
+	reflect.TypeOf(&pickOp{}):         (*compiler).pick,
+	reflect.TypeOf(&mergePartOp{}):    (*compiler).mergePart,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
 // every node through the emitter of its op type, then the arena.
-func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program, err error) {
-	c := &compiler{d: d, step: step, out: out, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}}}
+func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, error) {
+	return d.compile(g, out, nil, step)
+}
+
+func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step) (prog *Program, err error) {
+	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
+		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
 	p := c.p
 	defer func() {
 		if err != nil {
@@ -342,6 +371,16 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 			if err := c.parameter(n); err != nil {
 				return nil, err
 			}
+			continue
+		}
+		if isConstant(n.Op()) {
+			if err := c.constant(n); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if c.precomputed[n] { // its value came with an earlier node's launch
+			c.release(n)
 			continue
 		}
 		in := make([]*value, len(c.kids[n]))
@@ -370,6 +409,13 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (prog *Program
 		return nil, fmt.Errorf("autograd: the graph's output %s was not computed", out.Name())
 	}
 	p.out = *ov
+	for _, k := range keep {
+		v := c.vals[k]
+		if v == nil || v.param || v.lazy != 0 || v.bf16 || v.parts != 0 {
+			return nil, fmt.Errorf("autograd: the kept node %s was not computed as a whole float32 value", k.Name())
+		}
+		p.keep = append(p.keep, *v)
+	}
 	if err := c.pl.place(d, len(c.sorted)); err != nil {
 		return nil, err
 	}
@@ -408,8 +454,14 @@ func (c *compiler) plan(g *G.ExprGraph) error {
 		}
 	}
 	c.lastUse[c.out] = len(sorted)
+	for _, k := range c.keep {
+		c.lastUse[c.root(k)] = len(sorted)
+	}
 	return nil
 }
+
+// isConstant reports gorgonia's scalar constants (the upstream gradient of a loss).
+func isConstant(op G.Op) bool { return fmt.Sprintf("%T", op) == "gorgonia.constantScalar" }
 
 // stepBuffers allocates the buffers the Step's host data goes to before a run.
 func (c *compiler) stepBuffers() error {
@@ -914,7 +966,7 @@ func (c *compiler) attention(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*swigluOp), c.d
 	if o.grad != 0 {
-		return false, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+		return c.swiGLUGrad(n, in)
 	}
 	a, gt := in[0], in[1]
 	if a.lazy == lazyLinear && gt.lazy == lazyLinear {
@@ -955,6 +1007,9 @@ func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
 	d := c.d
 	a, b := in[0], in[1]
+	if a.parts != 0 || b.parts != 0 {
+		return c.addParts(n, a, b)
+	}
 	if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
 		return false, fmt.Errorf("autograd: add of %v and %v", c.kids[n][0].Shape(), c.kids[n][1].Shape())
 	}

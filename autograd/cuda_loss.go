@@ -23,7 +23,6 @@ import (
 type lossProgram struct {
 	labels, pos, keyMask, segments *Buffer // [N] int32, int32, bytes, int32
 	maskBytes                      []byte
-	lse                            *Buffer // the attention's log-sum-exps, [B, heads, T] per layer in turn
 	scratch                        []*AttnTrainScratch
 }
 
@@ -31,6 +30,16 @@ type lossProgram struct {
 func (c *compiler) isLoss() bool {
 	o, ok := c.out.Op().(*crossEntropyOp)
 	return ok && !o.backward
+}
+
+// hasUser reports whether some reader of in is an op that ok accepts.
+func (c *compiler) hasUser(in *G.Node, ok func(G.Op) bool) bool {
+	for _, u := range c.users[in] {
+		if ok(u.Op()) {
+			return true
+		}
+	}
+	return false
 }
 
 // lossBuffers allocates the Step's per-run data of a loss program (and a rotary base per row).
@@ -58,7 +67,8 @@ func (c *compiler) lossBuffers() error {
 // the fused qkv projection) that only this node reads.
 func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
 	d, p, st, x := c.d, c.p, c.step, in[0]
-	s := n.Shape() // [B, T, H, D]
+	inverse := n.Op().(*rotaryOp).inverse // the backward's rotation
+	s := n.Shape()                        // [B, T, H, D]
 	if x.bf16 {
 		return false, fmt.Errorf("autograd: rotary of a bf16 input")
 	}
@@ -79,7 +89,7 @@ func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
 		if st.Positions != nil {
 			pos = p.loss.pos
 		}
-		return d.RotaryPositions(y.ptr(), x.ptr(), pos, p.base, b, t, heads, dim, x.stride, y.stride, false)
+		return d.RotaryPositions(y.ptr(), x.ptr(), pos, p.base, b, t, heads, dim, x.stride, y.stride, inverse)
 	})
 	return view, nil
 }
@@ -100,11 +110,11 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 		return false, err
 	}
 	p.loss.scratch = append(p.loss.scratch, sc)
-	if p.loss.lse == nil {
-		if p.loss.lse, err = d.Alloc(int64(b*heads*t)*4, "attention log-sum-exps"); err != nil {
-			return false, err
-		}
-		p.owned = append(p.owned, p.loss.lse)
+	o := n.Op().(*attentionOp)
+	lse := c.pl.get(int64(b*heads*t) * 4) // lives until the backward, if any, reads it
+	c.attn[o] = attnSaved{lse: lse, scratch: sc}
+	if !c.hasUser(c.kids[n][0], func(op G.Op) bool { g, ok := op.(*attnGradOp); return ok && g.fwd == o }) {
+		c.pl.put(lse)
 	}
 	stride, rowBytes := q.stride, int64(t*q.stride*4)
 	c.emit(func() error {
@@ -114,14 +124,9 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 		for r := 0; r < b; r++ {
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
-			if st.KeyMask != nil {
-				row.KeyMask = p.loss.keyMask.Slice(int64(r*t), int64(t))
-			}
-			if st.Segments != nil {
-				row.Segments = p.loss.segments.Slice(int64(r*t)*4, int64(t)*4)
-			}
+			c.rowMasks(&row, r, t)
 			out := y.buf.Slice(int64(r*t*width)*4, int64(t*width)*4)
-			if err := d.AttentionTrainForward(out, p.loss.lse.Slice(int64(r*heads*t)*4, int64(heads*t)*4), row, sc); err != nil {
+			if err := d.AttentionTrainForward(out, lse.Slice(int64(r*heads*t)*4, int64(heads*t)*4), row, sc); err != nil {
 				return err
 			}
 		}
@@ -153,7 +158,10 @@ func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 // crossEntropy is the loss of every row (0 for rows without a target), the program's output.
 func (c *compiler) crossEntropy(n *G.Node, in []*value) (bool, error) {
 	o, d, p, st, x := n.Op().(*crossEntropyOp), c.d, c.p, c.step, in[0]
-	if o.backward || n != c.out || p.loss == nil {
+	if o.backward {
+		return c.crossEntropyGrad(n, in)
+	}
+	if n != c.out || p.loss == nil {
 		return false, fmt.Errorf("autograd: the cross-entropy of the GPU executor is a loss program's output")
 	}
 	if x.bf16 || x.stride != x.cols {
@@ -161,8 +169,11 @@ func (c *compiler) crossEntropy(n *G.Node, in []*value) (bool, error) {
 	}
 	rows, vocab := x.rows, x.cols
 	y := c.alloc(n, 1, rows, false)
-	lse := c.pl.get(int64(rows) * 4)
-	c.pl.put(lse)
+	lse := c.pl.get(int64(rows) * 4) // lives until the backward, if any, reads it
+	c.ceLSE[o] = lse
+	if !c.hasUser(c.kids[n][0], func(op G.Op) bool { g, ok := op.(*crossEntropyOp); return ok && g.backward && g.fwd == o }) {
+		c.pl.put(lse)
+	}
 	c.emit(func() error { return d.CrossEntropyRows(y.buf, lse, x.ptr(), p.loss.labels, rows, st.Seq, vocab) })
 	return false, nil
 }

@@ -1,0 +1,277 @@
+//go:build qtcuda || cudaemu
+
+package autograd
+
+// Gradient programs: a loss program (cuda_loss.go) that also computes gradients, the ones
+// gorgonia's Grad added to its graph (CompileGrad keeps them). The emitters of the gradient
+// ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
+// input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
+// (one launch for both of SwiGLU's), rotary's inverse rotation, attention's backward by
+// chunks of queries (reading the forward's log-sum-exps and scratch) into a buffer laid out as
+// the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
+// name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient").
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+)
+
+// CompileGrad is Compile of a loss program that also keeps grads (nodes of g) for Grads.
+func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step) (*Program, error) {
+	return d.compile(g, loss, grads, step)
+}
+
+// Grads downloads the kept gradients of the last run, in CompileGrad's order.
+func (p *Program) Grads() ([][]float32, error) {
+	out := make([][]float32, len(p.keep))
+	for i, v := range p.keep {
+		if v.stride != v.cols || v.bf16 || v.parts != 0 {
+			return nil, fmt.Errorf("autograd: gradient %d is not a whole float32 value", i)
+		}
+		out[i] = make([]float32, v.rows*v.cols)
+		if err := Download(p.d, out[i], v.ptr()); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// allParts marks a fused-qkv gradient whose three parts are all written.
+const allParts = 7
+
+// viewOf makes n's value v, a view of root's buffer: root lives as long as n's readers.
+func (c *compiler) viewOf(n, root *G.Node, v *value) {
+	v.root = root
+	c.vals[n], c.rootOf[n] = v, root
+	for _, u := range c.users[n] {
+		c.lastUse[root] = max(c.lastUse[root], c.pos[u])
+	}
+}
+
+// constant is a scalar constant of the graph (the loss's upstream gradient, 1).
+func (c *compiler) constant(n *G.Node) error {
+	v, err := scalar(n.Value())
+	if err != nil {
+		return fmt.Errorf("autograd: constant %s: %w", n.Name(), err)
+	}
+	c.consts[n] = v
+	c.vals[n] = &value{rows: 1, cols: 1, root: n, param: true} // known at compile: no buffer
+	return nil
+}
+
+// crossEntropyGrad is the loss's backward, over the logits when they die here.
+func (c *compiler) crossEntropyGrad(n *G.Node, in []*value) (bool, error) {
+	o, d, p, st, x := n.Op().(*crossEntropyOp), c.d, c.p, c.step, in[0]
+	lse, ok := c.ceLSE[o.fwd]
+	dloss, known := c.consts[c.kids[n][1]]
+	if !ok || !known || p.loss == nil {
+		return false, fmt.Errorf("autograd: %s needs its forward and a constant upstream gradient", c.what())
+	}
+	var y *value
+	if c.dies(c.kids[n][0]) {
+		y = c.inPlace(n, c.kids[n][0])
+	} else {
+		y = c.alloc(n, x.rows, x.cols, false)
+	}
+	rows, vocab := x.rows, x.cols
+	c.emit(func() error {
+		scale := float32(0)
+		if t := Targets(st.Labels, st.Batch, st.Seq); t > 0 {
+			scale = float32(dloss / float64(t))
+		}
+		return d.CrossEntropyGrad(y.buf, x.ptr(), lse, p.loss.labels, rows, st.Seq, vocab, scale)
+	})
+	c.pl.put(lse)
+	return false, nil
+}
+
+// bf16Copy is the launches converting a float32 value to bf16 scratch of the current node.
+func (c *compiler) bf16Copy(x *value) (*Buffer, func() error) {
+	if x.bf16 && x.stride == x.cols {
+		return x.ptr(), func() error { return nil }
+	}
+	b := c.pl.get(int64(x.rows*x.cols) * 2)
+	c.pl.put(b)
+	d := c.d
+	return b, func() error { return d.ToBF16Rows(b, x.ptr(), x.rows, x.cols, x.stride) }
+}
+
+// linearGradX is dx [N, K] = scale dy [N, M] W [M, K]: dy in bf16, the bf16 weight, fp32 out.
+func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*linearGradXOp), c.d
+	dy, w := in[0], in[1]
+	if !w.param || !w.bf16 {
+		return false, fmt.Errorf("autograd: %s: the weight must be a parameter", c.what())
+	}
+	rows, m, k := dy.rows, dy.cols, w.cols
+	y := c.alloc(n, rows, k, false)
+	dy16, conv := c.bf16Copy(dy)
+	c.emit(func() error {
+		if err := conv(); err != nil {
+			return err
+		}
+		// row-major dx = dy W is column-major dx^T [K, N] = W^T [K, M] dy^T [M, N]
+		return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w.buf, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, 0, y.buf, dtypeF32, k, 0, 1)
+	})
+	c.scaled(y, gain(o.scale))
+	return false, nil
+}
+
+// linearGradW is dW [M, K] = scale dy^T [M, N] x [N, K], both in bf16, fp32 out.
+func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*linearGradWOp), c.d
+	dy, x := in[0], in[1]
+	rows, m, k := dy.rows, dy.cols, x.cols
+	y := c.alloc(n, m, k, false)
+	dy16, convDy := c.bf16Copy(dy)
+	x16, convX := c.bf16Copy(x)
+	c.emit(func() error {
+		if err := convDy(); err != nil {
+			return err
+		}
+		if err := convX(); err != nil {
+			return err
+		}
+		// row-major dW = dy^T x is column-major dW^T [K, M] = x^T [K, N] (dy^T)^T [N, M]
+		return d.gemmBatched(blasOpN, blasOpT, k, m, rows, x16, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, 0, y.buf, dtypeF32, k, 0, 1)
+	})
+	c.scaled(y, gain(o.scale))
+	return false, nil
+}
+
+func (c *compiler) rmsNormGradX(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*rmsNormGradXOp), c.d
+	x, w, dy := in[0], in[1], in[2]
+	if x.bf16 || dy.bf16 || x.stride != x.cols || dy.stride != dy.cols || !w.param {
+		return false, fmt.Errorf("autograd: %s of bf16 or strided inputs", c.what())
+	}
+	y := c.alloc(n, x.rows, x.cols, false)
+	rows, h, eps := x.rows, x.cols, float32(o.eps)
+	c.emit(func() error { return d.RMSNormGradX(y.buf, x.ptr(), w.buf, dy.ptr(), rows, h, eps) })
+	return false, nil
+}
+
+// swiGLUGrad computes both of SwiGLU's input gradients in one launch: the node's and its
+// sibling's (the other gradient of the same SwiGLU), whose value is then ready.
+func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
+	o, d := n.Op().(*swigluOp), c.d
+	a, g, dy := in[0], in[1], in[2]
+	for _, v := range in {
+		if v.bf16 || v.stride != v.cols {
+			return false, fmt.Errorf("autograd: %s of bf16 or strided inputs", c.what())
+		}
+	}
+	mine := c.alloc(n, a.rows, a.cols, false)
+	var other *value
+	for _, u := range c.users[c.kids[n][2]] {
+		if so, ok := u.Op().(*swigluOp); ok && u != n && so.grad == 3-o.grad && c.pos[u] > c.i && sameKids(c.kids[u], c.kids[n]) {
+			other = c.alloc(u, a.rows, a.cols, false)
+			c.precomputed[u] = true
+			break
+		}
+	}
+	if other == nil {
+		other = &value{buf: c.pl.get(int64(a.rows*a.cols) * 4)}
+		c.pl.put(other.buf)
+	}
+	da, dg := mine, other
+	if o.grad == 2 {
+		da, dg = other, mine
+	}
+	cnt := int64(a.rows * a.cols)
+	c.emit(func() error { return d.SwiGLUGrad(da.buf, dg.buf, a.ptr(), g.ptr(), dy.ptr(), cnt) })
+	return false, nil
+}
+
+func sameKids(a, b []*G.Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// attentionGrad is attention's backward, row by row, into a buffer laid out as the fused qkv
+// projection (q, k and v where the forward read them).
+func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
+	o, d, st := n.Op().(*attnGradOp), c.d, c.step
+	q, k, v, out, dy := in[0], in[1], in[2], in[3], in[4]
+	fw, ok := c.attn[o.fwd]
+	if !ok {
+		return false, fmt.Errorf("autograd: %s needs its forward in the same program", c.what())
+	}
+	if out.stride != out.cols || dy.stride != dy.cols || out.bf16 || dy.bf16 {
+		return false, fmt.Errorf("autograd: %s of bf16 or strided outputs", c.what())
+	}
+	sc := fw.scratch
+	b, t, heads := st.Batch, sc.T, sc.Heads
+	width := heads * sc.Dim
+	y := c.alloc(n, b*t, q.stride, false)
+	rowBytes := int64(t * q.stride * 4)
+	c.emit(func() error {
+		for r := 0; r < b; r++ {
+			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: q.stride,
+				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
+			c.rowMasks(&row, r, t)
+			slice := func(x *value) *Buffer { return x.buf.Slice(int64(r*t*width)*4, int64(t*width)*4) }
+			lse := fw.lse.Slice(int64(r*heads*t)*4, int64(heads*t)*4)
+			if err := d.AttentionTrainBackward(y.buf.Slice(int64(r)*rowBytes, rowBytes), slice(dy), slice(out), lse, row, sc); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	c.pl.put(fw.lse)
+	return false, nil
+}
+
+// pick names q's, k's or v's part of attention's backward output.
+func (c *compiler) pick(n *G.Node, in []*value) (bool, error) {
+	o, x := n.Op().(*pickOp), in[0]
+	if _, ok := c.kids[n][0].Op().(*attnGradOp); !ok || o.of != 3 {
+		return false, fmt.Errorf("autograd: %s of something other than attention's backward", c.what())
+	}
+	part := x.stride / 3
+	c.viewOf(n, x.root, &value{buf: x.buf, off: x.off + int64(o.part*part*4), rows: x.rows, cols: part, stride: x.stride})
+	return true, nil
+}
+
+// mergePart names a part of the fused qkv gradient: its input must be that part, in place.
+func (c *compiler) mergePart(n *G.Node, in []*value) (bool, error) {
+	o, x := n.Op().(*mergePartOp), in[0]
+	width := o.split.heads * o.split.dim
+	if x.stride != 3*width || x.off != int64(o.split.part*width*4) || x.cols != width {
+		return false, fmt.Errorf("autograd: %s of a gradient not laid out as the fused qkv projection", c.what())
+	}
+	c.viewOf(n, x.root, &value{buf: x.buf, rows: x.rows, cols: 3 * width, stride: 3 * width, parts: 1 << o.split.part})
+	return true, nil
+}
+
+// addParts is the sum of two parts of one fused qkv gradient: the union, no launch.
+func (c *compiler) addParts(n *G.Node, a, b *value) (bool, error) {
+	if a.parts == 0 || b.parts == 0 || a.buf != b.buf || a.parts&b.parts != 0 {
+		return false, fmt.Errorf("autograd: %s adds a part of a fused qkv gradient to something else", c.what())
+	}
+	u := a.parts | b.parts
+	if u == allParts {
+		u = 0
+	}
+	c.viewOf(n, a.root, &value{buf: a.buf, rows: a.rows, cols: a.cols, stride: a.stride, parts: u})
+	return true, nil
+}
+
+// rowMasks points an attention row at the Step's key mask and segments, when it has them.
+func (c *compiler) rowMasks(row *AttnTrainRow, r, t int) {
+	st, p := c.step, c.p
+	if st.KeyMask != nil {
+		row.KeyMask = p.loss.keyMask.Slice(int64(r*t), int64(t))
+	}
+	if st.Segments != nil {
+		row.Segments = p.loss.segments.Slice(int64(r*t)*4, int64(t)*4)
+	}
+}
