@@ -30,6 +30,10 @@ func (e *emulatedExec) Compile(g *model.Graph, out *G.Node) (model.Program, erro
 	return e.d.Compile(g.ExprGraph, out, g.Step)
 }
 
+func (e *emulatedExec) CompileGrad(g *model.Graph, loss *G.Node, grads, params G.Nodes) (model.GradProgram, error) {
+	return model.CompileGradOn(e.d, g, loss, grads, params)
+}
+
 func (e *emulatedExec) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
 	return autograd.NewDeviceKVCache(layers, 1, capacity, heads, headDim)
 }

@@ -13,13 +13,40 @@ package autograd
 
 import (
 	"fmt"
+	"unsafe"
 
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 )
 
 // CompileGrad is Compile of a loss program that also keeps grads (nodes of g) for Grads.
 func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step) (*Program, error) {
 	return d.compile(g, loss, grads, step)
+}
+
+// RefreshWeights uploads the current host values of parameters already on the device (the
+// trained ones, after an optimizer step) into their device buffers, rounded to bf16 as the
+// first upload was.
+func (d *Device) RefreshWeights(params []*G.Node) error {
+	for _, n := range params {
+		v, ok := n.Value().(*tensor.Dense)
+		if !ok {
+			return fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
+		}
+		b := d.weights[uintptr(v.Uintptr())]
+		data, ok := v.Data().([]float32)
+		if b == nil || !ok {
+			continue // not uploaded by a program yet, or not trainable in float32
+		}
+		bf := make([]uint16, len(data))
+		for i, f := range data {
+			bf[i] = bf16Round(f)
+		}
+		if err := cudaErr("cuMemcpyHtoD("+n.Name()+")", d.drv.memcpyHtoD(b.Ptr, unsafe.Pointer(&bf[0]), int64(len(bf))*2)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Grads downloads the kept gradients of the last run, in CompileGrad's order.

@@ -39,6 +39,9 @@ type GradGraph struct {
 	runner *model.Runner
 	params []*model.Param
 	grads  G.Nodes // d loss / d params, in order
+	// on an executor that runs training graphs (model.GradExecutor) the graph runs there
+	device model.GradProgram
+	step   *autograd.Step
 }
 
 // NewGradGraph builds the graph of m for batch x seq with gradients for params.
@@ -59,20 +62,39 @@ func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradG
 	if err != nil {
 		return nil, fmt.Errorf("lora: differentiating the loss: %w", err)
 	}
+	if ge, ok := m.Exec.(model.GradExecutor); ok {
+		p, err := ge.CompileGrad(g, loss, grads, wrt)
+		if err != nil {
+			return nil, fmt.Errorf("lora: %s: %w", m.Exec.Name(), err)
+		}
+		return &GradGraph{device: p, step: g.Step, params: params, grads: grads}, nil
+	}
 	r, err := model.NewRunnerFromGraph(g, loss, grads...)
 	if err != nil {
 		return nil, err
 	}
-	return &GradGraph{runner: r, params: params, grads: grads}, nil
+	return &GradGraph{runner: r, step: g.Step, params: params, grads: grads}, nil
 }
 
 // Run computes the mean loss of b and the gradients (one slice per parameter, owned by the
 // graph until the next Run). seed draws the dropout masks.
 func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
+	st := gg.step
+	st.IDs, st.Labels, st.KeyMask = b.IDs, b.Labels, b.Mask
+	st.Seed = seed
+	st.Segments, st.Positions = b.Segments, b.Positions
+	if gg.device != nil {
+		if err := gg.device.Run(); err != nil {
+			return 0, nil, err
+		}
+		loss, err := gg.device.Loss()
+		if err != nil {
+			return 0, nil, err
+		}
+		grads, err := gg.device.Grads()
+		return loss, grads, err
+	}
 	r := gg.runner
-	r.SetBatch(b.IDs, b.Labels, b.Mask)
-	r.Step.Seed = seed
-	r.Step.Segments, r.Step.Positions = b.Segments, b.Positions
 	if err := r.Run(); err != nil {
 		return 0, nil, err
 	}
@@ -92,4 +114,9 @@ func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
 }
 
 // Close releases the graph.
-func (gg *GradGraph) Close() error { return gg.runner.Close() }
+func (gg *GradGraph) Close() error {
+	if gg.device != nil {
+		return gg.device.Close()
+	}
+	return gg.runner.Close()
+}

@@ -39,6 +39,11 @@ func (c *CUDA) Compile(g *Graph, out *G.Node) (Program, error) {
 	return p, nil
 }
 
+// CompileGrad compiles a training graph on the GPU (model.GradExecutor).
+func (c *CUDA) CompileGrad(g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
+	return CompileGradOn(c.Device, g, loss, grads, params)
+}
+
 func (c *CUDA) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
 	return autograd.NewDeviceKVCache(layers, 1, capacity, heads, headDim)
 }

@@ -26,6 +26,20 @@ type Executor interface {
 	Close() error
 }
 
+// GradExecutor is an Executor that also runs training graphs: the loss and the gradients of
+// params (nodes of g's graph, whose host values the program uploads before every run).
+type GradExecutor interface {
+	CompileGrad(g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error)
+}
+
+// GradProgram is a compiled training graph, run on its Graph's Step.
+type GradProgram interface {
+	Run() error
+	Loss() (float64, error)
+	Grads() ([][]float32, error)
+	Close() error
+}
+
 // Program is a compiled graph.
 type Program interface {
 	Run() error

@@ -1,0 +1,34 @@
+//go:build qtcuda || cudaemu
+
+package model
+
+import (
+	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+)
+
+// CompileGradOn compiles the training graph g (its loss and the gradients grads of params)
+// on the device d.
+func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
+	p, err := d.CompileGrad(g.ExprGraph, loss, grads, g.Step)
+	if err != nil {
+		return nil, err
+	}
+	return &deviceGrad{d: d, Program: p, params: params}, nil
+}
+
+// deviceGrad is a GradProgram on a Device: the trained parameters' host values are uploaded
+// before every run (the optimizer updates them on the host).
+type deviceGrad struct {
+	d *autograd.Device
+	*autograd.Program
+	params G.Nodes
+}
+
+func (g *deviceGrad) Run() error {
+	if err := g.d.RefreshWeights(g.params); err != nil {
+		return err
+	}
+	return g.Program.Run()
+}
