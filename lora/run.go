@@ -21,6 +21,9 @@ type Options struct {
 	ModelDir string // base model directory: config.json, safetensors weights, qwen.tiktoken
 	Data     string // conversations JSON/JSONL, messages JSONL or input_ids JSONL
 	Out      string // the adapter, checkpoints, metrics and training_config.json go here
+	// Exec, when it runs training graphs (model.GradExecutor, the GPU's), computes the loss
+	// and the gradients; the optimizer stays on the host. nil: the CPU.
+	Exec model.Executor
 	// Metrics is the file of one JSON line per step (default: Out/metrics.jsonl).
 	Metrics string
 	// InitAdapter starts from this PEFT adapter (its r, alpha and targets) instead of a
@@ -111,6 +114,10 @@ func Run(ctx context.Context, o Options, h Hooks) (*Result, error) {
 		return nil, err
 	}
 	defer op.Close()
+	if o.Exec != nil {
+		op.Model.Exec = o.Exec
+		defer func() { op.Model.Exec = nil }()
+	}
 	r := &run{o: o, h: h, op: op}
 	if err := r.setUp(rp); err != nil {
 		return nil, err

@@ -37,7 +37,8 @@ decode floor), and the decode speed is reported as a fraction of it.
 benchmarks random bf16 weights of Qwen-7B's exact configuration generated in memory (15.4 GB).
 --cache sets the KV cache capacity (e.g. 8192 to see the memory of a long context).
 
---train measures LoRA training instead: --steps optimizer steps (after one warm-up step) of
+--train measures LoRA training instead (on --device: the loss and gradients there, the
+optimizer on the host): --steps optimizer steps (after one warm-up step) of
 --batch-size random sequences of --max-len tokens, every token trained, Qwen's recipe (r 64
 on c_attn, c_proj, w1, w2, AdamW), and reports tokens per second, the step time, the
 trained parameters and their optimizer state, the matrix FLOPs of a step and peak memory.`,
@@ -174,8 +175,14 @@ trained parameters and their optimizer state, the matrix FLOPs of a step and pea
 
 // benchTrain runs and prints bench --train.
 func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.TrainBenchOptions, targets string, asJSON bool) error {
-	if device == "cuda" && cmd.Flags().Changed("device") {
-		return fmt.Errorf("bench --train --device cuda: training runs on the CPU; the GPU runs inference")
+	release, err := useDevice(cmd, m, device)
+	if err != nil {
+		return err
+	}
+	defer release()
+	where := "cpu"
+	if m.Exec != nil {
+		where = m.Exec.Name()
 	}
 	if targets != "" {
 		o.LoRA.Targets = strings.Split(targets, ",")
@@ -184,7 +191,10 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	if err != nil {
 		return err
 	}
-	peak := matmul.FMAPeak(runtime.GOMAXPROCS(0))
+	peak := 0.0
+	if m.Exec == nil {
+		peak = matmul.FMAPeak(runtime.GOMAXPROCS(0))
+	}
 	out := cmd.OutOrStdout()
 	if asJSON {
 		b, err := json.Marshal(struct {
@@ -193,7 +203,7 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			Device     string  `json:"device"`
 			Threads    int     `json:"threads"`
 			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops"`
-		}{res, name, "cpu", runtime.GOMAXPROCS(0), peak})
+		}{res, name, where, runtime.GOMAXPROCS(0), peak})
 		if err != nil {
 			return err
 		}
@@ -202,7 +212,7 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	}
 	c := m.Config
 	fmt.Fprintf(out, "model      %s: %d layers, hidden %d, vocab %d\n", name, c.NumHiddenLayers, c.HiddenSize, c.VocabSize)
-	fmt.Fprintf(out, "device     cpu, %d threads\n", runtime.GOMAXPROCS(0))
+	fmt.Fprintf(out, "device     %s, %d threads\n", where, runtime.GOMAXPROCS(0))
 	fmt.Fprintf(out, "lora       r %d on %s: %d parameters, %.1f MiB with gradients and AdamW moments (float32)\n",
 		o.LoRA.R, strings.Join(o.LoRA.Targets, ","), res.LoRAParams, float64(res.StateBytes)/(1<<20))
 	fmt.Fprintf(out, "step       batch %d x %d tokens: %.3f s (mean of %d after a warm-up), %.1f tokens/s, last loss %.4f\n",

@@ -75,12 +75,24 @@ func registerCPUDevice(cmd *cobra.Command, what string) {
 	cmd.Flags().StringVar(&device, "device", "cpu", "where "+what+" runs: cpu (the GPU executor runs inference only)")
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
-		switch device {
-		case "cpu", "":
-			return run(c, args)
-		case "cuda":
-			return fmt.Errorf("--device cuda: %s runs on the CPU; the GPU runs inference (chat, generate, serve, bench)", what)
+		cuda, err := wantsCUDA(device)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("--device %q: use cpu or cuda", device)
+		if cuda {
+			return fmt.Errorf("--device cuda: %s runs on the CPU; the GPU runs inference (chat, generate, serve, bench) and training (lora)", what)
+		}
+		return run(c, args)
 	}
+}
+
+// wantsCUDA reads a --device value: cpu (or empty) or cuda.
+func wantsCUDA(device string) (bool, error) {
+	switch device {
+	case "cpu", "":
+		return false, nil
+	case "cuda":
+		return true, nil
+	}
+	return false, fmt.Errorf("--device %q: use cpu or cuda", device)
 }

@@ -82,17 +82,28 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint (from step 0 when it has none), with its settings")
 	f.IntVar(&logEvery, "log-every", 0, "without a terminal, print a progress line every N steps (0 = every 5% of the run)")
 	registerTrainFlags(f, &o.Train, &targets)
-	registerCPUDevice(cmd, "lora training")
-	onCPU := cmd.RunE
+	var device string
+	f.StringVar(&device, "device", "cpu", "where the loss and the gradients are computed: cpu, or cuda (the GPU of a build with -tags qtcuda; the optimizer stays on the host)")
+	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
-		device, err := c.Flags().GetString("device")
+		cuda, err := wantsCUDA(device)
 		if err != nil {
 			return err
 		}
-		if device == "cuda" && isGPTQ(o.ModelDir) {
+		if !cuda {
+			return run(c, args)
+		}
+		if isGPTQ(o.ModelDir) {
 			return fmt.Errorf("--device cuda: %s is a GPTQ model and the GPU has no Int4 training kernels yet; Q-LoRA on it runs on the CPU (--device cpu)", o.ModelDir)
 		}
-		return onCPU(c, args)
+		exec, err := openExecutor(device)
+		if err != nil {
+			return err
+		}
+		defer exec.Close()
+		fmt.Fprintf(c.ErrOrStderr(), "device: %s\n", exec.Name())
+		o.Exec = exec
+		return run(c, args)
 	}
 	return cmd
 }

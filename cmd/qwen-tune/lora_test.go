@@ -258,3 +258,18 @@ func TestAdapterOnGPTQ(t *testing.T) {
 		}
 	}
 }
+
+// TestLoraDeviceCUDAInCPUBuild: lora --device cuda in a binary without CUDA says how to get a
+// CUDA build; an unknown device is refused.
+func TestLoraDeviceCUDAInCPUBuild(t *testing.T) {
+	if cudaBuild {
+		t.Skip("a CUDA build")
+	}
+	dir := tinyModel(t)
+	for dev, want := range map[string]string{"cuda": "-tags qtcuda", "tpu": `--device "tpu"`} {
+		_, errOut, code := qt(t, "", "lora", "--model", dir, "--data", "x.jsonl", "--out", filepath.Join(t.TempDir(), "o"), "--device", dev)
+		if code == 0 || !strings.Contains(errOut, want) {
+			t.Errorf("--device %s: code %d, stderr %q", dev, code, errOut)
+		}
+	}
+}
