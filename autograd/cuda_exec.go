@@ -784,7 +784,7 @@ func (c *compiler) scaled(y *value, scale float64) {
 func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*int4Op), c.d
 	if o.backward {
-		return false, fmt.Errorf("autograd: gradients do not run on the GPU executor")
+		return c.int4Grad(n, in)
 	}
 	x := in[0]
 	if x.cols != o.w.K {

@@ -138,11 +138,16 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 		if err := conv(); err != nil {
 			return err
 		}
-		// row-major dx = dy W is column-major dx^T [K, N] = W^T [K, M] dy^T [M, N]
-		return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w.buf, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, 0, y.buf, dtypeF32, k, 0, 1)
+		return d.gemmInputGrad(y.buf, w.buf, dy16, rows, m, k)
 	})
 	c.scaled(y, gain(o.scale))
 	return false, nil
+}
+
+// gemmInputGrad is dx [rows, k] (float32) = dy [rows, m] W [m, k], both bf16: row-major
+// dx = dy W is column-major dx^T [k, rows] = W^T [k, m] dy^T [m, rows].
+func (d *Device) gemmInputGrad(dx, w, dy *Buffer, rows, m, k int) error {
+	return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w, dtypeBF16, k, 0, dy, dtypeBF16, m, 0, 0, dx, dtypeF32, k, 0, 1)
 }
 
 // linearGradW is dW [M, K] = scale dy^T [M, N] x [N, K], both in bf16, fp32 out.
@@ -164,6 +169,34 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 		return d.gemmBatched(blasOpN, blasOpT, k, m, rows, x16, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, 0, y.buf, dtypeF32, k, 0, 1)
 	})
 	c.scaled(y, gain(o.scale))
+	return false, nil
+}
+
+// int4Grad is a GPTQ layer's input gradient (Q-LoRA): dx [rows, K] = dy [rows, N] W^T with
+// W^T [N, K] dequantized to bf16 scratch of this node, then the GEMM of linearGradX.
+func (c *compiler) int4Grad(n *G.Node, in []*value) (bool, error) {
+	o, d, dy := n.Op().(*int4Op), c.d, in[0]
+	if dy.cols != o.w.N {
+		return false, fmt.Errorf("autograd: %s: gradient of %d columns for %d outputs", c.what(), dy.cols, o.w.N)
+	}
+	w, err := d.int4Weights(o.w)
+	if err != nil {
+		return false, err
+	}
+	rows, nOut, k := dy.rows, o.w.N, o.w.K
+	y := c.alloc(n, rows, k, false)
+	wt := c.pl.get(int64(nOut) * int64(k) * 2)
+	c.pl.put(wt)
+	dy16, conv := c.bf16Copy(dy)
+	c.emit(func() error {
+		if err := d.DequantInt4BF16(wt, w); err != nil {
+			return err
+		}
+		if err := conv(); err != nil {
+			return err
+		}
+		return d.gemmInputGrad(y.buf, wt, dy16, rows, nOut, k)
+	})
 	return false, nil
 }
 

@@ -2,17 +2,14 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/lora"
-	"github.com/qwen-tune/qwen-tune/model"
 )
 
 func newLoraCmd() *cobra.Command {
@@ -93,9 +90,6 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 		if !cuda {
 			return run(c, args)
 		}
-		if isGPTQ(o.ModelDir) {
-			return fmt.Errorf("--device cuda: %s is a GPTQ model and the GPU has no Int4 training kernels yet; Q-LoRA on it runs on the CPU (--device cpu)", o.ModelDir)
-		}
 		exec, err := openExecutor(device)
 		if err != nil {
 			return err
@@ -106,17 +100,6 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 		return run(c, args)
 	}
 	return cmd
-}
-
-// isGPTQ reports whether dir holds a GPTQ model; false when it cannot tell (the run then
-// reports what is wrong with the directory).
-func isGPTQ(dir string) bool {
-	cfg, err := checkpoints.ReadConfig(filepath.Join(dir, "config.json"))
-	if err != nil {
-		return false
-	}
-	g, err := model.GPTQConfigOf(dir, cfg)
-	return err == nil && g != nil
 }
 
 func splitList(s string) []string {

@@ -95,7 +95,7 @@ func TestQLoRACommand(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"lora", "--model", int4, "--data", chats, "--out", filepath.Join(tmp, "gpu"), "--device", "cuda"}, "the GPU has no Int4 training kernels yet"},
+		{[]string{"lora", "--model", int4, "--data", chats, "--out", filepath.Join(tmp, "gpu"), "--device", "cuda"}, "-tags qtcuda"},
 		{[]string{"generate", "--model", int4, "--adapter", run, "--prompt-ids", "1,2,3", "--device", "cuda"}, "-tags qtcuda"},
 		{[]string{"merge", "--model", int4, "--adapter", run, "--out", filepath.Join(tmp, "merged")}, "then quantize the result again"},
 		{[]string{"lora", "--model", three, "--data", chats, "--out", filepath.Join(tmp, "three")}, "runs 2-, 4- and 8-bit GPTQ layers only"},
