@@ -191,9 +191,11 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	if err != nil {
 		return err
 	}
-	peak := 0.0
+	peak, devicePeak := 0.0, int64(0)
 	if m.Exec == nil {
 		peak = matmul.FMAPeak(runtime.GOMAXPROCS(0))
+	} else {
+		_, devicePeak = m.Exec.Memory()
 	}
 	out := cmd.OutOrStdout()
 	if asJSON {
@@ -203,7 +205,8 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			Device     string  `json:"device"`
 			Threads    int     `json:"threads"`
 			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops"`
-		}{res, name, where, runtime.GOMAXPROCS(0), peak})
+			DevicePeak int64   `json:"peak_device_bytes,omitempty"`
+		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak})
 		if err != nil {
 			return err
 		}
@@ -223,5 +226,8 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "peak RSS   %.2f GiB\n", float64(res.PeakRSSBytes)/(1<<30))
+	if devicePeak > 0 {
+		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers\n", float64(devicePeak)/(1<<30))
+	}
 	return nil
 }
