@@ -682,7 +682,7 @@ func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {
 			return nil
 		})
 	default:
-		return false, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter first)", o.name)
+		return false, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter to run it, train it on the CPU)", o.name)
 	}
 	return false, nil
 }
