@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	G "gorgonia.org/gorgonia"
@@ -306,7 +307,7 @@ func TestEmulatedQLoRASteps(t *testing.T) {
 }
 
 // TestEmulatedLoRARun: lora.Run with Options.Exec set trains on the device and saves an
-// adapter; its losses follow a CPU run's.
+// adapter; its losses follow a CPU run's; special-token rows are refused there.
 func TestEmulatedLoRARun(t *testing.T) {
 	d, err := autograd.OpenDevice(0)
 	if err != nil {
@@ -337,6 +338,11 @@ func TestEmulatedLoRARun(t *testing.T) {
 		}
 		return res.History
 	}
+	o.Train.TrainSpecialTokens, o.Out, o.Exec = true, filepath.Join(tmp, "special"), &emulatedExec{d}
+	if _, err := lora.Run(context.Background(), o, lora.Hooks{}); err == nil || !strings.Contains(err.Error(), "--device cpu") {
+		t.Errorf("special-token rows on the device: %v", err)
+	}
+	o.Train.TrainSpecialTokens = false
 	want, got := run("cpu", nil), run("device", &emulatedExec{d})
 	worst := 0.0
 	for i := range want {

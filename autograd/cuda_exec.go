@@ -357,6 +357,11 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 			if c.pl.arena != nil {
 				d.Free(c.pl.arena)
 			}
+			if p.loss != nil {
+				for _, sc := range p.loss.scratch {
+					sc.Free(d)
+				}
+			}
 		}
 	}()
 	if err := c.plan(g); err != nil {

@@ -67,6 +67,16 @@ func (p *Program) Grads() ([][]float32, error) {
 // allParts marks a fused-qkv gradient whose three parts are all written.
 const allParts = 7
 
+// whole refuses a fused-qkv gradient with a part missing (its columns were never written).
+func (c *compiler) whole(vs ...*value) error {
+	for _, v := range vs {
+		if v.parts != 0 {
+			return fmt.Errorf("autograd: %s reads a fused qkv gradient with parts missing", c.what())
+		}
+	}
+	return nil
+}
+
 // viewOf makes n's value v, a view of root's buffer: root lives as long as n's readers.
 func (c *compiler) viewOf(n, root *G.Node, v *value) {
 	v.root = root
@@ -113,10 +123,11 @@ func (c *compiler) crossEntropyGrad(n *G.Node, in []*value) (bool, error) {
 	return false, nil
 }
 
-// bf16Copy is the launches converting a float32 value to bf16 scratch of the current node.
+// bf16Copy is the launches converting a float32 value to bf16 scratch of the current node
+// (an input already bf16 and contiguous is used where it is).
 func (c *compiler) bf16Copy(x *value) (*Buffer, func() error) {
-	if x.bf16 && x.stride == x.cols {
-		return x.ptr(), func() error { return nil }
+	if x.bf16 && x.stride == x.cols && x.off == 0 {
+		return x.buf, func() error { return nil }
 	}
 	b := c.pl.get(int64(x.rows*x.cols) * 2)
 	c.pl.put(b)
@@ -128,6 +139,9 @@ func (c *compiler) bf16Copy(x *value) (*Buffer, func() error) {
 func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*linearGradXOp), c.d
 	dy, w := in[0], in[1]
+	if err := c.whole(dy); err != nil {
+		return false, err
+	}
 	if !w.param || !w.bf16 {
 		return false, fmt.Errorf("autograd: %s: the weight must be a parameter", c.what())
 	}
@@ -154,6 +168,9 @@ func (d *Device) gemmInputGrad(dx, w, dy *Buffer, rows, m, k int) error {
 func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*linearGradWOp), c.d
 	dy, x := in[0], in[1]
+	if err := c.whole(dy, x); err != nil {
+		return false, err
+	}
 	rows, m, k := dy.rows, dy.cols, x.cols
 	y := c.alloc(n, m, k, false)
 	dy16, convDy := c.bf16Copy(dy)
@@ -176,6 +193,9 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 // W^T [N, K] dequantized to bf16 scratch of this node, then the GEMM of linearGradX.
 func (c *compiler) int4Grad(n *G.Node, in []*value) (bool, error) {
 	o, d, dy := n.Op().(*int4Op), c.d, in[0]
+	if err := c.whole(dy); err != nil {
+		return false, err
+	}
 	if dy.cols != o.w.N {
 		return false, fmt.Errorf("autograd: %s: gradient of %d columns for %d outputs", c.what(), dy.cols, o.w.N)
 	}

@@ -63,6 +63,21 @@ func (c *compiler) lossBuffers() error {
 	return nil
 }
 
+// attnScratch is the program's attention scratch for t positions of heads x dim, one for all
+// the layers of that shape: a layer's backward recomputes everything it reads from there.
+func (c *compiler) attnScratch(t, heads, dim int) (*AttnTrainScratch, error) {
+	for _, sc := range c.p.loss.scratch {
+		if sc.T == t && sc.Heads == heads && sc.Dim == dim {
+			return sc, nil
+		}
+	}
+	sc, err := c.d.NewAttnTrainScratch(t, heads, dim, min(t, PrefillChunk))
+	if err == nil {
+		c.p.loss.scratch = append(c.p.loss.scratch, sc)
+	}
+	return sc, err
+}
+
 // rotaryLoss rotates q or k at the rows' positions, in place when its input is a view (of
 // the fused qkv projection) that only this node reads.
 func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
@@ -96,7 +111,7 @@ func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
 
 // attentionLoss is attention over each row's own positions (no cache), by chunks of queries.
 func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
-	d, p, st := c.d, c.p, c.step
+	d, st := c.d, c.step
 	q, k, v := in[0], in[1], in[2]
 	s := c.kids[n][0].Shape() // [B, T, H, D]
 	b, t, heads, dim := s[0], s[1], s[2], s[3]
@@ -105,11 +120,10 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	}
 	width := heads * dim
 	y := c.alloc(n, b*t, width, false)
-	sc, err := d.NewAttnTrainScratch(t, heads, dim, min(t, PrefillChunk))
+	sc, err := c.attnScratch(t, heads, dim)
 	if err != nil {
 		return false, err
 	}
-	p.loss.scratch = append(p.loss.scratch, sc)
 	o := n.Op().(*attentionOp)
 	lse := c.pl.get(int64(b*heads*t) * 4) // lives until the backward, if any, reads it
 	c.attn[o] = attnSaved{lse: lse, scratch: sc}
@@ -201,6 +215,9 @@ func (p *Program) runLoss() error {
 	}
 	if err := up(p.base, unsafe.Pointer(&bases[0]), int64(len(bases))*8, "rotary bases"); err != nil {
 		return err
+	}
+	if st.Positions != nil && len(st.Positions) != n || st.Segments != nil && len(st.Segments) != n {
+		return fmt.Errorf("autograd: %d positions and %d segments for %d positions", len(st.Positions), len(st.Segments), n)
 	}
 	if st.Positions != nil {
 		if err := up(p.loss.pos, unsafe.Pointer(&st.Positions[0]), int64(n)*4, "positions"); err != nil {

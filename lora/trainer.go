@@ -20,6 +20,10 @@ const (
 	// maxGraphs is how many compiled graphs (one per batch shape) are kept; one more frees
 	// them all.
 	maxGraphs = 8
+	// maxDeviceGraphs is maxGraphs on an executor that runs training graphs: each holds a
+	// whole step's activations in device memory, so only the graph of the current shape and
+	// one more are kept.
+	maxDeviceGraphs = 2
 	// keptEpochOrders is how many epochs' shuffled orders are kept; one more clears them
 	// (the stream only moves forward, so at most the current and the next are needed).
 	keptEpochOrders = 2
@@ -267,7 +271,11 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 	if g, ok := t.graphs[key]; ok {
 		return g, nil
 	}
-	if len(t.graphs) >= maxGraphs {
+	limit := maxGraphs
+	if _, ok := t.Model.Exec.(model.GradExecutor); ok {
+		limit = maxDeviceGraphs
+	}
+	if len(t.graphs) >= limit {
 		if err := t.Close(); err != nil {
 			return nil, err
 		}
@@ -371,6 +379,15 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	}
 	t.Step++
 	return res, nil
+}
+
+// DeviceUnsupported says what of c an executor that runs training graphs cannot train yet:
+// special-token rows and whole modules (their gradients have no GPU kernels).
+func DeviceUnsupported(c TrainConfig) error {
+	if c.TrainSpecialTokens || len(c.ModulesToSave) > 0 {
+		return fmt.Errorf("--device cuda: --train-special-tokens and --modules-to-save train on the CPU only (the GPU executor has no kernels for their gradients yet): use --device cpu")
+	}
+	return nil
 }
 
 // NonFiniteError stops training at a step whose loss or gradient norm is NaN or infinite.

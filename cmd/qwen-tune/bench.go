@@ -175,6 +175,9 @@ trained parameters and their optimizer state, the matrix FLOPs of a step and pea
 
 // benchTrain runs and prints bench --train.
 func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.TrainBenchOptions, targets string, asJSON bool) error {
+	if !cmd.Flags().Changed("device") {
+		device = "cpu" // training on the GPU only when asked for, as lora does
+	}
 	release, err := useDevice(cmd, m, device)
 	if err != nil {
 		return err

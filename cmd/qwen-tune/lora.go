@@ -90,8 +90,8 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 		if !cuda {
 			return run(c, args)
 		}
-		if o.Train.TrainSpecialTokens || len(o.Train.ModulesToSave) > 0 {
-			return fmt.Errorf("--device cuda: --train-special-tokens and --modules-to-save train on the CPU only (the GPU executor has no kernels for their gradients yet): use --device cpu")
+		if err := lora.DeviceUnsupported(o.Train); err != nil {
+			return err
 		}
 		exec, err := openExecutor(device)
 		if err != nil {
