@@ -10,7 +10,8 @@ package autograd
 // (AttentionTrainForward), dropout draws the CPU's Philox masks, a LoRA branch's scale follows
 // its product, and the loss is one value per row, summed on the host in row order (Loss).
 // Weights are uploaded once, in bf16, as for inference: a program sees the values its
-// parameters had when it first ran. No LogN (training and validation graphs have none).
+// parameters had when it first ran. No LogN (training graphs have none; an evaluation's
+// sequence longer than seq_length, where it would apply, is refused).
 
 import (
 	"fmt"
@@ -132,8 +133,8 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	}
 	stride, rowBytes := q.stride, int64(t*q.stride*4)
 	c.emit(func() error {
-		if st.LogNSeq > 0 {
-			return fmt.Errorf("autograd: a loss program has no LogN attention")
+		if st.LogNSeq > 0 && st.Keys() > st.LogNSeq {
+			return fmt.Errorf("autograd: a loss program has no LogN attention: a sequence of more than %d tokens (seq_length) is scored on the CPU (--device cpu)", st.LogNSeq)
 		}
 		for r := 0; r < b; r++ {
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,

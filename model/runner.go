@@ -14,9 +14,10 @@ type Runner struct {
 	*Graph
 	logits, loss *G.Node
 	vm           *autograd.Machine
-	prog         Program   // set when the model's executor runs the graph
-	host         []float32 // the program's logits, downloaded after a run
-	skipLogits   bool      // the next run keeps its logits on the device (sampling there)
+	prog         Program     // set when the model's executor runs the graph
+	lossProg     GradProgram // set when the model's executor runs the graph with its loss
+	host         []float32   // the program's logits, downloaded after a run
+	skipLogits   bool        // the next run keeps its logits on the device (sampling there)
 }
 
 // NewRunner builds the forward graph; withLoss adds the cross-entropy against Step.Labels.
@@ -36,6 +37,12 @@ func (m *Model) NewRunner(batch, seq int, mode Mode, last, withLoss bool) (*Runn
 	if withLoss {
 		if r.loss, err = g.Loss(logits); err != nil {
 			return nil, err
+		}
+		if ge, ok := m.Exec.(GradExecutor); ok {
+			if r.lossProg, err = ge.CompileGrad(g, r.loss, nil, nil); err != nil {
+				return nil, fmt.Errorf("model: %s: %w", m.Exec.Name(), err)
+			}
+			return r, nil
 		}
 	}
 	if r.vm, err = autograd.NewMachine(g.ExprGraph, r.kept()...); err != nil {
@@ -81,6 +88,12 @@ func (r *Runner) Run() error {
 	if st := r.Step; r.Mode != Inference && (st.LogNSeq > 0 || st.Base != nil || st.RotaryBase != r.Model.Config.RotaryEmbBase || st.Cache != nil) {
 		return fmt.Errorf("model: a training graph runs without dynamic NTK, LogN or a KV cache (Qwen applies them at inference only)")
 	}
+	if r.lossProg != nil {
+		if err := r.lossProg.Run(); err != nil {
+			return fmt.Errorf("model: %w", err)
+		}
+		return nil
+	}
 	if r.prog != nil {
 		r.host = nil
 		if err := r.prog.Run(); err != nil {
@@ -121,6 +134,9 @@ func (r *Runner) Loss() (float64, error) {
 	if r.loss == nil {
 		return 0, fmt.Errorf("model: the runner was built without a loss")
 	}
+	if r.lossProg != nil {
+		return r.lossProg.Loss()
+	}
 	lv, err := r.vm.Value(r.loss)
 	if err != nil {
 		return 0, fmt.Errorf("model: %w", err)
@@ -136,6 +152,9 @@ func (r *Runner) Loss() (float64, error) {
 
 // Close releases the compiled graph.
 func (r *Runner) Close() error {
+	if r.lossProg != nil {
+		return r.lossProg.Close()
+	}
 	if r.prog != nil {
 		return r.prog.Close()
 	}

@@ -20,6 +20,7 @@ func newEvalCmd() *cobra.Command {
 		src                  textInput
 		seqLen, stride       int
 		asJSON               bool
+		device               string
 	)
 	cmd := &cobra.Command{
 		Use:   "eval --model DIR (--data FILE | --text FILE --seq-len N --stride S)",
@@ -52,6 +53,14 @@ Ctrl-C stops with exit status 130.`,
 				return err
 			}
 			defer in.close()
+			if !cmd.Flags().Changed("device") {
+				device = "cpu" // the GPU only when asked for, until a GPU has run it
+			}
+			release, err := useDevice(cmd, in.m, device)
+			if err != nil {
+				return err
+			}
+			defer release()
 			var seqs []data.Sequence
 			if src.data != "" {
 				exs, _, err := data.Load(src.data, data.BadError, in.m.Config.VocabSize)
@@ -106,7 +115,7 @@ Ctrl-C stops with exit status 130.`,
 	f.IntVar(&seqLen, "seq-len", 0, "window length in tokens for --text (default: the model's seq_length)")
 	f.IntVar(&stride, "stride", 0, "window advance in tokens for --text (default: seq-len/2)")
 	f.BoolVar(&asJSON, "json", false, "print {\"loss\", \"ppl\", \"tokens\"} as JSON")
-	registerCPUDevice(cmd, "eval")
+	f.StringVar(&device, "device", "cpu", "where the loss is computed: cpu, or cuda (the GPU of a build with -tags qtcuda; sequences up to seq_length)")
 	return cmd
 }
 

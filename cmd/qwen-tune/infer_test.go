@@ -215,11 +215,16 @@ func TestDeviceFlag(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "use cpu or cuda") {
 		t.Fatalf("--device tpu: code %d, stderr %q", code, errOut)
 	}
-	for _, c := range []string{"eval", "quantize"} { // lora: TestLoraDeviceCUDAInCPUBuild
-		_, errOut, code = qt(t, "", c, "--model", dir, "--device", "cuda")
-		if code == 0 || !strings.Contains(errOut, "runs on the CPU; the GPU runs inference") {
-			t.Fatalf("%s --device cuda: code %d, stderr %q", c, code, errOut)
-		}
+	// lora: TestLoraDeviceCUDAInCPUBuild
+	_, errOut, code = qt(t, "", "quantize", "--model", dir, "--device", "cuda")
+	if code == 0 || !strings.Contains(errOut, "runs on the CPU; the GPU runs inference") {
+		t.Fatalf("quantize --device cuda: code %d, stderr %q", code, errOut)
+	}
+	text := filepath.Join(t.TempDir(), "t.txt")
+	tfile.Write(t, text, []byte("some text to score"))
+	_, errOut, code = qt(t, "", "eval", "--model", dir, "--text", text, "--seq-len", "8", "--device", "cuda")
+	if !cudaBuild && (code == 0 || !strings.Contains(errOut, "-tags qtcuda")) {
+		t.Fatalf("eval --device cuda in the CPU build: code %d, stderr %q", code, errOut)
 	}
 }
 
