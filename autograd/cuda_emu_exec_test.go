@@ -7,44 +7,13 @@ package autograd_test
 // replayed from a CUDA graph and profiled with events; and the kernel self-test.
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"testing"
-
-	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
-
-// emulatedExec is model.CUDA's executor over the emulated device.
-type emulatedExec struct{ d *autograd.Device }
-
-func (e *emulatedExec) Name() string { return "cuda (" + e.d.Name + ")" }
-
-func (e *emulatedExec) Compile(g *model.Graph, out *G.Node) (model.Program, error) {
-	if g.Batch != 1 {
-		return nil, fmt.Errorf("the GPU executor runs batch 1 (graph of %d rows)", g.Batch)
-	}
-	return e.d.Compile(g.ExprGraph, out, g.Step)
-}
-
-func (e *emulatedExec) CompileGrad(g *model.Graph, loss *G.Node, grads, params G.Nodes) (model.GradProgram, error) {
-	return model.CompileGradOn(e.d, g, loss, grads, params)
-}
-
-func (e *emulatedExec) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {
-	return autograd.NewDeviceKVCache(layers, 1, capacity, heads, headDim)
-}
-
-func (e *emulatedExec) ReleaseCache(kv *autograd.KVCache) { e.d.ReleaseCache(kv) }
-
-func (e *emulatedExec) Memory() (int64, int64) { return e.d.Allocated, e.d.Peak }
-
-func (e *emulatedExec) CopyBandwidth() (float64, error) { return e.d.CopyBandwidth() }
-
-func (e *emulatedExec) Close() error { return e.d.Close() }
 
 func TestEmulatedExecutor(t *testing.T) {
 	o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048}
@@ -107,7 +76,7 @@ func compareEmulated(t *testing.T, m *model.Model, tol float64, profile bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exec := &emulatedExec{d}
+	exec := &model.CUDA{Device: d}
 	defer exec.Close()
 	r := rand.New(rand.NewPCG(9, 9))
 	prompt := make([]int, 20)

@@ -212,7 +212,7 @@ func TestEmulatedLoRASteps(t *testing.T) {
 		return trainSteps(t, m, exec, seqs)
 	}
 	want := run(nil)
-	got := run(&emulatedExec{d})
+	got := run(&model.CUDA{Device: d})
 	worst := maxRelDiff(got, want)
 	t.Logf("losses on the device %.5f, on the CPU %.5f: worst relative difference %.2e", got, want, worst)
 	// measured 1.9e-4 (bf16 GEMM inputs); without the weights refreshed after each update 0.145
@@ -297,7 +297,7 @@ func TestEmulatedQLoRASteps(t *testing.T) {
 	}
 	seqs := randomSeqs(4096)
 	want := trainSteps(t, load(), nil, seqs)
-	got := trainSteps(t, load(), &emulatedExec{d}, seqs)
+	got := trainSteps(t, load(), &model.CUDA{Device: d}, seqs)
 	worst := maxRelDiff(got, want)
 	t.Logf("losses on the device %.5f, on the CPU %.5f: worst relative difference %.2e", got, want, worst)
 	// measured 1.9e-4 (bf16 GEMM inputs); with the packed layers' input gradients zeroed 5.2e-2
@@ -338,12 +338,12 @@ func TestEmulatedLoRARun(t *testing.T) {
 		}
 		return res.History
 	}
-	o.Train.TrainSpecialTokens, o.Out, o.Exec = true, filepath.Join(tmp, "special"), &emulatedExec{d}
+	o.Train.TrainSpecialTokens, o.Out, o.Exec = true, filepath.Join(tmp, "special"), &model.CUDA{Device: d}
 	if _, err := lora.Run(context.Background(), o, lora.Hooks{}); err == nil || !strings.Contains(err.Error(), "--device cpu") {
 		t.Errorf("special-token rows on the device: %v", err)
 	}
 	o.Train.TrainSpecialTokens = false
-	want, got := run("cpu", nil), run("device", &emulatedExec{d})
+	want, got := run("cpu", nil), run("device", &model.CUDA{Device: d})
 	worst := 0.0
 	for i := range want {
 		worst = max(worst, math.Abs(got[i].Loss-want[i].Loss)/want[i].Loss)
@@ -380,7 +380,7 @@ func TestEmulatedEvaluator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.Exec = &emulatedExec{d}
+		m.Exec = &model.CUDA{Device: d}
 		defer func() { m.Exec = nil }()
 		dev := m.NewEvaluator()
 		defer dev.Close()

@@ -1,4 +1,4 @@
-//go:build qtcuda
+//go:build qtcuda || cudaemu
 
 package model
 
