@@ -7,9 +7,10 @@ package autograd
 // ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
 // input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
 // (one launch for both of SwiGLU's), rotary's inverse rotation, attention's backward by
-// chunks of queries (reading the forward's log-sum-exps and scratch) into a buffer laid out as
+// chunks of queries (reading the forward's log-sum-exps; the scratch is the program's) into a buffer laid out as
 // the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
-// name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient").
+// name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient"), and a GPTQ
+// layer's input gradient through its weight dequantized to bf16 (Q-LoRA).
 
 import (
 	"fmt"

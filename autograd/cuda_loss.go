@@ -9,8 +9,9 @@ package autograd
 // (Rotary's input is a view nobody else reads), attention runs by chunks of queries
 // (AttentionTrainForward), dropout draws the CPU's Philox masks, a LoRA branch's scale follows
 // its product, and the loss is one value per row, summed on the host in row order (Loss).
-// Weights are uploaded once, in bf16, as for inference: a program sees the values its
-// parameters had when it first ran. No LogN (training graphs have none; an evaluation's
+// Weights are uploaded once, in bf16, as for inference; Device.RefreshWeights uploads the
+// trained ones again after an optimizer step (model.CompileGradOn does it before every run).
+// No LogN (training graphs have none; an evaluation's
 // sequence longer than seq_length, where it would apply, is refused).
 
 import (
