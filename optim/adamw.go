@@ -3,6 +3,9 @@ package optim
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 )
 
 // AdamW is torch.optim.AdamW: decoupled weight decay, bias-corrected moments, eps added
@@ -30,14 +33,25 @@ func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
 	if len(params) != len(o.M) || len(grads) != len(o.M) {
 		return fmt.Errorf("optim: %d parameters and %d gradients for an optimizer of %d", len(params), len(grads), len(o.M))
 	}
+	for i, p := range params {
+		if len(p) != len(o.M[i]) || len(grads[i]) != len(o.M[i]) {
+			return fmt.Errorf("optim: parameter %d has %d elements and gradient %d; the optimizer has %d", i, len(p), len(grads[i]), len(o.M[i]))
+		}
+	}
 	o.Step++
 	stepSize, decay, bc2 := o.Scalars(o.Step, lr)
+	// element-wise: ranges of the parameters on all cores give the bits one loop gives
+	type span struct{ i, lo, hi int }
+	var spans []span
 	for i, p := range params {
-		g, m, v := grads[i], o.M[i], o.V[i]
-		if len(p) != len(m) || len(g) != len(m) {
-			return fmt.Errorf("optim: parameter %d has %d elements and gradient %d; the optimizer has %d", i, len(p), len(g), len(m))
+		for lo := 0; lo < len(p); lo += updateChunk {
+			spans = append(spans, span{i, lo, min(len(p), lo+updateChunk)})
 		}
-		for j := range p {
+	}
+	parallel(len(spans), func(k int) {
+		sp := spans[k]
+		p, g, m, v := params[sp.i], grads[sp.i], o.M[sp.i], o.V[sp.i]
+		for j := sp.lo; j < sp.hi; j++ {
 			gj := float64(g[j])
 			mj := float64(m[j]) + (1-o.Beta1)*(gj-float64(m[j])) // lerp, as torch
 			vj := o.Beta2*float64(v[j]) + (1-o.Beta2)*gj*gj
@@ -45,8 +59,28 @@ func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
 			pj := float64(p[j]) * decay
 			p[j] = float32(pj - stepSize*float64(m[j])/(math.Sqrt(float64(v[j]))/bc2+o.Eps))
 		}
-	}
+	})
 	return nil
+}
+
+// updateChunk is how many elements of a parameter one goroutine updates at a time.
+const updateChunk = 1 << 15
+
+// parallel runs fn(k) for k in [0, n) on up to GOMAXPROCS goroutines.
+func parallel(n int, fn func(k int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := int(next.Add(1) - 1); k < n; k = int(next.Add(1) - 1) {
+				fn(k)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // Scalars are the factors that every element of update number step (1 for the first) at
