@@ -247,7 +247,7 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 		if ierr != nil {
 			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v (free memory unknown: %v)", what, float64(bytes)/(1<<20), d.Name, err, ierr)
 		}
-		return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; %.1f of %.1f GiB free", what, float64(bytes)/(1<<20), d.Name, err, float64(free)/(1<<30), float64(total)/(1<<30))
+		return nil, &AllocError{What: what, Bytes: bytes, Device: d.Name, Err: err, Free: free, Total: total}
 	}
 	d.Allocated += bytes
 	d.Peak = max(d.Peak, d.Allocated)

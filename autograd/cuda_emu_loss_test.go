@@ -4,6 +4,7 @@ package autograd_test
 
 import (
 	"context"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -400,5 +401,31 @@ func TestEmulatedEvaluator(t *testing.T) {
 	}
 	if _, _, err := score(40); err == nil || !strings.Contains(err.Error(), "LogN") {
 		t.Errorf("40 tokens past seq_length 32 on the device: %v", err)
+	}
+}
+
+// TestEmulatedTrainingOutOfMemory: a batch too large for the device's memory is refused when
+// its graph is compiled, naming the allocation, the free memory and the flags to lower.
+func TestEmulatedTrainingOutOfMemory(t *testing.T) {
+	d, err := autograd.OpenDevice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	m, err := model.RandomModel(model.DefaultTiny())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.Exec = &model.CUDA{Device: d}
+	defer func() { m.Exec = nil }()
+	a, err := lora.Apply(m, lora.DefaultConfig(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = lora.NewGradGraph(m, a.Params(), 64, 8192) // logits alone: 34 GiB
+	var ae *autograd.AllocError
+	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "--max-len") || !strings.Contains(err.Error(), "GiB free") {
+		t.Fatalf("a batch of 64 x 8192 on 16 GiB: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package lora
 
 import (
+	"errors"
 	"fmt"
 
 	G "gorgonia.org/gorgonia"
@@ -64,6 +65,9 @@ func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradG
 	}
 	if ge, ok := m.Exec.(model.GradExecutor); ok {
 		p, err := ge.CompileGrad(g, loss, grads, wrt)
+		if ae := (*autograd.AllocError)(nil); errors.As(err, &ae) {
+			return nil, fmt.Errorf("lora: %s: %w: a batch of %d x %d tokens needs more device memory; lower --max-len or --batch-size", m.Exec.Name(), err, batch, seq)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("lora: %s: %w", m.Exec.Name(), err)
 		}
