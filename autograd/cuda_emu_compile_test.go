@@ -7,19 +7,13 @@ import (
 	"testing"
 
 	G "gorgonia.org/gorgonia"
-
-	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 // TestEmulatedFailedCompileFreesAll: a training graph whose compilation fails after its
 // attention (here a kept node that is only a part of the fused qkv gradient) leaves no device
 // memory behind, the attention scratch included.
 func TestEmulatedFailedCompileFreesAll(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	c := newLossCase(t)
 	g, loss, grads := c.build(t, true)
 	var part *G.Node

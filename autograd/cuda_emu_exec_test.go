@@ -15,6 +15,17 @@ import (
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
+// openDevice opens the emulated device for the test, closed when it ends.
+func openDevice(t *testing.T) *autograd.Device {
+	t.Helper()
+	d, err := autograd.OpenDevice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 func TestEmulatedExecutor(t *testing.T) {
 	o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048}
 	m, err := model.RandomModel(o)
@@ -106,11 +117,7 @@ func TestEmulatedSelfTest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the kernel self-test at Qwen-7B's widths is slow on the emulator")
 	}
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	for _, c := range autograd.SelfTest(d, 1) {
 		if !c.OK() {
 			t.Errorf("%s %s: relative error %.2e (tolerance %.0e), %d unwritten, %v", c.Op, c.Shape, c.RelErr, c.Tol, c.Unwritten, c.Err)

@@ -130,11 +130,7 @@ func (c *lossCase) cpu(t *testing.T, grads bool) (float64, [][]float32) {
 // TestEmulatedLossProgram: the forward of the LoRA training graph on the device gives the
 // CPU's loss, with the same dropout masks.
 func TestEmulatedLossProgram(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	c := newLossCase(t)
 	want, _ := c.cpu(t, false)
 	g, loss, _ := c.build(t, false)
@@ -162,11 +158,7 @@ func TestEmulatedLossProgram(t *testing.T) {
 // TestEmulatedGradProgram: the LoRA training graph with its gradients on the device gives the
 // CPU's loss and every A and B gradient within bf16 tolerance.
 func TestEmulatedGradProgram(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	c := newLossCase(t)
 	wantLoss, want := c.cpu(t, true)
 	g, loss, grads := c.build(t, true)
@@ -203,11 +195,7 @@ func TestEmulatedGradProgram(t *testing.T) {
 // (gradients on the device, AdamW on the host) follows the CPU trainer's losses over a few
 // steps with padding, dropout and gradient accumulation.
 func TestEmulatedLoRASteps(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	seqs := randomSeqs(4096)
 	run := func(exec model.Executor) []float64 {
 		m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048})
@@ -279,11 +267,7 @@ func trainSteps(t *testing.T, m *model.Model, exec model.Executor, seqs []data.S
 // TestEmulatedQLoRASteps: Q-LoRA (LoRA on a GPTQ model's packed layers, their input
 // gradients through dequantized weights) on the device follows the CPU's losses.
 func TestEmulatedQLoRASteps(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	o := quantize.DefaultOptions()
 	o.GroupSize = 16 // divides the tiny model's widths (64, 176)
 	dir, err := quantize.WriteTiny(t.TempDir(), model.DefaultTiny(), o, quantize.MethodRTN)
@@ -314,11 +298,7 @@ func TestEmulatedQLoRASteps(t *testing.T) {
 // TestEmulatedLoRARun: lora.Run with Options.Exec set trains on the device and saves an
 // adapter; its losses follow a CPU run's; special-token rows are refused there.
 func TestEmulatedLoRARun(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	tmp := t.TempDir()
 	o := lora.DefaultOptions()
 	o.ModelDir, o.Data = filepath.Join(tmp, "tiny"), filepath.Join(tmp, "chats.jsonl")
@@ -362,11 +342,7 @@ func TestEmulatedLoRARun(t *testing.T) {
 // TestEmulatedEvaluator: model.Evaluator on an executor that runs loss programs scores
 // sequences as the CPU does; one longer than seq_length (LogN) is refused there.
 func TestEmulatedEvaluator(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	m, err := model.RandomModel(model.TinyOptions{Seed: 4, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 32})
 	if err != nil {
 		t.Fatal(err)
@@ -411,11 +387,7 @@ func TestEmulatedEvaluator(t *testing.T) {
 // TestEmulatedTrainingOutOfMemory: a batch too large for the device's memory is refused when
 // its graph is compiled, naming the allocation, the free memory and the flags to lower.
 func TestEmulatedTrainingOutOfMemory(t *testing.T) {
-	d, err := autograd.OpenDevice(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openDevice(t)
 	m, err := model.RandomModel(model.DefaultTiny())
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,8 @@ type Machine struct {
 	// over is, for an op that may overwrite an input with its result, that input's position
 	// in order when it dies at the op; else -1
 	over []int
+	// sums marks gorgonia's element-wise sums, which the Machine runs itself (isAdd)
+	sums []bool
 	keep map[*G.Node]int
 	vals []G.Value
 	pool *pool
@@ -41,7 +43,8 @@ func NewMachine(g *G.ExprGraph, keep ...*G.Node) (*Machine, error) {
 		order[i], order[j] = order[j], order[i]
 	}
 	m := &Machine{order: order, ins: make([][]int, len(order)), drop: make([][]int, len(order)),
-		keep: map[*G.Node]int{}, vals: make([]G.Value, len(order)), pool: newPool(), over: make([]int, len(order))}
+		keep: map[*G.Node]int{}, vals: make([]G.Value, len(order)), pool: newPool(), over: make([]int, len(order)),
+		sums: make([]bool, len(order))}
 	pos := make(map[*G.Node]int, len(order))
 	last := make([]int, len(order)) // the last node reading each value
 	for i, n := range order {
@@ -54,6 +57,7 @@ func NewMachine(g *G.ExprGraph, keep ...*G.Node) (*Machine, error) {
 		if u, ok := n.Op().(pooled); ok {
 			u.usePool(m.pool)
 		}
+		m.sums[i] = n.Op() != nil && isAdd(n.Op())
 	}
 	for _, n := range keep {
 		i, ok := pos[n]
@@ -100,7 +104,7 @@ func (m *Machine) Run() error {
 			inPlace = m.pool.owns(m.vals[c])
 			n.Op().(overwriter).allowInPlace(inPlace)
 		}
-		v, err := m.do(n, in)
+		v, err := m.do(i, n, in)
 		if inPlace {
 			n.Op().(overwriter).allowInPlace(false)
 		}
@@ -131,12 +135,12 @@ func (m *Machine) release(i int) {
 
 // do runs n's op. This package's ops take their results from the pool themselves; gorgonia's
 // own (the residual adds, the sums of gradients) write into a pooled buffer where they can.
-func (m *Machine) do(n *G.Node, in []G.Value) (G.Value, error) {
+func (m *Machine) do(i int, n *G.Node, in []G.Value) (G.Value, error) {
 	op := n.Op()
 	if _, ours := op.(pooled); ours {
 		return op.Do(in...)
 	}
-	if isAdd(op) && len(in) == 2 {
+	if m.sums[i] && len(in) == 2 {
 		if v := m.add(in[0], in[1]); v != nil {
 			return v, nil
 		}
