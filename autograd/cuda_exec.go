@@ -163,6 +163,7 @@ type value struct {
 const (
 	lazyRotary = 1 + iota
 	lazyLinear
+	lazyLogits // lm_head's logits, computed by chunks inside the loss (cuda_chunkloss.go)
 )
 
 func (v value) ptr() *Buffer {
@@ -745,6 +746,9 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 		bias = in[2]
 	}
 	rows, k, nOut := x.rows, x.cols, w.rows
+	if c.deferIntoChunkLoss(n, x, w, bias) {
+		return true, nil
+	}
 	if c.deferIntoSwiGLU(n, x, w, bias) {
 		return true, nil
 	}

@@ -177,6 +177,9 @@ func (c *compiler) crossEntropy(n *G.Node, in []*value) (bool, error) {
 	if o.backward {
 		return c.crossEntropyGrad(n, in)
 	}
+	if x.lazy == lazyLogits {
+		return c.chunkLoss(n, in)
+	}
 	if n != c.out || p.loss == nil {
 		return false, fmt.Errorf("autograd: the cross-entropy of the GPU executor is a loss program's output")
 	}
