@@ -10,9 +10,10 @@ package autograd
 // activations get buffers planned from the graph's liveness (planner), so a buffer is reused
 // as soon as the last node reading it has run, and a run allocates nothing. SplitHeads
 // becomes a view (offset and row stride into the fused qkv projection), the residual adds
-// run in place, and three fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
-// KV-cache append" (deferIntoAttention) and "up and gate projections + SwiGLU"
-// (deferIntoSwiGLU). The KV cache of the Step lives on the device in bf16. A new op is one
+// run in place, and four fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
+// KV-cache append" (deferIntoAttention), "up and gate projections + SwiGLU"
+// (deferIntoSwiGLU) and, in loss programs, "lm_head + cross-entropy by chunks"
+// (deferIntoChunkLoss, cuda_chunkloss.go). The KV cache of the Step lives on the device in bf16. A new op is one
 // emitter and one row of emitters.
 //
 // Inference graphs (batch 1, no padding mask, a KV cache) and loss programs (cuda_loss.go:
