@@ -13,14 +13,15 @@ package autograd
 //	dx [rc, K] (fp32)        = dlogits W                      cuBLAS, into rows of dx
 //
 // so the scratch is one chunk's fp32 logits and bf16 dlogits (lossChunkBytes bounds the
-// first: 128 MiB is 208 rows of Qwen's 151,936 words, against 1.16 GiB of logits and as much
-// again of their gradient for 2048 positions). The cross-entropy's backward and lm_head's
-// input gradient then only name dx (as the SplitHeads gradients name the fused qkv gradient):
-// their nodes are precomputed. Every row's loss, log-sum-exp and bf16 dlogits are those of
-// the unfused path (the same operations in the same order), so a loss or gradient differs
-// from it only where cuBLAS sums a product of rc rows in another order than one of N rows.
-// LoRA on lm_head, special-token rows or a trained lm_head (its logits are an Add, or its
-// weight has a gradient) keep the unfused path.
+// first: 2048 positions of Qwen's 151,936 words run in ten chunks of 208 rows, 181 MiB in
+// all, where the unfused path holds 1.16 GiB of logits, their gradient written over them, and
+// a bf16 copy of it). The cross-entropy's backward and lm_head's input gradient then only
+// name dx (as the SplitHeads gradients name the fused qkv gradient): their nodes are
+// precomputed. Every row's loss, log-sum-exp and bf16 dlogits are those of the unfused path
+// (the same operations in the same order), so a loss or gradient differs from it only where
+// cuBLAS sums a product of rc rows in another order than one of N rows. LoRA on lm_head,
+// special-token rows or a trained lm_head (its logits are an Add, or its weight has a
+// gradient) keep the unfused path.
 
 import (
 	"fmt"
