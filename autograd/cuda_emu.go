@@ -10,7 +10,7 @@ package autograd
 // graph launch runs the recorded work again, as CUDA graphs do. A synchronous call during a
 // capture fails and invalidates it, as in CU_STREAM_CAPTURE_MODE_THREAD_LOCAL. Copies check
 // that their bytes lie in one allocation; kernels are not checked. Timings (events,
-// CopyBandwidth, GemvBandwidth, DecodeBench) measure the CPU and say nothing of a GPU.
+// CopyBandwidth, GemvBandwidth) measure the CPU and say nothing of a GPU.
 
 import (
 	"fmt"

@@ -23,7 +23,7 @@ model through the GPU executor and the CPU graph side by side (prefill, dynamic 
 past seq_length, decoding step by step), and with --golden DIR (the tiny-qwen reference
 directory) compares the GPU's logits and greedy decoding with the reference outputs. It prints
 a table and exits non-zero on any failure. --bench also measures the bf16 GEMV's bandwidth at
-Qwen-7B's shapes and a hand-composed decode step. It needs a binary built with -tags qtcuda
+Qwen-7B's shapes (qwen-tune bench measures decoding). It needs a binary built with -tags qtcuda
 and an NVIDIA GPU.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -36,6 +36,6 @@ and an NVIDIA GPU.`,
 	f := cmd.Flags()
 	f.StringVar(&o.device, "device", "cuda", "the device to check (cuda)")
 	f.StringVar(&o.golden, "golden", "", "tiny-qwen reference directory (config, weights, golden.safetensors, golden_greedy.json)")
-	f.BoolVar(&o.bench, "bench", false, "also measure GEMV bandwidth and a hand-composed decode step at Qwen-7B's shapes")
+	f.BoolVar(&o.bench, "bench", false, "also measure the bf16 GEMV's bandwidth at Qwen-7B's shapes (qwen-tune bench measures decoding)")
 	return cmd
 }

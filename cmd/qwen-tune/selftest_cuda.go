@@ -74,15 +74,6 @@ func runSelftest(cmd *cobra.Command, o selftestOpts) error {
 			}
 			fmt.Fprintln(out)
 		}
-		shape := autograd.DecodeShape{Vocab: 151936, Hidden: 4096, Layers: 32, Heads: 32, HeadDim: 128, MLP: 11008}
-		for _, ctx := range []int{1, 2048} {
-			r, err := autograd.DecodeBench(d, shape, ctx, 256)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "hand-composed decode, Qwen-7B shapes, batch 1, %d tokens after %d: %.1f tokens/s (%.2f GB of bf16 weights, %d launches per token)\n",
-				r.Tokens, ctx, r.TokensPerSec, float64(r.WeightBytes)/1e9, r.LaunchesPerTk)
-		}
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d checks failed", failed, len(checks))
