@@ -59,10 +59,10 @@ func trainAll(t *testing.T, tr *Trainer) []StepResult {
 	return out
 }
 
-// TestDeviceTrainerFollowsCPU: four steps (dropout, two micro-batches each, clipping) with
+// TestTrainerFollowsCPUOnDevice: four steps (dropout, two micro-batches each, clipping) with
 // the optimizer on the device follow the CPU trainer's losses, gradient norms and trained
 // values; the host sees the device's values after Sync.
-func TestDeviceTrainerFollowsCPU(t *testing.T) {
+func TestTrainerFollowsCPUOnDevice(t *testing.T) {
 	dir, seqs, pad := tinySetup(t)
 	exec := openTestCUDA(t)
 	cpu := newTestTrainer(t, dir, seqs, pad)
@@ -93,10 +93,10 @@ func TestDeviceTrainerFollowsCPU(t *testing.T) {
 	}
 }
 
-// TestDeviceResumeIsBitExact: on the device, 4 straight steps equal 2 steps, a checkpoint
+// TestResumeIsBitExactOnDevice: on the device, 4 straight steps equal 2 steps, a checkpoint
 // (the device's values and moments brought back), a new trainer restored from it (uploaded)
 // and 2 more, bit for bit: the losses, and the adapter, trained values and moments saved.
-func TestDeviceResumeIsBitExact(t *testing.T) {
+func TestResumeIsBitExactOnDevice(t *testing.T) {
 	dir, seqs, pad := tinySetup(t)
 	exec := openTestCUDA(t)
 	straight := newDeviceTrainer(t, dir, exec, seqs, pad)
@@ -144,11 +144,11 @@ func TestDeviceResumeIsBitExact(t *testing.T) {
 	}
 }
 
-// TestDeviceStopsAtNonFinite: with a learning rate of 1e38 on the device, an update makes
+// TestNonFiniteGoesBackOnDevice: with a learning rate of 1e38 on the device, an update makes
 // weights whose loss is not finite; the next step is not taken and the trainer goes back to
 // before that update, as on the CPU: the host then reads the state after the update before
 // it, bit for bit, a checkpoint saves it, and training can go on from there.
-func TestDeviceStopsAtNonFinite(t *testing.T) {
+func TestNonFiniteGoesBackOnDevice(t *testing.T) {
 	dir, seqs, pad := tinySetup(t)
 	exec := openTestCUDA(t)
 	// run trains at lr 1e38 until a step fails; states[k] is the host's state after k updates
