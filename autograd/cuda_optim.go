@@ -20,6 +20,11 @@ package autograd
 // the host. Each kernel is element-wise or reduces in a fixed order: a step gives the same
 // bits every run, and the host's on the same gradients (the norm to the last bits of its
 // sum's order).
+//
+// The programs read the bf16 copies, as they read every weight: their GEMMs round the
+// activations to bf16 as well, so float32 LoRA matrices would change only the rounding of A
+// and B, and would need float32 GEMM paths in the emitters. The float32 values are what the
+// optimizer updates: steps smaller than bf16's resolution add up there.
 
 import (
 	"fmt"
@@ -31,7 +36,7 @@ import (
 )
 
 // ParamSet is a run's trained parameters on the device (see above). Its methods must be
-// called from the device's goroutine; Close it before the Device.
+// called from the device's goroutine.
 type ParamSet struct {
 	d      *Device
 	names  []string
