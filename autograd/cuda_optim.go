@@ -56,8 +56,7 @@ type ParamSet struct {
 // NewParamSet keeps the float32 parameters values (named names, for errors) on d: it
 // allocates their state and takes over their bf16 weight buffers (allocated here for a
 // parameter no program has uploaded yet, so programs compiled later find them; they stay
-// with the device as uploaded weights do). Call Upload
-// before the first step.
+// with the device as uploaded weights do). Call Upload before the first step.
 func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSet, err error) {
 	if len(names) != len(values) || len(values) == 0 {
 		return nil, fmt.Errorf("autograd: a parameter set of %d values with %d names", len(values), len(names))
