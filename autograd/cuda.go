@@ -105,6 +105,9 @@ type Device struct {
 	caches          map[*KVCache]*deviceCache
 	weights         map[uintptr]*Buffer
 	int4            map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
+	// trained are the weights a ParamSet keeps (by host pointer, as weights): its updates
+	// write their bf16 copies, which RefreshWeights leaves alone
+	trained map[uintptr]*ParamSet
 }
 
 // CUDAError names the CUDA call that failed.
@@ -159,9 +162,9 @@ func OpenDevice(ordinal int) (*Device, error) {
 }
 
 // lazyModules are the PTX files loaded when one of their kernels is first launched instead
-// of when the device opens: the training and Int4 kernels, which inference on dense weights
+// of when the device opens: the training, optimizer and Int4 kernels, which inference on dense weights
 // never needs.
-var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true, "kernels/chunkloss.ptx": true}
+var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true, "kernels/chunkloss.ptx": true, "kernels/optim.ptx": true}
 
 // loadPTX loads the embedded module f and registers its kernels.
 func (d *Device) loadPTX(f string) error {

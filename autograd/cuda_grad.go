@@ -26,8 +26,9 @@ func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step
 }
 
 // RefreshWeights uploads the current host values of parameters already on the device (the
-// trained ones, after an optimizer step) into their device buffers, rounded to bf16 as the
-// first upload was.
+// trained ones, after an optimizer step on the host) into their device buffers, rounded to
+// bf16 as the first upload was. Parameters a ParamSet keeps are left alone: its updates
+// write them.
 func (d *Device) RefreshWeights(params []*G.Node) error {
 	for _, n := range params {
 		v, ok := n.Value().(*tensor.Dense)
@@ -36,8 +37,8 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 		}
 		b := d.weights[uintptr(v.Uintptr())]
 		data, ok := v.Data().([]float32)
-		if b == nil || !ok {
-			continue // not uploaded by a program yet, or not trainable in float32
+		if b == nil || !ok || d.trained[uintptr(v.Uintptr())] != nil {
+			continue // not uploaded by a program yet, not trainable in float32, or kept by a ParamSet
 		}
 		bf := make([]uint16, len(data))
 		for i, f := range data {

@@ -21,7 +21,8 @@
 // executor (cuda_exec.go, under the qtcuda or cudaemu build tag) walks the same graph and
 // turns each node, by its op type, into launches of the kernels in kernels/ (cuda.go: the
 // runtime and launchers; cublas.go: the cuBLAS products; cuda_graph.go: CUDA graphs;
-// cuda_int4.go: GPTQ layers; cuda_selftest.go: every kernel against its CPU twin), so model
+// cuda_int4.go: GPTQ layers; cuda_optim.go: a run's trained parameters and their AdamW
+// state kept on the device; cuda_selftest.go: every kernel against its CPU twin), so model
 // code never changes. All of
 // it reaches CUDA through one driver interface (cuda.go): the CUDA driver API and cuBLAS by
 // dlopen with -tags qtcuda (cuda_driver.go), or their emulation on the CPU with -tags

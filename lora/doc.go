@@ -11,5 +11,7 @@
 // the adapter, resumable checkpoints, training_config.json and metrics.jsonl out, with Hooks
 // for progress and for stopping early. A resumed run continues from its latest checkpoint,
 // or from step 0 when it has none, after tidying what a killed run left and checking that
-// the model, the data's sha256 and the settings are the run's.
+// the model, the data's sha256 and the settings are the run's. On an executor that keeps the
+// optimizer (model.OptimExecutor, the GPU's) the trained values and AdamW's moments live on
+// the device between steps; Trainer.Sync brings them to the host.
 package lora

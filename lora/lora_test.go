@@ -144,14 +144,20 @@ func goldenTrajectory(t *testing.T, exec model.Executor, tol trajectoryTol) {
 	}
 	opt := optim.NewAdamW(sizes, 0.9, 0.999, 1e-8, 0.1)
 	sched := optim.Schedule{Kind: "cosine", Peak: 1e-2, Warmup: 2, Total: 10}
+	dev := goldenDeviceParams(t, exec, params, values, opt)
 	var worstLoss, worstNorm float64
 	for _, w := range want.Steps {
-		loss, grads, err := gg.Run(gd.batch, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		norm := optim.ClipGradNorm(grads, 1.0)
 		lr := sched.LR(w.Step)
+		var loss, norm float64
+		var grads [][]float32
+		if dev != nil { // the trainer's step on the device: clipping and AdamW there
+			loss, norm = goldenDeviceStep(t, gg, dev, gd.batch, opt, lr)
+		} else {
+			if loss, grads, err = gg.Run(gd.batch, 0); err != nil {
+				t.Fatal(err)
+			}
+			norm = optim.ClipGradNorm(grads, 1.0)
+		}
 		if math.Abs(lr-w.LR) > 1e-12 { // measured 0
 			t.Errorf("step %d: lr %g, golden %g", w.Step, lr, w.LR)
 		}
@@ -162,6 +168,9 @@ func goldenTrajectory(t *testing.T, exec model.Executor, tol trajectoryTol) {
 		if math.Abs(norm-w.GradNorm) > tol.norm*w.GradNorm {
 			t.Errorf("step %d: grad norm %.7f, golden %.7f", w.Step, norm, w.GradNorm)
 		}
+		if dev != nil {
+			continue
+		}
 		if err := opt.Update(values, grads, lr); err != nil {
 			t.Fatal(err)
 		}
@@ -169,6 +178,11 @@ func goldenTrajectory(t *testing.T, exec model.Executor, tol trajectoryTol) {
 	loss, _, err := gg.Run(gd.batch, 0)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if dev != nil {
+		if err := dev.Download(values, opt.M, opt.V); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if math.Abs(loss-want.FinalLoss) > tol.final*want.FinalLoss {
 		t.Errorf("final loss %.7f, golden %.7f", loss, want.FinalLoss)
@@ -194,6 +208,51 @@ func goldenTrajectory(t *testing.T, exec model.Executor, tol trajectoryTol) {
 	}
 	t.Logf("worst relative differences: loss %.3g, gradient norm %.3g, final loss %.3g, adapter after 10 steps %.3g",
 		worstLoss, worstNorm, math.Abs(loss-want.FinalLoss)/want.FinalLoss, worst)
+}
+
+// goldenDeviceParams keeps params on exec's device with their optimizer when it can
+// (model.OptimExecutor), as the trainer does; nil otherwise.
+func goldenDeviceParams(t *testing.T, exec model.Executor, params []*model.Param, values [][]float32, opt *optim.AdamW) model.DeviceParams {
+	ox, ok := exec.(model.OptimExecutor)
+	if !ok {
+		return nil
+	}
+	dev, err := ox.NewDeviceParams(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if err := dev.Upload(values, opt.M, opt.V); err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
+
+// goldenDeviceStep is one golden step as the trainer takes it on the device: the batch's
+// gradients pooled with its trained tokens as weight, clipped at 1 and AdamW at lr there. It
+// returns the loss and the norm before clipping.
+func goldenDeviceStep(t *testing.T, gg *GradGraph, dev model.DeviceParams, b *Batch, opt *optim.AdamW, lr float64) (float64, float64) {
+	t.Helper()
+	gg.set(b, 0)
+	if err := gg.device.Run(); err != nil {
+		t.Fatal(err)
+	}
+	loss, err := gg.device.Loss()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := b.Targets()
+	if err := dev.Accumulate(gg.device, n, true); err != nil {
+		t.Fatal(err)
+	}
+	norm, err := dev.Clip(n, 1.0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Update(opt, lr); err != nil {
+		t.Fatal(err)
+	}
+	return loss, norm
 }
 
 // TestLoadPEFTVariants: adapters written by PEFT may name targets by regular expression or by

@@ -22,7 +22,8 @@ type Options struct {
 	Data     string // conversations JSON/JSONL, messages JSONL or input_ids JSONL
 	Out      string // the adapter, checkpoints, metrics and training_config.json go here
 	// Exec, when it runs training graphs (model.GradExecutor, the GPU's), computes the loss
-	// and the gradients; the optimizer stays on the host. nil: the CPU.
+	// and the gradients, and the optimizer's step where it keeps the trained parameters
+	// (model.OptimExecutor, the GPU's). nil: the CPU.
 	Exec model.Executor
 	// Metrics is the file of one JSON line per step (default: Out/metrics.jsonl).
 	Metrics string

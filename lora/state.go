@@ -34,6 +34,9 @@ type TrainerState struct {
 // bit, and the state. It is built in checkpoint-<step>.tmp, which a failure removes, and
 // renamed into place (the directory synced); older checkpoints are then removed.
 func (t *Trainer) SaveCheckpoint(out, baseModel string, extra []checkpoints.Tensor) (_ string, err error) {
+	if err := t.Sync(); err != nil { // the device's values and moments, where it keeps them
+		return "", err
+	}
 	final := filepath.Join(out, CheckpointPrefix+strconv.Itoa(t.Step))
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
@@ -176,6 +179,7 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 		}
 	}
 	t.Step, t.Opt.Step = st.Step, st.AdamStep
+	t.dev.hostChanged()
 	return nil
 }
 

@@ -83,10 +83,7 @@ func NewGradGraph(m *model.Model, params []*model.Param, batch, seq int) (*GradG
 // Run computes the mean loss of b and the gradients (one slice per parameter, owned by the
 // graph until the next Run). seed draws the dropout masks.
 func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
-	st := gg.step
-	st.IDs, st.Labels, st.KeyMask = b.IDs, b.Labels, b.Mask
-	st.Seed = seed
-	st.Segments, st.Positions = b.Segments, b.Positions
+	gg.set(b, seed)
 	if gg.device != nil {
 		if err := gg.device.Run(); err != nil {
 			return 0, nil, err
@@ -115,6 +112,14 @@ func (gg *GradGraph) Run(b *Batch, seed uint64) (float64, [][]float32, error) {
 		grads[i] = v.Data().([]float32)
 	}
 	return loss, grads, nil
+}
+
+// set puts b and the dropout seed in the graph's Step.
+func (gg *GradGraph) set(b *Batch, seed uint64) {
+	st := gg.step
+	st.IDs, st.Labels, st.KeyMask = b.IDs, b.Labels, b.Mask
+	st.Seed = seed
+	st.Segments, st.Positions = b.Segments, b.Positions
 }
 
 // Close releases the graph.

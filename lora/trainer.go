@@ -138,6 +138,9 @@ type Trainer struct {
 	// before is the state the last update started from: the weights that gave that step its
 	// finite loss, and the optimizer's moments then (a non-finite step goes back to it).
 	before *trainState
+	// dev keeps the trained parameters and the optimizer on an executor's device
+	// (model.OptimExecutor; device_optim.go), nil until its first step.
+	dev deviceState
 }
 
 // trainState is a copy of the trained values and the optimizer's moments and step count.
@@ -276,7 +279,7 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 		limit = maxDeviceGraphs
 	}
 	if len(t.graphs) >= limit {
-		if err := t.Close(); err != nil {
+		if err := t.closeGraphs(); err != nil {
 			return nil, err
 		}
 	}
@@ -286,6 +289,23 @@ func (t *Trainer) graph(b *Batch) (*GradGraph, error) {
 	}
 	t.graphs[key] = g
 	return g, nil
+}
+
+// microBatch is micro-batch k of the current step: its padded batch, how many of its
+// labels count (Targets) and its real (not padding) tokens.
+func (t *Trainer) microBatch(k int) (b *Batch, targets, seen int) {
+	first := (t.Step*t.Cfg.GradAccum + k) * t.Cfg.BatchSize
+	seqs := make([]data.Sequence, t.Cfg.BatchSize)
+	for i := range seqs {
+		seqs[i] = t.sequence(first + i)
+	}
+	b = MakeBatch(seqs, t.PadID, t.Cfg.MaxLen)
+	for _, real := range b.Mask {
+		if real {
+			seen++
+		}
+	}
+	return b, b.Targets(), seen
 }
 
 // dropoutSeed is the dropout stream of a micro-batch: a function of the run's seed and its
@@ -298,6 +318,9 @@ func (t *Trainer) dropoutSeed(step, micro int) uint64 {
 // gradients pooled token-weighted (the loss of the step is the mean over all its trained
 // tokens), clipped, then AdamW at the scheduled learning rate.
 func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
+	if ox, ok := t.Model.Exec.(model.OptimExecutor); ok {
+		return t.deviceStep(ctx, ox)
+	}
 	res := StepResult{Step: t.Step, LR: t.Sched.LR(t.Step)}
 	sum := t.sum
 	for _, g := range sum {
@@ -308,13 +331,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		first := (t.Step*t.Cfg.GradAccum + k) * t.Cfg.BatchSize
-		seqs := make([]data.Sequence, t.Cfg.BatchSize)
-		for i := range seqs {
-			seqs[i] = t.sequence(first + i)
-		}
-		b := MakeBatch(seqs, t.PadID, t.Cfg.MaxLen)
-		n := b.Targets()
+		b, n, seen := t.microBatch(k)
 		if n == 0 {
 			continue
 		}
@@ -340,11 +357,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 		}
 		lossSum += loss * float64(n)
 		res.Tokens += n
-		for _, real := range b.Mask {
-			if real {
-				res.Seen++
-			}
-		}
+		res.Seen += seen
 	}
 	if res.Tokens == 0 {
 		return res, fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)
@@ -424,6 +437,11 @@ func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
 func (t *Trainer) Evaluate() (loss float64, err error) {
+	if _, ok := t.Model.Exec.(model.GradExecutor); !ok { // on the CPU: the host's values
+		if err := t.Sync(); err != nil {
+			return 0, err
+		}
+	}
 	ev := t.Model.NewEvaluatorMode(model.Evaluation)
 	defer func() {
 		if cerr := ev.Close(); cerr != nil && err == nil {
@@ -446,8 +464,14 @@ func (t *Trainer) Evaluate() (loss float64, err error) {
 	return sum / float64(n), nil
 }
 
-// Close releases the compiled graphs.
+// Close releases the compiled graphs and the device's parameters, their values and
+// moments first brought back to t.Params and t.Opt.
 func (t *Trainer) Close() error {
+	return errors.Join(t.closeGraphs(), t.closeDevice())
+}
+
+// closeGraphs releases the compiled graphs.
+func (t *Trainer) closeGraphs() error {
 	var errs []error
 	for k, g := range t.graphs {
 		errs = append(errs, g.Close())

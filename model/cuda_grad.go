@@ -19,7 +19,8 @@ func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.N
 }
 
 // deviceGrad is a GradProgram on a Device: the trained parameters' host values are uploaded
-// before every run (the optimizer updates them on the host).
+// before every run (the optimizer updates them on the host), except those a ParamSet keeps
+// on the device (NewDeviceParams), whose updates write them there.
 type deviceGrad struct {
 	d *autograd.Device
 	*autograd.Program

@@ -37,8 +37,8 @@ decode floor), and the decode speed is reported as a fraction of it.
 benchmarks random bf16 weights of Qwen-7B's exact configuration generated in memory (15.4 GB).
 --cache sets the KV cache capacity (e.g. 8192 to see the memory of a long context).
 
---train measures LoRA training instead (on --device: the loss and gradients there, the
-optimizer on the host): --steps optimizer steps (after one warm-up step) of
+--train measures LoRA training instead (on --device: the loss, the gradients and the
+optimizer there): --steps optimizer steps (after one warm-up step) of
 --batch-size random sequences of --max-len tokens, every token trained, Qwen's recipe (r 64
 on c_attn, c_proj, w1, w2, AdamW), and reports tokens per second, the step time, the
 trained parameters and their optimizer state, the matrix FLOPs of a step and peak memory.`,

@@ -80,7 +80,7 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 	f.IntVar(&logEvery, "log-every", 0, "without a terminal, print a progress line every N steps (0 = every 5% of the run)")
 	registerTrainFlags(f, &o.Train, &targets)
 	var device string
-	f.StringVar(&device, "device", "cpu", "where the loss and the gradients are computed: cpu, or cuda (the GPU of a build with -tags qtcuda; the optimizer stays on the host)")
+	f.StringVar(&device, "device", "cpu", "where the loss and the gradients are computed: cpu, or cuda (the GPU of a build with -tags qtcuda; the optimizer runs there too)")
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		cuda, err := wantsCUDA(device)

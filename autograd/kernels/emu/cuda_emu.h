@@ -126,6 +126,10 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned 
 // The rounded double operations nvcc never fuses into multiply-adds.
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
+// Their float twins, and the correctly rounded float division.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 
 // min and max of CUDA's global namespace (same-type overloads).
 inline int min(int a, int b) { return a < b ? a : b; }

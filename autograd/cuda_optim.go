@@ -1,0 +1,273 @@
+//go:build qtcuda || cudaemu
+
+package autograd
+
+// The trained parameters of a run kept on the device, with everything the optimizer needs,
+// so that no gradient and no weight crosses to the host between steps:
+//
+//	master [n] float32   the parameters' values (the optimizer's, as the host's p.Value)
+//	m, v   [n] float32   AdamW's moments
+//	grad   [n] float32   the step's gradient sum, then its mean, clipped
+//	keep   [3n] float32  master, m and v before the last update (a non-finite step goes back)
+//	bf16 copies           the weights every program's GEMMs read (Device.weights by host
+//	                      pointer, as Compile uploads them), rewritten from master by each
+//	                      update
+//
+// n is the parameters' sizes together, laid out one after another. A step is: Accumulate
+// after each micro-batch's program has run (its kept gradients, weighted by the micro-batch's
+// trained tokens), Clip (divided by the step's tokens, the global norm, clipped), Update
+// (AdamW at the host schedule's learning rate); only the norm's partial sums come back to
+// the host. Each kernel is element-wise or reduces in a fixed order: a step gives the same
+// bits every run, and the host's on the same gradients (the norm to the last bits of its
+// sum's order).
+//
+// The programs read the bf16 copies, as they read every weight: their GEMMs round the
+// activations to bf16 as well, so float32 LoRA matrices would change only the rounding of A
+// and B, and would need float32 GEMM paths in the emitters. The float32 values are what the
+// optimizer updates: steps smaller than bf16's resolution add up there.
+
+import (
+	"fmt"
+	"unsafe"
+
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/optim"
+)
+
+// ParamSet is a run's trained parameters on the device (see above). Its methods must be
+// called from the device's goroutine.
+type ParamSet struct {
+	d      *Device
+	names  []string
+	keys   []uintptr // host pointers of the values: Device.weights' keys
+	sizes  []int64
+	offs   []int64 // where each parameter starts in the flat buffers, in floats
+	n      int64
+	master *Buffer
+	m, v   *Buffer
+	grad   *Buffer
+	keep   *Buffer
+	bf16   []*Buffer
+	kept   bool // keep holds the state before the last update
+	keptAt int  // the optimizer's step count then
+}
+
+// NewParamSet keeps the float32 parameters values (named names, for errors) on d: it
+// allocates their state and takes over their bf16 weight buffers (allocated here for a
+// parameter no program has uploaded yet, so programs compiled later find them; they stay
+// with the device as uploaded weights do). Call Upload before the first step.
+func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSet, err error) {
+	if len(names) != len(values) || len(values) == 0 {
+		return nil, fmt.Errorf("autograd: a parameter set of %d values with %d names", len(values), len(names))
+	}
+	s = &ParamSet{d: d, names: names}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	for i, v := range values {
+		if _, ok := v.Data().([]float32); !ok || v.Size() == 0 {
+			return nil, fmt.Errorf("autograd: parameter %s is not a float32 tensor: only those train on the device", names[i])
+		}
+		key := uintptr(v.Uintptr())
+		if o := d.trained[key]; o != nil {
+			return nil, fmt.Errorf("autograd: parameter %s is kept by another parameter set on %s", names[i], d.Name)
+		}
+		s.keys, s.sizes, s.offs = append(s.keys, key), append(s.sizes, int64(v.Size())), append(s.offs, s.n)
+		s.n += int64(v.Size())
+	}
+	for _, b := range []struct {
+		buf   **Buffer
+		bytes int64
+		what  string
+	}{{&s.master, s.n * 4, "trained parameters (float32)"}, {&s.m, s.n * 4, "AdamW first moments"}, {&s.v, s.n * 4, "AdamW second moments"},
+		{&s.grad, s.n * 4, "gradient sums"}, {&s.keep, 3 * s.n * 4, "trained parameters and moments before the last update"}} {
+		if *b.buf, err = d.Alloc(b.bytes, b.what); err != nil {
+			return nil, err
+		}
+	}
+	if d.trained == nil {
+		d.trained = map[uintptr]*ParamSet{}
+	}
+	for i, key := range s.keys {
+		b := d.weights[key]
+		if b != nil && b.Bytes != s.sizes[i]*2 {
+			return nil, fmt.Errorf("autograd: parameter %s: its device copy holds %d bytes, not %d bf16 values", names[i], b.Bytes, s.sizes[i])
+		}
+		if b == nil {
+			if b, err = d.Alloc(s.sizes[i]*2, names[i]); err != nil {
+				return nil, err
+			}
+			d.weights[key] = b
+		}
+		s.bf16 = append(s.bf16, b)
+		d.trained[key] = s
+	}
+	return s, nil
+}
+
+// Bytes is the device memory the set holds besides the bf16 weights the programs read: 28
+// bytes a parameter (values, moments and gradient sums in float32, and the kept values and
+// moments).
+func (s *ParamSet) Bytes() int64 { return 7 * 4 * s.n }
+
+// Len is how many parameters the set holds, in floats.
+func (s *ParamSet) Len() int64 { return s.n }
+
+// slice is parameter i's part of a flat float32 buffer b.
+func (s *ParamSet) slice(b *Buffer, i int) *Buffer { return b.Slice(s.offs[i]*4, s.sizes[i]*4) }
+
+// check validates host slices (one per parameter, of its size) against the set.
+func (s *ParamSet) check(what string, xs [][]float32) error {
+	if len(xs) != len(s.sizes) {
+		return fmt.Errorf("autograd: %d %s for a parameter set of %d", len(xs), what, len(s.sizes))
+	}
+	for i, x := range xs {
+		if int64(len(x)) != s.sizes[i] {
+			return fmt.Errorf("autograd: parameter %s: %d %s values for %d", s.names[i], len(x), what, s.sizes[i])
+		}
+	}
+	return nil
+}
+
+// Upload puts the host's values and AdamW moments (one slice per parameter) on the device
+// and writes the bf16 copies from them: the state to train from (a fresh start, or a
+// checkpoint resumed). What was kept for going back is dropped.
+func (s *ParamSet) Upload(values, m, v [][]float32) error {
+	for _, x := range []struct {
+		what string
+		host [][]float32
+		dev  *Buffer
+	}{{"values", values, s.master}, {"first moments", m, s.m}, {"second moments", v, s.v}} {
+		if err := s.check(x.what, x.host); err != nil {
+			return err
+		}
+		for i, h := range x.host {
+			if err := cudaErr("cuMemcpyHtoD("+s.names[i]+")", s.d.drv.memcpyHtoD(x.dev.Ptr+devPtr(s.offs[i]*4), unsafe.Pointer(&h[0]), s.sizes[i]*4)); err != nil {
+				return err
+			}
+		}
+	}
+	s.kept = false
+	return s.weights()
+}
+
+// Download copies the device's values and AdamW moments into the host slices (one per
+// parameter): for a checkpoint, the adapter, or anything else the host reads.
+func (s *ParamSet) Download(values, m, v [][]float32) error {
+	for _, x := range []struct {
+		what string
+		host [][]float32
+		dev  *Buffer
+	}{{"values", values, s.master}, {"first moments", m, s.m}, {"second moments", v, s.v}} {
+		if err := s.check(x.what, x.host); err != nil {
+			return err
+		}
+		for i, h := range x.host {
+			if err := Download(s.d, h, s.slice(x.dev, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// weights rewrites the programs' bf16 weights from the float32 values (rounded to nearest,
+// ties to even, as the first upload).
+func (s *ParamSet) weights() error {
+	for i, b := range s.bf16 {
+		if err := s.d.ToBF16Rows(b, s.slice(s.master, i), 1, int(s.sizes[i]), int(s.sizes[i])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Accumulate adds the gradients p kept (CompileGrad's grads, in the set's order) from its
+// last run, times tokens, to the step's sums; first starts them from zero. The host's
+// float32 arithmetic: sum += g * float32(tokens).
+func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
+	if p.d != s.d {
+		return fmt.Errorf("autograd: a program of another device")
+	}
+	if len(p.keep) != len(s.sizes) {
+		return fmt.Errorf("autograd: a program with %d gradients for a parameter set of %d", len(p.keep), len(s.sizes))
+	}
+	f := 0
+	if first {
+		f = 1
+	}
+	for i, v := range p.keep {
+		if v.stride != v.cols || v.bf16 || v.parts != 0 || int64(v.rows)*int64(v.cols) != s.sizes[i] {
+			return fmt.Errorf("autograd: the gradient of %s is not a whole float32 value of %d elements", s.names[i], s.sizes[i])
+		}
+		if err := s.d.launch("grad_accumulate", grid(s.sizes[i]), trainBlock, 0, s.slice(s.grad, i), v.ptr(), s.sizes[i], float32(tokens), f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Clip turns the step's sums into the mean gradient over tokens (the host's float32
+// division) and clips it to the global norm maxNorm as optim.ClipGradNorm (ClipGradNorm on
+// the device: the sum of squares in a fixed order). It returns the norm before clipping.
+func (s *ParamSet) Clip(tokens int, maxNorm float64) (float64, error) {
+	if tokens <= 0 {
+		return 0, fmt.Errorf("autograd: a step of %d tokens", tokens)
+	}
+	if err := s.d.launch("div_f32", grid(s.n), trainBlock, 0, s.grad, s.n, float32(tokens)); err != nil {
+		return 0, err
+	}
+	return s.d.ClipGradNorm([]*Buffer{s.grad}, []int64{s.n}, maxNorm)
+}
+
+// Update keeps the values and moments (for GoBack), advances o.Step and runs AdamW with o's
+// hyperparameters (its host moments are not used) at learning rate lr on the clipped mean
+// gradient, then rewrites the programs' bf16 weights.
+func (s *ParamSet) Update(o *optim.AdamW, lr float64) error {
+	for i, b := range []*Buffer{s.master, s.m, s.v} {
+		if err := s.d.copyDtoD(s.keep.Ptr+devPtr(int64(i)*s.n*4), b.Ptr, s.n*4); err != nil {
+			return err
+		}
+	}
+	s.kept, s.keptAt = true, o.Step
+	if err := s.d.AdamW(s.master, s.m, s.v, s.grad, s.n, o, o.Step+1, lr); err != nil {
+		return err
+	}
+	o.Step++
+	return s.weights()
+}
+
+// GoBack restores the values, moments and o.Step from before the last Update, once.
+func (s *ParamSet) GoBack(o *optim.AdamW) error {
+	if !s.kept {
+		return fmt.Errorf("autograd: no update to go back from")
+	}
+	for i, b := range []*Buffer{s.master, s.m, s.v} {
+		if err := s.d.copyDtoD(b.Ptr, s.keep.Ptr+devPtr(int64(i)*s.n*4), s.n*4); err != nil {
+			return err
+		}
+	}
+	s.kept, o.Step = false, s.keptAt
+	return s.weights()
+}
+
+// Close frees the set's memory (nothing once the device is closed). The bf16 weights stay
+// with the device, holding the last update's values, for programs that still read them.
+func (s *ParamSet) Close() {
+	d := s.d
+	for _, key := range s.keys {
+		if d.trained[key] == s {
+			delete(d.trained, key)
+		}
+	}
+	if d.pool == nil { // closed: every buffer is gone
+		return
+	}
+	for _, b := range []*Buffer{s.master, s.m, s.v, s.grad, s.keep} {
+		d.Free(b)
+	}
+	s.master, s.m, s.v, s.grad, s.keep = nil, nil, nil, nil, nil
+}

@@ -1,0 +1,41 @@
+//go:build qtcuda || cudaemu
+
+package model
+
+import (
+	"fmt"
+
+	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+)
+
+// NewDeviceParams keeps params on the GPU in an autograd.ParamSet (model.OptimExecutor).
+func (c *CUDA) NewDeviceParams(params []*Param) (DeviceParams, error) {
+	names := make([]string, len(params))
+	values := make([]*tensor.Dense, len(params))
+	for i, p := range params {
+		names[i], values[i] = p.Name, p.Value
+	}
+	s, err := c.Device.NewParamSet(names, values)
+	if err != nil {
+		return nil, err
+	}
+	return deviceParams{s}, nil
+}
+
+// deviceParams is DeviceParams on a ParamSet.
+type deviceParams struct{ *autograd.ParamSet }
+
+func (p deviceParams) Accumulate(prog GradProgram, tokens int, first bool) error {
+	g, ok := prog.(*deviceGrad)
+	if !ok {
+		return fmt.Errorf("model: gradients of a %T, not of a program on the GPU", prog)
+	}
+	return p.ParamSet.Accumulate(g.Program, tokens, first)
+}
+
+func (p deviceParams) Close() error {
+	p.ParamSet.Close()
+	return nil
+}
