@@ -165,6 +165,7 @@ const (
 	lazyRotary = 1 + iota
 	lazyLinear
 	lazyLogits // lm_head's logits, computed by chunks inside the loss (cuda_chunkloss.go)
+	lazyColumns // PlaceColumns, deferred into the add that reads it (cuda_embed_grad.go)
 )
 
 func (v value) ptr() *Buffer {
@@ -339,6 +340,8 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&attnGradOp{}):     (*compiler).attentionGrad,
 	reflect.TypeOf(&pickOp{}):         (*compiler).pick,
 	reflect.TypeOf(&mergePartOp{}):    (*compiler).mergePart,
+	reflect.TypeOf(&scatterOp{}):      (*compiler).scatter,
+	reflect.TypeOf(&columnsOp{}):      (*compiler).columns,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
@@ -688,8 +691,10 @@ func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {
 			}
 			return nil
 		})
+	case "EmbeddingRows":
+		return c.gatherRows(n, in)
 	default:
-		return false, fmt.Errorf("autograd: %s has no GPU kernel (special-token rows: merge the adapter to run it, train it on the CPU)", o.name)
+		return false, fmt.Errorf("autograd: %s has no GPU kernel", o.name)
 	}
 	return false, nil
 }
@@ -1019,6 +1024,9 @@ func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
 	a, b := in[0], in[1]
 	if a.parts != 0 || b.parts != 0 {
 		return c.addParts(n, a, b)
+	}
+	if a.lazy == lazyColumns || b.lazy == lazyColumns {
+		return c.addColumns(n, a, b)
 	}
 	if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
 		return false, fmt.Errorf("autograd: add of %v and %v", c.kids[n][0].Shape(), c.kids[n][1].Shape())

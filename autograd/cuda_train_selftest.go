@@ -20,7 +20,7 @@ import (
 // results are bitwise the CPU's (dropout, AdamW, the embedding rows' gradient) have none.
 func trainChecks(d *Device, r *rand.Rand) []Check {
 	var checks []Check
-	for _, group := range []func(*Device, *rand.Rand) []Check{elementwiseTrainChecks, lossChecks, optimizerChecks, attentionTrainChecks} {
+	for _, group := range []func(*Device, *rand.Rand) []Check{elementwiseTrainChecks, lossChecks, optimizerChecks, attentionTrainChecks, embedGradChecks} {
 		checks = append(checks, group(d, r)...)
 	}
 	return checks

@@ -83,18 +83,10 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx := o.index()
-	if len(idx) != o.n {
-		return nil, fmt.Errorf("autograd: %s: %d indices for a graph built for %d", o.name, len(idx), o.n)
-	}
 	rows, h := w.Shape()[0], w.Shape()[1]
-	for i, id := range idx {
-		if o.sparse && id == -1 {
-			continue
-		}
-		if id < 0 || int(id) >= rows {
-			return nil, fmt.Errorf("autograd: %s: %s %d at position %d is outside [0, %d)", o.name, o.what, id, i, rows)
-		}
+	idx, err := o.indices(rows)
+	if err != nil {
+		return nil, err
 	}
 	out := o.result(o.out, o.n, h)
 	switch o.out {
@@ -106,6 +98,24 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 		err = fmt.Errorf("autograd: %s into %v", o.name, o.out)
 	}
 	return out, err
+}
+
+// indices are the step's indices into a table of rows, checked: -1 (no row) only for a
+// partial table.
+func (o *gatherOp) indices(rows int) ([]int32, error) {
+	idx := o.index()
+	if len(idx) != o.n {
+		return nil, fmt.Errorf("autograd: %s: %d indices for a graph built for %d", o.name, len(idx), o.n)
+	}
+	for i, id := range idx {
+		if o.sparse && id == -1 {
+			continue
+		}
+		if id < 0 || int(id) >= rows {
+			return nil, fmt.Errorf("autograd: %s: %s %d at position %d is outside [0, %d)", o.name, o.what, id, i, rows)
+		}
+	}
+	return idx, nil
 }
 
 func gatherRows[T Float](w *tensor.Dense, idx []int32, h int, out []T) error {

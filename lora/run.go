@@ -110,11 +110,6 @@ func Run(ctx context.Context, o Options, h Hooks) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := o.Exec.(model.GradExecutor); ok {
-		if err := DeviceUnsupported(o.Train); err != nil { // the run's settings, resumed ones too
-			return nil, err
-		}
-	}
 	op, err := Open(o.ModelDir, OpenOptions{NeedTokenizer: true, TrainModules: o.Train.ModulesToSave, Progress: h.OnLoad})
 	if err != nil {
 		return nil, err

@@ -394,15 +394,6 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	return res, nil
 }
 
-// DeviceUnsupported says what of c an executor that runs training graphs cannot train yet:
-// special-token rows and whole modules (their gradients have no GPU kernels).
-func DeviceUnsupported(c TrainConfig) error {
-	if c.TrainSpecialTokens || len(c.ModulesToSave) > 0 {
-		return fmt.Errorf("--device cuda: --train-special-tokens and --modules-to-save train on the CPU only (the GPU executor has no kernels for their gradients yet): use --device cpu")
-	}
-	return nil
-}
-
 // NonFiniteError stops training at a step whose loss or gradient norm is NaN or infinite.
 // The step is not taken, and since the weights it ran on came from the update before it, the
 // trainer goes back to before that update (WentBack): its weights, which gave their step a

@@ -90,9 +90,6 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 		if !cuda {
 			return run(c, args)
 		}
-		if err := lora.DeviceUnsupported(o.Train); err != nil {
-			return err
-		}
 		exec, err := openExecutor(device)
 		if err != nil {
 			return err
