@@ -164,7 +164,7 @@ type value struct {
 const (
 	lazyRotary = 1 + iota
 	lazyLinear
-	lazyLogits // lm_head's logits, computed by chunks inside the loss (cuda_chunkloss.go)
+	lazyLogits  // lm_head's logits, computed by chunks inside the loss (cuda_chunkloss.go)
 	lazyColumns // PlaceColumns, deferred into the add that reads it (cuda_embed_grad.go)
 )
 
