@@ -206,6 +206,7 @@ type Program struct {
 	seenHost              []bool
 	seenIDs               []int
 	Launches              int   // kernel launches per run
+	Recomputed            int   // of them, those computing a block's forward again (checkpointing)
 	activations           int64 // bytes of the arena of every activation and scratch buffer
 }
 
@@ -298,6 +299,8 @@ type compiler struct {
 	ceLSE       map[*crossEntropyOp]*Buffer
 	attn        map[*attentionOp]attnSaved
 	precomputed map[*G.Node]bool
+	// rc is the schedule of a program with activation checkpointing (cuda_recompute.go)
+	rc *recompute
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -337,15 +340,18 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&attnGradOp{}):     (*compiler).attentionGrad,
 	reflect.TypeOf(&pickOp{}):         (*compiler).pick,
 	reflect.TypeOf(&mergePartOp{}):    (*compiler).mergePart,
+	reflect.TypeOf(&checkpointOp{}):   (*compiler).checkpoint,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
 // every node through the emitter of its op type, then the arena.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, error) {
-	return d.compile(g, out, nil, step)
+	return d.compile(g, out, nil, step, false)
 }
 
-func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step) (prog *Program, err error) {
+// compile is Compile keeping the nodes keep for Grads; checkpoint recomputes blocks in the
+// backward (cuda_recompute.go).
+func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, checkpoint bool) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
 		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
 	p := c.p
@@ -367,11 +373,20 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 	if err := c.plan(g); err != nil {
 		return nil, err
 	}
+	order := c.sorted
+	if checkpoint {
+		if order, err = c.planRecompute(); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.stepBuffers(); err != nil {
 		return nil, err
 	}
-	for i, n := range c.sorted {
+	for i, n := range order {
 		c.i, c.pl.at, c.cur = i, i, n
+		if err := c.enter(i); err != nil {
+			return nil, err
+		}
 		if n.Op() == nil {
 			if err := c.parameter(n); err != nil {
 				return nil, err
@@ -401,10 +416,12 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 		if !ok {
 			return nil, fmt.Errorf("autograd: %s (%T) has no GPU kernel", n.Op(), n.Op())
 		}
+		launches := len(p.ins)
 		view, err := emit(c, n, in)
 		if err != nil {
 			return nil, err
 		}
+		c.leave(i, in, launches)
 		if !view {
 			c.release(n)
 		}
@@ -421,7 +438,10 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 		}
 		p.keep = append(p.keep, *v)
 	}
-	if err := c.pl.place(d, len(c.sorted)); err != nil {
+	if err := c.checkReads(); err != nil {
+		return nil, err
+	}
+	if err := c.pl.place(d, len(order)); err != nil {
 		return nil, err
 	}
 	if c.pl.arena != nil {
@@ -451,7 +471,7 @@ func (c *compiler) plan(g *G.ExprGraph) error {
 		}
 	}
 	for i, n := range sorted {
-		if _, ok := n.Op().(*splitHeadsOp); ok {
+		if _, ok := n.Op().(*splitHeadsOp); ok || isCheckpoint(n.Op()) {
 			c.rootOf[n] = c.root(c.kids[n][0])
 		}
 		for _, k := range c.kids[n] {

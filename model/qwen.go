@@ -139,8 +139,9 @@ type Model struct {
 func (m *Model) Forward(g *Graph) (*G.Node, error) {
 	x := g.Embed(m.Embed) // [N, H]
 	for _, b := range m.Blocks {
-		x = b.Forward(g, x)
+		x = b.Forward(g, g.Checkpoint(x))
 	}
+	x = g.Checkpoint(x) // the blocks' output: what the final norm's backward reads
 	if g.Last {
 		x = g.SelectRows(x) // [B, H]
 	}
