@@ -61,3 +61,42 @@ func TestEmulatedCheckpointingIsExact(t *testing.T) {
 		}
 	}
 }
+
+// planGrad is the memory plan of c's training program.
+func planGrad(t *testing.T, d *autograd.Device, c *lossCase, ckpt bool) autograd.MemoryPlan {
+	t.Helper()
+	g, loss, grads := c.build(t, true)
+	plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: ckpt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plan
+}
+
+// TestEmulatedCheckpointingArena: the activation arena of a 4-layer training program with
+// checkpointing stays within what a 1-layer program without it needs plus, for every further
+// block, its mark and its kept LoRA gradients. With checkpointing, at any instruction the
+// live buffers are the marks, the gradients kept so far, and the values of at most one block
+// (its forward, or its recomputation and backward) or of the head, never of a block and the
+// head at once, so the one-layer program's peak bounds everything else.
+func TestEmulatedCheckpointingArena(t *testing.T) {
+	d := openDevice(t)
+	const layers = 4
+	one, four := newLossCaseOf(t, 1), newLossCaseOf(t, layers)
+	full1, full4, ckpt4 := planGrad(t, d, one, false), planGrad(t, d, four, false), planGrad(t, d, four, true)
+	align := func(n int64) int64 { return (n + autograd.ArenaAlign - 1) / autograd.ArenaAlign * autograd.ArenaAlign }
+	mark := align(int64(lossBatch * lossSeq * four.m.Config.HiddenSize * 4)) // [N, H] float32
+	var grads int64
+	for _, p := range four.params {
+		grads += align(int64(p.Value.Size()) * 4)
+	}
+	bound := full1.Activations + (layers-1)*(mark+grads/layers)
+	t.Logf("arena of %d layers: %d bytes with checkpointing, %d without (1 layer without: %d); bound %d (mark %d, LoRA gradients %d a block)",
+		layers, ckpt4.Activations, full4.Activations, full1.Activations, bound, mark, grads/layers)
+	if ckpt4.Activations > bound {
+		t.Errorf("the checkpointed arena of %d bytes exceeds the bound of %d", ckpt4.Activations, bound)
+	}
+	if ckpt4.Activations >= full4.Activations {
+		t.Errorf("checkpointing does not shrink the arena: %d bytes against %d", ckpt4.Activations, full4.Activations)
+	}
+}

@@ -221,6 +221,8 @@ type planner struct {
 	bufs  []*Buffer
 	index map[*Buffer]int
 	arena *Buffer
+	size  int64 // the arena's planned size
+	dry   bool  // plan the arena without allocating it (Device.PlanGrad)
 }
 
 func (p *planner) get(bytes int64) *Buffer {
@@ -257,7 +259,8 @@ func (p *planner) place(d *Device, last int) error {
 	if err := CheckArena(p.reqs, offsets, size, ArenaAlign); err != nil {
 		return err
 	}
-	if size == 0 {
+	p.size = size
+	if size == 0 || p.dry {
 		return nil
 	}
 	var err error
@@ -346,13 +349,12 @@ var emitters = map[reflect.Type]emitter{
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
 // every node through the emitter of its op type, then the arena.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, error) {
-	return d.compile(g, out, nil, step, false)
+	return d.compile(g, out, nil, step, GradOptions{})
 }
 
-// compile is Compile keeping the nodes keep for Grads; checkpoint recomputes blocks in the
-// backward (cuda_recompute.go).
-func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, checkpoint bool) (prog *Program, err error) {
-	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
+// compile is Compile keeping the nodes keep for Grads, with o's choices (cuda_recompute.go).
+func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, o GradOptions) (prog *Program, err error) {
+	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
 		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
 	p := c.p
 	defer func() {
@@ -374,7 +376,7 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 		return nil, err
 	}
 	order := c.sorted
-	if checkpoint {
+	if o.Checkpoint {
 		if order, err = c.planRecompute(); err != nil {
 			return nil, err
 		}
@@ -446,8 +448,8 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 	}
 	if c.pl.arena != nil {
 		p.owned = append(p.owned, c.pl.arena)
-		p.activations = c.pl.arena.Bytes
 	}
+	p.activations = c.pl.size
 	p.Launches = len(p.ins)
 	return p, nil
 }

@@ -45,11 +45,12 @@ type GradOptions struct {
 	// Checkpoint keeps only the Checkpoint marks of the forward for the backward and
 	// computes each block again just before its backward (activation checkpointing).
 	Checkpoint bool
+	dry        bool // plan the activation arena without allocating it (PlanGrad)
 }
 
 // CompileGradWith is CompileGrad with options.
 func (d *Device) CompileGradWith(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step, o GradOptions) (*Program, error) {
-	return d.compile(g, loss, grads, step, o.Checkpoint)
+	return d.compile(g, loss, grads, step, o)
 }
 
 // recompute is the schedule of a program with checkpointing.
