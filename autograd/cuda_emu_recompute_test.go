@@ -4,9 +4,14 @@ package autograd_test
 
 import (
 	"math"
+	"os"
 	"testing"
 
+	G "gorgonia.org/gorgonia"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/lora"
+	"github.com/qwen-tune/qwen-tune/model"
 )
 
 // runGrad compiles c's training graph (with checkpointing when ckpt), runs it and returns
@@ -98,5 +103,98 @@ func TestEmulatedCheckpointingArena(t *testing.T) {
 	}
 	if ckpt4.Activations >= full4.Activations {
 		t.Errorf("checkpointing does not shrink the arena: %d bytes against %d", ckpt4.Activations, full4.Activations)
+	}
+}
+
+// TestEmulatedMemoryQwen7B works out the device memory of LoRA training of Qwen-7B (r 64 on
+// c_attn, c_proj, w1, w2, batch 1 x 2048 tokens) from the plans of 1- and 2-block models of
+// its exact widths and vocabulary: every part grows by the same amount per block (a block's
+// weights; with checkpointing its mark, otherwise its activations), so the 32-block figure
+// is the 1-block one plus 31 steps. Set QWEN_TUNE_PLAN_7B=1 to run it (random weights of
+// 3.3 GB on the host and the emulated device, about a minute).
+func TestEmulatedMemoryQwen7B(t *testing.T) {
+	if os.Getenv("QWEN_TUNE_PLAN_7B") == "" {
+		t.Skip("QWEN_TUNE_PLAN_7B=1 plans Qwen-7B-wide training programs (3.3 GB of weights)")
+	}
+	const seq, target = 2048, 18 << 30
+	type parts struct{ weights, full, ckpt, other int64 }
+	var at [3]parts
+	for _, layers := range []int{1, 2} {
+		d := openDevice(t)
+		o := model.Qwen7BShape()
+		o.Layers = layers
+		m, err := model.RandomModel(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := lora.Apply(m, lora.DefaultConfig(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, loss, err := m.LossGraph(1, seq, model.Training)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wrt G.Nodes
+		for _, p := range a.Params() {
+			wrt = append(wrt, g.Param(p))
+		}
+		grads, err := G.Grad(loss, wrt...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ckpt := range []bool{false, true} {
+			plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: ckpt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ckpt {
+				at[layers].ckpt = plan.Activations
+			} else {
+				at[layers].full = plan.Activations
+			}
+			at[layers].other = plan.Other
+		}
+		at[layers].weights = d.WeightBytes()
+		t.Logf("%d blocks: weights %d, arena %d without checkpointing and %d with, other %d bytes", layers, at[layers].weights, at[layers].full, at[layers].ckpt, at[layers].other)
+		d.ReleaseWeights()
+		m.Close()
+	}
+	grow := func(f func(parts) int64) int64 { return f(at[1]) + 31*(f(at[2])-f(at[1])) }
+	w := grow(func(p parts) int64 { return p.weights })
+	full, ckpt, other := grow(func(p parts) int64 { return p.full }), grow(func(p parts) int64 { return p.ckpt }), grow(func(p parts) int64 { return p.other })
+	gib := func(b int64) float64 { return float64(b) / (1 << 30) }
+	t.Logf("Qwen-7B, LoRA r 64, 1 x %d tokens: weights %.2f GiB, other %.2f GiB; activations %.2f GiB without checkpointing (%.2f GiB in all), %.2f GiB with it (%.2f GiB in all)",
+		seq, gib(w), gib(other), gib(full), gib(w+other+full), gib(ckpt), gib(w+other+ckpt))
+	if w+other+ckpt > target {
+		t.Errorf("with checkpointing the plan needs %.2f GiB, above the %.0f GiB target", gib(w+other+ckpt), gib(target))
+	}
+}
+
+// TestEmulatedCheckpointingTrainer: lora's trainer on the device (dropout, padding, gradient
+// accumulation) follows the same losses, bit for bit, with checkpointing (the default) and
+// without, and the executor reports the smaller arena.
+func TestEmulatedCheckpointingTrainer(t *testing.T) {
+	d := openDevice(t)
+	seqs := randomSeqs(4096)
+	run := func(exec *model.CUDA) ([]float64, model.TrainingMemory) {
+		defer d.ReleaseWeights()
+		m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 3, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+		if err != nil {
+			t.Fatal(err)
+		}
+		losses := trainSteps(t, m, exec, seqs)
+		return losses, exec.TrainingMemory()
+	}
+	on, memOn := run(&model.CUDA{Device: d})
+	off, memOff := run(&model.CUDA{Device: d, NoCheckpoint: true})
+	t.Logf("losses %v; arena %d bytes with checkpointing, %d without; weights %d bytes", on, memOn.Activations, memOff.Activations, memOn.Weights)
+	for i := range off {
+		if on[i] != off[i] {
+			t.Errorf("step %d: loss %v with checkpointing, %v without", i, on[i], off[i])
+		}
+	}
+	if !memOn.Checkpointing || memOff.Checkpointing || memOn.Activations >= memOff.Activations || memOn.Weights <= 0 || memOn.Weights != memOff.Weights {
+		t.Errorf("memory with checkpointing %+v, without %+v", memOn, memOff)
 	}
 }

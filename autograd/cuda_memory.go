@@ -40,12 +40,20 @@ type MemoryPlan struct {
 // reads), plans its arena without allocating it, and frees the rest again.
 func (d *Device) PlanGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step, o GradOptions) (MemoryPlan, error) {
 	o.dry = true
-	w := d.WeightBytes()
-	before := d.Allocated
 	p, err := d.compile(g, loss, grads, step, o)
 	if err != nil {
 		return MemoryPlan{}, err
 	}
-	plan := MemoryPlan{Activations: p.activations, Other: d.Allocated - before - (d.WeightBytes() - w), Launches: p.Launches, Recomputed: p.Recomputed}
+	plan := MemoryPlan{Activations: p.activations, Launches: p.Launches, Recomputed: p.Recomputed}
+	for _, b := range p.owned { // no arena: it was only planned
+		plan.Other += b.Bytes
+	}
+	if p.loss != nil {
+		for _, sc := range p.loss.scratch {
+			for _, b := range []*Buffer{sc.q, sc.k, sc.v, sc.g, sc.s, sc.dp, sc.p, sc.ds, sc.dsum} {
+				plan.Other += b.Bytes
+			}
+		}
+	}
 	return plan, p.Close()
 }

@@ -8,6 +8,9 @@ package model
 //	block: h = x + c_proj(attn(rotary(q), rotary(k), v)) with q,k,v = c_attn(ln_1(x))
 //	       x = h + mlp.c_proj(w1(ln_2(h)) * silu(w2(ln_2(h))))
 //	logits = lm_head(ln_f(x))                           [N, V]
+//
+// A training graph marks every block's input and the last block's output (Checkpoint), where
+// an executor with activation checkpointing keeps the forward for the backward.
 
 import (
 	G "gorgonia.org/gorgonia"
