@@ -12,6 +12,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
+	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
 // runGrad compiles c's training graph (with checkpointing when ckpt), runs it and returns
@@ -173,28 +174,45 @@ func TestEmulatedMemoryQwen7B(t *testing.T) {
 
 // TestEmulatedCheckpointingTrainer: lora's trainer on the device (dropout, padding, gradient
 // accumulation) follows the same losses, bit for bit, with checkpointing (the default) and
-// without, and the executor reports the smaller arena.
+// without, on a dense model and on a GPTQ model (Q-LoRA: the packed layers dequantized
+// again in the recomputation), and the executor reports the smaller arena.
 func TestEmulatedCheckpointingTrainer(t *testing.T) {
 	d := openDevice(t)
 	seqs := randomSeqs(4096)
-	run := func(exec *model.CUDA) ([]float64, model.TrainingMemory) {
-		defer d.ReleaseWeights()
-		m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 3, Heads: 2, MLPWidth: 344, SeqLength: 2048})
-		if err != nil {
-			t.Fatal(err)
-		}
-		losses := trainSteps(t, m, exec, seqs)
-		return losses, exec.TrainingMemory()
+	o := quantize.DefaultOptions()
+	o.GroupSize = 16 // divides the tiny model's widths (64, 176)
+	gptq, err := quantize.WriteTiny(t.TempDir(), model.DefaultTiny(), o, quantize.MethodRTN)
+	if err != nil {
+		t.Fatal(err)
 	}
-	on, memOn := run(&model.CUDA{Device: d})
-	off, memOff := run(&model.CUDA{Device: d, NoCheckpoint: true})
-	t.Logf("losses %v; arena %d bytes with checkpointing, %d without; weights %d bytes", on, memOn.Activations, memOff.Activations, memOn.Weights)
-	for i := range off {
-		if on[i] != off[i] {
-			t.Errorf("step %d: loss %v with checkpointing, %v without", i, on[i], off[i])
+	for _, c := range []struct {
+		name string
+		open func() (*model.Model, error)
+	}{
+		{"dense", func() (*model.Model, error) {
+			return model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 3, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+		}},
+		{"gptq", func() (*model.Model, error) { return model.Load(gptq, model.LoadOptions{}) }},
+	} {
+		run := func(exec *model.CUDA) ([]float64, model.TrainingMemory) {
+			defer d.ReleaseWeights()
+			m, err := c.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			losses := trainSteps(t, m, exec, seqs)
+			return losses, exec.TrainingMemory()
 		}
-	}
-	if !memOn.Checkpointing || memOff.Checkpointing || memOn.Activations >= memOff.Activations || memOn.Weights <= 0 || memOn.Weights != memOff.Weights {
-		t.Errorf("memory with checkpointing %+v, without %+v", memOn, memOff)
+		on, memOn := run(&model.CUDA{Device: d})
+		off, memOff := run(&model.CUDA{Device: d, NoCheckpoint: true})
+		t.Logf("%s: losses %v; arena %d bytes with checkpointing, %d without; weights %d bytes", c.name, on, memOn.Activations, memOff.Activations, memOn.Weights)
+		for i := range off {
+			if on[i] != off[i] {
+				t.Errorf("%s, step %d: loss %v with checkpointing, %v without", c.name, i, on[i], off[i])
+			}
+		}
+		if !memOn.Checkpointing || memOff.Checkpointing || memOn.Activations >= memOff.Activations || memOn.Weights <= 0 || memOn.Weights != memOff.Weights {
+			t.Errorf("%s: memory with checkpointing %+v, without %+v", c.name, memOn, memOff)
+		}
 	}
 }
