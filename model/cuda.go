@@ -47,8 +47,8 @@ func (c *CUDA) Compile(g *Graph, out *G.Node) (Program, error) {
 // CompileGrad compiles a training graph on the GPU (model.GradExecutor).
 func (c *CUDA) CompileGrad(g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
 	p, err := CompileGradWith(c.Device, g, loss, grads, params, autograd.GradOptions{Checkpoint: !c.NoCheckpoint})
-	if err == nil {
-		c.trainArena = max(c.trainArena, p.(*deviceGrad).ActivationBytes())
+	if a, ok := p.(interface{ ActivationBytes() int64 }); err == nil && ok {
+		c.trainArena = max(c.trainArena, a.ActivationBytes())
 	}
 	return p, err
 }
