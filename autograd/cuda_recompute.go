@@ -17,8 +17,11 @@ package autograd
 //
 // The gradient nodes read the second copy. A value of block b is then live twice: in the
 // forward, until its last forward reader, and from its recomputation until its last reader
-// in the backward; the marks live throughout. The planner sees the two lifetimes as two
-// requests, so the arena holds the marks, one block's activations and the head (logits).
+// in the backward; a mark lives until its block's backward. The planner sees the two
+// lifetimes as two requests, so the arena holds the marks, and one block's activations or
+// the head's (logits), not both. A block that a later block reads other than through its
+// mark, or whose first gradient reader runs before its last forward reader, runs once, as
+// without checkpointing; a graph without marks compiles as without checkpointing.
 //
 // The second run goes through the same emitters with the same inputs, so it launches the
 // same kernels on the same values: dropout draws its masks from (Step.Seed, the op's key),
