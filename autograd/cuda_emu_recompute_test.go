@@ -105,6 +105,18 @@ func TestEmulatedCheckpointingArena(t *testing.T) {
 	if ckpt4.Activations >= full4.Activations {
 		t.Errorf("checkpointing does not shrink the arena: %d bytes against %d", ckpt4.Activations, full4.Activations)
 	}
+	// a loss program without gradients has nothing to recompute: it compiles as it did
+	var loss [2]autograd.MemoryPlan
+	for i, ckpt := range []bool{false, true} {
+		g, l, _ := four.build(t, false)
+		var err error
+		if loss[i], err = d.PlanGrad(g.ExprGraph, l, nil, g.Step, autograd.GradOptions{Checkpoint: ckpt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if loss[0] != loss[1] || loss[1].Recomputed != 0 {
+		t.Errorf("the loss program: %+v without checkpointing, %+v with", loss[0], loss[1])
+	}
 }
 
 // TestEmulatedMemoryQwen7B works out the device memory of LoRA training of Qwen-7B (r 64 on
