@@ -33,9 +33,12 @@ type lossCase struct {
 	st     autograd.Step
 }
 
-func newLossCase(t *testing.T) *lossCase {
+func newLossCase(t *testing.T) *lossCase { return newLossCaseOf(t, 2) }
+
+// newLossCaseOf is newLossCase's batch on a random model of layers blocks.
+func newLossCaseOf(t *testing.T, layers int) *lossCase {
 	t.Helper()
-	m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+	m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: layers, Heads: 2, MLPWidth: 344, SeqLength: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,6 +209,7 @@ type Program struct {
 	seenHost              []bool
 	seenIDs               []int
 	Launches              int   // kernel launches per run
+	Recomputed            int   // of them, those computing a block's forward again (checkpointing)
 	activations           int64 // bytes of the arena of every activation and scratch buffer
 }
 
@@ -223,6 +224,8 @@ type planner struct {
 	bufs  []*Buffer
 	index map[*Buffer]int
 	arena *Buffer
+	size  int64 // the arena's planned size
+	dry   bool  // plan the arena without allocating it (Device.PlanGrad)
 }
 
 func (p *planner) get(bytes int64) *Buffer {
@@ -259,7 +262,8 @@ func (p *planner) place(d *Device, last int) error {
 	if err := CheckArena(p.reqs, offsets, size, ArenaAlign); err != nil {
 		return err
 	}
-	if size == 0 {
+	p.size = size
+	if size == 0 || p.dry {
 		return nil
 	}
 	var err error
@@ -301,6 +305,8 @@ type compiler struct {
 	ceLSE       map[*crossEntropyOp]*Buffer
 	attn        map[*attentionOp]attnSaved
 	precomputed map[*G.Node]bool
+	// rc is the schedule of a program with activation checkpointing (cuda_recompute.go)
+	rc *recompute
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -342,16 +348,18 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&mergePartOp{}):    (*compiler).mergePart,
 	reflect.TypeOf(&scatterOp{}):      (*compiler).scatter,
 	reflect.TypeOf(&columnsOp{}):      (*compiler).columns,
+	reflect.TypeOf(&checkpointOp{}):   (*compiler).checkpoint,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
 // every node through the emitter of its op type, then the arena.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, error) {
-	return d.compile(g, out, nil, step)
+	return d.compile(g, out, nil, step, GradOptions{})
 }
 
-func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step) (prog *Program, err error) {
-	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
+// compile is Compile keeping the nodes keep for Grads, with o's choices (cuda_recompute.go).
+func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, o GradOptions) (prog *Program, err error) {
+	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
 		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
 	p := c.p
 	defer func() {
@@ -372,11 +380,20 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 	if err := c.plan(g); err != nil {
 		return nil, err
 	}
+	order := c.sorted
+	if o.Checkpoint {
+		if order, err = c.planRecompute(); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.stepBuffers(); err != nil {
 		return nil, err
 	}
-	for i, n := range c.sorted {
+	for i, n := range order {
 		c.i, c.pl.at, c.cur = i, i, n
+		if err := c.enter(i); err != nil {
+			return nil, err
+		}
 		if n.Op() == nil {
 			if err := c.parameter(n); err != nil {
 				return nil, err
@@ -406,10 +423,12 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 		if !ok {
 			return nil, fmt.Errorf("autograd: %s (%T) has no GPU kernel", n.Op(), n.Op())
 		}
+		launches := len(p.ins)
 		view, err := emit(c, n, in)
 		if err != nil {
 			return nil, err
 		}
+		c.leave(i, in, launches)
 		if !view {
 			c.release(n)
 		}
@@ -426,13 +445,16 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 		}
 		p.keep = append(p.keep, *v)
 	}
-	if err := c.pl.place(d, len(c.sorted)); err != nil {
+	if err := c.checkReads(); err != nil {
+		return nil, err
+	}
+	if err := c.pl.place(d, len(order)); err != nil {
 		return nil, err
 	}
 	if c.pl.arena != nil {
 		p.owned = append(p.owned, c.pl.arena)
-		p.activations = c.pl.arena.Bytes
 	}
+	p.activations = c.pl.size
 	p.Launches = len(p.ins)
 	return p, nil
 }
@@ -456,7 +478,7 @@ func (c *compiler) plan(g *G.ExprGraph) error {
 		}
 	}
 	for i, n := range sorted {
-		if _, ok := n.Op().(*splitHeadsOp); ok {
+		if _, ok := n.Op().(*splitHeadsOp); ok || isCheckpoint(n.Op()) {
 			c.rootOf[n] = c.root(c.kids[n][0])
 		}
 		for _, k := range c.kids[n] {

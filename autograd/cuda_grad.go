@@ -22,7 +22,7 @@ import (
 
 // CompileGrad is Compile of a loss program that also keeps grads (nodes of g) for Grads.
 func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step) (*Program, error) {
-	return d.compile(g, loss, grads, step)
+	return d.compile(g, loss, grads, step, GradOptions{})
 }
 
 // RefreshWeights uploads the current host values of parameters already on the device (the

@@ -11,7 +11,7 @@
 // One file per op, math and shapes in its header comment, forward and backward side by side:
 // RMSNorm, Rotary, Attention, SwiGLU, Embedding, EmbeddingRows and SelectRows (gather),
 // Linear and ScaledLinear, Int4Linear (GPTQ weights), PlaceColumns, Dropout, CrossEntropy,
-// SplitHeads. A backward is itself made of ops of this package, added to the same graph by
+// SplitHeads, and Checkpoint (a block boundary of a training graph, an identity). A backward is itself made of ops of this package, added to the same graph by
 // SymDiff; an op that needs several gradients from one pass (attention) packs them and picks
 // them apart. Frozen weights (bf16 always) get no gradient node.
 //
@@ -22,7 +22,9 @@
 // turns each node, by its op type, into launches of the kernels in kernels/ (cuda.go: the
 // runtime and launchers; cublas.go: the cuBLAS products; cuda_graph.go: CUDA graphs;
 // cuda_int4.go: GPTQ layers; cuda_optim.go: a run's trained parameters and their AdamW
-// state kept on the device; cuda_selftest.go: every kernel against its CPU twin), so model
+// state kept on the device; cuda_recompute.go: activation checkpointing of training
+// programs; cuda_memory.go: their memory plan; cuda_selftest.go: every kernel against its
+// CPU twin), so model
 // code never changes. All of
 // it reaches CUDA through one driver interface (cuda.go): the CUDA driver API and cuBLAS by
 // dlopen with -tags qtcuda (cuda_driver.go), or their emulation on the CPU with -tags

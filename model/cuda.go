@@ -15,6 +15,11 @@ import (
 // goroutine's locked OS thread).
 type CUDA struct {
 	Device *autograd.Device
+	// NoCheckpoint keeps every activation of a training graph's forward for its backward;
+	// by default a block's are computed again in its backward (autograd.GradOptions).
+	NoCheckpoint bool
+	// the largest activation arena of the training programs compiled so far
+	trainArena int64
 }
 
 // OpenCUDA opens GPU ordinal.
@@ -41,7 +46,19 @@ func (c *CUDA) Compile(g *Graph, out *G.Node) (Program, error) {
 
 // CompileGrad compiles a training graph on the GPU (model.GradExecutor).
 func (c *CUDA) CompileGrad(g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
-	return CompileGradOn(c.Device, g, loss, grads, params)
+	p, err := CompileGradWith(c.Device, g, loss, grads, params, autograd.GradOptions{Checkpoint: !c.NoCheckpoint})
+	if a, ok := p.(interface{ ActivationBytes() int64 }); err == nil && ok {
+		c.trainArena = max(c.trainArena, a.ActivationBytes())
+	}
+	return p, err
+}
+
+// SetCheckpointing turns activation checkpointing of training graphs on or off (Checkpointer).
+func (c *CUDA) SetCheckpointing(on bool) { c.NoCheckpoint = !on }
+
+// TrainingMemory is the device memory of the training programs compiled so far (MemoryReporter).
+func (c *CUDA) TrainingMemory() TrainingMemory {
+	return TrainingMemory{Weights: c.Device.WeightBytes(), Activations: c.trainArena, Checkpointing: !c.NoCheckpoint}
 }
 
 func (c *CUDA) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {

@@ -11,7 +11,12 @@ import (
 // CompileGradOn compiles the training graph g (its loss and the gradients grads of params)
 // on the device d.
 func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
-	p, err := d.CompileGrad(g.ExprGraph, loss, grads, g.Step)
+	return CompileGradWith(d, g, loss, grads, params, autograd.GradOptions{})
+}
+
+// CompileGradWith is CompileGradOn with the compiler's options (activation checkpointing).
+func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes, o autograd.GradOptions) (GradProgram, error) {
+	p, err := d.CompileGradWith(g.ExprGraph, loss, grads, g.Step, o)
 	if err != nil {
 		return nil, err
 	}

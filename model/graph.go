@@ -134,6 +134,17 @@ func (g *Graph) Add(a, b *G.Node) *G.Node {
 	return g.keep(n, err, "residual")
 }
 
+// Checkpoint marks x, a block's input (or the last block's output), in a training graph:
+// the GPU executor may keep only these values of the forward and compute the rest of a
+// block again for its backward. Other modes build no mark.
+func (g *Graph) Checkpoint(x *G.Node) *G.Node {
+	if g.err != nil || g.Mode != Training {
+		return x
+	}
+	n, err := autograd.Checkpoint(x)
+	return g.keep(n, err, "block boundary")
+}
+
 func (g *Graph) SelectRows(x *G.Node) *G.Node {
 	if g.err != nil {
 		return nil

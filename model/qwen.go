@@ -8,6 +8,9 @@ package model
 //	block: h = x + c_proj(attn(rotary(q), rotary(k), v)) with q,k,v = c_attn(ln_1(x))
 //	       x = h + mlp.c_proj(w1(ln_2(h)) * silu(w2(ln_2(h))))
 //	logits = lm_head(ln_f(x))                           [N, V]
+//
+// A training graph marks every block's input and the last block's output (Checkpoint), where
+// an executor with activation checkpointing keeps the forward for the backward.
 
 import (
 	G "gorgonia.org/gorgonia"
@@ -139,8 +142,9 @@ type Model struct {
 func (m *Model) Forward(g *Graph) (*G.Node, error) {
 	x := g.Embed(m.Embed) // [N, H]
 	for _, b := range m.Blocks {
-		x = b.Forward(g, x)
+		x = b.Forward(g, g.Checkpoint(x))
 	}
+	x = g.Checkpoint(x) // the blocks' output: what the final norm's backward reads
 	if g.Last {
 		x = g.SelectRows(x) // [B, H]
 	}

@@ -22,6 +22,7 @@ func newBenchCmd() *cobra.Command {
 		asJSON, train           bool
 		topts                   = lora.TrainBenchOptions{Batch: 1, Seq: 512, Steps: 3, LoRA: lora.DefaultConfig(), Seed: 1}
 		targets                 string
+		checkpoint              *bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench (--model DIR | --shape qwen-7b)",
@@ -73,7 +74,7 @@ trained parameters and their optimizer state, the matrix FLOPs of a step and pea
 			}
 			defer m.Close()
 			if train {
-				return benchTrain(cmd, m, name, device, topts, targets, asJSON)
+				return benchTrain(cmd, m, name, device, topts, targets, asJSON, *checkpoint)
 			}
 			release, err := useDevice(cmd, m, device)
 			if err != nil {
@@ -170,11 +171,12 @@ trained parameters and their optimizer state, the matrix FLOPs of a step and pea
 	f.IntVar(&topts.LoRA.R, "lora-r", topts.LoRA.R, "with --train: LoRA rank")
 	f.StringVar(&targets, "targets", "", "with --train: comma-separated target modules (default: "+strings.Join(topts.LoRA.Targets, ",")+")")
 	registerDevice(f, &device)
+	checkpoint = registerCheckpointFlag(f)
 	return cmd
 }
 
 // benchTrain runs and prints bench --train.
-func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.TrainBenchOptions, targets string, asJSON bool) error {
+func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.TrainBenchOptions, targets string, asJSON, checkpoint bool) error {
 	if !cmd.Flags().Changed("device") {
 		device = "cpu" // training on the GPU only when asked for, as lora does
 	}
@@ -186,6 +188,7 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	where := "cpu"
 	if m.Exec != nil {
 		where = m.Exec.Name()
+		setCheckpointing(m.Exec, checkpoint)
 	}
 	if targets != "" {
 		o.LoRA.Targets = strings.Split(targets, ",")
@@ -195,10 +198,14 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 		return err
 	}
 	peak, devicePeak := 0.0, int64(0)
+	var mem model.TrainingMemory
 	if m.Exec == nil {
 		peak = matmul.FMAPeak(runtime.GOMAXPROCS(0))
 	} else {
 		_, devicePeak = m.Exec.Memory()
+		if r, ok := m.Exec.(model.MemoryReporter); ok {
+			mem = r.TrainingMemory()
+		}
 	}
 	out := cmd.OutOrStdout()
 	if asJSON {
@@ -209,7 +216,12 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			Threads    int     `json:"threads"`
 			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops"`
 			DevicePeak int64   `json:"peak_device_bytes,omitempty"`
-		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak})
+			// the device's share: weights (bf16, the trained matrices included) and the
+			// activation arena of the training program (activations, kept gradients, scratch)
+			DeviceWeights     int64 `json:"device_weight_bytes,omitempty"`
+			DeviceActivations int64 `json:"device_activation_bytes,omitempty"`
+			Checkpointing     bool  `json:"checkpoint_activations"`
+		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak, mem.Weights, mem.Activations, mem.Checkpointing})
 		if err != nil {
 			return err
 		}
@@ -230,7 +242,13 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "peak RSS   %.2f GiB\n", float64(res.PeakRSSBytes)/(1<<30))
 	if devicePeak > 0 {
-		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers\n", float64(devicePeak)/(1<<30))
+		gib := func(b int64) float64 { return float64(b) / (1 << 30) }
+		ck := "off"
+		if mem.Checkpointing {
+			ck = "on"
+		}
+		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, LoRA matrices included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s), the rest %.2f GiB (attention scratch, step inputs); trained parameters and AdamW state %.2f GiB on the host\n",
+			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck, gib(devicePeak-mem.Weights-mem.Activations), gib(res.StateBytes))
 	}
 	return nil
 }

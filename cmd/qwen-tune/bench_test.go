@@ -38,7 +38,8 @@ func TestBenchJSON(t *testing.T) {
 }
 
 // TestBenchTrain: bench --train reports the shape asked for, a speed, the trained parameters
-// and their state, and refuses a sequence too short to train on.
+// and their state, and no activation checkpointing on the CPU (--checkpoint-activations
+// applies to a GPU), and refuses a sequence too short to train on.
 func TestBenchTrain(t *testing.T) {
 	dir := tinyModel(t)
 	var res struct {
@@ -47,10 +48,11 @@ func TestBenchTrain(t *testing.T) {
 		Params            int     `json:"lora_params"`
 		State             int64   `json:"optimizer_state_bytes"`
 		Device            string  `json:"device"`
+		Checkpointing     *bool   `json:"checkpoint_activations"`
 	}
-	runJSON(t, &res, "bench", "--train", "--model", dir, "--batch-size", "2", "--max-len", "16", "--steps", "1", "--lora-r", "4", "--targets", "c_attn", "--json")
+	runJSON(t, &res, "bench", "--train", "--model", dir, "--batch-size", "2", "--max-len", "16", "--steps", "1", "--lora-r", "4", "--targets", "c_attn", "--checkpoint-activations", "--json")
 	// c_attn only: r (hidden + 3 hidden) per layer, 2 layers of hidden 64
-	if res.Batch != 2 || res.Seq != 16 || res.Steps != 1 || res.Tokens <= 0 || res.Params != 2*4*(64+3*64) || res.State != 16*int64(res.Params) || res.Device != "cpu" {
+	if res.Batch != 2 || res.Seq != 16 || res.Steps != 1 || res.Tokens <= 0 || res.Params != 2*4*(64+3*64) || res.State != 16*int64(res.Params) || res.Device != "cpu" || res.Checkpointing == nil || *res.Checkpointing {
 		t.Fatalf("bench --train result %+v", res)
 	}
 	if _, errOut, code := qt(t, "", "bench", "--train", "--model", dir, "--max-len", "1"); code == 0 || !strings.Contains(errOut, "sequence 1") {

@@ -81,6 +81,7 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 	registerTrainFlags(f, &o.Train, &targets)
 	var device string
 	f.StringVar(&device, "device", "cpu", "where the loss and the gradients are computed: cpu, or cuda (the GPU of a build with -tags qtcuda; the optimizer runs there too)")
+	checkpoint := registerCheckpointFlag(f)
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		cuda, err := wantsCUDA(device)
@@ -95,6 +96,7 @@ files of a killed run are removed; a checkpoint it finished but had not yet rena
 			return err
 		}
 		defer exec.Close()
+		setCheckpointing(exec, *checkpoint)
 		fmt.Fprintf(c.ErrOrStderr(), "device: %s\n", exec.Name())
 		o.Exec = exec
 		return run(c, args)
