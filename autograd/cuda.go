@@ -159,9 +159,9 @@ func OpenDevice(ordinal int) (*Device, error) {
 }
 
 // lazyModules are the PTX files loaded when one of their kernels is first launched instead
-// of when the device opens: the training and Int4 kernels, which inference on dense weights
-// never needs.
-var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true}
+// of when the device opens: the training, Int4 and GPTQ kernels, which inference on dense
+// weights never needs.
+var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true, "kernels/gptq.ptx": true}
 
 // loadPTX loads the embedded module f and registers its kernels.
 func (d *Device) loadPTX(f string) error {
