@@ -50,6 +50,31 @@ const (
 // progress is called after each Linear. A cancelled ctx stops the work between layers or
 // calibration samples and returns its error.
 func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+	return calibrate(ctx, m, samples, o, method, cpuSolver{}, progress)
+}
+
+// accumulator sums a stage's Hessian: Hessian on the CPU, DeviceHessian on a GPU.
+type accumulator interface {
+	Add(x []float32, rows int) error
+}
+
+// solver is where the Hessians are summed and GPTQ runs.
+type solver interface {
+	hessian(k int) (accumulator, error)
+	gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error)
+	release(h accumulator) // the Hessian's memory, once its stage is quantized
+}
+
+// cpuSolver is the CPU: Hessian and GPTQ.
+type cpuSolver struct{}
+
+func (cpuSolver) hessian(k int) (accumulator, error) { return NewHessian(k), nil }
+func (cpuSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error) {
+	return GPTQ(w, n, k, h.(*Hessian), o)
+}
+func (cpuSolver) release(accumulator) {}
+
+func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, sv solver, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err
 	}
@@ -64,7 +89,7 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			}
 		}
 	}
-	q := &quantizer{o: o, method: method, progress: progress, total: len(m.Projections())}
+	q := &quantizer{o: o, method: method, solver: sv, progress: progress, total: len(m.Projections())}
 	hs, err := run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
 	if err != nil {
 		return nil, nil, err
@@ -84,22 +109,12 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			if err := ctx.Err(); err != nil {
 				return nil, nil, err
 			}
-			in := newInputs(group[0].In.Of(c), method)
-			first := group[0].P
-			base := *first
-			*first = &recorder{Projection: base, sink: in.add}
-			_, err := run(ctx, m, nil, hs, b.Forward)
-			*first = base
+			in, err := newInputs(group[0].In.Of(c), method, sv)
 			if err != nil {
 				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
 			}
-			for _, s := range group {
-				if err := ctx.Err(); err != nil {
-					return nil, nil, err
-				}
-				if err := q.quantize(s, in); err != nil {
-					return nil, nil, err
-				}
+			if err := q.stage(ctx, m, hs, b, group, in); err != nil {
+				return nil, nil, err
 			}
 		}
 		if hs, err = run(ctx, m, nil, hs, b.Forward); err != nil {
@@ -107,6 +122,31 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 		}
 	}
 	return q.layers, q.reports, nil
+}
+
+// stage records the inputs of a stage's projections (group) over the samples' hidden
+// states hs entering block b, and quantizes them.
+func (q *quantizer) stage(ctx context.Context, m *model.Model, hs [][]float32, b *model.Block, group []model.Slot, in *inputs) error {
+	if in.hess != nil {
+		defer q.solver.release(in.hess)
+	}
+	first := group[0].P
+	base := *first
+	*first = &recorder{Projection: base, sink: in.add}
+	_, err := run(ctx, m, nil, hs, b.Forward)
+	*first = base
+	if err != nil {
+		return fmt.Errorf("quantize: %s: %w", group[0].Name, err)
+	}
+	for _, s := range group {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := q.quantize(s, in); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // recorder is a projection that hands its input to sink before computing base(x).
@@ -127,16 +167,19 @@ func (r *recorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 // first errorRows rows, on which each layer's error is measured.
 type inputs struct {
 	k    int
-	hess *Hessian
+	hess accumulator
 	rows []float32
 }
 
-func newInputs(k int, method Method) *inputs {
+func newInputs(k int, method Method, sv solver) (*inputs, error) {
 	in := &inputs{k: k}
 	if method == MethodGPTQ { // round-to-nearest needs only the rows measuring its error
-		in.hess = NewHessian(k)
+		var err error
+		if in.hess, err = sv.hessian(k); err != nil {
+			return nil, err
+		}
 	}
-	return in
+	return in, nil
 }
 
 func (in *inputs) add(x []float32, rows, cols int) error {
@@ -158,6 +201,7 @@ func (in *inputs) add(x []float32, rows, cols int) error {
 type quantizer struct {
 	o        Options
 	method   Method
+	solver   solver
 	progress func(LayerReport, int, int)
 	total    int
 	layers   []*autograd.Int4
@@ -180,7 +224,7 @@ func (q *quantizer) quantize(s model.Slot, in *inputs) error {
 	if q.method == MethodRTN {
 		res, err = RTNResult(w, n, k, q.o)
 	} else {
-		res, err = GPTQ(w, n, k, in.hess, q.o)
+		res, err = q.solver.gptq(w, n, k, in.hess, q.o)
 	}
 	if err != nil {
 		return fmt.Errorf("quantize: %s: %w", s.Name, err)

@@ -12,11 +12,13 @@ package quantize
 // the CPU's order), and the packing (Pack) of the downloaded codes and grids.
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"sort"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/model"
 )
 
 // DeviceHessian is Hessian with its float32 sums on a GPU.
@@ -290,3 +292,22 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	}
 	return res, nil
 }
+
+// CalibrateDevice is Calibrate with the Hessians summed and GPTQ run on the GPU d (the
+// calibration forward stays on the CPU: each stage's captured rows are uploaded and summed
+// there). d.Peak is the device memory it needed.
+func CalibrateDevice(ctx context.Context, d *autograd.Device, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+	if o.BlockSize > autograd.GPTQMaxBlock {
+		return nil, nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", autograd.GPTQMaxBlock, o.BlockSize)
+	}
+	return calibrate(ctx, m, samples, o, method, deviceSolver{d}, progress)
+}
+
+// deviceSolver is a GPU: DeviceHessian and GPTQDevice.
+type deviceSolver struct{ d *autograd.Device }
+
+func (s deviceSolver) hessian(k int) (accumulator, error) { return NewDeviceHessian(s.d, k) }
+func (s deviceSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error) {
+	return GPTQDevice(w, n, k, h.(*DeviceHessian), o)
+}
+func (s deviceSolver) release(h accumulator) { h.(*DeviceHessian).Free() }
