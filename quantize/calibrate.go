@@ -50,7 +50,40 @@ const (
 // progress is called after each Linear. A cancelled ctx stops the work between layers or
 // calibration samples and returns its error.
 func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
-	return calibrate(ctx, m, samples, o, method, cpuSolver{}, progress)
+	return calibrate(ctx, m, samples, o, method, cpuSolver{}, &cpuForward{}, progress)
+}
+
+// forwarder runs the calibration forward: the samples' hidden states entering the current
+// block, kept where it computes them.
+type forwarder interface {
+	// embed starts the hidden states from the samples' token ids.
+	embed(ctx context.Context, m *model.Model, samples [][]int) error
+	// record runs block b over every sample with the stage's first projection (first) wrapped
+	// in a capture that feeds in.
+	record(ctx context.Context, m *model.Model, b *model.Block, first *model.Projection, in *inputs) error
+	// advance moves the hidden states through block b as it now stands (quantized).
+	advance(ctx context.Context, m *model.Model, b *model.Block) error
+}
+
+// cpuForward is the forward through the model's graph on the CPU (run).
+type cpuForward struct{ hs [][]float32 }
+
+func (f *cpuForward) embed(ctx context.Context, m *model.Model, samples [][]int) (err error) {
+	f.hs, err = run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
+	return err
+}
+
+func (f *cpuForward) record(ctx context.Context, m *model.Model, b *model.Block, first *model.Projection, in *inputs) error {
+	base := *first
+	*first = &recorder{Projection: base, sink: in.add}
+	_, err := run(ctx, m, nil, f.hs, b.Forward)
+	*first = base
+	return err
+}
+
+func (f *cpuForward) advance(ctx context.Context, m *model.Model, b *model.Block) (err error) {
+	f.hs, err = run(ctx, m, nil, f.hs, b.Forward)
+	return err
 }
 
 // accumulator sums a stage's Hessian: Hessian on the CPU, DeviceHessian on a GPU.
@@ -74,7 +107,7 @@ func (cpuSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result,
 }
 func (cpuSolver) release(accumulator) {}
 
-func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, sv solver, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, sv solver, fw forwarder, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err
 	}
@@ -90,8 +123,7 @@ func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 		}
 	}
 	q := &quantizer{o: o, method: method, solver: sv, progress: progress, total: len(m.Projections())}
-	hs, err := run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
-	if err != nil {
+	if err := fw.embed(ctx, m, samples); err != nil {
 		return nil, nil, err
 	}
 	for _, b := range m.Blocks {
@@ -113,29 +145,25 @@ func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			if err != nil {
 				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
 			}
-			if err := q.stage(ctx, m, hs, b, group, in); err != nil {
+			if err := q.stage(ctx, m, fw, b, group, in); err != nil {
 				return nil, nil, err
 			}
 		}
-		if hs, err = run(ctx, m, nil, hs, b.Forward); err != nil {
+		if err := fw.advance(ctx, m, b); err != nil {
 			return nil, nil, err
 		}
+		q.replaced = q.replaced[:0]
 	}
 	return q.layers, q.reports, nil
 }
 
 // stage records the inputs of a stage's projections (group) over the samples' hidden
-// states hs entering block b, and quantizes them.
-func (q *quantizer) stage(ctx context.Context, m *model.Model, hs [][]float32, b *model.Block, group []model.Slot, in *inputs) error {
+// states entering block b, and quantizes them.
+func (q *quantizer) stage(ctx context.Context, m *model.Model, fw forwarder, b *model.Block, group []model.Slot, in *inputs) error {
 	if in.hess != nil {
 		defer q.solver.release(in.hess)
 	}
-	first := group[0].P
-	base := *first
-	*first = &recorder{Projection: base, sink: in.add}
-	_, err := run(ctx, m, nil, hs, b.Forward)
-	*first = base
-	if err != nil {
+	if err := fw.record(ctx, m, b, group[0].P, in); err != nil {
 		return fmt.Errorf("quantize: %s: %w", group[0].Name, err)
 	}
 	for _, s := range group {
@@ -206,6 +234,10 @@ type quantizer struct {
 	total    int
 	layers   []*autograd.Int4
 	reports  []LayerReport
+	// replaced holds the current block's float projections until the block is done, so that
+	// no new weight takes their addresses while a GPU executor, which keys the weights it
+	// uploaded by address, may still hold them.
+	replaced []model.Projection
 }
 
 // quantize quantizes one dense projection from its inputs and puts its dequantized weights
@@ -247,6 +279,7 @@ func (q *quantizer) quantize(s model.Slot, in *inputs) error {
 		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
 	rep.RTNError = RelativeError(in.rows, nrows, w, rtn.Q, n, k)
+	q.replaced = append(q.replaced, d)
 	q.layers = append(q.layers, p)
 	q.reports = append(q.reports, rep)
 	deq := make([]float32, len(res.Q))

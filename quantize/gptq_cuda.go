@@ -293,14 +293,20 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	return res, nil
 }
 
-// CalibrateDevice is Calibrate with the Hessians summed and GPTQ run on the GPU d (the
-// calibration forward stays on the CPU: each stage's captured rows are uploaded and summed
-// there). d.Peak is the device memory it needed.
-func CalibrateDevice(ctx context.Context, d *autograd.Device, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+// CalibrateDevice is Calibrate with the Hessians summed and GPTQ run on the GPU d, and, with
+// forward, the calibration forward there too (calibrate_cuda.go: hidden states kept on the
+// device, the executor's bf16 GEMMs); without it the forward runs on the CPU in float32 and
+// each stage's captured rows are uploaded. d.Peak is the device memory it needed.
+func CalibrateDevice(ctx context.Context, d *autograd.Device, m *model.Model, samples [][]int, o Options, method Method, forward bool, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if o.BlockSize > autograd.GPTQMaxBlock {
 		return nil, nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", autograd.GPTQMaxBlock, o.BlockSize)
 	}
-	return calibrate(ctx, m, samples, o, method, deviceSolver{d}, progress)
+	if !forward {
+		return calibrate(ctx, m, samples, o, method, deviceSolver{d}, &cpuForward{}, progress)
+	}
+	fw := &deviceForward{d: d}
+	defer fw.free()
+	return calibrate(ctx, m, samples, o, method, deviceSolver{d}, fw, progress)
 }
 
 // deviceSolver is a GPU: DeviceHessian and GPTQDevice.

@@ -15,15 +15,15 @@ import (
 // quantizeDeviceError: this binary calibrates on the GPU too.
 func quantizeDeviceError(bool) error { return nil }
 
-// calibrateOnDevice calibrates with the Hessians and GPTQ on GPU 0 and returns its peak device
-// memory.
+// calibrateOnDevice calibrates on GPU 0 (forward, Hessians and GPTQ) and returns its peak
+// device memory.
 func calibrateOnDevice(ctx context.Context, stderr io.Writer, m *model.Model, samples [][]int, o quantize.Options, method quantize.Method, progress func(quantize.LayerReport, int, int)) ([]*autograd.Int4, []quantize.LayerReport, int64, error) {
 	d, err := autograd.OpenDevice(0)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	fmt.Fprintf(stderr, "device: %s (Hessians and GPTQ; the calibration forward runs on the CPU)\n", d.Name)
-	layers, reports, err := quantize.CalibrateDevice(ctx, d, m, samples, o, method, progress)
+	fmt.Fprintf(stderr, "device: %s\n", d.Name)
+	layers, reports, err := quantize.CalibrateDevice(ctx, d, m, samples, o, method, true, progress)
 	peak := d.Peak
 	if cerr := d.Close(); cerr != nil && err == nil {
 		err = cerr
