@@ -186,3 +186,25 @@ func CopyToDevice[T any](d *Device, dst *Buffer, src []T) error {
 	}
 	return cudaErr("cuMemcpyHtoD", d.drv.memcpyHtoD(dst.Ptr, unsafe.Pointer(&src[0]), bytes))
 }
+
+// GPTQRTNDiff is gptq_rtn_diff: d [n, k] = w - RTN(w) on the grids scale/zero [k/gs, n].
+func (d *Device) GPTQRTNDiff(diff, w, scale, zero *Buffer, n, k, gs, bits int) error {
+	nk := int64(n) * int64(k)
+	if err := need(gs > 0 && k%gs == 0 && diff.Bytes >= nk*4 && w.Bytes >= nk*4 && scale.Bytes >= int64(k/gs)*int64(n)*8 && zero.Bytes >= int64(k/gs)*int64(n)*8, "GPTQRTNDiff: [%d, %d], groups of %d", n, k, gs); err != nil {
+		return err
+	}
+	return d.launch("gptq_rtn_diff", grid(nk), 256, 0, diff, w, scale, zero, n, k, gs, bits)
+}
+
+// GemmF32 is y [m, n] = x [m, k] w^T with w [n, k], all float32 row-major (cuBLAS,
+// CUBLAS_COMPUTE_32F).
+func (d *Device) GemmF32(y, x, w *Buffer, m, n, k int) error {
+	if err := need(x.Bytes >= int64(m)*int64(k)*4 && w.Bytes >= int64(n)*int64(k)*4 && y.Bytes >= int64(m)*int64(n)*4, "GemmF32: [%d, %d] x [%d, %d]^T", m, k, n, k); err != nil {
+		return err
+	}
+	if _, err := d.Blas(); err != nil {
+		return err
+	}
+	// column-major: y^T [n, m] = W [n, k] . x^T [k, m]
+	return blasErr(fmt.Sprintf("cublasGemmEx [%d, %d, %d] (float32)", m, n, k), d.drv.gemmEx(blasOpT, blasOpN, n, m, k, w.Ptr, dtypeF32, k, x.Ptr, dtypeF32, k, 0, y.Ptr, dtypeF32, n))
+}

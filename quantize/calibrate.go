@@ -96,6 +96,9 @@ type solver interface {
 	hessian(k int) (accumulator, error)
 	gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error)
 	release(h accumulator) // the Hessian's memory, once its stage is quantized
+	// errors are RelativeError of res and of round-to-nearest on the same grid (RTNResult)
+	// on the calibration rows x [rows, k].
+	errors(w []float32, n, k int, res *Result, x []float32, rows int, o Options) (gptq, rtn float64, err error)
 }
 
 // cpuSolver is the CPU: Hessian and GPTQ.
@@ -106,6 +109,13 @@ func (cpuSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result,
 	return GPTQ(w, n, k, h.(*Hessian), o)
 }
 func (cpuSolver) release(accumulator) {}
+func (cpuSolver) errors(w []float32, n, k int, res *Result, x []float32, rows int, o Options) (float64, float64, error) {
+	rtn, err := RTNResult(w, n, k, o)
+	if err != nil {
+		return 0, 0, err
+	}
+	return RelativeError(x, rows, w, res.Q, n, k), RelativeError(x, rows, w, rtn.Q, n, k), nil
+}
 
 func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, sv solver, fw forwarder, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
@@ -273,12 +283,9 @@ func (q *quantizer) quantize(s model.Slot, in *inputs) error {
 	}
 	rep := LayerReport{Name: s.Name, Damp: res.Damp}
 	nrows := len(in.rows) / k
-	rep.Error = RelativeError(in.rows, nrows, w, res.Q, n, k)
-	rtn, err := RTNResult(w, n, k, q.o)
-	if err != nil {
+	if rep.Error, rep.RTNError, err = q.solver.errors(w, n, k, res, in.rows, nrows, q.o); err != nil {
 		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
-	rep.RTNError = RelativeError(in.rows, nrows, w, rtn.Q, n, k)
 	q.replaced = append(q.replaced, d)
 	q.layers = append(q.layers, p)
 	q.reports = append(q.reports, rep)

@@ -317,3 +317,84 @@ func (s deviceSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Re
 	return GPTQDevice(w, n, k, h.(*DeviceHessian), o)
 }
 func (s deviceSolver) release(h accumulator) { h.(*DeviceHessian).Free() }
+
+// errors computes both relative errors on the device: the calibration rows times W, W - Q and
+// W - RTN(W) (float32 cuBLAS products), the round-to-nearest values from gptq_grids and
+// gptq_rtn_diff; the squares are summed on the host in float64, as RelativeError does.
+func (s deviceSolver) errors(w []float32, n, k int, res *Result, x []float32, rows int, o Options) (_, _ float64, err error) {
+	if rows == 0 {
+		return 0, 0, nil
+	}
+	d := s.d
+	var held []*autograd.Buffer
+	defer func() {
+		for _, b := range held {
+			d.Free(b)
+		}
+	}()
+	keep := func(b *autograd.Buffer, e error) *autograd.Buffer {
+		if e != nil && err == nil {
+			err = e
+		}
+		if b != nil {
+			held = append(held, b)
+		}
+		return b
+	}
+	diff := make([]float32, n*k)
+	for i, v := range w {
+		diff[i] = v - float32(res.Q[i])
+	}
+	gs := o.GroupSize
+	if gs == -1 {
+		gs = k
+	}
+	xb := keep(autograd.Upload(d, x[:rows*k], "calibration rows"))
+	wb := keep(autograd.Upload(d, w, "weights"))
+	db := keep(autograd.Upload(d, diff, "weights minus their quantization"))
+	yw := keep(d.Alloc(int64(rows)*int64(n)*4, "X W^T"))
+	yd := keep(d.Alloc(int64(rows)*int64(n)*4, "X (W - Q)^T"))
+	sc := keep(d.Alloc(int64(k/gs)*int64(n)*8, "round-to-nearest scales"))
+	zr := keep(d.Alloc(int64(k/gs)*int64(n)*8, "round-to-nearest zeros"))
+	if err != nil {
+		return 0, 0, err
+	}
+	xw, xd := make([]float32, rows*n), make([]float32, rows*n)
+	rel := func() (float64, error) {
+		if err := d.GemmF32(yd, xb, db, rows, n, k); err != nil {
+			return 0, err
+		}
+		if err := autograd.Download(d, xd, yd); err != nil {
+			return 0, err
+		}
+		var num, den float64
+		for i := range xw {
+			num += float64(xd[i]) * float64(xd[i])
+			den += float64(xw[i]) * float64(xw[i])
+		}
+		if den == 0 {
+			return 0, nil
+		}
+		return math.Sqrt(num / den), nil
+	}
+	if err := d.GemmF32(yw, xb, wb, rows, n, k); err != nil {
+		return 0, 0, err
+	}
+	if err := autograd.Download(d, xw, yw); err != nil {
+		return 0, 0, err
+	}
+	gptq, err := rel()
+	if err != nil {
+		return 0, 0, err
+	}
+	for g := 0; g < k/gs; g++ {
+		if err := d.GPTQGrids(sc.Slice(int64(g)*int64(n)*8, int64(n)*8), zr.Slice(int64(g)*int64(n)*8, int64(n)*8), wb, n, k, g*gs, gs, o.Bits, o.Sym); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := d.GPTQRTNDiff(db, wb, sc, zr, n, k, gs, o.Bits); err != nil {
+		return 0, 0, err
+	}
+	rtn, err := rel()
+	return gptq, rtn, err
+}

@@ -181,6 +181,21 @@ func TestGPTQDeviceMatchesCPU(t *testing.T) {
 			if cmp.codes > len(cpu.Codes)/1000 || cmp.scales > len(cpu.Grids)*cpu.N/100 || cmp.scale > 1e-6 {
 				t.Errorf("%d codes differ, %d scales by up to %.2g", cmp.codes, cmp.scales, cmp.scale)
 			}
+			// the layer's errors (GPTQ's and round-to-nearest's) measured on the device
+			rows := min(256, 3*c.k)
+			cg, cr, err := cpuSolver{}.errors(w, c.n, c.k, cpu, x, rows, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dg, dr, err := deviceSolver{d}.errors(w, c.n, c.k, cpu, x, rows, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("errors: GPTQ %.6f on the device, %.6f on the CPU; round-to-nearest %.6f, %.6f (apart by %.1e and %.1e)", dg, cg, dr, cr, math.Abs(dg-cg)/cg, math.Abs(dr-cr)/cr)
+			// measured: within 8.2e-9 relative (float32 products summed in another order)
+			if math.Abs(dg-cg) > 1e-7*cg || math.Abs(dr-cr) > 1e-7*cr || !(cg < cr) {
+				t.Errorf("errors: GPTQ %.6f on the device, %.6f on the CPU; round-to-nearest %.6f, %.6f", dg, cg, dr, cr)
+			}
 		})
 	}
 }

@@ -286,3 +286,18 @@ extern "C" __global__ void gptq_update(float* wf, const float* err, const float*
             if (r < n && c < cols) wf[(long long)r * k + i2 + c] = acc[i][j];
         }
 }
+
+// gptq_rtn_diff: d [n, k] = w - q with q the round-to-nearest value of w on the grids
+// scale/zero [G, n] of contiguous groups of gs columns (quantize.RTNResult: code and value in
+// float64, the difference in float32 as RelativeError takes it).
+extern "C" __global__ void gptq_rtn_diff(float* d, const float* w, const double* scale, const double* zero, int n, int k, int gs, int bits) {
+    long long total = (long long)n * k;
+    double maxq = (double)((1 << bits) - 1);
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+        int r = (int)(e / k), j = (int)(e % k);
+        long long g = (long long)(j / gs) * n + r;
+        double s = scale[g], z = zero[g];
+        double c = fmin(fmax(rint((double)w[e] / s) + z, 0.0), maxq);
+        d[e] = __fsub_rn(w[e], (float)(s * (c - z)));
+    }
+}
