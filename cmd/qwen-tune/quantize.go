@@ -64,7 +64,12 @@ joined and cut into --nsamples windows of --seq-len tokens. Blocks are processed
 time: the inputs of c_attn, then attn.c_proj, then w1 and w2, then mlp.c_proj are captured
 with the already-quantized layers in place. Each layer's relative output error is shown next
 to round-to-nearest's on the same grid; the worst layers are listed at the end and all of
-them saved to quantize_report.json. chat, generate and eval run the result directly.`,
+them saved to quantize_report.json. chat, generate and eval run the result directly.
+
+--device cuda calibrates on the GPU of a build with -tags qtcuda: the hidden states stay on
+the device, the Hessians are summed and GPTQ runs there, and the peak device memory is
+printed. Its forward computes in bf16 as GPU inference does (the CPU's in float32), so its
+codes differ from the CPU's where that rounding moves them.`,
 		Example: `  qwen-tune quantize --model ./Qwen-7B-Chat-mine --data chats.jsonl --out Qwen-7B-Chat-mine-Int4
   qwen-tune quantize --model tiny-qwen --text notes.txt --out tiny-int4 --group-size 32 --nsamples 16 --seq-len 256`,
 		Args: cobra.NoArgs,
@@ -212,6 +217,6 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 	f.IntVar(&seqLen, "seq-len", 2048, "tokens per calibration sample")
 	f.Uint64Var(&seed, "seed", 0, "seed for picking calibration samples")
 	f.StringVar(&method, "method", "gptq", "gptq, or rtn (round-to-nearest on the same grid, for comparison)")
-	f.StringVar(&device, "device", "cpu", "where the Hessians and GPTQ run: cpu, or cuda (the GPU of a build with -tags qtcuda; the calibration forward stays on the CPU)")
+	f.StringVar(&device, "device", "cpu", "where the calibration runs: cpu, or cuda (the GPU of a build with -tags qtcuda: forward, Hessians and GPTQ; the forward in bf16)")
 	return cmd
 }
