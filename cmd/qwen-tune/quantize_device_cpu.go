@@ -12,6 +12,9 @@ import (
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
+// quantizeOnGPU: this binary calibrates on the CPU only.
+const quantizeOnGPU = false
+
 // quantizeDeviceError: this binary has no GPU code.
 func quantizeDeviceError(cuda bool) error {
 	if cuda {

@@ -12,6 +12,9 @@ import (
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
 
+// quantizeOnGPU: this binary calibrates on the GPU too (the CUDA build, and the emulator's).
+const quantizeOnGPU = true
+
 // quantizeDeviceError: this binary calibrates on the GPU too.
 func quantizeDeviceError(bool) error { return nil }
 
