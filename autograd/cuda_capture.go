@@ -47,6 +47,7 @@ func (c *compiler) capture(n *G.Node, in []*value) (bool, error) {
 	c.rootOf[n] = r
 	c.lastUse[r] = max(c.lastUse[r], c.lastUse[n])
 	rows, cols := x.rows, x.cols
+	c.p.graphable = false // the sink may copy to the host, which a CUDA graph cannot record
 	c.emit(func() error { return sink(x.ptr(), rows, cols) })
 	return true, nil
 }
