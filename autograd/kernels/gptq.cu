@@ -7,8 +7,9 @@
 // values and error fed back into the block's later columns (gptq_block, one thread per row),
 // and the lazy update of the later blocks (gptq_update: a product summed in the order of
 // gonum's sgemm, one term after the other, so the working weights equal the CPU's bit for bit).
-// The float32 arithmetic of the sweep uses the _rn intrinsics: nvcc would otherwise fuse
-// multiply-adds that the CPU rounds twice.
+// The floating-point arithmetic of the Hessian's entries, the grids and the sweep uses the _rn
+// intrinsics: PTX arithmetic without a rounding mode may be fused into multiply-adds by the
+// driver's compiler, where the CPU rounds twice.
 //
 // Shapes: S [k, k] float32; A, X [k, k] float64 row-major; U [k, k] float32; W [n, k] float32
 // (rows are outputs); codes [n, k] uint8 and Q [n, k] float32 in the original column order;
@@ -18,10 +19,11 @@
 #define GPTQ_NB 64     // Cholesky panel width
 #define GPTQ_MAXB 128  // most columns per lazy block
 
-// h_at is H[p][q] from the upper triangle of the float32 sums.
+// h_at is H[p][q] from the upper triangle of the float32 sums, rounded before any damping is
+// added (as the CPU's Hessian.Matrix rounds it: no fused multiply-add).
 __device__ __forceinline__ double h_at(const float* s, int k, int p, int q, double scale) {
     int a = p < q ? p : q, b = p < q ? q : p;
-    return scale * (double)s[(long long)a * k + b];
+    return __dmul_rn(scale, (double)s[(long long)a * k + b]);
 }
 
 // gptq_diag: diag[j] = H[j][j] (dead inputs still 0).
@@ -41,7 +43,7 @@ extern "C" __global__ void gptq_damped(double* a, const float* s, const int* per
         double v = h_at(s, k, p, q, scale);
         if (r == c) {
             if (v == 0) v = 1;
-            v += add;
+            v = __dadd_rn(v, add);
         }
         a[i] = v;
     }
@@ -208,9 +210,9 @@ extern "C" __global__ void gptq_grids(double* scale, double* zero, const float* 
         if (xmin < 0) xmin = -xmax;
     }
     if (xmin == 0 && xmax == 0) xmin = -1, xmax = 1;
-    double s = (xmax - xmin) / maxq;
+    double s = __ddiv_rn(__dsub_rn(xmax, xmin), maxq);
     scale[r] = s;
-    zero[r] = sym ? (maxq + 1) / 2 : rint(-xmin / s);
+    zero[r] = sym ? __ddiv_rn(__dadd_rn(maxq, 1), 2) : rint(__ddiv_rn(-xmin, s));
 }
 
 // gptq_block: the columns i1..i1+count of the working weights wf, one thread per row:
@@ -235,8 +237,8 @@ extern "C" __global__ void gptq_block(float* wf, float* err, unsigned char* code
         long long g = (long long)gcol[j] * n + r;
         double s = gscale[g], z = gzero[g];
         double wv = (double)w1[i];
-        double c = fmin(fmax(rint(wv / s) + z, 0.0), maxq);
-        float qv = __fmul_rn((float)s, (float)(c - z));
+        double c = fmin(fmax(__dadd_rn(rint(__ddiv_rn(wv, s)), z), 0.0), maxq);
+        float qv = __fmul_rn((float)s, (float)__dsub_rn(c, z));
         int orig = perm ? perm[j] : j;
         codes[(long long)r * k + orig] = (unsigned char)c;
         q[(long long)r * k + orig] = qv;
@@ -297,7 +299,7 @@ extern "C" __global__ void gptq_rtn_diff(float* d, const float* w, const double*
         int r = (int)(e / k), j = (int)(e % k);
         long long g = (long long)(j / gs) * n + r;
         double s = scale[g], z = zero[g];
-        double c = fmin(fmax(rint((double)w[e] / s) + z, 0.0), maxq);
-        d[e] = __fsub_rn(w[e], (float)(s * (c - z)));
+        double c = fmin(fmax(__dadd_rn(rint(__ddiv_rn((double)w[e], s)), z), 0.0), maxq);
+        d[e] = __fsub_rn(w[e], (float)__dmul_rn(s, __dsub_rn(c, z)));
     }
 }
