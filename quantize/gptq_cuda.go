@@ -237,7 +237,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 		}
 	}
 	if !ok {
-		return nil, fmt.Errorf("quantize: the Hessian is not positive definite even with damping %g of its mean diagonal: too few or degenerate calibration samples", damp)
+		return nil, notPositiveDefinite(damp)
 	}
 	gcol := make([]int32, k) // each (permuted) column's grid: GPTQ's g_idx before un-permuting
 	for j := range gcol {
