@@ -168,7 +168,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	hd := make([]float64, k) // the diagonal with dead inputs at 1, as GPTQ's H
 	for j, v := range diag {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("quantize: the Hessian's diagonal entry %d is %v: the calibration inputs overflow float32", j, v)
+			return nil, fmt.Errorf("quantize: the Hessian's diagonal entry %d is %v: the calibration inputs are not finite or overflow float32", j, v)
 		}
 		hd[j] = v
 		if v == 0 {
