@@ -61,20 +61,24 @@ func (f *deviceForward) embed(ctx context.Context, m *model.Model, samples [][]i
 
 func (f *deviceForward) record(ctx context.Context, m *model.Model, b *model.Block, first *model.Projection, in *inputs) error {
 	base := *first
-	*first = &deviceRecorder{Projection: base, sink: in.deviceSink(f.d)}
-	err := f.pass(ctx, m, b, false)
+	rec := &deviceRecorder{Projection: base, sink: in.deviceSink(f.d)}
+	*first = rec
+	err := f.pass(ctx, m, b, rec)
 	*first = base
 	return err
 }
 
 func (f *deviceForward) advance(ctx context.Context, m *model.Model, b *model.Block) error {
-	err := f.pass(ctx, m, b, true)
+	err := f.pass(ctx, m, b, nil)
 	f.d.ReleaseWeights() // this block's weights, as uploaded for its passes
 	return err
 }
 
-// pass runs block b over every sample's hidden states; with next, its outputs replace them.
-func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block, next bool) error {
+// pass runs block b over every sample's hidden states. With a recorder, only the part of the
+// block that computes the captured input runs (the graph up to rec's capture); without one the
+// whole block runs and its outputs replace the hidden states.
+func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block, rec *deviceRecorder) error {
+	next := rec == nil
 	c := m.Config
 	h := c.HiddenSize
 	type compiled struct {
@@ -101,6 +105,11 @@ func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block
 			if err := g.Err(); err != nil {
 				return err
 			}
+			graph := g.ExprGraph
+			if rec != nil { // the capture's ancestors only
+				out = rec.captured
+				graph = g.ExprGraph.SubgraphRoots(out)
+			}
 			if f.caches[seq] == nil {
 				f.caches[seq] = autograd.NewDeviceKVCache(len(m.Blocks), 1, seq, c.NumAttentionHeads, c.KVChannels)
 			}
@@ -109,7 +118,7 @@ func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block
 			if err != nil {
 				return err
 			}
-			prog, err := f.d.CompileInput(g.ExprGraph, out, in, buf, g.Step)
+			prog, err := f.d.CompileInput(graph, out, in, buf, g.Step)
 			if err != nil {
 				f.d.Free(buf)
 				return fmt.Errorf("quantize: compiling block %d for the GPU: %w", b.Layer, err)
@@ -136,10 +145,12 @@ func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block
 	return f.d.Sync()
 }
 
-// deviceRecorder is recorder for the GPU executor.
+// deviceRecorder is recorder for the GPU executor; captured is its capture node in the graph
+// last built.
 type deviceRecorder struct {
 	model.Projection
-	sink autograd.DeviceSink
+	sink     autograd.DeviceSink
+	captured *G.Node
 }
 
 func (r *deviceRecorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
@@ -147,6 +158,7 @@ func (r *deviceRecorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.captured = x
 	return r.Projection.Forward(g, x)
 }
 
