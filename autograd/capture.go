@@ -19,7 +19,8 @@ type Sink func(x []float32, rows, cols int) error
 
 type captureOp struct {
 	base
-	sink Sink
+	sink   Sink
+	device any // the DeviceSink of a capture for the GPU executor (CaptureDevice), else nil
 }
 
 // Capture returns x unchanged and calls sink with its value each time the graph runs.

@@ -162,9 +162,9 @@ func OpenDevice(ordinal int) (*Device, error) {
 }
 
 // lazyModules are the PTX files loaded when one of their kernels is first launched instead
-// of when the device opens: the training, optimizer and Int4 kernels, which inference on dense weights
-// never needs.
-var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true, "kernels/chunkloss.ptx": true, "kernels/optim.ptx": true, "kernels/embed_grad.ptx": true}
+// of when the device opens: the training, optimizer, Int4 and GPTQ kernels, which inference
+// on dense weights never needs.
+var lazyModules = map[string]bool{"kernels/train.ptx": true, "kernels/int4.ptx": true, "kernels/chunkloss.ptx": true, "kernels/optim.ptx": true, "kernels/embed_grad.ptx": true, "kernels/gptq.ptx": true}
 
 // loadPTX loads the embedded module f and registers its kernels.
 func (d *Device) loadPTX(f string) error {

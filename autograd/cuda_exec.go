@@ -306,7 +306,8 @@ type compiler struct {
 	attn        map[*attentionOp]attnSaved
 	precomputed map[*G.Node]bool
 	// rc is the schedule of a program with activation checkpointing (cuda_recompute.go)
-	rc *recompute
+	rc     *recompute
+	inputs map[*G.Node]*Buffer // device-resident inputs (compileWith)
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -349,6 +350,7 @@ var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&scatterOp{}):      (*compiler).scatter,
 	reflect.TypeOf(&columnsOp{}):      (*compiler).columns,
 	reflect.TypeOf(&checkpointOp{}):   (*compiler).checkpoint,
+	reflect.TypeOf(&captureOp{}):      (*compiler).capture,
 }
 
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
@@ -359,8 +361,14 @@ func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, err
 
 // compile is Compile keeping the nodes keep for Grads, with o's choices (cuda_recompute.go).
 func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, o GradOptions) (prog *Program, err error) {
+	return d.compileWith(g, out, keep, step, o, nil)
+}
+
+// compileWith is compile with inputs: nodes without a value whose data is already on the
+// device (float32, [rows, cols] row-major), read in place and never written.
+func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
-		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
+		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs}
 	p := c.p
 	defer func() {
 		if err != nil {
@@ -674,6 +682,14 @@ func (c *compiler) what() string { return fmt.Sprintf("%s (%s)", c.cur.Op(), c.c
 
 // parameter uploads a weight (bf16, once per Device).
 func (c *compiler) parameter(n *G.Node) error {
+	if b, ok := c.inputs[n]; ok { // read in place like a parameter: never released or overwritten
+		s := n.Shape()
+		if len(s) != 2 || b.Bytes < int64(s[0])*int64(s[1])*4 {
+			return fmt.Errorf("autograd: input %s of shape %v does not fit its device buffer of %d bytes", n.Name(), s, b.Bytes)
+		}
+		c.vals[n] = &value{buf: b, rows: s[0], cols: s[1], stride: s[1], root: n, param: true}
+		return nil
+	}
 	if n.Value() == nil {
 		return fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
 	}

@@ -50,6 +50,74 @@ const (
 // progress is called after each Linear. A cancelled ctx stops the work between layers or
 // calibration samples and returns its error.
 func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+	return calibrate(ctx, m, samples, o, method, cpuSolver{}, &cpuForward{}, progress)
+}
+
+// forwarder runs the calibration forward: the samples' hidden states entering the current
+// block, kept where it computes them.
+type forwarder interface {
+	// embed starts the hidden states from the samples' token ids.
+	embed(ctx context.Context, m *model.Model, samples [][]int) error
+	// record runs block b over every sample with the stage's first projection (first) wrapped
+	// in a capture that feeds in.
+	record(ctx context.Context, m *model.Model, b *model.Block, first *model.Projection, in *inputs) error
+	// advance moves the hidden states through block b as it now stands (quantized).
+	advance(ctx context.Context, m *model.Model, b *model.Block) error
+}
+
+// cpuForward is the forward through the model's graph on the CPU (run).
+type cpuForward struct{ hs [][]float32 }
+
+func (f *cpuForward) embed(ctx context.Context, m *model.Model, samples [][]int) (err error) {
+	f.hs, err = run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
+	return err
+}
+
+func (f *cpuForward) record(ctx context.Context, m *model.Model, b *model.Block, first *model.Projection, in *inputs) error {
+	base := *first
+	*first = &recorder{Projection: base, sink: in.add}
+	_, err := run(ctx, m, nil, f.hs, b.Forward)
+	*first = base
+	return err
+}
+
+func (f *cpuForward) advance(ctx context.Context, m *model.Model, b *model.Block) (err error) {
+	f.hs, err = run(ctx, m, nil, f.hs, b.Forward)
+	return err
+}
+
+// accumulator sums a stage's Hessian: Hessian on the CPU, DeviceHessian on a GPU.
+type accumulator interface {
+	Add(x []float32, rows int) error
+}
+
+// solver is where the Hessians are summed and GPTQ runs.
+type solver interface {
+	hessian(k int) (accumulator, error)
+	gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error)
+	release(h accumulator) // the Hessian's memory, once its stage is quantized
+	// errors are RelativeError of res and of round-to-nearest on the same grid (RTNResult)
+	// on the calibration rows x [rows, k].
+	errors(w []float32, n, k int, res *Result, x []float32, rows int, o Options) (gptq, rtn float64, err error)
+}
+
+// cpuSolver is the CPU: Hessian and GPTQ.
+type cpuSolver struct{}
+
+func (cpuSolver) hessian(k int) (accumulator, error) { return NewHessian(k), nil }
+func (cpuSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error) {
+	return GPTQ(w, n, k, h.(*Hessian), o)
+}
+func (cpuSolver) release(accumulator) {}
+func (cpuSolver) errors(w []float32, n, k int, res *Result, x []float32, rows int, o Options) (float64, float64, error) {
+	rtn, err := RTNResult(w, n, k, o)
+	if err != nil {
+		return 0, 0, err
+	}
+	return RelativeError(x, rows, w, res.Q, n, k), RelativeError(x, rows, w, rtn.Q, n, k), nil
+}
+
+func calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, method Method, sv solver, fw forwarder, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
 	if err := CheckShapes(m.Config, o); err != nil {
 		return nil, nil, err
 	}
@@ -64,9 +132,8 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			}
 		}
 	}
-	q := &quantizer{o: o, method: method, progress: progress, total: len(m.Projections())}
-	hs, err := run(ctx, m, samples, nil, func(g *model.Graph, _ *G.Node) *G.Node { return g.Embed(m.Embed) })
-	if err != nil {
+	q := &quantizer{o: o, method: method, solver: sv, progress: progress, total: len(m.Projections())}
+	if err := fw.embed(ctx, m, samples); err != nil {
 		return nil, nil, err
 	}
 	for _, b := range m.Blocks {
@@ -84,29 +151,40 @@ func Calibrate(ctx context.Context, m *model.Model, samples [][]int, o Options, 
 			if err := ctx.Err(); err != nil {
 				return nil, nil, err
 			}
-			in := newInputs(group[0].In.Of(c), method)
-			first := group[0].P
-			base := *first
-			*first = &recorder{Projection: base, sink: in.add}
-			_, err := run(ctx, m, nil, hs, b.Forward)
-			*first = base
+			in, err := newInputs(group[0].In.Of(c), method, sv)
 			if err != nil {
 				return nil, nil, fmt.Errorf("quantize: %s: %w", group[0].Name, err)
 			}
-			for _, s := range group {
-				if err := ctx.Err(); err != nil {
-					return nil, nil, err
-				}
-				if err := q.quantize(s, in); err != nil {
-					return nil, nil, err
-				}
+			if err := q.stage(ctx, m, fw, b, group, in); err != nil {
+				return nil, nil, err
 			}
 		}
-		if hs, err = run(ctx, m, nil, hs, b.Forward); err != nil {
+		if err := fw.advance(ctx, m, b); err != nil {
 			return nil, nil, err
 		}
+		q.replaced = q.replaced[:0]
 	}
 	return q.layers, q.reports, nil
+}
+
+// stage records the inputs of a stage's projections (group) over the samples' hidden
+// states entering block b, and quantizes them.
+func (q *quantizer) stage(ctx context.Context, m *model.Model, fw forwarder, b *model.Block, group []model.Slot, in *inputs) error {
+	if in.hess != nil {
+		defer q.solver.release(in.hess)
+	}
+	if err := fw.record(ctx, m, b, group[0].P, in); err != nil {
+		return fmt.Errorf("quantize: %s: %w", group[0].Name, err)
+	}
+	for _, s := range group {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := q.quantize(s, in); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // recorder is a projection that hands its input to sink before computing base(x).
@@ -127,16 +205,19 @@ func (r *recorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 // first errorRows rows, on which each layer's error is measured.
 type inputs struct {
 	k    int
-	hess *Hessian
+	hess accumulator
 	rows []float32
 }
 
-func newInputs(k int, method Method) *inputs {
+func newInputs(k int, method Method, sv solver) (*inputs, error) {
 	in := &inputs{k: k}
 	if method == MethodGPTQ { // round-to-nearest needs only the rows measuring its error
-		in.hess = NewHessian(k)
+		var err error
+		if in.hess, err = sv.hessian(k); err != nil {
+			return nil, err
+		}
 	}
-	return in
+	return in, nil
 }
 
 func (in *inputs) add(x []float32, rows, cols int) error {
@@ -158,10 +239,15 @@ func (in *inputs) add(x []float32, rows, cols int) error {
 type quantizer struct {
 	o        Options
 	method   Method
+	solver   solver
 	progress func(LayerReport, int, int)
 	total    int
 	layers   []*autograd.Int4
 	reports  []LayerReport
+	// replaced holds the current block's float projections until the block is done, so that
+	// no new weight takes their addresses while a GPU executor, which keys the weights it
+	// uploaded by address, may still hold them.
+	replaced []model.Projection
 }
 
 // quantize quantizes one dense projection from its inputs and puts its dequantized weights
@@ -180,7 +266,7 @@ func (q *quantizer) quantize(s model.Slot, in *inputs) error {
 	if q.method == MethodRTN {
 		res, err = RTNResult(w, n, k, q.o)
 	} else {
-		res, err = GPTQ(w, n, k, in.hess, q.o)
+		res, err = q.solver.gptq(w, n, k, in.hess, q.o)
 	}
 	if err != nil {
 		return fmt.Errorf("quantize: %s: %w", s.Name, err)
@@ -197,12 +283,10 @@ func (q *quantizer) quantize(s model.Slot, in *inputs) error {
 	}
 	rep := LayerReport{Name: s.Name, Damp: res.Damp}
 	nrows := len(in.rows) / k
-	rep.Error = RelativeError(in.rows, nrows, w, res.Q, n, k)
-	rtn, err := RTNResult(w, n, k, q.o)
-	if err != nil {
+	if rep.Error, rep.RTNError, err = q.solver.errors(w, n, k, res, in.rows, nrows, q.o); err != nil {
 		return fmt.Errorf("quantize: %s: %w", s.Name, err)
 	}
-	rep.RTNError = RelativeError(in.rows, nrows, w, rtn.Q, n, k)
+	q.replaced = append(q.replaced, d)
 	q.layers = append(q.layers, p)
 	q.reports = append(q.reports, rep)
 	deq := make([]float32, len(res.Q))

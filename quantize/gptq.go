@@ -385,5 +385,11 @@ func inverseCholesky(h []float64, k int, damp float64) ([]float64, float64, erro
 		}
 		damp *= 10
 	}
-	return nil, damp, fmt.Errorf("quantize: the Hessian is not positive definite even with damping %g of its mean diagonal: too few or degenerate calibration samples", damp/10)
+	return nil, damp, notPositiveDefinite(damp / 10)
+}
+
+// notPositiveDefinite is the error of a Hessian that the highest damping tried, damp, did not
+// make positive definite.
+func notPositiveDefinite(damp float64) error {
+	return fmt.Errorf("quantize: the Hessian is not positive definite even with damping %g of its mean diagonal: too few or degenerate calibration samples; give more varied calibration data (more or longer samples) or raise the damping", damp)
 }

@@ -13,6 +13,8 @@ package quantize
 
 import (
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
@@ -32,13 +34,23 @@ func Pack(r *Result, bits int, name string, bias []float32) (*autograd.Int4, err
 	p := &autograd.Int4{Name: name, Bits: bits, K: r.K, N: r.N, G: g, QWeight: make([]int32, r.K/per*r.N), QZeros: make([]int32, g*r.N/per),
 		Scales: make([]float32, g*r.N), GIdx: append([]int32(nil), r.GIdx...), Bias: bias}
 	mask := uint32(1)<<bits - 1
-	for n := 0; n < r.N; n++ {
-		for k := 0; k < r.K; k++ {
-			c := uint32(r.Codes[n*r.K+k]) & mask
-			i := (k/per)*r.N + n
-			p.QWeight[i] = int32(uint32(p.QWeight[i]) | c<<(bits*(k%per)))
-		}
+	// outputs in parallel: each word of qweight holds one output's codes
+	workers := min(runtime.GOMAXPROCS(0), max(1, r.N*r.K>>20))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := w * r.N / workers; n < (w+1)*r.N/workers; n++ {
+				for k := 0; k < r.K; k++ {
+					c := uint32(r.Codes[n*r.K+k]) & mask
+					i := (k/per)*r.N + n
+					p.QWeight[i] = int32(uint32(p.QWeight[i]) | c<<(bits*(k%per)))
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	for gi, grid := range r.Grids {
 		for n, gr := range grid {
 			z := uint32(int(gr.Zero)-1) & mask

@@ -68,24 +68,6 @@ func adapterOnGPTQ(m *model.Model, device string) (cpu string, err error) {
 	return "", nil
 }
 
-// registerCPUDevice is --device on commands that run on the CPU only (training, calibration,
-// evaluation): cuda is refused with a message instead of an unknown flag.
-func registerCPUDevice(cmd *cobra.Command, what string) {
-	var device string
-	cmd.Flags().StringVar(&device, "device", "cpu", "where "+what+" runs: cpu (the GPU executor runs inference only)")
-	run := cmd.RunE
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		cuda, err := wantsCUDA(device)
-		if err != nil {
-			return err
-		}
-		if cuda {
-			return fmt.Errorf("--device cuda: %s runs on the CPU; the GPU runs inference (chat, generate, serve, bench) and training (lora)", what)
-		}
-		return run(c, args)
-	}
-}
-
 // wantsCUDA reads a --device value: cpu (or empty) or cuda.
 func wantsCUDA(device string) (bool, error) {
 	switch device {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/data"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -43,6 +44,7 @@ func fitShapes(cmd *cobra.Command, c *checkpoints.Config, o *quantize.Options) e
 func newQuantizeCmd() *cobra.Command {
 	var (
 		modelDir, out, method string
+		device                string
 		src                   textInput
 		nsamples, seqLen      int
 		seed                  uint64
@@ -62,11 +64,23 @@ joined and cut into --nsamples windows of --seq-len tokens. Blocks are processed
 time: the inputs of c_attn, then attn.c_proj, then w1 and w2, then mlp.c_proj are captured
 with the already-quantized layers in place. Each layer's relative output error is shown next
 to round-to-nearest's on the same grid; the worst layers are listed at the end and all of
-them saved to quantize_report.json. chat, generate and eval run the result directly.`,
+them saved to quantize_report.json. chat, generate and eval run the result directly.
+
+--device cuda calibrates on the GPU of a build with -tags qtcuda: the hidden states stay on
+the device, the Hessians are summed and GPTQ runs there, and the peak device memory is
+printed. Its forward computes in bf16 as GPU inference does (the CPU's in float32), so its
+codes differ from the CPU's where that rounding moves them.`,
 		Example: `  qwen-tune quantize --model ./Qwen-7B-Chat-mine --data chats.jsonl --out Qwen-7B-Chat-mine-Int4
   qwen-tune quantize --model tiny-qwen --text notes.txt --out tiny-int4 --group-size 32 --nsamples 16 --seq-len 256`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			cuda, err := wantsCUDA(device)
+			if err != nil {
+				return err
+			}
+			if err := quantizeDeviceError(cuda); err != nil {
+				return err
+			}
 			if modelDir == "" || out == "" || !src.one() {
 				return fmt.Errorf("--model, --out and exactly one of --data and --text are required")
 			}
@@ -130,7 +144,7 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			ctx, stop := interruptible(cmd.Context())
 			defer stop()
 			finished := 0
-			layers, reports, err := quantize.Calibrate(ctx, in.m, samples, o, quantize.Method(method), func(r quantize.LayerReport, done, total int) {
+			progress := func(r quantize.LayerReport, done, total int) {
 				bar.Describe(fmt.Sprintf("%s err %.4f (rtn %.4f)", r.Name, r.Error, r.RTNError))
 				bar.Set(done)
 				finished = done
@@ -140,7 +154,17 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 				if r.Damp > o.Damp {
 					fmt.Fprintf(stderr, "%s: the Hessian was not positive definite; damping raised to %g\n", r.Name, r.Damp)
 				}
-			})
+			}
+			var (
+				layers  []*autograd.Int4
+				reports []quantize.LayerReport
+				peak    int64
+			)
+			if cuda {
+				layers, reports, peak, err = calibrateOnDevice(ctx, stderr, in.m, samples, o, quantize.Method(method), progress)
+			} else {
+				layers, reports, err = quantize.Calibrate(ctx, in.m, samples, o, quantize.Method(method), progress)
+			}
 			bar.Finish()
 			if err != nil && ctx.Err() != nil {
 				return stopped(fmt.Sprintf("quantize interrupted after %d of %d layers; nothing was written to %s", finished, 5*len(in.m.Blocks), out))
@@ -152,11 +176,17 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			if err := quantize.Save(out, modelDir, layers, o); err != nil {
 				return err
 			}
+			where := "cpu"
+			if cuda {
+				where = "cuda"
+			}
 			if err := checkpoints.WriteJSON(filepath.Join(out, "quantize_report.json"), struct {
 				Samples, Tokens int
 				Seconds         float64
+				Device          string
+				PeakDeviceBytes int64 `json:",omitempty"`
 				Layers          []quantize.LayerReport
-			}{len(samples), tokens, took.Seconds(), reports}); err != nil {
+			}{len(samples), tokens, took.Seconds(), where, peak, reports}); err != nil {
 				return err
 			}
 			worst := append([]quantize.LayerReport(nil), reports...)
@@ -165,6 +195,9 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 			fmt.Fprintf(w, "quantized %d layers in %.1f s; worst layers (relative output error on calibration inputs):\n", len(reports), took.Seconds())
 			for _, r := range worst[:min(5, len(worst))] {
 				fmt.Fprintf(w, "  %-28s %s %.4f   round-to-nearest %.4f\n", r.Name, method, r.Error, r.RTNError)
+			}
+			if cuda {
+				fmt.Fprintf(w, "device mem peak %.2f GiB held by the Hessians and GPTQ's buffers\n", float64(peak)/(1<<30))
 			}
 			fmt.Fprintf(w, "wrote %s\n", out)
 			return nil
@@ -184,6 +217,6 @@ them saved to quantize_report.json. chat, generate and eval run the result direc
 	f.IntVar(&seqLen, "seq-len", 2048, "tokens per calibration sample")
 	f.Uint64Var(&seed, "seed", 0, "seed for picking calibration samples")
 	f.StringVar(&method, "method", "gptq", "gptq, or rtn (round-to-nearest on the same grid, for comparison)")
-	registerCPUDevice(cmd, "GPTQ calibration")
+	f.StringVar(&device, "device", "cpu", "where the calibration runs: cpu, or cuda (the GPU of a build with -tags qtcuda: forward, Hessians and GPTQ; the forward in bf16)")
 	return cmd
 }

@@ -123,12 +123,15 @@ inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 // __umulhi is the high 32 bits of the 64-bit product.
 inline unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((uint64_t)a * b) >> 32); }
 
-// The rounded double operations nvcc never fuses into multiply-adds.
+// The rounded double and float operations nvcc never fuses into multiply-adds.
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 // Their float twins, and the correctly rounded float division.
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 
 // min and max of CUDA's global namespace (same-type overloads).
