@@ -1,10 +1,14 @@
-//go:build cudaemu && !qtcuda
+//go:build cudaemu || qtcuda
 
 package autograd_test
 
-// The GPU executor on the emulated driver: a random model's prefill and decode logits
-// against the CPU graph (as qwen-tune selftest checks them on a GPU), with the decode steps
-// replayed from a CUDA graph and profiled with events; and the kernel self-test.
+// The GPU executor against the CPU graph: a random model's prefill and decode logits (as
+// qwen-tune selftest checks them), with the decode steps replayed from a CUDA graph and
+// profiled with events; and the kernel self-test, one subtest per check. The tests of this
+// package that reach the device only through its exported API (the files of package
+// autograd_test with the build constraint "cudaemu || qtcuda") run on the emulated driver
+// with -tags cudaemu and on the GPU with -tags qtcuda: `go test -c -tags qtcuda ./autograd`
+// builds them for a machine with one (README, GPU).
 
 import (
 	"math/rand/v2"
@@ -119,8 +123,11 @@ func TestEmulatedSelfTest(t *testing.T) {
 	}
 	d := openDevice(t)
 	for _, c := range autograd.SelfTest(d, 1) {
-		if !c.OK() {
-			t.Errorf("%s %s: relative error %.2e (tolerance %.0e), %d unwritten, %v", c.Op, c.Shape, c.RelErr, c.Tol, c.Unwritten, c.Err)
-		}
+		t.Run(c.Op+" "+c.Shape, func(t *testing.T) {
+			t.Logf("relative error %.2e (tolerance %.0e), %d unwritten", c.RelErr, c.Tol, c.Unwritten)
+			if !c.OK() {
+				t.Errorf("relative error %.2e (tolerance %.0e), %d unwritten, %v", c.RelErr, c.Tol, c.Unwritten, c.Err)
+			}
+		})
 	}
 }

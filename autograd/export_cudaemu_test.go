@@ -1,4 +1,4 @@
-//go:build cudaemu && !qtcuda
+//go:build cudaemu || qtcuda
 
 package autograd
 
