@@ -37,7 +37,8 @@ adapter_config.json records the base it was trained on.
 
 The resolved settings are printed and saved as training_config.json (with the data's sha256);
 --metrics writes one JSON line per step; loss.png plots the losses. Progress is a bar with the
-step, smoothed loss, tokens/s and time left on a terminal, else a line every --log-every steps.
+step, smoothed loss, tokens/s, the device memory held and its peak (--device cuda) and time
+left on a terminal, else a line every --log-every steps.
 
 --out must be absent or empty. Ctrl-C or SIGTERM saves a checkpoint after the current step
 and exits with status 130 or 143, printing the command line that continues the run; so do

@@ -31,6 +31,9 @@ func trainLora(cmd *cobra.Command, o lora.Options, resume string, logEvery int) 
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	rep := newTrainReport(cmd.ErrOrStderr(), o.ModelDir, logEvery)
+	if o.Exec != nil {
+		rep.mem = o.Exec.Memory
+	}
 	var sig os.Signal
 	watched := make(chan struct{})
 	go func() {
@@ -139,6 +142,8 @@ type trainReport struct {
 	tokens   int
 	smooth   float64 // the loss's exponential moving average, not yet debiased
 	steps    int     // steps this process ran
+	// mem is the device memory held now and at most so far (nil on the CPU)
+	mem func() (held, peak int64)
 }
 
 // smoothing is the weight of the previous average in the smoothed loss.
@@ -198,14 +203,24 @@ func (p *trainReport) step(res lora.StepResult) error {
 		if res.EvalLoss != 0 {
 			line += fmt.Sprintf(" eval-loss %.4f", res.EvalLoss)
 		}
-		fmt.Fprintf(p.w, "%s %.0f tokens/s ETA %s\n", line, p.rate(), p.eta(step))
+		fmt.Fprintf(p.w, "%s %.0f tokens/s%s ETA %s\n", line, p.rate(), p.memory(" "), p.eta(step))
 	}
 	return nil
 }
 
-// status is the bar's description: the smoothed loss, tokens/s and the time left.
+// status is the bar's description: the smoothed loss, tokens/s, the device's memory and the
+// time left.
 func (p *trainReport) status(step int) string {
-	return fmt.Sprintf("loss %.4f | %.0f tok/s | ETA %s", p.smoothed(), p.rate(), p.eta(step))
+	return fmt.Sprintf("loss %.4f | %.0f tok/s%s | ETA %s", p.smoothed(), p.rate(), p.memory(" | "), p.eta(step))
+}
+
+// memory is sep and the device memory held and its peak, or "" on the CPU.
+func (p *trainReport) memory(sep string) string {
+	if p.mem == nil {
+		return ""
+	}
+	held, peak := p.mem()
+	return fmt.Sprintf("%sdevice %.2f GiB (peak %.2f GiB)", sep, float64(held)/(1<<30), float64(peak)/(1<<30))
 }
 
 // smoothed is the debiased moving average of the losses this process saw.

@@ -48,3 +48,25 @@ func TestTrainProgress(t *testing.T) {
 		t.Errorf("bar description %q", s)
 	}
 }
+
+// TestTrainProgressDeviceMemory: a run on a device shows the memory it holds and its peak
+// in the bar and in the lines; a run on the CPU shows none.
+func TestTrainProgressDeviceMemory(t *testing.T) {
+	for _, dev := range []bool{false, true} {
+		var b bytes.Buffer
+		rep := newTrainReport(&b, "model", 1)
+		if dev {
+			rep.mem = func() (int64, int64) { return 17 << 30, 35 << 29 }
+		}
+		rep.started(lora.Start{Total: 2, Config: lora.DefaultTrainConfig()})
+		rep.step(lora.StepResult{Step: 0, Loss: 3, Seen: 10})
+		const want = " | device 17.00 GiB (peak 17.50 GiB) | "
+		line, bar := b.String(), rep.status(1)
+		if got := strings.Contains(line, "device 17.00 GiB (peak 17.50 GiB)") && strings.Contains(bar, want); got != dev {
+			t.Errorf("device %v: line %q, bar %q", dev, line, bar)
+		}
+		if !dev && strings.Contains(line+bar, "device") {
+			t.Errorf("a CPU run names device memory: %q %q", line, bar)
+		}
+	}
+}
