@@ -8,10 +8,20 @@ package autograd
 //	master [n] float32   the parameters' values (the optimizer's, as the host's p.Value)
 //	m, v   [n] float32   AdamW's moments
 //	grad   [n] float32   the step's gradient sum, then its mean, clipped
-//	keep   [3n] float32  master, m and v before the last update (a non-finite step goes back)
 //	bf16 copies           the weights every program's GEMMs read (Device.weights by host
 //	                      pointer, as Compile uploads them), rewritten from master by each
 //	                      update
+//	host [2][3n] float32  in page-locked host memory: master, m and v after the last two
+//	                      changes (Upload, Update, GoBack), for going back from a
+//	                      non-finite step
+//
+// 16 bytes a parameter on the device besides the bf16 copies, 24 on the host. After each
+// Update (and Upload) the new values and moments are copied into one of the host buffers on
+// the driver's copy stream, which waits (an event) for the update; the copy overlaps the
+// next step's forward and backward, and the next Update waits (an event) for it before it
+// overwrites what it reads. The other host buffer then holds the state before the last
+// update, which GoBack uploads; two buffers because the copy of an update's result runs
+// while the state before it may still be needed.
 //
 // n is the parameters' sizes together, laid out one after another. A step is: Accumulate
 // after each micro-batch's program has run (its kept gradients, weighted by the micro-batch's
@@ -27,6 +37,7 @@ package autograd
 // optimizer updates: steps smaller than bf16's resolution add up there.
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -47,10 +58,17 @@ type ParamSet struct {
 	master *Buffer
 	m, v   *Buffer
 	grad   *Buffer
-	keep   *Buffer
 	bf16   []*Buffer
-	kept   bool // keep holds the state before the last update
-	keptAt int  // the optimizer's step count then
+	// host are two page-locked copies of master, m and v; cur is the one that holds (or is
+	// being copied) the device's state, the other the state before the last update when
+	// kept
+	host    [2]unsafe.Pointer
+	cur     int
+	updated devEvent // on the stream after an update: the copy stream waits for it
+	copied  devEvent // on the copy stream after the copy: the next update waits for it
+	copying bool     // a copy was issued that the host has not waited for
+	kept    bool     // host[1-cur] holds the state before the last update
+	keptAt  int      // the optimizer's step count then
 }
 
 // NewParamSet keeps the float32 parameters values (named names, for errors) on d: it
@@ -64,7 +82,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	s = &ParamSet{d: d, names: names}
 	defer func() {
 		if err != nil {
-			s.Close()
+			err = errors.Join(err, s.Close())
 		}
 	}()
 	for i, v := range values {
@@ -83,9 +101,20 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 		bytes int64
 		what  string
 	}{{&s.master, s.n * 4, "trained parameters (float32)"}, {&s.m, s.n * 4, "AdamW first moments"}, {&s.v, s.n * 4, "AdamW second moments"},
-		{&s.grad, s.n * 4, "gradient sums"}, {&s.keep, 3 * s.n * 4, "trained parameters and moments before the last update"}} {
+		{&s.grad, s.n * 4, "gradient sums"}} {
 		if *b.buf, err = d.Alloc(b.bytes, b.what); err != nil {
 			return nil, err
+		}
+	}
+	for i := range s.host {
+		if s.host[i], err = d.drv.memAllocHost(3 * s.n * 4); err != nil {
+			return nil, fmt.Errorf("autograd: allocating %.1f MiB of page-locked host memory for the trained parameters and moments before an update: %w",
+				float64(3*s.n*4)/(1<<20), cudaErr("cuMemAllocHost", err))
+		}
+	}
+	for _, e := range []*devEvent{&s.updated, &s.copied} {
+		if *e, err = d.drv.eventCreate(); err != nil {
+			return nil, cudaErr("cuEventCreate", err)
 		}
 	}
 	if d.trained == nil {
@@ -108,10 +137,13 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	return s, nil
 }
 
-// Bytes is the device memory the set holds besides the bf16 weights the programs read: 28
-// bytes a parameter (values, moments and gradient sums in float32, and the kept values and
-// moments).
-func (s *ParamSet) Bytes() int64 { return 7 * 4 * s.n }
+// Bytes is the device memory the set holds besides the bf16 weights the programs read: 16
+// bytes a parameter (values, moments and gradient sums in float32).
+func (s *ParamSet) Bytes() int64 { return 4 * 4 * s.n }
+
+// HostBytes is the page-locked host memory the set holds: 24 bytes a parameter (two copies
+// of the values and moments).
+func (s *ParamSet) HostBytes() int64 { return 2 * 3 * 4 * s.n }
 
 // Len is how many parameters the set holds, in floats.
 func (s *ParamSet) Len() int64 { return s.n }
@@ -136,6 +168,9 @@ func (s *ParamSet) check(what string, xs [][]float32) error {
 // and writes the bf16 copies from them: the state to train from (a fresh start, or a
 // checkpoint resumed). What was kept for going back is dropped.
 func (s *ParamSet) Upload(values, m, v [][]float32) error {
+	if err := s.waitCopy(); err != nil { // the copy in flight reads what this overwrites
+		return err
+	}
 	for _, x := range []struct {
 		what string
 		host [][]float32
@@ -151,7 +186,44 @@ func (s *ParamSet) Upload(values, m, v [][]float32) error {
 		}
 	}
 	s.kept = false
-	return s.weights()
+	if err := s.weights(); err != nil {
+		return err
+	}
+	return s.snapshot()
+}
+
+// snapshot copies master, m and v into host[cur] on the copy stream, after the stream's
+// work so far (the update or upload that wrote them).
+func (s *ParamSet) snapshot() error {
+	drv := s.d.drv
+	if err := cudaErr("cuEventRecord", drv.eventRecord(s.updated)); err != nil {
+		return err
+	}
+	if err := cudaErr("cuStreamWaitEvent(copy stream)", drv.copyWaitEvent(s.updated)); err != nil {
+		return err
+	}
+	for i, b := range []*Buffer{s.master, s.m, s.v} {
+		if err := cudaErr("cuMemcpyDtoHAsync", drv.memcpyDtoHAsync(unsafe.Add(s.host[s.cur], int64(i)*s.n*4), b.Ptr, s.n*4)); err != nil {
+			return err
+		}
+	}
+	if err := cudaErr("cuEventRecord(copy stream)", drv.copyEventRecord(s.copied)); err != nil {
+		return err
+	}
+	s.copying = true
+	return nil
+}
+
+// waitCopy waits on the host for the copy in flight, if any.
+func (s *ParamSet) waitCopy() error {
+	if !s.copying {
+		return nil
+	}
+	if err := cudaErr("cuEventSynchronize(copy stream)", s.d.drv.eventSynchronize(s.copied)); err != nil {
+		return err
+	}
+	s.copying = false
+	return nil
 }
 
 // Download copies the device's values and AdamW moments into the host slices (one per
@@ -223,40 +295,51 @@ func (s *ParamSet) Clip(tokens int, maxNorm float64) (float64, error) {
 	return s.d.ClipGradNorm([]*Buffer{s.grad}, []int64{s.n}, maxNorm)
 }
 
-// Update keeps the values and moments (for GoBack), advances o.Step and runs AdamW with o's
-// hyperparameters (its host moments are not used) at learning rate lr on the clipped mean
-// gradient, then rewrites the programs' bf16 weights.
+// Update advances o.Step and runs AdamW with o's hyperparameters (its host moments are not
+// used) at learning rate lr on the clipped mean gradient, rewrites the programs' bf16
+// weights, and starts the copy of the new state to the host; the copy of the state before
+// it (the last snapshot, which the stream waits for first) is kept for GoBack.
 func (s *ParamSet) Update(o *optim.AdamW, lr float64) error {
-	for i, b := range []*Buffer{s.master, s.m, s.v} {
-		if err := s.d.copyDtoD(s.keep.Ptr+devPtr(int64(i)*s.n*4), b.Ptr, s.n*4); err != nil {
+	if s.copying {
+		if err := cudaErr("cuStreamWaitEvent", s.d.drv.streamWaitEvent(s.copied)); err != nil {
 			return err
 		}
 	}
-	s.kept, s.keptAt = true, o.Step
 	if err := s.d.AdamW(s.master, s.m, s.v, s.grad, s.n, o, o.Step+1, lr); err != nil {
 		return err
 	}
+	s.kept, s.keptAt = true, o.Step
 	o.Step++
-	return s.weights()
+	if err := s.weights(); err != nil {
+		return err
+	}
+	s.cur = 1 - s.cur
+	return s.snapshot()
 }
 
-// GoBack restores the values, moments and o.Step from before the last Update, once.
+// GoBack restores the values, moments and o.Step from before the last Update, once: it
+// uploads the host's copy of them.
 func (s *ParamSet) GoBack(o *optim.AdamW) error {
 	if !s.kept {
 		return fmt.Errorf("autograd: no update to go back from")
 	}
+	if err := s.waitCopy(); err != nil { // the copy of the update's result reads master, m and v
+		return err
+	}
+	prev := s.host[1-s.cur]
 	for i, b := range []*Buffer{s.master, s.m, s.v} {
-		if err := s.d.copyDtoD(b.Ptr, s.keep.Ptr+devPtr(int64(i)*s.n*4), s.n*4); err != nil {
+		if err := cudaErr("cuMemcpyHtoD(trained parameters and moments before the last update)", s.d.drv.memcpyHtoD(b.Ptr, unsafe.Add(prev, int64(i)*s.n*4), s.n*4)); err != nil {
 			return err
 		}
 	}
-	s.kept, o.Step = false, s.keptAt
+	s.cur, s.kept, o.Step = 1-s.cur, false, s.keptAt
 	return s.weights()
 }
 
-// Close frees the set's memory (nothing once the device is closed). The bf16 weights stay
-// with the device, holding the last update's values, for programs that still read them.
-func (s *ParamSet) Close() {
+// Close frees the set's memory (nothing once the device is closed), after the copy in
+// flight. The bf16 weights stay with the device, holding the last update's values, for
+// programs that still read them.
+func (s *ParamSet) Close() error {
 	d := s.d
 	for _, key := range s.keys {
 		if d.trained[key] == s {
@@ -264,10 +347,25 @@ func (s *ParamSet) Close() {
 		}
 	}
 	if d.pool == nil { // closed: every buffer is gone
-		return
+		return nil
 	}
-	for _, b := range []*Buffer{s.master, s.m, s.v, s.grad, s.keep} {
+	errs := []error{s.waitCopy()}
+	for i, p := range s.host {
+		if p != nil {
+			errs = append(errs, cudaErr("cuMemFreeHost", d.drv.memFreeHost(p)))
+			s.host[i] = nil
+		}
+	}
+	for _, e := range []*devEvent{&s.updated, &s.copied} {
+		var none devEvent
+		if *e != none {
+			errs = append(errs, cudaErr("cuEventDestroy", d.drv.eventDestroy(e)))
+			*e = none
+		}
+	}
+	for _, b := range []*Buffer{s.master, s.m, s.v, s.grad} {
 		d.Free(b)
 	}
-	s.master, s.m, s.v, s.grad, s.keep = nil, nil, nil, nil, nil
+	s.master, s.m, s.v, s.grad = nil, nil, nil, nil
+	return errors.Join(errs...)
 }

@@ -109,7 +109,9 @@ func paramSetChecks(d *Device, r *rand.Rand) []Check {
 			rel, unwritten := compare(slices.Concat(o.got...), slices.Concat(o.want...))
 			checks = append(checks, Check{Op: "ParamSet GoBack (" + o.what + ")", Shape: shape, RelErr: rel, Unwritten: unwritten, Err: err})
 		}
-		s.Close()
+		if err := s.Close(); err != nil {
+			checks = append(checks, Check{Op: "ParamSet Close", Shape: shape, Err: err})
+		}
 		for _, key := range s.keys { // the test's tensors die here: so do their weights
 			d.Free(d.weights[key])
 			delete(d.weights, key)

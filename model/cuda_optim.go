@@ -35,7 +35,4 @@ func (p deviceParams) Accumulate(prog GradProgram, tokens int, first bool) error
 	return p.ParamSet.Accumulate(g.Program, tokens, first)
 }
 
-func (p deviceParams) Close() error {
-	p.ParamSet.Close()
-	return nil
-}
+func (p deviceParams) Close() error { return p.ParamSet.Close() }
