@@ -180,6 +180,7 @@ type Program struct {
 	// cuda_loss.go): its Step has labels and no KV cache; keep are the values Grads reads.
 	loss  *lossProgram
 	keep  []value
+	into  *gradInto // where the kept gradients go when a ParamSet trains them (cuda_optim.go)
 	ins   []func() error
 	names []string
 	kinds []string // op and output shape, for Profile
@@ -301,6 +302,7 @@ type compiler struct {
 	ceLSE       map[*crossEntropyOp]*Buffer
 	attn        map[*attentionOp]attnSaved
 	precomputed map[*G.Node]bool
+	sums        *ParamSet // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -347,11 +349,11 @@ var emitters = map[reflect.Type]emitter{
 // Compile turns the graph that computes out into a Program reading step: a plan pass, then
 // every node through the emitter of its op type, then the arena.
 func (d *Device) Compile(g *G.ExprGraph, out *G.Node, step *Step) (*Program, error) {
-	return d.compile(g, out, nil, step)
+	return d.compile(g, out, nil, nil, step)
 }
 
-func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step) (prog *Program, err error) {
-	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
+func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, sums *ParamSet, step *Step) (prog *Program, err error) {
+	c := &compiler{d: d, step: step, out: out, keep: keep, sums: sums, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}},
 		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}}
 	p := c.p
 	defer func() {

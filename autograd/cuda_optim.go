@@ -39,6 +39,7 @@ package autograd
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"gorgonia.org/tensor"
@@ -64,11 +65,12 @@ type ParamSet struct {
 	// kept
 	host    [2]unsafe.Pointer
 	cur     int
-	updated devEvent // on the stream after an update: the copy stream waits for it
-	copied  devEvent // on the copy stream after the copy: the next update waits for it
-	copying bool     // a copy was issued that the host has not waited for
-	kept    bool     // host[1-cur] holds the state before the last update
-	keptAt  int      // the optimizer's step count then
+	updated devEvent   // on the stream after an update: the copy stream waits for it
+	copied  devEvent   // on the copy stream after the copy: the next update waits for it
+	copying bool       // a copy was issued that the host has not waited for
+	kept    bool       // host[1-cur] holds the state before the last update
+	keptAt  int        // the optimizer's step count then
+	armed   []*Program // programs Accumulate armed that have not run yet
 }
 
 // NewParamSet keeps the float32 parameters values (named names, for errors) on d: it
@@ -246,6 +248,20 @@ func (s *ParamSet) Download(values, m, v [][]float32) error {
 	return nil
 }
 
+// Gradients copies the step's gradient sums (after Clip: the clipped mean gradient) into
+// the host slices, one per parameter.
+func (s *ParamSet) Gradients(grads [][]float32) error {
+	if err := s.check("gradients", grads); err != nil {
+		return err
+	}
+	for i, h := range grads {
+		if err := Download(s.d, h, s.slice(s.grad, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // weights rewrites the programs' bf16 weights from the float32 values (rounded to nearest,
 // ties to even, as the first upload).
 func (s *ParamSet) weights() error {
@@ -257,9 +273,11 @@ func (s *ParamSet) weights() error {
 	return nil
 }
 
-// Accumulate adds the gradients p kept (CompileGrad's grads, in the set's order) from its
-// last run, times tokens, to the step's sums; first starts them from zero. The host's
-// float32 arithmetic: sum += g * float32(tokens).
+// Accumulate makes p's next run add the gradients it keeps (CompileGrad's grads, in the
+// set's order), times tokens, to the step's sums; first starts them from zero. Call it
+// before p.Run. A program compiled into s (CompileGradInto) writes its GEMMs' weight
+// gradients there as it runs; the others' kept gradients are added after the run with the
+// host's float32 arithmetic: sum += g * float32(tokens).
 func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
 	if p.d != s.d {
 		return fmt.Errorf("autograd: a program of another device")
@@ -267,19 +285,92 @@ func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
 	if len(p.keep) != len(s.sizes) {
 		return fmt.Errorf("autograd: a program with %d gradients for a parameter set of %d", len(p.keep), len(s.sizes))
 	}
-	f := 0
-	if first {
-		f = 1
+	if p.into != nil && p.into.set != s {
+		return fmt.Errorf("autograd: a program compiled into another parameter set")
 	}
 	for i, v := range p.keep {
 		if v.stride != v.cols || v.bf16 || v.parts != 0 || int64(v.rows)*int64(v.cols) != s.sizes[i] {
 			return fmt.Errorf("autograd: the gradient of %s is not a whole float32 value of %d elements", s.names[i], s.sizes[i])
 		}
-		if err := s.d.launch("grad_accumulate", grid(s.sizes[i]), trainBlock, 0, s.slice(s.grad, i), v.ptr(), s.sizes[i], float32(tokens), f); err != nil {
+	}
+	if p.into == nil {
+		p.into = &gradInto{set: s, direct: make([]bool, len(p.keep))}
+	}
+	if first { // a new step: programs armed for an abandoned one (a failed run) are not
+		for _, q := range s.armed {
+			q.into.armed = false
+		}
+		s.armed = s.armed[:0]
+	}
+	if !p.into.armed {
+		s.armed = append(s.armed, p)
+	}
+	p.into.tokens, p.into.first, p.into.armed = tokens, first, true
+	return nil
+}
+
+// gradInto is where a program's kept gradients go: a ParamSet's sums, directly from the
+// GEMMs that compute them (direct) or added after the run; armed by Accumulate for one run.
+type gradInto struct {
+	set    *ParamSet
+	direct []bool
+	tokens int
+	first  bool
+	armed  bool
+}
+
+// accumulate adds the kept gradients no GEMM wrote into the sums (grad_accumulate), once
+// per Accumulate: the end of a loss program's run.
+func (p *Program) accumulate() error {
+	in := p.into
+	if in == nil || !in.armed {
+		return nil
+	}
+	in.armed = false
+	s, f := in.set, 0
+	s.armed = slices.DeleteFunc(s.armed, func(q *Program) bool { return q == p })
+	if in.first {
+		f = 1
+	}
+	for i, v := range p.keep {
+		if in.direct[i] {
+			continue
+		}
+		if err := s.d.launch("grad_accumulate", grid(s.sizes[i]), trainBlock, 0, s.slice(s.grad, i), v.ptr(), s.sizes[i], float32(in.tokens), f); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// GradientBytes is the device memory of the kept gradients the program writes in buffers
+// of its own (in its arena): those no GEMM writes into a ParamSet's sums.
+func (p *Program) GradientBytes() int64 {
+	var n int64
+	for i, v := range p.keep {
+		if p.into == nil || !p.into.direct[i] {
+			n += int64(v.rows) * int64(v.cols) * 4
+		}
+	}
+	return n
+}
+
+// ParamSetOf is the set that keeps exactly values, in their order (nil if none does):
+// programs computing their gradients compile into it (CompileGradInto).
+func (d *Device) ParamSetOf(values []*tensor.Dense) *ParamSet {
+	if len(values) == 0 {
+		return nil
+	}
+	s := d.trained[uintptr(values[0].Uintptr())]
+	if s == nil || len(s.keys) != len(values) {
+		return nil
+	}
+	for i, v := range values {
+		if s.keys[i] != uintptr(v.Uintptr()) {
+			return nil
+		}
+	}
+	return s
 }
 
 // Clip turns the step's sums into the mean gradient over tokens (the host's float32
@@ -288,6 +379,9 @@ func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
 func (s *ParamSet) Clip(tokens int, maxNorm float64) (float64, error) {
 	if tokens <= 0 {
 		return 0, fmt.Errorf("autograd: a step of %d tokens", tokens)
+	}
+	if len(s.armed) > 0 {
+		return 0, fmt.Errorf("autograd: %d programs were given to Accumulate and not run since: Accumulate comes before each micro-batch's run", len(s.armed))
 	}
 	if err := s.d.launch("div_f32", grid(s.n), trainBlock, 0, s.grad, s.n, float32(tokens)); err != nil {
 		return 0, err

@@ -56,7 +56,7 @@ func (t *Trainer) deviceParams(ox model.OptimExecutor) error {
 
 // deviceStep is TrainStep with the optimizer on the device: each micro-batch's program runs
 // on the trained parameters' device values and adds its gradients, times its trained tokens,
-// to the step's sums there; the mean is clipped to the global norm and AdamW updates the
+// to the step's sums there (its GEMMs write them); the mean is clipped to the global norm and AdamW updates the
 // values and moments there, at the host schedule's learning rate. Only the losses and the
 // norm come to the host. A non-finite loss or norm goes back to before the last update on
 // the device, as on the host.
@@ -83,14 +83,14 @@ func (t *Trainer) deviceStep(ctx context.Context, ox model.OptimExecutor) (StepR
 			return res, fmt.Errorf("lora: %s: the training graph of %d x %d tokens does not run on the device", t.Model.Exec.Name(), b.Batch, b.Seq)
 		}
 		g.set(b, t.dropoutSeed(t.Step, k))
+		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil {
+			return res, err
+		}
 		if err := g.device.Run(); err != nil {
 			return res, err
 		}
 		loss, err := g.device.Loss()
 		if err != nil {
-			return res, err
-		}
-		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil {
 			return res, err
 		}
 		lossSum += loss * float64(n)

@@ -4,14 +4,30 @@ package model
 
 import (
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 // CompileGradOn compiles the training graph g (its loss and the gradients grads of params)
-// on the device d.
+// on the device d; when a ParamSet keeps params (NewDeviceParams), into its sums: the
+// program then has no buffers of its own for the gradients its GEMMs compute.
 func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
-	p, err := d.CompileGrad(g.ExprGraph, loss, grads, g.Step)
+	values := make([]*tensor.Dense, len(params))
+	for i, n := range params {
+		values[i], _ = n.Value().(*tensor.Dense)
+		if values[i] == nil {
+			values = nil
+			break
+		}
+	}
+	var p *autograd.Program
+	var err error
+	if s := d.ParamSetOf(values); s != nil {
+		p, err = d.CompileGradInto(g.ExprGraph, loss, grads, s, g.Step)
+	} else {
+		p, err = d.CompileGrad(g.ExprGraph, loss, grads, g.Step)
+	}
 	if err != nil {
 		return nil, err
 	}

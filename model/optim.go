@@ -13,11 +13,12 @@ type OptimExecutor interface {
 }
 
 // DeviceParams are trained parameters on an executor's device (OptimExecutor). Per step:
-// Accumulate after each micro-batch's program ran, Clip, then Update; GoBack undoes the last
-// Update. The host's values and moments are stale until Download.
+// Accumulate before each micro-batch's program runs, Clip, then Update; GoBack undoes the
+// last Update. The host's values and moments are stale until Download.
 type DeviceParams interface {
-	// Accumulate adds the gradients of p's last run (a program CompileGrad made for the same
-	// parameters, in their order) times tokens to the step's sums; first starts them at 0.
+	// Accumulate makes p's next run (a program CompileGrad made for the same parameters, in
+	// their order) add its gradients times tokens to the step's sums; first starts them at
+	// 0. Programs compiled after NewDeviceParams write them there from their GEMMs.
 	Accumulate(p GradProgram, tokens int, first bool) error
 	// Clip divides the sums by the step's tokens and clips them to the global norm maxNorm
 	// as optim.ClipGradNorm; it returns the norm before clipping.
