@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"gorgonia.org/tensor"
 )
 
 //go:embed kernels/*.ptx
@@ -115,11 +117,13 @@ type Device struct {
 	// Peak its highest value since the device was opened.
 	Allocated, Peak int64
 	caches          map[*KVCache]*deviceCache
-	weights         map[uintptr]*Buffer
-	int4            map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
-	// trained are the weights a ParamSet keeps (by host pointer, as weights): its updates
-	// write their bf16 copies, which RefreshWeights leaves alone
-	trained map[uintptr]*ParamSet
+	// weights are the parameters uploaded by Compile, by tensor: the map holds the tensor,
+	// so no other tensor (a new model's, over the same memory) can find its buffer
+	weights map[*tensor.Dense]*Buffer
+	int4    map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
+	// trained are the weights a ParamSet keeps (by tensor, as weights): its updates write
+	// their bf16 copies, which RefreshWeights leaves alone
+	trained map[*tensor.Dense]*ParamSet
 }
 
 // CUDAError names the CUDA call that failed.
@@ -145,7 +149,7 @@ func OpenDevice(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}, int4: map[*Int4]*Int4Weights{}}
+	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[*tensor.Dense]*Buffer{}, int4: map[*Int4]*Int4Weights{}}
 	if _, d.Memory, err = d.drv.memInfo(); err != nil {
 		return nil, cudaErr("cuMemGetInfo", err)
 	}

@@ -91,13 +91,14 @@ func (d *Device) ReleaseCache(c *KVCache) {
 	}
 }
 
-// weight uploads a parameter once per Device: bf16 as is, float32 rounded to bf16.
+// weight uploads a parameter once per Device (per tensor): bf16 as is, float32 rounded to
+// bf16.
 func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	v, ok := n.Value().(*tensor.Dense)
 	if !ok || v.Size() == 0 {
 		return nil, fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
 	}
-	key := uintptr(v.Uintptr())
+	key := v
 	if b := d.weights[key]; b != nil {
 		return b, nil
 	}

@@ -79,9 +79,9 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 		if !ok {
 			return fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
 		}
-		b := d.weights[uintptr(v.Uintptr())]
+		b := d.weights[v]
 		data, ok := v.Data().([]float32)
-		if b == nil || !ok || d.trained[uintptr(v.Uintptr())] != nil {
+		if b == nil || !ok || d.trained[v] != nil {
 			continue // not uploaded by a program yet, not trainable in float32, or kept by a ParamSet
 		}
 		bf := make([]uint16, len(data))

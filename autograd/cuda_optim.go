@@ -8,8 +8,8 @@ package autograd
 //	master [n] float32   the parameters' values (the optimizer's, as the host's p.Value)
 //	m, v   [n] float32   AdamW's moments
 //	grad   [n] float32   the step's gradient sum, then its mean, clipped
-//	bf16 copies           the weights every program's GEMMs read (Device.weights by host
-//	                      pointer, as Compile uploads them), rewritten from master by each
+//	bf16 copies           the weights every program's GEMMs read (Device.weights by
+//	                      tensor, as Compile uploads them), rewritten from master by each
 //	                      update
 //	host [2][3n] float32  in page-locked host memory: master, m and v after the last two
 //	                      changes (Upload, Update, GoBack), for going back from a
@@ -52,7 +52,7 @@ import (
 type ParamSet struct {
 	d      *Device
 	names  []string
-	keys   []uintptr // host pointers of the values: Device.weights' keys
+	keys   []*tensor.Dense // the values: Device.weights' keys
 	sizes  []int64
 	offs   []int64 // where each parameter starts in the flat buffers, in floats
 	n      int64
@@ -91,7 +91,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 		if _, ok := v.Data().([]float32); !ok || v.Size() == 0 {
 			return nil, fmt.Errorf("autograd: parameter %s is not a float32 tensor: only those train on the device", names[i])
 		}
-		key := uintptr(v.Uintptr())
+		key := v
 		if o := d.trained[key]; o != nil {
 			return nil, fmt.Errorf("autograd: parameter %s is kept by another parameter set on %s", names[i], d.Name)
 		}
@@ -120,7 +120,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 		}
 	}
 	if d.trained == nil {
-		d.trained = map[uintptr]*ParamSet{}
+		d.trained = map[*tensor.Dense]*ParamSet{}
 	}
 	for i, key := range s.keys {
 		b := d.weights[key]
@@ -361,14 +361,9 @@ func (d *Device) ParamSetOf(values []*tensor.Dense) *ParamSet {
 	if len(values) == 0 {
 		return nil
 	}
-	s := d.trained[uintptr(values[0].Uintptr())]
-	if s == nil || len(s.keys) != len(values) {
+	s := d.trained[values[0]]
+	if s == nil || !slices.Equal(s.keys, values) {
 		return nil
-	}
-	for i, v := range values {
-		if s.keys[i] != uintptr(v.Uintptr()) {
-			return nil
-		}
 	}
 	return s
 }
