@@ -147,6 +147,30 @@ func (s *ParamSet) Bytes() int64 { return 4 * 4 * s.n }
 // of the values and moments).
 func (s *ParamSet) HostBytes() int64 { return 2 * 3 * 4 * s.n }
 
+// MemoryPart is one kind of memory a ParamSet holds.
+type MemoryPart struct {
+	What  string
+	Bytes int64
+	Host  bool // page-locked host memory, not the device's
+}
+
+// Memory is the set's memory by kind: on the device the float32 values, the AdamW moments,
+// the gradient sums and the bf16 copies the programs read; on the host the two copies of
+// the values and moments for going back.
+func (s *ParamSet) Memory() []MemoryPart {
+	var bf16 int64
+	for _, b := range s.bf16 {
+		bf16 += b.Bytes
+	}
+	return []MemoryPart{
+		{What: "trained values (float32)", Bytes: s.master.Bytes},
+		{What: "AdamW moments (float32)", Bytes: s.m.Bytes + s.v.Bytes},
+		{What: "gradient sums (float32)", Bytes: s.grad.Bytes},
+		{What: "bf16 copies the programs read", Bytes: bf16},
+		{What: "values and moments before an update", Bytes: s.HostBytes(), Host: true},
+	}
+}
+
 // Len is how many parameters the set holds, in floats.
 func (s *ParamSet) Len() int64 { return s.n }
 

@@ -140,6 +140,24 @@ func (t *Trainer) Sync() error {
 	return nil
 }
 
+// DeviceMemory is the memory of the trained parameters kept on a device, by kind
+// (model.DeviceParams.Memory), and the gradient buffers the compiled training programs hold
+// of their own (those their GEMMs do not write into the device's sums); nil before the
+// first step on a device, or without one.
+func (t *Trainer) DeviceMemory() []model.MemoryPart {
+	if t.dev.params == nil {
+		return nil
+	}
+	parts := t.dev.params.Memory()
+	var own int64
+	for _, g := range t.graphs {
+		if p, ok := g.device.(interface{ GradientBytes() int64 }); ok {
+			own += p.GradientBytes()
+		}
+	}
+	return append(parts, model.MemoryPart{What: fmt.Sprintf("gradient buffers of %d training programs", len(t.graphs)), Bytes: own})
+}
+
 // closeDevice brings the device's state to the host and releases it.
 func (t *Trainer) closeDevice() error {
 	s := &t.dev

@@ -34,5 +34,14 @@ type DeviceParams interface {
 	Download(values, m, v [][]float32) error
 	// Bytes is the device memory held besides the weights the programs read.
 	Bytes() int64
+	// Memory is the memory held, by kind (the bf16 weights the programs read included).
+	Memory() []MemoryPart
 	Close() error
+}
+
+// MemoryPart is one kind of memory trained parameters hold (DeviceParams.Memory).
+type MemoryPart struct {
+	What  string `json:"what"`
+	Bytes int64  `json:"bytes"`
+	Host  bool   `json:"host,omitempty"` // page-locked host memory, not the device's
 }
