@@ -24,12 +24,14 @@ package autograd
 // while the state before it may still be needed.
 //
 // n is the parameters' sizes together, laid out one after another. A step is: Accumulate
-// after each micro-batch's program has run (its kept gradients, weighted by the micro-batch's
-// trained tokens), Clip (divided by the step's tokens, the global norm, clipped), Update
-// (AdamW at the host schedule's learning rate); only the norm's partial sums come back to
-// the host. Each kernel is element-wise or reduces in a fixed order: a step gives the same
-// bits every run, and the host's on the same gradients (the norm to the last bits of its
-// sum's order).
+// before each micro-batch's program runs (its gradients, weighted by the micro-batch's
+// trained tokens, go to the sums: written there by the weight-gradient GEMMs of a program
+// compiled into the set, added by grad_accumulate after the run otherwise), Clip (divided
+// by the step's tokens, the global norm, clipped), Update (AdamW at the host schedule's
+// learning rate); only the norm's partial sums come back to the host. Each kernel is
+// element-wise or reduces in a fixed order: a step gives the same bits every run, and the
+// host's on the same gradients (the norm to the last bits of its sum's order); the GEMMs
+// that write the sums round once where the host rounds up to three times (a few ulps).
 //
 // The programs read the bf16 copies, as they read every weight: their GEMMs round the
 // activations to bf16 as well, so float32 LoRA matrices would change only the rounding of A
