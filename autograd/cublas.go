@@ -89,9 +89,15 @@ func (d *Device) gemm(y *Buffer, yt int, x, w *Buffer, m, n, k, ldy int, accumul
 // gemmBatched is cublasGemmStridedBatchedEx in cuBLAS's column-major terms: C = op(A) op(B)
 // + beta C for each of count matrices (beta 0: C is only written).
 func (d *Device) gemmBatched(ta, tb, m, n, k int, a *Buffer, at, lda int, sa int64, b *Buffer, bt, ldb int, sb int64, beta float32, c *Buffer, ct, ldc int, sc int64, count int) error {
+	return d.gemmScaled(ta, tb, m, n, k, 1, a, at, lda, sa, b, bt, ldb, sb, beta, c, ct, ldc, sc, count)
+}
+
+// gemmScaled is gemmBatched with cuBLAS's alpha: C = alpha op(A) op(B) + beta C, the fp32
+// accumulator scaled and added to beta C before C is written (one rounding into a float32 C).
+func (d *Device) gemmScaled(ta, tb, m, n, k int, alpha float32, a *Buffer, at, lda int, sa int64, b *Buffer, bt, ldb int, sb int64, beta float32, c *Buffer, ct, ldc int, sc int64, count int) error {
 	if _, err := d.Blas(); err != nil {
 		return err
 	}
 	return blasErr(fmt.Sprintf("cublasGemmStridedBatchedEx [%d, %d, %d] x %d", m, n, k, count),
-		d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, a.Ptr, at, lda, sa, b.Ptr, bt, ldb, sb, beta, c.Ptr, ct, ldc, sc, count))
+		d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, alpha, a.Ptr, at, lda, sa, b.Ptr, bt, ldb, sb, beta, c.Ptr, ct, ldc, sc, count))
 }

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"gorgonia.org/tensor"
 )
 
 //go:embed kernels/*.ptx
@@ -34,9 +36,14 @@ type devPtr uintptr
 // driver is what the backend asks of CUDA: the driver API and cuBLAS (cuDriver,
 // cuda_driver.go) or their emulation on the CPU (emuDriver, cuda_emu.go). Each method is
 // the one call named beside it; errors are the call's own, the callers name the call. A
-// driver owns one context and one stream: launches, the asynchronous copy, event records,
-// graph launches and the cuBLAS products go on that stream in call order (so a stream
-// capture records them all); the other copies, the memsets and synchronize are synchronous.
+// driver owns one context and one stream: launches, the asynchronous device copy, event
+// records, graph launches and the cuBLAS products go on that stream in call order (so a
+// stream capture records them all); the other copies, the memsets and synchronize are
+// synchronous. A second stream, the copy stream, non-blocking (ordered with the stream and
+// with the synchronous calls only through events), takes the copies into page-locked host
+// memory that overlap the stream's work: copyWaitEvent orders it after an event of the
+// stream, streamWaitEvent the stream after an event of the copy stream, and the host reads
+// what it copied after eventSynchronize of an event recorded there after the copy.
 // devModule, devFunction and devEvent are each driver's handles.
 type driver interface {
 	loadModule(ptx string) (devModule, error)                     // cuModuleLoadData
@@ -64,17 +71,24 @@ type driver interface {
 	instantiate(g devGraph) (devGraphExec, error)             // cuGraphInstantiateWithFlags (flags 0)
 	graphLaunch(e devGraphExec) error                         // cuGraphLaunch on the stream
 	graphDestroy(g devGraph, e devGraphExec)                  // cuGraphExecDestroy, cuGraphDestroy (of those not 0)
+	// the page-locked host memory and the copy stream (see above)
+	memAllocHost(bytes int64) (unsafe.Pointer, error)                  // cuMemAllocHost
+	memFreeHost(p unsafe.Pointer) error                                // cuMemFreeHost
+	memcpyDtoHAsync(dst unsafe.Pointer, src devPtr, bytes int64) error // cuMemcpyDtoHAsync on the copy stream
+	copyEventRecord(e devEvent) error                                  // cuEventRecord on the copy stream
+	copyWaitEvent(e devEvent) error                                    // cuStreamWaitEvent(copy stream, e, 0)
+	streamWaitEvent(e devEvent) error                                  // cuStreamWaitEvent(stream, e, 0)
 	// blasOpen loads cuBLAS, creates its handle and sets its stream to the driver's (error
 	// messages complete); it returns the library's name.
 	blasOpen() (lib string, err error)
 	blasClose() // cublasDestroy, if blasOpen succeeded
 	// gemmEx is cublasGemmEx with alpha 1, CUBLAS_COMPUTE_32F and CUBLAS_GEMM_DEFAULT;
-	// gemmStridedBatchedEx is cublasGemmStridedBatchedEx likewise. Their errors are
-	// blasStatus values.
+	// gemmStridedBatchedEx is cublasGemmStridedBatchedEx likewise, with its alpha. Their
+	// errors are blasStatus values.
 	gemmEx(transa, transb, m, n, k int, a devPtr, atype, lda int, b devPtr, btype, ldb int, beta float32, c devPtr, ctype, ldc int) error
-	gemmStridedBatchedEx(transa, transb, m, n, k int, a devPtr, atype, lda int, sa int64, b devPtr, btype, ldb int, sb int64,
+	gemmStridedBatchedEx(transa, transb, m, n, k int, alpha float32, a devPtr, atype, lda int, sa int64, b devPtr, btype, ldb int, sb int64,
 		beta float32, c devPtr, ctype, ldc int, sc int64, count int) error
-	streamDestroy() error // cuStreamDestroy
+	streamDestroy() error // cuStreamDestroy of both streams
 	ctxRelease() error    // cuDevicePrimaryCtxRelease
 }
 
@@ -103,11 +117,13 @@ type Device struct {
 	// Peak its highest value since the device was opened.
 	Allocated, Peak int64
 	caches          map[*KVCache]*deviceCache
-	weights         map[uintptr]*Buffer
-	int4            map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
-	// trained are the weights a ParamSet keeps (by host pointer, as weights): its updates
-	// write their bf16 copies, which RefreshWeights leaves alone
-	trained map[uintptr]*ParamSet
+	// weights are the parameters uploaded by Compile, by tensor: the map holds the tensor,
+	// so no other tensor (a new model's, over the same memory) can find its buffer
+	weights map[*tensor.Dense]*Buffer
+	int4    map[*Int4]*Int4Weights // GPTQ layers uploaded by Compile
+	// trained are the weights a ParamSet keeps (by tensor, as weights): its updates write
+	// their bf16 copies, which RefreshWeights leaves alone
+	trained map[*tensor.Dense]*ParamSet
 }
 
 // CUDAError names the CUDA call that failed.
@@ -133,7 +149,7 @@ func OpenDevice(ordinal int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[uintptr]*Buffer{}, int4: map[*Int4]*Int4Weights{}}
+	d := &Device{Name: name, drv: drv, fns: map[string]devFunction{}, pool: map[int64][]devPtr{}, caches: map[*KVCache]*deviceCache{}, weights: map[*tensor.Dense]*Buffer{}, int4: map[*Int4]*Int4Weights{}}
 	if _, d.Memory, err = d.drv.memInfo(); err != nil {
 		return nil, cudaErr("cuMemGetInfo", err)
 	}

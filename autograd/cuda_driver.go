@@ -34,6 +34,12 @@ static void qt_graph_destroy(uintptr_t graph, uintptr_t exec) {
 	if (graph) cuGraphDestroy((CUgraph)graph);
 }
 
+static void* qt_mem_alloc_host(size_t bytes, int* rc) {
+	void* p = 0;
+	*rc = (int)cuMemAllocHost(&p, bytes);
+	return p;
+}
+
 typedef int (*qt_create_t)(void**);
 typedef int (*qt_destroy_t)(void*);
 typedef int (*qt_set_stream_t)(void*, void*);
@@ -73,10 +79,9 @@ static int qt_gemm(uintptr_t h, int ta, int tb, int m, int n, int k, uintptr_t a
 	                  (void*)c, ct, ldc, 68, -1);
 }
 
-static int qt_gemm_batched(uintptr_t h, int ta, int tb, int m, int n, int k, uintptr_t a, int at, int lda, long long sa,
-                           uintptr_t b, int bt, int ldb, long long sb, float beta, uintptr_t c, int ct, int ldc, long long sc,
-                           int count) {
-	float alpha = 1.f;
+static int qt_gemm_batched(uintptr_t h, int ta, int tb, int m, int n, int k, float alpha, uintptr_t a, int at, int lda,
+                           long long sa, uintptr_t b, int bt, int ldb, long long sb, float beta, uintptr_t c, int ct, int ldc,
+                           long long sc, int count) {
 	return qt_gemm_batched_fn((void*)h, ta, tb, m, n, k, &alpha, (const void*)a, at, lda, sa, (const void*)b, bt, ldb, sb,
 	                          &beta, (void*)c, ct, ldc, sc, count, 68, -1);
 }
@@ -84,6 +89,7 @@ static int qt_gemm_batched(uintptr_t h, int ta, int tb, int m, int n, int k, uin
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -102,6 +108,7 @@ type cuDriver struct {
 	dev    cu.Device
 	ctx    cu.CUContext
 	stream cu.Stream        // every launch and cuBLAS call; capturable into CUDA graphs
+	copies cu.Stream        // the copy stream: non-blocking, ordered by events alone
 	ptrs   []unsafe.Pointer // the addresses of the launch's parameter slots
 	blas   *cublas
 }
@@ -131,6 +138,9 @@ func openDriver(ordinal int) (driver, string, error) {
 	}
 	if c.stream, err = cu.MakeStream(cu.DefaultStream); err != nil {
 		return nil, "", cudaErr("cuStreamCreate", err)
+	}
+	if c.copies, err = cu.MakeStream(cu.NonBlocking); err != nil {
+		return nil, "", cudaErr("cuStreamCreate(copy stream)", err)
 	}
 	return c, name, nil
 }
@@ -170,6 +180,24 @@ func (c *cuDriver) memcpyDtoD(dst, src devPtr, bytes int64) error {
 func (c *cuDriver) memcpyDtoDAsync(dst, src devPtr, bytes int64) error {
 	return cu.MemcpyDtoDAsync(cu.DevicePtr(dst), cu.DevicePtr(src), bytes, c.stream)
 }
+
+func (c *cuDriver) memAllocHost(bytes int64) (unsafe.Pointer, error) {
+	var rc C.int
+	p := C.qt_mem_alloc_host(C.size_t(bytes), &rc)
+	return p, cudaResult(rc)
+}
+
+func (c *cuDriver) memFreeHost(p unsafe.Pointer) error { return cu.MemFreeHost(p) }
+
+func (c *cuDriver) memcpyDtoHAsync(dst unsafe.Pointer, src devPtr, bytes int64) error {
+	return cu.MemcpyDtoHAsync(dst, cu.DevicePtr(src), bytes, c.copies)
+}
+
+func (c *cuDriver) copyEventRecord(e cu.Event) error { return e.Record(c.copies) }
+
+func (c *cuDriver) copyWaitEvent(e cu.Event) error { return c.copies.Wait(e, 0) }
+
+func (c *cuDriver) streamWaitEvent(e cu.Event) error { return c.stream.Wait(e, 0) }
 
 func (c *cuDriver) memsetD8(p devPtr, v byte, n int64) error {
 	return cu.MemsetD8(cu.DevicePtr(p), v, n)
@@ -274,12 +302,14 @@ func (c *cuDriver) gemmEx(ta, tb, m, n, k int, a devPtr, at, lda int, b devPtr, 
 		C.uintptr_t(b), C.int(bt), C.int(ldb), C.float(beta), C.uintptr_t(y), C.int(yt), C.int(ldy)))
 }
 
-func (c *cuDriver) gemmStridedBatchedEx(ta, tb, m, n, k int, a devPtr, at, lda int, sa int64, b devPtr, bt, ldb int, sb int64,
+func (c *cuDriver) gemmStridedBatchedEx(ta, tb, m, n, k int, alpha float32, a devPtr, at, lda int, sa int64, b devPtr, bt, ldb int, sb int64,
 	beta float32, y devPtr, yt, ldy int, sy int64, count int) error {
-	return blasResult(C.qt_gemm_batched(c.blas.handle, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.uintptr_t(a), C.int(at), C.int(lda), C.longlong(sa),
+	return blasResult(C.qt_gemm_batched(c.blas.handle, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.float(alpha), C.uintptr_t(a), C.int(at), C.int(lda), C.longlong(sa),
 		C.uintptr_t(b), C.int(bt), C.int(ldb), C.longlong(sb), C.float(beta), C.uintptr_t(y), C.int(yt), C.int(ldy), C.longlong(sy), C.int(count)))
 }
 
-func (c *cuDriver) streamDestroy() error { return c.stream.Destroy() }
+func (c *cuDriver) streamDestroy() error {
+	return errors.Join(c.copies.Destroy(), c.stream.Destroy())
+}
 
 func (c *cuDriver) ctxRelease() error { return c.dev.ReleasePrimaryCtx() }

@@ -197,7 +197,7 @@ func TestEmulatedDriverGemm(t *testing.T) {
 							if count == 1 {
 								err = blasErr("cublasGemmEx", d.drv.gemmEx(ta, tb, m, n, k, ab.Ptr, dtypeBF16, lda, bb.Ptr, dtypeBF16, ldb, beta, cb.Ptr, ct, ldc))
 							} else {
-								err = blasErr("cublasGemmStridedBatchedEx", d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, ab.Ptr, dtypeBF16, lda, int64(sa), bb.Ptr, dtypeBF16, ldb, int64(sb), beta, cb.Ptr, ct, ldc, int64(sc), count))
+								err = blasErr("cublasGemmStridedBatchedEx", d.drv.gemmStridedBatchedEx(ta, tb, m, n, k, 1, ab.Ptr, dtypeBF16, lda, int64(sa), bb.Ptr, dtypeBF16, ldb, int64(sb), beta, cb.Ptr, ct, ldc, int64(sc), count))
 							}
 							if err != nil {
 								t.Fatal(err)

@@ -91,13 +91,14 @@ func (d *Device) ReleaseCache(c *KVCache) {
 	}
 }
 
-// weight uploads a parameter once per Device: bf16 as is, float32 rounded to bf16.
+// weight uploads a parameter once per Device (per tensor): bf16 as is, float32 rounded to
+// bf16.
 func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	v, ok := n.Value().(*tensor.Dense)
 	if !ok || v.Size() == 0 {
 		return nil, fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
 	}
-	key := uintptr(v.Uintptr())
+	key := v
 	if b := d.weights[key]; b != nil {
 		return b, nil
 	}
@@ -180,6 +181,7 @@ type Program struct {
 	// cuda_loss.go): its Step has labels and no KV cache; keep are the values Grads reads.
 	loss  *lossProgram
 	keep  []value
+	into  *gradInto // where the kept gradients go when a ParamSet trains them (cuda_optim.go)
 	ins   []func() error
 	names []string
 	kinds []string // op and output shape, for Profile
@@ -308,6 +310,7 @@ type compiler struct {
 	// rc is the schedule of a program with activation checkpointing (cuda_recompute.go)
 	rc     *recompute
 	inputs map[*G.Node]*Buffer // device-resident inputs (compileWith)
+	sums   *ParamSet           // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -368,7 +371,7 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step
 // device (float32, [rows, cols] row-major), read in place and never written.
 func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
-		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs}
+		consts: map[*G.Node]float64{}, ceLSE: map[*crossEntropyOp]*Buffer{}, attn: map[*attentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums}
 	p := c.p
 	defer func() {
 		if err != nil {

@@ -14,6 +14,7 @@ package autograd
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 
 	G "gorgonia.org/gorgonia"
@@ -23,6 +24,51 @@ import (
 // CompileGrad is Compile of a loss program that also keeps grads (nodes of g) for Grads.
 func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step) (*Program, error) {
 	return d.compile(g, loss, grads, step, GradOptions{})
+}
+
+// CompileGradInto is CompileGrad of the gradients of the parameters s keeps, in its order:
+// the program adds them to s's sums when it runs after s.Accumulate. A gradient that is a
+// weight-gradient GEMM's output and read by nothing else (the LoRA matrices', a trained
+// projection's) is written there by the GEMM itself and has no buffer of its own; the
+// others (the tables' and special-token rows' row sums) keep theirs and are added after
+// the run (grad_accumulate). Grads does not read such a program. o are the compiler's
+// options (activation checkpointing).
+func (d *Device) CompileGradInto(g *G.ExprGraph, loss *G.Node, grads []*G.Node, s *ParamSet, step *Step, o GradOptions) (*Program, error) {
+	if s == nil || s.d != d {
+		return nil, fmt.Errorf("autograd: compiling into a parameter set of another device")
+	}
+	if len(grads) != len(s.sizes) {
+		return nil, fmt.Errorf("autograd: %d gradients for a parameter set of %d", len(grads), len(s.sizes))
+	}
+	for i, n := range grads {
+		if int64(n.Shape().TotalSize()) != s.sizes[i] {
+			return nil, fmt.Errorf("autograd: the gradient of %s has shape %v, not %d values", s.names[i], n.Shape(), s.sizes[i])
+		}
+	}
+	o.sums = s
+	p, err := d.compile(g, loss, grads, step, o)
+	if err != nil {
+		return nil, err
+	}
+	p.into = &gradInto{set: s, direct: make([]bool, len(grads))}
+	for i, v := range p.keep {
+		p.into.direct[i] = v.buf.Ptr >= s.grad.Ptr && v.buf.Ptr < s.grad.Ptr+devPtr(s.grad.Bytes)
+	}
+	return p, nil
+}
+
+// sumOf is the index in c.sums of the gradient n when a GEMM may write it there: a kept
+// node of a program compiled into a set that no other node reads.
+func (c *compiler) sumOf(n *G.Node) (int, bool) {
+	if c.sums == nil || len(c.users[n]) > 0 || n == c.out {
+		return 0, false
+	}
+	for i, k := range c.keep {
+		if k == n {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 // RefreshWeights uploads the current host values of parameters already on the device (the
@@ -35,9 +81,9 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 		if !ok {
 			return fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
 		}
-		b := d.weights[uintptr(v.Uintptr())]
+		b := d.weights[v]
 		data, ok := v.Data().([]float32)
-		if b == nil || !ok || d.trained[uintptr(v.Uintptr())] != nil {
+		if b == nil || !ok || d.trained[v] != nil {
 			continue // not uploaded by a program yet, not trainable in float32, or kept by a ParamSet
 		}
 		bf := make([]uint16, len(data))
@@ -53,6 +99,9 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 
 // Grads downloads the kept gradients of the last run, in CompileGrad's order.
 func (p *Program) Grads() ([][]float32, error) {
+	if p.into != nil && slices.Contains(p.into.direct, true) {
+		return nil, fmt.Errorf("autograd: the program adds its gradients to its parameter set's sums (CompileGradInto): compile it with CompileGrad to read them")
+	}
 	out := make([][]float32, len(p.keep))
 	for i, v := range p.keep {
 		if v.stride != v.cols || v.bf16 || v.parts != 0 {
@@ -174,6 +223,9 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 		return false, err
 	}
 	rows, m, k := dy.rows, dy.cols, x.cols
+	if i, ok := c.sumOf(n); ok {
+		return c.linearGradWInto(n, i, dy, x, gain(o.scale))
+	}
 	y := c.alloc(n, m, k, false)
 	dy16, convDy := c.bf16Copy(dy)
 	x16, convX := c.bf16Copy(x)
@@ -188,6 +240,41 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 		return d.gemmBatched(blasOpN, blasOpT, k, m, rows, x16, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, 0, y.buf, dtypeF32, k, 0, 1)
 	})
 	c.scaled(y, gain(o.scale))
+	return false, nil
+}
+
+// linearGradWInto is linearGradW writing parameter i's sum in c.sums: sum = alpha dy^T x +
+// beta sum with alpha the branch's scale times the run's trained tokens and beta 0 on a
+// step's first micro-batch, 1 after (Program.into, set by ParamSet.Accumulate before the
+// run; a run without it computes no weight gradient). The GEMM scales its fp32 accumulator
+// and adds it in one step where the host rounds the gradient, its scaled value and the sum.
+func (c *compiler) linearGradWInto(n *G.Node, i int, dy, x *value, scale float64) (bool, error) {
+	d, s, p := c.d, c.sums, c.p
+	rows, m, k := dy.rows, dy.cols, x.cols
+	if int64(m)*int64(k) != s.sizes[i] {
+		return false, fmt.Errorf("autograd: %s: a gradient of [%d, %d] for %s of %d values", c.what(), m, k, s.names[i], s.sizes[i])
+	}
+	sum := s.slice(s.grad, i)
+	c.vals[n] = &value{buf: sum, rows: m, cols: k, stride: k, root: n}
+	dy16, convDy := c.bf16Copy(dy)
+	x16, convX := c.bf16Copy(x)
+	c.emit(func() error {
+		in := p.into
+		if in == nil || !in.armed {
+			return nil
+		}
+		if err := convDy(); err != nil {
+			return err
+		}
+		if err := convX(); err != nil {
+			return err
+		}
+		beta := float32(1)
+		if in.first {
+			beta = 0
+		}
+		return d.gemmScaled(blasOpN, blasOpT, k, m, rows, float32(scale*float64(in.tokens)), x16, dtypeBF16, k, 0, dy16, dtypeBF16, m, 0, beta, sum, dtypeF32, k, 0, 1)
+	})
 	return false, nil
 }
 

@@ -250,7 +250,10 @@ func (p *Program) runLoss() error {
 			return err
 		}
 	}
-	return p.launches()
+	if err := p.launches(); err != nil {
+		return err
+	}
+	return p.accumulate()
 }
 
 // Loss is a loss program's last run's mean loss over the labels that count (0 when none do),

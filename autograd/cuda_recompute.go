@@ -48,7 +48,8 @@ type GradOptions struct {
 	// Checkpoint keeps only the Checkpoint marks of the forward for the backward and
 	// computes each block again just before its backward (activation checkpointing).
 	Checkpoint bool
-	dry        bool // plan the activation arena without allocating it (PlanGrad)
+	dry        bool      // plan the activation arena without allocating it (PlanGrad)
+	sums       *ParamSet // the set the weight-gradient GEMMs write into (CompileGradInto)
 }
 
 // CompileGradWith is CompileGrad with options.

@@ -39,6 +39,10 @@ type TrainThroughput struct {
 	GFLOPs        float64 `json:"gflop_per_s"`
 	PeakRSSBytes  int64   `json:"peak_rss_bytes"`
 	Loss          float64 `json:"last_loss"`
+
+	// DeviceState is, with the optimizer on a device, the memory of the trained parameters
+	// and their optimizer state by kind (Trainer.DeviceMemory) after the last step
+	DeviceState []model.MemoryPart `json:"device_state,omitempty"`
 }
 
 // MeasureTraining times LoRA steps of m with Qwen's optimizer settings on random token ids.
@@ -90,6 +94,7 @@ func MeasureTraining(ctx context.Context, m *model.Model, o TrainBenchOptions) (
 		}
 		res.Loss = st.Loss
 	}
+	res.DeviceState = tr.DeviceMemory()
 	res.StepSec = timed.Seconds() / float64(o.Steps)
 	res.TokensPerSec = float64(o.Batch*o.Seq) / res.StepSec
 	res.GFLOPs = res.FLOPsPerToken * res.TokensPerSec / 1e9

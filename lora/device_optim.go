@@ -56,7 +56,7 @@ func (t *Trainer) deviceParams(ox model.OptimExecutor) error {
 
 // deviceStep is TrainStep with the optimizer on the device: each micro-batch's program runs
 // on the trained parameters' device values and adds its gradients, times its trained tokens,
-// to the step's sums there; the mean is clipped to the global norm and AdamW updates the
+// to the step's sums there (its GEMMs write them); the mean is clipped to the global norm and AdamW updates the
 // values and moments there, at the host schedule's learning rate. Only the losses and the
 // norm come to the host. A non-finite loss or norm goes back to before the last update on
 // the device, as on the host.
@@ -83,14 +83,14 @@ func (t *Trainer) deviceStep(ctx context.Context, ox model.OptimExecutor) (StepR
 			return res, fmt.Errorf("lora: %s: the training graph of %d x %d tokens does not run on the device", t.Model.Exec.Name(), b.Batch, b.Seq)
 		}
 		g.set(b, t.dropoutSeed(t.Step, k))
+		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil {
+			return res, err
+		}
 		if err := g.device.Run(); err != nil {
 			return res, err
 		}
 		loss, err := g.device.Loss()
 		if err != nil {
-			return res, err
-		}
-		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil {
 			return res, err
 		}
 		lossSum += loss * float64(n)
@@ -138,6 +138,24 @@ func (t *Trainer) Sync() error {
 	}
 	s.download = false
 	return nil
+}
+
+// DeviceMemory is the memory of the trained parameters kept on a device, by kind
+// (model.DeviceParams.Memory), and the gradient buffers the compiled training programs hold
+// of their own (those their GEMMs do not write into the device's sums); nil before the
+// first step on a device, or without one.
+func (t *Trainer) DeviceMemory() []model.MemoryPart {
+	if t.dev.params == nil {
+		return nil
+	}
+	parts := t.dev.params.Memory()
+	var own int64
+	for _, g := range t.graphs {
+		if p, ok := g.device.(interface{ GradientBytes() int64 }); ok {
+			own += p.GradientBytes()
+		}
+	}
+	return append(parts, model.MemoryPart{What: fmt.Sprintf("gradient buffers of %d training programs", len(t.graphs)), Bytes: own})
 }
 
 // closeDevice brings the device's state to the host and releases it.

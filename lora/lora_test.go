@@ -234,15 +234,15 @@ func goldenDeviceParams(t *testing.T, exec model.Executor, params []*model.Param
 func goldenDeviceStep(t *testing.T, gg *GradGraph, dev model.DeviceParams, b *Batch, opt *optim.AdamW, lr float64) (float64, float64) {
 	t.Helper()
 	gg.set(b, 0)
+	n := b.Targets()
+	if err := dev.Accumulate(gg.device, n, true); err != nil {
+		t.Fatal(err)
+	}
 	if err := gg.device.Run(); err != nil {
 		t.Fatal(err)
 	}
 	loss, err := gg.device.Loss()
 	if err != nil {
-		t.Fatal(err)
-	}
-	n := b.Targets()
-	if err := dev.Accumulate(gg.device, n, true); err != nil {
 		t.Fatal(err)
 	}
 	norm, err := dev.Clip(n, 1.0)

@@ -4,19 +4,35 @@ package model
 
 import (
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 // CompileGradOn compiles the training graph g (its loss and the gradients grads of params)
-// on the device d.
+// on the device d; when a ParamSet keeps params (NewDeviceParams), into its sums: the
+// program then has no buffers of its own for the gradients its GEMMs compute.
 func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
 	return CompileGradWith(d, g, loss, grads, params, autograd.GradOptions{})
 }
 
 // CompileGradWith is CompileGradOn with the compiler's options (activation checkpointing).
 func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes, o autograd.GradOptions) (GradProgram, error) {
-	p, err := d.CompileGradWith(g.ExprGraph, loss, grads, g.Step, o)
+	values := make([]*tensor.Dense, len(params))
+	for i, n := range params {
+		values[i], _ = n.Value().(*tensor.Dense)
+		if values[i] == nil {
+			values = nil
+			break
+		}
+	}
+	var p *autograd.Program
+	var err error
+	if s := d.ParamSetOf(values); s != nil {
+		p, err = d.CompileGradInto(g.ExprGraph, loss, grads, s, g.Step, o)
+	} else {
+		p, err = d.CompileGradWith(g.ExprGraph, loss, grads, g.Step, o)
+	}
 	if err != nil {
 		return nil, err
 	}

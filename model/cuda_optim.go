@@ -35,7 +35,12 @@ func (p deviceParams) Accumulate(prog GradProgram, tokens int, first bool) error
 	return p.ParamSet.Accumulate(g.Program, tokens, first)
 }
 
-func (p deviceParams) Close() error {
-	p.ParamSet.Close()
-	return nil
+func (p deviceParams) Close() error { return p.ParamSet.Close() }
+
+func (p deviceParams) Memory() []MemoryPart {
+	var parts []MemoryPart
+	for _, m := range p.ParamSet.Memory() {
+		parts = append(parts, MemoryPart{What: m.What, Bytes: m.Bytes, Host: m.Host})
+	}
+	return parts
 }

@@ -13,11 +13,12 @@ type OptimExecutor interface {
 }
 
 // DeviceParams are trained parameters on an executor's device (OptimExecutor). Per step:
-// Accumulate after each micro-batch's program ran, Clip, then Update; GoBack undoes the last
-// Update. The host's values and moments are stale until Download.
+// Accumulate before each micro-batch's program runs, Clip, then Update; GoBack undoes the
+// last Update. The host's values and moments are stale until Download.
 type DeviceParams interface {
-	// Accumulate adds the gradients of p's last run (a program CompileGrad made for the same
-	// parameters, in their order) times tokens to the step's sums; first starts them at 0.
+	// Accumulate makes p's next run (a program CompileGrad made for the same parameters, in
+	// their order) add its gradients times tokens to the step's sums; first starts them at
+	// 0. Programs compiled after NewDeviceParams write them there from their GEMMs.
 	Accumulate(p GradProgram, tokens int, first bool) error
 	// Clip divides the sums by the step's tokens and clips them to the global norm maxNorm
 	// as optim.ClipGradNorm; it returns the norm before clipping.
@@ -33,5 +34,14 @@ type DeviceParams interface {
 	Download(values, m, v [][]float32) error
 	// Bytes is the device memory held besides the weights the programs read.
 	Bytes() int64
+	// Memory is the memory held, by kind (the bf16 weights the programs read included).
+	Memory() []MemoryPart
 	Close() error
+}
+
+// MemoryPart is one kind of memory trained parameters hold (DeviceParams.Memory).
+type MemoryPart struct {
+	What  string `json:"what"`
+	Bytes int64  `json:"bytes"`
+	Host  bool   `json:"host,omitempty"` // page-locked host memory, not the device's
 }
