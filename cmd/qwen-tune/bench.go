@@ -247,8 +247,15 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 		if mem.Checkpointing {
 			ck = "on"
 		}
-		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, LoRA matrices included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s), the rest %.2f GiB (attention scratch, step inputs); trained parameters and AdamW state %.2f GiB on the host\n",
-			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck, gib(devicePeak-mem.Weights-mem.Activations), gib(res.StateBytes))
+		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, the trained matrices' bf16 copies included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s); the trained parameters' state:\n",
+			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck)
+		for _, p := range res.DeviceState {
+			where := "device"
+			if p.Host {
+				where = "host, page-locked"
+			}
+			fmt.Fprintf(out, "state      %s: %.1f MiB (%s)\n", p.What, float64(p.Bytes)/(1<<20), where)
+		}
 	}
 	return nil
 }
