@@ -113,3 +113,38 @@ const MaxCacheScratch = 32768
 func PrefillScoreElems(heads, t int) int64 {
 	return int64(heads) * int64(max(min(t, PrefillChunk)*t, MaxCacheScratch))
 }
+
+// PeakLive is the most bytes (each buffer aligned up to align) live at one node, the lower
+// bound of any placement's arena, and the first node where so many are live.
+func PeakLive(reqs []ArenaRequest, align int64) (at int, live int64) {
+	delta := map[int]int64{}
+	for _, r := range reqs {
+		b := alignUp(max(r.Bytes, 1), align)
+		delta[r.First] += b
+		delta[r.Last+1] -= b
+	}
+	nodes := make([]int, 0, len(delta))
+	for n := range delta {
+		nodes = append(nodes, n)
+	}
+	slices.Sort(nodes)
+	var cur int64
+	for _, n := range nodes {
+		if cur += delta[n]; cur > live {
+			at, live = n, cur
+		}
+	}
+	return at, live
+}
+
+// LiveAt is the requests live at node at, the largest first (ties: the earliest first).
+func LiveAt(reqs []ArenaRequest, at int) []int {
+	var idx []int
+	for i, r := range reqs {
+		if r.First <= at && at <= r.Last {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(reqs[b].Bytes, reqs[a].Bytes) })
+	return idx
+}

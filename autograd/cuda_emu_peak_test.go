@@ -1,0 +1,104 @@
+//go:build cudaemu && !qtcuda
+
+package autograd_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/model"
+)
+
+// mlpCase is a one-block model whose MLP is much wider than everything else (2048 against a
+// hidden size of 64 and a vocabulary of 640): a training program's arena peaks in the MLP's
+// backward, where the [N, 2048] float32 values dominate.
+func mlpCase(t *testing.T) (c *lossCase, n, mlp int64) {
+	c = newLossCaseWith(t, model.TinyOptions{Seed: 3, VocabRanks: 512, Hidden: 64, Layers: 1, Heads: 2, MLPWidth: 2048, SeqLength: 2048})
+	return c, lossBatch * lossSeq, 2048
+}
+
+// liveAt is the buffers of plan live at entry at.
+func liveAt(plan autograd.MemoryPlan, at int) []autograd.LiveBuffer {
+	var out []autograd.LiveBuffer
+	for _, b := range plan.Buffers {
+		if b.First <= at && at <= b.Last {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// entry is the first schedule entry of plan whose name starts with prefix.
+func entry(t *testing.T, plan autograd.MemoryPlan, prefix string) int {
+	t.Helper()
+	for i, e := range plan.Entries {
+		if strings.HasPrefix(e, prefix) {
+			return i
+		}
+	}
+	t.Fatalf("no entry %s... in the plan", prefix)
+	return -1
+}
+
+// TestEmulatedArenaPeak: PlanGrad reports the entry where the most arena bytes are live and
+// what is live there. In mlpCase's program, with and without checkpointing, that is in the
+// MLP's backward: the entry with the most live bytes of all, whose buffers add up to them,
+// the largest of them four or more [N, 2048] float32 values (the up and gate projections,
+// the gradient of SwiGLU's output, the LoRA dropout of SwiGLU's output or SwiGLU's input
+// gradients), within an arena no smaller.
+func TestEmulatedArenaPeak(t *testing.T) {
+	d := openDevice(t)
+	c, n, mlp := mlpCase(t)
+	for _, ckpt := range []bool{false, true} {
+		plan := planGrad(t, d, c, ckpt)
+		pk := plan.Peak
+		t.Logf("checkpointing %v: arena %d bytes, %v", ckpt, plan.Activations, pk)
+		var most int64
+		for i := range plan.Entries {
+			most = max(most, plan.LiveAt(i))
+		}
+		var sum int64
+		for _, b := range pk.Buffers {
+			sum += (b.Bytes + autograd.ArenaAlign - 1) / autograd.ArenaAlign * autograd.ArenaAlign
+			if b.What == "" || b.First > pk.At || b.Last < pk.At {
+				t.Errorf("peak buffer %v not live at entry %d", b, pk.At)
+			}
+		}
+		if pk.Live != most || sum != pk.Live || plan.LiveAt(pk.At) != pk.Live || plan.Activations < pk.Live || len(liveAt(plan, pk.At)) != len(pk.Buffers) {
+			t.Errorf("peak of %d bytes at entry %d (%d there, %d in its buffers), the most live anywhere %d, arena %d", pk.Live, pk.At, plan.LiveAt(pk.At), sum, most, plan.Activations)
+		}
+		if pk.Node != plan.Entries[pk.At] || len(pk.Buffers) < 5 {
+			t.Fatalf("peak at %q, entry %q, %d buffers", pk.Node, plan.Entries[pk.At], len(pk.Buffers))
+		}
+		wide := 0
+		for wide < len(pk.Buffers) && pk.Buffers[wide].Bytes == n*mlp*4 {
+			wide++
+		}
+		if wide < 4 || pk.Buffers[wide].Bytes >= n*mlp*4 {
+			t.Errorf("the peak's largest buffers: %d of %d bytes, then %v", wide, n*mlp*4, pk.Buffers[wide])
+		}
+	}
+}
+
+// TestEmulatedSwiGLUGradInPlace: SwiGLU's input gradients take over the up and gate
+// projections' buffers, which nobody reads after them, so where they are computed three
+// [N, MLP] float32 values are live (the projections, now the gradients, and the gradient
+// of SwiGLU's output), not five.
+func TestEmulatedSwiGLUGradInPlace(t *testing.T) {
+	d := openDevice(t)
+	c, n, mlp := mlpCase(t)
+	for _, ckpt := range []bool{false, true} {
+		plan := planGrad(t, d, c, ckpt)
+		at := entry(t, plan, "SwiGLUGrad")
+		var wide []autograd.LiveBuffer
+		for _, b := range liveAt(plan, at) {
+			if b.Bytes == n*mlp*4 {
+				wide = append(wide, b)
+			}
+		}
+		if len(wide) != 3 {
+			t.Errorf("checkpointing %v: %d [N, MLP] float32 buffers live at %s: %v", ckpt, len(wide), plan.Entries[at], wide)
+		}
+	}
+}
