@@ -102,3 +102,33 @@ func TestEmulatedSwiGLUGradInPlace(t *testing.T) {
 		}
 	}
 }
+
+// TestEmulatedDropoutKeptInBF16: a LoRA branch's dropout, read only by the branch's A
+// projection and its weight gradient, which both multiply it in bf16, is kept in bf16 (the
+// float32 result lives only inside the dropout's instruction): every buffer a dropout owns
+// last is [N, width] bf16, half the bytes of its float32 input.
+func TestEmulatedDropoutKeptInBF16(t *testing.T) {
+	d := openDevice(t)
+	c, n, mlp := mlpCase(t)
+	hidden := int64(c.m.Config.HiddenSize)
+	for _, ckpt := range []bool{false, true} {
+		plan := planGrad(t, d, c, ckpt)
+		found := 0
+		for _, b := range plan.Buffers {
+			what := strings.TrimSuffix(b.What, " [recomputed]")
+			if i := strings.LastIndex(what, ", then "); i >= 0 {
+				what = what[i+len(", then "):]
+			}
+			if !strings.HasPrefix(what, "Dropout (") {
+				continue
+			}
+			found++
+			if b.Bytes != n*hidden*2 && b.Bytes != n*mlp*2 {
+				t.Errorf("checkpointing %v: %v: want [%d, %d] or [%d, %d] bf16", ckpt, b, n, hidden, n, mlp)
+			}
+		}
+		if want := 5; found < want {
+			t.Errorf("checkpointing %v: %d dropout buffers, want at least %d (one per LoRA branch's input)", ckpt, found, want)
+		}
+	}
+}
