@@ -3,6 +3,7 @@
 package autograd_test
 
 import (
+	"math"
 	"strings"
 	"testing"
 
@@ -129,6 +130,43 @@ func TestEmulatedDropoutKeptInBF16(t *testing.T) {
 		}
 		if want := 5; found < want {
 			t.Errorf("checkpointing %v: %d dropout buffers, want at least %d (one per LoRA branch's input)", ckpt, found, want)
+		}
+	}
+}
+
+// TestEmulatedArenaSavingsAreExact: with the arena's savings (SwiGLU's gradients in place,
+// LoRA dropouts kept in bf16) the device computes the same loss and gradients, bit for bit,
+// as without them, with and without checkpointing (newLossCase's batch: padding, packing,
+// dropout 0.3), in an arena no larger, and smaller where the MLP's backward is the peak.
+func TestEmulatedArenaSavingsAreExact(t *testing.T) {
+	d := openDevice(t)
+	mlp, _, _ := mlpCase(t)
+	for _, k := range []struct {
+		name   string
+		c      *lossCase
+		shrink bool
+	}{{"2 blocks", newLossCaseOf(t, 2), false}, {"wide MLP", mlp, true}} {
+		for _, ckpt := range []bool{false, true} {
+			autograd.SetArenaSavings(t, false)
+			wantLoss, want, before := runGrad(t, d, k.c, ckpt)
+			autograd.SetArenaSavings(t, true)
+			gotLoss, got, after := runGrad(t, d, k.c, ckpt)
+			if gotLoss != wantLoss {
+				t.Errorf("%s, checkpointing %v: loss %v with the savings, %v without", k.name, ckpt, gotLoss, wantLoss)
+			}
+			for i := range want {
+				for j := range want[i] {
+					if math.Float32bits(got[i][j]) != math.Float32bits(want[i][j]) {
+						t.Errorf("%s, checkpointing %v: %s[%d] is %v with the savings, %v without", k.name, ckpt, k.c.params[i].Name, j, got[i][j], want[i][j])
+						break
+					}
+				}
+			}
+			a, b := after.ActivationBytes(), before.ActivationBytes()
+			t.Logf("%s, checkpointing %v: arena %d bytes with the savings, %d without", k.name, ckpt, a, b)
+			if a > b || k.shrink && a >= b {
+				t.Errorf("%s, checkpointing %v: arena %d bytes with the savings, %d without", k.name, ckpt, a, b)
+			}
 		}
 	}
 }

@@ -259,7 +259,7 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 		last = c.pos[sib]
 	}
 	take := func(m, k *G.Node) *value {
-		if c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) {
+		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) {
 			return c.inPlace(m, k)
 		}
 		return c.alloc(m, a.rows, a.cols, false)

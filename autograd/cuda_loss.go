@@ -196,7 +196,7 @@ func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 // computed). A LoRA branch's dropout is such a value: its A projection and A's gradient
 // read it.
 func (c *compiler) multipliedInBF16(n *G.Node) bool {
-	if n == c.out || rowsOf(n) < 2 || len(c.users[n]) == 0 || c.kept(n) {
+	if !keepBF16 || n == c.out || rowsOf(n) < 2 || len(c.users[n]) == 0 || c.kept(n) {
 		return false
 	}
 	for _, u := range c.users[n] {

@@ -13,6 +13,16 @@ import (
 	G "gorgonia.org/gorgonia"
 )
 
+// Two savings of arena bytes that launch the same kernels on the same values (tests compare
+// the gradients with and without them, bit for bit).
+var (
+	// swigluGradInPlace: SwiGLU's input gradients over its inputs when they die there.
+	swigluGradInPlace = true
+	// keepBF16: a value that every reader rounds to bf16 first is kept in bf16
+	// (multipliedInBF16).
+	keepBF16 = true
+)
+
 // ArenaPeak is the schedule entry of a program where the most arena bytes are live.
 type ArenaPeak struct {
 	// At is the entry (a node's launches, or a node of a block computed again) and Node
