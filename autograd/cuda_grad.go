@@ -6,7 +6,7 @@ package autograd
 // gorgonia's Grad added to its graph (CompileGrad keeps them). The emitters of the gradient
 // ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
 // input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
-// (one launch for both of SwiGLU's), rotary's inverse rotation, attention's backward by
+// (one launch for both of SwiGLU's, written over its inputs when they die there), rotary's inverse rotation, attention's backward by
 // chunks of queries (reading the forward's log-sum-exps; the scratch is the program's) into a buffer laid out as
 // the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
 // name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient"), and a GPTQ

@@ -7,7 +7,7 @@ package autograd
 // may have a key mask (padding), packed segments and positions, and a dropout seed; there is
 // no KV cache. Rotary runs at the rows' positions, in place inside the fused qkv projection
 // (Rotary's input is a view nobody else reads), attention runs by chunks of queries
-// (AttentionTrainForward), dropout draws the CPU's Philox masks, a LoRA branch's scale follows
+// (AttentionTrainForward), dropout draws the CPU's Philox masks (kept in bf16 when only GEMMs read it), a LoRA branch's scale follows
 // its product, and the loss is one value per row, summed on the host in row order (Loss).
 // Weights are uploaded once, in bf16, as for inference; Device.RefreshWeights uploads the
 // trained ones again after an optimizer step (model.CompileGradOn does it before every run).
