@@ -7,7 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	G "gorgonia.org/gorgonia"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -168,5 +171,45 @@ func TestEmulatedArenaSavingsAreExact(t *testing.T) {
 				t.Errorf("%s, checkpointing %v: arena %d bytes with the savings, %d without", k.name, ckpt, a, b)
 			}
 		}
+	}
+}
+
+// TestEmulatedArenaPlacementDeep: in a 32-block training program with checkpointing (an
+// eighth of Qwen-7B's widths, 2048 tokens, LoRA r 64), where the marks live across every
+// block's values of the same size, placement loses under 1/128 of the most bytes live at
+// once (measured: 1,146,880 of 217,579,520 bytes, 0.53%; 2,981,888 when buffers of one
+// size were placed in the order they start rather than the longest-lived first).
+func TestEmulatedArenaPlacementDeep(t *testing.T) {
+	d := openDevice(t)
+	m, err := model.RandomModel(model.TinyOptions{Seed: 1, VocabRanks: 4096, Hidden: 512, Layers: 32, Heads: 4, MLPWidth: 1376, SeqLength: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	defer d.ReleaseWeights()
+	a, err := lora.Apply(m, lora.DefaultConfig(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, loss, err := m.LossGraph(1, 2048, model.Training)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wrt G.Nodes
+	for _, p := range a.Params() {
+		wrt = append(wrt, g.Param(p))
+	}
+	grads, err := G.Grad(loss, wrt...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := plan.Activations - plan.Peak.Live
+	t.Logf("arena %d bytes, at most %d live at %s: placement loses %d", plan.Activations, plan.Peak.Live, plan.Peak.Node, lost)
+	if lost < 0 || lost > plan.Peak.Live/128 {
+		t.Errorf("arena %d bytes for at most %d live at once", plan.Activations, plan.Peak.Live)
 	}
 }
