@@ -9,7 +9,9 @@ import (
 // Activation memory planning: every buffer a compiled program needs is known before it runs,
 // with the first and last instruction that touch it, so all of them are placed at offsets of
 // one arena allocated once. Two buffers may share bytes only when their lifetimes are
-// disjoint. Placement is greedy by size: the largest buffer first, each at the lowest offset
+// disjoint. Placement is greedy by size: the largest buffer first (of one size, the
+// longest-lived first, so that a training program's marks stack under the block values of
+// their size instead of between them), each at the lowest offset
 // where it overlaps no already placed buffer of an intersecting lifetime (the smallest such
 // gap that fits). For a transformer's layers, which repeat the same lifetimes, the arena comes
 // out at (or within a few buffers' alignment of) the most bytes ever live at once, the bound
@@ -40,6 +42,9 @@ func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
 		if c := cmp.Compare(reqs[b].Bytes, reqs[a].Bytes); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(reqs[b].Last-reqs[b].First, reqs[a].Last-reqs[a].First); c != 0 {
 			return c
 		}
 		return reqs[a].First - reqs[b].First
@@ -112,4 +117,39 @@ const MaxCacheScratch = 32768
 // tokens: one chunk of queries against every key, at least MaxCacheScratch per head.
 func PrefillScoreElems(heads, t int) int64 {
 	return int64(heads) * int64(max(min(t, PrefillChunk)*t, MaxCacheScratch))
+}
+
+// PeakLive is the most bytes (each buffer aligned up to align) live at one node, the lower
+// bound of any placement's arena, and the first node where so many are live.
+func PeakLive(reqs []ArenaRequest, align int64) (at int, live int64) {
+	delta := map[int]int64{}
+	for _, r := range reqs {
+		b := alignUp(max(r.Bytes, 1), align)
+		delta[r.First] += b
+		delta[r.Last+1] -= b
+	}
+	nodes := make([]int, 0, len(delta))
+	for n := range delta {
+		nodes = append(nodes, n)
+	}
+	slices.Sort(nodes)
+	var cur int64
+	for _, n := range nodes {
+		if cur += delta[n]; cur > live {
+			at, live = n, cur
+		}
+	}
+	return at, live
+}
+
+// LiveAt is the requests live at node at, the largest first (ties: the earliest first).
+func LiveAt(reqs []ArenaRequest, at int) []int {
+	var idx []int
+	for i, r := range reqs {
+		if r.First <= at && at <= r.Last {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(reqs[b].Bytes, reqs[a].Bytes) })
+	return idx
 }

@@ -168,3 +168,47 @@ func liveBound(reqs []ArenaRequest) int64 {
 	}
 	return best
 }
+
+// TestPeakLive: the peak of a few lifetimes worked out by hand, and on random plans the
+// bound every arena respects.
+func TestPeakLive(t *testing.T) {
+	reqs := []ArenaRequest{
+		{Bytes: 1000, First: 0, Last: 2}, // 1024 aligned
+		{Bytes: 512, First: 1, Last: 4},
+		{Bytes: 2048, First: 3, Last: 3},
+		{Bytes: 256, First: 3, Last: 5},
+		{Bytes: 4096, First: 6, Last: 6}, // alone, but more than node 3's 512+2048+256
+	}
+	at, live := PeakLive(reqs, ArenaAlign)
+	if at != 6 || live != 4096 {
+		t.Errorf("peak %d bytes at node %d, want 4096 at 6", live, at)
+	}
+	reqs[4].Bytes = 2000 // 2048: node 3's 2816 bytes are the peak now
+	if at, live = PeakLive(reqs, ArenaAlign); at != 3 || live != 512+2048+256 {
+		t.Errorf("peak %d bytes at node %d, want %d at 3", live, at, 512+2048+256)
+	}
+	if got, want := LiveAt(reqs, 3), []int{2, 1, 3}; !slices.Equal(got, want) {
+		t.Errorf("live at node 3: %v, want %v", got, want)
+	}
+	rng := rand.New(rand.NewPCG(8, 8))
+	for trial := 0; trial < 100; trial++ {
+		reqs := make([]ArenaRequest, 1+rng.IntN(80))
+		for i := range reqs {
+			a, b := rng.IntN(40), rng.IntN(40)
+			reqs[i] = ArenaRequest{Bytes: int64(1 + rng.IntN(1<<16)), First: min(a, b), Last: max(a, b)}
+		}
+		at, live := PeakLive(reqs, ArenaAlign)
+		aligned := make([]ArenaRequest, len(reqs))
+		var sum int64
+		for i, r := range reqs {
+			aligned[i] = ArenaRequest{Bytes: alignUp(r.Bytes, ArenaAlign), First: r.First, Last: r.Last}
+		}
+		for _, i := range LiveAt(reqs, at) {
+			sum += aligned[i].Bytes
+		}
+		_, size := PlanArena(reqs, ArenaAlign)
+		if lb := liveBound(aligned); live != lb || sum != live || size < live {
+			t.Fatalf("trial %d: peak %d at node %d (%d live there), bound %d, arena %d", trial, live, at, sum, lb, size)
+		}
+	}
+}

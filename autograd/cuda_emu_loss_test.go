@@ -38,7 +38,13 @@ func newLossCase(t *testing.T) *lossCase { return newLossCaseOf(t, 2) }
 // newLossCaseOf is newLossCase's batch on a random model of layers blocks.
 func newLossCaseOf(t *testing.T, layers int) *lossCase {
 	t.Helper()
-	m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: layers, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+	return newLossCaseWith(t, model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: layers, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+}
+
+// newLossCaseWith is newLossCase's batch on a random model of shape o.
+func newLossCaseWith(t *testing.T, o model.TinyOptions) *lossCase {
+	t.Helper()
+	m, err := model.RandomModel(o)
 	if err != nil {
 		t.Fatal(err)
 	}

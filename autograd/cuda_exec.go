@@ -213,6 +213,9 @@ type Program struct {
 	Launches              int   // kernel launches per run
 	Recomputed            int   // of them, those computing a block's forward again (checkpointing)
 	activations           int64 // bytes of the arena of every activation and scratch buffer
+	peak                  ArenaPeak
+	buffers               []LiveBuffer // of a dry plan: every arena buffer
+	entries               []string     // of a dry plan: the schedule's entries
 }
 
 // planner records the activation buffers of a program as Compile asks for them, each with
@@ -228,6 +231,13 @@ type planner struct {
 	arena *Buffer
 	size  int64 // the arena's planned size
 	dry   bool  // plan the arena without allocating it (Device.PlanGrad)
+	// owner is, per buffer, the nodes whose values it holds in turn (none: scratch of the
+	// node at its First); cur is the node of each schedule entry, again whether it runs for
+	// the second time
+	owner [][]*G.Node
+	cur   []*G.Node
+	again []bool
+	peak  ArenaPeak // of a dry plan
 }
 
 func (p *planner) get(bytes int64) *Buffer {
@@ -235,6 +245,7 @@ func (p *planner) get(bytes int64) *Buffer {
 	p.index[b] = len(p.reqs)
 	p.reqs = append(p.reqs, ArenaRequest{Bytes: bytes, First: p.at, Last: -1})
 	p.bufs = append(p.bufs, b)
+	p.owner = append(p.owner, nil)
 	return b
 }
 
@@ -265,6 +276,9 @@ func (p *planner) place(d *Device, last int) error {
 		return err
 	}
 	p.size = size
+	if p.dry {
+		p.peak = p.peakOf()
+	}
 	if size == 0 || p.dry {
 		return nil
 	}
@@ -402,6 +416,8 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 	}
 	for i, n := range order {
 		c.i, c.pl.at, c.cur = i, i, n
+		c.pl.cur = append(c.pl.cur, n)
+		c.pl.again = append(c.pl.again, c.rc != nil && c.rc.block[i] >= 0)
 		if err := c.enter(i); err != nil {
 			return nil, err
 		}
@@ -465,7 +481,10 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 	if c.pl.arena != nil {
 		p.owned = append(p.owned, c.pl.arena)
 	}
-	p.activations = c.pl.size
+	p.activations, p.peak = c.pl.size, c.pl.peak
+	if o.dry {
+		p.buffers, p.entries = c.pl.buffers(), c.pl.entries()
+	}
 	p.Launches = len(p.ins)
 	return p, nil
 }
@@ -638,6 +657,7 @@ func (c *compiler) alloc(n *G.Node, rows, cols int, bf bool) *value {
 		elem = 2
 	}
 	v := &value{buf: c.pl.get(int64(rows*cols) * elem), rows: rows, cols: cols, stride: cols, root: n, bf16: bf}
+	c.pl.own(v.buf, n)
 	c.vals[n] = v
 	return v
 }
@@ -653,6 +673,7 @@ func (c *compiler) dies(k *G.Node) bool {
 func (c *compiler) inPlace(n, k *G.Node) *value {
 	v := c.vals[k]
 	c.released[k] = true // n owns the buffer now
+	c.pl.own(v.buf, n)
 	nv := &value{buf: v.buf, rows: v.rows, cols: v.cols, stride: v.cols, root: n}
 	c.vals[n] = nv
 	return nv

@@ -6,7 +6,7 @@ package autograd
 // gorgonia's Grad added to its graph (CompileGrad keeps them). The emitters of the gradient
 // ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
 // input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
-// (one launch for both of SwiGLU's), rotary's inverse rotation, attention's backward by
+// (one launch for both of SwiGLU's, written over its inputs when they die there), rotary's inverse rotation, attention's backward by
 // chunks of queries (reading the forward's log-sum-exps; the scratch is the program's) into a buffer laid out as
 // the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
 // name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient"), and a GPTQ
@@ -331,16 +331,32 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 			return false, fmt.Errorf("autograd: %s of bf16 or strided inputs", c.what())
 		}
 	}
-	mine := c.alloc(n, a.rows, a.cols, false)
-	var other *value
+	var sib *G.Node
 	for _, u := range c.users[c.kids[n][2]] {
 		if so, ok := u.Op().(*swigluOp); ok && u != n && so.grad == 3-o.grad && c.pos[u] > c.i && sameKids(c.kids[u], c.kids[n]) {
-			other = c.alloc(u, a.rows, a.cols, false)
-			c.precomputed[u] = true
+			sib = u
 			break
 		}
 	}
-	if other == nil {
+	// da may be a and dg may be g (swiglu_grad reads an element's inputs before writing
+	// it): a gradient takes its input's buffer over when nobody reads the input after the
+	// launch (with the sibling, up to the sibling's place)
+	last := c.i
+	if sib != nil {
+		last = c.pos[sib]
+	}
+	take := func(m, k *G.Node) *value {
+		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) {
+			return c.inPlace(m, k)
+		}
+		return c.alloc(m, a.rows, a.cols, false)
+	}
+	mine := take(n, c.kids[n][o.grad-1])
+	var other *value
+	if sib != nil {
+		other = take(sib, c.kids[n][2-o.grad])
+		c.precomputed[sib] = true
+	} else {
 		other = &value{buf: c.pl.get(int64(a.rows*a.cols) * 4)}
 		c.pl.put(other.buf)
 	}
@@ -351,6 +367,14 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 	cnt := int64(a.rows * a.cols)
 	c.emit(func() error { return d.SwiGLUGrad(da.buf, dg.buf, a.ptr(), g.ptr(), dy.ptr(), cnt) })
 	return false, nil
+}
+
+// diesBy reports whether k is a whole float32 activation of its own buffer that no node
+// after place last reads (nor Grads, nor the program's output).
+func (c *compiler) diesBy(k *G.Node, last int) bool {
+	v := c.vals[k]
+	return v != nil && !v.param && v.lazy == 0 && !v.bf16 && v.off == 0 && v.stride == v.cols && v.parts == 0 &&
+		v.root == k && !c.released[k] && c.lastUse[k] <= last && k != c.out && !c.kept(k)
 }
 
 func sameKids(a, b []*G.Node) bool {

@@ -7,7 +7,7 @@ package autograd
 // may have a key mask (padding), packed segments and positions, and a dropout seed; there is
 // no KV cache. Rotary runs at the rows' positions, in place inside the fused qkv projection
 // (Rotary's input is a view nobody else reads), attention runs by chunks of queries
-// (AttentionTrainForward), dropout draws the CPU's Philox masks, a LoRA branch's scale follows
+// (AttentionTrainForward), dropout draws the CPU's Philox masks (kept in bf16 when only GEMMs read it), a LoRA branch's scale follows
 // its product, and the loss is one value per row, summed on the host in row order (Loss).
 // Weights are uploaded once, in bf16, as for inference; Device.RefreshWeights uploads the
 // trained ones again after an optimizer step (model.CompileGradOn does it before every run).
@@ -16,6 +16,7 @@ package autograd
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 
 	G "gorgonia.org/gorgonia"
@@ -160,15 +161,64 @@ func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 	if x.bf16 || x.stride != x.cols {
 		return false, fmt.Errorf("autograd: dropout of a bf16 or strided input")
 	}
+	cnt := int64(x.rows * x.cols)
+	if c.multipliedInBF16(n) {
+		// the float32 result over the input when it dies here, else in scratch of this
+		// node, rounded to bf16 as the readers would round it
+		y := c.alloc(n, x.rows, x.cols, true)
+		f := x.buf
+		if !c.dies(c.kids[n][0]) {
+			f = c.pl.get(cnt * 4)
+			c.pl.put(f)
+		}
+		rows, cols := x.rows, x.cols
+		c.emit(func() error {
+			if err := d.Dropout(f, x.ptr(), cnt, o.p, st.Seed, o.key); err != nil {
+				return err
+			}
+			return d.ToBF16Rows(y.buf, f, rows, cols, cols)
+		})
+		return false, nil
+	}
 	var y *value
 	if c.dies(c.kids[n][0]) {
 		y = c.inPlace(n, c.kids[n][0])
 	} else {
 		y = c.alloc(n, x.rows, x.cols, false)
 	}
-	cnt := int64(x.rows * x.cols)
 	c.emit(func() error { return d.Dropout(y.buf, x.ptr(), cnt, o.p, st.Seed, o.key) })
 	return false, nil
+}
+
+// multipliedInBF16: every reader of n rounds it to bf16 before a GEMM (a projection of
+// several rows taking it as input, or a weight gradient taking it as x), so n can be kept
+// in bf16 (half the bytes; each reader's conversion is then done once, where n is
+// computed). A LoRA branch's dropout is such a value: its A projection and A's gradient
+// read it.
+func (c *compiler) multipliedInBF16(n *G.Node) bool {
+	if !keepBF16 || n == c.out || rowsOf(n) < 2 || len(c.users[n]) == 0 || c.kept(n) {
+		return false
+	}
+	for _, u := range c.users[n] {
+		k := c.kids[u]
+		switch o := u.Op().(type) {
+		case *linearOp:
+			if k[0] != n || slices.Contains(k[1:], n) {
+				return false
+			}
+		case *int4Op:
+			if o.backward || k[0] != n {
+				return false
+			}
+		case *linearGradWOp:
+			if k[1] != n || k[0] == n {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // crossEntropy is the loss of every row (0 for rows without a target), the program's output.

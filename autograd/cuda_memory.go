@@ -34,6 +34,24 @@ type MemoryPlan struct {
 	// Launches and Recomputed are the program's launches per run and, of them, those of
 	// blocks computed again.
 	Launches, Recomputed int
+	// Peak is the schedule entry where the most arena bytes are live, and what is live there.
+	Peak ArenaPeak
+	// Buffers are every buffer of the arena (their lifetimes in schedule entries), Entries
+	// names the entries.
+	Buffers []LiveBuffer
+	Entries []string
+}
+
+// LiveAt is the bytes of the arena's buffers live at schedule entry at, each aligned to
+// ArenaAlign.
+func (m MemoryPlan) LiveAt(at int) int64 {
+	var n int64
+	for _, b := range m.Buffers {
+		if b.First <= at && at <= b.Last {
+			n += alignUp(max(b.Bytes, 1), ArenaAlign)
+		}
+	}
+	return n
 }
 
 // PlanGrad compiles a training program as CompileGradWith does (uploading the weights it
@@ -44,7 +62,7 @@ func (d *Device) PlanGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *S
 	if err != nil {
 		return MemoryPlan{}, err
 	}
-	plan := MemoryPlan{Activations: p.activations, Launches: p.Launches, Recomputed: p.Recomputed}
+	plan := MemoryPlan{Activations: p.activations, Launches: p.Launches, Recomputed: p.Recomputed, Peak: p.peak, Buffers: p.buffers, Entries: p.entries}
 	for _, b := range p.owned { // no arena: it was only planned
 		plan.Other += b.Bytes
 	}

@@ -14,3 +14,11 @@ func SetChunkedLoss(t testing.TB, on bool, rows int) {
 
 // LossChunk is the rows of a chunk of the fused loss for rows of vocab logits.
 func LossChunk(rows, vocab int) int { return lossChunk(rows, vocab) }
+
+// SetArenaSavings switches the arena's savings that change no result (SwiGLU's gradients
+// in place, values kept in bf16) on or off until the test ends.
+func SetArenaSavings(t testing.TB, on bool) {
+	sw, bf := swigluGradInPlace, keepBF16
+	swigluGradInPlace, keepBF16 = on, on
+	t.Cleanup(func() { swigluGradInPlace, keepBF16 = sw, bf })
+}
