@@ -16,10 +16,11 @@ import (
 
 // optimizerBytesPerParam is what the optimizer keeps on the device for each trained
 // parameter besides the bf16 copy the GEMMs read (counted with the weights): float32
-// values and AdamW's two moments. The step's gradient sums (4 bytes more) are where a
-// program compiled into the optimizer's set writes its weight gradients; PlanGrad plans a
-// program of its own, whose arena holds those gradients instead, so they are counted there.
-const optimizerBytesPerParam = 12
+// values, AdamW's two moments and the step's gradient sums, which a program compiled into
+// the optimizer's set writes. PlanGrad plans a program of its own, whose arena also holds the
+// gradients of the blocks whose backward has run: at the peak (the last block's backward)
+// one block's, about 18 MB at Qwen-7B's widths, counted twice.
+const optimizerBytesPerParam = 16
 
 // TestEmulatedMemoryQLoRA7B works out the device memory of Q-LoRA training of Qwen-7B's shape
 // quantized to Int4 (group 128), r 64 on c_attn, c_proj, w1, w2, batch 1 x 2048 tokens, with
