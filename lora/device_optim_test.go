@@ -225,3 +225,49 @@ func TestNonFiniteGoesBackOnDevice(t *testing.T) {
 		t.Fatalf("a step at lr 1e-3 after going back: loss %v, %v", r.Loss, err)
 	}
 }
+
+// TestEvaluateAfterLoadOnDevice: validation on the device after a checkpoint is loaded reads
+// the checkpoint's values, not those the device's last update wrote: on the trainer that
+// trained, and on one closed and loaded again (its device copies are the uploaded weights
+// the next programs read).
+func TestEvaluateAfterLoadOnDevice(t *testing.T) {
+	dir, seqs, pad := tinySetup(t)
+	exec := openTestCUDA(t)
+	tr := newDeviceTrainer(t, dir, exec, seqs, pad)
+	tr.Val = seqs[:3]
+	at0, err := tr.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpt, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reopen := range []bool{false, true} {
+		for i := 0; i < 2; i++ {
+			if _, err := tr.TrainStep(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		trained, err := tr.Evaluate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reopen {
+			if err := tr.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tr.LoadCheckpoint(ckpt); err != nil {
+			t.Fatal(err)
+		}
+		got, err := tr.Evaluate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// the same bf16 weights give the same bits
+		if got != at0 {
+			t.Errorf("closed first: %v: validation loss %v after loading the checkpoint of step 0, %v at step 0 (%v after the steps)", reopen, got, at0, trained)
+		}
+	}
+}

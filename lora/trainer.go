@@ -428,7 +428,11 @@ func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
 func (t *Trainer) Evaluate() (loss float64, err error) {
-	if _, ok := t.Model.Exec.(model.GradExecutor); !ok { // on the CPU: the host's values
+	if ox, ok := t.Model.Exec.(model.OptimExecutor); ok { // the device's values: the host's where newer (a checkpoint loaded)
+		if err := t.deviceParams(ox); err != nil {
+			return 0, err
+		}
+	} else if _, ok := t.Model.Exec.(model.GradExecutor); !ok { // on the CPU: the host's values
 		if err := t.Sync(); err != nil {
 			return 0, err
 		}
