@@ -271,3 +271,30 @@ func TestEvaluateAfterLoadOnDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestTrainingMemoryOnDevice: the training benchmark on the device reports the optimizer's
+// state it keeps there (28 bytes a trained parameter: values, both moments, the gradient
+// sums, and the values and moments before the last update) apart from the weights and the
+// arena, all of them within the device's peak.
+func TestTrainingMemoryOnDevice(t *testing.T) {
+	dir, _, _ := tinySetup(t)
+	exec := openTestCUDA(t)
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.Exec = exec
+	o := TrainBenchOptions{Batch: 1, Seq: 16, Steps: 1, LoRA: DefaultConfig(), Seed: 1}
+	o.LoRA.R = 4
+	res, err := MeasureTraining(context.Background(), m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := exec.TrainingMemory()
+	_, peak := exec.Memory()
+	t.Logf("%d trained parameters: %+v, peak %d bytes", res.LoRAParams, mem, peak)
+	if want := int64(28 * res.LoRAParams); mem.Optimizer != want || peak < mem.Weights+mem.Activations+mem.Optimizer {
+		t.Errorf("%d trained parameters: %+v within a peak of %d bytes; want %d bytes of optimizer state", res.LoRAParams, mem, peak, want)
+	}
+}
