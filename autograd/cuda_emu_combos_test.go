@@ -127,3 +127,28 @@ func TestEmulatedEmbedEvaluate(t *testing.T) {
 		})
 	}
 }
+
+// TestEmulatedTrainerChunkedCheckpointed: lora's trainer on the device (two micro-batches of
+// padded batches of several shapes a step, so two programs alive, the optimizer on the
+// device) with the loss by chunks of 7 rows and checkpointing follows the same losses, bit
+// for bit, as with neither.
+func TestEmulatedTrainerChunkedCheckpointed(t *testing.T) {
+	d := openDevice(t)
+	seqs := randomSeqs(4096)
+	run := func(chunks, ckpt bool) []float64 {
+		defer d.ReleaseWeights()
+		autograd.SetChunkedLoss(t, chunks, 7)
+		m, err := model.RandomModel(model.TinyOptions{Seed: 3, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return trainSteps(t, m, &model.CUDA{Device: d, NoCheckpoint: !ckpt}, seqs)
+	}
+	want, got := run(false, false), run(true, true)
+	t.Logf("losses %v by chunks with checkpointing, %v with neither", got, want)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("step %d: loss %v by chunks with checkpointing, %v with neither", i, got[i], want[i])
+		}
+	}
+}
