@@ -352,7 +352,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 		}
 		for i, gr := range grads {
 			for j, v := range gr {
-				sum[i][j] += v * float32(n)
+				sum[i][j] += float32(v * float32(n)) // the product rounded, never fused (grad_accumulate's order)
 			}
 		}
 		lossSum += loss * float64(n)
