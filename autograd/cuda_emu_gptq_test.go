@@ -48,3 +48,45 @@ func TestGPTQKernelsRounded(t *testing.T) {
 		}
 	}
 }
+
+// TestGPTQLaunchersCheckArguments: the GPTQ launchers refuse, before launching, what their
+// kernels cannot take: a code width other than 2 to 8 bits (codes are bytes, and 1 << bits
+// must not overflow), an act-order buffer or grids too small for the weight.
+func TestGPTQLaunchersCheckArguments(t *testing.T) {
+	d := openEmulated(t)
+	const n, k, count = 4, 8, 8
+	buf := func(bytes int64) *Buffer {
+		b, err := d.Alloc(bytes, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Free(b) })
+		return b
+	}
+	w, wf, u, q := buf(n*k*4), buf(n*k*4), buf(k*k*4), buf(n*k*4)
+	errs, codes, gcol := buf(n*count*4), buf(n*k), buf(k*4)
+	sc, zr := buf(n*8), buf(n*8)
+	for _, bits := range []int{0, 1, 9, 16, 40} {
+		if err := d.GPTQGrids(sc, zr, w, n, k, 0, k, bits, true); err == nil {
+			t.Errorf("GPTQGrids took %d bits", bits)
+		}
+		if err := d.GPTQBlock(wf, errs, codes, q, u, sc, zr, gcol, nil, n, k, 0, count, bits); err == nil {
+			t.Errorf("GPTQBlock took %d bits", bits)
+		}
+		if err := d.GPTQRTNDiff(q, w, sc, zr, n, k, k, bits); err == nil {
+			t.Errorf("GPTQRTNDiff took %d bits", bits)
+		}
+	}
+	if err := d.GPTQBlock(wf, errs, codes, q, u, sc, zr, gcol, buf(4), n, k, 0, count, 4); err == nil {
+		t.Error("GPTQBlock took an act-order of 1 column for 8")
+	}
+	if err := d.GPTQBlock(wf, errs, codes, q, u, buf(4), zr, gcol, nil, n, k, 0, count, 4); err == nil {
+		t.Error("GPTQBlock took grids of 4 bytes for 4 rows")
+	}
+	if err := d.GPTQGrids(sc, zr, w, n, k, 0, k, 4, true); err != nil {
+		t.Errorf("4 bits: %v", err)
+	}
+	if err := d.GPTQBlock(wf, errs, codes, q, u, sc, zr, gcol, nil, n, k, 0, count, 4); err != nil {
+		t.Errorf("4 bits: %v", err)
+	}
+}

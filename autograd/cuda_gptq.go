@@ -128,10 +128,13 @@ func (d *Device) GPTQWeights(wf, w, perm, diag *Buffer, n, k int) error {
 	return d.launch("gptq_weights", grid(nk), 256, 0, wf, w, perm, diag, n, k)
 }
 
+// okBits: the kernels' codes are bytes of 2 to 8 bits.
+func okBits(bits int) bool { return bits >= 2 && bits <= 8 }
+
 // GPTQGrids is gptq_grids: the grid of columns j0..j0+gs of each row of w [n, k] into scale
 // and zero [n] float64.
 func (d *Device) GPTQGrids(scale, zero, w *Buffer, n, k, j0, gs, bits int, sym bool) error {
-	if err := need(j0 >= 0 && gs > 0 && j0+gs <= k && scale.Bytes >= int64(n)*8 && zero.Bytes >= int64(n)*8 && w.Bytes >= int64(n)*int64(k)*4, "GPTQGrids: columns %d..%d of [%d, %d]", j0, j0+gs, n, k); err != nil {
+	if err := need(okBits(bits) && j0 >= 0 && gs > 0 && j0+gs <= k && scale.Bytes >= int64(n)*8 && zero.Bytes >= int64(n)*8 && w.Bytes >= int64(n)*int64(k)*4, "GPTQGrids: columns %d..%d of [%d, %d], %d bits", j0, j0+gs, n, k, bits); err != nil {
 		return err
 	}
 	s := 0
@@ -146,8 +149,9 @@ func (d *Device) GPTQGrids(scale, zero, w *Buffer, n, k, j0, gs, bits int, sym b
 // at the original columns (perm [k] int32, nil: none), err [n, count] the scaled errors.
 func (d *Device) GPTQBlock(wf, errs, codes, q, u, gscale, gzero, gcol, perm *Buffer, n, k, i1, count, bits int) error {
 	nk := int64(n) * int64(k)
-	if err := need(count > 0 && count <= gptqMaxBlock && i1+count <= k && wf.Bytes >= nk*4 && errs.Bytes >= int64(n)*int64(count)*4 &&
-		codes.Bytes >= nk && q.Bytes >= nk*4 && u.Bytes >= int64(k)*int64(k)*4 && gcol.Bytes >= int64(k)*4, "GPTQBlock: columns %d..%d of [%d, %d] (at most %d per block)", i1, i1+count, n, k, gptqMaxBlock); err != nil {
+	if err := need(okBits(bits) && count > 0 && count <= gptqMaxBlock && i1 >= 0 && i1+count <= k && wf.Bytes >= nk*4 && errs.Bytes >= int64(n)*int64(count)*4 &&
+		codes.Bytes >= nk && q.Bytes >= nk*4 && u.Bytes >= int64(k)*int64(k)*4 && gcol.Bytes >= int64(k)*4 && (perm == nil || perm.Bytes >= int64(k)*4) &&
+		gscale.Bytes >= int64(n)*8 && gzero.Bytes >= int64(n)*8, "GPTQBlock: columns %d..%d of [%d, %d] (at most %d per block), %d bits", i1, i1+count, n, k, gptqMaxBlock, bits); err != nil {
 		return err
 	}
 	return d.launch("gptq_block", (n+127)/128, 128, 0, wf, errs, codes, q, u, gscale, gzero, gcol, perm, n, k, i1, count, bits)
@@ -190,7 +194,7 @@ func CopyToDevice[T any](d *Device, dst *Buffer, src []T) error {
 // GPTQRTNDiff is gptq_rtn_diff: d [n, k] = w - RTN(w) on the grids scale/zero [k/gs, n].
 func (d *Device) GPTQRTNDiff(diff, w, scale, zero *Buffer, n, k, gs, bits int) error {
 	nk := int64(n) * int64(k)
-	if err := need(gs > 0 && k%gs == 0 && diff.Bytes >= nk*4 && w.Bytes >= nk*4 && scale.Bytes >= int64(k/gs)*int64(n)*8 && zero.Bytes >= int64(k/gs)*int64(n)*8, "GPTQRTNDiff: [%d, %d], groups of %d", n, k, gs); err != nil {
+	if err := need(okBits(bits) && gs > 0 && k%gs == 0 && diff.Bytes >= nk*4 && w.Bytes >= nk*4 && scale.Bytes >= int64(k/gs)*int64(n)*8 && zero.Bytes >= int64(k/gs)*int64(n)*8, "GPTQRTNDiff: [%d, %d], groups of %d, %d bits", n, k, gs, bits); err != nil {
 		return err
 	}
 	return d.launch("gptq_rtn_diff", grid(nk), 256, 0, diff, w, scale, zero, n, k, gs, bits)

@@ -53,7 +53,7 @@ func paramSetChecks(d *Device, r *rand.Rand) []Check {
 		for k, w := range tokens {
 			for i := range sum {
 				for j, g := range grads[k][i] {
-					sum[i][j] += g * float32(w)
+					sum[i][j] += float32(g * float32(w))
 				}
 			}
 			total += w

@@ -225,3 +225,76 @@ func TestNonFiniteGoesBackOnDevice(t *testing.T) {
 		t.Fatalf("a step at lr 1e-3 after going back: loss %v, %v", r.Loss, err)
 	}
 }
+
+// TestEvaluateAfterLoadOnDevice: validation on the device after a checkpoint is loaded reads
+// the checkpoint's values, not those the device's last update wrote: on the trainer that
+// trained, and on one closed and loaded again (its device copies are the uploaded weights
+// the next programs read).
+func TestEvaluateAfterLoadOnDevice(t *testing.T) {
+	dir, seqs, pad := tinySetup(t)
+	exec := openTestCUDA(t)
+	tr := newDeviceTrainer(t, dir, exec, seqs, pad)
+	tr.Val = seqs[:3]
+	at0, err := tr.Evaluate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpt, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reopen := range []bool{false, true} {
+		for i := 0; i < 2; i++ {
+			if _, err := tr.TrainStep(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		trained, err := tr.Evaluate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reopen {
+			if err := tr.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tr.LoadCheckpoint(ckpt); err != nil {
+			t.Fatal(err)
+		}
+		got, err := tr.Evaluate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// the same bf16 weights give the same bits
+		if got != at0 {
+			t.Errorf("closed first: %v: validation loss %v after loading the checkpoint of step 0, %v at step 0 (%v after the steps)", reopen, got, at0, trained)
+		}
+	}
+}
+
+// TestTrainingMemoryOnDevice: the training benchmark on the device reports the optimizer's
+// state it keeps there (16 bytes a trained parameter: values, both moments and the gradient
+// sums; the values and moments before the last update are in host memory) apart from the
+// weights and the arena, all of them within the device's peak.
+func TestTrainingMemoryOnDevice(t *testing.T) {
+	dir, _, _ := tinySetup(t)
+	exec := openTestCUDA(t)
+	m, err := model.Load(dir, model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.Exec = exec
+	o := TrainBenchOptions{Batch: 1, Seq: 16, Steps: 1, LoRA: DefaultConfig(), Seed: 1}
+	o.LoRA.R = 4
+	res, err := MeasureTraining(context.Background(), m, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := exec.TrainingMemory()
+	_, peak := exec.Memory()
+	t.Logf("%d trained parameters: %+v, peak %d bytes", res.LoRAParams, mem, peak)
+	if want := int64(16 * res.LoRAParams); mem.Optimizer != want || peak < mem.Weights+mem.Activations+mem.Optimizer {
+		t.Errorf("%d trained parameters: %+v within a peak of %d bytes; want %d bytes of optimizer state", res.LoRAParams, mem, peak, want)
+	}
+}

@@ -352,7 +352,7 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 		}
 		for i, gr := range grads {
 			for j, v := range gr {
-				sum[i][j] += v * float32(n)
+				sum[i][j] += float32(v * float32(n)) // the product rounded, never fused (grad_accumulate's order)
 			}
 		}
 		lossSum += loss * float64(n)
@@ -428,7 +428,11 @@ func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // Evaluate is the token-weighted mean loss over the validation sequences (no dropout).
 func (t *Trainer) Evaluate() (loss float64, err error) {
-	if _, ok := t.Model.Exec.(model.GradExecutor); !ok { // on the CPU: the host's values
+	if ox, ok := t.Model.Exec.(model.OptimExecutor); ok { // the device's values: the host's where newer (a checkpoint loaded)
+		if err := t.deviceParams(ox); err != nil {
+			return 0, err
+		}
+	} else if _, ok := t.Model.Exec.(model.GradExecutor); !ok { // on the CPU: the host's values
 		if err := t.Sync(); err != nil {
 			return 0, err
 		}

@@ -20,6 +20,8 @@ type CUDA struct {
 	NoCheckpoint bool
 	// the largest activation arena of the training programs compiled so far
 	trainArena int64
+	// the largest optimizer state kept on the device so far (NewDeviceParams)
+	optimBytes int64
 }
 
 // OpenCUDA opens GPU ordinal.
@@ -58,7 +60,7 @@ func (c *CUDA) SetCheckpointing(on bool) { c.NoCheckpoint = !on }
 
 // TrainingMemory is the device memory of the training programs compiled so far (MemoryReporter).
 func (c *CUDA) TrainingMemory() TrainingMemory {
-	return TrainingMemory{Weights: c.Device.WeightBytes(), Activations: c.trainArena, Checkpointing: !c.NoCheckpoint}
+	return TrainingMemory{Weights: c.Device.WeightBytes(), Activations: c.trainArena, Optimizer: c.optimBytes, Checkpointing: !c.NoCheckpoint}
 }
 
 func (c *CUDA) NewCache(layers, capacity, heads, headDim int) *autograd.KVCache {

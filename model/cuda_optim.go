@@ -21,6 +21,7 @@ func (c *CUDA) NewDeviceParams(params []*Param) (DeviceParams, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.optimBytes = max(c.optimBytes, s.Bytes())
 	return deviceParams{s}, nil
 }
 

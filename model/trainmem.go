@@ -7,12 +7,13 @@ type Checkpointer interface {
 }
 
 // TrainingMemory is where an executor's device memory goes in training: the uploaded
-// weights (bf16, the trained ones included) and the largest activation arena of the
-// training programs compiled so far (every activation, the kept gradients and the scratch
-// of one step, planned from their lifetimes).
+// weights (bf16, the trained ones included), the largest activation arena of the training
+// programs compiled so far (every activation, the kept gradients and the scratch of one
+// step, planned from their lifetimes) and, on an OptimExecutor, the largest optimizer state
+// kept there (DeviceParams.Bytes: the trained values, AdamW moments and gradient sums).
 type TrainingMemory struct {
-	Weights, Activations int64
-	Checkpointing        bool
+	Weights, Activations, Optimizer int64
+	Checkpointing                   bool
 }
 
 // MemoryReporter is an executor that reports TrainingMemory.

@@ -52,9 +52,11 @@ func (o *AdamW) Update(params, grads [][]float32, lr float64) error {
 		sp := spans[k]
 		p, g, m, v := params[sp.i], grads[sp.i], o.M[sp.i], o.V[sp.i]
 		for j := sp.lo; j < sp.hi; j++ {
+			// each product rounded by itself (the conversions keep Go from fusing it with the
+			// add where the target has FMA: GOAMD64=v3, arm64), as the device's adamw does
 			gj := float64(g[j])
-			mj := float64(m[j]) + (1-o.Beta1)*(gj-float64(m[j])) // lerp, as torch
-			vj := o.Beta2*float64(v[j]) + (1-o.Beta2)*gj*gj
+			mj := float64(m[j]) + float64((1-o.Beta1)*(gj-float64(m[j]))) // lerp, as torch
+			vj := float64(o.Beta2*float64(v[j])) + float64(float64((1-o.Beta2)*gj)*gj)
 			m[j], v[j] = float32(mj), float32(vj)
 			pj := float64(p[j]) * decay
 			p[j] = float32(pj - stepSize*float64(m[j])/(math.Sqrt(float64(v[j]))/bc2+o.Eps))

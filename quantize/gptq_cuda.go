@@ -111,6 +111,9 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	if hess.K != k || hess.N == 0 {
 		return nil, fmt.Errorf("quantize: a Hessian of %d features from %d samples for a weight with %d inputs", hess.K, hess.N, k)
 	}
+	if n <= 0 || len(w) != n*k {
+		return nil, fmt.Errorf("quantize: %d weights for [%d, %d]", len(w), n, k)
+	}
 	for i, v := range w {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			return nil, fmt.Errorf("quantize: weight element [%d, %d] is %v", i/k, i%k, v)

@@ -220,8 +220,11 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			// activation arena of the training program (activations, kept gradients, scratch)
 			DeviceWeights     int64 `json:"device_weight_bytes,omitempty"`
 			DeviceActivations int64 `json:"device_activation_bytes,omitempty"`
-			Checkpointing     bool  `json:"checkpoint_activations"`
-		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak, mem.Weights, mem.Activations, mem.Checkpointing})
+			// the optimizer's state kept on the device: trained values, AdamW moments and
+			// gradient sums (with the values and moments before the last update)
+			DeviceOptimizer int64 `json:"device_optimizer_bytes,omitempty"`
+			Checkpointing   bool  `json:"checkpoint_activations"`
+		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak, mem.Weights, mem.Activations, mem.Optimizer, mem.Checkpointing})
 		if err != nil {
 			return err
 		}
@@ -247,8 +250,8 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 		if mem.Checkpointing {
 			ck = "on"
 		}
-		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, the trained matrices' bf16 copies included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s); the trained parameters' state:\n",
-			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck)
+		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, the trained matrices' bf16 copies included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s), optimizer state %.2f GiB (trained values, AdamW moments, gradient sums), the rest %.2f GiB (attention scratch, step inputs); the trained parameters' state by kind:\n",
+			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck, gib(mem.Optimizer), gib(devicePeak-mem.Weights-mem.Activations-mem.Optimizer))
 		for _, p := range res.DeviceState {
 			where := "device"
 			if p.Host {
