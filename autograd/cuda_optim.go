@@ -83,11 +83,20 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	if len(names) != len(values) || len(values) == 0 {
 		return nil, fmt.Errorf("autograd: a parameter set of %d values with %d names", len(values), len(names))
 	}
-	s = &ParamSet{d: d, names: names}
+	set := &ParamSet{d: d, names: names}
+	s = set
+	var made []*tensor.Dense // parameters whose bf16 copy this call allocated
 	defer func() {
-		if err != nil {
-			err = errors.Join(err, s.Close())
+		if err == nil {
+			return
 		}
+		// a refusal or a failed allocation: nothing of the set stays, not even a bf16
+		// copy made here (never uploaded, a program would read it as the weight)
+		for _, key := range made {
+			d.Free(d.weights[key])
+			delete(d.weights, key)
+		}
+		err = errors.Join(err, set.Close())
 	}()
 	for i, v := range values {
 		if _, ok := v.Data().([]float32); !ok || v.Size() == 0 {
@@ -134,6 +143,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 				return nil, err
 			}
 			d.weights[key] = b
+			made = append(made, key)
 		}
 		s.bf16 = append(s.bf16, b)
 		d.trained[key] = s
