@@ -96,6 +96,9 @@ import (
 	"gorgonia.org/cu"
 )
 
+// Emulated reports the emulated driver (-tags cudaemu); this is the GPU's.
+const Emulated = false
+
 type (
 	devModule   = cu.Module
 	devFunction = cu.Function

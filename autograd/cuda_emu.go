@@ -35,6 +35,10 @@ import (
 // emuMemory is the emulated device's memory.
 const emuMemory = 16 << 30
 
+// Emulated reports the emulated driver (-tags cudaemu): kernels run on the CPU, and cuBLAS's
+// products sum in one order whatever their shapes.
+const Emulated = true
+
 type (
 	devModule   struct{}
 	devFunction = string // the kernel's name

@@ -30,21 +30,21 @@ func openDevice(t *testing.T) *autograd.Device {
 	return d
 }
 
-func TestEmulatedExecutor(t *testing.T) {
+func TestDeviceExecutor(t *testing.T) {
 	o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048}
 	m, err := model.RandomModel(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	compareEmulated(t, m, 2e-2, true)
+	compareDevice(t, m, 2e-2, true)
 }
 
-// TestEmulatedExecutorGPTQ: GPTQ models (a tiny random model quantized and read back from its
+// TestDeviceExecutorGPTQ: GPTQ models (a tiny random model quantized and read back from its
 // directory, as model.Load reads Qwen-7B-Chat-Int4) through the executor against the CPU
 // graph: plain groups (round-to-nearest, 4 bits, group 64) and act-order (GPTQ with desc_act,
 // group 32); the prefill dequantizes into bf16 for the GEMMs, the decode steps run gemv_int4.
-func TestEmulatedExecutorGPTQ(t *testing.T) {
+func TestDeviceExecutorGPTQ(t *testing.T) {
 	tiny := model.TinyOptions{Seed: 6, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 384, SeqLength: 2048}
 	for _, c := range []struct {
 		name   string
@@ -77,15 +77,15 @@ func TestEmulatedExecutorGPTQ(t *testing.T) {
 			// 4.5e-3: the bf16 rounding of GEMM inputs and of the KV cache dominates (the
 			// GPTQ kernels are within 7e-7 of the CPU op); the bound of the dense model and
 			// of qwen-tune selftest on a GPU
-			compareEmulated(t, m, 2e-2, false)
+			compareDevice(t, m, 2e-2, false)
 		})
 	}
 }
 
-// compareEmulated runs m's prefill of 20 random ids and 5 decode steps through the executor
-// on the emulated device and on the CPU graph (model.CompareExecutor) and fails when the
+// compareDevice runs m's prefill of 20 random ids and 5 decode steps through the executor
+// on the device and on the CPU graph (model.CompareExecutor) and fails when the
 // logits differ by more than tol; profile also times the decode step with events.
-func compareEmulated(t *testing.T, m *model.Model, tol float64, profile bool) {
+func compareDevice(t *testing.T, m *model.Model, tol float64, profile bool) {
 	t.Helper()
 	d, err := autograd.OpenDevice(0)
 	if err != nil {
@@ -117,7 +117,7 @@ func compareEmulated(t *testing.T, m *model.Model, tol float64, profile bool) {
 	}
 }
 
-func TestEmulatedSelfTest(t *testing.T) {
+func TestDeviceSelfTest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the kernel self-test at Qwen-7B's widths is slow on the emulator")
 	}

@@ -23,13 +23,13 @@ import (
 // one block's, about 18 MB at Qwen-7B's widths, counted twice.
 const optimizerBytesPerParam = 16
 
-// TestEmulatedMemoryQLoRA7B works out the device memory of Q-LoRA training of Qwen-7B's shape
+// TestDeviceMemoryQLoRA7B works out the device memory of Q-LoRA training of Qwen-7B's shape
 // quantized to Int4 (group 128), r 64 on c_attn, c_proj, w1, w2, batch 1 x 2048 tokens, with
-// activation checkpointing, as TestEmulatedMemoryQwen7B does for bf16 weights: from the plans
+// activation checkpointing, as TestDeviceMemoryQwen7B does for bf16 weights: from the plans
 // of 1-, 2- and 3-block models of Qwen-7B's widths and vocabulary, extrapolated by block to
 // 32, plus the optimizer's state. Set QWEN_TUNE_PLAN_7B=1 to run it (7B-wide checkpoints of
 // 1 to 3 blocks written and quantized in a temporary directory, about 12 GB of host memory).
-func TestEmulatedMemoryQLoRA7B(t *testing.T) {
+func TestDeviceMemoryQLoRA7B(t *testing.T) {
 	if os.Getenv("QWEN_TUNE_PLAN_7B") == "" {
 		t.Skip("QWEN_TUNE_PLAN_7B=1 plans Qwen-7B-wide Q-LoRA programs (7B-wide checkpoints quantized on the host)")
 	}

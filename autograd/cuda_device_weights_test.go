@@ -12,11 +12,11 @@ import (
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
-// TestEmulatedNewModelAtOldAddresses: two models of the same shapes, one after the other on
+// TestDeviceNewModelAtOldAddresses: two models of the same shapes, one after the other on
 // one device, the second's weights in the first's memory (new tensors over the same
 // backing arrays, as a model loaded where a closed one was mapped): the device must upload
 // the second's values, not keep the first's.
-func TestEmulatedNewModelAtOldAddresses(t *testing.T) {
+func TestDeviceNewModelAtOldAddresses(t *testing.T) {
 	o := model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 2048}
 	first, err := model.RandomModel(o)
 	if err != nil {

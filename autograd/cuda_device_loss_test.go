@@ -136,9 +136,9 @@ func (c *lossCase) cpu(t *testing.T, grads bool) (float64, [][]float32) {
 	return l, out
 }
 
-// TestEmulatedLossProgram: the forward of the LoRA training graph on the device gives the
+// TestDeviceLossProgram: the forward of the LoRA training graph on the device gives the
 // CPU's loss, with the same dropout masks.
-func TestEmulatedLossProgram(t *testing.T) {
+func TestDeviceLossProgram(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	want, _ := c.cpu(t, false)
@@ -164,9 +164,9 @@ func TestEmulatedLossProgram(t *testing.T) {
 	}
 }
 
-// TestEmulatedGradProgram: the LoRA training graph with its gradients on the device gives the
+// TestDeviceGradProgram: the LoRA training graph with its gradients on the device gives the
 // CPU's loss and every A and B gradient within bf16 tolerance.
-func TestEmulatedGradProgram(t *testing.T) {
+func TestDeviceGradProgram(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	wantLoss, want := c.cpu(t, true)
@@ -200,10 +200,10 @@ func TestEmulatedGradProgram(t *testing.T) {
 	t.Logf("loss %.6f vs %.6f; worst gradient relative difference %.2e over %d", gotLoss, wantLoss, worst, len(want))
 }
 
-// TestEmulatedLoRASteps: lora's trainer on a model whose executor runs training graphs
+// TestDeviceLoRASteps: lora's trainer on a model whose executor runs training graphs
 // (gradients, their pooling, clipping and AdamW on the device) follows the CPU trainer's
 // losses over a few steps with padding, dropout and gradient accumulation.
-func TestEmulatedLoRASteps(t *testing.T) {
+func TestDeviceLoRASteps(t *testing.T) {
 	d := openDevice(t)
 	seqs := randomSeqs(4096)
 	run := func(exec model.Executor) []float64 {
@@ -274,9 +274,9 @@ func trainSteps(t *testing.T, m *model.Model, exec model.Executor, seqs []data.S
 	return losses
 }
 
-// TestEmulatedQLoRASteps: Q-LoRA (LoRA on a GPTQ model's packed layers, their input
+// TestDeviceQLoRASteps: Q-LoRA (LoRA on a GPTQ model's packed layers, their input
 // gradients through dequantized weights) on the device follows the CPU's losses.
-func TestEmulatedQLoRASteps(t *testing.T) {
+func TestDeviceQLoRASteps(t *testing.T) {
 	d := openDevice(t)
 	o := quantize.DefaultOptions()
 	o.GroupSize = 16 // divides the tiny model's widths (64, 176)
@@ -305,9 +305,9 @@ func TestEmulatedQLoRASteps(t *testing.T) {
 	}
 }
 
-// TestEmulatedLoRARun: lora.Run with Options.Exec set trains on the device and saves an
+// TestDeviceLoRARun: lora.Run with Options.Exec set trains on the device and saves an
 // adapter; its losses follow a CPU run's.
-func TestEmulatedLoRARun(t *testing.T) {
+func TestDeviceLoRARun(t *testing.T) {
 	d := openDevice(t)
 	tmp := t.TempDir()
 	o := lora.DefaultOptions()
@@ -344,9 +344,9 @@ func TestEmulatedLoRARun(t *testing.T) {
 	}
 }
 
-// TestEmulatedEvaluator: model.Evaluator on an executor that runs loss programs scores
+// TestDeviceEvaluator: model.Evaluator on an executor that runs loss programs scores
 // sequences as the CPU does; one longer than seq_length (LogN) is refused there.
-func TestEmulatedEvaluator(t *testing.T) {
+func TestDeviceEvaluator(t *testing.T) {
 	d := openDevice(t)
 	m, err := model.RandomModel(model.TinyOptions{Seed: 4, VocabRanks: 4096, Hidden: 128, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: 32})
 	if err != nil {
@@ -389,9 +389,9 @@ func TestEmulatedEvaluator(t *testing.T) {
 	}
 }
 
-// TestEmulatedTrainingOutOfMemory: a batch too large for the device's memory is refused when
+// TestDeviceTrainingOutOfMemory: a batch too large for the device's memory is refused when
 // its graph is compiled, naming the allocation, the free memory and the flags to lower.
-func TestEmulatedTrainingOutOfMemory(t *testing.T) {
+func TestDeviceTrainingOutOfMemory(t *testing.T) {
 	d := openDevice(t)
 	m, err := model.RandomModel(model.DefaultTiny())
 	if err != nil {

@@ -41,11 +41,11 @@ func runGrad(t *testing.T, d *autograd.Device, c *lossCase, ckpt bool) (float64,
 	return l, gr, prog
 }
 
-// TestEmulatedCheckpointingIsExact: with activation checkpointing the device computes the
+// TestDeviceCheckpointingIsExact: with activation checkpointing the device computes the
 // same loss and the same gradients, bit for bit (the same kernels on the same values), for
 // one to three blocks, a batch with left padding and packed sequences, dropout 0.3; it runs
 // every block's forward twice but the last block's down projection, and needs less memory.
-func TestEmulatedCheckpointingIsExact(t *testing.T) {
+func TestDeviceCheckpointingIsExact(t *testing.T) {
 	d := openDevice(t)
 	for _, layers := range []int{1, 2, 3} {
 		c := newLossCaseOf(t, layers)
@@ -81,13 +81,13 @@ func planGrad(t *testing.T, d *autograd.Device, c *lossCase, ckpt bool) autograd
 	return plan
 }
 
-// TestEmulatedCheckpointingArena: the activation arena of a 4-layer training program with
+// TestDeviceCheckpointingArena: the activation arena of a 4-layer training program with
 // checkpointing stays within what a 1-layer program without it needs plus, for every further
 // block, its mark and its kept LoRA gradients. With checkpointing, at any instruction the
 // live buffers are the marks, the gradients kept so far, and the values of at most one block
 // (its forward, or its recomputation and backward) or of the head, never of a block and the
 // head at once, so the one-layer program's peak bounds everything else.
-func TestEmulatedCheckpointingArena(t *testing.T) {
+func TestDeviceCheckpointingArena(t *testing.T) {
 	d := openDevice(t)
 	const layers = 4
 	one, four := newLossCaseOf(t, 1), newLossCaseOf(t, layers)
@@ -121,7 +121,7 @@ func TestEmulatedCheckpointingArena(t *testing.T) {
 	}
 }
 
-// TestEmulatedMemoryQwen7B works out the device memory of LoRA training of Qwen-7B (r 64 on
+// TestDeviceMemoryQwen7B works out the device memory of LoRA training of Qwen-7B (r 64 on
 // c_attn, c_proj, w1, w2, batch 1 x 2048 tokens) from the plans of 1-, 2- and 3-block models
 // of its exact widths and vocabulary: from the second block on every part grows by the same
 // amount per block (a block's weights; with checkpointing its mark, otherwise its
@@ -130,7 +130,7 @@ func TestEmulatedCheckpointingArena(t *testing.T) {
 // dies in its recomputation (a later block's input lives until the block's first norm's
 // backward). Set QWEN_TUNE_PLAN_7B=1 to run it (random weights of 3.7 GB on the host and the
 // emulated device, about two minutes).
-func TestEmulatedMemoryQwen7B(t *testing.T) {
+func TestDeviceMemoryQwen7B(t *testing.T) {
 	if os.Getenv("QWEN_TUNE_PLAN_7B") == "" {
 		t.Skip("QWEN_TUNE_PLAN_7B=1 plans Qwen-7B-wide training programs (3.3 GB of weights)")
 	}
@@ -203,11 +203,11 @@ func TestEmulatedMemoryQwen7B(t *testing.T) {
 	}
 }
 
-// TestEmulatedCheckpointingTrainer: lora's trainer on the device (dropout, padding, gradient
+// TestDeviceCheckpointingTrainer: lora's trainer on the device (dropout, padding, gradient
 // accumulation) follows the same losses, bit for bit, with checkpointing (the default) and
 // without, on a dense model and on a GPTQ model (Q-LoRA: the packed layers dequantized
 // again in the recomputation), and the executor reports the smaller arena.
-func TestEmulatedCheckpointingTrainer(t *testing.T) {
+func TestDeviceCheckpointingTrainer(t *testing.T) {
 	d := openDevice(t)
 	seqs := randomSeqs(4096)
 	o := quantize.DefaultOptions()

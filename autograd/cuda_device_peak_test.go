@@ -1,4 +1,4 @@
-//go:build cudaemu && !qtcuda
+//go:build cudaemu || qtcuda
 
 package autograd_test
 
@@ -45,13 +45,13 @@ func entry(t *testing.T, plan autograd.MemoryPlan, prefix string) int {
 	return -1
 }
 
-// TestEmulatedArenaPeak: PlanGrad reports the entry where the most arena bytes are live and
+// TestDeviceArenaPeak: PlanGrad reports the entry where the most arena bytes are live and
 // what is live there. In mlpCase's program, with and without checkpointing, that is in the
 // MLP's backward: the entry with the most live bytes of all, whose buffers add up to them,
 // the largest of them four or more [N, 2048] float32 values (the up and gate projections,
 // the gradient of SwiGLU's output, the LoRA dropout of SwiGLU's output or SwiGLU's input
 // gradients), within an arena no smaller.
-func TestEmulatedArenaPeak(t *testing.T) {
+func TestDeviceArenaPeak(t *testing.T) {
 	d := openDevice(t)
 	c, n, mlp := mlpCase(t)
 	for _, ckpt := range []bool{false, true} {
@@ -85,11 +85,11 @@ func TestEmulatedArenaPeak(t *testing.T) {
 	}
 }
 
-// TestEmulatedSwiGLUGradInPlace: SwiGLU's input gradients take over the up and gate
+// TestDeviceSwiGLUGradInPlace: SwiGLU's input gradients take over the up and gate
 // projections' buffers, which nobody reads after them, so where they are computed three
 // [N, MLP] float32 values are live (the projections, now the gradients, and the gradient
 // of SwiGLU's output), not five.
-func TestEmulatedSwiGLUGradInPlace(t *testing.T) {
+func TestDeviceSwiGLUGradInPlace(t *testing.T) {
 	d := openDevice(t)
 	c, n, mlp := mlpCase(t)
 	for _, ckpt := range []bool{false, true} {
@@ -107,11 +107,11 @@ func TestEmulatedSwiGLUGradInPlace(t *testing.T) {
 	}
 }
 
-// TestEmulatedDropoutKeptInBF16: a LoRA branch's dropout, read only by the branch's A
+// TestDeviceDropoutKeptInBF16: a LoRA branch's dropout, read only by the branch's A
 // projection and its weight gradient, which both multiply it in bf16, is kept in bf16 (the
 // float32 result lives only inside the dropout's instruction): every buffer a dropout owns
 // last is [N, width] bf16, half the bytes of its float32 input.
-func TestEmulatedDropoutKeptInBF16(t *testing.T) {
+func TestDeviceDropoutKeptInBF16(t *testing.T) {
 	d := openDevice(t)
 	c, n, mlp := mlpCase(t)
 	hidden := int64(c.m.Config.HiddenSize)
@@ -137,11 +137,11 @@ func TestEmulatedDropoutKeptInBF16(t *testing.T) {
 	}
 }
 
-// TestEmulatedArenaSavingsAreExact: with the arena's savings (SwiGLU's gradients in place,
+// TestDeviceArenaSavingsAreExact: with the arena's savings (SwiGLU's gradients in place,
 // LoRA dropouts kept in bf16) the device computes the same loss and gradients, bit for bit,
 // as without them, with and without checkpointing (newLossCase's batch: padding, packing,
 // dropout 0.3), in an arena no larger, and smaller where the MLP's backward is the peak.
-func TestEmulatedArenaSavingsAreExact(t *testing.T) {
+func TestDeviceArenaSavingsAreExact(t *testing.T) {
 	d := openDevice(t)
 	mlp, _, _ := mlpCase(t)
 	for _, k := range []struct {
@@ -174,12 +174,12 @@ func TestEmulatedArenaSavingsAreExact(t *testing.T) {
 	}
 }
 
-// TestEmulatedArenaPlacementDeep: in a 32-block training program with checkpointing (an
+// TestDeviceArenaPlacementDeep: in a 32-block training program with checkpointing (an
 // eighth of Qwen-7B's widths, 2048 tokens, LoRA r 64), where the marks live across every
 // block's values of the same size, placement loses under 1/128 of the most bytes live at
 // once (measured: 1,146,880 of 217,579,520 bytes, 0.53%; 2,981,888 when buffers of one
 // size were placed in the order they start rather than the longest-lived first).
-func TestEmulatedArenaPlacementDeep(t *testing.T) {
+func TestDeviceArenaPlacementDeep(t *testing.T) {
 	d := openDevice(t)
 	m, err := model.RandomModel(model.TinyOptions{Seed: 1, VocabRanks: 4096, Hidden: 512, Layers: 32, Heads: 4, MLPWidth: 1376, SeqLength: 2048})
 	if err != nil {

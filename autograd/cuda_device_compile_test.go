@@ -9,10 +9,10 @@ import (
 	G "gorgonia.org/gorgonia"
 )
 
-// TestEmulatedFailedCompileFreesAll: a training graph whose compilation fails after its
+// TestDeviceFailedCompileFreesAll: a training graph whose compilation fails after its
 // attention (here a kept node that is only a part of the fused qkv gradient) leaves no device
 // memory behind, the attention scratch included.
-func TestEmulatedFailedCompileFreesAll(t *testing.T) {
+func TestDeviceFailedCompileFreesAll(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	g, loss, grads := c.build(t, true)

@@ -114,9 +114,9 @@ func newEmbedCase(t *testing.T, mode embedMode) *lossCase {
 	return c
 }
 
-// TestEmulatedEmbedGradPrograms: the training graphs with special-token rows and with wte
+// TestDeviceEmbedGradPrograms: the training graphs with special-token rows and with wte
 // and lm_head trained in full give, on the device, the CPU's loss and every gradient.
-func TestEmulatedEmbedGradPrograms(t *testing.T) {
+func TestDeviceEmbedGradPrograms(t *testing.T) {
 	for _, mode := range []embedMode{specialRows, wholeTables} {
 		t.Run(mode.String(), func(t *testing.T) {
 			d := openDevice(t) // its uploaded weights are keyed by host address: one model a device
@@ -171,11 +171,11 @@ func embedSeqs(tok *tokenizer.Tokenizer) []data.Sequence {
 	return seqs
 }
 
-// TestEmulatedEmbedSteps: lora's trainer with special-token rows, and with wte and lm_head
+// TestDeviceEmbedSteps: lora's trainer with special-token rows, and with wte and lm_head
 // trained in full, on the device (AdamW on the host) follows the CPU trainer's losses over a
 // few steps with padding, dropout and gradient accumulation, on a bf16 model and on a GPTQ
 // one (Q-LoRA; its tables are fp16, which the device rounds to bf16).
-func TestEmulatedEmbedSteps(t *testing.T) {
+func TestDeviceEmbedSteps(t *testing.T) {
 	bf16, tok := tinyDir(t)
 	o := quantize.DefaultOptions()
 	o.GroupSize = 8 // divides the widths of embedShape (128, 344)
@@ -230,9 +230,9 @@ func TestEmulatedEmbedSteps(t *testing.T) {
 	}
 }
 
-// TestEmulatedEmbedRun: lora.Run on the device with --train-special-tokens, and with
+// TestDeviceEmbedRun: lora.Run on the device with --train-special-tokens, and with
 // --modules-to-save wte,lm_head, saves an adapter and follows a CPU run's losses.
-func TestEmulatedEmbedRun(t *testing.T) {
+func TestDeviceEmbedRun(t *testing.T) {
 	tmp := t.TempDir()
 	o := lora.DefaultOptions()
 	o.ModelDir, o.Data = filepath.Join(tmp, "tiny"), filepath.Join(tmp, "chats.jsonl")

@@ -66,11 +66,11 @@ func (c *lossCase) device(t *testing.T, d *autograd.Device, grads bool) deviceRe
 	return res
 }
 
-// TestEmulatedChunkedLoss: the LoRA training graph (padding, packing, ignored labels,
+// TestDeviceChunkedLoss: the LoRA training graph (padding, packing, ignored labels,
 // dropout) and its evaluation graph with the loss by chunks of 7 rows (40 rows: five whole
 // chunks and a ragged one) give the unfused program's loss and gradients and the CPU's,
 // deterministically, in an arena smaller by about the logits.
-func TestEmulatedChunkedLoss(t *testing.T) {
+func TestDeviceChunkedLoss(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	const chunk = 7
@@ -91,25 +91,31 @@ func TestEmulatedChunkedLoss(t *testing.T) {
 			t.Fatalf("grads %v: the fusion ran while switched off: %q", grads, plain.kinds)
 		}
 		// the same row arithmetic and the emulated cuBLAS sums every product element in one
-		// order whatever the rows: measured 0 (a GPU's cuBLAS may choose another order for
-		// chunk-sized products)
-		if fused.loss != plain.loss {
+		// order whatever the rows: measured 0. A GPU's cuBLAS may choose another order for
+		// chunk-sized products, moving logits by float32 rounding and flipping some bf16
+		// roundings of their gradient: bounds not yet measured there (the loss's a float32
+		// sum's, the gradients' a tenth of their bf16 difference from the CPU)
+		lossTol, gradTol := 0.0, 0.0
+		if !autograd.Emulated {
+			lossTol, gradTol = 1e-5, 2e-2
+		}
+		if e := math.Abs(fused.loss-plain.loss) / math.Abs(plain.loss); e > lossTol {
 			t.Errorf("grads %v: loss %v by chunks, %v unfused", grads, fused.loss, plain.loss)
 		}
 		for i := range plain.grads {
-			if e := refmath.RelDiff(fused.grads[i], plain.grads[i]); e != 0 {
+			if e := refmath.RelDiff(fused.grads[i], plain.grads[i]); e > gradTol {
 				t.Errorf("%s: the gradient by chunks differs from the unfused one by %.2e", c.params[i].Name, e)
 			}
 		}
 		e := math.Abs(fused.loss-wantLoss) / wantLoss
-		if e > 6e-3 { // as TestEmulatedLossProgram: measured 6.2e-4 (bf16 GEMM inputs)
+		if e > 6e-3 { // as TestDeviceLossProgram: measured 6.2e-4 (bf16 GEMM inputs)
 			t.Errorf("grads %v: loss %.6f by chunks, %.6f on the CPU (%.2e)", grads, fused.loss, wantLoss, e)
 		}
 		worst := 0.0
 		for i := range want {
 			e := refmath.RelDiff(fused.grads[i], want[i])
 			worst = max(worst, e)
-			if e > 0.22 || e != e { // as TestEmulatedGradProgram: measured 2.25e-2 at worst
+			if e > 0.22 || e != e { // as TestDeviceGradProgram: measured 2.25e-2 at worst
 				t.Errorf("%s: the gradient by chunks differs from the CPU's by %.2e", c.params[i].Name, e)
 			}
 		}
@@ -132,9 +138,9 @@ func TestEmulatedChunkedLoss(t *testing.T) {
 	}
 }
 
-// TestEmulatedChunkedLossTrainedHead: a trained lm_head (modules_to_save: a float32 weight
+// TestDeviceChunkedLossTrainedHead: a trained lm_head (modules_to_save: a float32 weight
 // with its gradient) keeps the unfused path, with or without the fusion switched on.
-func TestEmulatedChunkedLossTrainedHead(t *testing.T) {
+func TestDeviceChunkedLossTrainedHead(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	head := c.m.Head.(*model.Dense)

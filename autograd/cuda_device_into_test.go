@@ -11,12 +11,12 @@ import (
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
-// TestEmulatedGradProgramIntoParamSet: a LoRA training program compiled into a ParamSet has
+// TestDeviceGradProgramIntoParamSet: a LoRA training program compiled into a ParamSet has
 // its weight-gradient GEMMs write the set's sums (alpha the micro-batch's tokens times the
 // branch's scale, beta 0 then 1): no gradient buffers of its own, a smaller arena than the
 // same graph compiled with them, and the sums of two micro-batches those the host pools from
 // that program's own gradients (sum += g * tokens), within the GEMM's single rounding.
-func TestEmulatedGradProgramIntoParamSet(t *testing.T) {
+func TestDeviceGradProgramIntoParamSet(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	names := make([]string, len(c.params))
