@@ -106,6 +106,9 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 		if o := d.trained[key]; o != nil {
 			return nil, fmt.Errorf("autograd: parameter %s is kept by another parameter set on %s", names[i], d.Name)
 		}
+		if j := slices.Index(s.keys, key); j >= 0 {
+			return nil, fmt.Errorf("autograd: parameters %s and %s are one tensor: a parameter set keeps each once", names[j], names[i])
+		}
 		s.keys, s.sizes, s.offs = append(s.keys, key), append(s.sizes, int64(v.Size())), append(s.offs, s.n)
 		s.n += int64(v.Size())
 	}
@@ -206,17 +209,20 @@ func (s *ParamSet) check(what string, xs [][]float32) error {
 // and writes the bf16 copies from them: the state to train from (a fresh start, or a
 // checkpoint resumed). What was kept for going back is dropped.
 func (s *ParamSet) Upload(values, m, v [][]float32) error {
-	if err := s.waitCopy(); err != nil { // the copy in flight reads what this overwrites
-		return err
-	}
-	for _, x := range []struct {
+	xs := []struct {
 		what string
 		host [][]float32
 		dev  *Buffer
-	}{{"values", values, s.master}, {"first moments", m, s.m}, {"second moments", v, s.v}} {
+	}{{"values", values, s.master}, {"first moments", m, s.m}, {"second moments", v, s.v}}
+	for _, x := range xs { // all checked before anything is written
 		if err := s.check(x.what, x.host); err != nil {
 			return err
 		}
+	}
+	if err := s.waitCopy(); err != nil { // the copy in flight reads what this overwrites
+		return err
+	}
+	for _, x := range xs {
 		for i, h := range x.host {
 			if err := cudaErr("cuMemcpyHtoD("+s.names[i]+")", s.d.drv.memcpyHtoD(x.dev.Ptr+devPtr(s.offs[i]*4), unsafe.Pointer(&h[0]), s.sizes[i]*4)); err != nil {
 				return err
