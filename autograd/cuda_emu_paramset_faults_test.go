@@ -8,8 +8,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"gorgonia.org/tensor"
+
+	"github.com/qwen-tune/qwen-tune/optim"
 )
 
 // TestEmulatedRefusedUploadChangesNothing: an Upload refused for a slice of the wrong size
@@ -83,5 +86,81 @@ func TestEmulatedParamSetRefusesATensorTwice(t *testing.T) {
 	}
 	if d.ParamSetOf([]*tensor.Dense{a}) != nil || d.trained[a] != nil {
 		t.Error("the refused set still keeps a")
+	}
+}
+
+// failingLaunches is the emulated driver with the launches of one kernel refused.
+type failingLaunches struct {
+	*emuDriver
+	kernel string
+}
+
+func (f *failingLaunches) launch(name string, grid, block, shared int, params []uint64) error {
+	if name == f.kernel {
+		return &emuError{"CUDA_ERROR_LAUNCH_FAILED", "refused by the test"}
+	}
+	return f.emuDriver.launch(name, grid, block, shared, params)
+}
+
+// TestEmulatedGoBackAfterAFailedUpdate: an Update whose AdamW ran but whose bf16 weights
+// could not be written returns the error; GoBack then restores the state before that update
+// with its step (not the state one update earlier with the failed update's step).
+func TestEmulatedGoBackAfterAFailedUpdate(t *testing.T) {
+	d := openEmulated(t)
+	r := rand.New(rand.NewPCG(9, 10))
+	const n = 257
+	values, m, v := [][]float32{randF32(r, n)}, [][]float32{randF32(r, n)}, [][]float32{make([]float32, n)}
+	s, err := d.NewParamSet([]string{"a"}, []*tensor.Dense{denseOf(slices.Clone(values[0]), n)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if err := s.Upload(values, m, v); err != nil {
+		t.Fatal(err)
+	}
+	o := &optim.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1}
+	grad := func(seed uint64) {
+		t.Helper()
+		g := randF32(rand.New(rand.NewPCG(seed, 1)), n)
+		if err := d.drv.memcpyHtoD(s.grad.Ptr, unsafe.Pointer(&g[0]), n*4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grad(1)
+	if err := s.Update(o, 1e-2); err != nil {
+		t.Fatal(err)
+	}
+	var first paramState
+	if err := first.download(d, s); err != nil {
+		t.Fatal(err)
+	}
+	grad(2)
+	e := d.drv.(*emuDriver)
+	d.drv = &failingLaunches{emuDriver: e, kernel: "to_bf16_rows"}
+	if err := s.Update(o, 1e-2); err == nil {
+		t.Fatal("the update succeeded with its bf16 weights refused")
+	}
+	d.drv = e
+	if err := s.GoBack(o); err != nil {
+		t.Fatal(err)
+	}
+	var got paramState
+	if err := got.download(d, s); err != nil {
+		t.Fatal(err)
+	}
+	if o.Step != 1 {
+		t.Errorf("step %d after going back from the failed second update, want 1", o.Step)
+	}
+	for _, x := range []struct {
+		what      string
+		got, want [][]float32
+	}{{"values", got.values, first.values}, {"first moments", got.m, first.m}, {"second moments", got.v, first.v}, {"bf16 weights", got.bf16, first.bf16}} {
+		if !slices.Equal(slices.Concat(x.got...), slices.Concat(x.want...)) {
+			t.Errorf("the %s after going back are not those before the failed update", x.what)
+		}
 	}
 }

@@ -439,12 +439,14 @@ func (s *ParamSet) Update(o *optim.AdamW, lr float64) error {
 	if err := s.d.AdamW(s.master, s.m, s.v, s.grad, s.n, o, o.Step+1, lr); err != nil {
 		return err
 	}
+	// master, m and v are the update's from here: the last snapshot (host[cur]) is the state
+	// before it, which GoBack reads as host[1-cur] even if what follows fails
 	s.kept, s.keptAt = true, o.Step
 	o.Step++
+	s.cur = 1 - s.cur
 	if err := s.weights(); err != nil {
 		return err
 	}
-	s.cur = 1 - s.cur
 	return s.snapshot()
 }
 
