@@ -479,6 +479,10 @@ func (s *ParamSet) Close() error {
 			delete(d.trained, key)
 		}
 	}
+	for _, q := range s.armed { // their runs would write the freed sums
+		q.into.armed = false
+	}
+	s.armed = nil
 	if d.pool == nil { // closed: every buffer is gone
 		return nil
 	}
