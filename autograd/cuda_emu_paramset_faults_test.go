@@ -164,3 +164,56 @@ func TestEmulatedGoBackAfterAFailedUpdate(t *testing.T) {
 		}
 	}
 }
+
+// TestEmulatedReleaseWeightsKeepsTrainedOnes: ReleaseWeights leaves the bf16 weights a live
+// ParamSet keeps (its updates write them: freed, they were memory the device hands out
+// again); after the set's Close it frees them as any uploaded weight.
+func TestEmulatedReleaseWeightsKeepsTrainedOnes(t *testing.T) {
+	d := openEmulated(t)
+	r := rand.New(rand.NewPCG(11, 12))
+	const n = 96
+	a := denseOf(randF32(r, n), n)
+	s, err := d.NewParamSet([]string{"a"}, []*tensor.Dense{a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Upload([][]float32{a.Data().([]float32)}, [][]float32{make([]float32, n)}, [][]float32{make([]float32, n)}); err != nil {
+		t.Fatal(err)
+	}
+	d.ReleaseWeights()
+	other, err := d.Alloc(2*n, "after ReleaseWeights") // the size of the bf16 weight
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Poison(other); err != nil {
+		t.Fatal(err)
+	}
+	g := randF32(r, n)
+	if err := d.drv.memcpyHtoD(s.grad.Ptr, unsafe.Pointer(&g[0]), n*4); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(&optim.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8}, 1e-2); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]uint32, n/2)
+	if err := Download(d, got, other); err != nil {
+		t.Fatal(err)
+	}
+	for i, x := range got {
+		if x != 0x7fc07fc0 {
+			t.Errorf("word %d of a buffer allocated after ReleaseWeights is %#x: the update wrote it", i, x)
+			break
+		}
+	}
+	d.Free(other)
+	if d.weights[a] == nil {
+		t.Error("ReleaseWeights freed the bf16 weight of a live parameter set")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d.ReleaseWeights()
+	if len(d.weights) != 0 {
+		t.Errorf("%d weights left after the set's Close and ReleaseWeights", len(d.weights))
+	}
+}

@@ -123,9 +123,13 @@ func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	return b, nil
 }
 
-// ReleaseWeights frees every uploaded parameter, GPTQ layers included.
+// ReleaseWeights frees every uploaded parameter, GPTQ layers included, but the bf16 weights
+// of a live ParamSet (its updates write them; they are freed here after its Close).
 func (d *Device) ReleaseWeights() {
 	for k, b := range d.weights {
+		if d.trained[k] != nil {
+			continue
+		}
 		d.Free(b)
 		delete(d.weights, k)
 	}
