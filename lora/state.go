@@ -179,6 +179,7 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 		}
 	}
 	t.Step, t.Opt.Step = st.Step, st.AdamStep
+	t.before = nil // no update gave these values: nothing to go back to
 	t.dev.hostChanged()
 	return nil
 }
