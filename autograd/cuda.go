@@ -296,7 +296,8 @@ func (d *Device) Free(b *Buffer) {
 	}
 }
 
-// Upload copies a host slice into a new buffer.
+// Upload copies a host slice into a new buffer. A failed copy frees the buffer and returns
+// none.
 func Upload[T any](d *Device, src []T, what string) (*Buffer, error) {
 	var zero T
 	bytes := int64(len(src)) * int64(unsafe.Sizeof(zero))
@@ -304,7 +305,11 @@ func Upload[T any](d *Device, src []T, what string) (*Buffer, error) {
 	if err != nil || len(src) == 0 {
 		return b, err
 	}
-	return b, cudaErr("cuMemcpyHtoD("+what+")", d.drv.memcpyHtoD(b.Ptr, unsafe.Pointer(&src[0]), bytes))
+	if err := cudaErr("cuMemcpyHtoD("+what+")", d.drv.memcpyHtoD(b.Ptr, unsafe.Pointer(&src[0]), bytes)); err != nil {
+		d.Free(b)
+		return nil, err
+	}
+	return b, nil
 }
 
 // Download copies a buffer into dst.
