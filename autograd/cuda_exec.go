@@ -185,7 +185,8 @@ type Program struct {
 	// cuda_loss.go): its Step has labels and no KV cache; keep are the values Grads reads.
 	loss  *lossProgram
 	keep  []value
-	into  *gradInto // where the kept gradients go when a ParamSet trains them (cuda_optim.go)
+	into  *gradInto       // where the kept gradients go when a ParamSet trains them (cuda_optim.go)
+	of    []*tensor.Dense // the parameters whose gradients keep are (GradOptions.Of), or nil
 	ins   []func() error
 	names []string
 	kinds []string // op and output shape, for Profile

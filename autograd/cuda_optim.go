@@ -315,8 +315,9 @@ func (s *ParamSet) weights() error {
 	return nil
 }
 
-// Accumulate makes p's next run add the gradients it keeps (CompileGrad's grads, in the
-// set's order), times tokens, to the step's sums; first starts them from zero. Call it
+// Accumulate makes p's next run add the gradients it keeps, times tokens, to the step's sums;
+// first starts them from zero. p is compiled into s (CompileGradInto) or for s's parameters
+// in s's order (GradOptions.Of); any other program is refused. Call it
 // before p.Run. A program compiled into s (CompileGradInto) writes its GEMMs' weight
 // gradients there as it runs; the others' kept gradients are added after the run with the
 // host's float32 arithmetic: sum += g * float32(tokens).
@@ -329,6 +330,16 @@ func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
 	}
 	if p.into != nil && p.into.set != s {
 		return fmt.Errorf("autograd: a program compiled into another parameter set")
+	}
+	if p.into == nil && !slices.Equal(p.of, s.keys) { // sizes alike would not tell the gradients apart
+		if p.of == nil {
+			return fmt.Errorf("autograd: a program that does not say whose gradients it keeps: compile it into the parameter set (CompileGradInto) or for its parameters (GradOptions.Of)")
+		}
+		i := 0
+		for i < len(p.of) && i < len(s.keys) && p.of[i] == s.keys[i] {
+			i++
+		}
+		return fmt.Errorf("autograd: a program compiled for other parameters than the set's, or in another order: its gradient %d is not that of %s", i, s.names[min(i, len(s.names)-1)])
 	}
 	for i, v := range p.keep {
 		if v.stride != v.cols || v.bf16 || v.parts != 0 || int64(v.rows)*int64(v.cols) != s.sizes[i] {

@@ -225,7 +225,7 @@ func paramSetStep(d *Device, s *ParamSet, values, m, v [][]float32, grads [][][]
 	}
 	total := 0
 	for k, w := range tokens {
-		p := &Program{d: d}
+		p := &Program{d: d, of: s.keys}
 		for _, g := range grads[k] {
 			b, err := Upload(d, g, "gradient")
 			if err != nil {

@@ -39,8 +39,10 @@ package autograd
 
 import (
 	"fmt"
+	"slices"
 
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 )
 
 // GradOptions are the choices of CompileGradWith.
@@ -48,13 +50,25 @@ type GradOptions struct {
 	// Checkpoint keeps only the Checkpoint marks of the forward for the backward and
 	// computes each block again just before its backward (activation checkpointing).
 	Checkpoint bool
-	dry        bool      // plan the activation arena without allocating it (PlanGrad)
-	sums       *ParamSet // the set the weight-gradient GEMMs write into (CompileGradInto)
+	// Of are the parameters whose gradients grads are, in their order: a ParamSet adds a
+	// program's kept gradients only to its own parameters (ParamSet.Accumulate), and knows
+	// them only from Of or from CompileGradInto.
+	Of   []*tensor.Dense
+	dry  bool      // plan the activation arena without allocating it (PlanGrad)
+	sums *ParamSet // the set the weight-gradient GEMMs write into (CompileGradInto)
 }
 
 // CompileGradWith is CompileGrad with options.
 func (d *Device) CompileGradWith(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *Step, o GradOptions) (*Program, error) {
-	return d.compile(g, loss, grads, step, o)
+	if o.Of != nil && len(o.Of) != len(grads) {
+		return nil, fmt.Errorf("autograd: %d gradients of %d parameters (GradOptions.Of)", len(grads), len(o.Of))
+	}
+	p, err := d.compile(g, loss, grads, step, o)
+	if err != nil {
+		return nil, err
+	}
+	p.of = slices.Clone(o.Of)
+	return p, nil
 }
 
 // recompute is the schedule of a program with checkpointing.

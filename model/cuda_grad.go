@@ -31,6 +31,7 @@ func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G
 	if s := d.ParamSetOf(values); s != nil {
 		p, err = d.CompileGradInto(g.ExprGraph, loss, grads, s, g.Step, o)
 	} else {
+		o.Of = values
 		p, err = d.CompileGradWith(g.ExprGraph, loss, grads, g.Step, o)
 	}
 	if err != nil {
