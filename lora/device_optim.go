@@ -18,11 +18,15 @@ type deviceState struct {
 	upload, download bool
 	// kept: the device holds the state before its last update (GoBack can undo it)
 	kept bool
+	// rewrite: an update failed after AdamW ran, and the programs' bf16 weights may not be
+	// the values': before the next step the values come to the host and go back up (which
+	// writes the weights again)
+	rewrite bool
 }
 
 // hostChanged says that t.Params and t.Opt now hold the state to train from.
 func (s *deviceState) hostChanged() {
-	s.upload, s.download, s.kept = true, false, false
+	s.upload, s.download, s.kept, s.rewrite = true, false, false, false
 }
 
 // values are the trained parameters' host slices.
@@ -44,6 +48,12 @@ func (t *Trainer) deviceParams(ox model.OptimExecutor) error {
 			return fmt.Errorf("lora: %s: keeping the trained parameters on the device: %w", t.Model.Exec.Name(), err)
 		}
 		s.params, s.upload = p, true
+	}
+	if s.rewrite {
+		if err := t.Sync(); err != nil {
+			return err
+		}
+		s.upload, s.rewrite = true, false
 	}
 	if s.upload {
 		if err := s.params.Upload(t.values(), t.Opt.M, t.Opt.V); err != nil {
@@ -117,7 +127,17 @@ func (t *Trainer) deviceStep(ctx context.Context, ox model.OptimExecutor) (StepR
 		}
 		return res, nf
 	}
+	adamStep := t.Opt.Step
 	if err := dev.Update(t.Opt, res.LR); err != nil {
+		// an error after AdamW ran (the optimizer's step moved: the values and moments on the
+		// device are the update's) leaves the trainer at that update, as a success would: a
+		// checkpoint then saves the update's values and moments with its step, which stay
+		// true whatever failed after AdamW (no further device call to undo it, which could
+		// fail half done). The bf16 weights are written again before the next step.
+		if t.Opt.Step != adamStep {
+			t.dev.kept, t.dev.download, t.dev.rewrite = true, true, true
+			t.Step++
+		}
 		return res, err
 	}
 	t.dev.kept, t.dev.download = true, true

@@ -1,0 +1,75 @@
+//go:build cudaemu && !qtcuda
+
+package lora
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/checkpoints"
+)
+
+// TestFailedUpdateKeepsStepsTogetherOnDevice: an update whose AdamW ran on the device but
+// whose bf16 weights could not be written (a failed launch) returns the error and leaves the
+// trainer at that update: its step, the optimizer's and the values and moments a checkpoint
+// saves are those after it, and the next steps (on weights written again from the values)
+// follow a trainer whose update did not fail, bit for bit.
+func TestFailedUpdateKeepsStepsTogetherOnDevice(t *testing.T) {
+	dir, seqs, pad := tinySetup(t)
+	exec := openTestCUDA(t)
+	straight := newDeviceTrainer(t, dir, exec, seqs, pad)
+	losses := trainAll(t, straight)
+
+	tr := newDeviceTrainer(t, dir, exec, seqs, pad)
+	if _, err := tr.TrainStep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	restore := exec.Device.FailLaunches("to_bf16_rows", "adamw")
+	_, err := tr.TrainStep(context.Background())
+	restore()
+	if err == nil {
+		t.Fatal("a step succeeded with its bf16 weights refused")
+	}
+	t.Log(err)
+	if tr.Step != 2 || tr.Opt.Step != 2 {
+		t.Errorf("after the failed update: trainer step %d, optimizer step %d; want 2 and 2", tr.Step, tr.Opt.Step)
+	}
+	ckpt, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := ReadTrainerState(ckpt); err != nil || st.Step != 2 || st.AdamStep != 2 {
+		t.Errorf("the checkpoint after the failed update: %+v, %v; want step 2", st, err)
+	}
+	rest := trainAll(t, tr)
+	if len(rest) != len(losses)-2 {
+		t.Fatalf("%d steps after the failed update, want %d", len(rest), len(losses)-2)
+	}
+	for i, r := range rest {
+		if r.Loss != losses[i+2].Loss || r.GradNorm != losses[i+2].GradNorm {
+			t.Errorf("step %d: loss %v and norm %v after the failed update, %v and %v without it", i+2, r.Loss, r.GradNorm, losses[i+2].Loss, losses[i+2].GradNorm)
+		}
+	}
+	a, err := straight.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"adapter_model.safetensors", checkpoints.TrainerParamsFile, checkpoints.OptimizerFile} {
+		x, errA := os.ReadFile(filepath.Join(a, f))
+		y, errB := os.ReadFile(filepath.Join(b, f))
+		if err := errors.Join(errA, errB); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(x, y) {
+			t.Errorf("%s differs from the trainer's whose update did not fail", f)
+		}
+	}
+}
