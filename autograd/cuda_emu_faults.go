@@ -2,6 +2,8 @@
 
 package autograd
 
+import "unsafe"
+
 // FailLaunches makes the launches of the kernel name that follow a launch of the kernel
 // after (any launch of name when after is "") fail, as a faulting kernel's would
 // (CUDA_ERROR_LAUNCH_FAILED), until restore is called: what a failed launch leaves behind
@@ -25,4 +27,18 @@ func (r *refusedLaunches) launch(fn devFunction, grid, block, shared int, params
 	}
 	r.armed = r.armed || fn == r.after
 	return r.driver.launch(fn, grid, block, shared, params)
+}
+
+// FailCopiesToDevice makes every host-to-device copy fail until restore is called.
+func (d *Device) FailCopiesToDevice() (restore func()) {
+	prev := d.drv
+	d.drv = &refusedCopies{prev}
+	return func() { d.drv = prev }
+}
+
+// refusedCopies is a driver whose host-to-device copies fail.
+type refusedCopies struct{ driver }
+
+func (refusedCopies) memcpyHtoD(devPtr, unsafe.Pointer, int64) error {
+	return &emuError{"CUDA_ERROR_INVALID_VALUE", "host-to-device copy refused"}
 }
