@@ -170,23 +170,7 @@ func TestDeviceGradProgram(t *testing.T) {
 	d := openDevice(t)
 	c := newLossCase(t)
 	wantLoss, want := c.cpu(t, true)
-	g, loss, grads := c.build(t, true)
-	prog, err := d.CompileGrad(g.ExprGraph, loss, grads, g.Step)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
-	if err := prog.Run(); err != nil {
-		t.Fatal(err)
-	}
-	gotLoss, err := prog.Loss()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := prog.Grads()
-	if err != nil {
-		t.Fatal(err)
-	}
+	gotLoss, got, _ := runGrad(t, d, c, false)
 	worst := 0.0
 	for i := range want {
 		e := refmath.RelDiff(got[i], want[i])

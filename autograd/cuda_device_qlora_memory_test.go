@@ -23,6 +23,42 @@ import (
 // one block's, about 18 MB at Qwen-7B's widths, counted twice.
 const optimizerBytesPerParam = 16
 
+// planLoRA7B plans m's training program with LoRA r 64 on the four targets (lora's default)
+// for 1 x seq tokens under each of opts, on a device of its own, and returns the plans, the
+// device's weight bytes and the trained parameters; m is closed and its memory given back.
+func planLoRA7B(t *testing.T, m *model.Model, seq int, opts ...autograd.GradOptions) (plans []autograd.MemoryPlan, weights, trained int64) {
+	t.Helper()
+	defer debug.FreeOSMemory() // the next model's weights in the same host memory
+	defer m.Close()
+	d := openDevice(t)
+	defer d.ReleaseWeights()
+	a, err := lora.Apply(m, lora.DefaultConfig(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, loss, err := m.LossGraph(1, seq, model.Training)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wrt G.Nodes
+	for _, p := range a.Params() {
+		wrt = append(wrt, g.Param(p))
+		trained += int64(p.Value.Shape().TotalSize())
+	}
+	grads, err := G.Grad(loss, wrt...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range opts {
+		plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plans = append(plans, plan)
+	}
+	return plans, d.WeightBytes(), trained
+}
+
 // TestDeviceMemoryQLoRA7B works out the device memory of Q-LoRA training of Qwen-7B's shape
 // quantized to Int4 (group 128), r 64 on c_attn, c_proj, w1, w2, batch 1 x 2048 tokens, with
 // activation checkpointing, as TestDeviceMemoryQwen7B does for bf16 weights: from the plans
@@ -48,32 +84,10 @@ func TestDeviceMemoryQLoRA7B(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d := openDevice(t)
-		a, err := lora.Apply(m, lora.DefaultConfig(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, loss, err := m.LossGraph(1, seq, model.Training)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wrt G.Nodes
-		for _, p := range a.Params() {
-			wrt = append(wrt, g.Param(p))
-			at[layers].trained += int64(p.Value.Shape().TotalSize())
-		}
-		grads, err := G.Grad(loss, wrt...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		at[layers].arena, at[layers].other, at[layers].weights = plan.Activations, plan.Other, d.WeightBytes()
+		var plans []autograd.MemoryPlan
+		plans, at[layers].weights, at[layers].trained = planLoRA7B(t, m, seq, autograd.GradOptions{Checkpoint: true})
+		at[layers].arena, at[layers].other = plans[0].Activations, plans[0].Other
 		t.Logf("%d blocks: weights %d (packed and floating point), arena %d, other %d bytes; %d trained parameters", layers, at[layers].weights, at[layers].arena, at[layers].other, at[layers].trained)
-		d.ReleaseWeights()
-		m.Close()
 		debug.FreeOSMemory() // the next model's weights in the same host memory
 	}
 	// from the second block on a block adds the same (block 0's mark dies early: the

@@ -3,16 +3,13 @@
 package autograd_test
 
 import (
+	G "gorgonia.org/gorgonia"
 	"math"
 	"os"
 	"reflect"
-	"runtime/debug"
 	"testing"
 
-	G "gorgonia.org/gorgonia"
-
 	"github.com/qwen-tune/qwen-tune/autograd"
-	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
 )
@@ -22,7 +19,14 @@ import (
 func runGrad(t *testing.T, d *autograd.Device, c *lossCase, ckpt bool) (float64, [][]float32, *autograd.Program) {
 	t.Helper()
 	g, loss, grads := c.build(t, true)
-	prog, err := d.CompileGradWith(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: ckpt})
+	return runGraph(t, d, g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: ckpt})
+}
+
+// runGraph compiles the training graph g for step with o, runs it once and returns the
+// loss, the gradients and the program (closed when the test ends).
+func runGraph(t *testing.T, d *autograd.Device, g *G.ExprGraph, loss *G.Node, grads G.Nodes, step *autograd.Step, o autograd.GradOptions) (float64, [][]float32, *autograd.Program) {
+	t.Helper()
+	prog, err := d.CompileGradWith(g, loss, grads, step, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,48 +143,17 @@ func TestDeviceMemoryQwen7B(t *testing.T) {
 	type parts struct{ weights, full, ckpt, other, trained int64 }
 	var at [4]parts
 	for _, layers := range []int{1, 2, 3} {
-		d := openDevice(t)
 		o := model.Qwen7BShape()
 		o.Layers = layers
 		m, err := model.RandomModel(o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := lora.Apply(m, lora.DefaultConfig(), 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g, loss, err := m.LossGraph(1, seq, model.Training)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wrt G.Nodes
-		for _, p := range a.Params() {
-			wrt = append(wrt, g.Param(p))
-			at[layers].trained += int64(p.Value.Shape().TotalSize())
-		}
-		grads, err := G.Grad(loss, wrt...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ckpt := range []bool{false, true} {
-			plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, autograd.GradOptions{Checkpoint: ckpt})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ckpt {
-				at[layers].ckpt = plan.Activations
-				t.Logf("%d blocks with checkpointing: arena %d bytes, at most %d live (placement loses %d), %v", layers, plan.Activations, plan.Peak.Live, plan.Activations-plan.Peak.Live, plan.Peak)
-			} else {
-				at[layers].full = plan.Activations
-			}
-			at[layers].other = plan.Other
-		}
-		at[layers].weights = d.WeightBytes()
+		plans, weights, trained := planLoRA7B(t, m, seq, autograd.GradOptions{}, autograd.GradOptions{Checkpoint: true})
+		full, plan := plans[0], plans[1]
+		at[layers] = parts{weights: weights, full: full.Activations, ckpt: plan.Activations, other: plan.Other, trained: trained}
+		t.Logf("%d blocks with checkpointing: arena %d bytes, at most %d live (placement loses %d), %v", layers, plan.Activations, plan.Peak.Live, plan.Activations-plan.Peak.Live, plan.Peak)
 		t.Logf("%d blocks: weights %d, arena %d without checkpointing and %d with, other %d bytes", layers, at[layers].weights, at[layers].full, at[layers].ckpt, at[layers].other)
-		d.ReleaseWeights()
-		m.Close()
-		debug.FreeOSMemory() // the next model's weights in the same host memory
 	}
 	grow := func(f func(parts) int64) int64 { return f(at[3]) + 29*(f(at[3])-f(at[2])) }
 	w := grow(func(p parts) int64 { return p.weights })

@@ -60,22 +60,7 @@ func TestEmulatedSwiGLUGradInPlaceWithAnotherReader(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := d.CompileGrad(g, loss, grads, st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			if err := p.Run(); err != nil {
-				t.Fatal(err)
-			}
-			l, err := p.Loss()
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs, err := p.Grads()
-			if err != nil {
-				t.Fatal(err)
-			}
+			l, gs, _ := runGraph(t, d, g, loss, grads, st, autograd.GradOptions{})
 			return l, gs
 		}
 		wantLoss, want := run(false)

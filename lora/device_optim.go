@@ -76,42 +76,22 @@ func (t *Trainer) deviceStep(ctx context.Context, ox model.OptimExecutor) (StepR
 		return res, err
 	}
 	dev := t.dev.params
-	var lossSum float64
-	for k := 0; k < t.Cfg.GradAccum; k++ {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		b, n, seen := t.microBatch(k)
-		if n == 0 {
-			continue
-		}
-		g, err := t.graph(b)
-		if err != nil {
-			return res, err
-		}
+	err := t.runMicroBatches(ctx, &res, func(k int, g *GradGraph, b *Batch, n int) (float64, error) {
 		if g.device == nil {
-			return res, fmt.Errorf("lora: %s: the training graph of %d x %d tokens does not run on the device", t.Model.Exec.Name(), b.Batch, b.Seq)
+			return 0, fmt.Errorf("lora: %s: the training graph of %d x %d tokens does not run on the device", t.Model.Exec.Name(), b.Batch, b.Seq)
 		}
 		g.set(b, t.dropoutSeed(t.Step, k))
-		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil {
-			return res, err
+		if err := dev.Accumulate(g.device, n, res.Tokens == 0); err != nil { // the step's first micro-batch starts the sums
+			return 0, err
 		}
 		if err := g.device.Run(); err != nil {
-			return res, err
+			return 0, err
 		}
-		loss, err := g.device.Loss()
-		if err != nil {
-			return res, err
-		}
-		lossSum += loss * float64(n)
-		res.Tokens += n
-		res.Seen += seen
+		return g.device.Loss()
+	})
+	if err != nil {
+		return res, err
 	}
-	if res.Tokens == 0 {
-		return res, fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)
-	}
-	res.Loss = lossSum / float64(res.Tokens)
-	var err error
 	if res.GradNorm, err = dev.Clip(res.Tokens, t.Cfg.MaxGradNorm); err != nil {
 		return res, err
 	}

@@ -3,14 +3,8 @@
 package lora
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"os"
-	"path/filepath"
 	"testing"
-
-	"github.com/qwen-tune/qwen-tune/checkpoints"
 )
 
 // TestFailedUpdateKeepsStepsTogetherOnDevice: an update whose AdamW ran on the device but
@@ -45,31 +39,5 @@ func TestFailedUpdateKeepsStepsTogetherOnDevice(t *testing.T) {
 	if st, err := ReadTrainerState(ckpt); err != nil || st.Step != 2 || st.AdamStep != 2 {
 		t.Errorf("the checkpoint after the failed update: %+v, %v; want step 2", st, err)
 	}
-	rest := trainAll(t, tr)
-	if len(rest) != len(losses)-2 {
-		t.Fatalf("%d steps after the failed update, want %d", len(rest), len(losses)-2)
-	}
-	for i, r := range rest {
-		if r.Loss != losses[i+2].Loss || r.GradNorm != losses[i+2].GradNorm {
-			t.Errorf("step %d: loss %v and norm %v after the failed update, %v and %v without it", i+2, r.Loss, r.GradNorm, losses[i+2].Loss, losses[i+2].GradNorm)
-		}
-	}
-	a, err := straight.SaveCheckpoint(t.TempDir(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"adapter_model.safetensors", checkpoints.TrainerParamsFile, checkpoints.OptimizerFile} {
-		x, errA := os.ReadFile(filepath.Join(a, f))
-		y, errB := os.ReadFile(filepath.Join(b, f))
-		if err := errors.Join(errA, errB); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(x, y) {
-			t.Errorf("%s differs from the trainer's whose update did not fail", f)
-		}
-	}
+	sameRun(t, "after the failed update", dir, straight, tr, losses[2:], trainAll(t, tr))
 }

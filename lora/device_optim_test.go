@@ -133,29 +133,7 @@ func TestResumeIsBitExactOnDevice(t *testing.T) {
 	if err := second.LoadCheckpoint(ckpt); err != nil {
 		t.Fatal(err)
 	}
-	for i, r := range trainAll(t, second) {
-		if r.Loss != losses[i+2].Loss || r.GradNorm != losses[i+2].GradNorm {
-			t.Errorf("step %d: resumed loss %v and norm %v, straight %v and %v", i+2, r.Loss, r.GradNorm, losses[i+2].Loss, losses[i+2].GradNorm)
-		}
-	}
-	a, err := straight.SaveCheckpoint(t.TempDir(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := second.SaveCheckpoint(t.TempDir(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"adapter_model.safetensors", checkpoints.TrainerParamsFile, checkpoints.OptimizerFile} {
-		x, errA := os.ReadFile(filepath.Join(a, f))
-		y, errB := os.ReadFile(filepath.Join(b, f))
-		if err := errors.Join(errA, errB); err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(x, y) {
-			t.Errorf("%s differs after resuming", f)
-		}
-	}
+	sameRun(t, "resumed", dir, straight, second, losses[2:], trainAll(t, second))
 	if straight.Opt.Step != 4 || second.Opt.Step != 4 {
 		t.Errorf("optimizer steps %d straight and %d resumed, want 4", straight.Opt.Step, second.Opt.Step)
 	}
@@ -296,5 +274,38 @@ func TestTrainingMemoryOnDevice(t *testing.T) {
 	t.Logf("%d trained parameters: %+v, peak %d bytes", res.LoRAParams, mem, peak)
 	if want := int64(16 * res.LoRAParams); mem.Optimizer != want || peak < mem.Weights+mem.Activations+mem.Optimizer {
 		t.Errorf("%d trained parameters: %+v within a peak of %d bytes; want %d bytes of optimizer state", res.LoRAParams, mem, peak, want)
+	}
+}
+
+// sameRun fails unless steps (of trainer tr, from step 2 on) have the losses and norms of
+// want (of trainer straight's run) and the two trainers' checkpoints the same adapter,
+// trainer and optimizer files, byte for byte; what names tr's run in the messages.
+func sameRun(t *testing.T, what, dir string, straight, tr *Trainer, want, steps []StepResult) {
+	t.Helper()
+	if len(steps) != len(want) {
+		t.Fatalf("%s: %d steps, want %d", what, len(steps), len(want))
+	}
+	for i, r := range steps {
+		if r.Loss != want[i].Loss || r.GradNorm != want[i].GradNorm {
+			t.Errorf("step %d: %s loss %v and norm %v, straight %v and %v", i+2, what, r.Loss, r.GradNorm, want[i].Loss, want[i].GradNorm)
+		}
+	}
+	a, err := straight.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tr.SaveCheckpoint(t.TempDir(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"adapter_model.safetensors", checkpoints.TrainerParamsFile, checkpoints.OptimizerFile} {
+		x, errA := os.ReadFile(filepath.Join(a, f))
+		y, errB := os.ReadFile(filepath.Join(b, f))
+		if err := errors.Join(errA, errB); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(x, y) {
+			t.Errorf("%s: %s differs from the straight run's", what, f)
+		}
 	}
 }

@@ -314,6 +314,38 @@ func (t *Trainer) dropoutSeed(step, micro int) uint64 {
 	return t.Cfg.Seed*seedMix ^ uint64(step)<<microBits ^ uint64(micro)
 }
 
+// runMicroBatches runs the step's GradAccum micro-batches through run (micro-batch k of n
+// trained tokens on its graph g), skipping those without a trained token, and sets res's
+// tokens, rows seen and loss, the mean over the step's trained tokens.
+func (t *Trainer) runMicroBatches(ctx context.Context, res *StepResult, run func(k int, g *GradGraph, b *Batch, n int) (float64, error)) error {
+	var lossSum float64
+	for k := 0; k < t.Cfg.GradAccum; k++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b, n, seen := t.microBatch(k)
+		if n == 0 {
+			continue
+		}
+		g, err := t.graph(b)
+		if err != nil {
+			return err
+		}
+		loss, err := run(k, g, b, n)
+		if err != nil {
+			return err
+		}
+		lossSum += loss * float64(n)
+		res.Tokens += n
+		res.Seen += seen
+	}
+	if res.Tokens == 0 {
+		return fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)
+	}
+	res.Loss = lossSum / float64(res.Tokens)
+	return nil
+}
+
 // TrainStep runs one optimizer step: GradAccum micro-batches of BatchSize sequences,
 // gradients pooled token-weighted (the loss of the step is the mean over all its trained
 // tokens), clipped, then AdamW at the scheduled learning rate.
@@ -326,22 +358,10 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 	for _, g := range sum {
 		clear(g)
 	}
-	var lossSum float64
-	for k := 0; k < t.Cfg.GradAccum; k++ {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		b, n, seen := t.microBatch(k)
-		if n == 0 {
-			continue
-		}
-		g, err := t.graph(b)
-		if err != nil {
-			return res, err
-		}
+	err := t.runMicroBatches(ctx, &res, func(k int, g *GradGraph, b *Batch, n int) (float64, error) {
 		loss, grads, err := g.Run(b, t.dropoutSeed(t.Step, k))
 		if err != nil {
-			return res, err
+			return 0, err
 		}
 		if sum == nil {
 			sum = make([][]float32, len(grads))
@@ -355,19 +375,16 @@ func (t *Trainer) TrainStep(ctx context.Context) (StepResult, error) {
 				sum[i][j] += float32(v * float32(n)) // the product rounded, never fused (grad_accumulate's order)
 			}
 		}
-		lossSum += loss * float64(n)
-		res.Tokens += n
-		res.Seen += seen
-	}
-	if res.Tokens == 0 {
-		return res, fmt.Errorf("lora: step %d has no trained token (every label is -100)", t.Step)
+		return loss, nil
+	})
+	if err != nil {
+		return res, err
 	}
 	for _, g := range sum {
 		for j := range g {
 			g[j] /= float32(res.Tokens)
 		}
 	}
-	res.Loss = lossSum / float64(res.Tokens)
 	res.GradNorm = optim.ClipGradNorm(sum, t.Cfg.MaxGradNorm)
 	values := make([][]float32, len(t.Params))
 	for i, p := range t.Params {

@@ -18,22 +18,13 @@ import (
 // against gonum) move a near-tie; and the two quantized models as far from the float model.
 func TestCalibrateDevice(t *testing.T) {
 	rows := tinybatch.Load(t).Rows()
-	src := golden.Path(t, "tiny-qwen")
-	load := func() *model.Model {
-		m, err := model.Load(src, model.LoadOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
-		return m
-	}
-	base, onCPU, onGPU := load(), load(), load()
+	base, onCPU, onGPU := loadTiny(t), loadTiny(t), loadTiny(t)
 	ref := logits(t, base, rows)
 	for _, descAct := range []bool{false, true} {
 		o := quantize.DefaultOptions()
 		o.GroupSize, o.DescAct = 16, descAct
 		if descAct { // a second pass quantizes fresh copies
-			onCPU, onGPU = load(), load()
+			onCPU, onGPU = loadTiny(t), loadTiny(t)
 		}
 		cpu, cpuReports, err := quantize.Calibrate(context.Background(), onCPU, rows, o, quantize.MethodGPTQ, nil)
 		if err != nil {
@@ -107,16 +98,7 @@ func TestCalibrateDevice(t *testing.T) {
 // from the float model, and every layer still beats round-to-nearest.
 func TestCalibrateDeviceForward(t *testing.T) {
 	rows := tinybatch.Load(t).Rows()
-	src := golden.Path(t, "tiny-qwen")
-	load := func() *model.Model {
-		m, err := model.Load(src, model.LoadOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
-		return m
-	}
-	base, onCPU, onGPU := load(), load(), load()
+	base, onCPU, onGPU := loadTiny(t), loadTiny(t), loadTiny(t)
 	ref := logits(t, base, rows)
 	o := quantize.DefaultOptions()
 	o.GroupSize = 16
@@ -161,4 +143,15 @@ func TestCalibrateDeviceForward(t *testing.T) {
 	if codes > total/4 || kg > 1.25*kc {
 		t.Errorf("%d of %d codes differ; KL from the float model: device %.6f, CPU %.6f", codes, total, kg, kc)
 	}
+}
+
+// loadTiny loads the golden tiny-qwen model, closed when the test ends.
+func loadTiny(t *testing.T) *model.Model {
+	t.Helper()
+	m, err := model.Load(golden.Path(t, "tiny-qwen"), model.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }

@@ -75,11 +75,9 @@ type Hessian struct {
 // NewHessian starts an empty Hessian for k input features.
 func NewHessian(k int) *Hessian { return &Hessian{K: k, sum: make([]float32, k*k)} }
 
-// Add accumulates one batch of rows x [rows, K] (one call = one sample, like add_batch with
-// batch size 1) with a symmetric rank-k update. Non-finite inputs are an error: they would
-// poison every weight.
-func (h *Hessian) Add(x []float32, rows int) error {
-	k := h.K
+// checkInputs refuses calibration rows x [rows, k] of another size or with a non-finite
+// value: they would poison every weight.
+func checkInputs(x []float32, rows, k int) error {
 	if len(x) != rows*k {
 		return fmt.Errorf("quantize: %d inputs for %d rows of %d", len(x), rows, k)
 	}
@@ -87,6 +85,17 @@ func (h *Hessian) Add(x []float32, rows int) error {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			return fmt.Errorf("quantize: calibration input %d (row %d) is %v", i%k, i/k, v)
 		}
+	}
+	return nil
+}
+
+// Add accumulates one batch of rows x [rows, K] (one call = one sample, like add_batch with
+// batch size 1) with a symmetric rank-k update. Non-finite inputs are an error: they would
+// poison every weight.
+func (h *Hessian) Add(x []float32, rows int) error {
+	k := h.K
+	if err := checkInputs(x, rows, k); err != nil {
+		return err
 	}
 	blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: k, Stride: k, Data: x}, 1,
 		blas32.Symmetric{Uplo: blas.Upper, N: k, Stride: k, Data: h.sum})

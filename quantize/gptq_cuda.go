@@ -55,13 +55,8 @@ func UploadHessian(d *autograd.Device, h *Hessian) (*DeviceHessian, error) {
 // Add accumulates one batch of host rows x [rows, K], as Hessian.Add.
 func (h *DeviceHessian) Add(x []float32, rows int) error {
 	k := h.K
-	if len(x) != rows*k {
-		return fmt.Errorf("quantize: %d inputs for %d rows of %d", len(x), rows, k)
-	}
-	for i, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("quantize: calibration input %d (row %d) is %v", i%k, i/k, v)
-		}
+	if err := checkInputs(x, rows, k); err != nil {
+		return err
 	}
 	bytes := int64(len(x)) * 4
 	if h.x == nil || h.x.Bytes < bytes {

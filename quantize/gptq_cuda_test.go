@@ -15,6 +15,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
@@ -129,7 +130,8 @@ func compareResults(t *testing.T, cpu, dev *Result, bits int) comparison {
 	return c
 }
 
-// TestGPTQDeviceMatchesCPU: the device solve on the CPU's own Hessian sums, in every setting.
+// TestGPTQDeviceMatchesCPU: the device solve on the CPU's own Hessian sums, in every setting
+// and in combinations of them.
 func TestGPTQDeviceMatchesCPU(t *testing.T) {
 	d := openDevice(t)
 	cases := []struct {
@@ -144,6 +146,14 @@ func TestGPTQDeviceMatchesCPU(t *testing.T) {
 		{"asymmetric, group 32, block 48", 32, 160, func(o *Options) { o.Sym, o.GroupSize, o.BlockSize = false, 32, 48 }},
 		{"2 bits, group 64", 32, 128, func(o *Options) { o.Bits, o.GroupSize = 2, 64 }},
 		{"8 bits, block 32", 32, 128, func(o *Options) { o.Bits, o.BlockSize = 8, 32 }},
+		// and combinations: act-order with one group a row, static groups alone, groups wider
+		// than a block, groups across blocks at 2 bits, rows and columns off the kernels' tiles
+		{"act-order, one group per row", 48, 192, func(o *Options) { o.GroupSize, o.DescAct = -1, true }},
+		{"static groups", 64, 256, func(o *Options) { o.StaticGroups, o.GroupSize = true, 64 }},
+		{"group 256, block 64", 32, 512, func(o *Options) { o.GroupSize, o.BlockSize = 256, 64 }},
+		{"act-order, group 32, block 96, asymmetric, 2 bits", 32, 192, func(o *Options) { o.DescAct, o.GroupSize, o.BlockSize, o.Sym, o.Bits = true, 32, 96, false, 2 }},
+		{"8 bits, static groups, act-order", 40, 200, func(o *Options) { o.Bits, o.StaticGroups, o.DescAct, o.GroupSize = 8, true, true, 40 }},
+		{"200 rows, 136 columns, act-order, group 8", 200, 136, func(o *Options) { o.GroupSize, o.DescAct = 8, true }},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -439,9 +449,9 @@ func TestDeviceForward(t *testing.T) {
 			if err := autograd.Download(d, got, df.hs[i]); err != nil {
 				t.Fatal(err)
 			}
-			worst = max(worst, relDiff(got, h))
+			worst = max(worst, refmath.RelDiff(got, h))
 		}
-		captured := relDiff(devIn.rows, cpuIn.rows)
+		captured := refmath.RelDiff(devIn.rows, cpuIn.rows)
 		t.Logf("block %d: hidden states within %.2e, captured rows within %.2e", b.Layer, worst, captured)
 		// measured: 2.2e-3 and 3.1e-3 (bf16 GEMM inputs and KV cache); captured rows 6.2e-8
 		// (ln_1 of the embedding, float32 on both) and 2.1e-3
@@ -449,15 +459,4 @@ func TestDeviceForward(t *testing.T) {
 			t.Errorf("block %d: hidden states within %.2e, %d captured values within %.2e (CPU %d)", b.Layer, worst, len(devIn.rows), captured, len(cpuIn.rows))
 		}
 	}
-}
-
-// relDiff is ||a - b|| / ||b||.
-func relDiff(a, b []float32) float64 {
-	var num, den float64
-	for i := range b {
-		d := float64(a[i]) - float64(b[i])
-		num += d * d
-		den += float64(b[i]) * float64(b[i])
-	}
-	return math.Sqrt(num / den)
 }
