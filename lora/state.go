@@ -164,6 +164,12 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 		return err
 	}
 	defer ok.Close()
+	// Every tensor is read before any is copied: a checkpoint refused at its last tensor
+	// leaves the trainer as it was.
+	type load struct {
+		dst, src []float32
+	}
+	var loads []load
 	for i, p := range t.Params {
 		shape := shape64(p.Value.Shape())
 		for _, r := range []struct {
@@ -175,8 +181,11 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 			if err != nil {
 				return fmt.Errorf("lora: resuming from %s: %w (the checkpoint was made with other settings)", dir, err)
 			}
-			copy(r.dst, v)
+			loads = append(loads, load{r.dst, v})
 		}
+	}
+	for _, l := range loads {
+		copy(l.dst, l.src)
 	}
 	t.Step, t.Opt.Step = st.Step, st.AdamStep
 	t.before = nil // no update gave these values: nothing to go back to
