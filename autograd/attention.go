@@ -27,7 +27,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type attentionOp struct {
+// AttentionOp is the op of Attention (its gradient is AttentionGradOp).
+type AttentionOp struct {
 	base
 	layer int
 	step  *Step
@@ -39,14 +40,14 @@ type attentionOp struct {
 
 // Attention is causal attention of q over k, v [B, T, H, D]; layer picks the cache slot.
 func Attention(q, k, v *G.Node, layer int, step *Step) (*G.Node, error) {
-	return G.ApplyOp(&attentionOp{base: newBase("Attention"), layer: layer, step: step}, q, k, v)
+	return G.ApplyOp(&AttentionOp{base: newBase("Attention"), layer: layer, step: step}, q, k, v)
 }
 
-func (o *attentionOp) Arity() int { return 3 }
-func (o *attentionOp) Type() hm.Type {
+func (o *AttentionOp) Arity() int { return 3 }
+func (o *AttentionOp) Type() hm.Type {
 	return hm.NewFnType(tt(4, tvA), tt(4, tvA), tt(4, tvA), tt(2, tvA))
 }
-func (o *attentionOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *AttentionOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	var s [3]tensor.Shape
 	for i := range s {
 		var err error
@@ -80,7 +81,7 @@ func attnInputs(v []G.Value, st *Step) (q, k, val *tensor.Dense, err error) {
 	return
 }
 
-func (o *attentionOp) Do(v ...G.Value) (G.Value, error) {
+func (o *AttentionOp) Do(v ...G.Value) (G.Value, error) {
 	q, k, val, err := attnInputs(v, o.step)
 	if err != nil {
 		return nil, err
@@ -126,34 +127,34 @@ func kvSource[T Float](k, v *tensor.Dense, layer int, st *Step) (kd, vd []T, str
 	return kc, vc, c.Max, nil
 }
 
-func (o *attentionOp) DiffWRT(int) []bool { return []bool{true, true, true} }
+func (o *AttentionOp) DiffWRT(int) []bool { return []bool{true, true, true} }
 
-func (o *attentionOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
-	packed, err := G.ApplyOp(&attnGradOp{base: newBase("AttentionGrad"), fwd: o}, in[0], in[1], in[2], out, grad)
+func (o *AttentionOp) SymDiff(in G.Nodes, out, grad *G.Node) (G.Nodes, error) {
+	packed, err := G.ApplyOp(&AttentionGradOp{base: newBase("AttentionGrad"), fwd: o}, in[0], in[1], in[2], out, grad)
 	if err != nil {
 		return nil, err
 	}
 	grads := make(G.Nodes, 3)
 	for i := range grads {
-		if grads[i], err = G.ApplyOp(&pickOp{base: newBase("AttentionGradPick"), part: i, of: 3}, packed); err != nil {
+		if grads[i], err = G.ApplyOp(&PickOp{base: newBase("AttentionGradPick"), part: i, of: 3}, packed); err != nil {
 			return nil, err
 		}
 	}
 	return grads, nil
 }
 
-// attnGradOp computes dq, dk, dv together from q, k, v, out and d out, packed as
+// AttentionGradOp computes dq, dk, dv together from q, k, v, out and d out, packed as
 // [3, B, T, H, D].
-type attnGradOp struct {
+type AttentionGradOp struct {
 	base
-	fwd *attentionOp
+	fwd *AttentionOp
 }
 
-func (o *attnGradOp) Arity() int { return 5 }
-func (o *attnGradOp) Type() hm.Type {
+func (o *AttentionGradOp) Arity() int { return 5 }
+func (o *AttentionGradOp) Type() hm.Type {
 	return hm.NewFnType(tt(4, tvA), tt(4, tvA), tt(4, tvA), tt(2, tvA), tt(2, tvA), tt(5, tvA))
 }
-func (o *attnGradOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *AttentionGradOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	q, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -161,7 +162,7 @@ func (o *attnGradOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return append(tensor.Shape{3}, q...), nil
 }
 
-func (o *attnGradOp) Do(v ...G.Value) (G.Value, error) {
+func (o *AttentionGradOp) Do(v ...G.Value) (G.Value, error) {
 	st := o.fwd.step
 	q, k, val, err := attnInputs(v, st)
 	if err != nil {
@@ -187,22 +188,22 @@ func (o *attnGradOp) Do(v ...G.Value) (G.Value, error) {
 	return nil, fmt.Errorf("autograd: AttentionGrad of type %v", q.Dtype())
 }
 
-// pickOp takes part `part` of `of` equal parts along the first axis: [of, ...] -> [...].
-type pickOp struct {
+// PickOp takes part `part` of `of` equal parts along the first axis: [of, ...] -> [...].
+type PickOp struct {
 	base
 	part, of int
 }
 
-func (o *pickOp) Arity() int    { return 1 }
-func (o *pickOp) Type() hm.Type { return hm.NewFnType(tt(5, tvA), tt(4, tvA)) }
-func (o *pickOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *PickOp) Arity() int    { return 1 }
+func (o *PickOp) Type() hm.Type { return hm.NewFnType(tt(5, tvA), tt(4, tvA)) }
+func (o *PickOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
 	}
 	return s[1:].Clone(), nil
 }
-func (o *pickOp) Do(v ...G.Value) (G.Value, error) {
+func (o *PickOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err

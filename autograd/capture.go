@@ -17,10 +17,11 @@ import (
 // Sink receives a captured float32 matrix of rows x cols; an error stops the execution.
 type Sink func(x []float32, rows, cols int) error
 
-type captureOp struct {
+// CaptureOp is the op of Capture and CaptureFor.
+type CaptureOp struct {
 	base
 	sink   Sink
-	device any // the DeviceSink of a capture for the GPU executor (CaptureDevice), else nil
+	device any // the sink of a capture for an executor on a device (CaptureFor), else nil
 }
 
 // Capture returns x unchanged and calls sink with its value each time the graph runs.
@@ -28,17 +29,31 @@ func Capture(x *G.Node, sink Sink) (*G.Node, error) {
 	if x.Dims() != 2 {
 		return nil, fmt.Errorf("autograd: Capture of a %d-dimensional input (a matrix only)", x.Dims())
 	}
-	return G.ApplyOp(&captureOp{base: newBase("Capture"), sink: sink}, x)
+	return G.ApplyOp(&CaptureOp{base: newBase("Capture"), sink: sink}, x)
 }
 
-func (o *captureOp) Arity() int    { return 1 }
-func (o *captureOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
-func (o *captureOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+// CaptureFor is Capture for graphs that run on an executor on a device: the executor hands
+// the input to device, a sink of its own type (autograd/cuda's DeviceSink). On the CPU such a
+// graph fails.
+func CaptureFor(x *G.Node, device any) (*G.Node, error) {
+	host := func([]float32, int, int) error {
+		return fmt.Errorf("autograd: a capture for a device's executor ran on the CPU")
+	}
+	y, err := Capture(x, host)
+	if err == nil {
+		y.Op().(*CaptureOp).device = device
+	}
+	return y, err
+}
+
+func (o *CaptureOp) Arity() int    { return 1 }
+func (o *CaptureOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *CaptureOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeOf(in[0])
 	return s.Clone(), err
 }
 
-func (o *captureOp) Do(v ...G.Value) (G.Value, error) {
+func (o *CaptureOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -55,6 +70,6 @@ func (o *captureOp) Do(v ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
-func (o *captureOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *CaptureOp) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *captureOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) { return G.Nodes{grad}, nil }
+func (o *CaptureOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) { return G.Nodes{grad}, nil }

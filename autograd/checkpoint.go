@@ -6,7 +6,7 @@ package autograd
 //	x [N, H] -> y [N, H], y = x;  dx = dy
 //
 // It computes nothing. The marks tell the GPU executor where blocks begin: with activation
-// checkpointing (GradOptions.Checkpoint, cuda_recompute.go) the marked values are all a
+// checkpointing (GradOptions.Checkpoint, cuda/recompute.go) the marked values are all a
 // block's backward keeps of its forward, and the rest of the block is computed again just
 // before its backward. On the CPU the Machine hands x's buffer on when x dies here (as it
 // does in a training graph: the mark is the residual stream's only reader) and copies it
@@ -20,27 +20,28 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type checkpointOp struct{ base }
+// CheckpointOp is the op of Checkpoint, an identity marking a block boundary.
+type CheckpointOp struct{ base }
 
 // Checkpoint marks x [N, H] as a block boundary of a training graph.
 func Checkpoint(x *G.Node) (*G.Node, error) {
 	if x.Dims() != 2 {
 		return nil, fmt.Errorf("autograd: Checkpoint of %v: a block's input is [N, H]", x.Shape())
 	}
-	return G.ApplyOp(&checkpointOp{base: newBase("Checkpoint")}, x)
+	return G.ApplyOp(&CheckpointOp{base: newBase("Checkpoint")}, x)
 }
 
-func (o *checkpointOp) Arity() int    { return 1 }
-func (o *checkpointOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
-func (o *checkpointOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *CheckpointOp) Arity() int    { return 1 }
+func (o *CheckpointOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *CheckpointOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeOf(in[0])
 	return s.Clone(), err
 }
 
 // overwrites: the mark is x itself when x dies here.
-func (o *checkpointOp) overwrites() int { return 0 }
+func (o *CheckpointOp) overwrites() int { return 0 }
 
-func (o *checkpointOp) Do(v ...G.Value) (G.Value, error) {
+func (o *CheckpointOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -60,15 +61,15 @@ func (o *checkpointOp) Do(v ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
-func (o *checkpointOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *CheckpointOp) DiffWRT(int) []bool { return []bool{true} }
 
 // The gradient passes through: the mark's gradient is its input's.
-func (o *checkpointOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+func (o *CheckpointOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	return G.Nodes{grad}, nil
 }
 
 // isCheckpoint reports a Checkpoint mark.
 func isCheckpoint(op G.Op) bool {
-	_, ok := op.(*checkpointOp)
+	_, ok := op.(*CheckpointOp)
 	return ok
 }

@@ -14,7 +14,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type columnsOp struct {
+// ColumnsOp is the op of PlaceColumns and of its backward (Take).
+type ColumnsOp struct {
 	base
 	off, width int
 	take       bool // the backward: [N, M] -> [N, S]
@@ -27,12 +28,12 @@ func PlaceColumns(x *G.Node, off, width int) (*G.Node, error) {
 	if off < 0 || off+s > width {
 		return nil, fmt.Errorf("autograd: PlaceColumns: %d columns at %d do not fit in %d", s, off, width)
 	}
-	return G.ApplyOp(&columnsOp{base: newBase("PlaceColumns"), off: off, width: width, s: s}, x)
+	return G.ApplyOp(&ColumnsOp{base: newBase("PlaceColumns"), off: off, width: width, s: s}, x)
 }
 
-func (o *columnsOp) Arity() int    { return 1 }
-func (o *columnsOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
-func (o *columnsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *ColumnsOp) Arity() int    { return 1 }
+func (o *ColumnsOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *ColumnsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -43,7 +44,7 @@ func (o *columnsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return tensor.Shape{x[0], o.width}, nil
 }
 
-func (o *columnsOp) Do(v ...G.Value) (G.Value, error) {
+func (o *ColumnsOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -71,9 +72,9 @@ func (o *columnsOp) Do(v ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
-func (o *columnsOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *ColumnsOp) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *columnsOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	d, err := G.ApplyOp(&columnsOp{base: newBase("PlaceColumnsGrad"), off: o.off, width: o.width, s: o.s, take: !o.take}, grad)
+func (o *ColumnsOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	d, err := G.ApplyOp(&ColumnsOp{base: newBase("PlaceColumnsGrad"), off: o.off, width: o.width, s: o.s, take: !o.take}, grad)
 	return G.Nodes{d}, err
 }

@@ -20,7 +20,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type crossEntropyOp struct {
+// CrossEntropyOp is the op of CrossEntropy and of its gradient (Backward).
+type CrossEntropyOp struct {
 	base
 	step     *Step
 	backward bool // inputs logits, dloss -> dlogits
@@ -29,7 +30,7 @@ type crossEntropyOp struct {
 	// the backward, which runs after the forward in the same pass, reads it when it is given
 	// the same logits instead of a second pass over the vocabulary, and recomputes otherwise
 	// (a backward run without its forward finds the lse already read).
-	fwd      *crossEntropyOp
+	fwd      *CrossEntropyOp
 	lse      []float64
 	lseOf    uintptr
 	lseFresh bool
@@ -37,22 +38,22 @@ type crossEntropyOp struct {
 
 // CrossEntropy is the shifted next-token loss of logits [batch*seq, V] against step.Labels.
 func CrossEntropy(logits *G.Node, step *Step) (*G.Node, error) {
-	return G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropy"), step: step}, logits)
+	return G.ApplyOp(&CrossEntropyOp{base: newBase("CrossEntropy"), step: step}, logits)
 }
 
-func (o *crossEntropyOp) Arity() int {
+func (o *CrossEntropyOp) Arity() int {
 	if o.backward {
 		return 2
 	}
 	return 1
 }
-func (o *crossEntropyOp) Type() hm.Type {
+func (o *CrossEntropyOp) Type() hm.Type {
 	if o.backward {
 		return hm.NewFnType(tt(2, tvA), tvA, tt(2, tvA))
 	}
 	return hm.NewFnType(tt(2, tvA), tvA)
 }
-func (o *crossEntropyOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *CrossEntropyOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -79,7 +80,7 @@ func Targets(labels []int32, batch, seq int) int {
 	return n
 }
 
-func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
+func (o *CrossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -99,7 +100,7 @@ func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 	}
 	dloss := 1.0
 	if o.backward {
-		if dloss, err = scalar(v[1]); err != nil {
+		if dloss, err = Scalar(v[1]); err != nil {
 			return nil, err
 		}
 	}
@@ -122,7 +123,7 @@ func (o *crossEntropyOp) Do(v ...G.Value) (G.Value, error) {
 
 // gradOut is the backward's output: a zeroed tensor, or x itself when the Machine lets this
 // op overwrite its logits (nothing reads them afterwards); nil for the forward.
-func (o *crossEntropyOp) gradOut(x *tensor.Dense, backward bool) *tensor.Dense {
+func (o *CrossEntropyOp) gradOut(x *tensor.Dense, backward bool) *tensor.Dense {
 	switch {
 	case !backward:
 		return nil
@@ -134,7 +135,7 @@ func (o *crossEntropyOp) gradOut(x *tensor.Dense, backward bool) *tensor.Dense {
 
 // overwrites: the backward may write its gradient over the logits, row by row (each row is
 // read whole before it is written).
-func (o *crossEntropyOp) overwrites() int {
+func (o *CrossEntropyOp) overwrites() int {
 	if o.backward {
 		return 0
 	}
@@ -143,7 +144,7 @@ func (o *crossEntropyOp) overwrites() int {
 
 // rowLSE is where the op's rows' log-sum-exps go (the forward) or come from (the
 // backward): nil when the backward is given other logits than its forward saw.
-func (o *crossEntropyOp) rowLSE(x *tensor.Dense) *rowLSE {
+func (o *CrossEntropyOp) rowLSE(x *tensor.Dense) *rowLSE {
 	rows, data := x.Shape()[0], uintptr(first(x.Data()))
 	if !o.backward {
 		o.lse, o.lseOf, o.lseFresh = slices.Grow(o.lse[:0], rows)[:rows], data, true
@@ -211,10 +212,10 @@ func crossEntropy[T Float](x *tensor.Dense, st *Step, backward bool, dloss float
 	return total / float64(n), out
 }
 
-func (o *crossEntropyOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *CrossEntropyOp) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *crossEntropyOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	d, err := G.ApplyOp(&crossEntropyOp{base: newBase("CrossEntropyGrad"), step: o.step, backward: true, fwd: o}, in[0], grad)
+func (o *CrossEntropyOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	d, err := G.ApplyOp(&CrossEntropyOp{base: newBase("CrossEntropyGrad"), step: o.step, backward: true, fwd: o}, in[0], grad)
 	return G.Nodes{d}, err
 }
 

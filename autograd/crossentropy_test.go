@@ -79,7 +79,7 @@ func TestCrossEntropyGrad32(t *testing.T) {
 	check("graph", gv.Data().([]float32))
 
 	// The backward alone, never having seen a forward.
-	op := &crossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true}
+	op := &CrossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true}
 	out, err := op.Do(tensor.New(tensor.WithShape(batch*seq, vocab), tensor.WithBacking(append([]float32(nil), x...))), G.NewF32(1))
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +97,8 @@ func TestCrossEntropyGradNotStale(t *testing.T) {
 		x[i] = float32(i%13) * 0.1
 	}
 	logits := tensor.New(tensor.WithShape(rows, vocab), tensor.WithBacking(x))
-	fwd := &crossEntropyOp{base: newBase("CrossEntropy"), step: st}
-	bwd := &crossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true, fwd: fwd}
+	fwd := &CrossEntropyOp{base: newBase("CrossEntropy"), step: st}
+	bwd := &CrossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true, fwd: fwd}
 	if _, err := fwd.Do(logits); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestCrossEntropyGradNotStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh := &crossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true}
+	fresh := &CrossEntropyOp{base: newBase("CrossEntropyGrad"), step: st, backward: true}
 	want, err := fresh.Do(tensor.New(tensor.WithShape(rows, vocab), tensor.WithBacking(append([]float32(nil), x...))), G.NewF32(1))
 	if err != nil {
 		t.Fatal(err)

@@ -15,20 +15,13 @@
 // SymDiff; an op that needs several gradients from one pass (attention) packs them and picks
 // them apart. Frozen weights (bf16 always) get no gradient node.
 //
-// Ops are plain parameter structs whose Do runs the CPU code; their float32 matrix products run
-// on internal/matmul (AVX-512 or AVX2 assembly where the CPU has it, plain Go elsewhere). A graph is built once
-// per shape and run again for every Step, which the ops read through a pointer. The GPU
-// executor (cuda_exec.go, under the qtcuda or cudaemu build tag) walks the same graph and
-// turns each node, by its op type, into launches of the kernels in kernels/ (cuda.go: the
-// runtime and launchers; cublas.go: the cuBLAS products; cuda_graph.go: CUDA graphs;
-// cuda_int4.go: GPTQ layers; cuda_optim.go: a run's trained parameters and their AdamW
-// state kept on the device; cuda_recompute.go: activation checkpointing of training
-// programs; cuda_memory.go: their memory plan; cuda_selftest.go: every kernel against its
-// CPU twin), so model
-// code never changes. All of
-// it reaches CUDA through one driver interface (cuda.go): the CUDA driver API and cuBLAS by
-// dlopen with -tags qtcuda (cuda_driver.go), or their emulation on the CPU with -tags
-// cudaemu alone (cuda_emu.go: kernels/emu runs the kernels, internal/hostblas the products).
+// Ops are plain parameter structs whose Do runs the CPU code; their float32 matrix products
+// run on internal/matmul (AVX-512 or AVX2 assembly where the CPU has it, plain Go elsewhere).
+// A graph is built once per shape and run again for every Step, which the ops read through a
+// pointer. The op types are exported, with read-only accessors for their settings
+// (describe.go), and Ref (reference.go) gives each op's CPU computation on plain values:
+// package autograd/cuda, the GPU executor, compiles the same graphs by op type and checks its
+// kernels against Ref, so model code never changes.
 //
 // go.mod pins what this needs: gorgonia.org/gorgonia v0.9.18 with
 // go4.org/unsafe/assume-no-moving-gc (without which gorgonia panics at start-up on current

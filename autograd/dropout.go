@@ -23,7 +23,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type dropoutOp struct {
+// DropoutOp is the op of Dropout (its own gradient, with the same masks).
+type DropoutOp struct {
 	base
 	p    float64
 	key  uint64
@@ -35,17 +36,17 @@ func Dropout(x *G.Node, p float64, key uint64, step *Step) (*G.Node, error) {
 	if p < 0 || p >= 1 {
 		return nil, fmt.Errorf("autograd: dropout probability %g is not in [0, 1)", p)
 	}
-	return G.ApplyOp(&dropoutOp{base: newBase("Dropout"), p: p, key: key, step: step}, x)
+	return G.ApplyOp(&DropoutOp{base: newBase("Dropout"), p: p, key: key, step: step}, x)
 }
 
-func (o *dropoutOp) Arity() int    { return 1 }
-func (o *dropoutOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
-func (o *dropoutOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *DropoutOp) Arity() int    { return 1 }
+func (o *DropoutOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *DropoutOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	s, err := shapeOf(in[0])
 	return s.Clone(), err
 }
 
-func (o *dropoutOp) Do(v ...G.Value) (G.Value, error) {
+func (o *DropoutOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -85,10 +86,10 @@ func dropout[T Float](x, y []T, p float64, seed, key uint64) {
 // none is).
 func keepThreshold(p float64) uint64 { return uint64(math.Ceil(p * (1 << 32))) }
 
-func (o *dropoutOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *DropoutOp) DiffWRT(int) []bool { return []bool{true} }
 
 // The gradient of dropout is dropout of the gradient with the same mask.
-func (o *dropoutOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	d, err := G.ApplyOp(&dropoutOp{base: newBase("DropoutGrad"), p: o.p, key: o.key, step: o.step}, grad)
+func (o *DropoutOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	d, err := G.ApplyOp(&DropoutOp{base: newBase("DropoutGrad"), p: o.p, key: o.key, step: o.step}, grad)
 	return G.Nodes{d}, err
 }

@@ -14,7 +14,9 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type gatherOp struct {
+// GatherOp is the op of Embedding, EmbeddingRows and SelectRows (Kind); its table gradient
+// is ScatterOp.
+type GatherOp struct {
 	base
 	n      int
 	index  func() []int32
@@ -30,7 +32,7 @@ func Embedding(w *G.Node, step *Step, batch, seq int, act tensor.Dtype, trainW b
 	if trainW && w.Dtype() == tensor.Uint16 {
 		return nil, fmt.Errorf("autograd: embedding %s: a bf16 weight cannot be trained", w.Name())
 	}
-	return G.ApplyOp(&gatherOp{base: newBase("Embedding"), n: batch * seq, index: func() []int32 { return step.IDs }, what: "token id", out: act, trainW: trainW}, w)
+	return G.ApplyOp(&GatherOp{base: newBase("Embedding"), n: batch * seq, index: func() []int32 { return step.IDs }, what: "token id", out: act, trainW: trainW}, w)
 }
 
 // EmbeddingRows gathers from a partial table w [S, H] holding the rows of ids
@@ -47,7 +49,7 @@ func EmbeddingRows(w *G.Node, step *Step, batch, seq, offset int, act tensor.Dty
 		}
 		return idx
 	}
-	return G.ApplyOp(&gatherOp{base: newBase("EmbeddingRows"), n: batch * seq, index: index, what: "row", out: act, trainW: true, sparse: true}, w)
+	return G.ApplyOp(&GatherOp{base: newBase("EmbeddingRows"), n: batch * seq, index: index, what: "row", out: act, trainW: true, sparse: true}, w)
 }
 
 // SelectRows keeps one position per row of x [batch*seq, H]: row b's position step.Rows[b].
@@ -62,12 +64,12 @@ func SelectRows(x *G.Node, step *Step, batch, seq int) (*G.Node, error) {
 		}
 		return idx
 	}
-	return G.ApplyOp(&gatherOp{base: newBase("SelectRows"), n: batch, index: index, what: "selected position", out: x.Dtype(), trainW: true}, x)
+	return G.ApplyOp(&GatherOp{base: newBase("SelectRows"), n: batch, index: index, what: "selected position", out: x.Dtype(), trainW: true}, x)
 }
 
-func (o *gatherOp) Arity() int    { return 1 }
-func (o *gatherOp) Type() hm.Type { return hm.NewFnType(tt(2, tvW), tt(2, o.out)) }
-func (o *gatherOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *GatherOp) Arity() int    { return 1 }
+func (o *GatherOp) Type() hm.Type { return hm.NewFnType(tt(2, tvW), tt(2, o.out)) }
+func (o *GatherOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	w, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -78,7 +80,7 @@ func (o *gatherOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return tensor.Shape{o.n, w[1]}, nil
 }
 
-func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
+func (o *GatherOp) Do(v ...G.Value) (G.Value, error) {
 	w, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -102,7 +104,7 @@ func (o *gatherOp) Do(v ...G.Value) (G.Value, error) {
 
 // indices are the step's indices into a table of rows, checked: -1 (no row) only for a
 // partial table.
-func (o *gatherOp) indices(rows int) ([]int32, error) {
+func (o *GatherOp) indices(rows int) ([]int32, error) {
 	idx := o.index()
 	if len(idx) != o.n {
 		return nil, fmt.Errorf("autograd: %s: %d indices for a graph built for %d", o.name, len(idx), o.n)
@@ -130,26 +132,26 @@ func gatherRows[T Float](w *tensor.Dense, idx []int32, h int, out []T) error {
 	return nil
 }
 
-func (o *gatherOp) DiffWRT(int) []bool { return []bool{o.trainW} }
+func (o *GatherOp) DiffWRT(int) []bool { return []bool{o.trainW} }
 
-func (o *gatherOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	dw, err := G.ApplyOp(&scatterOp{base: newBase(o.name + "Grad"), gather: o}, in[0], grad)
+func (o *GatherOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dw, err := G.ApplyOp(&ScatterOp{base: newBase(o.name + "Grad"), gather: o}, in[0], grad)
 	return G.Nodes{dw}, err
 }
 
-// scatterOp is Gather's backward: zeros shaped like w, dy rows added at the gathered indices.
-type scatterOp struct {
+// ScatterOp is Gather's backward: zeros shaped like w, dy rows added at the gathered indices.
+type ScatterOp struct {
 	base
-	gather *gatherOp
+	gather *GatherOp
 }
 
-func (o *scatterOp) Arity() int    { return 2 }
-func (o *scatterOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
-func (o *scatterOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *ScatterOp) Arity() int    { return 2 }
+func (o *ScatterOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
+func (o *ScatterOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	w, err := shapeOf(in[0])
 	return w.Clone(), err
 }
-func (o *scatterOp) Do(v ...G.Value) (G.Value, error) {
+func (o *ScatterOp) Do(v ...G.Value) (G.Value, error) {
 	w, g, err := twoDense(v, o.name)
 	if err != nil {
 		return nil, err

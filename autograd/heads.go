@@ -15,19 +15,20 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type splitHeadsOp struct {
+// SplitHeadsOp is the op of SplitHeads (its gradient is MergePartOp).
+type SplitHeadsOp struct {
 	base
 	part, batch, seq, heads, dim int
 }
 
 // SplitHeads returns part (0 q, 1 k, 2 v) of qkv [batch*seq, 3*heads*dim] as [batch, seq, heads, dim].
 func SplitHeads(qkv *G.Node, part, batch, seq, heads, dim int) (*G.Node, error) {
-	return G.ApplyOp(&splitHeadsOp{base: newBase("SplitHeads"), part: part, batch: batch, seq: seq, heads: heads, dim: dim}, qkv)
+	return G.ApplyOp(&SplitHeadsOp{base: newBase("SplitHeads"), part: part, batch: batch, seq: seq, heads: heads, dim: dim}, qkv)
 }
 
-func (o *splitHeadsOp) Arity() int    { return 1 }
-func (o *splitHeadsOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(4, tvA)) }
-func (o *splitHeadsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *SplitHeadsOp) Arity() int    { return 1 }
+func (o *SplitHeadsOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(4, tvA)) }
+func (o *SplitHeadsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -38,7 +39,7 @@ func (o *splitHeadsOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return tensor.Shape{o.batch, o.seq, o.heads, o.dim}, nil
 }
 
-func (o *splitHeadsOp) Do(v ...G.Value) (G.Value, error) {
+func (o *SplitHeadsOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -64,26 +65,26 @@ func copyCols[T Float](src []T, ss, so int, dst []T, ds, do, width, n int) {
 	}
 }
 
-func (o *splitHeadsOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *SplitHeadsOp) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *splitHeadsOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	dx, err := G.ApplyOp(&mergePartOp{base: newBase("SplitHeadsGrad"), split: *o}, grad)
+func (o *SplitHeadsOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(&MergePartOp{base: newBase("SplitHeadsGrad"), split: *o}, grad)
 	return G.Nodes{dx}, err
 }
 
-// mergePartOp is SplitHeads' backward: [B, T, H, D] -> zeros [B*T, 3P] with the part filled in.
-type mergePartOp struct {
+// MergePartOp is SplitHeads' backward: [B, T, H, D] -> zeros [B*T, 3P] with the part filled in.
+type MergePartOp struct {
 	base
-	split splitHeadsOp
+	split SplitHeadsOp
 }
 
-func (o *mergePartOp) Arity() int    { return 1 }
-func (o *mergePartOp) Type() hm.Type { return hm.NewFnType(tt(4, tvA), tt(2, tvA)) }
-func (o *mergePartOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
+func (o *MergePartOp) Arity() int    { return 1 }
+func (o *MergePartOp) Type() hm.Type { return hm.NewFnType(tt(4, tvA), tt(2, tvA)) }
+func (o *MergePartOp) InferShape(...G.DimSizer) (tensor.Shape, error) {
 	s := o.split
 	return tensor.Shape{s.batch * s.seq, 3 * s.heads * s.dim}, nil
 }
-func (o *mergePartOp) Do(v ...G.Value) (G.Value, error) {
+func (o *MergePartOp) Do(v ...G.Value) (G.Value, error) {
 	g, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err

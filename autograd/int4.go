@@ -94,7 +94,8 @@ func (w *Int4) dequantCols(n0, n1 int, dst []float32) {
 	}
 }
 
-type int4Op struct {
+// Int4Op is the op of Int4Linear and of its input gradient (Backward).
+type Int4Op struct {
 	base
 	w        *Int4
 	backward bool // dy [M, N] -> dx [M, K]
@@ -114,12 +115,12 @@ func putTile[T Float](b []T) { tilePool.Put(b) }
 
 // Int4Linear applies a packed GPTQ weight to x [M, K].
 func Int4Linear(x *G.Node, w *Int4) (*G.Node, error) {
-	return G.ApplyOp(&int4Op{base: newBase("Int4Linear"), w: w}, x)
+	return G.ApplyOp(&Int4Op{base: newBase("Int4Linear"), w: w}, x)
 }
 
-func (o *int4Op) Arity() int    { return 1 }
-func (o *int4Op) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
-func (o *int4Op) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *Int4Op) Arity() int    { return 1 }
+func (o *Int4Op) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA)) }
+func (o *Int4Op) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -134,7 +135,7 @@ func (o *int4Op) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return tensor.Shape{x[0], out}, nil
 }
 
-func (o *int4Op) Do(v ...G.Value) (G.Value, error) {
+func (o *Int4Op) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -182,12 +183,38 @@ func (o *int4Op) Do(v ...G.Value) (G.Value, error) {
 	return out, nil
 }
 
-func (o *int4Op) DiffWRT(int) []bool { return []bool{true} }
+func (o *Int4Op) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *int4Op) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+func (o *Int4Op) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	if o.backward {
 		return nil, fmt.Errorf("autograd: second derivatives of %s are not supported", o.name)
 	}
-	d, err := G.ApplyOp(&int4Op{base: newBase("Int4LinearGrad"), w: o.w, backward: true}, grad)
+	d, err := G.ApplyOp(&Int4Op{base: newBase("Int4LinearGrad"), w: o.w, backward: true}, grad)
 	return G.Nodes{d}, err
+}
+
+// PlainGroup is the group size of a layer whose g_idx is k / size for every input k (no
+// act-order; size K when there is one group), or 0 for act-order.
+func (w *Int4) PlainGroup() int {
+	if w.G < 1 || w.K%w.G != 0 {
+		return 0
+	}
+	size := w.K / w.G
+	for k, g := range w.GIdx {
+		if int(g) != k/size {
+			return 0
+		}
+	}
+	return size
+}
+
+// HasBias reports whether the layer adds a bias other than zero (GPTQ checkpoints store a
+// zero bias for layers that have none).
+func (w *Int4) HasBias() bool {
+	for _, b := range w.Bias {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -18,7 +18,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type linearOp struct {
+// LinearOp is the op of Linear and ScaledLinear (gradients LinearGradXOp, LinearGradWOp).
+type LinearOp struct {
 	base
 	bias           bool
 	trainW, trainB bool
@@ -36,28 +37,28 @@ func ScaledLinear(x, w, b *G.Node, scale float64, trainW, trainB bool) (*G.Node,
 	if trainW && w.Dtype() == tensor.Uint16 || trainB && b != nil && b.Dtype() == tensor.Uint16 {
 		return nil, fmt.Errorf("autograd: linear %s: a bf16 weight cannot be trained; load it as float32", w.Name())
 	}
-	op := &linearOp{base: newBase("Linear"), bias: b != nil, trainW: trainW, trainB: trainB && b != nil, scale: scale}
+	op := &LinearOp{base: newBase("Linear"), bias: b != nil, trainW: trainW, trainB: trainB && b != nil, scale: scale}
 	if b == nil {
 		return G.ApplyOp(op, x, w)
 	}
 	return G.ApplyOp(op, x, w, b)
 }
 
-func (o *linearOp) Arity() int {
+func (o *LinearOp) Arity() int {
 	if o.bias {
 		return 3
 	}
 	return 2
 }
 
-func (o *linearOp) Type() hm.Type {
+func (o *LinearOp) Type() hm.Type {
 	if o.bias {
 		return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(1, tvV), tt(2, tvA))
 	}
 	return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA))
 }
 
-func (o *linearOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *LinearOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
@@ -83,7 +84,7 @@ func (o *linearOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return tensor.Shape{x[0], w[0]}, nil
 }
 
-func (o *linearOp) Do(v ...G.Value) (G.Value, error) {
+func (o *LinearOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], "Linear x")
 	if err != nil {
 		return nil, err
@@ -129,21 +130,21 @@ func linearForward[T Float](x, w, b *tensor.Dense, scale float64, p *pool) (*ten
 	return out, nil
 }
 
-func (o *linearOp) DiffWRT(int) []bool {
+func (o *LinearOp) DiffWRT(int) []bool {
 	if o.bias {
 		return []bool{true, o.trainW, o.trainB}
 	}
 	return []bool{true, o.trainW}
 }
 
-func (o *linearOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+func (o *LinearOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	out := make(G.Nodes, len(in))
 	var err error
-	if out[0], err = G.ApplyOp(&linearGradXOp{base: newBase("LinearGradX"), scale: o.scale}, grad, in[1]); err != nil {
+	if out[0], err = G.ApplyOp(&LinearGradXOp{base: newBase("LinearGradX"), scale: o.scale}, grad, in[1]); err != nil {
 		return nil, err
 	}
 	if o.trainW {
-		if out[1], err = G.ApplyOp(&linearGradWOp{base: newBase("LinearGradW"), scale: o.scale}, grad, in[0]); err != nil {
+		if out[1], err = G.ApplyOp(&LinearGradWOp{base: newBase("LinearGradW"), scale: o.scale}, grad, in[0]); err != nil {
 			return nil, err
 		}
 	}
@@ -155,22 +156,22 @@ func (o *linearOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	return out, nil
 }
 
-// linearGradXOp: dx [N, K] = scale dy [N, M] W [M, K].
-type linearGradXOp struct {
+// LinearGradXOp: dx [N, K] = scale dy [N, M] W [M, K].
+type LinearGradXOp struct {
 	base
 	scale float64
 }
 
-func (o *linearGradXOp) Arity() int    { return 2 }
-func (o *linearGradXOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA)) }
-func (o *linearGradXOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *LinearGradXOp) Arity() int    { return 2 }
+func (o *LinearGradXOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvW), tt(2, tvA)) }
+func (o *LinearGradXOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	g, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}
 	return tensor.Shape{g[0], w[1]}, nil
 }
-func (o *linearGradXOp) Do(v ...G.Value) (G.Value, error) {
+func (o *LinearGradXOp) Do(v ...G.Value) (G.Value, error) {
 	g, err := dense(v[0], "LinearGradX dy")
 	if err != nil {
 		return nil, err
@@ -200,22 +201,22 @@ func gain(scale float64) float64 {
 	return scale
 }
 
-// linearGradWOp: dW [M, K] = scale dy^T [M, N] x [N, K].
-type linearGradWOp struct {
+// LinearGradWOp: dW [M, K] = scale dy^T [M, N] x [N, K].
+type LinearGradWOp struct {
 	base
 	scale float64
 }
 
-func (o *linearGradWOp) Arity() int    { return 2 }
-func (o *linearGradWOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
-func (o *linearGradWOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *LinearGradWOp) Arity() int    { return 2 }
+func (o *LinearGradWOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA)) }
+func (o *LinearGradWOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	g, x, err := twoShapes(in)
 	if err != nil {
 		return nil, err
 	}
 	return tensor.Shape{g[1], x[1]}, nil
 }
-func (o *linearGradWOp) Do(v ...G.Value) (G.Value, error) {
+func (o *LinearGradWOp) Do(v ...G.Value) (G.Value, error) {
 	g, err := dense(v[0], "LinearGradW dy")
 	if err != nil {
 		return nil, err

@@ -25,7 +25,7 @@ type Machine struct {
 	// over is, for an op that may overwrite an input with its result, that input's position
 	// in order when it dies at the op; else -1
 	over []int
-	// sums marks gorgonia's element-wise sums, which the Machine runs itself (isAdd)
+	// sums marks gorgonia's element-wise sums, which the Machine runs itself (IsAdd)
 	sums []bool
 	keep map[*G.Node]int
 	vals []G.Value
@@ -57,7 +57,7 @@ func NewMachine(g *G.ExprGraph, keep ...*G.Node) (*Machine, error) {
 		if u, ok := n.Op().(pooled); ok {
 			u.usePool(m.pool)
 		}
-		m.sums[i] = n.Op() != nil && isAdd(n.Op())
+		m.sums[i] = n.Op() != nil && IsAdd(n.Op())
 	}
 	for _, n := range keep {
 		i, ok := pos[n]
@@ -160,9 +160,9 @@ func (m *Machine) do(i int, n *G.Node, in []G.Value) (G.Value, error) {
 	return v, err
 }
 
-// isAdd reports gorgonia's element-wise sum (the gradients of a node with several consumers
-// are added up by it).
-func isAdd(op G.Op) bool {
+// IsAdd reports gorgonia's element-wise sum (the gradients of a node with several consumers
+// are added up by it), the one op of gorgonia's own that the executors run.
+func IsAdd(op G.Op) bool {
 	return fmt.Sprintf("%T", op) == "gorgonia.elemBinOp" && strings.HasPrefix(op.String(), "+ ")
 }
 

@@ -80,8 +80,8 @@ func dense(v G.Value, what string) (*tensor.Dense, error) {
 	return d, nil
 }
 
-// scalar is a gorgonia scalar value (the gradient seed of a loss) as float64.
-func scalar(v G.Value) (float64, error) {
+// Scalar is a gorgonia scalar value (the gradient seed of a loss) as float64.
+func Scalar(v G.Value) (float64, error) {
 	switch s := v.(type) {
 	case *G.F32:
 		return float64(*s), nil

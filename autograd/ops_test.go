@@ -349,7 +349,7 @@ func finiteDiff(t *testing.T, c opCase, inputs [][]float64, bits [][]uint16, r [
 		if err := vm.RunAll(); err != nil {
 			t.Fatal(err)
 		}
-		v, err := scalar(loss.Value())
+		v, err := Scalar(loss.Value())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,7 +22,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type rmsNormOp struct {
+// RMSNormOp is the op of RMSNorm (input gradient RMSNormGradXOp).
+type RMSNormOp struct {
 	base
 	eps    float64
 	trainW bool
@@ -33,12 +34,12 @@ func RMSNorm(x, w *G.Node, eps float64, trainW bool) (*G.Node, error) {
 	if trainW && w.Dtype() == tensor.Uint16 {
 		return nil, fmt.Errorf("autograd: RMSNorm %s: a bf16 weight cannot be trained", w.Name())
 	}
-	return G.ApplyOp(&rmsNormOp{base: newBase("RMSNorm"), eps: eps, trainW: trainW}, x, w)
+	return G.ApplyOp(&RMSNormOp{base: newBase("RMSNorm"), eps: eps, trainW: trainW}, x, w)
 }
 
-func (o *rmsNormOp) Arity() int    { return 2 }
-func (o *rmsNormOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(1, tvW), tt(2, tvA)) }
-func (o *rmsNormOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *RMSNormOp) Arity() int    { return 2 }
+func (o *RMSNormOp) Type() hm.Type { return hm.NewFnType(tt(2, tvA), tt(1, tvW), tt(2, tvA)) }
+func (o *RMSNormOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, w, err := twoShapes(in)
 	if err != nil {
 		return nil, err
@@ -52,7 +53,7 @@ func (o *rmsNormOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return x.Clone(), nil
 }
 
-func (o *rmsNormOp) Do(v ...G.Value) (G.Value, error) {
+func (o *RMSNormOp) Do(v ...G.Value) (G.Value, error) {
 	x, w, err := twoDense(v, "RMSNorm")
 	if err != nil {
 		return nil, err
@@ -93,10 +94,10 @@ func rmsNormForward[T Float](x, w *tensor.Dense, eps float64, p *pool) (*tensor.
 	return out, nil
 }
 
-func (o *rmsNormOp) DiffWRT(int) []bool { return []bool{true, o.trainW} }
+func (o *RMSNormOp) DiffWRT(int) []bool { return []bool{true, o.trainW} }
 
-func (o *rmsNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	dx, err := G.ApplyOp(&rmsNormGradXOp{base: newBase("RMSNormGradX"), eps: o.eps}, in[0], in[1], grad)
+func (o *RMSNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(&RMSNormGradXOp{base: newBase("RMSNormGradX"), eps: o.eps}, in[0], in[1], grad)
 	if err != nil || !o.trainW {
 		return G.Nodes{dx, nil}, err
 	}
@@ -104,20 +105,21 @@ func (o *rmsNormOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 	return G.Nodes{dx, dw}, err
 }
 
-type rmsNormGradXOp struct {
+// RMSNormGradXOp is RMSNorm's input gradient.
+type RMSNormGradXOp struct {
 	base
 	eps float64
 }
 
-func (o *rmsNormGradXOp) Arity() int { return 3 }
-func (o *rmsNormGradXOp) Type() hm.Type {
+func (o *RMSNormGradXOp) Arity() int { return 3 }
+func (o *RMSNormGradXOp) Type() hm.Type {
 	return hm.NewFnType(tt(2, tvA), tt(1, tvW), tt(2, tvA), tt(2, tvA))
 }
-func (o *rmsNormGradXOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *RMSNormGradXOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeOf(in[0])
 	return x.Clone(), err
 }
-func (o *rmsNormGradXOp) Do(v ...G.Value) (G.Value, error) {
+func (o *RMSNormGradXOp) Do(v ...G.Value) (G.Value, error) {
 	x, w, err := twoDense(v, "RMSNormGradX")
 	if err != nil {
 		return nil, err

@@ -20,7 +20,8 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type rotaryOp struct {
+// RotaryOp is the op of Rotary and of its gradient (Inverse).
+type RotaryOp struct {
 	base
 	step    *Step
 	inverse bool
@@ -28,12 +29,12 @@ type rotaryOp struct {
 
 // Rotary rotates q or k [B, T, H, D] by the positions and bases in step.
 func Rotary(x *G.Node, step *Step) (*G.Node, error) {
-	return G.ApplyOp(&rotaryOp{base: newBase("Rotary"), step: step}, x)
+	return G.ApplyOp(&RotaryOp{base: newBase("Rotary"), step: step}, x)
 }
 
-func (o *rotaryOp) Arity() int    { return 1 }
-func (o *rotaryOp) Type() hm.Type { return hm.NewFnType(tt(4, tvA), tt(4, tvA)) }
-func (o *rotaryOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *RotaryOp) Arity() int    { return 1 }
+func (o *RotaryOp) Type() hm.Type { return hm.NewFnType(tt(4, tvA), tt(4, tvA)) }
+func (o *RotaryOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	x, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -47,7 +48,7 @@ func (o *rotaryOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return x.Clone(), nil
 }
 
-func (o *rotaryOp) Do(v ...G.Value) (G.Value, error) {
+func (o *RotaryOp) Do(v ...G.Value) (G.Value, error) {
 	x, err := dense(v[0], o.name)
 	if err != nil {
 		return nil, err
@@ -116,9 +117,9 @@ func rotate[T Float](x *tensor.Dense, st *Step, inverse bool, p *pool) *tensor.D
 	return out
 }
 
-func (o *rotaryOp) DiffWRT(int) []bool { return []bool{true} }
+func (o *RotaryOp) DiffWRT(int) []bool { return []bool{true} }
 
-func (o *rotaryOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	dx, err := G.ApplyOp(&rotaryOp{base: newBase("RotaryGrad"), step: o.step, inverse: !o.inverse}, grad)
+func (o *RotaryOp) SymDiff(_ G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	dx, err := G.ApplyOp(&RotaryOp{base: newBase("RotaryGrad"), step: o.step, inverse: !o.inverse}, grad)
 	return G.Nodes{dx}, err
 }

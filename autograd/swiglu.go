@@ -17,29 +17,30 @@ import (
 	"gorgonia.org/tensor"
 )
 
-type swigluOp struct {
+// SwiGLUOp is the op of SwiGLU and of its two input gradients (Grad).
+type SwiGLUOp struct {
 	base
 	grad int // 0 forward; 1 da; 2 dg (inputs a, g, dy)
 }
 
 // SwiGLU is a * silu(g) for the up branch a = w1(x) and the gate branch g = w2(x).
 func SwiGLU(a, g *G.Node) (*G.Node, error) {
-	return G.ApplyOp(&swigluOp{base: newBase("SwiGLU")}, a, g)
+	return G.ApplyOp(&SwiGLUOp{base: newBase("SwiGLU")}, a, g)
 }
 
-func (o *swigluOp) Arity() int {
+func (o *SwiGLUOp) Arity() int {
 	if o.grad == 0 {
 		return 2
 	}
 	return 3
 }
-func (o *swigluOp) Type() hm.Type {
+func (o *SwiGLUOp) Type() hm.Type {
 	if o.grad == 0 {
 		return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA))
 	}
 	return hm.NewFnType(tt(2, tvA), tt(2, tvA), tt(2, tvA), tt(2, tvA))
 }
-func (o *swigluOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
+func (o *SwiGLUOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	a, err := shapeOf(in[0])
 	if err != nil {
 		return nil, err
@@ -56,7 +57,7 @@ func (o *swigluOp) InferShape(in ...G.DimSizer) (tensor.Shape, error) {
 	return a.Clone(), nil
 }
 
-func (o *swigluOp) Do(v ...G.Value) (G.Value, error) {
+func (o *SwiGLUOp) Do(v ...G.Value) (G.Value, error) {
 	ins := make([]*tensor.Dense, len(v))
 	for i := range v {
 		var err error
@@ -115,13 +116,13 @@ func sigmoids[T Float](s, x []T) {
 	}
 }
 
-func (o *swigluOp) DiffWRT(int) []bool { return []bool{true, true} }
+func (o *SwiGLUOp) DiffWRT(int) []bool { return []bool{true, true} }
 
-func (o *swigluOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
-	da, err := G.ApplyOp(&swigluOp{base: newBase("SwiGLUGradUp"), grad: 1}, in[0], in[1], grad)
+func (o *SwiGLUOp) SymDiff(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+	da, err := G.ApplyOp(&SwiGLUOp{base: newBase("SwiGLUGradUp"), grad: 1}, in[0], in[1], grad)
 	if err != nil {
 		return nil, err
 	}
-	dg, err := G.ApplyOp(&swigluOp{base: newBase("SwiGLUGradGate"), grad: 2}, in[0], in[1], grad)
+	dg, err := G.ApplyOp(&SwiGLUOp{base: newBase("SwiGLUGradGate"), grad: 2}, in[0], in[1], grad)
 	return G.Nodes{da, dg}, err
 }

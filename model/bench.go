@@ -3,13 +3,14 @@ package model
 import (
 	"context"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
-	"github.com/qwen-tune/qwen-tune/internal/matmul"
-	"github.com/qwen-tune/qwen-tune/internal/vecmath"
 	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/matmul"
+	"github.com/qwen-tune/qwen-tune/internal/vecmath"
 )
 
 // BenchOptions say what MeasureThroughput runs.

@@ -8,15 +8,16 @@ import (
 	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 )
 
-// CUDA is the GPU executor: the model's graphs compiled by autograd.Device.Compile. Every
+// CUDA is the GPU executor: the model's graphs compiled by cuda.Device.Compile. Every
 // call must come from the goroutine that opened it (the device's context is current on that
 // goroutine's locked OS thread).
 type CUDA struct {
-	Device *autograd.Device
+	Device *cuda.Device
 	// NoCheckpoint keeps every activation of a training graph's forward for its backward;
-	// by default a block's are computed again in its backward (autograd.GradOptions).
+	// by default a block's are computed again in its backward (cuda.GradOptions).
 	NoCheckpoint bool
 	// the largest activation arena of the training programs compiled so far
 	trainArena int64
@@ -26,7 +27,7 @@ type CUDA struct {
 
 // OpenCUDA opens GPU ordinal.
 func OpenCUDA(ordinal int) (*CUDA, error) {
-	d, err := autograd.OpenDevice(ordinal)
+	d, err := cuda.OpenDevice(ordinal)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +49,7 @@ func (c *CUDA) Compile(g *Graph, out *G.Node) (Program, error) {
 
 // CompileGrad compiles a training graph on the GPU (model.GradExecutor).
 func (c *CUDA) CompileGrad(g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
-	p, err := CompileGradWith(c.Device, g, loss, grads, params, autograd.GradOptions{Checkpoint: !c.NoCheckpoint})
+	p, err := CompileGradWith(c.Device, g, loss, grads, params, cuda.GradOptions{Checkpoint: !c.NoCheckpoint})
 	if a, ok := p.(interface{ ActivationBytes() int64 }); err == nil && ok {
 		c.trainArena = max(c.trainArena, a.ActivationBytes())
 	}

@@ -3,21 +3,20 @@
 package model
 
 import (
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
-
-	"github.com/qwen-tune/qwen-tune/autograd"
 )
 
 // CompileGradOn compiles the training graph g (its loss and the gradients grads of params)
 // on the device d; when a ParamSet keeps params (NewDeviceParams), into its sums: the
 // program then has no buffers of its own for the gradients its GEMMs compute.
-func CompileGradOn(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
-	return CompileGradWith(d, g, loss, grads, params, autograd.GradOptions{})
+func CompileGradOn(d *cuda.Device, g *Graph, loss *G.Node, grads, params G.Nodes) (GradProgram, error) {
+	return CompileGradWith(d, g, loss, grads, params, cuda.GradOptions{})
 }
 
 // CompileGradWith is CompileGradOn with the compiler's options (activation checkpointing).
-func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G.Nodes, o autograd.GradOptions) (GradProgram, error) {
+func CompileGradWith(d *cuda.Device, g *Graph, loss *G.Node, grads, params G.Nodes, o cuda.GradOptions) (GradProgram, error) {
 	values := make([]*tensor.Dense, len(params))
 	for i, n := range params {
 		values[i], _ = n.Value().(*tensor.Dense)
@@ -26,7 +25,7 @@ func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G
 			break
 		}
 	}
-	var p *autograd.Program
+	var p *cuda.Program
 	var err error
 	if s := d.ParamSetOf(values); s != nil {
 		p, err = d.CompileGradInto(g.ExprGraph, loss, grads, s, g.Step, o)
@@ -44,8 +43,8 @@ func CompileGradWith(d *autograd.Device, g *Graph, loss *G.Node, grads, params G
 // before every run (the optimizer updates them on the host), except those a ParamSet keeps
 // on the device (NewDeviceParams), whose updates write them there.
 type deviceGrad struct {
-	d *autograd.Device
-	*autograd.Program
+	d *cuda.Device
+	*cuda.Program
 	params G.Nodes
 }
 

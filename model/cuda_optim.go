@@ -5,12 +5,12 @@ package model
 import (
 	"fmt"
 
-	"gorgonia.org/tensor"
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
+	"gorgonia.org/tensor"
 )
 
-// NewDeviceParams keeps params on the GPU in an autograd.ParamSet (model.OptimExecutor).
+// NewDeviceParams keeps params on the GPU in an cuda.ParamSet (model.OptimExecutor).
 func (c *CUDA) NewDeviceParams(params []*Param) (DeviceParams, error) {
 	names := make([]string, len(params))
 	values := make([]*tensor.Dense, len(params))
@@ -26,7 +26,7 @@ func (c *CUDA) NewDeviceParams(params []*Param) (DeviceParams, error) {
 }
 
 // deviceParams is DeviceParams on a ParamSet.
-type deviceParams struct{ *autograd.ParamSet }
+type deviceParams struct{ *cuda.ParamSet }
 
 func (p deviceParams) Accumulate(prog GradProgram, tokens int, first bool) error {
 	g, ok := prog.(*deviceGrad)

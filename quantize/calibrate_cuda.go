@@ -5,7 +5,7 @@ package quantize
 // The calibration forward on the GPU: every sample's hidden states stay on the device between
 // blocks and stages; each pass compiles the block's own Block.Forward graph (evaluation, as
 // on the CPU) with the GPU executor, its input read from a device buffer, and the stage's
-// first projection captured where the executor computed its input (autograd.CaptureDevice):
+// first projection captured where the executor computed its input (cuda.CaptureDevice):
 // the rows are summed into the stage's DeviceHessian there, and only the first errorRows rows,
 // which measure each layer's error, come to the host. The executor computes as it does for
 // inference: weights (the dequantized ones too) and GEMM inputs rounded to bf16, fp32
@@ -17,6 +17,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
@@ -26,8 +28,8 @@ import (
 
 // deviceForward keeps the hidden states [T, H] of every sample on d.
 type deviceForward struct {
-	d      *autograd.Device
-	hs     []*autograd.Buffer
+	d      *cuda.Device
+	hs     []*cuda.Buffer
 	caches map[int]*autograd.KVCache // by sequence length (attention runs over a KV cache)
 }
 
@@ -49,7 +51,7 @@ func (f *deviceForward) embed(ctx context.Context, m *model.Model, samples [][]i
 	}
 	f.caches = map[int]*autograd.KVCache{}
 	for i, h := range hs {
-		b, err := autograd.Upload(f.d, h, fmt.Sprintf("hidden states of calibration sample %d", i))
+		b, err := cuda.Upload(f.d, h, fmt.Sprintf("hidden states of calibration sample %d", i))
 		if err != nil {
 			return err
 		}
@@ -82,8 +84,8 @@ func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block
 	c := m.Config
 	h := c.HiddenSize
 	type compiled struct {
-		p  *autograd.Program
-		in *autograd.Buffer
+		p  *cuda.Program
+		in *cuda.Buffer
 	}
 	progs := map[int]*compiled{}
 	defer func() {
@@ -149,12 +151,12 @@ func (f *deviceForward) pass(ctx context.Context, m *model.Model, b *model.Block
 // last built.
 type deviceRecorder struct {
 	model.Projection
-	sink     autograd.DeviceSink
+	sink     cuda.DeviceSink
 	captured *G.Node
 }
 
 func (r *deviceRecorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
-	x, err := autograd.CaptureDevice(x, r.sink)
+	x, err := cuda.CaptureDevice(x, r.sink)
 	if err != nil {
 		return nil, err
 	}
@@ -164,8 +166,8 @@ func (r *deviceRecorder) Forward(g *model.Graph, x *G.Node) (*G.Node, error) {
 
 // deviceSink sums captured rows on d into the stage's DeviceHessian and keeps the first
 // errorRows of them on the host.
-func (in *inputs) deviceSink(d *autograd.Device) autograd.DeviceSink {
-	return func(x *autograd.Buffer, rows, cols int) error {
+func (in *inputs) deviceSink(d *cuda.Device) cuda.DeviceSink {
+	return func(x *cuda.Buffer, rows, cols int) error {
 		if cols != in.k {
 			return fmt.Errorf("captured %d columns, expected %d", cols, in.k)
 		}
@@ -179,7 +181,7 @@ func (in *inputs) deviceSink(d *autograd.Device) autograd.DeviceSink {
 			if err := d.Sync(); err != nil {
 				return err
 			}
-			if err := autograd.Download(d, part, x); err != nil {
+			if err := cuda.Download(d, part, x); err != nil {
 				return err
 			}
 			in.rows = append(in.rows, part...)

@@ -7,7 +7,8 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -25,7 +26,7 @@ func TestCalibrateDeviceCancelled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := autograd.OpenDevice(0)
+		d, err := cuda.OpenDevice(0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,7 +6,8 @@ import (
 	"context"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/tinybatch"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -30,7 +31,7 @@ func TestCalibrateDevice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := autograd.OpenDevice(0)
+		d, err := cuda.OpenDevice(0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +107,7 @@ func TestCalibrateDeviceForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := autograd.OpenDevice(0)
+	d, err := cuda.OpenDevice(0)
 	if err != nil {
 		t.Fatal(err)
 	}

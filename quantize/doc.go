@@ -5,7 +5,7 @@
 // (qweight, qzeros, scales, g_idx) as Qwen-7B-Chat-Int4 stores them, a report of each
 // layer's output error, and, through Save, a GPTQ model directory. autograd.Int4.Dequantize is the
 // reference unpacking the layout is tested with; a packed model runs through
-// autograd.Int4Linear, on the CPU or through the GPU executor (autograd/cuda_int4.go).
+// autograd.Int4Linear, on the CPU or through the GPU executor (autograd/cuda/int4.go).
 // CalibrateDevice (builds with -tags qtcuda or cudaemu) calibrates on a GPU: the forward
 // through the executor with the hidden states kept on the device, the Hessians summed there,
 // and GPTQDevice, GPTQ's solve in the CPU's order of operations.

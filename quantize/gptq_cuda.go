@@ -2,7 +2,7 @@
 
 package quantize
 
-// GPTQ on the GPU (autograd/kernels/gptq.cu): the same algorithm as GPTQ, step for step, with
+// GPTQ on the GPU (autograd/cuda/kernels/gptq.cu): the same algorithm as GPTQ, step for step, with
 // the Hessian's float32 sums on the device (DeviceHessian), the damped matrix, its Cholesky
 // factor and inverse in float64 and the column sweep in float32 there. The sweep's float32
 // arithmetic and its lazy update follow the CPU's order of operations, so given the same sums
@@ -17,6 +17,8 @@ import (
 	"math"
 	"sort"
 
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/model"
 )
@@ -24,13 +26,13 @@ import (
 // DeviceHessian is Hessian with its float32 sums on a GPU.
 type DeviceHessian struct {
 	K, N int
-	d    *autograd.Device
-	sum  *autograd.Buffer // [K, K]; the upper triangle is read
-	x    *autograd.Buffer // upload buffer for host rows
+	d    *cuda.Device
+	sum  *cuda.Buffer // [K, K]; the upper triangle is read
+	x    *cuda.Buffer // upload buffer for host rows
 }
 
 // NewDeviceHessian starts an empty Hessian for k input features on d.
-func NewDeviceHessian(d *autograd.Device, k int) (*DeviceHessian, error) {
+func NewDeviceHessian(d *cuda.Device, k int) (*DeviceHessian, error) {
 	sum, err := d.Alloc(int64(k)*int64(k)*4, fmt.Sprintf("GPTQ Hessian [%d, %d]", k, k))
 	if err != nil {
 		return nil, err
@@ -44,8 +46,8 @@ func NewDeviceHessian(d *autograd.Device, k int) (*DeviceHessian, error) {
 }
 
 // UploadHessian puts a CPU Hessian's sums on d (the same matrix, for comparisons).
-func UploadHessian(d *autograd.Device, h *Hessian) (*DeviceHessian, error) {
-	sum, err := autograd.Upload(d, h.sum, fmt.Sprintf("GPTQ Hessian [%d, %d]", h.K, h.K))
+func UploadHessian(d *cuda.Device, h *Hessian) (*DeviceHessian, error) {
+	sum, err := cuda.Upload(d, h.sum, fmt.Sprintf("GPTQ Hessian [%d, %d]", h.K, h.K))
 	if err != nil {
 		return nil, err
 	}
@@ -67,14 +69,14 @@ func (h *DeviceHessian) Add(x []float32, rows int) error {
 			return err
 		}
 	}
-	if err := autograd.CopyToDevice(h.d, h.x, x); err != nil {
+	if err := cuda.CopyToDevice(h.d, h.x, x); err != nil {
 		return err
 	}
 	return h.AddDevice(h.x, rows)
 }
 
 // AddDevice accumulates one batch of rows x [rows, K] float32 already on the device.
-func (h *DeviceHessian) AddDevice(x *autograd.Buffer, rows int) error {
+func (h *DeviceHessian) AddDevice(x *cuda.Buffer, rows int) error {
 	if err := h.d.HessianAdd(h.sum, x, rows, h.K); err != nil {
 		return err
 	}
@@ -85,7 +87,7 @@ func (h *DeviceHessian) AddDevice(x *autograd.Buffer, rows int) error {
 // Sums downloads the float32 sums sum X^T X [K, K] (the upper triangle is the Hessian's).
 func (h *DeviceHessian) Sums() ([]float32, error) {
 	out := make([]float32, h.K*h.K)
-	return out, autograd.Download(h.d, out, h.sum)
+	return out, cuda.Download(h.d, out, h.sum)
 }
 
 // Free releases the device memory.
@@ -100,8 +102,8 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	if err := o.Validate(k); err != nil {
 		return nil, err
 	}
-	if o.BlockSize > autograd.GPTQMaxBlock {
-		return nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", autograd.GPTQMaxBlock, o.BlockSize)
+	if o.BlockSize > cuda.GPTQMaxBlock {
+		return nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", cuda.GPTQMaxBlock, o.BlockSize)
 	}
 	if hess.K != k || hess.N == 0 {
 		return nil, fmt.Errorf("quantize: a Hessian of %d features from %d samples for a weight with %d inputs", hess.K, hess.N, k)
@@ -115,17 +117,17 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 		}
 	}
 	d := hess.d
-	var held []*autograd.Buffer
+	var held []*cuda.Buffer
 	defer func() {
 		for _, b := range held {
 			d.Free(b)
 		}
 	}()
-	alloc := func(bytes int64, what string) *autograd.Buffer {
+	alloc := func(bytes int64, what string) *cuda.Buffer {
 		if err != nil {
 			return nil
 		}
-		var b *autograd.Buffer
+		var b *cuda.Buffer
 		if b, err = d.Alloc(bytes, what); err == nil {
 			held = append(held, b)
 		}
@@ -152,7 +154,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	if err != nil {
 		return nil, err
 	}
-	if err := autograd.CopyToDevice(d, wBuf, w); err != nil {
+	if err := cuda.CopyToDevice(d, wBuf, w); err != nil {
 		return nil, err
 	}
 	scale := 2 / float64(max(hess.N, 1))
@@ -160,7 +162,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 		return nil, err
 	}
 	diag := make([]float64, k)
-	if err := autograd.Download(d, diag, diagBuf); err != nil {
+	if err := cuda.Download(d, diag, diagBuf); err != nil {
 		return nil, err
 	}
 	hd := make([]float64, k) // the diagonal with dead inputs at 1, as GPTQ's H
@@ -173,7 +175,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 			hd[j] = 1
 		}
 	}
-	grids := func(src *autograd.Buffer, g, j0 int) error {
+	grids := func(src *cuda.Buffer, g, j0 int) error {
 		return d.GPTQGrids(gscale.Slice(int64(g)*int64(n)*8, int64(n)*8), gzero.Slice(int64(g)*int64(n)*8, int64(n)*8), src, n, k, j0, gs, o.Bits, o.Sym)
 	}
 	switch {
@@ -192,7 +194,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 		}
 	}
 	var perm []int
-	var permBuf *autograd.Buffer
+	var permBuf *cuda.Buffer
 	if o.DescAct {
 		perm = make([]int, k)
 		for j := range perm {
@@ -206,7 +208,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 		if permBuf = alloc(int64(k)*4, "GPTQ act-order"); err != nil {
 			return nil, err
 		}
-		if err := autograd.CopyToDevice(d, permBuf, p32); err != nil {
+		if err := cuda.CopyToDevice(d, permBuf, p32); err != nil {
 			return nil, err
 		}
 	}
@@ -244,7 +246,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 			gcol[j] = int32(perm[j] / gs)
 		}
 	}
-	if err := autograd.CopyToDevice(d, gcolBuf, gcol); err != nil {
+	if err := cuda.CopyToDevice(d, gcolBuf, gcol); err != nil {
 		return nil, err
 	}
 	for i1 := 0; i1 < k; i1 += o.BlockSize {
@@ -266,7 +268,7 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 	res := &Result{N: n, K: k, Codes: make([]uint8, n*k), Q: make([]float64, n*k), Perm: perm, Damp: damp}
 	q32 := make([]float32, n*k)
 	sc, zr := make([]float64, groups*n), make([]float64, groups*n)
-	for _, c := range []error{autograd.Download(d, res.Codes, codes), autograd.Download(d, q32, q), autograd.Download(d, sc, gscale), autograd.Download(d, zr, gzero)} {
+	for _, c := range []error{cuda.Download(d, res.Codes, codes), cuda.Download(d, q32, q), cuda.Download(d, sc, gscale), cuda.Download(d, zr, gzero)} {
 		if c != nil {
 			return nil, c
 		}
@@ -295,9 +297,9 @@ func GPTQDevice(w []float32, n, k int, hess *DeviceHessian, o Options) (_ *Resul
 // forward, the calibration forward there too (calibrate_cuda.go: hidden states kept on the
 // device, the executor's bf16 GEMMs); without it the forward runs on the CPU in float32 and
 // each stage's captured rows are uploaded. d.Peak is the device memory it needed.
-func CalibrateDevice(ctx context.Context, d *autograd.Device, m *model.Model, samples [][]int, o Options, method Method, forward bool, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
-	if o.BlockSize > autograd.GPTQMaxBlock {
-		return nil, nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", autograd.GPTQMaxBlock, o.BlockSize)
+func CalibrateDevice(ctx context.Context, d *cuda.Device, m *model.Model, samples [][]int, o Options, method Method, forward bool, progress func(LayerReport, int, int)) ([]*autograd.Int4, []LayerReport, error) {
+	if o.BlockSize > cuda.GPTQMaxBlock {
+		return nil, nil, fmt.Errorf("quantize: the GPU sweeps at most %d columns per block, not %d", cuda.GPTQMaxBlock, o.BlockSize)
 	}
 	if !forward {
 		return calibrate(ctx, m, samples, o, method, deviceSolver{d}, &cpuForward{}, progress)
@@ -308,7 +310,7 @@ func CalibrateDevice(ctx context.Context, d *autograd.Device, m *model.Model, sa
 }
 
 // deviceSolver is a GPU: DeviceHessian and GPTQDevice.
-type deviceSolver struct{ d *autograd.Device }
+type deviceSolver struct{ d *cuda.Device }
 
 func (s deviceSolver) hessian(k int) (accumulator, error) { return NewDeviceHessian(s.d, k) }
 func (s deviceSolver) gptq(w []float32, n, k int, h accumulator, o Options) (*Result, error) {
@@ -324,13 +326,13 @@ func (s deviceSolver) errors(w []float32, n, k int, res *Result, x []float32, ro
 		return 0, 0, nil
 	}
 	d := s.d
-	var held []*autograd.Buffer
+	var held []*cuda.Buffer
 	defer func() {
 		for _, b := range held {
 			d.Free(b)
 		}
 	}()
-	keep := func(b *autograd.Buffer, e error) *autograd.Buffer {
+	keep := func(b *cuda.Buffer, e error) *cuda.Buffer {
 		if e != nil && err == nil {
 			err = e
 		}
@@ -347,9 +349,9 @@ func (s deviceSolver) errors(w []float32, n, k int, res *Result, x []float32, ro
 	if gs == -1 {
 		gs = k
 	}
-	xb := keep(autograd.Upload(d, x[:rows*k], "calibration rows"))
-	wb := keep(autograd.Upload(d, w, "weights"))
-	db := keep(autograd.Upload(d, diff, "weights minus their quantization"))
+	xb := keep(cuda.Upload(d, x[:rows*k], "calibration rows"))
+	wb := keep(cuda.Upload(d, w, "weights"))
+	db := keep(cuda.Upload(d, diff, "weights minus their quantization"))
 	yw := keep(d.Alloc(int64(rows)*int64(n)*4, "X W^T"))
 	yd := keep(d.Alloc(int64(rows)*int64(n)*4, "X (W - Q)^T"))
 	sc := keep(d.Alloc(int64(k/gs)*int64(n)*8, "round-to-nearest scales"))
@@ -362,7 +364,7 @@ func (s deviceSolver) errors(w []float32, n, k int, res *Result, x []float32, ro
 		if err := d.GemmF32(yd, xb, db, rows, n, k); err != nil {
 			return 0, err
 		}
-		if err := autograd.Download(d, xd, yd); err != nil {
+		if err := cuda.Download(d, xd, yd); err != nil {
 			return 0, err
 		}
 		var num, den float64
@@ -378,7 +380,7 @@ func (s deviceSolver) errors(w []float32, n, k int, res *Result, x []float32, ro
 	if err := d.GemmF32(yw, xb, wb, rows, n, k); err != nil {
 		return 0, 0, err
 	}
-	if err := autograd.Download(d, xw, yw); err != nil {
+	if err := cuda.Download(d, xw, yw); err != nil {
 		return 0, 0, err
 	}
 	gptq, err := rel()

@@ -12,16 +12,17 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
 )
 
-func openDevice(t *testing.T) *autograd.Device {
+func openDevice(t *testing.T) *cuda.Device {
 	t.Helper()
-	d, err := autograd.OpenDevice(0)
+	d, err := cuda.OpenDevice(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +447,7 @@ func TestDeviceForward(t *testing.T) {
 		var worst float64
 		for i, h := range cf.hs {
 			got := make([]float32, len(h))
-			if err := autograd.Download(d, got, df.hs[i]); err != nil {
+			if err := cuda.Download(d, got, df.hs[i]); err != nil {
 				t.Fatal(err)
 			}
 			worst = max(worst, refmath.RelDiff(got, h))

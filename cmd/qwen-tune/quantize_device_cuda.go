@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/model"
 	"github.com/qwen-tune/qwen-tune/quantize"
@@ -21,7 +23,7 @@ func quantizeDeviceError(bool) error { return nil }
 // calibrateOnDevice calibrates on GPU 0 (forward, Hessians and GPTQ) and returns its peak
 // device memory.
 func calibrateOnDevice(ctx context.Context, stderr io.Writer, m *model.Model, samples [][]int, o quantize.Options, method quantize.Method, progress func(quantize.LayerReport, int, int)) ([]*autograd.Int4, []quantize.LayerReport, int64, error) {
-	d, err := autograd.OpenDevice(0)
+	d, err := cuda.OpenDevice(0)
 	if err != nil {
 		return nil, nil, 0, err
 	}

@@ -12,9 +12,10 @@ import (
 	"slices"
 	"text/tabwriter"
 
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+
 	"github.com/spf13/cobra"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -34,7 +35,7 @@ func runSelftest(cmd *cobra.Command, o selftestOpts) error {
 		return err
 	}
 	fmt.Fprintf(out, "device: %s, %.1f GiB; cuBLAS: %s\n", d.Name, float64(d.Memory)/(1<<30), lib)
-	checks := autograd.SelfTest(d, 1)
+	checks := cuda.SelfTest(d, 1)
 	checks = append(checks, samplerChecks(d)...)
 	checks = append(checks, executorChecks(exec)...)
 	if o.golden != "" {
@@ -60,13 +61,13 @@ func runSelftest(cmd *cobra.Command, o selftestOpts) error {
 			name string
 			n, k int
 		}{{"attn.c_attn", 12288, 4096}, {"mlp.w1", 11008, 4096}, {"mlp.c_proj", 4096, 11008}, {"lm_head", 151936, 4096}} {
-			gbs, err := autograd.GemvBandwidth(d, s.n, s.k, 200)
+			gbs, err := cuda.GemvBandwidth(d, s.n, s.k, 200)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "gemv_bf16 %-12s [%6d, %5d]: %7.0f GB/s of bf16 weight read;", s.name, s.n, s.k, gbs)
 			for _, split := range []int{1, 2, 4, 8} {
-				gbs, err := autograd.GemvSplitBandwidth(d, s.n, s.k, split, 200)
+				gbs, err := cuda.GemvSplitBandwidth(d, s.n, s.k, split, 200)
 				if err != nil {
 					return err
 				}
@@ -84,10 +85,10 @@ func runSelftest(cmd *cobra.Command, o selftestOpts) error {
 
 // samplerChecks: the on-device sampler against model.Sampler with the same draws, on random
 // logits of Qwen's vocabulary size; the fraction of differing ids must stay at rounding level.
-func samplerChecks(d *autograd.Device) []autograd.Check {
+func samplerChecks(d *cuda.Device) []cuda.Check {
 	const vocab, trials = 151936, 60
 	r := rand.New(rand.NewPCG(3, 3))
-	var checks []autograd.Check
+	var checks []cuda.Check
 	for _, s := range []model.Sampler{
 		{Greedy: true, RepetitionPenalty: 1.1},
 		{Temperature: 1, RepetitionPenalty: 1},
@@ -95,12 +96,12 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 		{Temperature: 1, TopP: 0.5, RepetitionPenalty: 1},
 		{Temperature: 1.3, TopK: 3, RepetitionPenalty: 1.05, Limit: 151851},
 	} {
-		c := autograd.Check{Op: "sample_token", Shape: fmt.Sprintf("greedy %v T %g k %d p %g pen %g", s.Greedy, s.Temperature, s.TopK, s.TopP, s.RepetitionPenalty), Tol: 0.05}
+		c := cuda.Check{Op: "sample_token", Shape: fmt.Sprintf("greedy %v T %g k %d p %g pen %g", s.Greedy, s.Temperature, s.TopK, s.TopP, s.RepetitionPenalty), Tol: 0.05}
 		differ := 0
 		c.Err = func() error {
 			logits := make([]float32, vocab)
 			seenMask := make([]byte, vocab)
-			bufs := map[string]*autograd.Buffer{}
+			bufs := map[string]*cuda.Buffer{}
 			defer func() {
 				for _, b := range bufs {
 					d.Free(b)
@@ -134,11 +135,11 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 				if !s.Greedy {
 					u = dev.Uniform()
 				}
-				lb, err := autograd.Upload(d, logits, "logits")
+				lb, err := cuda.Upload(d, logits, "logits")
 				if err != nil {
 					return err
 				}
-				sb, err := autograd.Upload(d, seenMask, "seen")
+				sb, err := cuda.Upload(d, seenMask, "seen")
 				if err != nil {
 					d.Free(lb)
 					return err
@@ -150,7 +151,7 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 				err = d.SampleToken(bufs["out"], bufs["work"], lb, sb, n, s.DeviceParams(), u)
 				got := []int32{0}
 				if err == nil {
-					err = autograd.Download(d, got, bufs["out"])
+					err = cuda.Download(d, got, bufs["out"])
 				}
 				d.Free(lb)
 				d.Free(sb)
@@ -175,8 +176,8 @@ func samplerChecks(d *autograd.Device) []autograd.Check {
 // activations the GPU keeps (KV cache, GEMM inputs, attention probabilities). The GPTQ cases
 // quantize such a model, write it and read it back as model.Load reads Qwen-7B-Chat-Int4:
 // gemv_int4 decodes, the prefill dequantizes to bf16 for the GEMMs.
-func executorChecks(exec *model.CUDA) []autograd.Check {
-	var checks []autograd.Check
+func executorChecks(exec *model.CUDA) []cuda.Check {
+	var checks []cuda.Check
 	tiny := func(seqLength int) model.TinyOptions {
 		return model.TinyOptions{Seed: 5, VocabRanks: 4096, Hidden: 256, Layers: 2, Heads: 2, MLPWidth: 344, SeqLength: seqLength}
 	}
@@ -212,7 +213,7 @@ func executorChecks(exec *model.CUDA) []autograd.Check {
 		{"GPTQ 4-bit, group 64 (round-to-nearest): prefill 40 + decode", 40, gptq(q(64, false), quantize.MethodRTN)},
 		{"GPTQ 4-bit, act-order, group 32: prefill 40 + decode", 40, gptq(q(32, true), quantize.MethodGPTQ)},
 	} {
-		chk := autograd.Check{Op: "executor vs CPU graph", Shape: c.name, Tol: 2e-2}
+		chk := cuda.Check{Op: "executor vs CPU graph", Shape: c.name, Tol: 2e-2}
 		chk.Err = func() error {
 			m, err := c.load()
 			if err != nil {
@@ -241,12 +242,12 @@ func executorChecks(exec *model.CUDA) []autograd.Check {
 }
 
 // goldenChecks compares the GPU executor on tiny-qwen with the reference outputs.
-func goldenChecks(exec *model.CUDA, dir string) []autograd.Check {
-	logits := autograd.Check{Op: "golden logits (tiny-qwen, row 0)", Shape: "", Tol: 2e-2}
-	greedy := autograd.Check{Op: "golden greedy decoding (tiny-qwen)", Shape: "", Tol: 0}
-	fail := func(err error) []autograd.Check {
+func goldenChecks(exec *model.CUDA, dir string) []cuda.Check {
+	logits := cuda.Check{Op: "golden logits (tiny-qwen, row 0)", Shape: "", Tol: 2e-2}
+	greedy := cuda.Check{Op: "golden greedy decoding (tiny-qwen)", Shape: "", Tol: 0}
+	fail := func(err error) []cuda.Check {
 		logits.Err, greedy.Err = err, err
-		return []autograd.Check{logits, greedy}
+		return []cuda.Check{logits, greedy}
 	}
 	m, err := model.Load(dir, model.LoadOptions{})
 	if err != nil {
@@ -331,5 +332,5 @@ func goldenChecks(exec *model.CUDA, dir string) []autograd.Check {
 		}
 		return nil
 	}()
-	return []autograd.Check{logits, greedy}
+	return []cuda.Check{logits, greedy}
 }

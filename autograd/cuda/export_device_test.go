@@ -1,0 +1,24 @@
+//go:build cudaemu || qtcuda
+
+package cuda
+
+import "testing"
+
+// SetChunkedLoss switches the fusion "lm_head + cross-entropy by chunks" on or off, with rows
+// rows per chunk (0: from the vocabulary), until the test ends.
+func SetChunkedLoss(t testing.TB, on bool, rows int) {
+	on0, rows0 := chunkedLoss, lossChunkRows
+	chunkedLoss, lossChunkRows = on, rows
+	t.Cleanup(func() { chunkedLoss, lossChunkRows = on0, rows0 })
+}
+
+// LossChunk is the rows of a chunk of the fused loss for rows of vocab logits.
+func LossChunk(rows, vocab int) int { return lossChunk(rows, vocab) }
+
+// SetArenaSavings switches the arena's savings that change no result (SwiGLU's gradients
+// in place, values kept in bf16) on or off until the test ends.
+func SetArenaSavings(t testing.TB, on bool) {
+	sw, bf := swigluGradInPlace, keepBF16
+	swigluGradInPlace, keepBF16 = on, on
+	t.Cleanup(func() { swigluGradInPlace, keepBF16 = sw, bf })
+}
