@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -92,10 +93,10 @@ func TestInt4Linear(t *testing.T) {
 		}
 		return o
 	}
-	if e := relErr(f64(yq), f64(yd)); e > 1e-6 { // measured 9.2e-8
+	if e := refmath.RelDiff(f64(yq), f64(yd)); e > 1e-6 { // measured 9.2e-8
 		t.Errorf("Int4Linear forward differs from the dense reference by %.3g", e)
 	}
-	if e := relErr(f64(gq), f64(gd)); e > 2e-6 { // measured 1.2e-7
+	if e := refmath.RelDiff(f64(gq), f64(gd)); e > 2e-6 { // measured 1.2e-7
 		t.Errorf("Int4Linear input gradient differs by %.3g", e)
 	}
 }

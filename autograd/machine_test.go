@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -94,7 +95,7 @@ func TestMachineMatchesTapeMachine(t *testing.T) {
 			}
 			// measured 0: the same ops in the same order on both machines; 1e-6 leaves room
 			// for a pooled buffer summed in another order
-			if e := relErr(valueFloats(t, gv), valueFloats(t, grads2[i].Value())); e > 1e-6 {
+			if e := refmath.RelDiff(valueFloats(t, gv), valueFloats(t, grads2[i].Value())); e > 1e-6 {
 				t.Errorf("run %d: gradient %d differs by %.3g", run, i, e)
 			}
 		}
