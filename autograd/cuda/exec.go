@@ -193,6 +193,7 @@ type Program struct {
 	kinds []string // op and output shape, for Profile
 	out   value
 	owned []*Buffer
+	arena *Buffer // the activations' arena (nil when empty), among owned
 	ids   *Buffer // [N] int32
 	base  *Buffer // [1] float64
 	pos   *Buffer // [1] int32: the first new position (Step.Past), read by the decode kernels
@@ -304,6 +305,7 @@ type compiler struct {
 	d      *Device
 	step   *autograd.Step
 	out    *G.Node
+	train  bool // a training program whose output is not the loss (GradOptions.train)
 	sorted []*G.Node
 	pos    map[*G.Node]int       // a node's place in sorted
 	kids   map[*G.Node][]*G.Node // a node's inputs
@@ -391,7 +393,7 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *auto
 // device (float32, [rows, cols] row-major), read in place and never written.
 func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *autograd.Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
-		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums}
+		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums, train: o.train}
 	p := c.p
 	defer func() {
 		if err != nil {
@@ -486,6 +488,7 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 	}
 	if c.pl.arena != nil {
 		p.owned = append(p.owned, c.pl.arena)
+		p.arena = c.pl.arena
 	}
 	p.activations, p.peak = c.pl.size, c.pl.peak
 	if o.dry {
@@ -713,11 +716,11 @@ func (c *compiler) what() string { return fmt.Sprintf("%s (%s)", c.cur.Op(), c.c
 // parameter uploads a weight (bf16, once per Device).
 func (c *compiler) parameter(n *G.Node) error {
 	if b, ok := c.inputs[n]; ok { // read in place like a parameter: never released or overwritten
-		s := n.Shape()
-		if len(s) != 2 || b.Bytes < int64(s[0])*int64(s[1])*4 {
-			return fmt.Errorf("autograd: input %s of shape %v does not fit its device buffer of %d bytes", n.Name(), s, b.Bytes)
+		rows, cols, ok := inputMatrix(n.Shape())
+		if !ok || b.Bytes < int64(rows)*int64(cols)*4 {
+			return fmt.Errorf("autograd: input %s of shape %v does not fit its device buffer of %d bytes", n.Name(), n.Shape(), b.Bytes)
 		}
-		c.vals[n] = &value{buf: b, rows: s[0], cols: s[1], stride: s[1], root: n, param: true}
+		c.vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, root: n, param: true}
 		return nil
 	}
 	if n.Value() == nil {
@@ -734,6 +737,18 @@ func (c *compiler) parameter(n *G.Node) error {
 	}
 	c.vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, bf16: true, root: n, param: true}
 	return nil
+}
+
+// inputMatrix is how an input of shape s is laid out on the device: [rows, cols] as it is,
+// [B, T, H, D] (heads, as SplitHeads gives them) as [B*T, H*D].
+func inputMatrix(s tensor.Shape) (rows, cols int, ok bool) {
+	switch len(s) {
+	case 2:
+		return s[0], s[1], true
+	case 4:
+		return s[0] * s[1], s[2] * s[3], true
+	}
+	return 0, 0, false
 }
 
 func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {

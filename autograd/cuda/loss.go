@@ -33,7 +33,7 @@ type lossProgram struct {
 // isLoss reports a program whose output is the loss.
 func (c *compiler) isLoss() bool {
 	o, ok := c.out.Op().(*autograd.CrossEntropyOp)
-	return ok && !o.Backward()
+	return c.train || ok && !o.Backward()
 }
 
 // hasUser reports whether some reader of in is an op that ok accepts.
@@ -258,6 +258,9 @@ func (p *Program) runLoss() error {
 	n := st.Batch * st.Seq
 	if st.Cache != nil || len(st.IDs) != n || len(st.Labels) != n {
 		return fmt.Errorf("autograd: a loss program runs a Step of %d ids and labels without a cache", n)
+	}
+	if st.Past != 0 {
+		return fmt.Errorf("autograd: a training program's positions start at 0, not at Past %d (a cache's positions are for inference)", st.Past)
 	}
 	bases := make([]float64, st.Batch)
 	for b := range bases {

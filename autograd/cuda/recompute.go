@@ -54,9 +54,12 @@ type GradOptions struct {
 	// Of are the parameters whose gradients grads are, in their order: a ParamSet adds a
 	// program's kept gradients only to its own parameters (ParamSet.Accumulate), and knows
 	// them only from Of or from CompileGradInto.
-	Of   []*tensor.Dense
-	dry  bool      // plan the activation arena without allocating it (PlanGrad)
-	sums *ParamSet // the set the weight-gradient GEMMs write into (CompileGradInto)
+	Of  []*tensor.Dense
+	dry bool // plan the activation arena without allocating it (PlanGrad)
+	// train compiles a training program whose output is not the loss (a row of the op
+	// table: one op and its gradients), batch, padding and packing as in a loss program.
+	train bool
+	sums  *ParamSet // the set the weight-gradient GEMMs write into (CompileGradInto)
 }
 
 // CompileGradWith is CompileGrad with options.

@@ -176,6 +176,11 @@ func All() []Case {
 				return autograd.Rotary(in[0], st)
 			},
 			Ref: rotary},
+		{Name: "Rotary/NTK", Shapes: [][]int{{2, 3, 2, 6}}, Wrt: []int{0}, Step: rows,
+			Apply: func(in []*G.Node, st *autograd.Step, dt tensor.Dtype) (*G.Node, error) {
+				return autograd.Rotary(in[0], st)
+			},
+			Ref: rotary},
 		{Name: "Attention/padded", Shapes: [][]int{{2, 5, 2, 4}, {2, 5, 2, 4}, {2, 5, 2, 4}}, Wrt: []int{0, 1, 2}, Step: padded,
 			Apply: func(in []*G.Node, st *autograd.Step, dt tensor.Dtype) (*G.Node, error) {
 				return autograd.Attention(in[0], in[1], in[2], 0, st)
