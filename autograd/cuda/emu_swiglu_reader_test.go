@@ -23,7 +23,8 @@ import (
 func TestEmulatedSwiGLUGradInPlaceWithAnotherReader(t *testing.T) {
 	d := openDevice(t)
 	const batch, seq, vocab, width, mlp = 2, 8, 32, 16, 48
-	for _, reads := range []string{"up", "gate"} {
+	for _, v := range swigluReaderVariants() {
+		reads := v.reads
 		run := func(savings bool) (float64, [][]float32) {
 			cuda.SetArenaSavings(t, savings)
 			r := rand.New(rand.NewPCG(3, 4))
@@ -56,27 +57,57 @@ func TestEmulatedSwiGLUGradInPlaceWithAnotherReader(t *testing.T) {
 			}
 			y := must(autograd.SwiGLU(up, gate))
 			z := must(autograd.Linear(other, w2, nil, true, false))
-			logits := must(autograd.Linear(must(G.Add(y, z)), head, nil, false, false))
+			sum := must(G.Add(y, z))
+			if v.zFirst {
+				sum = must(G.Add(z, y))
+			}
+			logits := must(autograd.Linear(sum, head, nil, false, false))
 			loss := must(autograd.CrossEntropy(logits, st))
-			grads, err := G.Grad(loss, wu, wg, w2)
+			wrt := G.Nodes{wu, wg, w2}
+			if v.w2First {
+				wrt = G.Nodes{w2, wg, wu}
+			}
+			grads, err := G.Grad(loss, wrt...)
 			if err != nil {
 				t.Fatal(err)
 			}
 			l, gs, _ := runGraph(t, d, g, loss, grads, st, cuda.GradOptions{})
+			if v.w2First {
+				gs[0], gs[2] = gs[2], gs[0]
+			}
 			return l, gs
 		}
 		wantLoss, want := run(false)
 		gotLoss, got := run(true)
 		if gotLoss != wantLoss {
-			t.Errorf("%s read again: loss %v with the savings, %v without", reads, gotLoss, wantLoss)
+			t.Errorf("%+v: loss %v with the savings, %v without", v, gotLoss, wantLoss)
 		}
 		for i, name := range []string{"up", "gate", "w2"} {
 			for j := range want[i] {
 				if math.Float32bits(got[i][j]) != math.Float32bits(want[i][j]) {
-					t.Errorf("%s read again: %s's gradient [%d] is %v with the savings, %v without", reads, name, j, got[i][j], want[i][j])
+					t.Errorf("%+v: %s's gradient [%d] is %v with the savings, %v without", v, name, j, got[i][j], want[i][j])
 					break
 				}
 			}
 		}
 	}
+}
+
+type swigluReaderVariant struct {
+	reads           string // which projection a second projection reads too
+	zFirst, w2First bool   // the order of the sum's operands and of the gradients asked for
+}
+
+// swigluReaderVariants are orders of the same graph, which move the other reader's gradient
+// op around SwiGLU's two gradient ops in gorgonia's schedule.
+func swigluReaderVariants() []swigluReaderVariant {
+	var vs []swigluReaderVariant
+	for _, reads := range []string{"up", "gate"} {
+		for _, zFirst := range []bool{false, true} {
+			for _, w2First := range []bool{false, true} {
+				vs = append(vs, swigluReaderVariant{reads, zFirst, w2First})
+			}
+		}
+	}
+	return vs
 }

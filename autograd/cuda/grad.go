@@ -346,8 +346,13 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 	if sib != nil {
 		last = c.pos[sib]
 	}
+	// (gorgonia schedules the two next to each other, their inputs being the same; a reader
+	// placed between them would still see its input: between counts it)
+	between := func(k *G.Node) bool {
+		return slices.ContainsFunc(c.users[k], func(u *G.Node) bool { return u != n && u != sib && c.pos[u] > c.i && c.pos[u] <= last })
+	}
 	take := func(m, k *G.Node) *value {
-		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) {
+		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) && !between(k) {
 			return c.inPlace(m, k)
 		}
 		return c.alloc(m, a.rows, a.cols, false)
