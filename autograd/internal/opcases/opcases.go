@@ -290,6 +290,11 @@ func All() []Case {
 				return autograd.Linear(in[0], in[1], in[2], false, false)
 			},
 			Ref: linear},
+		{Name: "Checkpoint", Shapes: [][]int{{3, 8}}, Wrt: []int{0},
+			Apply: func(in []*G.Node, _ *autograd.Step, _ tensor.Dtype) (*G.Node, error) {
+				return autograd.Checkpoint(in[0])
+			},
+			Ref: func(in [][]float64, _ *autograd.Step) []float64 { return append([]float64(nil), in[0]...) }},
 		{Name: "CrossEntropy", Shapes: [][]int{{8, 6}}, Wrt: []int{0}, Step: labels,
 			Apply: func(in []*G.Node, st *autograd.Step, dt tensor.Dtype) (*G.Node, error) {
 				return autograd.CrossEntropy(in[0], st)
