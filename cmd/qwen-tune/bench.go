@@ -202,10 +202,20 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	if m.Exec == nil {
 		peak = matmul.FMAPeak(runtime.GOMAXPROCS(0))
 	} else {
+		peak = 1000 * bf16Peak(m.Exec.Name())
 		_, devicePeak = m.Exec.Memory()
 		if r, ok := m.Exec.(model.MemoryReporter); ok {
 			mem = r.TrainingMemory()
 		}
+	}
+	cpuPeak, gpuPeak, mfu := 0.0, 0.0, 0.0
+	if m.Exec == nil {
+		cpuPeak = peak
+	} else {
+		gpuPeak = peak
+	}
+	if peak > 0 {
+		mfu = res.GFLOPs / peak
 	}
 	out := cmd.OutOrStdout()
 	if asJSON {
@@ -214,7 +224,12 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			Model      string  `json:"model"`
 			Device     string  `json:"device"`
 			Threads    int     `json:"threads"`
-			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops"`
+			FMAPeakGFs float64 `json:"cpu_fma_peak_gflops,omitempty"`
+			// the GPU's dense bf16 tensor-core peak, where the device is one bf16Peak knows
+			DevicePeakGFs float64 `json:"gpu_bf16_peak_gflops,omitempty"`
+			// MFU is model FLOPs utilisation: gflop_per_s (the model's matrix FLOPs, without
+			// recomputation) over the peak, 0 where the peak is unknown
+			MFU        float64 `json:"mfu"`
 			DevicePeak int64   `json:"peak_device_bytes,omitempty"`
 			// the device's share: weights (bf16, the trained matrices included) and the
 			// activation arena of the training program (activations, kept gradients, scratch)
@@ -224,7 +239,7 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 			// gradient sums (with the values and moments before the last update)
 			DeviceOptimizer int64 `json:"device_optimizer_bytes,omitempty"`
 			Checkpointing   bool  `json:"checkpoint_activations"`
-		}{res, name, where, runtime.GOMAXPROCS(0), peak, devicePeak, mem.Weights, mem.Activations, mem.Optimizer, mem.Checkpointing})
+		}{res, name, where, runtime.GOMAXPROCS(0), cpuPeak, gpuPeak, mfu, devicePeak, mem.Weights, mem.Activations, mem.Optimizer, mem.Checkpointing})
 		if err != nil {
 			return err
 		}
@@ -239,8 +254,11 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 	fmt.Fprintf(out, "step       batch %d x %d tokens: %.3f s (mean of %d after a warm-up), %.1f tokens/s, last loss %.4f\n",
 		res.Batch, res.Seq, res.StepSec, res.Steps, res.TokensPerSec, res.Loss)
 	fmt.Fprintf(out, "flops      %.3g a token: %.1f GFLOP/s", res.FLOPsPerToken, res.GFLOPs)
-	if peak > 0 {
-		fmt.Fprintf(out, ", %.0f%% of the %.0f GFLOP/s multiply-add peak", 100*res.GFLOPs/peak, peak)
+	switch {
+	case m.Exec == nil && peak > 0:
+		fmt.Fprintf(out, ", %.0f%% of the %.0f GFLOP/s multiply-add peak", 100*mfu, peak)
+	case peak > 0:
+		fmt.Fprintf(out, ", MFU %.1f%% of the %.0f TFLOP/s dense bf16 peak", 100*mfu, peak/1000)
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "peak RSS   %.2f GiB\n", float64(res.PeakRSSBytes)/(1<<30))
@@ -261,4 +279,27 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 		}
 	}
 	return nil
+}
+
+// bf16Peaks are NVIDIA's dense bf16 tensor-core peaks (TFLOP/s, without sparsity, float32
+// accumulation) of data-center GPUs, by a part of the name CUDA gives the device; the first
+// match wins, so the more specific names come first.
+var bf16Peaks = []struct {
+	name   string
+	tflops float64
+}{
+	{"H200 NVL", 835}, {"H200", 989}, {"GH200", 989},
+	{"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989},
+	{"A100", 312}, {"A800", 312}, {"L40S", 362}, {"L40", 181}, {"L4", 121},
+}
+
+// bf16Peak is the dense bf16 peak in TFLOP/s of the device an executor names ("cuda (NVIDIA
+// H200)"), 0 when the device is not one of bf16Peaks.
+func bf16Peak(device string) float64 {
+	for _, p := range bf16Peaks {
+		if strings.Contains(device, p.name) {
+			return p.tflops
+		}
+	}
+	return 0
 }
