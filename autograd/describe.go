@@ -2,8 +2,9 @@ package autograd
 
 // What an op's settings are, read by executors other than Machine (the GPU executor in
 // package autograd/cuda compiles the same graphs and must know, say, a projection's scale or
-// which gradient of SwiGLU a node is). Read-only: ops are built by this package's graph
-// functions.
+// which gradient of SwiGLU a node is). Read-only: an op is built by its graph function
+// (RMSNorm, Linear, Attention, ...), never as a literal; the op types' other methods (Arity,
+// Type, InferShape, Do, DiffWRT, SymDiff, ...) implement gorgonia.Op and its differentiation.
 
 // HasBias reports whether the projection adds a bias (a third input).
 func (o *LinearOp) HasBias() bool { return o.bias }

@@ -1,4 +1,4 @@
-package autograd_test
+package autograd
 
 import (
 	"math"
@@ -6,8 +6,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/autograd"
-	"github.com/qwen-tune/qwen-tune/autograd/internal/opcases"
+	"github.com/qwen-tune/qwen-tune/internal/philox"
 )
 
 // TestDropoutBlocks: a mask over several of the goroutines' ranges equals the header's, whatever
@@ -16,29 +15,21 @@ func TestDropoutBlocks(t *testing.T) {
 	const n, p = 3*16384 + 77, 0.3
 	rng := rand.New(rand.NewPCG(1, 2))
 	x := make([]float64, n)
-	x32 := make([]float32, n)
 	for i := range x {
-		x32[i] = float32(rng.NormFloat64() + 3) // never 0, so a zero output is a dropped element
-		x[i] = float64(x32[i])
+		x[i] = rng.NormFloat64() + 3 // never 0, so a zero output is a dropped element
 	}
-	want := opcases.Dropout(x, p, 11, 5)
+	want := headerDropout(x, p, 11, 5)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	worst := 0.0
 	for _, procs := range []int{1, 2, 3} {
 		runtime.GOMAXPROCS(procs)
-		got := make([]float32, n)
+		got := make([]float64, n)
 		for i := range got {
 			got[i] = -1 // poisoned: every element must be written
 		}
-		autograd.Ref.Dropout(x32, got, p, 11, 5)
+		dropout(x, got, p, 11, 5)
 		kept := 0
 		for i := range got {
-			e := math.Abs(float64(got[i])-want[i]) / math.Abs(want[i])
-			if want[i] == 0 {
-				e = math.Abs(float64(got[i]))
-			}
-			worst = max(worst, e)
-			if (got[i] == 0) != (want[i] == 0) || e > 1e-6 { // float32 against float64: measured 6.0e-8
+			if (got[i] == 0) != (want[i] == 0) || math.Abs(got[i]-want[i]) > 1e-15*math.Abs(want[i]) { // x * (1/(1-p)) against x / (1-p): 1 ulp
 				t.Fatalf("GOMAXPROCS %d: element %d is %v, the header's mask gives %v", procs, i, got[i], want[i])
 			}
 			if got[i] != 0 {
@@ -49,5 +40,19 @@ func TestDropoutBlocks(t *testing.T) {
 			t.Errorf("GOMAXPROCS %d: kept %.4f of the elements, want about %.2f", procs, f, 1-p)
 		}
 	}
-	t.Logf("largest relative difference from the float64 mask: %.2g", worst)
+}
+
+// headerDropout is dropout.go's header written out: element i is kept when word i mod 4 of
+// Philox4x32-10 of the counter (i/4, key) under seed, over 2^32, is at least p, and scaled by
+// 1/(1-p).
+func headerDropout(x []float64, p float64, seed, key uint64) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		g := uint64(i / 4)
+		b := philox.Block([4]uint32{uint32(g), uint32(g >> 32), uint32(key), uint32(key >> 32)}, [2]uint32{uint32(seed), uint32(seed >> 32)})
+		if float64(b[i%4])/(1<<32) >= p {
+			out[i] = v / (1 - p)
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -164,10 +165,12 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 		return err
 	}
 	defer ok.Close()
-	// Every tensor is read before any is copied: a checkpoint refused at its last tensor
-	// leaves the trainer as it was.
+	// Every tensor is checked (name, shape, a floating type, its size) before any is copied:
+	// a checkpoint refused at its last tensor leaves the trainer as it was. The data stay in
+	// the files (mapped) until each is converted and copied, one at a time.
 	type load struct {
-		dst, src []float32
+		src checkpoints.Tensor
+		dst []float32
 	}
 	var loads []load
 	for i, p := range t.Params {
@@ -177,15 +180,25 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 			name string
 			dst  []float32
 		}{{pk, p.Name, p.Value.Data().([]float32)}, {ok, "m." + p.Name, t.Opt.M[i]}, {ok, "v." + p.Name, t.Opt.V[i]}} {
-			v, err := r.ck.Float32(r.name, shape...)
+			x, err := r.ck.Tensor(r.name)
+			if err == nil && !slices.Equal(x.Shape, shape) {
+				err = fmt.Errorf("tensor %q has shape %v, the trainer's is %v", r.name, x.Shape, shape)
+			}
+			if err == nil && (x.DType != checkpoints.F32 && x.DType != checkpoints.BF16 && x.DType != checkpoints.F16 || int64(len(x.Data)) != x.NumElements()*int64(x.DType.Size())) {
+				err = fmt.Errorf("tensor %q: %d bytes of %s for shape %v", r.name, len(x.Data), x.DType, x.Shape)
+			}
 			if err != nil {
 				return fmt.Errorf("lora: resuming from %s: %w (the checkpoint was made with other settings)", dir, err)
 			}
-			loads = append(loads, load{r.dst, v})
+			loads = append(loads, load{x, r.dst})
 		}
 	}
 	for _, l := range loads {
-		copy(l.dst, l.src)
+		v, err := l.src.Float32()
+		if err != nil {
+			return fmt.Errorf("lora: resuming from %s: %w", dir, err)
+		}
+		copy(l.dst, v)
 	}
 	t.Step, t.Opt.Step = st.Step, st.AdamStep
 	t.before = nil // no update gave these values: nothing to go back to

@@ -10,7 +10,7 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// NewDeviceParams keeps params on the GPU in an cuda.ParamSet (model.OptimExecutor).
+// NewDeviceParams keeps params on the GPU in a cuda.ParamSet (model.OptimExecutor).
 func (c *CUDA) NewDeviceParams(params []*Param) (DeviceParams, error) {
 	names := make([]string, len(params))
 	values := make([]*tensor.Dense, len(params))

@@ -30,11 +30,11 @@ func CaptureDevice(x *G.Node, sink DeviceSink) (*G.Node, error) {
 func (c *compiler) capture(n *G.Node, in []*value) (bool, error) {
 	sink, ok := n.Op().(*autograd.CaptureOp).Device().(DeviceSink)
 	if !ok {
-		return false, fmt.Errorf("autograd: %s has a host sink and no GPU kernel (build it with CaptureDevice)", c.what())
+		return false, fmt.Errorf("cuda: %s has a host sink and no GPU kernel (build it with CaptureDevice)", c.what())
 	}
 	x := in[0]
 	if x.bf16 || x.lazy != 0 || x.stride != x.cols {
-		return false, fmt.Errorf("autograd: %s of a bf16, deferred or strided input", c.what())
+		return false, fmt.Errorf("cuda: %s of a bf16, deferred or strided input", c.what())
 	}
 	v := *x
 	c.vals[n] = &v
@@ -48,7 +48,7 @@ func (c *compiler) capture(n *G.Node, in []*value) (bool, error) {
 }
 
 // CompileInput is Compile for a graph whose node in (a [rows, cols] float32 matrix without a
-// value) reads buf on the device, in place.
+// value; [B, T, H, D] is read as [B*T, H*D]) reads buf on the device, in place.
 func (d *Device) CompileInput(g *G.ExprGraph, out, in *G.Node, buf *Buffer, step *autograd.Step) (*Program, error) {
 	return d.compileWith(g, out, nil, step, GradOptions{}, map[*G.Node]*Buffer{in: buf})
 }
@@ -57,7 +57,7 @@ func (d *Device) CompileInput(g *G.ExprGraph, out, in *G.Node, buf *Buffer, step
 // It is the program's buffer, overwritten by the next Run.
 func (p *Program) Output() (buf *Buffer, rows, cols int, err error) {
 	if p.out.stride != p.out.cols {
-		return nil, 0, 0, fmt.Errorf("autograd: the program's output is strided")
+		return nil, 0, 0, fmt.Errorf("cuda: the program's output is strided")
 	}
 	return p.out.ptr(), p.out.rows, p.out.cols, nil
 }
@@ -65,7 +65,7 @@ func (p *Program) Output() (buf *Buffer, rows, cols int, err error) {
 // CopyDevice copies bytes from src to dst on the device's stream.
 func (d *Device) CopyDevice(dst, src *Buffer, bytes int64) error {
 	if bytes > dst.Bytes || bytes > src.Bytes {
-		return fmt.Errorf("autograd: copying %d bytes between buffers of %d and %d", bytes, src.Bytes, dst.Bytes)
+		return fmt.Errorf("cuda: copying %d bytes between buffers of %d and %d", bytes, src.Bytes, dst.Bytes)
 	}
 	return d.copyDtoD(dst.Ptr, src.Ptr, bytes)
 }

@@ -137,12 +137,12 @@ func (c *compiler) chunkLoss(n *G.Node, in []*value) (bool, error) {
 	f, ok := c.chunkLossOf(c.kids[n][0])
 	lg := in[0]
 	if !ok || f.ce != n {
-		return false, fmt.Errorf("autograd: %s reads logits computed by chunks for another loss", c.what())
+		return false, fmt.Errorf("cuda: %s reads logits computed by chunks for another loss", c.what())
 	}
 	x, w := lg.x, lg.w
 	rows, vocab, k := x.rows, w.rows, w.cols
 	if x.cols != k {
-		return false, fmt.Errorf("autograd: %s: lm_head's input has %d columns for a weight of %d", c.what(), x.cols, k)
+		return false, fmt.Errorf("cuda: %s: lm_head's input has %d columns for a weight of %d", c.what(), x.cols, k)
 	}
 	chunk := lossChunk(rows, vocab)
 	y := c.alloc(n, 1, rows, false)
@@ -157,7 +157,7 @@ func (c *compiler) chunkLoss(n *G.Node, in []*value) (bool, error) {
 	if f.grad != nil {
 		var err error
 		if dloss, err = autograd.Scalar(c.kids[f.grad][1].Value()); err != nil {
-			return false, fmt.Errorf("autograd: %s: upstream gradient: %w", c.what(), err)
+			return false, fmt.Errorf("cuda: %s: upstream gradient: %w", c.what(), err)
 		}
 		dl16 = c.pl.get(int64(chunk) * int64(vocab) * 2)
 		c.pl.put(dl16)

@@ -39,7 +39,7 @@ func blasErr(call string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("autograd: %s: %v", call, err)
+	return fmt.Errorf("cuda: %s: %v", call, err)
 }
 
 // Blas loads cuBLAS on first use.

@@ -133,7 +133,7 @@ type CUDAError struct {
 	Err  error
 }
 
-func (e *CUDAError) Error() string { return fmt.Sprintf("autograd: CUDA %s: %v", e.Call, e.Err) }
+func (e *CUDAError) Error() string { return fmt.Sprintf("cuda: CUDA %s: %v", e.Call, e.Err) }
 
 func cudaErr(call string, err error) error {
 	if err == nil {
@@ -258,14 +258,14 @@ func (d *Device) Alloc(bytes int64, what string) (*Buffer, error) {
 	p, err := d.drv.memAlloc(max(bytes, 4))
 	if err != nil && len(d.pool) > 0 { // give the pooled buffers back and try again
 		if terr := d.Trim(); terr != nil {
-			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v; freeing the pooled buffers: %w", what, float64(bytes)/(1<<20), d.Name, err, terr)
+			return nil, fmt.Errorf("cuda: allocating %s (%.1f MiB) on %s: %v; freeing the pooled buffers: %w", what, float64(bytes)/(1<<20), d.Name, err, terr)
 		}
 		p, err = d.drv.memAlloc(max(bytes, 4))
 	}
 	if err != nil {
 		free, total, ierr := d.drv.memInfo()
 		if ierr != nil {
-			return nil, fmt.Errorf("autograd: allocating %s (%.1f MiB) on %s: %v (free memory unknown: %v)", what, float64(bytes)/(1<<20), d.Name, err, ierr)
+			return nil, fmt.Errorf("cuda: allocating %s (%.1f MiB) on %s: %v (free memory unknown: %v)", what, float64(bytes)/(1<<20), d.Name, err, ierr)
 		}
 		return nil, &autograd.AllocError{What: what, Bytes: bytes, Device: d.Name, Err: err, Free: free, Total: total}
 	}
@@ -318,7 +318,7 @@ func Download[T any](d *Device, dst []T, b *Buffer) error {
 	var zero T
 	bytes := int64(len(dst)) * int64(unsafe.Sizeof(zero))
 	if bytes > b.Bytes {
-		return fmt.Errorf("autograd: downloading %d bytes from a buffer of %d", bytes, b.Bytes)
+		return fmt.Errorf("cuda: downloading %d bytes from a buffer of %d", bytes, b.Bytes)
 	}
 	if len(dst) == 0 {
 		return nil
@@ -357,7 +357,7 @@ func (d *Device) function(name string) (devFunction, error) {
 	}
 	fn, ok := d.fns[name]
 	if !ok {
-		return fn, fmt.Errorf("autograd: kernel %s is not in the embedded PTX", name)
+		return fn, fmt.Errorf("cuda: kernel %s is not in the embedded PTX", name)
 	}
 	return fn, nil
 }
@@ -386,11 +386,11 @@ func (d *Device) launch(name string, grid, block, shared int, args ...any) error
 		case float64:
 			d.params = append(d.params, math.Float64bits(v))
 		default:
-			return fmt.Errorf("autograd: kernel %s: argument of type %T", name, a)
+			return fmt.Errorf("cuda: kernel %s: argument of type %T", name, a)
 		}
 	}
 	if err := d.drv.launch(fn, grid, block, shared, d.params); err != nil {
-		return fmt.Errorf("autograd: launching %s (grid %d, block %d, shared %d): %v", name, grid, block, shared, err)
+		return fmt.Errorf("cuda: launching %s (grid %d, block %d, shared %d): %v", name, grid, block, shared, err)
 	}
 	return nil
 }
@@ -399,7 +399,7 @@ func need(ok bool, format string, args ...any) error {
 	if ok {
 		return nil
 	}
-	return fmt.Errorf("autograd: "+format, args...)
+	return fmt.Errorf("cuda: "+format, args...)
 }
 
 // RMSNormBF16 is rmsnorm.cu: y, x [n, h] float32, w [h] bf16.

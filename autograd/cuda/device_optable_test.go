@@ -5,8 +5,11 @@ package cuda_test
 import (
 	"testing"
 
+	"github.com/qwen-tune/qwen-tune/autograd"
 	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 	"github.com/qwen-tune/qwen-tune/autograd/internal/opcases"
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 )
 
 // TestDeviceOpTable runs every case of the op table autograd's tests check (opcases) on the
@@ -27,5 +30,39 @@ func TestDeviceOpTable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDeviceTrainingProgramLoss: a training program whose output is not the loss (the op
+// table's) refuses Loss, which would read its output as the rows' losses.
+func TestDeviceTrainingProgramLoss(t *testing.T) {
+	d := openDevice(t)
+	g := G.NewGraph()
+	a := G.NewTensor(g, tensor.Float32, 2, G.WithShape(2, 3), G.WithName("a"))
+	b := G.NewTensor(g, tensor.Float32, 2, G.WithShape(2, 3), G.WithName("g"))
+	y, err := autograd.SwiGLU(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[*G.Node]*cuda.Buffer{}
+	for _, n := range []*G.Node{a, b} {
+		buf, err := cuda.Upload(d, []float32{1, 2, 3, 4, 5, 6}, n.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Free(buf)
+		in[n] = buf
+	}
+	st := &autograd.Step{Batch: 1, Seq: 2, IDs: []int32{0, 0}, Labels: []int32{autograd.IgnoreIndex, autograd.IgnoreIndex}}
+	p, err := cuda.CompileTraining(d, y, nil, st, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := p.Loss(); err == nil {
+		t.Fatalf("Loss of a program whose output is SwiGLU's: %v, want an error", l)
 	}
 }

@@ -279,7 +279,7 @@ func (c *cuDriver) blasOpen() (string, error) {
 			continue
 		}
 		if rc == 2 {
-			return "", fmt.Errorf("autograd: %s lacks cublasGemmEx or cublasStridedBatchedEx", name)
+			return "", fmt.Errorf("cuda: %s lacks cublasGemmEx or cublasStridedBatchedEx", name)
 		}
 		b := &cublas{lib: name}
 		if err := blasErr("cublasCreate", blasResult(C.qt_cublas_create(&b.handle))); err != nil {
@@ -291,7 +291,7 @@ func (c *cuDriver) blasOpen() (string, error) {
 		c.blas = b
 		return name, nil
 	}
-	return "", fmt.Errorf("autograd: cuBLAS not found (%v); put the CUDA libraries' directory (e.g. /usr/local/cuda/lib64) in LD_LIBRARY_PATH", tried)
+	return "", fmt.Errorf("cuda: cuBLAS not found (%v); put the CUDA libraries' directory (e.g. /usr/local/cuda/lib64) in LD_LIBRARY_PATH", tried)
 }
 
 func (c *cuDriver) blasClose() {

@@ -36,7 +36,7 @@ func (d *Device) GatherRowsBF16(y, w, scratch *Buffer, idx []int32, rows, h int)
 	}
 	for i, r := range idx {
 		if int(r) >= rows {
-			return fmt.Errorf("autograd: GatherRowsBF16: row %d at position %d is outside [0, %d)", r, i, rows)
+			return fmt.Errorf("cuda: GatherRowsBF16: row %d at position %d is outside [0, %d)", r, i, rows)
 		}
 	}
 	if err := cudaErr("cuMemcpyHtoD(row indices)", d.drv.memcpyHtoD(scratch.Ptr, unsafe.Pointer(&idx[0]), int64(n)*4)); err != nil {
@@ -88,7 +88,7 @@ func segmentRows(idx []int32, rows int) (rowSegments, error) {
 	var order []int32
 	for p, r := range idx {
 		if int(r) >= rows {
-			return rowSegments{}, fmt.Errorf("autograd: ScatterRows: row %d at position %d is outside [0, %d)", r, p, rows)
+			return rowSegments{}, fmt.Errorf("cuda: ScatterRows: row %d at position %d is outside [0, %d)", r, p, rows)
 		}
 		if r >= 0 {
 			order = append(order, int32(p))
@@ -119,7 +119,7 @@ func (d *Device) AddColumns(y, x *Buffer, n, s, ystride, off int) error {
 func (c *compiler) scratchFor(bytes int64, what string) (*Buffer, error) {
 	b, err := c.d.Alloc(bytes, what)
 	if err == nil {
-		c.p.owned = append(c.p.owned, b)
+		c.p.owned, c.p.scratch = append(c.p.owned, b), append(c.p.scratch, b)
 	}
 	return b, err
 }
@@ -128,10 +128,10 @@ func (c *compiler) scratchFor(bytes int64, what string) (*Buffer, error) {
 func (c *compiler) gatherRows(n *G.Node, in []*value) (bool, error) {
 	o, d, w := n.Op().(*autograd.GatherOp), c.d, in[0]
 	if !c.isLoss() {
-		return false, fmt.Errorf("autograd: %s runs on the GPU in training graphs only (special-token rows: merge the adapter to run it)", o.String())
+		return false, fmt.Errorf("cuda: %s runs on the GPU in training graphs only (special-token rows: merge the adapter to run it)", o.String())
 	}
 	if !w.param || !w.bf16 {
-		return false, fmt.Errorf("autograd: %s: the table must be a parameter", c.what())
+		return false, fmt.Errorf("cuda: %s: the table must be a parameter", c.what())
 	}
 	scratch, err := c.scratchFor(int64(o.Rows())*4, "row indices of "+n.Name())
 	if err != nil {
@@ -154,18 +154,18 @@ func (c *compiler) gatherRows(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) scatter(n *G.Node, in []*value) (bool, error) {
 	o, d, dy := n.Op().(*autograd.ScatterOp), c.d, in[1]
 	if !c.isLoss() {
-		return false, fmt.Errorf("autograd: %s runs on the GPU in training graphs only", o.String())
+		return false, fmt.Errorf("cuda: %s runs on the GPU in training graphs only", o.String())
 	}
 	if err := c.whole(dy); err != nil {
 		return false, err
 	}
 	if dy.bf16 || dy.stride != dy.cols || dy.lazy != 0 {
-		return false, fmt.Errorf("autograd: %s of a bf16 or strided gradient", c.what())
+		return false, fmt.Errorf("cuda: %s of a bf16 or strided gradient", c.what())
 	}
 	s := n.Shape()
 	rows, h := s[0], s[1]
 	if dy.cols != h || dy.rows != o.Gather().Rows() {
-		return false, fmt.Errorf("autograd: %s: gradient [%d, %d] for %d positions of %d", c.what(), dy.rows, dy.cols, o.Gather().Rows(), h)
+		return false, fmt.Errorf("cuda: %s: gradient [%d, %d] for %d positions of %d", c.what(), dy.rows, dy.cols, o.Gather().Rows(), h)
 	}
 	scratch, err := c.scratchFor(ScatterRowsScratch(o.Gather().Rows()), "row segments of "+n.Name())
 	if err != nil {
@@ -190,17 +190,17 @@ func (c *compiler) columns(n *G.Node, in []*value) (bool, error) {
 		return false, err
 	}
 	if x.bf16 || x.lazy != 0 {
-		return false, fmt.Errorf("autograd: %s of a bf16 or deferred value", c.what())
+		return false, fmt.Errorf("cuda: %s of a bf16 or deferred value", c.what())
 	}
 	if o.Take() {
 		if x.cols != o.Width() {
-			return false, fmt.Errorf("autograd: %s of %d columns for %d", c.what(), x.cols, o.Width())
+			return false, fmt.Errorf("cuda: %s of %d columns for %d", c.what(), x.cols, o.Width())
 		}
 		c.viewOf(n, x.root, &value{buf: x.buf, off: x.off + int64(o.Offset())*4, rows: x.rows, cols: o.Narrow(), stride: x.stride})
 		return true, nil
 	}
 	if !c.isLoss() || len(c.users[n]) != 1 || !autograd.IsAdd(c.users[n][0].Op()) || x.stride != x.cols {
-		return false, fmt.Errorf("autograd: %s runs on the GPU in training graphs only, added to the logits (special-token rows: merge the adapter to run it)", c.what())
+		return false, fmt.Errorf("cuda: %s runs on the GPU in training graphs only, added to the logits (special-token rows: merge the adapter to run it)", c.what())
 	}
 	v := *x
 	v.lazy, v.x = lazyColumns, x
@@ -220,7 +220,7 @@ func (c *compiler) addColumns(n *G.Node, a, b *value) (bool, error) {
 	wide, other := []*value{a, b}[i], []*value{a, b}[1-i]
 	k, o := c.kids[n][1-i], c.kids[n][i].Op().(*autograd.ColumnsOp)
 	if other.lazy != 0 || other.bf16 || other.parts != 0 || other.stride != other.cols || other.cols != wide.cols || other.rows != wide.rows {
-		return false, fmt.Errorf("autograd: %s adds placed columns to %v", c.what(), k.Shape())
+		return false, fmt.Errorf("cuda: %s adds placed columns to %v", c.what(), k.Shape())
 	}
 	x := wide.x
 	var y *value

@@ -2,7 +2,7 @@
 
 package cuda
 
-// The executor: a gorgonia graph of this package's ops compiled into a list of kernel
+// The executor: a gorgonia graph of autograd's ops compiled into a list of kernel
 // launches on one GPU. Compile runs a plan pass (topological order, every node's inputs and
 // readers, views, each buffer's last reader), then hands every node to the emitter
 // registered for its op type (emitters), which places its value and appends its launches;
@@ -51,7 +51,7 @@ func (c *deviceCache) free(d *Device) {
 // cacheFor returns c's device storage, growing it (contents kept) to c.Max positions.
 func (d *Device) cacheFor(c *autograd.KVCache) (*deviceCache, error) {
 	if c.Batch != 1 {
-		return nil, fmt.Errorf("autograd: the GPU executor runs batch 1 (KV cache of %d rows)", c.Batch)
+		return nil, fmt.Errorf("cuda: the GPU executor runs batch 1 (KV cache of %d rows)", c.Batch)
 	}
 	dc := d.caches[c]
 	if dc != nil && dc.max >= c.Max {
@@ -97,7 +97,7 @@ func (d *Device) ReleaseCache(c *autograd.KVCache) {
 func (d *Device) weight(n *G.Node) (*Buffer, error) {
 	v, ok := n.Value().(*tensor.Dense)
 	if !ok || v.Size() == 0 {
-		return nil, fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
+		return nil, fmt.Errorf("cuda: parameter %s has no dense value", n.Name())
 	}
 	key := v
 	if b := d.weights[key]; b != nil {
@@ -115,7 +115,7 @@ func (d *Device) weight(n *G.Node) (*Buffer, error) {
 		}
 		b, err = Upload(d, bf, n.Name())
 	default:
-		return nil, fmt.Errorf("autograd: parameter %s of type %v cannot run on the GPU", n.Name(), v.Dtype())
+		return nil, fmt.Errorf("cuda: parameter %s of type %v cannot run on the GPU", n.Name(), v.Dtype())
 	}
 	if err != nil {
 		return nil, err
@@ -184,19 +184,21 @@ type Program struct {
 	step *autograd.Step
 	// loss is set for a program whose output is the loss of a training graph (see
 	// loss.go): its Step has labels and no KV cache; keep are the values Grads reads.
-	loss  *lossProgram
-	keep  []value
-	into  *gradInto       // where the kept gradients go when a ParamSet trains them (optim.go)
-	of    []*tensor.Dense // the parameters whose gradients keep are (GradOptions.Of), or nil
-	ins   []func() error
-	names []string
-	kinds []string // op and output shape, for Profile
-	out   value
-	owned []*Buffer
-	arena *Buffer // the activations' arena (nil when empty), among owned
-	ids   *Buffer // [N] int32
-	base  *Buffer // [1] float64
-	pos   *Buffer // [1] int32: the first new position (Step.Past), read by the decode kernels
+	loss    *lossProgram
+	keep    []value
+	into    *gradInto       // where the kept gradients go when a ParamSet trains them (optim.go)
+	of      []*tensor.Dense // the parameters whose gradients keep are (GradOptions.Of), or nil
+	ins     []func() error
+	names   []string
+	kinds   []string // op and output shape, for Profile
+	out     value
+	owned   []*Buffer
+	arena   *Buffer   // the activations' arena (nil when empty), among owned
+	scratch []*Buffer // scratch outside the arena (scratchFor), among owned
+	lossOut bool      // the output is the loss (a training program's may be another value)
+	ids     *Buffer   // [N] int32
+	base    *Buffer   // [1] float64
+	pos     *Buffer   // [1] int32: the first new position (Step.Past), read by the decode kernels
 	// invFreq [dim/2] is InvFreq(freqBase, dim), refreshed when the step's rotary base changes
 	invFreq  *Buffer
 	freqBase float64
@@ -353,7 +355,7 @@ type addInfo struct {
 // deferred into its reader (a fusion): n then releases no input.
 type emitter func(c *compiler, n *G.Node, in []*value) (view bool, err error)
 
-// emitters are the compilers of this package's ops, by op type; gorgonia's element-wise add
+// emitters are the compilers of autograd's ops, by op type; gorgonia's element-wise add
 // (autograd.IsAdd) is the one foreign op the executor runs.
 var emitters = map[reflect.Type]emitter{
 	reflect.TypeOf(&autograd.GatherOp{}):        (*compiler).gather,
@@ -390,7 +392,8 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *auto
 }
 
 // compileWith is compile with inputs: nodes without a value whose data is already on the
-// device (float32, [rows, cols] row-major), read in place and never written.
+// device (float32, row-major: [rows, cols], or [B, T, H, D] as [B*T, H*D]), read in place and
+// never written.
 func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *autograd.Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
 		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums, train: o.train}
@@ -448,7 +451,7 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 		in := make([]*value, len(c.kids[n]))
 		for j, k := range c.kids[n] {
 			if in[j] = c.vals[k]; in[j] == nil {
-				return nil, fmt.Errorf("autograd: node %s reads %s, which the GPU executor did not place", n.Name(), k.Name())
+				return nil, fmt.Errorf("cuda: node %s reads %s, which the GPU executor did not place", n.Name(), k.Name())
 			}
 		}
 		emit, ok := emitters[reflect.TypeOf(n.Op())]
@@ -456,7 +459,7 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 			emit, ok = (*compiler).add, true
 		}
 		if !ok {
-			return nil, fmt.Errorf("autograd: %s (%T) has no GPU kernel", n.Op(), n.Op())
+			return nil, fmt.Errorf("cuda: %s (%T) has no GPU kernel", n.Op(), n.Op())
 		}
 		launches := len(p.ins)
 		view, err := emit(c, n, in)
@@ -470,13 +473,16 @@ func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *
 	}
 	ov := c.vals[out]
 	if ov == nil || ov.param || ov.lazy != 0 || ov.bf16 {
-		return nil, fmt.Errorf("autograd: the graph's output %s was not computed", out.Name())
+		return nil, fmt.Errorf("cuda: the graph's output %s was not computed", out.Name())
 	}
 	p.out = *ov
+	if o, ok := out.Op().(*autograd.CrossEntropyOp); ok && !o.Backward() {
+		p.lossOut = true
+	}
 	for _, k := range keep {
 		v := c.vals[k]
 		if v == nil || v.param || v.lazy != 0 || v.bf16 || v.parts != 0 {
-			return nil, fmt.Errorf("autograd: the kept node %s was not computed as a whole float32 value", k.Name())
+			return nil, fmt.Errorf("cuda: the kept node %s was not computed as a whole float32 value", k.Name())
 		}
 		p.keep = append(p.keep, *v)
 	}
@@ -717,14 +723,17 @@ func (c *compiler) what() string { return fmt.Sprintf("%s (%s)", c.cur.Op(), c.c
 func (c *compiler) parameter(n *G.Node) error {
 	if b, ok := c.inputs[n]; ok { // read in place like a parameter: never released or overwritten
 		rows, cols, ok := inputMatrix(n.Shape())
-		if !ok || b.Bytes < int64(rows)*int64(cols)*4 {
-			return fmt.Errorf("autograd: input %s of shape %v does not fit its device buffer of %d bytes", n.Name(), n.Shape(), b.Bytes)
+		if !ok {
+			return fmt.Errorf("cuda: input %s of shape %v: a device input is [rows, cols] or [B, T, H, D]", n.Name(), n.Shape())
+		}
+		if b.Bytes < int64(rows)*int64(cols)*4 {
+			return fmt.Errorf("cuda: input %s of shape %v does not fit its device buffer of %d bytes", n.Name(), n.Shape(), b.Bytes)
 		}
 		c.vals[n] = &value{buf: b, rows: rows, cols: cols, stride: cols, root: n, param: true}
 		return nil
 	}
 	if n.Value() == nil {
-		return fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
+		return fmt.Errorf("cuda: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
 	}
 	b, err := c.d.weight(n)
 	if err != nil {
@@ -765,7 +774,7 @@ func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {
 		c.emit(func() error {
 			for b, r := range o.Index() {
 				if r < 0 {
-					return fmt.Errorf("autograd: SelectRows: row %d selects no position", b)
+					return fmt.Errorf("cuda: SelectRows: row %d selects no position", b)
 				}
 				src := x.ptr().Ptr + devPtr(int64(r)*int64(x.stride)*4)
 				if err := d.copyDtoD(y.buf.Ptr+devPtr(b*x.cols*4), src, int64(x.cols)*4); err != nil {
@@ -777,7 +786,7 @@ func (c *compiler) gather(n *G.Node, in []*value) (bool, error) {
 	case "EmbeddingRows":
 		return c.gatherRows(n, in)
 	default:
-		return false, fmt.Errorf("autograd: %s has no GPU kernel", o.Kind())
+		return false, fmt.Errorf("cuda: %s has no GPU kernel", o.Kind())
 	}
 	return false, nil
 }
@@ -786,7 +795,7 @@ func (c *compiler) rmsNorm(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*autograd.RMSNormOp), c.d
 	x, w := in[0], in[1]
 	if x.bf16 || x.stride != x.cols {
-		return false, fmt.Errorf("autograd: RMSNorm of a bf16 or strided input")
+		return false, fmt.Errorf("cuda: RMSNorm of a bf16 or strided input")
 	}
 	eps := float32(o.Eps())
 	bf := c.feedsGEMMs(n)
@@ -827,7 +836,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*autograd.LinearOp), c.d
 	scale := o.Scale()
 	if scale != 1 && !c.isLoss() {
-		return false, fmt.Errorf("autograd: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
+		return false, fmt.Errorf("cuda: a scaled projection (LoRA) has no GPU kernel: merge the adapter first (qwen-tune merge)")
 	}
 	x, w := in[0], in[1]
 	var bias *value
@@ -844,7 +853,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	y := c.alloc(n, rows, nOut, scale == 1 && (c.feedsGEMMs(n) || c.feedsSwiGLU(n)))
 	if rows == 1 {
 		if x.bf16 {
-			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
+			return false, fmt.Errorf("cuda: GEMV of a bf16 input")
 		}
 		var bb *Buffer
 		if bias != nil {
@@ -855,7 +864,7 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 		return false, nil
 	}
 	if y.bf16 && bias != nil {
-		return false, fmt.Errorf("autograd: a bf16 projection output with a bias")
+		return false, fmt.Errorf("cuda: a bf16 projection output with a bias")
 	}
 	var addBias func() error
 	if bias != nil {
@@ -886,7 +895,7 @@ func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
 	}
 	x := in[0]
 	if x.cols != o.Weight().K {
-		return false, fmt.Errorf("autograd: %s: input of %d columns for %d inputs", c.what(), x.cols, o.Weight().K)
+		return false, fmt.Errorf("cuda: %s: input of %d columns for %d inputs", c.what(), x.cols, o.Weight().K)
 	}
 	w, err := d.int4Weights(o.Weight())
 	if err != nil {
@@ -895,7 +904,7 @@ func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
 	rows, nOut := x.rows, o.Weight().N
 	if rows == 1 {
 		if x.bf16 {
-			return false, fmt.Errorf("autograd: GEMV of a bf16 input")
+			return false, fmt.Errorf("cuda: GEMV of a bf16 input")
 		}
 		if _, err := d.function("gemv_int4"); err != nil { // loaded now, not during a graph capture
 			return false, err
@@ -956,7 +965,7 @@ func (c *compiler) rotary(n *G.Node, in []*value) (bool, error) {
 	d, p, step, x := c.d, c.p, c.step, in[0]
 	s := n.Shape() // [B, T, H, D]
 	if s[0] != 1 {
-		return false, fmt.Errorf("autograd: the GPU executor runs batch 1 (rotary of %v)", s)
+		return false, fmt.Errorf("cuda: the GPU executor runs batch 1 (rotary of %v)", s)
 	}
 	if c.deferIntoAttention(n, x) {
 		return true, nil
@@ -966,7 +975,7 @@ func (c *compiler) rotary(n *G.Node, in []*value) (bool, error) {
 	p.graphable = false // its position is a launch argument
 	c.emit(func() error {
 		if step.Positions != nil {
-			return fmt.Errorf("autograd: packed positions have no GPU kernel")
+			return fmt.Errorf("cuda: packed positions have no GPU kernel")
 		}
 		return d.Rotary(y.buf, x.ptr(), p.base, 1, t, heads, dim, step.Past, xs, heads*dim)
 	})
@@ -1003,13 +1012,13 @@ func (c *compiler) attention(n *G.Node, in []*value) (bool, error) {
 	q, k, v := in[0], in[1], in[2]
 	s := c.kids[n][0].Shape() // [B, T, H, D]
 	if s[0] != 1 {
-		return false, fmt.Errorf("autograd: the GPU executor runs batch 1 (attention of %v)", s)
+		return false, fmt.Errorf("cuda: the GPU executor runs batch 1 (attention of %v)", s)
 	}
 	t, heads, dim := s[1], s[2], s[3]
 	width := heads * dim
 	fused := q.lazy == lazyRotary && k.lazy == lazyRotary && q.buf == k.buf && k.buf == v.buf && q.stride == k.stride && k.stride == v.stride
 	if !fused && (q.lazy != 0 || k.lazy != 0) {
-		return false, fmt.Errorf("autograd: attention of q, k and v from different buffers")
+		return false, fmt.Errorf("cuda: attention of q, k and v from different buffers")
 	}
 	if !fused {
 		p.graphable = false // the cache append takes the position as a launch argument
@@ -1040,7 +1049,7 @@ func (c *compiler) attention(n *G.Node, in []*value) (bool, error) {
 	c.emit(func() error {
 		st := step
 		if st.Cache == nil || st.KeyMask != nil || st.Segments != nil || st.Positions != nil {
-			return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache without padding or packing")
+			return fmt.Errorf("cuda: the GPU executor runs attention over a KV cache without padding or packing")
 		}
 		dc := d.caches[st.Cache] // allocated by Run before the launches
 		if fused {
@@ -1076,7 +1085,7 @@ func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
 	cnt := int64(a.rows * a.cols)
 	if a.bf16 || gt.bf16 {
 		if !a.bf16 || !gt.bf16 || !c.feedsGEMMs(n) {
-			return false, fmt.Errorf("autograd: SwiGLU of bf16 inputs must feed GEMMs")
+			return false, fmt.Errorf("cuda: SwiGLU of bf16 inputs must feed GEMMs")
 		}
 		y := c.alloc(n, a.rows, a.cols, true)
 		c.emit(func() error { return d.SwiGLUBF16(y.buf, a.buf, gt.buf, cnt) })
@@ -1112,7 +1121,7 @@ func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
 		return c.addColumns(n, a, b)
 	}
 	if a.bf16 || b.bf16 || a.stride != a.cols || b.stride != b.cols || a.rows*a.cols != b.rows*b.cols {
-		return false, fmt.Errorf("autograd: add of %v and %v", c.kids[n][0].Shape(), c.kids[n][1].Shape())
+		return false, fmt.Errorf("cuda: add of %v and %v", c.kids[n][0].Shape(), c.kids[n][1].Shape())
 	}
 	cnt := int64(a.rows * a.cols)
 	var y *value
@@ -1158,7 +1167,7 @@ func (d *Device) attentionPrefill(out *Buffer, outBF16 bool, pre *prefillScratch
 		}
 		l += tc - 1
 		if int64(heads)*int64(tc)*int64(l) > pre.elems {
-			return fmt.Errorf("autograd: attention scratch of %d elements is too small for %d keys", pre.elems, l)
+			return fmt.Errorf("cuda: attention scratch of %d elements is too small for %d keys", pre.elems, l)
 		}
 		// scores^T per head: [l, tc] = K_h [l, dim] . q_h^T
 		if err := d.gemmBatched(blasOpT, blasOpN, l, tc, dim, kc, dtypeBF16, width, int64(dim),
@@ -1189,7 +1198,7 @@ func (p *Program) Run() error {
 	}
 	st, d := p.step, p.d
 	if st.Batch != 1 {
-		return fmt.Errorf("autograd: the GPU executor runs batch 1")
+		return fmt.Errorf("cuda: the GPU executor runs batch 1")
 	}
 	base := []float64{st.RotaryBaseOf(0)}
 	if err := cudaErr("cuMemcpyHtoD(rotary base)", d.drv.memcpyHtoD(p.base.Ptr, unsafe.Pointer(&base[0]), 8)); err != nil {
@@ -1208,7 +1217,7 @@ func (p *Program) Run() error {
 	}
 	if len(st.IDs) > 0 {
 		if int64(len(st.IDs))*4 > p.ids.Bytes {
-			return fmt.Errorf("autograd: %d ids for a program of %d", len(st.IDs), p.ids.Bytes/4)
+			return fmt.Errorf("cuda: %d ids for a program of %d", len(st.IDs), p.ids.Bytes/4)
 		}
 		p.idsBuf = append(p.idsBuf[:0], st.IDs...)
 		if err := cudaErr("cuMemcpyHtoD(ids)", d.drv.memcpyHtoD(p.ids.Ptr, unsafe.Pointer(&p.idsBuf[0]), int64(len(p.idsBuf))*4)); err != nil {
@@ -1219,7 +1228,7 @@ func (p *Program) Run() error {
 	var key [2]any
 	if p.hasAttention {
 		if st.Cache == nil {
-			return fmt.Errorf("autograd: the GPU executor runs attention over a KV cache")
+			return fmt.Errorf("cuda: the GPU executor runs attention over a KV cache")
 		}
 		dc, err := d.cacheFor(st.Cache)
 		if err != nil {

@@ -2,7 +2,13 @@
 
 package cuda
 
-import "testing"
+import (
+	"testing"
+
+	G "gorgonia.org/gorgonia"
+
+	"github.com/qwen-tune/qwen-tune/autograd"
+)
 
 // SetChunkedLoss switches the fusion "lm_head + cross-entropy by chunks" on or off, with rows
 // rows per chunk (0: from the vocabulary), until the test ends.
@@ -21,4 +27,16 @@ func SetArenaSavings(t testing.TB, on bool) {
 	sw, bf := swigluGradInPlace, keepBF16
 	swigluGradInPlace, keepBF16 = on, on
 	t.Cleanup(func() { swigluGradInPlace, keepBF16 = sw, bf })
+}
+
+// OpCase runs the op table's case named name (optable.go).
+func OpCase(d *Device, name string, seed uint64) []Check { return opCase(d, name, seed) }
+
+// OpTableRow reports whether the device's op table has a row for the case named name.
+func OpTableRow(name string) bool { _, ok := opTable[name]; return ok }
+
+// CompileTraining compiles the graph of out as a training program whose output is not the
+// loss (as the op table does), keeping keep, reading inputs in place.
+func CompileTraining(d *Device, out *G.Node, keep []*G.Node, st *autograd.Step, inputs map[*G.Node]*Buffer) (*Program, error) {
+	return d.compileWith(out.Graph(), out, keep, st, GradOptions{train: true}, inputs)
 }

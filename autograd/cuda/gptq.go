@@ -168,7 +168,7 @@ func (d *Device) GPTQUpdate(wf, errs, u *Buffer, n, k, i1, count int) error {
 	}
 	tiles := (n + 63) / 64 * ((cols + 63) / 64)
 	if tiles > 1<<31-1 {
-		return fmt.Errorf("autograd: GPTQUpdate: %d tiles", tiles)
+		return fmt.Errorf("cuda: GPTQUpdate: %d tiles", tiles)
 	}
 	return d.launch("gptq_update", tiles, 256, 0, wf, errs, u, n, k, i1, count)
 }
@@ -183,7 +183,7 @@ func CopyToDevice[T any](d *Device, dst *Buffer, src []T) error {
 	var zero T
 	bytes := int64(len(src)) * int64(unsafe.Sizeof(zero))
 	if bytes > dst.Bytes {
-		return fmt.Errorf("autograd: copying %d bytes into a buffer of %d", bytes, dst.Bytes)
+		return fmt.Errorf("cuda: copying %d bytes into a buffer of %d", bytes, dst.Bytes)
 	}
 	if len(src) == 0 {
 		return nil

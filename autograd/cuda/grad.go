@@ -36,14 +36,14 @@ func (d *Device) CompileGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step
 // options (activation checkpointing).
 func (d *Device) CompileGradInto(g *G.ExprGraph, loss *G.Node, grads []*G.Node, s *ParamSet, step *autograd.Step, o GradOptions) (*Program, error) {
 	if s == nil || s.d != d {
-		return nil, fmt.Errorf("autograd: compiling into a parameter set of another device")
+		return nil, fmt.Errorf("cuda: compiling into a parameter set of another device")
 	}
 	if len(grads) != len(s.sizes) {
-		return nil, fmt.Errorf("autograd: %d gradients for a parameter set of %d", len(grads), len(s.sizes))
+		return nil, fmt.Errorf("cuda: %d gradients for a parameter set of %d", len(grads), len(s.sizes))
 	}
 	for i, n := range grads {
 		if int64(n.Shape().TotalSize()) != s.sizes[i] {
-			return nil, fmt.Errorf("autograd: the gradient of %s has shape %v, not %d values", s.names[i], n.Shape(), s.sizes[i])
+			return nil, fmt.Errorf("cuda: the gradient of %s has shape %v, not %d values", s.names[i], n.Shape(), s.sizes[i])
 		}
 	}
 	o.sums = s
@@ -80,7 +80,7 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 	for _, n := range params {
 		v, ok := n.Value().(*tensor.Dense)
 		if !ok {
-			return fmt.Errorf("autograd: parameter %s has no dense value", n.Name())
+			return fmt.Errorf("cuda: parameter %s has no dense value", n.Name())
 		}
 		b := d.weights[v]
 		data, ok := v.Data().([]float32)
@@ -101,12 +101,12 @@ func (d *Device) RefreshWeights(params []*G.Node) error {
 // Grads downloads the kept gradients of the last run, in CompileGrad's order.
 func (p *Program) Grads() ([][]float32, error) {
 	if p.into != nil && slices.Contains(p.into.direct, true) {
-		return nil, fmt.Errorf("autograd: the program adds its gradients to its parameter set's sums (CompileGradInto): compile it with CompileGrad to read them")
+		return nil, fmt.Errorf("cuda: the program adds its gradients to its parameter set's sums (CompileGradInto): compile it with CompileGrad to read them")
 	}
 	out := make([][]float32, len(p.keep))
 	for i, v := range p.keep {
 		if v.stride != v.cols || v.bf16 || v.parts != 0 {
-			return nil, fmt.Errorf("autograd: gradient %d is not a whole float32 value", i)
+			return nil, fmt.Errorf("cuda: gradient %d is not a whole float32 value", i)
 		}
 		out[i] = make([]float32, v.rows*v.cols)
 		if err := Download(p.d, out[i], v.ptr()); err != nil {
@@ -123,7 +123,7 @@ const allParts = 7
 func (c *compiler) whole(vs ...*value) error {
 	for _, v := range vs {
 		if v.parts != 0 {
-			return fmt.Errorf("autograd: %s reads a fused qkv gradient with parts missing", c.what())
+			return fmt.Errorf("cuda: %s reads a fused qkv gradient with parts missing", c.what())
 		}
 	}
 	return nil
@@ -142,7 +142,7 @@ func (c *compiler) viewOf(n, root *G.Node, v *value) {
 func (c *compiler) constant(n *G.Node) error {
 	v, err := autograd.Scalar(n.Value())
 	if err != nil {
-		return fmt.Errorf("autograd: constant %s: %w", n.Name(), err)
+		return fmt.Errorf("cuda: constant %s: %w", n.Name(), err)
 	}
 	c.consts[n] = v
 	c.vals[n] = &value{rows: 1, cols: 1, root: n, param: true} // known at compile: no buffer
@@ -155,7 +155,7 @@ func (c *compiler) crossEntropyGrad(n *G.Node, in []*value) (bool, error) {
 	lse, ok := c.ceLSE[o.Forward()]
 	dloss, known := c.consts[c.kids[n][1]]
 	if !ok || !known || p.loss == nil {
-		return false, fmt.Errorf("autograd: %s needs its forward and a constant upstream gradient", c.what())
+		return false, fmt.Errorf("cuda: %s needs its forward and a constant upstream gradient", c.what())
 	}
 	var y *value
 	if c.dies(c.kids[n][0]) {
@@ -195,7 +195,7 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 		return false, err
 	}
 	if !w.param || !w.bf16 {
-		return false, fmt.Errorf("autograd: %s: the weight must be a parameter", c.what())
+		return false, fmt.Errorf("cuda: %s: the weight must be a parameter", c.what())
 	}
 	rows, m, k := dy.rows, dy.cols, w.cols
 	y := c.alloc(n, rows, k, false)
@@ -253,7 +253,7 @@ func (c *compiler) linearGradWInto(n *G.Node, i int, dy, x *value, scale float64
 	d, s, p := c.d, c.sums, c.p
 	rows, m, k := dy.rows, dy.cols, x.cols
 	if int64(m)*int64(k) != s.sizes[i] {
-		return false, fmt.Errorf("autograd: %s: a gradient of [%d, %d] for %s of %d values", c.what(), m, k, s.names[i], s.sizes[i])
+		return false, fmt.Errorf("cuda: %s: a gradient of [%d, %d] for %s of %d values", c.what(), m, k, s.names[i], s.sizes[i])
 	}
 	sum := s.slice(s.grad, i)
 	c.vals[n] = &value{buf: sum, rows: m, cols: k, stride: k, root: n}
@@ -287,7 +287,7 @@ func (c *compiler) int4Grad(n *G.Node, in []*value) (bool, error) {
 		return false, err
 	}
 	if dy.cols != o.Weight().N {
-		return false, fmt.Errorf("autograd: %s: gradient of %d columns for %d outputs", c.what(), dy.cols, o.Weight().N)
+		return false, fmt.Errorf("cuda: %s: gradient of %d columns for %d outputs", c.what(), dy.cols, o.Weight().N)
 	}
 	w, err := d.int4Weights(o.Weight())
 	if err != nil {
@@ -314,7 +314,7 @@ func (c *compiler) rmsNormGradX(n *G.Node, in []*value) (bool, error) {
 	o, d := n.Op().(*autograd.RMSNormGradXOp), c.d
 	x, w, dy := in[0], in[1], in[2]
 	if x.bf16 || dy.bf16 || x.stride != x.cols || dy.stride != dy.cols || !w.param {
-		return false, fmt.Errorf("autograd: %s of bf16 or strided inputs", c.what())
+		return false, fmt.Errorf("cuda: %s of bf16 or strided inputs", c.what())
 	}
 	y := c.alloc(n, x.rows, x.cols, false)
 	rows, h, eps := x.rows, x.cols, float32(o.Eps())
@@ -329,7 +329,7 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 	a, g, dy := in[0], in[1], in[2]
 	for _, v := range in {
 		if v.bf16 || v.stride != v.cols {
-			return false, fmt.Errorf("autograd: %s of bf16 or strided inputs", c.what())
+			return false, fmt.Errorf("cuda: %s of bf16 or strided inputs", c.what())
 		}
 	}
 	var sib *G.Node
@@ -346,13 +346,8 @@ func (c *compiler) swiGLUGrad(n *G.Node, in []*value) (bool, error) {
 	if sib != nil {
 		last = c.pos[sib]
 	}
-	// (gorgonia schedules the two next to each other, their inputs being the same; a reader
-	// placed between them would still see its input: between counts it)
-	between := func(k *G.Node) bool {
-		return slices.ContainsFunc(c.users[k], func(u *G.Node) bool { return u != n && u != sib && c.pos[u] > c.i && c.pos[u] <= last })
-	}
 	take := func(m, k *G.Node) *value {
-		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) && !between(k) {
+		if swigluGradInPlace && c.kids[n][0] != c.kids[n][1] && c.diesBy(k, last) {
 			return c.inPlace(m, k)
 		}
 		return c.alloc(m, a.rows, a.cols, false)
@@ -402,10 +397,10 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 	q, k, v, out, dy := in[0], in[1], in[2], in[3], in[4]
 	fw, ok := c.attn[o.Forward()]
 	if !ok {
-		return false, fmt.Errorf("autograd: %s needs its forward in the same program", c.what())
+		return false, fmt.Errorf("cuda: %s needs its forward in the same program", c.what())
 	}
 	if out.stride != out.cols || dy.stride != dy.cols || out.bf16 || dy.bf16 {
-		return false, fmt.Errorf("autograd: %s of bf16 or strided outputs", c.what())
+		return false, fmt.Errorf("cuda: %s of bf16 or strided outputs", c.what())
 	}
 	sc := fw.scratch
 	b, t, heads := st.Batch, sc.T, sc.Heads
@@ -433,7 +428,7 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) pick(n *G.Node, in []*value) (bool, error) {
 	o, x := n.Op().(*autograd.PickOp), in[0]
 	if _, ok := c.kids[n][0].Op().(*autograd.AttentionGradOp); !ok || o.Of() != 3 {
-		return false, fmt.Errorf("autograd: %s of something other than attention's backward", c.what())
+		return false, fmt.Errorf("cuda: %s of something other than attention's backward", c.what())
 	}
 	part := x.stride / 3
 	c.viewOf(n, x.root, &value{buf: x.buf, off: x.off + int64(o.Part()*part*4), rows: x.rows, cols: part, stride: x.stride})
@@ -445,7 +440,7 @@ func (c *compiler) mergePart(n *G.Node, in []*value) (bool, error) {
 	o, x := n.Op().(*autograd.MergePartOp), in[0]
 	width := o.Split().Heads() * o.Split().HeadDim()
 	if x.stride != 3*width || x.off != int64(o.Split().Part()*width*4) || x.cols != width {
-		return false, fmt.Errorf("autograd: %s of a gradient not laid out as the fused qkv projection", c.what())
+		return false, fmt.Errorf("cuda: %s of a gradient not laid out as the fused qkv projection", c.what())
 	}
 	c.viewOf(n, x.root, &value{buf: x.buf, rows: x.rows, cols: 3 * width, stride: 3 * width, parts: 1 << o.Split().Part()})
 	return true, nil
@@ -454,7 +449,7 @@ func (c *compiler) mergePart(n *G.Node, in []*value) (bool, error) {
 // addParts is the sum of two parts of one fused qkv gradient: the union, no launch.
 func (c *compiler) addParts(n *G.Node, a, b *value) (bool, error) {
 	if a.parts == 0 || b.parts == 0 || a.buf != b.buf || a.parts&b.parts != 0 {
-		return false, fmt.Errorf("autograd: %s adds a part of a fused qkv gradient to something else", c.what())
+		return false, fmt.Errorf("cuda: %s adds a part of a fused qkv gradient to something else", c.what())
 	}
 	u := a.parts | b.parts
 	if u == allParts {

@@ -8,9 +8,6 @@ package cuda
 
 import (
 	"fmt"
-
-	"github.com/qwen-tune/qwen-tune/autograd"
-	G "gorgonia.org/gorgonia"
 )
 
 type cudaGraph struct {
@@ -23,7 +20,7 @@ func graphErr(call string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("autograd: %s: %v", call, err)
+	return fmt.Errorf("cuda: %s: %v", call, err)
 }
 
 // capture records the launches run makes on the device's stream as a graph.
@@ -60,10 +57,4 @@ func (g *cudaGraph) destroy() {
 		g.drv.graphDestroy(g.graph, g.exec)
 		g.graph, g.exec = 0, 0
 	}
-}
-
-// isCheckpointOp reports a block boundary of a training graph (autograd.Checkpoint).
-func isCheckpointOp(op G.Op) bool {
-	_, ok := op.(*autograd.CheckpointOp)
-	return ok
 }

@@ -59,7 +59,7 @@ func (d *Device) UploadInt4(w *autograd.Int4) (*Int4Weights, error) {
 		return nil, err
 	}
 	if int64(w.K)*int64(w.N) > 1<<31-1 {
-		return nil, fmt.Errorf("autograd: %s: %d x %d weights are more than the Int4 kernels index (2^31 - 1)", w.Name, w.N, w.K)
+		return nil, fmt.Errorf("cuda: %s: %d x %d weights are more than the Int4 kernels index (2^31 - 1)", w.Name, w.N, w.K)
 	}
 	dw := &Int4Weights{Name: w.Name, Bits: w.Bits, K: w.K, N: w.N, G: w.G, Group: w.PlainGroup()}
 	up := func(dst **Buffer, data unsafe.Pointer, bytes int64, what string) error {

@@ -89,7 +89,7 @@ func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
 	inverse := n.Op().(*autograd.RotaryOp).Inverse() // the backward's rotation
 	s := n.Shape()                                   // [B, T, H, D]
 	if x.bf16 {
-		return false, fmt.Errorf("autograd: rotary of a bf16 input")
+		return false, fmt.Errorf("cuda: rotary of a bf16 input")
 	}
 	b, t, heads, dim := s[0], s[1], s[2], s[3]
 	var y *value
@@ -120,7 +120,7 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	s := c.kids[n][0].Shape() // [B, T, H, D]
 	b, t, heads, dim := s[0], s[1], s[2], s[3]
 	if q.buf != k.buf || k.buf != v.buf || q.stride != k.stride || k.stride != v.stride || q.bf16 || k.bf16 || v.bf16 {
-		return false, fmt.Errorf("autograd: attention of a loss program reads q, k and v from one fused projection")
+		return false, fmt.Errorf("cuda: attention of a loss program reads q, k and v from one fused projection")
 	}
 	width := heads * dim
 	y := c.alloc(n, b*t, width, false)
@@ -137,7 +137,7 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	stride, rowBytes := q.stride, int64(t*q.stride*4)
 	c.emit(func() error {
 		if st.LogNSeq > 0 && st.Keys() > st.LogNSeq {
-			return fmt.Errorf("autograd: a loss program has no LogN attention: a sequence of more than %d tokens (seq_length) is scored on the CPU (--device cpu)", st.LogNSeq)
+			return fmt.Errorf("cuda: a loss program has no LogN attention: a sequence of more than %d tokens (seq_length) is scored on the CPU (--device cpu)", st.LogNSeq)
 		}
 		for r := 0; r < b; r++ {
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,
@@ -157,10 +157,10 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 	o, d, st, x := n.Op().(*autograd.DropoutOp), c.d, c.step, in[0]
 	if o.Step() != st {
-		return false, fmt.Errorf("autograd: %s belongs to another Step", c.what())
+		return false, fmt.Errorf("cuda: %s belongs to another Step", c.what())
 	}
 	if x.bf16 || x.stride != x.cols {
-		return false, fmt.Errorf("autograd: dropout of a bf16 or strided input")
+		return false, fmt.Errorf("cuda: dropout of a bf16 or strided input")
 	}
 	cnt := int64(x.rows * x.cols)
 	if c.multipliedInBF16(n) {
@@ -232,10 +232,10 @@ func (c *compiler) crossEntropy(n *G.Node, in []*value) (bool, error) {
 		return c.chunkLoss(n, in)
 	}
 	if n != c.out || p.loss == nil {
-		return false, fmt.Errorf("autograd: the cross-entropy of the GPU executor is a loss program's output")
+		return false, fmt.Errorf("cuda: the cross-entropy of the GPU executor is a loss program's output")
 	}
 	if x.bf16 || x.stride != x.cols {
-		return false, fmt.Errorf("autograd: cross-entropy of bf16 or strided logits")
+		return false, fmt.Errorf("cuda: cross-entropy of bf16 or strided logits")
 	}
 	rows, vocab := x.rows, x.cols
 	y := c.alloc(n, 1, rows, false)
@@ -257,10 +257,10 @@ func (p *Program) runLoss() error {
 	st, d := p.step, p.d
 	n := st.Batch * st.Seq
 	if st.Cache != nil || len(st.IDs) != n || len(st.Labels) != n {
-		return fmt.Errorf("autograd: a loss program runs a Step of %d ids and labels without a cache", n)
+		return fmt.Errorf("cuda: a loss program runs a Step of %d ids and labels without a cache", n)
 	}
 	if st.Past != 0 {
-		return fmt.Errorf("autograd: a training program's positions start at 0, not at Past %d (a cache's positions are for inference)", st.Past)
+		return fmt.Errorf("cuda: a training program's positions start at 0, not at Past %d (a cache's positions are for inference)", st.Past)
 	}
 	bases := make([]float64, st.Batch)
 	for b := range bases {
@@ -279,7 +279,7 @@ func (p *Program) runLoss() error {
 		return err
 	}
 	if st.Positions != nil && len(st.Positions) != n || st.Segments != nil && len(st.Segments) != n {
-		return fmt.Errorf("autograd: %d positions and %d segments for %d positions", len(st.Positions), len(st.Segments), n)
+		return fmt.Errorf("cuda: %d positions and %d segments for %d positions", len(st.Positions), len(st.Segments), n)
 	}
 	if st.Positions != nil {
 		if err := up(p.loss.pos, unsafe.Pointer(&st.Positions[0]), int64(n)*4, "positions"); err != nil {
@@ -293,7 +293,7 @@ func (p *Program) runLoss() error {
 	}
 	if st.KeyMask != nil {
 		if len(st.KeyMask) != n {
-			return fmt.Errorf("autograd: a key mask of %d for %d positions", len(st.KeyMask), n)
+			return fmt.Errorf("cuda: a key mask of %d for %d positions", len(st.KeyMask), n)
 		}
 		p.loss.maskBytes = p.loss.maskBytes[:0]
 		for _, k := range st.KeyMask {
@@ -316,8 +316,8 @@ func (p *Program) runLoss() error {
 // Loss is a loss program's last run's mean loss over the labels that count (0 when none do),
 // the rows' losses added in row order.
 func (p *Program) Loss() (float64, error) {
-	if p.loss == nil {
-		return 0, fmt.Errorf("autograd: the program's output is not a loss")
+	if p.loss == nil || !p.lossOut {
+		return 0, fmt.Errorf("cuda: the program's output is not a loss")
 	}
 	rows := make([]float32, p.out.cols)
 	if err := Download(p.d, rows, p.out.buf); err != nil {

@@ -81,7 +81,7 @@ type ParamSet struct {
 // with the device as uploaded weights do). Call Upload before the first step.
 func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSet, err error) {
 	if len(names) != len(values) || len(values) == 0 {
-		return nil, fmt.Errorf("autograd: a parameter set of %d values with %d names", len(values), len(names))
+		return nil, fmt.Errorf("cuda: a parameter set of %d values with %d names", len(values), len(names))
 	}
 	set := &ParamSet{d: d, names: names}
 	s = set
@@ -100,14 +100,14 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	}()
 	for i, v := range values {
 		if _, ok := v.Data().([]float32); !ok || v.Size() == 0 {
-			return nil, fmt.Errorf("autograd: parameter %s is not a float32 tensor: only those train on the device", names[i])
+			return nil, fmt.Errorf("cuda: parameter %s is not a float32 tensor: only those train on the device", names[i])
 		}
 		key := v
 		if o := d.trained[key]; o != nil {
-			return nil, fmt.Errorf("autograd: parameter %s is kept by another parameter set on %s", names[i], d.Name)
+			return nil, fmt.Errorf("cuda: parameter %s is kept by another parameter set on %s", names[i], d.Name)
 		}
 		if j := slices.Index(s.keys, key); j >= 0 {
-			return nil, fmt.Errorf("autograd: parameters %s and %s are one tensor: a parameter set keeps each once", names[j], names[i])
+			return nil, fmt.Errorf("cuda: parameters %s and %s are one tensor: a parameter set keeps each once", names[j], names[i])
 		}
 		s.keys, s.sizes, s.offs = append(s.keys, key), append(s.sizes, int64(v.Size())), append(s.offs, s.n)
 		s.n += int64(v.Size())
@@ -124,7 +124,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	}
 	for i := range s.host {
 		if s.host[i], err = d.drv.memAllocHost(3 * s.n * 4); err != nil {
-			return nil, fmt.Errorf("autograd: allocating %.1f MiB of page-locked host memory for the trained parameters and moments before an update: %w",
+			return nil, fmt.Errorf("cuda: allocating %.1f MiB of page-locked host memory for the trained parameters and moments before an update: %w",
 				float64(3*s.n*4)/(1<<20), cudaErr("cuMemAllocHost", err))
 		}
 	}
@@ -139,7 +139,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 	for i, key := range s.keys {
 		b := d.weights[key]
 		if b != nil && b.Bytes != s.sizes[i]*2 {
-			return nil, fmt.Errorf("autograd: parameter %s: its device copy holds %d bytes, not %d bf16 values", names[i], b.Bytes, s.sizes[i])
+			return nil, fmt.Errorf("cuda: parameter %s: its device copy holds %d bytes, not %d bf16 values", names[i], b.Bytes, s.sizes[i])
 		}
 		if b == nil {
 			if b, err = d.Alloc(s.sizes[i]*2, names[i]); err != nil {
@@ -195,11 +195,11 @@ func (s *ParamSet) slice(b *Buffer, i int) *Buffer { return b.Slice(s.offs[i]*4,
 // check validates host slices (one per parameter, of its size) against the set.
 func (s *ParamSet) check(what string, xs [][]float32) error {
 	if len(xs) != len(s.sizes) {
-		return fmt.Errorf("autograd: %d %s for a parameter set of %d", len(xs), what, len(s.sizes))
+		return fmt.Errorf("cuda: %d %s for a parameter set of %d", len(xs), what, len(s.sizes))
 	}
 	for i, x := range xs {
 		if int64(len(x)) != s.sizes[i] {
-			return fmt.Errorf("autograd: parameter %s: %d %s values for %d", s.names[i], len(x), what, s.sizes[i])
+			return fmt.Errorf("cuda: parameter %s: %d %s values for %d", s.names[i], len(x), what, s.sizes[i])
 		}
 	}
 	return nil
@@ -323,27 +323,27 @@ func (s *ParamSet) weights() error {
 // host's float32 arithmetic: sum += g * float32(tokens).
 func (s *ParamSet) Accumulate(p *Program, tokens int, first bool) error {
 	if p.d != s.d {
-		return fmt.Errorf("autograd: a program of another device")
+		return fmt.Errorf("cuda: a program of another device")
 	}
 	if len(p.keep) != len(s.sizes) {
-		return fmt.Errorf("autograd: a program with %d gradients for a parameter set of %d", len(p.keep), len(s.sizes))
+		return fmt.Errorf("cuda: a program with %d gradients for a parameter set of %d", len(p.keep), len(s.sizes))
 	}
 	if p.into != nil && p.into.set != s {
-		return fmt.Errorf("autograd: a program compiled into another parameter set")
+		return fmt.Errorf("cuda: a program compiled into another parameter set")
 	}
 	if p.into == nil && !slices.Equal(p.of, s.keys) { // sizes alike would not tell the gradients apart
 		if p.of == nil {
-			return fmt.Errorf("autograd: a program that does not say whose gradients it keeps: compile it into the parameter set (CompileGradInto) or for its parameters (GradOptions.Of)")
+			return fmt.Errorf("cuda: a program that does not say whose gradients it keeps: compile it into the parameter set (CompileGradInto) or for its parameters (GradOptions.Of)")
 		}
 		i := 0
 		for i < len(p.of) && i < len(s.keys) && p.of[i] == s.keys[i] {
 			i++
 		}
-		return fmt.Errorf("autograd: a program compiled for other parameters than the set's, or in another order: its gradient %d is not that of %s", i, s.names[min(i, len(s.names)-1)])
+		return fmt.Errorf("cuda: a program compiled for other parameters than the set's, or in another order: its gradient %d is not that of %s", i, s.names[min(i, len(s.names)-1)])
 	}
 	for i, v := range p.keep {
 		if v.stride != v.cols || v.bf16 || v.parts != 0 || int64(v.rows)*int64(v.cols) != s.sizes[i] {
-			return fmt.Errorf("autograd: the gradient of %s is not a whole float32 value of %d elements", s.names[i], s.sizes[i])
+			return fmt.Errorf("cuda: the gradient of %s is not a whole float32 value of %d elements", s.names[i], s.sizes[i])
 		}
 	}
 	if p.into == nil {
@@ -426,10 +426,10 @@ func (d *Device) ParamSetOf(values []*tensor.Dense) *ParamSet {
 // the device: the sum of squares in a fixed order). It returns the norm before clipping.
 func (s *ParamSet) Clip(tokens int, maxNorm float64) (float64, error) {
 	if tokens <= 0 {
-		return 0, fmt.Errorf("autograd: a step of %d tokens", tokens)
+		return 0, fmt.Errorf("cuda: a step of %d tokens", tokens)
 	}
 	if len(s.armed) > 0 {
-		return 0, fmt.Errorf("autograd: %d programs were given to Accumulate and not run since: Accumulate comes before each micro-batch's run", len(s.armed))
+		return 0, fmt.Errorf("cuda: %d programs were given to Accumulate and not run since: Accumulate comes before each micro-batch's run", len(s.armed))
 	}
 	if err := s.d.launch("div_f32", grid(s.n), trainBlock, 0, s.grad, s.n, float32(tokens)); err != nil {
 		return 0, err
@@ -465,7 +465,7 @@ func (s *ParamSet) Update(o *optim.AdamW, lr float64) error {
 // uploads the host's copy of them.
 func (s *ParamSet) GoBack(o *optim.AdamW) error {
 	if !s.kept {
-		return fmt.Errorf("autograd: no update to go back from")
+		return fmt.Errorf("cuda: no update to go back from")
 	}
 	if err := s.waitCopy(); err != nil { // the copy of the update's result reads master, m and v
 		return err

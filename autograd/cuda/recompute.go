@@ -65,7 +65,7 @@ type GradOptions struct {
 // CompileGradWith is CompileGrad with options.
 func (d *Device) CompileGradWith(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *autograd.Step, o GradOptions) (*Program, error) {
 	if o.Of != nil && len(o.Of) != len(grads) {
-		return nil, fmt.Errorf("autograd: %d gradients of %d parameters (GradOptions.Of)", len(grads), len(o.Of))
+		return nil, fmt.Errorf("cuda: %d gradients of %d parameters (GradOptions.Of)", len(grads), len(o.Of))
 	}
 	p, err := d.compile(g, loss, grads, step, o)
 	if err != nil {
@@ -126,7 +126,7 @@ func (c *compiler) planRecompute() ([]*G.Node, error) {
 		}
 		if n.Op() != nil && isCheckpointOp(n.Op()) {
 			if l != marks-1 {
-				return nil, fmt.Errorf("autograd: checkpointing: mark %s does not follow mark %d", n.Name(), marks-1)
+				return nil, fmt.Errorf("cuda: checkpointing: mark %s does not follow mark %d", n.Name(), marks-1)
 			}
 			l, marks = marks, marks+1
 		}
@@ -246,7 +246,7 @@ func (c *compiler) enter(i int) error {
 		for _, n := range rc.blocks[b] {
 			v := c.vals[n]
 			if v != nil && !v.param && v.lazy == 0 && v.root == n && !c.released[n] {
-				return fmt.Errorf("autograd: checkpointing: %s of block %d is still live when the block is computed again", n.Name(), b)
+				return fmt.Errorf("cuda: checkpointing: %s of block %d is still live when the block is computed again", n.Name(), b)
 			}
 			delete(c.vals, n)
 			delete(c.released, n)
@@ -308,7 +308,7 @@ func (c *compiler) checkReads() error {
 		}
 		q := c.pl.reqs[j]
 		if r.at < q.First || q.Last >= 0 && r.at > q.Last {
-			return fmt.Errorf("autograd: checkpointing: %s reads a buffer planned for nodes %d-%d at node %d", r.who.Name(), q.First, q.Last, r.at)
+			return fmt.Errorf("cuda: checkpointing: %s reads a buffer planned for nodes %d-%d at node %d", r.who.Name(), q.First, q.Last, r.at)
 		}
 	}
 	return nil
@@ -319,7 +319,7 @@ func (c *compiler) checkReads() error {
 func (c *compiler) checkpoint(n *G.Node, in []*value) (bool, error) {
 	x := in[0]
 	if x.lazy != 0 || x.param || x.root != c.root(c.kids[n][0]) {
-		return false, fmt.Errorf("autograd: %s of a value the GPU executor does not own", c.what())
+		return false, fmt.Errorf("cuda: %s of a value the GPU executor does not own", c.what())
 	}
 	v := *x
 	c.vals[n] = &v
@@ -327,4 +327,10 @@ func (c *compiler) checkpoint(n *G.Node, in []*value) (bool, error) {
 		c.lastAdd.node = n
 	}
 	return true, nil
+}
+
+// isCheckpointOp reports a block boundary of a training graph (autograd.Checkpoint).
+func isCheckpointOp(op G.Op) bool {
+	_, ok := op.(*autograd.CheckpointOp)
+	return ok
 }

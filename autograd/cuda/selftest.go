@@ -190,7 +190,7 @@ func SelfTest(d *Device, seed uint64) []Check {
 }
 
 // checkGroups are the self-test's groups of kernel checks, run in this order.
-var checkGroups = []func(d *Device, r *rand.Rand) []Check{inferenceChecks, int4Checks, trainChecks, opTableChecks, chunkLossChecks, paramSetChecks, gptqChecks}
+var checkGroups = []func(d *Device, r *rand.Rand) []Check{inferenceChecks, int4Checks, trainChecks, chunkLossChecks, paramSetChecks, gptqChecks, opTableChecks}
 
 // inferenceChecks are the kernels and products of inference on dense weights.
 func inferenceChecks(d *Device, r *rand.Rand) []Check {

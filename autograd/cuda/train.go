@@ -147,7 +147,7 @@ func (d *Device) ScaleF32(x *Buffer, n int64, s float64) error {
 // before clipping; maxNorm <= 0 only measures.
 func (d *Device) ClipGradNorm(grads []*Buffer, sizes []int64, maxNorm float64) (float64, error) {
 	if len(grads) != len(sizes) || len(grads) == 0 {
-		return 0, fmt.Errorf("autograd: ClipGradNorm of %d gradients with %d sizes", len(grads), len(sizes))
+		return 0, fmt.Errorf("cuda: ClipGradNorm of %d gradients with %d sizes", len(grads), len(sizes))
 	}
 	partial, err := d.Alloc(int64(len(grads))*SumSquaresBlocks*8, "gradient norm partial sums")
 	if err != nil {
@@ -209,7 +209,7 @@ type AttnTrainScratch struct {
 // operands and 12 heads chunk t for one chunk.
 func (d *Device) NewAttnTrainScratch(t, heads, dim, chunk int) (*AttnTrainScratch, error) {
 	if t <= 0 || heads <= 0 || dim <= 0 || chunk <= 0 {
-		return nil, fmt.Errorf("autograd: attention scratch of %d positions, %d heads of %d, chunks of %d", t, heads, dim, chunk)
+		return nil, fmt.Errorf("cuda: attention scratch of %d positions, %d heads of %d, chunks of %d", t, heads, dim, chunk)
 	}
 	sc := &AttnTrainScratch{T: t, Heads: heads, Dim: dim, Chunk: min(chunk, t)}
 	operand := int64(t) * int64(heads*dim) * 2

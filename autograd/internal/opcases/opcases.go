@@ -1,5 +1,5 @@
 // Package opcases is the table of op checks that autograd's tests and autograd/cuda's share:
-// every op of autograd on small inputs (padding, packing, LogN, the blocked attention's
+// the ops of autograd on small inputs (padding, packing, LogN, the blocked attention's
 // edges, bf16 weights), with a plain float64 reference of its forward pass. autograd checks
 // each op against its reference and its gradients against finite differences; autograd/cuda
 // runs each op and its gradient ops on the device against the CPU implementation.
@@ -151,7 +151,8 @@ func Floats(v G.Value) ([]float64, error) {
 	return nil, fmt.Errorf("opcases: a value of type %T", v.Data())
 }
 
-// All is the table: every op of autograd, with the blocked attention's edge cases.
+// All is the table: the ops of autograd (all but Int4Linear and Capture, which have tests of
+// their own), with the blocked attention's edge cases.
 func All() []Case {
 	padded := &autograd.Step{Batch: 2, Seq: 5, RotaryBase: 10000, KeyMask: []bool{true, true, true, true, true, true, true, true, false, false}}
 	rows := &autograd.Step{Batch: 2, Seq: 3, Past: 0, Base: []float64{10000, 30000}, RotaryBase: 10000}

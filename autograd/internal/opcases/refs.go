@@ -112,7 +112,7 @@ func attention(in [][]float64, st *autograd.Step) []float64 {
 	return out
 }
 
-// dropout is dropout.go's header: element i of x is kept when the i-th 32-bit word u of
+// Dropout is autograd/dropout.go's header: element i of x is kept when the i-th 32-bit word u of
 // the Philox stream (seed, key) has u / 2^32 >= p, and scaled by 1/(1-p); word i is word i
 // mod 4 of Philox4x32-10 of the counter (i/4, key) under seed, built here from philox.Block.
 func Dropout(x []float64, p float64, seed, key uint64) []float64 {
