@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/qwen-tune/qwen-tune/internal/philox"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // TestDropoutBlocks: a mask over several of the goroutines' ranges equals the header's, whatever
@@ -18,7 +18,7 @@ func TestDropoutBlocks(t *testing.T) {
 	for i := range x {
 		x[i] = rng.NormFloat64() + 3 // never 0, so a zero output is a dropped element
 	}
-	want := headerDropout(x, p, 11, 5)
+	want := refmath.Dropout(x, p, 11, 5)
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	for _, procs := range []int{1, 2, 3} {
 		runtime.GOMAXPROCS(procs)
@@ -40,19 +40,4 @@ func TestDropoutBlocks(t *testing.T) {
 			t.Errorf("GOMAXPROCS %d: kept %.4f of the elements, want about %.2f", procs, f, 1-p)
 		}
 	}
-}
-
-// headerDropout is dropout.go's header written out: element i is kept when word i mod 4 of
-// Philox4x32-10 of the counter (i/4, key) under seed, over 2^32, is at least p, and scaled by
-// 1/(1-p).
-func headerDropout(x []float64, p float64, seed, key uint64) []float64 {
-	out := make([]float64, len(x))
-	for i, v := range x {
-		g := uint64(i / 4)
-		b := philox.Block([4]uint32{uint32(g), uint32(g >> 32), uint32(key), uint32(key >> 32)}, [2]uint32{uint32(seed), uint32(seed >> 32)})
-		if float64(b[i%4])/(1<<32) >= p {
-			out[i] = v / (1 - p)
-		}
-	}
-	return out
 }

@@ -141,7 +141,7 @@ func opCase(d *Device, name string, seed uint64) []Check {
 		if k > 0 {
 			what = fmt.Sprintf("d in%d", wrt[k-1])
 		}
-		checks = append(checks, Check{Op: "op " + name + " " + what, Shape: fmt.Sprint(want.shapes[k]), RelErr: relTo(got[k], want.outs[k]), Tol: row.tol, Unwritten: unwritten[k]})
+		checks = append(checks, Check{Op: "op " + name + " " + what, Shape: fmt.Sprint(want.shapes[k]), RelErr: refmath.RelDiffOrNorm(got[k], want.outs[k]), Tol: row.tol, Unwritten: unwritten[k]})
 	}
 	return checks
 }
@@ -416,17 +416,4 @@ func (p *Program) poison() error {
 		}
 	}
 	return nil
-}
-
-// relTo is ||got - want|| / ||want||, or ||got|| where want is all zeros (attention's dq and
-// dk over a single key).
-func relTo(got, want []float32) float64 {
-	if slices.ContainsFunc(want, func(x float32) bool { return x != 0 }) {
-		return refmath.RelDiff(got, want)
-	}
-	var num float64
-	for _, x := range got {
-		num += float64(x) * float64(x)
-	}
-	return math.Sqrt(num)
 }

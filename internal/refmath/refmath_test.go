@@ -14,6 +14,15 @@ func TestRelDiff(t *testing.T) {
 	}
 }
 
+func TestRelDiffOrNorm(t *testing.T) {
+	if d := RelDiffOrNorm([]float64{3e-16, -4e-16}, []float64{0, 0}); math.Abs(d-5e-16) > 1e-28 {
+		t.Fatalf("RelDiffOrNorm against zeros = %v, want 5e-16", d)
+	}
+	if d, want := RelDiffOrNorm([]float32{3, 4}, []float64{0, 0.5}), RelDiff([]float32{3, 4}, []float64{0, 0.5}); d != want {
+		t.Fatalf("RelDiffOrNorm = %v, RelDiff %v", d, want)
+	}
+}
+
 func TestSoftmax(t *testing.T) {
 	// Shifted by a large constant, the result must not overflow and must stay the same.
 	s := []float64{1001, 1002, 1003}

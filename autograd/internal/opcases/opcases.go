@@ -14,6 +14,7 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/internal/refmath"
 )
 
 // Case is one row of the op table: inputs of given shapes, the op applied to them, and a
@@ -196,7 +197,7 @@ func All() []Case {
 			Apply: func(in []*G.Node, st *autograd.Step, _ tensor.Dtype) (*G.Node, error) {
 				return autograd.Dropout(in[0], 0.25, 3, st)
 			},
-			Ref: func(in [][]float64, st *autograd.Step) []float64 { return Dropout(in[0], 0.25, st.Seed, 3) }},
+			Ref: func(in [][]float64, st *autograd.Step) []float64 { return refmath.Dropout(in[0], 0.25, st.Seed, 3) }},
 		{Name: "Attention/packed", Shapes: [][]int{{1, 6, 2, 4}, {1, 6, 2, 4}, {1, 6, 2, 4}}, Wrt: []int{0, 1, 2}, Step: packed,
 			Apply: func(in []*G.Node, st *autograd.Step, _ tensor.Dtype) (*G.Node, error) {
 				return autograd.Attention(in[0], in[1], in[2], 0, st)

@@ -7,7 +7,6 @@ import (
 	"math"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
-	"github.com/qwen-tune/qwen-tune/internal/philox"
 )
 
 func rmsNorm(in [][]float64, _ *autograd.Step) []float64 {
@@ -107,21 +106,6 @@ func attention(in [][]float64, st *autograd.Step) []float64 {
 					}
 				}
 			}
-		}
-	}
-	return out
-}
-
-// Dropout is autograd/dropout.go's header: element i of x is kept when the i-th 32-bit word u of
-// the Philox stream (seed, key) has u / 2^32 >= p, and scaled by 1/(1-p); word i is word i
-// mod 4 of Philox4x32-10 of the counter (i/4, key) under seed, built here from philox.Block.
-func Dropout(x []float64, p float64, seed, key uint64) []float64 {
-	out := make([]float64, len(x))
-	for i, v := range x {
-		g := uint64(i / 4)
-		b := philox.Block([4]uint32{uint32(g), uint32(g >> 32), uint32(key), uint32(key >> 32)}, [2]uint32{uint32(seed), uint32(seed >> 32)})
-		if float64(b[i%4])/(1<<32) >= p {
-			out[i] = v / (1 - p)
 		}
 	}
 	return out
