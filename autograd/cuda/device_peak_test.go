@@ -50,9 +50,9 @@ func entry(t *testing.T, plan cuda.MemoryPlan, prefix string) int {
 // TestDeviceArenaPeak: PlanGrad reports the entry where the most arena bytes are live and
 // what is live there. In mlpCase's program, with and without checkpointing, that is in the
 // MLP's backward: the entry with the most live bytes of all, whose buffers add up to them,
-// the largest of them four or more [N, 2048] float32 values (the up and gate projections,
-// the gradient of SwiGLU's output, the LoRA dropout of SwiGLU's output or SwiGLU's input
-// gradients), within an arena no smaller.
+// the largest of them three or more [N, 2048] float32 values (the up and gate projections
+// or SwiGLU's input gradients over them, the gradient of SwiGLU's output or that of the
+// down projection's input), within an arena no smaller.
 func TestDeviceArenaPeak(t *testing.T) {
 	d := openDevice(t)
 	c, n, mlp := mlpCase(t)
@@ -81,7 +81,7 @@ func TestDeviceArenaPeak(t *testing.T) {
 		for wide < len(pk.Buffers) && pk.Buffers[wide].Bytes == n*mlp*4 {
 			wide++
 		}
-		if wide < 4 || pk.Buffers[wide].Bytes >= n*mlp*4 {
+		if wide < 3 || pk.Buffers[wide].Bytes >= n*mlp*4 {
 			t.Errorf("the peak's largest buffers: %d of %d bytes, then %v", wide, n*mlp*4, pk.Buffers[wide])
 		}
 	}

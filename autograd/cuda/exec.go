@@ -10,10 +10,12 @@ package cuda
 // activations get buffers planned from the graph's liveness (planner), so a buffer is reused
 // as soon as the last node reading it has run, and a run allocates nothing. SplitHeads
 // becomes a view (offset and row stride into the fused qkv projection), the residual adds
-// run in place, and four fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
+// run in place, and five fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
 // KV-cache append" (deferIntoAttention), "up and gate projections + SwiGLU"
-// (deferIntoSwiGLU) and, in loss programs, "lm_head + cross-entropy by chunks"
-// (deferIntoChunkLoss, chunkloss.go). The KV cache of the Step lives on the device in bf16. A new op is one
+// (deferIntoSwiGLU), in loss programs "lm_head + cross-entropy by chunks"
+// (deferIntoChunkLoss, chunkloss.go) and, in gradient programs, "input gradient + add" (a
+// projection's input gradient GEMM with beta 1 into the other addend of the sum that reads
+// it: deferIntoAdd, gradx_add.go). The KV cache of the Step lives on the device in bf16. A new op is one
 // emitter and one row of emitters.
 //
 // Inference graphs (batch 1, no padding mask, a KV cache) and loss programs (loss.go:
@@ -172,6 +174,7 @@ const (
 	lazyLinear
 	lazyLogits  // lm_head's logits, computed by chunks inside the loss (chunkloss.go)
 	lazyColumns // PlaceColumns, deferred into the add that reads it (embed_grad.go)
+	lazyGradX   // a projection's input gradient, computed by the add that reads it (gradx_add.go)
 )
 
 func (v value) ptr() *Buffer {
@@ -334,10 +337,10 @@ type compiler struct {
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
-// the chunks' scratch.
+// the shape of its scratch (attnScratchFor).
 type attnSaved struct {
-	lse     *Buffer
-	scratch *AttnTrainScratch
+	lse           *Buffer
+	t, heads, dim int
 }
 
 type addInfo struct {
@@ -1090,6 +1093,9 @@ func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
 	d := c.d
 	a, b := in[0], in[1]
+	if a.lazy == lazyGradX || b.lazy == lazyGradX {
+		return c.addGradX(n, a, b)
+	}
 	if a.parts != 0 || b.parts != 0 {
 		return c.addParts(n, a, b)
 	}

@@ -22,3 +22,19 @@ func SetArenaSavings(t testing.TB, on bool) {
 	swigluGradInPlace, keepBF16 = on, on
 	t.Cleanup(func() { swigluGradInPlace, keepBF16 = sw, bf })
 }
+
+// SetInputGradIntoAdd switches the fusion "input gradient + add" on or off until the test
+// ends.
+func SetInputGradIntoAdd(t testing.TB, on bool) {
+	was := inputGradIntoAdd
+	inputGradIntoAdd = on
+	t.Cleanup(func() { inputGradIntoAdd = was })
+}
+
+// SetAttnScratchInArena switches attention's scratch of loss programs into the arena (on)
+// or into one buffer per shape that the program holds (off) until the test ends.
+func SetAttnScratchInArena(t testing.TB, on bool) {
+	was := attnScratchInArena
+	attnScratchInArena = on
+	t.Cleanup(func() { attnScratchInArena = was })
+}

@@ -7,7 +7,7 @@ package cuda
 // ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
 // input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
 // (one launch for both of SwiGLU's, written over its inputs when they die there), rotary's inverse rotation, attention's backward by
-// chunks of queries (reading the forward's log-sum-exps; the scratch is the program's) into a buffer laid out as
+// chunks of queries (reading the forward's log-sum-exps; the scratch is its own, in the arena: attn_scratch.go) into a buffer laid out as
 // the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
 // name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient"), and a GPTQ
 // layer's input gradient through its weight dequantized to bf16 (Q-LoRA).
@@ -197,6 +197,9 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 	if !w.param || !w.bf16 {
 		return false, fmt.Errorf("autograd: %s: the weight must be a parameter", c.what())
 	}
+	if c.deferIntoAdd(n, dy, w, o.Scale()) {
+		return true, nil
+	}
 	rows, m, k := dy.rows, dy.cols, w.cols
 	y := c.alloc(n, rows, k, false)
 	dy16, conv := c.bf16Copy(dy)
@@ -213,7 +216,12 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 // gemmInputGrad is dx [rows, k] (float32) = dy [rows, m] W [m, k], both bf16: row-major
 // dx = dy W is column-major dx^T [k, rows] = W^T [k, m] dy^T [m, rows].
 func (d *Device) gemmInputGrad(dx, w, dy *Buffer, rows, m, k int) error {
-	return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w, dtypeBF16, k, 0, dy, dtypeBF16, m, 0, 0, dx, dtypeF32, k, 0, 1)
+	return d.gemmInputGradBeta(dx, w, dy, rows, m, k, 0)
+}
+
+// gemmInputGradBeta is gemmInputGrad adding beta dx (beta 1: the product added to dx).
+func (d *Device) gemmInputGradBeta(dx, w, dy *Buffer, rows, m, k int, beta float32) error {
+	return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w, dtypeBF16, k, 0, dy, dtypeBF16, m, 0, beta, dx, dtypeF32, k, 0, 1)
 }
 
 // linearGradW is dW [M, K] = scale dy^T [M, N] x [N, K], both in bf16, fp32 out.
@@ -402,12 +410,16 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 	if out.stride != out.cols || dy.stride != dy.cols || out.bf16 || dy.bf16 {
 		return false, fmt.Errorf("autograd: %s of bf16 or strided outputs", c.what())
 	}
-	sc := fw.scratch
-	b, t, heads := st.Batch, sc.T, sc.Heads
-	width := heads * sc.Dim
+	b, t, heads := st.Batch, fw.t, fw.heads
+	width := heads * fw.dim
 	y := c.alloc(n, b*t, q.stride, false)
+	scratch, err := c.attnScratchFor(t, heads, fw.dim, true)
+	if err != nil {
+		return false, err
+	}
 	rowBytes := int64(t * q.stride * 4)
 	c.emit(func() error {
+		sc := scratch()
 		for r := 0; r < b; r++ {
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: q.stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}

@@ -124,13 +124,13 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	}
 	width := heads * dim
 	y := c.alloc(n, b*t, width, false)
-	sc, err := c.attnScratch(t, heads, dim)
+	scratch, err := c.attnScratchFor(t, heads, dim, false)
 	if err != nil {
 		return false, err
 	}
 	o := n.Op().(*autograd.AttentionOp)
 	lse := c.pl.get(int64(b*heads*t) * 4) // lives until the backward, if any, reads it
-	c.attn[o] = attnSaved{lse: lse, scratch: sc}
+	c.attn[o] = attnSaved{lse: lse, t: t, heads: heads, dim: dim}
 	if !c.hasUser(c.kids[n][0], func(op G.Op) bool { g, ok := op.(*autograd.AttentionGradOp); return ok && g.Forward() == o }) {
 		c.pl.put(lse)
 	}
@@ -139,6 +139,7 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 		if st.LogNSeq > 0 && st.Keys() > st.LogNSeq {
 			return fmt.Errorf("autograd: a loss program has no LogN attention: a sequence of more than %d tokens (seq_length) is scored on the CPU (--device cpu)", st.LogNSeq)
 		}
+		sc := scratch()
 		for r := 0; r < b; r++ {
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}

@@ -1,0 +1,114 @@
+//go:build cudaemu || qtcuda
+
+package cuda_test
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+)
+
+// savingIsExact runs the training programs of a 2-block model and of mlpCase's, with and
+// without checkpointing, with a saving switched off (set(false)) and on, and requires the
+// same loss and gradients bit for bit, and an arena no larger with it (smaller for the wide
+// MLP when shrinks).
+func savingIsExact(t *testing.T, set func(on bool), shrinks bool) {
+	d := openDevice(t)
+	mlp, _, _ := mlpCase(t)
+	for _, k := range []struct {
+		name   string
+		c      *lossCase
+		shrink bool
+	}{{"2 blocks", newLossCaseOf(t, 2), false}, {"wide MLP", mlp, shrinks}} {
+		for _, ckpt := range []bool{false, true} {
+			set(false)
+			wantLoss, want, before := runGrad(t, d, k.c, ckpt)
+			set(true)
+			gotLoss, got, after := runGrad(t, d, k.c, ckpt)
+			if gotLoss != wantLoss {
+				t.Errorf("%s, checkpointing %v: loss %v with the saving, %v without", k.name, ckpt, gotLoss, wantLoss)
+			}
+			for i := range want {
+				for j := range want[i] {
+					if math.Float32bits(got[i][j]) != math.Float32bits(want[i][j]) {
+						t.Errorf("%s, checkpointing %v: %s[%d] is %v with the saving, %v without", k.name, ckpt, k.c.params[i].Name, j, got[i][j], want[i][j])
+						break
+					}
+				}
+			}
+			a, b := after.ActivationBytes(), before.ActivationBytes()
+			t.Logf("%s, checkpointing %v: arena %d bytes with the saving, %d without", k.name, ckpt, a, b)
+			if a > b || k.shrink && a >= b {
+				t.Errorf("%s, checkpointing %v: arena %d bytes with the saving, %d without", k.name, ckpt, a, b)
+			}
+		}
+	}
+}
+
+// TestDeviceInputGradIntoAddIsExact: with the fusion "input gradient + add" (a projection's
+// input gradient added by its GEMM, beta 1, to the other gradient of the same value) the
+// device computes the loss and the gradients bit for bit as with a GEMM and an add, with
+// and without checkpointing, in a smaller arena where the MLP's backward is the peak.
+func TestDeviceInputGradIntoAddIsExact(t *testing.T) {
+	savingIsExact(t, func(on bool) { cuda.SetInputGradIntoAdd(t, on) }, true)
+}
+
+// TestDeviceInputGradIntoAdd: no projection's input gradient that an add reads has a buffer
+// of its own: in mlpCase's program no [N, MLP] float32 buffer holds the gradient of the down
+// projection's input from its frozen weight alone (the add writes it into the LoRA branch's
+// gradient), with and without checkpointing.
+func TestDeviceInputGradIntoAdd(t *testing.T) {
+	d := openDevice(t)
+	c, n, mlp := mlpCase(t)
+	for _, ckpt := range []bool{false, true} {
+		plan := planGrad(t, d, c, ckpt)
+		sums := 0
+		for _, b := range plan.Buffers {
+			if b.Bytes != n*mlp*4 || !strings.HasPrefix(b.What, "LinearGradX (") {
+				continue
+			}
+			if !strings.Contains(b.What, ", then ") {
+				t.Errorf("checkpointing %v: a buffer of an input gradient alone: %v", ckpt, b)
+			}
+			sums++
+		}
+		if sums == 0 {
+			t.Errorf("checkpointing %v: no [%d, %d] input gradient at all", ckpt, n, mlp)
+		}
+	}
+}
+
+// TestDeviceAttnScratchInArenaIsExact: with attention's scratch in the arena the device
+// computes the loss and the gradients bit for bit as with the program's own scratch.
+func TestDeviceAttnScratchInArenaIsExact(t *testing.T) {
+	savingIsExact(t, func(on bool) { cuda.SetAttnScratchInArena(t, on) }, false)
+}
+
+// TestDeviceAttnScratchInArena: a training program holds no attention scratch besides its
+// arena: what it allocates besides (MemoryPlan.Other) is less by the whole scratch
+// (NewAttnTrainScratch's 8 t heads dim + 12 heads chunk t + 4 heads t bytes), and the
+// arena grows by less than that, with and without checkpointing.
+func TestDeviceAttnScratchInArena(t *testing.T) {
+	d := openDevice(t)
+	for _, layers := range []int{1, 2} {
+		c := newLossCaseOf(t, layers)
+		heads, dim := c.m.Config.NumAttentionHeads, c.m.Config.KVChannels
+		seq := int64(lossSeq)
+		scratch := 8*seq*int64(heads*dim) + 12*int64(heads)*seq*seq + 4*int64(heads)*seq
+		for _, ckpt := range []bool{false, true} {
+			cuda.SetAttnScratchInArena(t, false)
+			off := planGrad(t, d, c, ckpt)
+			cuda.SetAttnScratchInArena(t, true)
+			on := planGrad(t, d, c, ckpt)
+			t.Logf("%d blocks, checkpointing %v: arena %d and other %d bytes with the scratch in the arena, %d and %d without", layers, ckpt, on.Activations, on.Other, off.Activations, off.Other)
+			if off.Other-on.Other != scratch {
+				t.Errorf("%d blocks, checkpointing %v: other %d bytes with the scratch in the arena, %d without: not less by the scratch's %d", layers, ckpt, on.Other, off.Other, scratch)
+			}
+			if on.Activations-off.Activations >= scratch {
+				t.Errorf("%d blocks, checkpointing %v: the arena grows from %d to %d bytes, by the scratch's %d or more", layers, ckpt, off.Activations, on.Activations, scratch)
+			}
+		}
+	}
+}
