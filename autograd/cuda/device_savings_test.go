@@ -3,11 +3,15 @@
 package cuda_test
 
 import (
+	"context"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/autograd/cuda"
+	"github.com/qwen-tune/qwen-tune/lora"
+	"github.com/qwen-tune/qwen-tune/model"
 )
 
 // savingIsExact runs the training programs of a 2-block model and of mlpCase's, with and
@@ -109,6 +113,71 @@ func TestDeviceAttnScratchInArena(t *testing.T) {
 			if on.Activations-off.Activations >= scratch {
 				t.Errorf("%d blocks, checkpointing %v: the arena grows from %d to %d bytes, by the scratch's %d or more", layers, ckpt, off.Activations, on.Activations, scratch)
 			}
+		}
+	}
+}
+
+// TestDeviceRoundTrainedAtUseIsExact: lora's trainer on the device (the optimizer there,
+// padding, dropout, gradient accumulation) follows the same losses and ends at the same
+// trained values, bit for bit, whether the GEMMs round the LoRA matrices' float32 values to
+// bf16 where they read them or read bf16 copies that every update rewrites: with
+// special-token rows (wte's gathered from a copy, lm_head's rounded at use) and with wte and
+// lm_head trained in full (wte gathered from a copy, lm_head rounded at use). With it the
+// device holds fewer weight bytes.
+func TestDeviceRoundTrainedAtUseIsExact(t *testing.T) {
+	dir, tok := tinyDir(t)
+	seqs := embedSeqs(tok)
+	d := openDevice(t)
+	for _, mode := range []embedMode{specialRows, wholeTables} {
+		run := func(on bool) ([]float64, [][]float32, model.TrainingMemory) {
+			cuda.SetRoundTrainedAtUse(t, on)
+			defer d.ReleaseWeights()
+			m, a, params := trainedModel(t, dir, tok, mode, 0.1)
+			defer m.Close()
+			exec := &model.CUDA{Device: d}
+			m.Exec = exec
+			cfg := lora.DefaultTrainConfig()
+			cfg.LoRA = a.Config
+			cfg.LR, cfg.BatchSize, cfg.GradAccum, cfg.Steps, cfg.MaxLen = 2e-3, 2, 2, 4, 32
+			cfg.TrainSpecialTokens = mode == specialRows
+			if mode == wholeTables {
+				cfg.ModulesToSave = []string{"wte", "lm_head"}
+			}
+			tr, err := lora.NewTrainer(m, a, params, cfg, seqs, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var losses []float64
+			for !tr.Done() {
+				res, err := tr.TrainStep(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				losses = append(losses, res.Loss)
+			}
+			mem := exec.TrainingMemory()
+			if err := tr.Close(); err != nil { // the device's values to the host
+				t.Fatal(err)
+			}
+			var values [][]float32
+			for _, p := range params {
+				values = append(values, slices.Clone(p.Value.Data().([]float32)))
+			}
+			return losses, values, mem
+		}
+		wantLoss, want, memOff := run(false)
+		gotLoss, got, memOn := run(true)
+		t.Logf("%v: losses %v; weights %d bytes rounding at use, %d with bf16 copies", mode, gotLoss, memOn.Weights, memOff.Weights)
+		if !slices.Equal(gotLoss, wantLoss) {
+			t.Errorf("%v: losses %v rounding at use, %v with bf16 copies", mode, gotLoss, wantLoss)
+		}
+		for i := range want {
+			if !slices.EqualFunc(got[i], want[i], func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) }) {
+				t.Errorf("%v: trained parameter %d differs rounding at use", mode, i)
+			}
+		}
+		if memOn.Weights >= memOff.Weights {
+			t.Errorf("%v: weights %d bytes rounding at use, %d with bf16 copies", mode, memOn.Weights, memOff.Weights)
 		}
 	}
 }

@@ -167,6 +167,9 @@ type value struct {
 	// parts, for a gradient of the fused qkv projection, are the parts (bit i: q, k, v) its
 	// buffer holds so far; 0 for an ordinary value
 	parts uint8
+	// set, for a parameter a ParamSet keeps in float32 only, is that set: buf holds its
+	// values, which a GEMM rounds to bf16 where it reads them (weightBF16)
+	set *ParamSet
 }
 
 const (
@@ -726,6 +729,16 @@ func (c *compiler) parameter(n *G.Node) error {
 	if n.Value() == nil {
 		return fmt.Errorf("autograd: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
 	}
+	if key, ok := n.Value().(*tensor.Dense); ok && roundTrainedAtUse && c.d.trained[key] != nil {
+		v, err := c.trainedWeight(n, key, c.d.trained[key])
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			c.vals[n] = v
+			return nil
+		}
+	}
 	b, err := c.d.weight(n)
 	if err != nil {
 		return err
@@ -838,7 +851,13 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 		if bias != nil {
 			bb = bias.buf
 		}
-		c.emit(func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
+		wb, round := c.weightBF16(w)
+		c.emit(func() error {
+			if err := round(); err != nil {
+				return err
+			}
+			return d.GemvBF16(y.buf, x.ptr(), wb, bb, nOut, k)
+		})
 		c.scaled(y, scale)
 		return false, nil
 	}
@@ -849,7 +868,8 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	if bias != nil {
 		addBias = func() error { return d.BiasBF16(y.buf, bias.buf, rows, nOut) }
 	}
-	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return w.buf, nil }, addBias))
+	wb, round := c.weightBF16(w)
+	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return wb, round() }, addBias))
 	c.scaled(y, scale)
 	return false, nil
 }
@@ -907,7 +927,7 @@ func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
 // a one-token step without bias, both reading the same input, runs inside the SwiGLU's GEMV;
 // n gets a lazy value that the SwiGLU emitter reads.
 func (c *compiler) deferIntoSwiGLU(n *G.Node, x, w, bias *value) bool {
-	if x.rows != 1 || bias != nil || len(c.users[n]) != 1 {
+	if x.rows != 1 || bias != nil || w.set != nil || len(c.users[n]) != 1 {
 		return false
 	}
 	u := c.users[n][0]

@@ -38,3 +38,12 @@ func SetAttnScratchInArena(t testing.TB, on bool) {
 	attnScratchInArena = on
 	t.Cleanup(func() { attnScratchInArena = was })
 }
+
+// SetRoundTrainedAtUse switches the rounding of a ParamSet's float32 values to bf16 where
+// the GEMMs read them on (no bf16 copies of those parameters) or off (a bf16 copy of every
+// parameter, rewritten by each update) until the test ends.
+func SetRoundTrainedAtUse(t testing.TB, on bool) {
+	was := roundTrainedAtUse
+	roundTrainedAtUse = on
+	t.Cleanup(func() { roundTrainedAtUse = was })
+}

@@ -194,7 +194,7 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 	if err := c.whole(dy); err != nil {
 		return false, err
 	}
-	if !w.param || !w.bf16 {
+	if !w.param || !w.bf16 && w.set == nil {
 		return false, fmt.Errorf("autograd: %s: the weight must be a parameter", c.what())
 	}
 	if c.deferIntoAdd(n, dy, w, o.Scale()) {
@@ -203,11 +203,15 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 	rows, m, k := dy.rows, dy.cols, w.cols
 	y := c.alloc(n, rows, k, false)
 	dy16, conv := c.bf16Copy(dy)
+	wb, round := c.weightBF16(w)
 	c.emit(func() error {
 		if err := conv(); err != nil {
 			return err
 		}
-		return d.gemmInputGrad(y.buf, w.buf, dy16, rows, m, k)
+		if err := round(); err != nil {
+			return err
+		}
+		return d.gemmInputGrad(y.buf, wb, dy16, rows, m, k)
 	})
 	c.scaled(y, o.Scale())
 	return false, nil

@@ -85,11 +85,15 @@ func (c *compiler) gradXInto(dst *Buffer, g *value, beta float32, what string) {
 	d, dy, w := c.d, g.x, g.w
 	rows, m, k := dy.rows, dy.cols, w.cols
 	dy16, conv := c.bf16Copy(dy)
+	wb, round := c.weightBF16(w)
 	c.emitNamed(c.what()+" with the input gradient"+what, func() error {
 		if err := conv(); err != nil {
 			return err
 		}
-		return d.gemmInputGradBeta(dst, w.buf, dy16, rows, m, k, beta)
+		if err := round(); err != nil {
+			return err
+		}
+		return d.gemmInputGradBeta(dst, wb, dy16, rows, m, k, beta)
 	})
 }
 
