@@ -181,3 +181,38 @@ func TestDeviceRoundTrainedAtUseIsExact(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceAttnKeepsOperandsIsExact: with attention's forward keeping its bf16 q, k and v
+// for its backward the device computes the loss and the gradients bit for bit as with the
+// backward rounding the float32 q, k and v again, in an arena no larger.
+func TestDeviceAttnKeepsOperandsIsExact(t *testing.T) {
+	savingIsExact(t, func(on bool) { cuda.SetAttnKeepsOperands(t, on) }, false)
+}
+
+// TestDeviceAttnKeepsOperands: the float32 fused qkv projection dies at attention's forward
+// (its first run and, with checkpointing, its second): no buffer of c_attn's output [N,
+// 3 hidden] lives across an attention's backward, with and without checkpointing.
+func TestDeviceAttnKeepsOperands(t *testing.T) {
+	d := openDevice(t)
+	c := newLossCaseOf(t, 2)
+	qkv := int64(lossBatch*lossSeq) * 3 * int64(c.m.Config.HiddenSize) * 4
+	for _, ckpt := range []bool{false, true} {
+		plan := planGrad(t, d, c, ckpt)
+		found := 0
+		for _, b := range plan.Buffers {
+			if b.Bytes != qkv || !strings.HasPrefix(b.What, "Linear (") {
+				continue
+			}
+			found++
+			for at := b.First; at <= b.Last; at++ {
+				if strings.HasPrefix(plan.Entries[at], "AttentionGrad (") {
+					t.Errorf("checkpointing %v: %v lives across %s", ckpt, b, plan.Entries[at])
+					break
+				}
+			}
+		}
+		if found == 0 {
+			t.Errorf("checkpointing %v: no fused qkv projection in the plan", ckpt)
+		}
+	}
+}

@@ -343,6 +343,7 @@ type compiler struct {
 // the shape of its scratch (attnScratchFor).
 type attnSaved struct {
 	lse           *Buffer
+	ops           *Buffer // the rows' bf16 q, k and v, when kept for the backward (attnKeepsOperands)
 	t, heads, dim int
 }
 
@@ -523,8 +524,10 @@ func (c *compiler) plan(g *G.ExprGraph) error {
 		if _, ok := n.Op().(*autograd.SplitHeadsOp); ok || isCheckpointOp(n.Op()) {
 			c.rootOf[n] = c.root(c.kids[n][0])
 		}
-		for _, k := range c.kids[n] {
-			c.lastUse[c.root(k)] = i
+		for j, k := range c.kids[n] {
+			if !c.readsOperandsOnly(n, j) {
+				c.lastUse[c.root(k)] = i
+			}
 		}
 	}
 	c.lastUse[c.out] = len(sorted)

@@ -47,3 +47,12 @@ func SetRoundTrainedAtUse(t testing.TB, on bool) {
 	roundTrainedAtUse = on
 	t.Cleanup(func() { roundTrainedAtUse = was })
 }
+
+// SetAttnKeepsOperands switches attention's forward keeping its bf16 q, k and v for its
+// backward on (the float32 fused qkv projection dies at the forward) or off until the test
+// ends.
+func SetAttnKeepsOperands(t testing.TB, on bool) {
+	was := attnKeepsOperands
+	attnKeepsOperands = on
+	t.Cleanup(func() { attnKeepsOperands = was })
+}

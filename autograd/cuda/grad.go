@@ -417,14 +417,17 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 	b, t, heads := st.Batch, fw.t, fw.heads
 	width := heads * fw.dim
 	y := c.alloc(n, b*t, q.stride, false)
-	scratch, err := c.attnScratchFor(t, heads, fw.dim, true)
+	if c.readsOperandsOnly(n, 0) && fw.ops == nil {
+		return false, fmt.Errorf("autograd: %s: its forward kept no bf16 q, k and v", c.what())
+	}
+	scratch, err := c.attnScratchFor(t, heads, fw.dim, true, fw.ops)
 	if err != nil {
 		return false, err
 	}
 	rowBytes := int64(t * q.stride * 4)
 	c.emit(func() error {
-		sc := scratch()
 		for r := 0; r < b; r++ {
+			sc := scratch(r)
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: q.stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
 			c.rowMasks(&row, r, t)
@@ -437,6 +440,9 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 		return nil
 	})
 	c.pl.put(fw.lse)
+	if fw.ops != nil {
+		c.pl.put(fw.ops)
+	}
 	return false, nil
 }
 
