@@ -216,3 +216,47 @@ func TestDeviceAttnKeepsOperands(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceDropoutAgainIsExact: with LoRA dropouts drawn again by A's weight gradients the
+// device computes the loss and the gradients bit for bit as with the dropouts kept, in an
+// arena no larger.
+func TestDeviceDropoutAgainIsExact(t *testing.T) {
+	savingIsExact(t, func(on bool) { cuda.SetDropoutAgain(t, on) }, false)
+}
+
+// TestDeviceDropoutAgain: the LoRA dropouts of c_attn's, attn.c_proj's, w1's and w2's inputs
+// are drawn again by their A's weight gradients from values still live there (attention's
+// output; the block's input and the mid-block residual stream, which the norms read): with
+// checkpointing, where a block's MLP backward runs (a SwiGLUGrad entry) at most one
+// dropout is live, the first block's c_attn's (that block's input, the embedding's output,
+// dies in its recomputation: the embedding is frozen), where there were four.
+func TestDeviceDropoutAgain(t *testing.T) {
+	d := openDevice(t)
+	mlp, _, _ := mlpCase(t)
+	for _, c := range []*lossCase{newLossCaseOf(t, 2), mlp} {
+		plan := planGrad(t, d, c, true)
+		entries := 0
+		for at, e := range plan.Entries {
+			if !strings.HasPrefix(e, "SwiGLUGradUp") {
+				continue
+			}
+			entries++
+			var live []cuda.LiveBuffer
+			for _, b := range liveAt(plan, at) {
+				what := strings.TrimSuffix(b.What, " [recomputed]")
+				if i := strings.LastIndex(what, ", then "); i >= 0 {
+					what = what[i+len(", then "):]
+				}
+				if strings.HasPrefix(what, "Dropout (") {
+					live = append(live, b)
+				}
+			}
+			if len(live) > 1 {
+				t.Errorf("%d dropouts live at %s: %v", len(live), e, live)
+			}
+		}
+		if entries == 0 {
+			t.Error("no SwiGLU backward in the plan")
+		}
+	}
+}

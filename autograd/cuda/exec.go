@@ -335,8 +335,9 @@ type compiler struct {
 	precomputed map[*G.Node]bool
 	// rc is the schedule of a program with activation checkpointing (recompute.go)
 	rc     *recompute
-	inputs map[*G.Node]*Buffer // device-resident inputs (compileWith)
-	sums   *ParamSet           // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
+	inputs map[*G.Node]*Buffer    // device-resident inputs (compileWith)
+	again  map[*G.Node]*dropAgain // dropouts their weight gradients draw again (dropout_again.go)
+	sums   *ParamSet              // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
@@ -398,7 +399,7 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *auto
 // device (float32, [rows, cols] row-major), read in place and never written.
 func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *autograd.Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
-		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums}
+		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums, again: map[*G.Node]*dropAgain{}}
 	p := c.p
 	defer func() {
 		if err != nil {

@@ -56,3 +56,11 @@ func SetAttnKeepsOperands(t testing.TB, on bool) {
 	attnKeepsOperands = on
 	t.Cleanup(func() { attnKeepsOperands = was })
 }
+
+// SetDropoutAgain switches a LoRA dropout drawn again by A's weight gradient (its buffer
+// dying at the A projection) on or off until the test ends.
+func SetDropoutAgain(t testing.TB, on bool) {
+	was := dropoutAgainOn
+	dropoutAgainOn = on
+	t.Cleanup(func() { dropoutAgainOn = was })
+}

@@ -241,7 +241,7 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 	}
 	y := c.alloc(n, m, k, false)
 	dy16, convDy := c.bf16Copy(dy)
-	x16, convX := c.bf16Copy(x)
+	x16, convX := c.gradWInput(n, x)
 	c.emit(func() error {
 		if err := convDy(); err != nil {
 			return err
@@ -270,7 +270,7 @@ func (c *compiler) linearGradWInto(n *G.Node, i int, dy, x *value, scale float64
 	sum := s.slice(s.grad, i)
 	c.vals[n] = &value{buf: sum, rows: m, cols: k, stride: k, root: n}
 	dy16, convDy := c.bf16Copy(dy)
-	x16, convX := c.bf16Copy(x)
+	x16, convX := c.gradWInput(n, x)
 	c.emit(func() error {
 		in := p.into
 		if in == nil || !in.armed {

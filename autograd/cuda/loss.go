@@ -180,6 +180,9 @@ func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 			f = c.pl.get(cnt * 4)
 			c.pl.put(f)
 		}
+		if ag, ok := c.dropoutAgain(n, x); ok { // its weight gradient draws it again
+			c.again[n] = ag
+		}
 		rows, cols := x.rows, x.cols
 		c.emit(func() error {
 			if err := d.Dropout(f, x.ptr(), cnt, o.Prob(), st.Seed, o.Key()); err != nil {

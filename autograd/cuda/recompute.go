@@ -292,7 +292,7 @@ func (c *compiler) leave(i int, in []*value, from int) {
 		p.Recomputed += len(p.ins) - from
 	}
 	for j, v := range in {
-		if v != nil && v.buf != nil && !v.param && !c.readsOperandsOnly(n, j) {
+		if v != nil && v.buf != nil && !v.param && !c.readsOperandsOnly(n, j) && !c.drawnAgain(n, j) {
 			rc.reads = append(rc.reads, bufferRead{buf: v.buf, at: i, who: n})
 		}
 	}
