@@ -110,6 +110,7 @@ func (c *compiler) attnScratchFor(t, heads, dim int, backward bool, ops *Buffer)
 		}
 	}
 	var base *AttnTrainScratch
+	var rows []*AttnTrainScratch // per batch row, when ops holds the operands
 	return func(r int) *AttnTrainScratch {
 		if base == nil {
 			if base = shared; base == nil {
@@ -119,12 +120,15 @@ func (c *compiler) attnScratchFor(t, heads, dim int, backward bool, ops *Buffer)
 		if ops == nil {
 			return base
 		}
-		sc := *base
-		operand := int64(t) * int64(heads*dim) * 2
-		row := 3 * operand * int64(r)
-		sc.q, sc.k, sc.v = ops.Slice(row, operand), ops.Slice(row+operand, operand), ops.Slice(row+2*operand, operand)
-		sc.ready = backward
-		return &sc
+		for len(rows) <= r {
+			sc := *base
+			operand := int64(t) * int64(heads*dim) * 2
+			row := 3 * operand * int64(len(rows))
+			sc.q, sc.k, sc.v = ops.Slice(row, operand), ops.Slice(row+operand, operand), ops.Slice(row+2*operand, operand)
+			sc.ready = backward
+			rows = append(rows, &sc)
+		}
+		return rows[r]
 	}, nil
 }
 
