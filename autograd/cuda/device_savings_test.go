@@ -12,6 +12,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
+	"gorgonia.org/tensor"
 )
 
 // savingIsExact runs the training programs of a 2-block model and of mlpCase's, with and
@@ -258,5 +259,45 @@ func TestDeviceDropoutAgain(t *testing.T) {
 		if entries == 0 {
 			t.Error("no SwiGLU backward in the plan")
 		}
+	}
+}
+
+// TestDeviceClosedSetRefusesRun: a program compiled into a ParamSet reads the set's float32
+// LoRA matrices (rounded where its GEMMs read them); run after the set's Close, whose
+// values are gone, it refuses with an error that says to compile it again, and a program
+// compiled after the Close runs on the host's values uploaded in bf16.
+func TestDeviceClosedSetRefusesRun(t *testing.T) {
+	d := openDevice(t)
+	defer d.ReleaseWeights()
+	c := newLossCaseOf(t, 1)
+	g, loss, grads := c.build(t, true)
+	var names []string
+	var values []*tensor.Dense
+	for _, p := range c.params {
+		names, values = append(names, p.Name), append(values, p.Value)
+	}
+	s, err := d.NewParamSet(names, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := d.CompileGradInto(g.ExprGraph, loss, grads, s, g.Step, cuda.GradOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := prog.Run(); err == nil || !strings.Contains(err.Error(), "compile the program again") {
+		t.Errorf("a program reading a closed set's values ran: error %v", err)
+	}
+	g, loss, _ = c.build(t, false)
+	again, err := d.CompileGrad(g.ExprGraph, loss, nil, g.Step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := again.Run(); err != nil {
+		t.Errorf("a program compiled after the set's Close: %v", err)
 	}
 }
