@@ -12,8 +12,9 @@ package cuda
 // into scratch of its own: the norm (rmsnorm.cu on the stored sum, as the fused add +
 // RMSNorm computes it), the dropout (the same Philox key and seed) and the rounding to bf16,
 // the launches that made it, so A's gradient reads the same bits. At Qwen-7B's widths and
-// 2048 tokens the dropouts of attn.c_proj's, w1's and w2's inputs (16 MiB each) leave the
-// MLP's backward.
+// 2048 tokens the dropouts of c_attn's (but in the first block, whose input dies in its
+// recomputation), attn.c_proj's, w1's and w2's inputs (16 MiB each) leave the MLP's
+// backward.
 
 import (
 	"github.com/qwen-tune/qwen-tune/autograd"
