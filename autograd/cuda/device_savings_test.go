@@ -301,3 +301,69 @@ func TestDeviceClosedSetRefusesRun(t *testing.T) {
 		t.Errorf("a program compiled after the set's Close: %v", err)
 	}
 }
+
+// TestDeviceSetAdoptsEarlierCopies: a ParamSet made after a program uploaded its parameters
+// keeps those bf16 copies (the program reads them) and Upload rewrites them; a program
+// compiled after the set rounds the set's values where its GEMMs read them. Both compute the
+// same loss, bit for bit, on the values uploaded into the set (not those of the first upload).
+func TestDeviceSetAdoptsEarlierCopies(t *testing.T) {
+	d := openDevice(t)
+	defer d.ReleaseWeights()
+	c := newLossCaseOf(t, 1)
+	g, loss, _ := c.build(t, false)
+	before, err := d.CompileGrad(g.ExprGraph, loss, nil, g.Step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	if err := before.Run(); err != nil {
+		t.Fatal(err)
+	}
+	first, err := before.Loss()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	var values []*tensor.Dense
+	var next, zeros [][]float32
+	var n int64
+	for _, p := range c.params {
+		names, values = append(names, p.Name), append(values, p.Value)
+		v := slices.Clone(p.Value.Data().([]float32))
+		for i := range v {
+			v[i] *= 3
+		}
+		next, zeros = append(next, v), append(zeros, make([]float32, len(v)))
+		n += int64(len(v))
+	}
+	s, err := d.NewParamSet(names, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if copies := s.Memory()[3]; copies.Bytes != 2*n {
+		t.Errorf("%s: %d bytes, want the %d of the copies the earlier program uploaded", copies.What, copies.Bytes, 2*n)
+	}
+	if err := s.Upload(next, zeros, zeros); err != nil {
+		t.Fatal(err)
+	}
+	g2, loss2, _ := c.build(t, false)
+	after, err := d.CompileGrad(g2.ExprGraph, loss2, nil, g2.Step)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer after.Close()
+	var losses [2]float64
+	for i, p := range []*cuda.Program{before, after} {
+		if err := p.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if losses[i], err = p.Loss(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("loss %v on the first values; on the set's, %v from the earlier program's copies and %v rounded at use", first, losses[0], losses[1])
+	if losses[0] != losses[1] || losses[0] == first {
+		t.Errorf("loss %v from the copies, %v rounded at use, %v before the upload", losses[0], losses[1], first)
+	}
+}
