@@ -11,7 +11,8 @@ import (
 // one arena allocated once. Two buffers may share bytes only when their lifetimes are
 // disjoint. Placement is greedy by size: the largest buffer first (of one size, the
 // longest-lived first, so that a training program's marks stack under the block values of
-// their size instead of between them), each at the lowest offset
+// their size instead of between them; or the earliest first, or the latest to die first:
+// the smallest of the three arenas is kept), each at the lowest offset
 // where it overlaps no already placed buffer of an intersecting lifetime (the smallest such
 // gap that fits). For a transformer's layers, which repeat the same lifetimes, the arena comes
 // out at (or within a few buffers' alignment of) the most bytes ever live at once, the bound
@@ -33,8 +34,31 @@ const ArenaAlign = 256
 
 func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
 
-// PlanArena returns an offset per request (multiples of align) and the arena's size.
+// PlanArena returns an offset per request (multiples of align) and the arena's size: the
+// smallest of the greedy placements in a few orders of the requests (arenaOrders).
 func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
+	for k, less := range arenaOrders {
+		o, n := placeInOrder(reqs, align, less)
+		if k == 0 || n < size {
+			offsets, size = o, n
+		}
+	}
+	return offsets, size
+}
+
+// arenaOrders are the orders placeInOrder tries, each the largest buffer first: of one size,
+// the longest-lived first (a training program's marks stack under the block values of their
+// size), the earliest first, or the latest to die first.
+var arenaOrders = []func(a, b ArenaRequest) int{
+	func(a, b ArenaRequest) int { return cmp.Compare(b.Last-b.First, a.Last-a.First) },
+	func(a, b ArenaRequest) int { return cmp.Compare(a.First, b.First) },
+	func(a, b ArenaRequest) int { return cmp.Compare(b.Last, a.Last) },
+}
+
+// placeInOrder places the requests greedily, the largest first and those of one size in the
+// order less gives, each at the lowest offset where it overlaps no already placed buffer of
+// an intersecting lifetime (the smallest such gap that fits).
+func placeInOrder(reqs []ArenaRequest, align int64, less func(a, b ArenaRequest) int) (offsets []int64, size int64) {
 	need := make([]int64, len(reqs))
 	order := make([]int, len(reqs))
 	for i, r := range reqs {
@@ -44,7 +68,7 @@ func PlanArena(reqs []ArenaRequest, align int64) (offsets []int64, size int64) {
 		if c := cmp.Compare(reqs[b].Bytes, reqs[a].Bytes); c != 0 {
 			return c
 		}
-		if c := cmp.Compare(reqs[b].Last-reqs[b].First, reqs[a].Last-reqs[a].First); c != 0 {
+		if c := less(reqs[a], reqs[b]); c != 0 {
 			return c
 		}
 		return reqs[a].First - reqs[b].First

@@ -120,7 +120,7 @@ func (c *compiler) kept(n *G.Node) bool {
 // the cross-entropy reads, its input living until then.
 func (c *compiler) deferIntoChunkLoss(n *G.Node, x, w, bias *value) bool {
 	f, ok := c.chunkLossOf(n)
-	if !ok || bias != nil || !w.param || x.param || x.lazy != 0 || x.parts != 0 {
+	if !ok || bias != nil || !w.param || w.set != nil || x.param || x.lazy != 0 || x.parts != 0 {
 		return false
 	}
 	r := c.root(c.kids[n][0])

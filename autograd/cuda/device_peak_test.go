@@ -50,9 +50,9 @@ func entry(t *testing.T, plan cuda.MemoryPlan, prefix string) int {
 // TestDeviceArenaPeak: PlanGrad reports the entry where the most arena bytes are live and
 // what is live there. In mlpCase's program, with and without checkpointing, that is in the
 // MLP's backward: the entry with the most live bytes of all, whose buffers add up to them,
-// the largest of them four or more [N, 2048] float32 values (the up and gate projections,
-// the gradient of SwiGLU's output, the LoRA dropout of SwiGLU's output or SwiGLU's input
-// gradients), within an arena no smaller.
+// the largest of them three or more [N, 2048] float32 values (the up and gate projections
+// or SwiGLU's input gradients over them, the gradient of SwiGLU's output or that of the
+// down projection's input), within an arena no smaller.
 func TestDeviceArenaPeak(t *testing.T) {
 	d := openDevice(t)
 	c, n, mlp := mlpCase(t)
@@ -81,7 +81,7 @@ func TestDeviceArenaPeak(t *testing.T) {
 		for wide < len(pk.Buffers) && pk.Buffers[wide].Bytes == n*mlp*4 {
 			wide++
 		}
-		if wide < 4 || pk.Buffers[wide].Bytes >= n*mlp*4 {
+		if wide < 3 || pk.Buffers[wide].Bytes >= n*mlp*4 {
 			t.Errorf("the peak's largest buffers: %d of %d bytes, then %v", wide, n*mlp*4, pk.Buffers[wide])
 		}
 	}
@@ -178,9 +178,11 @@ func TestDeviceArenaSavingsAreExact(t *testing.T) {
 
 // TestDeviceArenaPlacementDeep: in a 32-block training program with checkpointing (an
 // eighth of Qwen-7B's widths, 2048 tokens, LoRA r 64), where the marks live across every
-// block's values of the same size, placement loses under 1/128 of the most bytes live at
-// once (measured: 1,146,880 of 217,579,520 bytes, 0.53%; 2,981,888 when buffers of one
-// size were placed in the order they start rather than the longest-lived first).
+// block's values of the same size, placement loses under 1/64 of the most bytes live at
+// once (measured: 2,400,256 of 198,197,248 bytes, 1.2%, the peak at the loss, the smallest
+// of three orders of placement; 3,710,976 with buffers of one size placed the longest-lived
+// first only. Before the savings that moved the peak there from the blocks' backward:
+// 1,146,880 of 217,579,520 bytes).
 func TestDeviceArenaPlacementDeep(t *testing.T) {
 	d := openDevice(t)
 	m, err := model.RandomModel(model.TinyOptions{Seed: 1, VocabRanks: 4096, Hidden: 512, Layers: 32, Heads: 4, MLPWidth: 1376, SeqLength: 2048})
@@ -211,7 +213,7 @@ func TestDeviceArenaPlacementDeep(t *testing.T) {
 	}
 	lost := plan.Activations - plan.Peak.Live
 	t.Logf("arena %d bytes, at most %d live at %s: placement loses %d", plan.Activations, plan.Peak.Live, plan.Peak.Node, lost)
-	if lost < 0 || lost > plan.Peak.Live/128 {
+	if lost < 0 || lost > plan.Peak.Live/64 {
 		t.Errorf("arena %d bytes for at most %d live at once", plan.Activations, plan.Peak.Live)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 
 	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
 
 	"github.com/qwen-tune/qwen-tune/lora"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -17,16 +18,16 @@ import (
 )
 
 // optimizerBytesPerParam is what the optimizer keeps on the device for each trained
-// parameter besides the bf16 copy the GEMMs read (counted with the weights): float32
-// values, AdamW's two moments and the step's gradient sums, which a program compiled into
-// the optimizer's set writes. PlanGrad plans a program of its own, whose arena also holds the
-// gradients of the blocks whose backward has run: at the peak (the last block's backward)
-// one block's, about 18 MB at Qwen-7B's widths, counted twice.
+// parameter: float32 values, AdamW's two moments and the step's gradient sums, which a
+// program compiled into the optimizer's set writes (PlanGradInto plans that program). The
+// LoRA matrices have no bf16 copies: the GEMMs round them where they read them (a copy the
+// set would keep is counted with the weights).
 const optimizerBytesPerParam = 16
 
 // planLoRA7B plans m's training program with LoRA r 64 on the four targets (lora's default)
-// for 1 x seq tokens under each of opts, on a device of its own, and returns the plans, the
-// device's weight bytes and the trained parameters; m is closed and its memory given back.
+// for 1 x seq tokens under each of opts, on a device of its own, compiled into a ParamSet of
+// the LoRA matrices as the trainer compiles it, and returns the plans, the device's weight
+// bytes and the trained parameters; m is closed and its memory given back.
 func planLoRA7B(t *testing.T, m *model.Model, seq int, opts ...cuda.GradOptions) (plans []cuda.MemoryPlan, weights, trained int64) {
 	t.Helper()
 	defer debug.FreeOSMemory() // the next model's weights in the same host memory
@@ -42,16 +43,24 @@ func planLoRA7B(t *testing.T, m *model.Model, seq int, opts ...cuda.GradOptions)
 		t.Fatal(err)
 	}
 	var wrt G.Nodes
+	var names []string
+	var values []*tensor.Dense
 	for _, p := range a.Params() {
 		wrt = append(wrt, g.Param(p))
+		names, values = append(names, p.Name), append(values, p.Value)
 		trained += int64(p.Value.Shape().TotalSize())
 	}
 	grads, err := G.Grad(loss, wrt...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s, err := d.NewParamSet(names, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
 	for _, o := range opts {
-		plan, err := d.PlanGrad(g.ExprGraph, loss, grads, g.Step, o)
+		plan, err := d.PlanGradInto(g.ExprGraph, loss, grads, s, g.Step, o)
 		if err != nil {
 			t.Fatal(err)
 		}

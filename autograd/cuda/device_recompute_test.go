@@ -135,8 +135,9 @@ func TestDeviceCheckpointingArena(t *testing.T) {
 // activations), so the 32-block figure is the 3-block one plus 29 steps. The first block
 // grows less: the embedding is frozen, so no gradient of its input is computed and its mark
 // dies in its recomputation (a later block's input lives until the block's first norm's
-// backward). Set QWEN_TUNE_PLAN_7B=1 to run it (random weights of 3.7 GB on the host and the
-// emulated device, about two minutes).
+// backward). With checkpointing the total must stay within 18 GiB (17.97 planned). Set
+// QWEN_TUNE_PLAN_7B=1 to run it (random weights of 3.7 GB on the host and the emulated
+// device, about a minute).
 func TestDeviceMemoryQwen7B(t *testing.T) {
 	if os.Getenv("QWEN_TUNE_PLAN_7B") == "" {
 		t.Skip("QWEN_TUNE_PLAN_7B=1 plans Qwen-7B-wide training programs (3.3 GB of weights)")
@@ -167,10 +168,7 @@ func TestDeviceMemoryQwen7B(t *testing.T) {
 		seq, gib(w), gib(opt), gib(other), gib(full), gib(w+opt+other+full), gib(ckpt), gib(w+opt+other+ckpt), gib(target))
 	t.Logf("arena with checkpointing: %d bytes at 32 blocks, %d more per block", ckpt, at[3].ckpt-at[2].ckpt)
 	if total := w + opt + other + ckpt; total > target {
-		t.Logf("with checkpointing the plan needs %.2f GiB, %.2f GiB above the target", gib(total), gib(total-target))
-		if float64(total) > peft {
-			t.Errorf("with checkpointing the plan needs %.2f GiB, more than PEFT's measured %.1f GiB", gib(total), peft/(1<<30))
-		}
+		t.Errorf("with checkpointing the plan needs %.2f GiB, %.2f GiB above the target (PEFT measured %.1f GiB)", gib(total), gib(total-target), peft/(1<<30))
 	}
 	// at the peak (the last block's backward) a further block adds its mark: its kept LoRA
 	// gradients are fewer bytes, and placement loses nothing

@@ -8,7 +8,9 @@
 // reading each op's settings through autograd's accessors. cuda.go is the runtime and the
 // kernel launchers, cublas.go the bf16 products, graph.go CUDA graphs, int4.go GPTQ layers,
 // optim.go the trained parameters and their AdamW state kept on the device (ParamSet),
-// recompute.go activation checkpointing, memory.go and peak.go the memory plan, gptq.go the
+// trained_weights.go those parameters rounded to bf16 where the GEMMs read them,
+// recompute.go activation checkpointing, memory.go and peak.go the memory plan with the
+// arena's savings (gradx_add.go, attn_scratch.go, dropout_again.go), gptq.go the
 // GPTQ solve, selftest*.go every kernel against autograd.Ref. The kernels are CUDA C in
 // kernels/, compiled to PTX for compute_80 by kernels/gen.sh and embedded.
 //

@@ -42,3 +42,18 @@ type refusedCopies struct{ driver }
 func (refusedCopies) memcpyHtoD(devPtr, unsafe.Pointer, int64) error {
 	return &emuError{"CUDA_ERROR_INVALID_VALUE", "host-to-device copy refused"}
 }
+
+// FailCopiesToHostAsync makes every asynchronous device-to-host copy (the copy stream's,
+// which saves a ParamSet's state after an update) fail until restore is called.
+func (d *Device) FailCopiesToHostAsync() (restore func()) {
+	prev := d.drv
+	d.drv = &refusedAsyncCopies{prev}
+	return func() { d.drv = prev }
+}
+
+// refusedAsyncCopies is a driver whose asynchronous device-to-host copies fail.
+type refusedAsyncCopies struct{ driver }
+
+func (refusedAsyncCopies) memcpyDtoHAsync(unsafe.Pointer, devPtr, int64) error {
+	return &emuError{"CUDA_ERROR_INVALID_VALUE", "device-to-host copy refused"}
+}

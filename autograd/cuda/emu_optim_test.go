@@ -21,9 +21,11 @@ import (
 )
 
 // TestEmulatedParamSetGoesBackFromHost: the set holds 16 bytes a parameter on the device
-// (besides the bf16 weights), the copy of an update's result is still in flight after
-// Update, and GoBack gives the state before the last update bit for bit after one update,
-// after two, and again after going back and updating once more.
+// and no bf16 copy of a parameter no program has read (a bf16 copy is made for the second
+// parameter, as for one a program reads other than by GEMMs), the copy of an update's result
+// is still in flight after Update, and GoBack gives the state before the last update bit for
+// bit, the bf16 copy included, after one update, after two, and again after going back and
+// updating once more.
 func TestEmulatedParamSetGoesBackFromHost(t *testing.T) {
 	d := openEmulated(t)
 	r := rand.New(rand.NewPCG(5, 6))
@@ -48,8 +50,14 @@ func TestEmulatedParamSetGoesBackFromHost(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	if got, want := d.Allocated-before, 16*n+2*n; got != want { // float32 values, moments and sums; the bf16 weights
-		t.Errorf("the set allocated %d bytes on the device, want %d (16 a parameter and the bf16 weights)", got, want)
+	if got, want := d.Allocated-before, 16*n; got != want { // float32 values, moments and sums
+		t.Errorf("the set allocated %d bytes on the device, want %d (16 a parameter)", got, want)
+	}
+	if err := s.copyFor(1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := d.Allocated-before, 16*n+2*int64(sizes[1]); got != want {
+		t.Errorf("with a bf16 copy of the second parameter the set holds %d bytes on the device, want %d", got, want)
 	}
 	if s.Bytes() != 16*n || s.HostBytes() != 24*n {
 		t.Errorf("Bytes %d, HostBytes %d for %d parameters", s.Bytes(), s.HostBytes(), n)

@@ -120,6 +120,9 @@ func TestEmulatedGoBackAfterAFailedUpdate(t *testing.T) {
 			t.Error(err)
 		}
 	}()
+	if err := s.copyFor(0); err != nil { // a bf16 copy, as for a parameter a program gathers
+		t.Fatal(err)
+	}
 	if err := s.Upload(values, m, v); err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +179,9 @@ func TestEmulatedReleaseWeightsKeepsTrainedOnes(t *testing.T) {
 	a := denseOf(autograd.Ref.Normal(r, n), n)
 	s, err := d.NewParamSet([]string{"a"}, []*tensor.Dense{a})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.copyFor(0); err != nil { // a bf16 copy, as for a parameter a program gathers
 		t.Fatal(err)
 	}
 	if err := s.Upload([][]float32{a.Data().([]float32)}, [][]float32{make([]float32, n)}, [][]float32{make([]float32, n)}); err != nil {

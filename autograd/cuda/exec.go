@@ -10,10 +10,12 @@ package cuda
 // activations get buffers planned from the graph's liveness (planner), so a buffer is reused
 // as soon as the last node reading it has run, and a run allocates nothing. SplitHeads
 // becomes a view (offset and row stride into the fused qkv projection), the residual adds
-// run in place, and four fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
+// run in place, and five fusions have names: "add + RMSNorm" (fuseResidualAdd), "rotary +
 // KV-cache append" (deferIntoAttention), "up and gate projections + SwiGLU"
-// (deferIntoSwiGLU) and, in loss programs, "lm_head + cross-entropy by chunks"
-// (deferIntoChunkLoss, chunkloss.go). The KV cache of the Step lives on the device in bf16. A new op is one
+// (deferIntoSwiGLU), in loss programs "lm_head + cross-entropy by chunks"
+// (deferIntoChunkLoss, chunkloss.go) and, in gradient programs, "input gradient + add" (a
+// projection's input gradient GEMM with beta 1 into the other addend of the sum that reads
+// it: deferIntoAdd, gradx_add.go). The KV cache of the Step lives on the device in bf16. A new op is one
 // emitter and one row of emitters.
 //
 // Inference graphs (batch 1, no padding mask, a KV cache) and loss programs (loss.go:
@@ -165,6 +167,9 @@ type value struct {
 	// parts, for a gradient of the fused qkv projection, are the parts (bit i: q, k, v) its
 	// buffer holds so far; 0 for an ordinary value
 	parts uint8
+	// set, for a parameter a ParamSet keeps in float32 only, is that set: buf holds its
+	// values, which a GEMM rounds to bf16 where it reads them (weightBF16)
+	set *ParamSet
 }
 
 const (
@@ -172,6 +177,7 @@ const (
 	lazyLinear
 	lazyLogits  // lm_head's logits, computed by chunks inside the loss (chunkloss.go)
 	lazyColumns // PlaceColumns, deferred into the add that reads it (embed_grad.go)
+	lazyGradX   // a projection's input gradient, computed by the add that reads it (gradx_add.go)
 )
 
 func (v value) ptr() *Buffer {
@@ -333,15 +339,17 @@ type compiler struct {
 	precomputed map[*G.Node]bool
 	// rc is the schedule of a program with activation checkpointing (recompute.go)
 	rc     *recompute
-	inputs map[*G.Node]*Buffer // device-resident inputs (compileWith)
-	sums   *ParamSet           // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
+	inputs map[*G.Node]*Buffer    // device-resident inputs (compileWith)
+	again  map[*G.Node]*dropAgain // dropouts their weight gradients draw again (dropout_again.go)
+	sums   *ParamSet              // the set whose sums the weight-gradient GEMMs write (CompileGradInto)
 }
 
 // attnSaved is what attention's forward leaves its backward: the rows' log-sum-exps and
-// the chunks' scratch.
+// the shape of its scratch (attnScratchFor).
 type attnSaved struct {
-	lse     *Buffer
-	scratch *AttnTrainScratch
+	lse           *Buffer
+	ops           *Buffer // the rows' bf16 q, k and v, when kept for the backward (attnKeepsOperands)
+	t, heads, dim int
 }
 
 type addInfo struct {
@@ -396,7 +404,7 @@ func (d *Device) compile(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *auto
 // never written.
 func (d *Device) compileWith(g *G.ExprGraph, out *G.Node, keep []*G.Node, step *autograd.Step, o GradOptions, inputs map[*G.Node]*Buffer) (prog *Program, err error) {
 	c := &compiler{d: d, step: step, out: out, keep: keep, p: &Program{d: d, step: step}, pl: &planner{index: map[*Buffer]int{}, dry: o.dry},
-		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums, train: o.train}
+		consts: map[*G.Node]float64{}, ceLSE: map[*autograd.CrossEntropyOp]*Buffer{}, attn: map[*autograd.AttentionOp]attnSaved{}, precomputed: map[*G.Node]bool{}, inputs: inputs, sums: o.sums, train: o.train, again: map[*G.Node]*dropAgain{}}
 	p := c.p
 	defer func() {
 		if err != nil {
@@ -526,8 +534,10 @@ func (c *compiler) plan(g *G.ExprGraph) error {
 		if _, ok := n.Op().(*autograd.SplitHeadsOp); ok || isCheckpointOp(n.Op()) {
 			c.rootOf[n] = c.root(c.kids[n][0])
 		}
-		for _, k := range c.kids[n] {
-			c.lastUse[c.root(k)] = i
+		for j, k := range c.kids[n] {
+			if !c.readsOperandsOnly(n, j) {
+				c.lastUse[c.root(k)] = i
+			}
 		}
 	}
 	c.lastUse[c.out] = len(sorted)
@@ -735,6 +745,16 @@ func (c *compiler) parameter(n *G.Node) error {
 	if n.Value() == nil {
 		return fmt.Errorf("cuda: input %s has no value: the GPU executor runs graphs whose data comes from the Step", n.Name())
 	}
+	if key, ok := n.Value().(*tensor.Dense); ok && roundTrainedAtUse && c.d.trained[key] != nil {
+		v, err := c.trainedWeight(n, key, c.d.trained[key])
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			c.vals[n] = v
+			return nil
+		}
+	}
 	b, err := c.d.weight(n)
 	if err != nil {
 		return err
@@ -859,7 +879,13 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 		if bias != nil {
 			bb = bias.buf
 		}
-		c.emit(func() error { return d.GemvBF16(y.buf, x.ptr(), w.buf, bb, nOut, k) })
+		wb, round := c.weightBF16(w)
+		c.emit(func() error {
+			if err := round(); err != nil {
+				return err
+			}
+			return d.GemvBF16(y.buf, x.ptr(), wb, bb, nOut, k)
+		})
 		c.scaled(y, scale)
 		return false, nil
 	}
@@ -870,7 +896,8 @@ func (c *compiler) linear(n *G.Node, in []*value) (bool, error) {
 	if bias != nil {
 		addBias = func() error { return d.BiasBF16(y.buf, bias.buf, rows, nOut) }
 	}
-	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return w.buf, nil }, addBias))
+	wb, round := c.weightBF16(w)
+	c.emit(c.gemmRows(x, y, nOut, func() (*Buffer, error) { return wb, round() }, addBias))
 	c.scaled(y, scale)
 	return false, nil
 }
@@ -928,7 +955,7 @@ func (c *compiler) int4(n *G.Node, in []*value) (bool, error) {
 // a one-token step without bias, both reading the same input, runs inside the SwiGLU's GEMV;
 // n gets a lazy value that the SwiGLU emitter reads.
 func (c *compiler) deferIntoSwiGLU(n *G.Node, x, w, bias *value) bool {
-	if x.rows != 1 || bias != nil || len(c.users[n]) != 1 {
+	if x.rows != 1 || bias != nil || w.set != nil || len(c.users[n]) != 1 {
 		return false
 	}
 	u := c.users[n][0]
@@ -1114,6 +1141,9 @@ func (c *compiler) swiGLU(n *G.Node, in []*value) (bool, error) {
 func (c *compiler) add(n *G.Node, in []*value) (bool, error) {
 	d := c.d
 	a, b := in[0], in[1]
+	if a.lazy == lazyGradX || b.lazy == lazyGradX {
+		return c.addGradX(n, a, b)
+	}
 	if a.parts != 0 || b.parts != 0 {
 		return c.addParts(n, a, b)
 	}

@@ -40,3 +40,45 @@ func OpTableRow(name string) bool { _, ok := opTable[name]; return ok }
 func CompileTraining(d *Device, out *G.Node, keep []*G.Node, st *autograd.Step, inputs map[*G.Node]*Buffer) (*Program, error) {
 	return d.compileWith(out.Graph(), out, keep, st, GradOptions{train: true}, inputs)
 }
+
+// SetInputGradIntoAdd switches the fusion "input gradient + add" on or off until the test
+// ends.
+func SetInputGradIntoAdd(t testing.TB, on bool) {
+	was := inputGradIntoAdd
+	inputGradIntoAdd = on
+	t.Cleanup(func() { inputGradIntoAdd = was })
+}
+
+// SetAttnScratchInArena switches attention's scratch of loss programs into the arena (on)
+// or into one buffer per shape that the program holds (off) until the test ends.
+func SetAttnScratchInArena(t testing.TB, on bool) {
+	was := attnScratchInArena
+	attnScratchInArena = on
+	t.Cleanup(func() { attnScratchInArena = was })
+}
+
+// SetRoundTrainedAtUse switches the rounding of a ParamSet's float32 values to bf16 where
+// the GEMMs read them on (no bf16 copies of those parameters) or off (a bf16 copy of every
+// parameter, rewritten by each update) until the test ends.
+func SetRoundTrainedAtUse(t testing.TB, on bool) {
+	was := roundTrainedAtUse
+	roundTrainedAtUse = on
+	t.Cleanup(func() { roundTrainedAtUse = was })
+}
+
+// SetAttnKeepsOperands switches attention's forward keeping its bf16 q, k and v for its
+// backward on (the float32 fused qkv projection dies at the forward) or off until the test
+// ends.
+func SetAttnKeepsOperands(t testing.TB, on bool) {
+	was := attnKeepsOperands
+	attnKeepsOperands = on
+	t.Cleanup(func() { attnKeepsOperands = was })
+}
+
+// SetDropoutAgain switches a LoRA dropout drawn again by A's weight gradient (its buffer
+// dying at the A projection) on or off until the test ends.
+func SetDropoutAgain(t testing.TB, on bool) {
+	was := dropoutAgainOn
+	dropoutAgainOn = on
+	t.Cleanup(func() { dropoutAgainOn = was })
+}

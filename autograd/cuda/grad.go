@@ -7,7 +7,7 @@ package cuda
 // ops: the loss's backward (reading the forward's per-row log-sum-exps), the projections'
 // input and weight gradients as bf16 GEMMs with fp32 accumulation, RMSNorm's and SwiGLU's
 // (one launch for both of SwiGLU's, written over its inputs when they die there), rotary's inverse rotation, attention's backward by
-// chunks of queries (reading the forward's log-sum-exps; the scratch is the program's) into a buffer laid out as
+// chunks of queries (reading the forward's log-sum-exps; the scratch is its own, in the arena: attn_scratch.go) into a buffer laid out as
 // the fused qkv projection, which the picks, SplitHeads gradients and their sums then only
 // name (no copy: the fusion "SplitHeads gradients -> the fused qkv gradient"), and a GPTQ
 // layer's input gradient through its weight dequantized to bf16 (Q-LoRA).
@@ -194,17 +194,24 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 	if err := c.whole(dy); err != nil {
 		return false, err
 	}
-	if !w.param || !w.bf16 {
+	if !w.param || !w.bf16 && w.set == nil {
 		return false, fmt.Errorf("cuda: %s: the weight must be a parameter", c.what())
+	}
+	if c.deferIntoAdd(n, dy, w, o.Scale()) {
+		return true, nil
 	}
 	rows, m, k := dy.rows, dy.cols, w.cols
 	y := c.alloc(n, rows, k, false)
 	dy16, conv := c.bf16Copy(dy)
+	wb, round := c.weightBF16(w)
 	c.emit(func() error {
 		if err := conv(); err != nil {
 			return err
 		}
-		return d.gemmInputGrad(y.buf, w.buf, dy16, rows, m, k)
+		if err := round(); err != nil {
+			return err
+		}
+		return d.gemmInputGrad(y.buf, wb, dy16, rows, m, k)
 	})
 	c.scaled(y, o.Scale())
 	return false, nil
@@ -213,7 +220,12 @@ func (c *compiler) linearGradX(n *G.Node, in []*value) (bool, error) {
 // gemmInputGrad is dx [rows, k] (float32) = dy [rows, m] W [m, k], both bf16: row-major
 // dx = dy W is column-major dx^T [k, rows] = W^T [k, m] dy^T [m, rows].
 func (d *Device) gemmInputGrad(dx, w, dy *Buffer, rows, m, k int) error {
-	return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w, dtypeBF16, k, 0, dy, dtypeBF16, m, 0, 0, dx, dtypeF32, k, 0, 1)
+	return d.gemmInputGradBeta(dx, w, dy, rows, m, k, 0)
+}
+
+// gemmInputGradBeta is gemmInputGrad adding beta dx (beta 1: the product added to dx).
+func (d *Device) gemmInputGradBeta(dx, w, dy *Buffer, rows, m, k int, beta float32) error {
+	return d.gemmBatched(blasOpN, blasOpN, k, rows, m, w, dtypeBF16, k, 0, dy, dtypeBF16, m, 0, beta, dx, dtypeF32, k, 0, 1)
 }
 
 // linearGradW is dW [M, K] = scale dy^T [M, N] x [N, K], both in bf16, fp32 out.
@@ -229,7 +241,7 @@ func (c *compiler) linearGradW(n *G.Node, in []*value) (bool, error) {
 	}
 	y := c.alloc(n, m, k, false)
 	dy16, convDy := c.bf16Copy(dy)
-	x16, convX := c.bf16Copy(x)
+	x16, convX := c.gradWInput(n, x)
 	c.emit(func() error {
 		if err := convDy(); err != nil {
 			return err
@@ -258,7 +270,7 @@ func (c *compiler) linearGradWInto(n *G.Node, i int, dy, x *value, scale float64
 	sum := s.slice(s.grad, i)
 	c.vals[n] = &value{buf: sum, rows: m, cols: k, stride: k, root: n}
 	dy16, convDy := c.bf16Copy(dy)
-	x16, convX := c.bf16Copy(x)
+	x16, convX := c.gradWInput(n, x)
 	c.emit(func() error {
 		in := p.into
 		if in == nil || !in.armed {
@@ -402,13 +414,20 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 	if out.stride != out.cols || dy.stride != dy.cols || out.bf16 || dy.bf16 {
 		return false, fmt.Errorf("cuda: %s of bf16 or strided outputs", c.what())
 	}
-	sc := fw.scratch
-	b, t, heads := st.Batch, sc.T, sc.Heads
-	width := heads * sc.Dim
+	b, t, heads := st.Batch, fw.t, fw.heads
+	width := heads * fw.dim
 	y := c.alloc(n, b*t, q.stride, false)
+	if c.readsOperandsOnly(n, 0) && fw.ops == nil {
+		return false, fmt.Errorf("cuda: %s: its forward kept no bf16 q, k and v", c.what())
+	}
+	scratch, err := c.attnScratchFor(t, heads, fw.dim, true, fw.ops)
+	if err != nil {
+		return false, err
+	}
 	rowBytes := int64(t * q.stride * 4)
 	c.emit(func() error {
 		for r := 0; r < b; r++ {
+			sc := scratch(r)
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: q.stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
 			c.rowMasks(&row, r, t)
@@ -421,6 +440,9 @@ func (c *compiler) attentionGrad(n *G.Node, in []*value) (bool, error) {
 		return nil
 	})
 	c.pl.put(fw.lse)
+	if fw.ops != nil {
+		c.pl.put(fw.ops)
+	}
 	return false, nil
 }
 

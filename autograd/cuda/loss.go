@@ -98,6 +98,9 @@ func (c *compiler) rotaryLoss(n *G.Node, in []*value) (bool, error) {
 		v := *x
 		c.vals[n], c.rootOf[n], y, view = &v, x.root, &v, true
 		for _, u := range c.users[n] {
+			if _, grad := u.Op().(*autograd.AttentionGradOp); grad && c.readsOperandsOnly(u, 0) {
+				continue // it reads the bf16 copies attention's forward kept
+			}
 			c.lastUse[x.root] = max(c.lastUse[x.root], c.pos[u])
 		}
 	} else {
@@ -124,13 +127,17 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 	}
 	width := heads * dim
 	y := c.alloc(n, b*t, width, false)
-	sc, err := c.attnScratch(t, heads, dim)
+	var ops *Buffer
+	if c.keepsOperands(n) { // the rows' bf16 q, k and v, until the backward reads them
+		ops = c.pl.get(int64(b) * 3 * int64(t*width) * 2)
+	}
+	scratch, err := c.attnScratchFor(t, heads, dim, false, ops)
 	if err != nil {
 		return false, err
 	}
 	o := n.Op().(*autograd.AttentionOp)
 	lse := c.pl.get(int64(b*heads*t) * 4) // lives until the backward, if any, reads it
-	c.attn[o] = attnSaved{lse: lse, scratch: sc}
+	c.attn[o] = attnSaved{lse: lse, ops: ops, t: t, heads: heads, dim: dim}
 	if !c.hasUser(c.kids[n][0], func(op G.Op) bool { g, ok := op.(*autograd.AttentionGradOp); return ok && g.Forward() == o }) {
 		c.pl.put(lse)
 	}
@@ -140,6 +147,7 @@ func (c *compiler) attentionLoss(n *G.Node, in []*value) (bool, error) {
 			return fmt.Errorf("cuda: a loss program has no LogN attention: a sequence of more than %d tokens (seq_length) is scored on the CPU (--device cpu)", st.LogNSeq)
 		}
 		for r := 0; r < b; r++ {
+			sc := scratch(r)
 			row := AttnTrainRow{QKV: q.buf.Slice(int64(r)*rowBytes, rowBytes), Stride: stride,
 				QOff: int(q.off / 4), KOff: int(k.off / 4), VOff: int(v.off / 4)}
 			c.rowMasks(&row, r, t)
@@ -171,6 +179,9 @@ func (c *compiler) dropout(n *G.Node, in []*value) (bool, error) {
 		if !c.dies(c.kids[n][0]) {
 			f = c.pl.get(cnt * 4)
 			c.pl.put(f)
+		}
+		if ag, ok := c.dropoutAgain(n, x); ok { // its weight gradient draws it again
+			c.again[n] = ag
 		}
 		rows, cols := x.rows, x.cols
 		c.emit(func() error {

@@ -7,6 +7,8 @@ package cuda
 // model too large for the machine at hand can be worked out from a model of a few blocks.
 
 import (
+	"fmt"
+
 	"github.com/qwen-tune/qwen-tune/autograd"
 	G "gorgonia.org/gorgonia"
 )
@@ -29,8 +31,8 @@ type MemoryPlan struct {
 	// Activations is the arena: every activation, the kept gradients and the scratch of
 	// one step, placed from their lifetimes.
 	Activations int64
-	// Other is what the program allocates besides: the step's inputs and attention's
-	// per-shape scratch.
+	// Other is what the program allocates besides: the step's inputs (and attention's
+	// per-shape scratch when that is not in the arena).
 	Other int64
 	// Launches and Recomputed are the program's launches per run and, of them, those of
 	// blocks computed again.
@@ -59,6 +61,22 @@ func (m MemoryPlan) LiveAt(at int) int64 {
 // reads), plans its arena without allocating it, and frees the rest again.
 func (d *Device) PlanGrad(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *autograd.Step, o GradOptions) (MemoryPlan, error) {
 	o.dry = true
+	return d.plan(g, loss, grads, step, o)
+}
+
+// PlanGradInto is PlanGrad of the program CompileGradInto compiles into s: the gradients
+// its GEMMs write into s's sums have no buffers in its arena, and it reads the parameters
+// as programs compiled into s read them (trained_weights.go).
+func (d *Device) PlanGradInto(g *G.ExprGraph, loss *G.Node, grads []*G.Node, s *ParamSet, step *autograd.Step, o GradOptions) (MemoryPlan, error) {
+	if s == nil || s.d != d || len(grads) != len(s.sizes) {
+		return MemoryPlan{}, fmt.Errorf("cuda: planning a program into a parameter set of another device or of other parameters")
+	}
+	o.dry, o.sums = true, s
+	return d.plan(g, loss, grads, step, o)
+}
+
+// plan compiles a dry program with o and reads its plan.
+func (d *Device) plan(g *G.ExprGraph, loss *G.Node, grads []*G.Node, step *autograd.Step, o GradOptions) (MemoryPlan, error) {
 	p, err := d.compile(g, loss, grads, step, o)
 	if err != nil {
 		return MemoryPlan{}, err

@@ -8,9 +8,11 @@ package cuda
 //	master [n] float32   the parameters' values (the optimizer's, as the host's p.Value)
 //	m, v   [n] float32   AdamW's moments
 //	grad   [n] float32   the step's gradient sum, then its mean, clipped
-//	bf16 copies           the weights every program's GEMMs read (Device.weights by
-//	                      tensor, as Compile uploads them), rewritten from master by each
-//	                      update
+//	bf16 copies           of the parameters a program reads other than as a GEMM's weight
+//	                      (Device.weights by tensor, as Compile uploads them), or uploaded
+//	                      before the set was made, rewritten from master by each update;
+//	                      the GEMMs round the others from master where they read them
+//	                      (trained_weights.go)
 //	host [2][3n] float32  in page-locked host memory: master, m and v after the last two
 //	                      changes (Upload, Update, GoBack), for going back from a
 //	                      non-finite step
@@ -33,7 +35,7 @@ package cuda
 // host's on the same gradients (the norm to the last bits of its sum's order); the GEMMs
 // that write the sums round once where the host rounds up to three times (a few ulps).
 //
-// The programs read the bf16 copies, as they read every weight: their GEMMs round the
+// The programs' GEMMs read the parameters in bf16, as they read every weight: they round the
 // activations to bf16 as well, so float32 LoRA matrices would change only the rounding of A
 // and B, and would need float32 GEMM paths in the emitters. The float32 values are what the
 // optimizer updates: steps smaller than bf16's resolution add up there.
@@ -76,9 +78,9 @@ type ParamSet struct {
 }
 
 // NewParamSet keeps the float32 parameters values (named names, for errors) on d: it
-// allocates their state and takes over their bf16 weight buffers (allocated here for a
-// parameter no program has uploaded yet, so programs compiled later find them; they stay
-// with the device as uploaded weights do). Call Upload before the first step.
+// allocates their state and takes over the bf16 weight buffers of those a program has
+// uploaded already (they stay with the device as uploaded weights do). Programs compiled
+// later read the set's values (trained_weights.go). Call Upload before the first step.
 func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSet, err error) {
 	if len(names) != len(values) || len(values) == 0 {
 		return nil, fmt.Errorf("cuda: a parameter set of %d values with %d names", len(values), len(names))
@@ -141,7 +143,7 @@ func (d *Device) NewParamSet(names []string, values []*tensor.Dense) (s *ParamSe
 		if b != nil && b.Bytes != s.sizes[i]*2 {
 			return nil, fmt.Errorf("cuda: parameter %s: its device copy holds %d bytes, not %d bf16 values", names[i], b.Bytes, s.sizes[i])
 		}
-		if b == nil {
+		if b == nil && !roundTrainedAtUse {
 			if b, err = d.Alloc(s.sizes[i]*2, names[i]); err != nil {
 				return nil, err
 			}
@@ -175,7 +177,9 @@ type MemoryPart struct {
 func (s *ParamSet) Memory() []MemoryPart {
 	var bf16 int64
 	for _, b := range s.bf16 {
-		bf16 += b.Bytes
+		if b != nil {
+			bf16 += b.Bytes
+		}
 	}
 	return []MemoryPart{
 		{What: "trained values (float32)", Bytes: s.master.Bytes},
@@ -308,6 +312,9 @@ func (s *ParamSet) Gradients(grads [][]float32) error {
 // ties to even, as the first upload).
 func (s *ParamSet) weights() error {
 	for i, b := range s.bf16 {
+		if b == nil { // rounded where the programs read it (trained_weights.go)
+			continue
+		}
 		if err := s.d.ToBF16Rows(b, s.slice(s.master, i), 1, int(s.sizes[i]), int(s.sizes[i])); err != nil {
 			return err
 		}

@@ -82,6 +82,11 @@ func paramSetChecks(d *Device, r *rand.Rand) []Check {
 		if err != nil {
 			return fail(err)
 		}
+		for i := range s.keys { // the bf16 copies of parameters a program reads other than by GEMMs
+			if err := s.copyFor(i); err != nil {
+				return fail(err)
+			}
+		}
 		got, gotM, gotV, err := paramSetStep(d, s, values, m, v, grads, tokens, maxNorm, lr)
 		if err != nil {
 			return fail(err)
@@ -209,6 +214,10 @@ func (st *paramState) download(d *Device, s *ParamSet) error {
 		return err
 	}
 	for i, b := range s.bf16 {
+		if b == nil { // no copy: the GEMMs round the values where they read them
+			st.bf16[i] = nil
+			continue
+		}
 		bits := make([]uint16, s.sizes[i])
 		if err := Download(d, bits, b); err != nil {
 			return err

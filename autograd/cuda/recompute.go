@@ -213,7 +213,10 @@ func (c *compiler) planRecompute() ([]*G.Node, error) {
 	// what is computed twice, the first run of a node the first copy
 	clear(c.lastUse)
 	for at, n := range rc.order {
-		for _, k := range c.kids[n] {
+		for j, k := range c.kids[n] {
+			if c.readsOperandsOnly(n, j) {
+				continue
+			}
 			r := c.root(k)
 			_, twice := need[k]
 			_, rootTwice := need[r]
@@ -279,6 +282,9 @@ func (c *compiler) leave(i int, in []*value, from int) {
 	if o, ok := n.Op().(*autograd.AttentionOp); ok && twice && rc.block[i] < 0 {
 		if s, ok := c.attn[o]; ok {
 			c.pl.put(s.lse)
+			if s.ops != nil {
+				c.pl.put(s.ops)
+			}
 		}
 	}
 	if rc.block[i] >= 0 {
@@ -288,8 +294,8 @@ func (c *compiler) leave(i int, in []*value, from int) {
 		}
 		p.Recomputed += len(p.ins) - from
 	}
-	for _, v := range in {
-		if v != nil && v.buf != nil && !v.param {
+	for j, v := range in {
+		if v != nil && v.buf != nil && !v.param && !c.readsOperandsOnly(n, j) && !c.drawnAgain(n, j) {
 			rc.reads = append(rc.reads, bufferRead{buf: v.buf, at: i, who: n})
 		}
 	}

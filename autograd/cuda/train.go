@@ -202,6 +202,9 @@ type AttnTrainScratch struct {
 	s, dp                *Buffer // float32 [heads, Chunk, T]: a chunk's raw scores and dO V^T
 	p, ds                *Buffer // bf16 [heads, Chunk, T]: its probabilities and score gradients
 	dsum                 *Buffer // float32 [heads, T]: dO . O per query
+	// ready: q, k and v hold the row's operands already (its forward's, kept for the
+	// backward), which AttentionTrainBackward then does not round again
+	ready bool
 }
 
 // NewAttnTrainScratch allocates the scratch of t positions of heads x dim for chunks of chunk
@@ -347,8 +350,10 @@ func (d *Device) AttentionTrainBackward(dqkv, dout, out, lse *Buffer, a AttnTrai
 	if err := need(hold(int64(sc.Heads*t)*4, lse), "AttentionTrainBackward: lse of %d x %d", sc.Heads, t); err != nil {
 		return err
 	}
-	if err := d.operands(&a, sc); err != nil {
-		return err
+	if !sc.ready {
+		if err := d.operands(&a, sc); err != nil {
+			return err
+		}
 	}
 	if err := d.ToBF16Rows(sc.g, dout, t, width, width); err != nil {
 		return err

@@ -268,7 +268,7 @@ func benchTrain(cmd *cobra.Command, m *model.Model, name, device string, o lora.
 		if mem.Checkpointing {
 			ck = "on"
 		}
-		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16, the trained matrices' bf16 copies included), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s), optimizer state %.2f GiB (trained values, AdamW moments, gradient sums), the rest %.2f GiB (attention scratch, step inputs); the trained parameters' state by kind:\n",
+		fmt.Fprintf(out, "device mem peak %.2f GiB held by the process's buffers: weights %.2f GiB (bf16; the LoRA matrices are rounded from the optimizer's float32 values where the GEMMs read them), activations %.2f GiB (one arena: activations, kept gradients, scratch; checkpointing %s), optimizer state %.2f GiB (trained values, AdamW moments, gradient sums), the rest %.2f GiB (step inputs); the trained parameters' state by kind:\n",
 			gib(devicePeak), gib(mem.Weights), gib(mem.Activations), ck, gib(mem.Optimizer), gib(devicePeak-mem.Weights-mem.Activations-mem.Optimizer))
 		for _, p := range res.DeviceState {
 			where := "device"

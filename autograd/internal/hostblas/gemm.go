@@ -106,7 +106,9 @@ func Sizes(transa, transb, m, n, k, atype, lda, btype, ldb, ctype, ldc int, sa, 
 
 // GemmEx is cublasGemmEx with CUBLAS_COMPUTE_32F: C = alpha op(A) op(B) + beta C, op(A)
 // m x k, op(B) k x n, C m x n, all column-major; a, b and c hold at least the bytes Sizes
-// gives (it panics otherwise). beta 0 overwrites C without reading it (NaN in C is ignored).
+// gives (it panics otherwise). beta 0 overwrites C without reading it (NaN in C is ignored);
+// otherwise beta C is added to the whole product in one rounding, as cuBLAS adds it to the
+// float32 accumulator.
 // It returns a cuBLAS status and computes nothing unless that is StatusSuccess.
 func GemmEx(threads, transa, transb, m, n, k int, alpha float32, a []byte, atype, lda int, b []byte, btype, ldb int, beta float32, c []byte, ctype, ldc int) int {
 	return GemmStridedBatchedEx(threads, transa, transb, m, n, k, alpha, a, atype, lda, 0, b, btype, ldb, 0, beta, c, ctype, ldc, 0, 1)
@@ -129,12 +131,15 @@ func GemmStridedBatchedEx(threads, transa, transb, m, n, k int, alpha float32, a
 	ar, ac := stored(transa, m, k)
 	br, bc := stored(transb, k, n)
 	ea, eb, ec := span(ar, ac, lda), span(br, bc, ldb), span(m, n, ldc)
-	var wideB, wideC []float32 // scratch: B widened (internal/matmul's first operand is float32), C in float32
+	var wideB, wideC, prod []float32 // scratch: B widened (internal/matmul's first operand is float32), C in float32, the product
 	if btype == R16BF {
 		wideB = make([]float32, eb)
 	}
 	if ctype == R16BF {
 		wideC = make([]float32, ec)
+	}
+	if beta != 0 {
+		prod = make([]float32, ec)
 	}
 	for i := 0; i < count; i++ {
 		ai, bi, ci := int64(i)*sa, int64(i)*sb, int64(i)*sc
@@ -160,7 +165,14 @@ func GemmStridedBatchedEx(threads, transa, transb, m, n, k int, alpha float32, a
 		} else if beta != 0 { // with beta 0 matmul overwrites C without reading it
 			matmul.WidenBF16(out, u16(c, ci, ec))
 		}
-		matmul.Float32(threads, transb != OpN, n, m, k, alpha, x, ldb, y, beta, out, ldc)
+		if beta == 0 {
+			matmul.Float32(threads, transb != OpN, n, m, k, alpha, x, ldb, y, 0, out, ldc)
+		} else {
+			// the whole product first, then beta C added to it in one rounding, as cuBLAS's
+			// epilogue does (matmul would add C before the products of k's blocks)
+			matmul.Float32(threads, transb != OpN, n, m, k, alpha, x, ldb, y, 0, prod, ldc)
+			addScaled(out, prod, beta, m, n, ldc)
+		}
 		if ctype == R16BF {
 			dst := u16(c, ci, ec)
 			for j := 0; j < n; j++ { // columns of C, m elements each
@@ -199,4 +211,15 @@ func RoundBF16(f float32) uint16 {
 		return uint16(u>>16) | 0x40
 	}
 	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// addScaled is out = prod + beta out over the m x n column-major matrix of leading
+// dimension ldc, each element rounded once after beta out (exact for beta 1).
+func addScaled(out, prod []float32, beta float32, m, n, ldc int) {
+	for j := 0; j < n; j++ {
+		col := j * ldc
+		for i := col; i < col+m; i++ {
+			out[i] = prod[i] + float32(beta*out[i])
+		}
+	}
 }

@@ -173,3 +173,36 @@ func TestCheck(t *testing.T) {
 		t.Errorf("lda below m: status %d", s)
 	}
 }
+
+// TestGemmBetaAddsOnce: with beta 1 the product over the whole of k is computed first and C
+// added to it once, as cuBLAS's epilogue adds beta C to the float32 accumulator: the result
+// is, bit for bit, the product with beta 0 plus C in float32, also when k spans several of
+// internal/matmul's blocks of k (which would otherwise add C before the products).
+func TestGemmBetaAddsOnce(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, sh := range [][3]int{{37, 19, 2500}, {3, 2, 3000}, {64, 48, 700}} {
+		m, n, k := sh[0], sh[1], sh[2]
+		for _, ta := range []int{OpN, OpT} {
+			ar, _ := stored(ta, m, k)
+			br, _ := stored(OpN, k, n)
+			na, nb, nc := Sizes(ta, OpN, m, n, k, R16BF, ar, R16BF, br, R32F, m, 0, 0, 0, 1)
+			a, b, c := random(r, R16BF, na/2), random(r, R16BF, nb/2), random(r, R32F, nc/4)
+			prod := random(r, R32F, nc/4)
+			if s := GemmEx(2, ta, OpN, m, n, k, 1, a.bytes, R16BF, ar, b.bytes, R16BF, br, 0, prod.bytes, R32F, m); s != StatusSuccess {
+				t.Fatalf("status %d", s)
+			}
+			want := make([]float32, nc/4)
+			for i := range want {
+				want[i] = float32(prod.at(int64(i))) + float32(c.at(int64(i)))
+			}
+			if s := GemmEx(2, ta, OpN, m, n, k, 1, a.bytes, R16BF, ar, b.bytes, R16BF, br, 1, c.bytes, R32F, m); s != StatusSuccess {
+				t.Fatalf("status %d", s)
+			}
+			for i, w := range want {
+				if got := float32(c.at(int64(i))); math.Float32bits(got) != math.Float32bits(w) {
+					t.Fatalf("[%d, %d, %d], op %d: C[%d] = %v with beta 1, %v from the product and an add", m, n, k, ta, i, got, w)
+				}
+			}
+		}
+	}
+}
