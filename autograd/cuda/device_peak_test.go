@@ -3,7 +3,6 @@
 package cuda_test
 
 import (
-	"math"
 	"strings"
 	"testing"
 
@@ -144,36 +143,7 @@ func TestDeviceDropoutKeptInBF16(t *testing.T) {
 // as without them, with and without checkpointing (newLossCase's batch: padding, packing,
 // dropout 0.3), in an arena no larger, and smaller where the MLP's backward is the peak.
 func TestDeviceArenaSavingsAreExact(t *testing.T) {
-	d := openDevice(t)
-	mlp, _, _ := mlpCase(t)
-	for _, k := range []struct {
-		name   string
-		c      *lossCase
-		shrink bool
-	}{{"2 blocks", newLossCaseOf(t, 2), false}, {"wide MLP", mlp, true}} {
-		for _, ckpt := range []bool{false, true} {
-			cuda.SetArenaSavings(t, false)
-			wantLoss, want, before := runGrad(t, d, k.c, ckpt)
-			cuda.SetArenaSavings(t, true)
-			gotLoss, got, after := runGrad(t, d, k.c, ckpt)
-			if gotLoss != wantLoss {
-				t.Errorf("%s, checkpointing %v: loss %v with the savings, %v without", k.name, ckpt, gotLoss, wantLoss)
-			}
-			for i := range want {
-				for j := range want[i] {
-					if math.Float32bits(got[i][j]) != math.Float32bits(want[i][j]) {
-						t.Errorf("%s, checkpointing %v: %s[%d] is %v with the savings, %v without", k.name, ckpt, k.c.params[i].Name, j, got[i][j], want[i][j])
-						break
-					}
-				}
-			}
-			a, b := after.ActivationBytes(), before.ActivationBytes()
-			t.Logf("%s, checkpointing %v: arena %d bytes with the savings, %d without", k.name, ckpt, a, b)
-			if a > b || k.shrink && a >= b {
-				t.Errorf("%s, checkpointing %v: arena %d bytes with the savings, %d without", k.name, ckpt, a, b)
-			}
-		}
-	}
+	savingIsExact(t, func(on bool) { cuda.SetArenaSavings(t, on) }, true)
 }
 
 // TestDeviceArenaPlacementDeep: in a 32-block training program with checkpointing (an
