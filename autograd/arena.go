@@ -32,7 +32,9 @@ func (r ArenaRequest) overlaps(o ArenaRequest) bool { return r.First <= o.Last &
 // less; 256 matches what cuMemAlloc returns).
 const ArenaAlign = 256
 
-func alignUp(n, a int64) int64 { return (n + a - 1) / a * a }
+// ArenaBytes is what a buffer of bytes takes in an arena aligned to align (at least one
+// alignment unit, for a buffer of none).
+func ArenaBytes(bytes, align int64) int64 { return (max(bytes, 1) + align - 1) / align * align }
 
 // PlanArena returns an offset per request (multiples of align) and the arena's size: the
 // smallest of the greedy placements in a few orders of the requests (arenaOrders).
@@ -62,7 +64,7 @@ func placeInOrder(reqs []ArenaRequest, align int64, less func(a, b ArenaRequest)
 	need := make([]int64, len(reqs))
 	order := make([]int, len(reqs))
 	for i, r := range reqs {
-		need[i], order[i] = alignUp(max(r.Bytes, 1), align), i
+		need[i], order[i] = ArenaBytes(r.Bytes, align), i
 	}
 	slices.SortStableFunc(order, func(a, b int) int {
 		if c := cmp.Compare(reqs[b].Bytes, reqs[a].Bytes); c != 0 {
@@ -148,7 +150,7 @@ func PrefillScoreElems(heads, t int) int64 {
 func PeakLive(reqs []ArenaRequest, align int64) (at int, live int64) {
 	delta := map[int]int64{}
 	for _, r := range reqs {
-		b := alignUp(max(r.Bytes, 1), align)
+		b := ArenaBytes(r.Bytes, align)
 		delta[r.First] += b
 		delta[r.Last+1] -= b
 	}

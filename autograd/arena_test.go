@@ -17,7 +17,7 @@ func TestPlanArenaRandom(t *testing.T) {
 		for i := range reqs {
 			a, b := rng.IntN(nodes), rng.IntN(nodes)
 			reqs[i] = ArenaRequest{Bytes: int64(rng.IntN(1 << uint(1+rng.IntN(20)))), First: min(a, b), Last: max(a, b)}
-			sum += alignUp(max(reqs[i].Bytes, 1), ArenaAlign)
+			sum += (max(reqs[i].Bytes, 1) + ArenaAlign - 1) / ArenaAlign * ArenaAlign
 		}
 		offsets, size := PlanArena(reqs, ArenaAlign)
 		if err := CheckArena(reqs, offsets, size, ArenaAlign); err != nil {
@@ -201,7 +201,7 @@ func TestPeakLive(t *testing.T) {
 		aligned := make([]ArenaRequest, len(reqs))
 		var sum int64
 		for i, r := range reqs {
-			aligned[i] = ArenaRequest{Bytes: alignUp(r.Bytes, ArenaAlign), First: r.First, Last: r.Last}
+			aligned[i] = ArenaRequest{Bytes: (r.Bytes + ArenaAlign - 1) / ArenaAlign * ArenaAlign, First: r.First, Last: r.Last}
 		}
 		for _, i := range LiveAt(reqs, at) {
 			sum += aligned[i].Bytes

@@ -45,15 +45,37 @@ func (t Tensor) NumElements() int64 { return TensorInfo{Shape: t.Shape}.NumEleme
 
 // Float32 converts an F32, F16 or BF16 tensor to a new float32 slice.
 func (t Tensor) Float32() ([]float32, error) {
-	n := t.NumElements()
-	if int64(len(t.Data)) != n*int64(t.DType.Size()) {
-		return nil, fmt.Errorf("checkpoints: tensor %q: %d bytes for %s %s", t.Name, len(t.Data), t.DType, shapeString(t.Shape))
+	if err := t.CheckFloat32(); err != nil {
+		return nil, err
 	}
-	out := make([]float32, n)
-	if err := decodeFloat32(t.DType, t.Data, out); err != nil {
-		return nil, fmt.Errorf("checkpoints: tensor %q: %w", t.Name, err)
+	out := make([]float32, t.NumElements())
+	return out, t.Float32Into(out)
+}
+
+// CheckFloat32 reports what keeps Float32 from converting the tensor: a type other than F32,
+// F16 or BF16, or other bytes than its shape needs.
+func (t Tensor) CheckFloat32() error {
+	if t.DType != F32 && t.DType != F16 && t.DType != BF16 {
+		return fmt.Errorf("checkpoints: tensor %q: dtype %s is not a floating type", t.Name, t.DType)
 	}
-	return out, nil
+	if int64(len(t.Data)) != t.NumElements()*int64(t.DType.Size()) {
+		return fmt.Errorf("checkpoints: tensor %q: %d bytes for %s %s", t.Name, len(t.Data), t.DType, shapeString(t.Shape))
+	}
+	return nil
+}
+
+// Float32Into converts the tensor into dst, which has its number of elements.
+func (t Tensor) Float32Into(dst []float32) error {
+	if err := t.CheckFloat32(); err != nil {
+		return err
+	}
+	if int64(len(dst)) != t.NumElements() {
+		return fmt.Errorf("checkpoints: tensor %q: %d elements into %d", t.Name, t.NumElements(), len(dst))
+	}
+	if err := decodeFloat32(t.DType, t.Data, dst); err != nil {
+		return fmt.Errorf("checkpoints: tensor %q: %w", t.Name, err)
+	}
+	return nil
 }
 
 // Uint16 returns the raw 16-bit elements of an F16 or BF16 tensor (for weights kept in

@@ -330,3 +330,33 @@ func TestHalfConversions(t *testing.T) {
 		t.Error("NaN lost")
 	}
 }
+
+// TestFloat32Into: a floating tensor converts in place as Float32 converts it; an integer
+// tensor, one with too few bytes and a destination of another length are refused, and
+// CheckFloat32 refuses the first two without converting anything.
+func TestFloat32Into(t *testing.T) {
+	raw := make([]byte, 6)
+	for i, v := range []float32{1.5, -2, 0.25} {
+		binary.LittleEndian.PutUint16(raw[2*i:], uint16(math.Float32bits(v)>>16))
+	}
+	x := Tensor{Name: "x", DType: BF16, Shape: []int64{3}, Data: raw}
+	want, err := x.Float32()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, 3)
+	if err := x.Float32Into(got); err != nil || !slices.Equal(got, want) || !slices.Equal(got, []float32{1.5, -2, 0.25}) {
+		t.Fatalf("Float32Into: %v %v, Float32 %v", got, err, want)
+	}
+	if err := x.Float32Into(make([]float32, 2)); err == nil {
+		t.Error("converted 3 elements into 2")
+	}
+	for _, bad := range []Tensor{{Name: "i", DType: I32, Shape: []int64{1}, Data: make([]byte, 4)}, {Name: "short", DType: F32, Shape: []int64{2}, Data: make([]byte, 4)}} {
+		if err := bad.CheckFloat32(); err == nil || !strings.Contains(err.Error(), bad.Name) {
+			t.Errorf("CheckFloat32 of %s: %v", bad.Name, err)
+		}
+		if err := bad.Float32Into(make([]float32, bad.NumElements())); err == nil {
+			t.Errorf("Float32Into of %s converted it", bad.Name)
+		}
+	}
+}

@@ -167,7 +167,7 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 	defer ok.Close()
 	// Every tensor is checked (name, shape, a floating type, its size) before any is copied:
 	// a checkpoint refused at its last tensor leaves the trainer as it was. The data stay in
-	// the files (mapped) until each is converted and copied, one at a time.
+	// the files (mapped) until each is converted into its place.
 	type load struct {
 		src checkpoints.Tensor
 		dst []float32
@@ -184,8 +184,8 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 			if err == nil && !slices.Equal(x.Shape, shape) {
 				err = fmt.Errorf("tensor %q has shape %v, the trainer's is %v", r.name, x.Shape, shape)
 			}
-			if err == nil && (x.DType != checkpoints.F32 && x.DType != checkpoints.BF16 && x.DType != checkpoints.F16 || int64(len(x.Data)) != x.NumElements()*int64(x.DType.Size())) {
-				err = fmt.Errorf("tensor %q: %d bytes of %s for shape %v", r.name, len(x.Data), x.DType, x.Shape)
+			if err == nil {
+				err = x.CheckFloat32()
 			}
 			if err != nil {
 				return fmt.Errorf("lora: resuming from %s: %w (the checkpoint was made with other settings)", dir, err)
@@ -194,11 +194,9 @@ func (t *Trainer) LoadCheckpoint(dir string) error {
 		}
 	}
 	for _, l := range loads {
-		v, err := l.src.Float32()
-		if err != nil {
+		if err := l.src.Float32Into(l.dst); err != nil {
 			return fmt.Errorf("lora: resuming from %s: %w", dir, err)
 		}
-		copy(l.dst, v)
 	}
 	t.Step, t.Opt.Step = st.Step, st.AdamStep
 	t.before = nil // no update gave these values: nothing to go back to

@@ -9,12 +9,10 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 
 	"github.com/qwen-tune/qwen-tune/autograd/cuda"
 
-	"github.com/qwen-tune/qwen-tune/checkpoints"
 	"github.com/qwen-tune/qwen-tune/internal/golden"
 	"github.com/qwen-tune/qwen-tune/internal/refmath"
 	"github.com/qwen-tune/qwen-tune/model"
@@ -221,35 +219,10 @@ func TestGPTQDeviceGolden(t *testing.T) {
 		descAct bool
 	}{{"case_a.safetensors", 64, false}, {"case_b.safetensors", 64, true}, {"case_c.safetensors", -1, false}} {
 		t.Run(c.file, func(t *testing.T) {
-			path := golden.Path(t, filepath.Join("gptq", c.file))
-			ck, err := checkpoints.OpenFiles(filepath.Dir(path), path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ck.Close()
-			w, err := ck.Float32("weight")
-			if err != nil {
-				t.Fatal(err)
-			}
-			x, err := ck.Float32("x")
-			if err != nil {
-				t.Fatal(err)
-			}
-			tn, err := ck.Tensor("qint")
-			if err != nil {
-				t.Fatal(err)
-			}
-			qint, err := tn.Int32()
-			if err != nil {
-				t.Fatal(err)
-			}
+			gc := openGPTQCase(t, c.file)
+			w, x, qint := gc.f32("weight"), gc.f32("x"), gc.i32("qint")
 			const n, k = 96, 256
-			h := NewHessian(k)
-			for b := 0; b < 4; b++ {
-				if err := h.Add(x[b*128*k:(b+1)*128*k], 128); err != nil {
-					t.Fatal(err)
-				}
-			}
+			h := gc.hessian(x)
 			o := DefaultOptions()
 			o.GroupSize, o.DescAct = c.group, c.descAct
 			cpu, err := GPTQ(w, n, k, h, o)
@@ -341,20 +314,8 @@ func TestGPTQDeviceDamping(t *testing.T) {
 // near-tie.
 func TestDeviceHessian(t *testing.T) {
 	d := openDevice(t)
-	path := golden.Path(t, filepath.Join("gptq", "case_a.safetensors"))
-	ck, err := checkpoints.OpenFiles(filepath.Dir(path), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Close()
-	w, err := ck.Float32("weight")
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := ck.Float32("x")
-	if err != nil {
-		t.Fatal(err)
-	}
+	gc := openGPTQCase(t, "case_a.safetensors")
+	w, x := gc.f32("weight"), gc.f32("x")
 	const n, k = 96, 256
 	h := NewHessian(k)
 	dh, err := NewDeviceHessian(d, k)

@@ -29,6 +29,59 @@ func outputError(x []float32, rows, k int, w []float32, q []float64, n int) floa
 	return math.Sqrt(num / den)
 }
 
+// gptqCase is one of AutoGPTQ's golden cases (testdata/gptq), open until the test ends.
+type gptqCase struct {
+	t  *testing.T
+	ck *checkpoints.Checkpoint
+}
+
+func openGPTQCase(t *testing.T, file string) gptqCase {
+	t.Helper()
+	path := golden.Path(t, filepath.Join("gptq", file))
+	ck, err := checkpoints.OpenFiles(filepath.Dir(path), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ck.Close() })
+	return gptqCase{t, ck}
+}
+
+func (g gptqCase) f32(name string) []float32 {
+	g.t.Helper()
+	v, err := g.ck.Float32(name)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return v
+}
+
+func (g gptqCase) i32(name string) []int32 {
+	g.t.Helper()
+	tn, err := g.ck.Tensor(name)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	v, err := tn.Int32()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return v
+}
+
+// hessian is the Hessian of the case's x [512, 256] summed as the reference did: add_batch
+// 4 times with 128 rows each.
+func (g gptqCase) hessian(x []float32) *Hessian {
+	g.t.Helper()
+	const k = 256
+	h := NewHessian(k)
+	for b := 0; b < 4; b++ {
+		if err := h.Add(x[b*128*k:(b+1)*128*k], 128); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	return h
+}
+
 // TestGoldenGPTQ reproduces AutoGPTQ on its three reference cases: the Hessian, the scales,
 // the codes (a few near-tie flips allowed, confined to few rows, as the reference README
 // documents), the packed tensors and the output error, and checks GPTQ beats round-to-nearest.
@@ -45,38 +98,11 @@ func TestGoldenGPTQ(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {
-			path := golden.Path(t, filepath.Join("gptq", c.file))
-			ck, err := checkpoints.OpenFiles(filepath.Dir(path), path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ck.Close()
-			f32 := func(name string) []float32 {
-				v, err := ck.Float32(name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-			i32 := func(name string) []int32 {
-				tn, err := ck.Tensor(name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				v, err := tn.Int32()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
+			gc := openGPTQCase(t, c.file)
+			f32, i32 := gc.f32, gc.i32
 			w, x := f32("weight"), f32("x")
 			const n, k = 96, 256
-			h := NewHessian(k)
-			for b := 0; b < 4; b++ { // add_batch 4 times with 128 rows each
-				if err := h.Add(x[b*128*k:(b+1)*128*k], 128); err != nil {
-					t.Fatal(err)
-				}
-			}
+			h := gc.hessian(x)
 			wantH, gotH := f32("hessian"), h.Matrix()
 			var maxH, maxD float64
 			for i, v := range wantH {
@@ -162,7 +188,7 @@ func TestGoldenGPTQ(t *testing.T) {
 					t.Fatalf("qzeros[%d] = %#x, reference %#x", i, p.QZeros[i], qz[i])
 				}
 			}
-			st, err := ck.Tensor("scales")
+			st, err := gc.ck.Tensor("scales")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,35 +19,12 @@ func chunkLossChecks(d *Device, r *rand.Rand) []Check {
 		ignored, dloss        float64
 	}{{2, 5, 151936, 3, 4, 0.3, 1}, {3, 7, 1000, 0, 21, 0.3, 0.7}, {1, 4, 100, 1, 2, 1, 1}} {
 		n := c.b * c.t
-		logits := autograd.Ref.Normal(r, n*c.vocab)
-		for i := range logits {
-			logits[i] *= 3
-		}
-		labels := make([]int32, n)
-		for i := range labels {
-			labels[i] = int32(r.IntN(c.vocab))
-			if r.Float64() < c.ignored {
-				labels[i] = autograd.IgnoreIndex
-			}
-		}
-		st := &autograd.Step{Batch: c.b, Seq: c.t, Labels: labels}
-		targets := autograd.Targets(labels, c.b, c.t)
-		wantLoss, wantLSE := make([]float32, c.rc), make([]float32, c.rc)
-		for i := range c.rc {
-			if row := c.row0 + i; row%c.t+1 < c.t && labels[row+1] != autograd.IgnoreIndex {
-				x := logits[row*c.vocab : (row+1)*c.vocab]
-				lse := autograd.Ref.LogSumExp(x)
-				wantLSE[i], wantLoss[i] = float32(lse), float32(lse-float64(x[labels[row+1]]))
-			}
-		}
-		grad := autograd.Ref.CrossEntropyGrad(denseOf(logits, n, c.vocab), st, c.dloss)
-		wantGrad := grad.Data().([]float32)[c.row0*c.vocab : (c.row0+c.rc)*c.vocab]
+		ce := newCECase(r, c.b, c.t, c.vocab, c.ignored, c.dloss)
+		logits, labels, targets, scale := ce.logits, ce.labels, ce.targets, ce.scale
+		wantLoss, wantLSE := ce.loss[c.row0:c.row0+c.rc], ce.lse[c.row0:c.row0+c.rc]
+		wantGrad := ce.grad[c.row0*c.vocab : (c.row0+c.rc)*c.vocab]
 		for i, v := range wantGrad {
 			wantGrad[i] = autograd.Ref.BF16(bf16Round(v))
-		}
-		scale := float32(0)
-		if targets > 0 {
-			scale = float32(c.dloss / float64(targets))
 		}
 		g := &gpuCase{d: d}
 		chunk := logits[c.row0*c.vocab : (c.row0+c.rc)*c.vocab]

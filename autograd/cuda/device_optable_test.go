@@ -23,7 +23,7 @@ func TestDeviceOpTable(t *testing.T) {
 			if !cuda.OpTableRow(c.Name) {
 				t.Fatalf("the device's op table has no row for %s: add one (autograd/cuda/optable.go)", c.Name)
 			}
-			for _, ck := range cuda.OpCase(d, c.Name, uint64(i)) {
+			for _, ck := range cuda.OpCase(d, c, uint64(i)) {
 				t.Logf("%-40s %-16s %.3g (tol %.3g) unwritten %d", ck.Op, ck.Shape, ck.RelErr, ck.Tol, ck.Unwritten)
 				if !ck.OK() {
 					t.Errorf("%s %s: relative error %.3g (tolerance %.3g), %d unwritten, error %v", ck.Op, ck.Shape, ck.RelErr, ck.Tol, ck.Unwritten, ck.Err)

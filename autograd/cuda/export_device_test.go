@@ -8,6 +8,7 @@ import (
 	G "gorgonia.org/gorgonia"
 
 	"github.com/qwen-tune/qwen-tune/autograd"
+	"github.com/qwen-tune/qwen-tune/autograd/internal/opcases"
 )
 
 // SetChunkedLoss switches the fusion "lm_head + cross-entropy by chunks" on or off, with rows
@@ -24,13 +25,12 @@ func LossChunk(rows, vocab int) int { return lossChunk(rows, vocab) }
 // SetArenaSavings switches the arena's savings that change no result (SwiGLU's gradients
 // in place, values kept in bf16) on or off until the test ends.
 func SetArenaSavings(t testing.TB, on bool) {
-	sw, bf := swigluGradInPlace, keepBF16
-	swigluGradInPlace, keepBF16 = on, on
-	t.Cleanup(func() { swigluGradInPlace, keepBF16 = sw, bf })
+	setUntilEnd(t, &swigluGradInPlace, on)
+	setUntilEnd(t, &keepBF16, on)
 }
 
-// OpCase runs the op table's case named name (optable.go).
-func OpCase(d *Device, name string, seed uint64) []Check { return opCase(d, name, seed) }
+// OpCase runs the op table's case c (optable.go).
+func OpCase(d *Device, c opcases.Case, seed uint64) []Check { return opCase(d, c, seed) }
 
 // OpTableRow reports whether the device's op table has a row for the case named name.
 func OpTableRow(name string) bool { _, ok := opTable[name]; return ok }
@@ -44,41 +44,38 @@ func CompileTraining(d *Device, out *G.Node, keep []*G.Node, st *autograd.Step, 
 // SetInputGradIntoAdd switches the fusion "input gradient + add" on or off until the test
 // ends.
 func SetInputGradIntoAdd(t testing.TB, on bool) {
-	was := inputGradIntoAdd
-	inputGradIntoAdd = on
-	t.Cleanup(func() { inputGradIntoAdd = was })
+	setUntilEnd(t, &inputGradIntoAdd, on)
 }
 
 // SetAttnScratchInArena switches attention's scratch of loss programs into the arena (on)
 // or into one buffer per shape that the program holds (off) until the test ends.
 func SetAttnScratchInArena(t testing.TB, on bool) {
-	was := attnScratchInArena
-	attnScratchInArena = on
-	t.Cleanup(func() { attnScratchInArena = was })
+	setUntilEnd(t, &attnScratchInArena, on)
 }
 
 // SetRoundTrainedAtUse switches the rounding of a ParamSet's float32 values to bf16 where
 // the GEMMs read them on (no bf16 copies of those parameters) or off (a bf16 copy of every
 // parameter, rewritten by each update) until the test ends.
 func SetRoundTrainedAtUse(t testing.TB, on bool) {
-	was := roundTrainedAtUse
-	roundTrainedAtUse = on
-	t.Cleanup(func() { roundTrainedAtUse = was })
+	setUntilEnd(t, &roundTrainedAtUse, on)
 }
 
 // SetAttnKeepsOperands switches attention's forward keeping its bf16 q, k and v for its
 // backward on (the float32 fused qkv projection dies at the forward) or off until the test
 // ends.
 func SetAttnKeepsOperands(t testing.TB, on bool) {
-	was := attnKeepsOperands
-	attnKeepsOperands = on
-	t.Cleanup(func() { attnKeepsOperands = was })
+	setUntilEnd(t, &attnKeepsOperands, on)
 }
 
 // SetDropoutAgain switches a LoRA dropout drawn again by A's weight gradient (its buffer
 // dying at the A projection) on or off until the test ends.
 func SetDropoutAgain(t testing.TB, on bool) {
-	was := dropoutAgainOn
-	dropoutAgainOn = on
-	t.Cleanup(func() { dropoutAgainOn = was })
+	setUntilEnd(t, &dropoutAgainOn, on)
+}
+
+// setUntilEnd sets a switch of the executor to on until the test ends.
+func setUntilEnd(t testing.TB, flag *bool, on bool) {
+	was := *flag
+	*flag = on
+	t.Cleanup(func() { *flag = was })
 }

@@ -51,7 +51,7 @@ func (m MemoryPlan) LiveAt(at int) int64 {
 	var n int64
 	for _, b := range m.Buffers {
 		if b.First <= at && at <= b.Last {
-			n += (max(b.Bytes, 1) + autograd.ArenaAlign - 1) / autograd.ArenaAlign * autograd.ArenaAlign
+			n += autograd.ArenaBytes(b.Bytes, autograd.ArenaAlign)
 		}
 	}
 	return n

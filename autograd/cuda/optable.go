@@ -88,20 +88,16 @@ var opTable = map[string]opRow{
 func opTableChecks(d *Device, _ *rand.Rand) []Check {
 	var checks []Check
 	for i, c := range opcases.All() {
-		checks = append(checks, opCase(d, c.Name, uint64(i))...)
+		checks = append(checks, opCase(d, c, uint64(i))...)
 	}
 	return checks
 }
 
-// opCase runs the op table's case named name on the device and on the CPU, inputs drawn from
-// seed: one check per output, named "op <case> forward" and "op <case> d in<j>".
-func opCase(d *Device, name string, seed uint64) []Check {
+// opCase runs case c of the op table on the device and on the CPU, inputs drawn from seed:
+// one check per output, named "op <case> forward" and "op <case> d in<j>".
+func opCase(d *Device, c opcases.Case, seed uint64) []Check {
+	name := c.Name
 	fail := func(err error) []Check { return []Check{{Op: "op " + name, Err: err}} }
-	i := slices.IndexFunc(opcases.All(), func(c opcases.Case) bool { return c.Name == name })
-	if i < 0 {
-		return fail(fmt.Errorf("no case of that name in the op table"))
-	}
-	c := opcases.All()[i]
 	row, ok := opTable[name]
 	if !ok {
 		return fail(fmt.Errorf("the device's op table has no row for it"))
@@ -172,19 +168,21 @@ type opResult struct {
 }
 
 // opGraph builds the case's float32 graph; device inputs (activations) get no value and are
-// returned in dev, weights and bf16 inputs carry theirs. It adds r, the upstream gradient (a
-// value on the CPU, a device input on the device), and the gradients of wrt.
-func opGraph(c opcases.Case, st *autograd.Step, inputs [][]float64, bits [][]uint16, wrt []int, onDevice bool, r func(tensor.Shape) []float64) (out, rn *G.Node, grads []*G.Node, dev []*G.Node, err error) {
+// returned in dev with their data, weights and bf16 inputs carry theirs. It adds r, the
+// upstream gradient (a value on the CPU, a device input on the device), and the gradients of
+// wrt.
+func opGraph(c opcases.Case, st *autograd.Step, inputs [][]float64, bits [][]uint16, wrt []int, onDevice bool, r func(tensor.Shape) []float64) (out, rn *G.Node, grads []*G.Node, dev map[*G.Node][]float64, err error) {
 	g := G.NewGraph()
 	nodes := make([]*G.Node, len(c.Shapes))
 	if onDevice && opTable[c.Name].fused {
-		return fusedGraph(c, st, wrt)
+		return fusedGraph(c, st, inputs, wrt)
 	}
+	dev = map[*G.Node][]float64{}
 	for i, s := range c.Shapes {
 		name := fmt.Sprintf("in%d", i)
 		if onDevice && !c.IsWeight(i) && !c.IsBF16(i) {
 			nodes[i] = G.NewTensor(g, tensor.Float32, len(s), G.WithShape(s...), G.WithName(name))
-			dev = append(dev, nodes[i])
+			dev[nodes[i]] = inputs[i]
 			continue
 		}
 		val := opcases.Dense(inputs[i], bits[i], s, tensor.Float32)
@@ -212,14 +210,15 @@ func opGraph(c opcases.Case, st *autograd.Step, inputs [][]float64, bits [][]uin
 }
 
 // fusedGraph is the device's graph of an attention case: q, k and v the SplitHeads views of
-// one device input qkv [B*T, 3*H*D], the gradient taken by qkv.
-func fusedGraph(c opcases.Case, st *autograd.Step, wrt []int) (out, rn *G.Node, grads []*G.Node, dev []*G.Node, err error) {
+// one device input qkv [B*T, 3*H*D] (inputs laid out so), the gradient taken by qkv.
+func fusedGraph(c opcases.Case, st *autograd.Step, inputs [][]float64, wrt []int) (out, rn *G.Node, grads []*G.Node, dev map[*G.Node][]float64, err error) {
 	s := c.Shapes[0] // [B, T, H, D]
 	if len(c.Shapes) != 3 || len(s) != 4 || !slices.Equal(c.Shapes[1], s) || !slices.Equal(c.Shapes[2], s) || len(wrt) != 0 && !slices.Equal(wrt, []int{0, 1, 2}) {
 		return nil, nil, nil, nil, fmt.Errorf("cuda: case %s is not q, k, v of one shape with all three gradients (a fused row)", c.Name)
 	}
 	g := G.NewGraph()
 	qkv := G.NewTensor(g, tensor.Float32, 2, G.WithShape(s[0]*s[1], 3*s[2]*s[3]), G.WithName("qkv"))
+	dev = map[*G.Node][]float64{qkv: fuse(inputs[0], inputs[1], inputs[2], s[2]*s[3])}
 	nodes := make([]*G.Node, 3)
 	for part := range nodes {
 		if nodes[part], err = autograd.SplitHeads(qkv, part, s[0], s[1], s[2], s[3]); err != nil {
@@ -227,11 +226,11 @@ func fusedGraph(c opcases.Case, st *autograd.Step, wrt []int) (out, rn *G.Node, 
 		}
 	}
 	if out, err = c.Apply(nodes, st, tensor.Float32); err != nil || len(wrt) == 0 {
-		return out, nil, nil, []*G.Node{qkv}, err
+		return out, nil, nil, dev, err
 	}
 	rn = G.NewTensor(g, tensor.Float32, out.Dims(), G.WithShape(out.Shape()...), G.WithName("r"))
 	grads, err = G.Backpropagate(G.Nodes{out}, G.Nodes{rn}, G.Nodes{qkv})
-	return out, rn, grads, []*G.Node{qkv}, err
+	return out, rn, grads, dev, err
 }
 
 // fuse lays q, k and v [B*T rows of width] out as one [B*T, 3*width] matrix.
@@ -320,27 +319,7 @@ func opCaseDevice(d *Device, c opcases.Case, st *autograd.Step, inputs [][]float
 		}
 		return err
 	}
-	fused := opTable[c.Name].fused
-	names := map[string]int{}
-	for i := range c.Shapes {
-		names[fmt.Sprintf("in%d", i)] = i
-	}
-	width := 0
-	if fused {
-		s := c.Shapes[0]
-		width = s[2] * s[3]
-	}
-	for _, n := range dev {
-		x := inputs[0]
-		if fused {
-			x = fuse(inputs[0], inputs[1], inputs[2], width)
-		} else {
-			j, ok := names[n.Name()]
-			if !ok {
-				return nil, nil, fmt.Errorf("cuda: %s: a device input %s that is none of the case's", c.Name, n.Name())
-			}
-			x = inputs[j]
-		}
+	for n, x := range dev {
 		if err := upload(n, x); err != nil {
 			return nil, nil, err
 		}
@@ -381,8 +360,9 @@ func opCaseDevice(d *Device, c opcases.Case, st *autograd.Step, inputs [][]float
 	if err != nil {
 		return nil, nil, err
 	}
-	if fused && len(gs) == 1 {
-		gs = unfuse(gs[0], width)
+	if opTable[c.Name].fused && len(gs) == 1 {
+		s := c.Shapes[0]
+		gs = unfuse(gs[0], s[2]*s[3])
 	}
 	outs = append([][]float32{fwd}, gs...)
 	for _, o := range outs {

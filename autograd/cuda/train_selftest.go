@@ -134,32 +134,8 @@ func lossChecks(d *Device, r *rand.Rand) []Check {
 		dloss       float64
 	}{{2, 5, 151936, 0.3, 1}, {3, 7, 1000, 0.3, 0.7}, {1, 4, 100, 1, 1}} {
 		rows := c.b * c.t
-		logits := autograd.Ref.Normal(r, rows*c.vocab)
-		for i := range logits {
-			logits[i] *= 3
-		}
-		labels := make([]int32, rows)
-		for i := range labels {
-			labels[i] = int32(r.IntN(c.vocab))
-			if r.Float64() < c.ignored {
-				labels[i] = autograd.IgnoreIndex
-			}
-		}
-		st := &autograd.Step{Batch: c.b, Seq: c.t, Labels: labels}
-		n := autograd.Targets(labels, c.b, c.t)
-		wantLoss, wantLSE := make([]float32, rows), make([]float32, rows)
-		for i := range rows {
-			if i%c.t+1 < c.t && labels[i+1] != autograd.IgnoreIndex {
-				row := logits[i*c.vocab : (i+1)*c.vocab]
-				lse := autograd.Ref.LogSumExp(row)
-				wantLSE[i], wantLoss[i] = float32(lse), float32(lse-float64(row[labels[i+1]]))
-			}
-		}
-		grad := autograd.Ref.CrossEntropyGrad(denseOf(logits, rows, c.vocab), st, c.dloss)
-		scale := float32(0)
-		if n > 0 {
-			scale = float32(c.dloss / float64(n))
-		}
+		ce := newCECase(r, c.b, c.t, c.vocab, c.ignored, c.dloss)
+		logits, labels, wantLoss, wantLSE, scale, n := ce.logits, ce.labels, ce.loss, ce.lse, ce.scale, ce.targets
 		g := &gpuCase{d: d}
 		xb, lb := g.up(logits, "logits"), g.up(labels, "labels")
 		lossb, lseb, dxb := g.out(rows, "loss"), g.out(rows, "lse"), g.out(rows*c.vocab, "dlogits")
@@ -172,7 +148,7 @@ func lossChecks(d *Device, r *rand.Rand) []Check {
 			}
 			return d.CrossEntropyGrad(dxb, xb, lseb, lb, rows, c.t, c.vocab, scale)
 		}, output{what: "loss", buf: lossb, want: wantLoss, tol: 1e-6}, output{what: "lse", buf: lseb, want: wantLSE, tol: 1e-6},
-			output{what: "dlogits", buf: dxb, want: grad.Data().([]float32), tol: 1e-6})...)
+			output{what: "dlogits", buf: dxb, want: ce.grad, tol: 1e-6})...)
 	}
 	for _, c := range []struct{ n, h, rows, offset int }{{40, 4096, 5, 151643}, {7, 100, 3, 10}} {
 		ids := make([]int32, c.n)
@@ -373,4 +349,44 @@ func attentionTrainChecks(d *Device, r *rand.Rand) []Check {
 		sc.Free(d)
 	}
 	return checks
+}
+
+// ceCase is a cross-entropy check's inputs and their CPU results: logits [b*t, vocab]
+// (normal, times 3), labels (a fraction ignored at random), every row's loss and log-sum-exp
+// (0 for a row without a target), the logits' gradient for dloss, the targets and
+// dloss / targets.
+type ceCase struct {
+	logits          []float32
+	labels          []int32
+	loss, lse, grad []float32
+	targets         int
+	scale           float32
+}
+
+func newCECase(r *rand.Rand, b, t, vocab int, ignored, dloss float64) ceCase {
+	rows := b * t
+	c := ceCase{logits: autograd.Ref.Normal(r, rows*vocab), labels: make([]int32, rows), loss: make([]float32, rows), lse: make([]float32, rows)}
+	for i := range c.logits {
+		c.logits[i] *= 3
+	}
+	for i := range c.labels {
+		c.labels[i] = int32(r.IntN(vocab))
+		if r.Float64() < ignored {
+			c.labels[i] = autograd.IgnoreIndex
+		}
+	}
+	st := &autograd.Step{Batch: b, Seq: t, Labels: c.labels}
+	c.targets = autograd.Targets(c.labels, b, t)
+	for i := range rows {
+		if i%t+1 < t && c.labels[i+1] != autograd.IgnoreIndex {
+			row := c.logits[i*vocab : (i+1)*vocab]
+			lse := autograd.Ref.LogSumExp(row)
+			c.lse[i], c.loss[i] = float32(lse), float32(lse-float64(row[c.labels[i+1]]))
+		}
+	}
+	c.grad = autograd.Ref.CrossEntropyGrad(denseOf(c.logits, rows, vocab), st, dloss).Data().([]float32)
+	if c.targets > 0 {
+		c.scale = float32(dloss / float64(c.targets))
+	}
+	return c
 }
